@@ -1,0 +1,26 @@
+"""circuitgraph: causal-graph circuit discovery for TransformerLens models.
+
+    g = Graph.from_model(model)
+    attribute(model, g, task, method="eap-ig")
+    c = minimal_circuit(model, g, task, target=0.9)
+    c.save("circuit.json"); Circuit.load("circuit.json", model)
+"""
+
+import warnings
+
+# transformer-lens 3.x warns on every HookedTransformer construction that 4.x will remove it; we
+# pin 3.x deliberately (see pyproject.toml), so the warning is noise for our users.
+warnings.filterwarnings("ignore", message="HookedTransformer is deprecated", category=DeprecationWarning)
+
+from circuitgraph.attribution import METHODS, attribute  # noqa: E402
+from circuitgraph.circuit import Circuit, minimal_circuit, prune, threshold, top_n  # noqa: E402
+from circuitgraph.engine.activations import Ablation  # noqa: E402
+from circuitgraph.evaluation import evaluate, faithfulness, faithfulness_curve  # noqa: E402
+from circuitgraph.graph import Graph  # noqa: E402
+from circuitgraph.tasks import Task, load_task  # noqa: E402
+
+__version__ = "0.1.0"
+__all__ = [
+    "Graph", "Task", "load_task", "attribute", "METHODS", "Ablation", "Circuit", "minimal_circuit",
+    "top_n", "threshold", "prune", "evaluate", "faithfulness", "faithfulness_curve",
+]

@@ -1,0 +1,45 @@
+"""From scores to circuits: top-n, threshold, pruning to input→logits paths, and the minimal
+circuit whose *measured* faithfulness reaches a target.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from circuitgraph.graph import Graph
+
+
+def ranking(graph: Graph, absolute: bool = True, scores: torch.Tensor | None = None) -> torch.Tensor:
+    s = graph.scores if scores is None else scores
+    return s.abs() if absolute else -s
+
+
+def top_n(graph: Graph, n: int, absolute: bool = True, scores: torch.Tensor | None = None) -> torch.Tensor:
+    """The ``n`` highest-ranked valid edges (by |score|, or by −score when ``absolute=False``)."""
+    if n < 0:
+        raise ValueError(f"n must be ≥ 0, got {n}")
+    r = ranking(graph, absolute, scores).masked_fill(~graph.valid, float("-inf")).flatten()
+    mask = torch.zeros_like(r, dtype=torch.bool)
+    mask[r.argsort(descending=True)[: min(n, graph.n_edges)]] = True
+    return mask.view(graph.valid.shape)
+
+
+def threshold(graph: Graph, tau: float, absolute: bool = True, scores: torch.Tensor | None = None) -> torch.Tensor:
+    """Valid edges whose |score| (or −score) is at least ``tau``."""
+    return (ranking(graph, absolute, scores) >= tau) & graph.valid
+
+
+def prune(graph: Graph, mask: torch.Tensor) -> torch.Tensor:
+    """Drop edges that lie on no path from ``input`` to ``logits``: they cannot carry a clean/ablated
+    difference to the output. One pass forward and one backward over nodes (not edges)."""
+    mask = mask & graph.valid
+    reach = torch.zeros(graph.n_src, dtype=torch.bool, device=mask.device)  # reachable from input
+    reach[0] = True
+    for s in range(1, graph.n_src):
+        reach[s] = bool((mask[:, graph.node_dsts[s]] & reach[:, None]).any())
+    reads_live = torch.zeros(graph.n_dst, dtype=torch.bool, device=mask.device)  # owner reaches logits
+    reads_live[graph.dst_index["logits"]] = True
+    for s in range(graph.n_src - 1, 0, -1):
+        if bool((mask[s] & reads_live).any()):
+            reads_live[graph.node_dsts[s]] = True
+    return mask & reach[:, None] & reads_live[None, :]

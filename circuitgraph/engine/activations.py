@@ -1,0 +1,160 @@
+"""Source activations in residual-stream space, and the ablations that replace them.
+
+A source's activation is what it adds to the residual stream: the embedding (``input``), a
+head's ``z @ W_O[h]`` (read from ``hook_z``; no ``use_attn_result`` copy needed), an MLP's
+``hook_mlp_out``. They are kept as one ``[n_src, batch, pos, d_model]`` tensor so that a
+contraction against destination gradients scores every edge at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from circuitgraph.graph import Graph
+
+ABLATIONS = ("corrupted", "zero", "mean", "resample")
+
+
+def resid_pre0(L: int = 0) -> str:
+    return f"blocks.{L}.hook_resid_pre"
+
+
+def source_hooks(graph: Graph, buf: dict) -> list:
+    """Forward hooks that store the raw source activations (input, per-layer z, MLP outputs)
+    into ``buf`` without changing the forward pass."""
+    hooks = [(resid_pre0(), _store(buf, "input"))]
+    for L in range(graph.arch.n_layers):
+        hooks.append((f"blocks.{L}.attn.hook_z", _store(buf, f"z{L}")))
+        if graph.arch.has_mlp:
+            hooks.append((f"blocks.{L}.hook_mlp_out", _store(buf, f"mlp{L}")))
+    return hooks
+
+
+def _store(buf: dict, key: str):
+    def hook(x, hook):
+        buf[key] = x.detach()
+
+    return hook
+
+
+def stack_sources(model, graph: Graph, buf: dict, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Raw captures → ``[n_src, batch, pos, d_model]`` (heads projected through ``W_O``)."""
+    x0 = buf["input"]
+    B, P, d = x0.shape
+    if out is None:
+        out = torch.empty(graph.n_src, B, P, d, dtype=x0.dtype, device=x0.device)
+    slices = graph.src_slices()
+    out[0] = x0
+    for L in range(graph.arch.n_layers):
+        W_O = model.blocks[L].attn.W_O  # [head, d_head, d_model]
+        out[slices[f"attn{L}"]] = torch.einsum("bphe,hed->hbpd", buf[f"z{L}"], W_O.detach())
+        if graph.arch.has_mlp:
+            out[slices[f"mlp{L}"]] = buf[f"mlp{L}"]
+    return out
+
+
+@torch.no_grad()
+def raw_sources(model, graph: Graph, task, tokens: torch.Tensor) -> dict:
+    """Run ``tokens`` (with the task's attention mask) and return the raw captures
+    (``input`` [B,P,d], ``z{L}`` [B,P,H,d_head], ``mlp{L}`` [B,P,d])."""
+    buf: dict = {}
+    with model.hooks(fwd_hooks=source_hooks(graph, buf)):
+        task.run(model, tokens)
+    return buf
+
+
+def source_activations(model, graph: Graph, task, tokens: torch.Tensor) -> torch.Tensor:
+    """``[n_src, batch, pos, d]`` source activations of ``tokens``."""
+    return stack_sources(model, graph, raw_sources(model, graph, task, tokens))
+
+
+def raw_difference(a: dict, b: dict) -> dict:
+    """``a − b`` capture by capture (heads stay in z space: W_O is applied once, afterwards)."""
+    return {k: a[k] - b[k] for k in a}
+
+
+@dataclass
+class Ablation:
+    """What an ablated edge carries instead of its clean source activation.
+
+    corrupted  the source's activation on the corrupted prompt (activation patching; default)
+    zero       zero
+    mean       the per-position mean over ``reference`` token ids (default: the task's clean prompts)
+    resample   the source's activation on another example's clean prompt (seeded derangement)
+    """
+
+    kind: str = "corrupted"
+    reference: torch.Tensor | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ABLATIONS:
+            raise ValueError(f"unknown ablation {self.kind!r}; choose one of {list(ABLATIONS)}")
+        self._mean: torch.Tensor | None = None
+        self._perm: torch.Tensor | None = None
+
+    @classmethod
+    def coerce(cls, ablation: "str | Ablation") -> "Ablation":
+        return ablation if isinstance(ablation, Ablation) else cls(kind=ablation)
+
+    def prepare(self, model, graph: Graph, task) -> "Ablation":
+        """Compute what is shared across batches (the mean, the resampling permutation)."""
+        if self.kind == "mean" and self._mean is None:
+            ref = task.clean if self.reference is None else torch.as_tensor(self.reference, device=task.device)
+            if ref.ndim != 2 or ref.shape[1] != task.seq_len:
+                raise ValueError(f"mean-ablation reference must be [n, {task.seq_len}] token ids, got {list(ref.shape)}")
+            mask = task.attention_mask if self.reference is None else None
+            total, count = {}, None
+            for i in range(0, ref.shape[0], 64):
+                m = mask[i:i + 64] if mask is not None else torch.ones(ref[i:i + 64].shape, device=ref.device)
+                raw = raw_sources(model, graph, _Plain(mask[i:i + 64] if mask is not None else None), ref[i:i + 64])
+                for k, v in raw.items():
+                    w = m.to(v.dtype).view(*m.shape, *([1] * (v.ndim - 2)))
+                    total[k] = total.get(k, 0) + (v * w).sum(0)  # [pos, ...]
+                count = m.sum(0) if count is None else count + m.sum(0)
+            self._mean = {k: v / count.clamp(min=1).to(v.dtype).view(-1, *([1] * (v.ndim - 1))) for k, v in total.items()}
+        if self.kind == "resample" and self._perm is None:
+            n = task.n_examples
+            if n < 2:
+                raise ValueError("resample ablation needs at least 2 examples to resample from")
+            g = torch.Generator().manual_seed(self.seed)
+            shift = torch.randint(1, n, (n,), generator=g)
+            self._perm = ((torch.arange(n) + shift) % n).to(task.device)  # never maps an example to itself
+        return self
+
+    def activations(self, model, graph: Graph, task, idx: slice | torch.Tensor, chunk) -> torch.Tensor:
+        """Ablated source activations ``[n_src, batch, pos, d]`` for examples ``idx`` of ``task``
+        (``chunk`` is ``task.select(idx)``)."""
+        return stack_sources(model, graph, self.raw(model, graph, task, idx, chunk))
+
+    def raw(self, model, graph: Graph, task, idx: slice | torch.Tensor, chunk) -> dict:
+        """The same as raw captures (see :func:`raw_sources`)."""
+        B, P = chunk.clean.shape
+        if self.kind == "corrupted":
+            return raw_sources(model, graph, chunk, chunk.corrupted)
+        if self.kind == "mean":
+            return {k: v[None].expand(B, *v.shape).contiguous() for k, v in self._mean.items()}
+        if self.kind == "zero":
+            like = raw_sources(model, graph, chunk, chunk.clean[:1, :1])  # shapes and dtypes only
+            return {k: torch.zeros((B, P, *v.shape[2:]), dtype=v.dtype, device=v.device) for k, v in like.items()}
+        partner = self._perm[idx]
+        return raw_sources(model, graph, _Plain(task.attention_mask[partner] if task.attention_mask is not None else None), task.clean[partner])
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "seed": self.seed, "reference": "custom" if self.reference is not None else None}
+
+
+class _Plain:
+    """A minimal stand-in for a task when running reference tokens with a given mask."""
+
+    def __init__(self, attention_mask):
+        self.attention_mask = attention_mask
+
+    def run(self, model, tokens, **kw):
+        if self.attention_mask is not None:
+            kw["attention_mask"] = self.attention_mask
+        return model(tokens, **kw)
+
+

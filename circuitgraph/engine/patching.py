@@ -1,0 +1,109 @@
+"""The patched forward pass: run the model with some edges removed.
+
+A removed edge u→v makes v read u's *ablated* activation instead of its live one:
+
+    input_v = live_input_v − Σ_{u removed} (a_u(live) − a_u(ablated))
+
+Live activations are those of the patched run itself, so removing every edge under corrupted
+ablation reproduces the corrupted run exactly, and removing none reproduces the clean run.
+
+Several edge masks run in one batched forward (``keep`` has a leading mask dimension K; the
+examples are tiled K times), which is how exact patching, faithfulness curves and ACDC stay fast.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from circuitgraph.engine.activations import resid_pre0
+from circuitgraph.graph import Graph
+from circuitgraph.graph.compat import hook_flags
+
+
+def patch_hooks(model, graph: Graph, ablated: torch.Tensor, keep: torch.Tensor) -> list:
+    """Forward hooks implementing the patched run for ``keep [K, n_src, n_dst]`` (True = edge
+    kept) given ``ablated [n_src, batch, pos, d]``. Needs ``use_split_qkv_input`` and
+    ``use_hook_mlp_in`` (see :func:`patched_logits`)."""
+    K = keep.shape[0]
+    n_src, B, P, d = ablated.shape
+    H = graph.arch.n_heads
+    removed = (~keep & graph.valid).to(ablated.dtype)  # [K, n_src, n_dst]
+    live_minus_ablated = torch.empty(n_src, K, B, P, d, dtype=ablated.dtype, device=ablated.device)
+    src, dst = graph.src_slices(), graph.dst_slices()
+    hooks = []
+
+    def record(rows: slice, project=None):
+        def hook(x, hook):
+            a = x if project is None else project(x)
+            live_minus_ablated[rows] = a.reshape(-1, K, B, P, d) - ablated[rows, None]
+            return x
+
+        return hook
+
+    def head_project(layer: int):
+        W_O = model.blocks[layer].attn.W_O.detach()
+
+        def project(z):  # z [K*B, P, H, d_head] → [H, K, B, P, d]
+            return torch.einsum("kbphe,hed->hkbpd", z.reshape(K, B, P, H, -1), W_O)
+
+        return project
+
+    def subtract(cols: slice, n_up: int, per_head: bool):
+        r = removed[:, :n_up, cols]  # [K, n_up, n_cols]
+        if not bool(r.any()):
+            return None
+
+        def hook(x, hook):
+            D = live_minus_ablated[:n_up]  # [n_up, K, B, P, d]
+            if per_head:  # x [K*B, P, H, d]
+                delta = torch.einsum("kuh,ukbpd->kbphd", r, D).reshape(K * B, P, H, d)
+            else:  # x [K*B, P, d]
+                delta = torch.einsum("ku,ukbpd->kbpd", r[:, :, 0], D).reshape(K * B, P, d)
+            return x - delta.to(x.dtype)
+
+        return hook
+
+    hooks.append((resid_pre0(), record(src["input"])))
+    for L in range(graph.arch.n_layers):
+        cols = dst[f"attn{L}"]
+        n_up = graph.n_upstream(f"attn{L}")
+        for i, letter in enumerate("qkv"):
+            c = slice(cols.start + i * H, cols.start + (i + 1) * H) if graph.split_qkv else cols
+            h = subtract(c, n_up, per_head=True)
+            if h is not None:
+                hooks.append((f"blocks.{L}.hook_{letter}_input", h))
+        hooks.append((f"blocks.{L}.attn.hook_z", record(src[f"attn{L}"], head_project(L))))
+        if graph.arch.has_mlp:
+            h = subtract(dst[f"mlp{L}"], graph.n_upstream(f"mlp{L}"), per_head=False)
+            if h is not None:
+                hooks.append((f"blocks.{L}.hook_mlp_in", h))
+            hooks.append((f"blocks.{L}.hook_mlp_out", record(src[f"mlp{L}"])))
+    h = subtract(dst["logits"], graph.n_upstream("logits"), per_head=False)
+    if h is not None:
+        hooks.append((f"blocks.{graph.arch.n_layers - 1}.hook_resid_post", h))
+    return hooks
+
+
+@torch.no_grad()
+def patched_logits(model, graph: Graph, task, ablated: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Logits ``[K * batch, pos, vocab]`` of the clean prompts with the edges outside each of the
+    K masks ablated. ``keep`` is ``[n_src, n_dst]`` or ``[K, n_src, n_dst]`` bool."""
+    if keep.ndim == 2:
+        keep = keep[None]
+    if keep.shape[1:] != graph.valid.shape:
+        raise ValueError(f"edge mask must be [K, {graph.n_src}, {graph.n_dst}], got {list(keep.shape)}")
+    keep = keep.to(graph.valid.device)
+    K = keep.shape[0]
+    tokens = task.clean.repeat(K, 1)
+    kw = {}
+    if task.attention_mask is not None:
+        kw["attention_mask"] = task.attention_mask.repeat(K, 1)
+    with hook_flags(model, split_qkv_input=True), model.hooks(fwd_hooks=patch_hooks(model, graph, ablated, keep)):
+        return model(tokens, **kw)
+
+
+def tiled(task, K: int):
+    """The task repeated K times along the batch (to score K patched runs at once)."""
+    if K == 1:
+        return task
+    return task.select(torch.arange(task.n_examples, device=task.device).repeat(K))

@@ -1,0 +1,300 @@
+"""The computational graph of a transformer: residual-stream writers (sources) and readers
+(destinations), with one dense ``[n_src, n_dst]`` tensor each for validity, scores and circuit
+membership.
+
+Why dense tensors: every attribution method produces a score for *all* edges at once by a tensor
+contraction, and circuit selection is a top-k / threshold on the same tensor. Keeping everything
+as ``[n_src, n_dst]`` on the model's device means no Python loop ever touches single edges.
+
+Node naming (stable, documented in the README):
+    sources       ``input`` (token + positional embedding), ``a{L}.h{H}`` (head output), ``m{L}``
+                  (MLP output)
+    destinations  ``a{L}.h{H}.q`` / ``.k`` / ``.v`` (a head's query/key/value input; with
+                  ``split_qkv=False`` a single ``a{L}.h{H}``), ``m{L}`` (MLP input), ``logits``
+An edge is written ``"src->dst"``, e.g. ``"a0.h1->a1.h2.k"``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import networkx as nx
+import torch
+
+QKV = ("q", "k", "v")
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """The few facts about a model that decide the graph's shape."""
+
+    n_layers: int
+    n_heads: int
+    has_mlp: bool
+    d_model: int
+
+    @classmethod
+    def from_config(cls, cfg) -> "Architecture":
+        return cls(
+            n_layers=int(cfg.n_layers),
+            n_heads=int(cfg.n_heads),
+            has_mlp=not bool(getattr(cfg, "attn_only", False)),
+            d_model=int(cfg.d_model),
+        )
+
+
+def config_hash(cfg) -> str:
+    """A short, stable fingerprint of a model config, stored with circuits so that a circuit
+    found on one model is never silently applied to another."""
+    keys = (
+        "n_layers", "d_model", "n_heads", "d_head", "d_mlp", "d_vocab", "d_vocab_out", "n_ctx",
+        "attn_only", "normalization_type", "positional_embedding_type", "act_fn",
+        "attention_dir", "n_key_value_heads", "gated_mlp", "parallel_attn_mlp",
+    )
+    blob = {k: getattr(cfg, k, None) for k in keys}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class Graph:
+    """Sources × destinations of one model, with edge scores.
+
+    ``valid[s, d]`` is True where source ``s`` writes into the residual stream before destination
+    ``d`` reads it. ``scores`` is filled by :func:`circuitgraph.attribution.attribute`.
+    """
+
+    def __init__(
+        self,
+        arch: Architecture,
+        split_qkv: bool = True,
+        device: torch.device | str = "cpu",
+        model_name: str = "",
+        model_hash: str = "",
+    ) -> None:
+        self.arch = arch
+        self.split_qkv = split_qkv
+        self.model_name = model_name
+        self.model_hash = model_hash
+        L, H = arch.n_layers, arch.n_heads
+
+        # Residual "time": input writes at 0; layer L's heads write at 2L+1, its MLP at 2L+2.
+        src_names, src_time, src_layer = ["input"], [0], [-1]
+        for layer in range(L):
+            for h in range(H):
+                src_names.append(f"a{layer}.h{h}")
+                src_time.append(2 * layer + 1)
+                src_layer.append(layer)
+            if arch.has_mlp:
+                src_names.append(f"m{layer}")
+                src_time.append(2 * layer + 2)
+                src_layer.append(layer)
+
+        # A destination reads every source whose time is strictly earlier than its own read time.
+        dst_names, dst_time = [], []
+        letters = QKV if split_qkv else ("",)
+        for layer in range(L):
+            for letter in letters:
+                for h in range(H):
+                    dst_names.append(f"a{layer}.h{h}.{letter}" if letter else f"a{layer}.h{h}")
+                    dst_time.append(2 * layer + 1)
+            if arch.has_mlp:
+                dst_names.append(f"m{layer}")
+                dst_time.append(2 * layer + 2)
+        dst_names.append("logits")
+        dst_time.append(2 * L + 1)
+
+        self.src_names: list[str] = src_names
+        self.dst_names: list[str] = dst_names
+        self.src_index = {n: i for i, n in enumerate(src_names)}
+        self.dst_index = {n: i for i, n in enumerate(dst_names)}
+        self.src_time = torch.tensor(src_time)
+        self.dst_time = torch.tensor(dst_time)
+        self.src_layer = torch.tensor(src_layer)
+        # Each destination belongs to a node, which is also a source (logits: -1).
+        self.dst_owner = torch.tensor([self.src_index.get(self.dst_node(n), -1) for n in dst_names])
+        self.node_dsts = [(self.dst_owner == s).nonzero()[:, 0] for s in range(len(src_names))]
+        self.device = torch.device(device)
+        self.valid = (self.src_time[:, None] < self.dst_time[None, :]).to(self.device)
+        self.scores = torch.zeros(self.valid.shape, device=self.device)
+        self.in_circuit = self.valid.clone()
+        self.score_info: dict = {}
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_model(cls, model, split_qkv: bool = True) -> "Graph":
+        """Compile a ``HookedTransformer`` into its edge graph (refusing architectures whose
+        residual stream does not decompose as heads + MLPs)."""
+        from circuitgraph.graph.compat import check_model
+
+        check_model(model)
+        cfg = model.cfg
+        return cls(
+            Architecture.from_config(cfg),
+            split_qkv=split_qkv,
+            device=cfg.device or "cpu",
+            model_name=str(getattr(cfg, "model_name", "") or ""),
+            model_hash=config_hash(cfg),
+        )
+
+    # ------------------------------------------------------------------ sizes and names
+    @property
+    def n_src(self) -> int:
+        return len(self.src_names)
+
+    @property
+    def n_dst(self) -> int:
+        return len(self.dst_names)
+
+    @property
+    def n_edges(self) -> int:
+        return int(self.valid.sum())
+
+    def __repr__(self) -> str:
+        return (
+            f"Graph({self.model_name or 'model'}: {self.n_src} sources, {self.n_dst} destinations, "
+            f"{self.n_edges} edges, split_qkv={self.split_qkv})"
+        )
+
+    def src(self, name: str) -> int:
+        """Index of a source node; a clear error for unknown names."""
+        try:
+            return self.src_index[name]
+        except KeyError:
+            raise KeyError(_unknown(name, "source", self.src_names)) from None
+
+    def dst(self, name: str) -> int:
+        try:
+            return self.dst_index[name]
+        except KeyError:
+            raise KeyError(_unknown(name, "destination", self.dst_names)) from None
+
+    def edge(self, name_or_pair: str | tuple[str, str]) -> tuple[int, int]:
+        """``"a0.h1->a1.h2.k"`` or ``("a0.h1", "a1.h2.k")`` → ``(src_idx, dst_idx)``."""
+        if isinstance(name_or_pair, str):
+            if "->" not in name_or_pair:
+                raise KeyError(f"edge name {name_or_pair!r} must look like 'src->dst', e.g. 'input->logits'")
+            s, d = name_or_pair.split("->", 1)
+        else:
+            s, d = name_or_pair
+        i, j = self.src(s), self.dst(d)
+        if not bool(self.valid[i, j]):
+            raise KeyError(
+                f"there is no edge {s}->{d}: {d} reads the residual stream before {s} writes to it"
+            )
+        return i, j
+
+    def has_edge(self, src: str, dst: str) -> bool:
+        i, j = self.src_index.get(src), self.dst_index.get(dst)
+        return i is not None and j is not None and bool(self.valid[i, j])
+
+    def edge_names(self, mask: torch.Tensor | None = None) -> list[str]:
+        """Names of the edges where ``mask`` (default: all valid) is True, in row-major order."""
+        m = self.valid if mask is None else (mask & self.valid)
+        idx = m.nonzero().tolist()
+        return [f"{self.src_names[i]}->{self.dst_names[j]}" for i, j in idx]
+
+    def edges(self) -> Iterator[tuple[str, str]]:
+        for i, j in self.valid.nonzero().tolist():
+            yield self.src_names[i], self.dst_names[j]
+
+    def mask_from_edges(self, edges: Iterable[str | tuple[str, str]]) -> torch.Tensor:
+        """A boolean ``[n_src, n_dst]`` mask with the named edges set."""
+        mask = torch.zeros_like(self.valid)
+        for e in edges:
+            mask[self.edge(e)] = True
+        return mask
+
+    @staticmethod
+    def dst_node(dst_name: str) -> str:
+        """The node a destination belongs to: ``a1.h2.k`` → ``a1.h2``; ``m3`` → ``m3``."""
+        return dst_name[:-2] if dst_name[-2:] in (".q", ".k", ".v") else dst_name
+
+    # ------------------------------------------------------------------ views
+    def to_networkx(self, mask: torch.Tensor | None = None) -> nx.DiGraph:
+        """A DiGraph over model nodes (q/k/v inputs folded into their head, recorded on the edge
+        as ``qkv``) with ``score`` edge attributes; restricted to ``mask`` when given."""
+        m = self.valid if mask is None else (mask & self.valid)
+        g = nx.DiGraph(model=self.model_name, model_hash=self.model_hash)
+        for name, layer in zip(self.src_names, self.src_layer.tolist()):
+            g.add_node(name, kind=node_kind(name), layer=layer)
+        g.add_node("logits", kind="logits", layer=self.arch.n_layers)
+        scores = self.scores.detach().cpu()
+        for i, j in m.nonzero().tolist():
+            d = self.dst_names[j]
+            node = self.dst_node(d)
+            qkv = d[-1] if node != d else ""
+            if g.has_edge(self.src_names[i], node) and qkv:
+                g.edges[self.src_names[i], node]["qkv"] += qkv
+                g.edges[self.src_names[i], node]["score_" + qkv] = float(scores[i, j])
+                g.edges[self.src_names[i], node]["score"] += float(scores[i, j])
+                continue
+            attrs = {"score": float(scores[i, j]), "qkv": qkv}
+            if qkv:
+                attrs["score_" + qkv] = float(scores[i, j])
+            g.add_edge(self.src_names[i], node, **attrs)
+        return g
+
+    def to(self, device: torch.device | str) -> "Graph":
+        self.device = torch.device(device)
+        self.valid = self.valid.to(device)
+        self.scores = self.scores.to(device)
+        self.in_circuit = self.in_circuit.to(device)
+        return self
+
+    # ------------------------------------------------------------------ layout helpers used by the engine
+    def dst_slices(self) -> dict[str, slice]:
+        """Column ranges of each destination group: ``attn{L}`` (all q/k/v of layer L, ordered
+        q-heads, k-heads, v-heads), ``mlp{L}`` and ``logits``."""
+        out, j = {}, 0
+        H = self.arch.n_heads
+        for layer in range(self.arch.n_layers):
+            n = H * (3 if self.split_qkv else 1)
+            out[f"attn{layer}"] = slice(j, j + n)
+            j += n
+            if self.arch.has_mlp:
+                out[f"mlp{layer}"] = slice(j, j + 1)
+                j += 1
+        out["logits"] = slice(j, j + 1)
+        return out
+
+    def src_slices(self) -> dict[str, slice]:
+        """Row ranges of each source group: ``input``, ``attn{L}`` (heads), ``mlp{L}``."""
+        out, i = {"input": slice(0, 1)}, 1
+        H = self.arch.n_heads
+        for layer in range(self.arch.n_layers):
+            out[f"attn{layer}"] = slice(i, i + H)
+            i += H
+            if self.arch.has_mlp:
+                out[f"mlp{layer}"] = slice(i, i + 1)
+                i += 1
+        return out
+
+    def n_upstream(self, group: str) -> int:
+        """Number of sources a destination group reads (they are always a prefix of the rows)."""
+        cols = self.dst_slices()[group]
+        return int(self.valid[:, cols.start].sum())
+
+
+def node_kind(name: str) -> str:
+    if name == "input":
+        return "input"
+    if name == "logits":
+        return "logits"
+    if name.startswith("a"):
+        return "head"
+    if name.startswith("m"):
+        return "mlp"
+    return "other"
+
+
+def _unknown(name: str, what: str, valid: list[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, valid, n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    return (
+        f"unknown {what} node {name!r}.{hint} Valid {what} names look like "
+        f"{', '.join(valid[:3])}, …, {valid[-1]} ({len(valid)} in all)."
+    )

@@ -1,0 +1,79 @@
+"""Tasks from files: JSONL or CSV with columns ``clean``, ``corrupted``, ``answer`` and
+optionally ``wrong`` (strings, tokenized with the model's tokenizer, or JSON lists of token ids)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import torch
+
+from circuitgraph.tasks.metrics import Metric
+from circuitgraph.tasks.task import Task
+
+REQUIRED = ("clean", "corrupted")
+
+
+def load_task(path: str | Path, model=None, metric: str | Metric = "logit_diff", name: str | None = None) -> Task:
+    """Read a task file. String prompts need ``model`` (for its tokenizer); id lists do not."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"task file {path} does not exist")
+    rows = _read_rows(path)
+    if not rows:
+        raise ValueError(f"task file {path} has no examples")
+    missing = [c for c in REQUIRED if c not in rows[0]]
+    if missing:
+        raise ValueError(f"task file {path} lacks column(s) {missing}; it needs clean, corrupted, answer[, wrong]")
+    name = name or path.stem
+    cols = {c: [r.get(c) for r in rows] for c in ("clean", "corrupted", "answer", "wrong")}
+    if any(v is None or v == "" for v in cols["wrong"]):
+        cols["wrong"] = None
+    if any(v is None or v == "" for v in cols["answer"]):
+        cols["answer"] = None
+    if isinstance(cols["clean"][0], str) and not cols["clean"][0].lstrip().startswith("["):
+        if model is None:
+            raise ValueError(f"task file {path} holds text prompts: pass model= so they can be tokenized")
+        return Task.from_strings(model, cols["clean"], cols["corrupted"], cols["answer"], cols["wrong"], metric=metric, name=name)
+    as_ids = {k: ([_ids(x, path, i) for i, x in enumerate(v)] if v is not None else None) for k, v in cols.items()}
+    lengths = {len(x) for x in as_ids["clean"]} | {len(x) for x in as_ids["corrupted"]}
+    if len(lengths) != 1:
+        raise ValueError(f"task file {path}: token-id prompts must all have the same length, found lengths {sorted(lengths)}")
+    dev = model.cfg.device if model is not None else "cpu"
+
+    def t(v):
+        return None if v is None else torch.tensor(v, dtype=torch.long, device=dev)
+
+    return Task(clean=t(as_ids["clean"]), corrupted=t(as_ids["corrupted"]), answer=t(as_ids["answer"]),
+                wrong=t(as_ids["wrong"]), metric=metric, name=name)
+
+
+def _read_rows(path: Path) -> list[dict]:
+    if path.suffix.lower() in (".jsonl", ".json"):
+        rows = []
+        for i, line in enumerate(path.read_text().splitlines()):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{i + 1} is not valid JSON ({e.msg}); each line must be one JSON object") from None
+        return rows
+    if path.suffix.lower() in (".csv", ".tsv"):
+        with path.open(newline="") as f:
+            return list(csv.DictReader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ","))
+    raise ValueError(f"unsupported task file type {path.suffix!r}; use .jsonl or .csv")
+
+
+def _ids(x, path, i):
+    if isinstance(x, str):
+        try:
+            x = json.loads(x)
+        except json.JSONDecodeError:
+            raise ValueError(f"{path} row {i}: {x!r} is neither text (needs model=) nor a list of ids") from None
+    if isinstance(x, int):
+        return x
+    if not isinstance(x, list) or not all(isinstance(v, int) for v in x):
+        raise ValueError(f"{path} row {i}: expected a list of integer token ids, got {x!r}")
+    return x

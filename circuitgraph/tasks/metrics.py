@@ -1,0 +1,125 @@
+"""Task metrics: functions of the model's logits that the attribution differentiates and the
+evaluation measures.
+
+Every metric returns one value per example (``[batch]``), read at the example's read positions
+(averaged when an example reads several), so that batching and averaging stay in one place.
+Signature of a custom metric: ``fn(logits: [batch, pos, vocab], batch: Task) -> [batch]``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+Metric = Callable[[torch.Tensor, "Task"], torch.Tensor]  # noqa: F821
+
+
+def read_logits(logits: torch.Tensor, task) -> torch.Tensor:
+    """Logits at the read positions, flattened: ``[n_read, vocab]`` (row order = ``read_mask.nonzero()``)."""
+    return logits[task.read_mask]
+
+
+def per_example_mean(values: torch.Tensor, task) -> torch.Tensor:
+    """Average per-read-position ``values [n_read]`` into per-example values ``[batch]``."""
+    owner = task.read_owner  # [n_read] example index of each read position
+    out = torch.zeros(task.n_examples, dtype=values.dtype, device=values.device)
+    out = out.index_add(0, owner, values)
+    return out / task.read_counts.to(values.dtype)
+
+
+def _answer_at_reads(ids: torch.Tensor, task) -> torch.Tensor:
+    """Token ids per read position ``[n_read]`` (ids given per example or per position)."""
+    return ids[task.read_owner] if ids.ndim == 1 else ids[task.read_mask]
+
+
+def logit_diff(logits: torch.Tensor, task) -> torch.Tensor:
+    """logit(answer) − logit(wrong answer); with no wrong answer, logit(answer)."""
+    lg = read_logits(logits, task)
+    val = lg.gather(1, _answer_at_reads(task.answer, task)[:, None])[:, 0]
+    if task.wrong is not None:
+        val = val - lg.gather(1, _answer_at_reads(task.wrong, task)[:, None])[:, 0]
+    return per_example_mean(val, task)
+
+
+def prob_diff(logits: torch.Tensor, task) -> torch.Tensor:
+    """p(answer) − p(wrong answer); with no wrong answer, p(answer)."""
+    p = read_logits(logits, task).float().softmax(-1)
+    val = p.gather(1, _answer_at_reads(task.answer, task)[:, None])[:, 0]
+    if task.wrong is not None:
+        val = val - p.gather(1, _answer_at_reads(task.wrong, task)[:, None])[:, 0]
+    return per_example_mean(val, task)
+
+
+def cross_entropy(logits: torch.Tensor, task) -> torch.Tensor:
+    """−log p(answer): lower is better."""
+    logp = read_logits(logits, task).float().log_softmax(-1)
+    val = -logp.gather(1, _answer_at_reads(task.answer, task)[:, None])[:, 0]
+    return per_example_mean(val, task)
+
+
+def kl_divergence(logits: torch.Tensor, task) -> torch.Tensor:
+    """KL(clean ‖ current) at the read positions: 0 for the full model, lower is better."""
+    ref = _reference(task)
+    logp = read_logits(logits, task).float().log_softmax(-1)
+    ref_logp = ref.float().log_softmax(-1)
+    val = F.kl_div(logp, ref_logp, log_target=True, reduction="none").sum(-1)
+    return per_example_mean(val, task)
+
+
+def l2(logits: torch.Tensor, task) -> torch.Tensor:
+    """Squared distance of the read logits to the clean run's (for numeric outputs)."""
+    ref = _reference(task)
+    val = (read_logits(logits, task).float() - ref.float()).pow(2).sum(-1)
+    return per_example_mean(val, task)
+
+
+def _reference(task) -> torch.Tensor:
+    if task.clean_reference is None:
+        raise RuntimeError(
+            "this metric compares to the clean run: call task.prepare(model) first "
+            "(attribute() and evaluate() do this for you)"
+        )
+    return task.clean_reference
+
+
+METRICS: dict[str, Metric] = {
+    "logit_diff": logit_diff,
+    "prob_diff": prob_diff,
+    "cross_entropy": cross_entropy,
+    "kl": kl_divergence,
+    "l2": l2,
+}
+NEEDS_REFERENCE = {"kl", "l2"}
+# Metrics for which a *lower* value means the task is done better (used for reporting only).
+LOWER_IS_BETTER = {"cross_entropy", "kl", "l2"}
+
+
+def resolve_metric(metric: str | Metric) -> Metric:
+    if callable(metric):
+        return metric
+    try:
+        return METRICS[metric]
+    except KeyError:
+        raise ValueError(f"unknown metric {metric!r}; choose one of {sorted(METRICS)} or pass a callable") from None
+
+
+def checked(values: torch.Tensor, task, where: str = "") -> torch.Tensor:
+    """Validate a metric's output: one finite value per example (a scalar is broadcast)."""
+    if not isinstance(values, torch.Tensor):
+        raise TypeError(f"the metric must return a torch.Tensor, got {type(values).__name__}{where}")
+    if values.ndim == 0:
+        values = values.expand(task.n_examples)
+    if values.shape != (task.n_examples,):
+        raise ValueError(
+            f"the metric must return one value per example (shape [{task.n_examples}]) or a scalar, "
+            f"got shape {list(values.shape)}{where}"
+        )
+    if not torch.isfinite(values).all():
+        bad = (~torch.isfinite(values)).nonzero()[:5, 0].tolist()
+        raise ValueError(
+            f"the metric returned NaN or inf for examples {bad}{where}; check the answer ids and "
+            "that the metric does not divide by zero or take log(0)"
+        )
+    return values
