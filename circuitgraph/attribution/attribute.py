@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from circuitgraph.attribution.gradients import contract, forward_backward
 from circuitgraph.engine.activations import Ablation, raw_difference, raw_sources, stack_sources
+from circuitgraph.engine.batching import auto_batch_size, check_graph, example_chunks, mask_batch_size
 from circuitgraph.engine.patching import patched_logits, tiled
 from circuitgraph.graph import Graph, check_model
 
@@ -51,14 +52,14 @@ def attribute(
     if steps < 1:
         raise ValueError(f"steps must be ≥ 1, got {steps}")
     check_model(model)
-    _check_graph(model, graph)
+    check_graph(model, graph)
     task.check_model(model)
     task.prepare(model)
     abl = Ablation.coerce(ablation).prepare(model, graph, task)
     bs = batch_size or auto_batch_size(graph, task)
     t0 = time.perf_counter()
     scores = torch.zeros(graph.valid.shape, dtype=torch.float32, device=graph.valid.device)
-    chunks = list(_chunks(task, bs))
+    chunks = list(example_chunks(task, bs))
     if method == "exact":
         _exact(model, graph, task, abl, chunks, scores, edge_batch, progress)
     else:
@@ -124,7 +125,7 @@ def _exact(model, graph: Graph, task, abl: Ablation, chunks, scores: torch.Tenso
     E = edges.shape[0]
     for idx, chunk, weight in chunks:
         ablated = abl.activations(model, graph, task, idx, chunk)
-        K = edge_batch or max(1, min(E, _edge_batch_budget(graph, chunk)))
+        K = edge_batch or max(1, min(E, mask_batch_size(graph, chunk)))
         base = chunk.score(patched_logits(model, graph, chunk, ablated, graph.valid)).mean()
         bar = tqdm(total=E, desc="exact", disable=not progress, delay=2.0, leave=False)
         for start in range(0, E, K):
@@ -137,35 +138,3 @@ def _exact(model, graph: Graph, task, abl: Ablation, chunks, scores: torch.Tenso
             scores[e[:, 0], e[:, 1]] += weight * (per_edge - base)
             bar.update(k)
         bar.close()
-
-
-def _chunks(task, batch_size: int):
-    n = task.n_examples
-    for i in range(0, n, batch_size):
-        j = min(n, i + batch_size)
-        idx = slice(i, j)
-        yield idx, (task if (i == 0 and j == n) else task.select(idx)), (j - i) / n
-
-
-def auto_batch_size(graph: Graph, task, budget_bytes: float = 1.5e9) -> int:
-    """Examples per chunk so that the [n_src, batch, pos, d] source buffers stay within budget."""
-    per_example = graph.n_src * task.seq_len * graph.arch.d_model * 4 * 3
-    return max(1, min(task.n_examples, int(budget_bytes // max(per_example, 1))))
-
-
-def _edge_batch_budget(graph: Graph, chunk, budget_bytes: float = 1.0e9) -> int:
-    per_mask = graph.n_src * chunk.n_examples * chunk.seq_len * graph.arch.d_model * 4 * 2
-    return max(1, int(budget_bytes // max(per_mask, 1)))
-
-
-def _check_graph(model, graph: Graph) -> None:
-    from circuitgraph.graph import config_hash
-
-    if graph.model_hash and graph.model_hash != config_hash(model.cfg):
-        raise ValueError(
-            "this graph was built for a different model (config hash mismatch); build it with Graph.from_model(model)"
-        )
-    if graph.arch.n_layers != model.cfg.n_layers or graph.arch.n_heads != model.cfg.n_heads:
-        raise ValueError("graph shape does not match the model; build it with Graph.from_model(model)")
-    if graph.valid.device != next(model.parameters()).device:
-        graph.to(next(model.parameters()).device)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from circuitgraph.engine.activations import Ablation
+from circuitgraph.engine.batching import auto_batch_size, check_graph, example_chunks, mask_batch_size
 from circuitgraph.engine.patching import patched_logits, tiled
 from circuitgraph.graph import Graph
 from circuitgraph.tasks.metrics import LOWER_IS_BETTER
@@ -25,18 +26,16 @@ def evaluate(model, graph: Graph, task, masks: torch.Tensor, ablation: str | Abl
              batch_size: int | None = None, mask_batch: int | None = None) -> torch.Tensor:
     """Mean metric of the model restricted to each circuit: ``masks [K, n_src, n_dst]`` (or one
     ``[n_src, n_dst]`` mask) → ``[K]`` (or a scalar)."""
-    from circuitgraph.attribution.attribute import _chunks, _edge_batch_budget, auto_batch_size, _check_graph
-
     single = masks.ndim == 2
     masks = masks[None] if single else masks
-    _check_graph(model, graph)
+    check_graph(model, graph)
     task.check_model(model)
     task.prepare(model)
     abl = Ablation.coerce(ablation).prepare(model, graph, task)
     out = torch.zeros(masks.shape[0], device=graph.valid.device)
-    for idx, chunk, weight in _chunks(task, batch_size or auto_batch_size(graph, task)):
+    for idx, chunk, weight in example_chunks(task, batch_size or auto_batch_size(graph, task)):
         ablated = abl.activations(model, graph, task, idx, chunk)
-        K = mask_batch or _edge_batch_budget(graph, chunk)
+        K = mask_batch or mask_batch_size(graph, chunk)
         for s in range(0, masks.shape[0], K):
             m = masks[s:s + K].to(graph.valid.device)
             values = tiled(chunk, m.shape[0]).score(patched_logits(model, graph, chunk, ablated, m), " during evaluation")

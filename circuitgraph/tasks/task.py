@@ -200,16 +200,6 @@ class Task:
             t.clean_reference = self.clean_reference[starts.repeat_interleave(counts) + within]
         return t
 
-    def batches(self, batch_size: int | None):
-        """Yield (sub-task, weight) with weights summing to 1 (example-count proportional)."""
-        n = self.n_examples
-        if not batch_size or batch_size >= n:
-            yield self, 1.0
-            return
-        for i in range(0, n, batch_size):
-            j = min(n, i + batch_size)
-            yield self.select(slice(i, j)), (j - i) / n
-
     # ------------------------------------------------------------------ running
     def check_model(self, model) -> None:
         """Validate the task against a model: vocab range, context length, device."""

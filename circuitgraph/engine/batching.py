@@ -1,0 +1,41 @@
+"""Memory-bounded batching over examples and over edge masks, shared by attribution and evaluation."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+from circuitgraph.graph import Graph, config_hash
+
+
+def example_chunks(task, batch_size: int) -> Iterator[tuple[slice, object, float]]:
+    """Yield ``(idx, sub_task, weight)`` covering the task; weights (example fractions) sum to 1."""
+    n = task.n_examples
+    for i in range(0, n, batch_size):
+        j = min(n, i + batch_size)
+        idx = slice(i, j)
+        yield idx, (task if (i == 0 and j == n) else task.select(idx)), (j - i) / n
+
+
+def auto_batch_size(graph: Graph, task, budget_bytes: float = 1.5e9) -> int:
+    """Examples per chunk so that the [n_src, batch, pos, d] source buffers stay within budget."""
+    per_example = graph.n_src * task.seq_len * graph.arch.d_model * 4 * 3
+    return max(1, min(task.n_examples, int(budget_bytes // max(per_example, 1))))
+
+
+def mask_batch_size(graph: Graph, chunk, budget_bytes: float = 1.0e9) -> int:
+    """How many edge masks one patched forward may carry (each tiles the chunk once)."""
+    per_mask = graph.n_src * chunk.n_examples * chunk.seq_len * graph.arch.d_model * 4 * 2
+    return max(1, int(budget_bytes // max(per_mask, 1)))
+
+
+def check_graph(model, graph: Graph) -> None:
+    """Refuse a graph built for another model; move it to the model's device."""
+    if graph.model_hash and graph.model_hash != config_hash(model.cfg):
+        raise ValueError(
+            "this graph was built for a different model (config hash mismatch); build it with Graph.from_model(model)"
+        )
+    if graph.arch.n_layers != model.cfg.n_layers or graph.arch.n_heads != model.cfg.n_heads:
+        raise ValueError("graph shape does not match the model; build it with Graph.from_model(model)")
+    device = next(model.parameters()).device
+    if graph.valid.device != device:
+        graph.to(device)
