@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from circuitgraph.attribution.gradients import contract, forward_backward
-from circuitgraph.engine.activations import Ablation, raw_difference, raw_sources, stack_sources
+from circuitgraph.engine.activations import Ablation, raw_difference, raw_sources, source_deltas
 from circuitgraph.engine.batching import auto_batch_size, check_graph, example_chunks, mask_batch_size
 from circuitgraph.engine.patching import patched_logits, tiled
 from circuitgraph.graph import Graph, check_model
@@ -58,7 +58,10 @@ def attribute(
     abl = Ablation.coerce(ablation).prepare(model, graph, task)
     bs = batch_size or auto_batch_size(graph, task)
     t0 = time.perf_counter()
-    scores = torch.zeros(graph.valid.shape, dtype=torch.float32, device=graph.valid.device)
+    # accumulate in place: at neuron granularity the [n_src, n_dst] matrix is the largest object
+    if graph.scores.dtype != torch.float32 or graph.scores.device != graph.valid.device:
+        graph.scores = torch.zeros(graph.valid.shape, dtype=torch.float32, device=graph.valid.device)
+    scores = graph.scores.zero_()
     chunks = list(example_chunks(task, bs))
     if method == "exact":
         _exact(model, graph, task, abl, chunks, scores, edge_batch, progress)
@@ -70,23 +73,21 @@ def attribute(
             if method == "eap":
                 clean: dict = {}
                 grads, _ = forward_backward(model, graph, chunk, capture_sources=clean)
-                # a(ablated) − a(clean), differenced before projecting heads through W_O
-                contract(graph, stack_sources(model, graph, raw_difference(ablated, clean)), grads, scores, weight)
+                # a(ablated) − a(clean), differenced before projecting through W_O / W_out
+                contract(graph, source_deltas(model, graph, raw_difference(ablated, clean)), grads, scores, weight)
                 bar.update(1)
                 continue
             clean = raw_sources(model, graph, chunk, chunk.clean)
-            deltas = stack_sources(model, graph, raw_difference(ablated, clean))  # [n_src, B, P, d]
-            ablated, clean = stack_sources(model, graph, ablated), stack_sources(model, graph, clean)
+            deltas = source_deltas(model, graph, raw_difference(ablated, clean))
             for k in range(steps):
                 alpha = (k + 0.5) / steps  # midpoint rule: second-order accurate in 1/steps
-                x = ablated[0] + alpha * (clean[0] - ablated[0])
-                extra = _interpolate_sources(model, graph, clean, ablated, alpha) if method == "eap-ig-activations" else None
+                x = ablated["input"] + alpha * (clean["input"] - ablated["input"])
+                extra = _interpolate_sources(graph, clean, ablated, alpha) if method == "eap-ig-activations" else None
                 grads, _ = forward_backward(model, graph, chunk, input_override=x, extra_fwd=extra)
                 contract(graph, deltas, grads, scores, weight / steps)
                 bar.update(1)
         bar.close()
-    scores = scores.masked_fill(~graph.valid, 0.0)
-    graph.scores = scores
+    # (contractions only ever write upstream-source × destination blocks, so invalid entries stay 0)
     graph.score_info = {
         "method": method, "ablation": abl.to_dict(), "steps": steps if method.startswith("eap-ig") else None,
         "task": task.name, "metric": task.metric_name, "n_examples": task.n_examples,
@@ -95,27 +96,19 @@ def attribute(
     return scores
 
 
-def _interpolate_sources(model, graph: Graph, clean: torch.Tensor, ablated: torch.Tensor, alpha: float) -> list:
-    """Hooks fixing every head/MLP output's *value* to ablated + α(clean − ablated) while letting
-    gradients flow through the live computation (straight-through)."""
+def _interpolate_sources(graph: Graph, clean: dict, ablated: dict, alpha: float) -> list:
+    """Hooks fixing every head's z and every MLP's output to ablated + α(clean − ablated) in
+    value, while gradients flow through the live computation (straight-through)."""
+
+    def fixed(key):
+        target = ablated[key] + alpha * (clean[key] - ablated[key])
+        return lambda x, hook: x + (target - x.detach())
+
     hooks = []
-    src = graph.src_slices()
     for L in range(graph.arch.n_layers):
-        W_O = model.blocks[L].attn.W_O.detach()  # [H, d_head, d]
-        W_O_pinv = torch.linalg.pinv(W_O)  # [H, d, d_head]
-        rows = src[f"attn{L}"]
-        target = ablated[rows] + alpha * (clean[rows] - ablated[rows])  # [H, B, P, d]
-
-        def head_hook(z, hook, target=target, W_O=W_O, W_O_pinv=W_O_pinv):
-            # Shift z so z @ W_O equals the target. Target and live output both lie in W_O's row
-            # space, so the pseudo-inverse recovers the shift exactly.
-            live = torch.einsum("bphe,hed->hbpd", z.detach(), W_O)
-            return z + torch.einsum("hbpd,hde->bphe", target - live, W_O_pinv)
-
-        hooks.append((f"blocks.{L}.attn.hook_z", head_hook))
+        hooks.append((f"blocks.{L}.attn.hook_z", fixed(f"z{L}")))
         if graph.arch.has_mlp:
-            t = ablated[src[f"mlp{L}"]][0] + alpha * (clean[src[f"mlp{L}"]][0] - ablated[src[f"mlp{L}"]][0])
-            hooks.append((f"blocks.{L}.hook_mlp_out", lambda x, hook, t=t: x + (t - x.detach())))
+            hooks.append((f"blocks.{L}.hook_mlp_out", fixed(f"mlp{L}")))
     return hooks
 
 

@@ -3,9 +3,10 @@ costly split-input flags.
 
 ``use_split_qkv_input`` would materialise a [batch, pos, head, d_model] copy of the residual
 stream per q/k/v and make forward+backward ~10× slower. We instead capture the gradients at
-``hook_q/k/v`` ([batch, pos, head, d_head]: small), push them back through ``W_Q/W_K/W_V`` and
-the norm's Jacobian analytically (kept factored, see :class:`GroupGradient`), and read MLP-input and final
-residual gradients directly from ``hook_mlp_in`` and the last ``hook_resid_post``.
+``hook_q/k/v`` ([batch, pos, head, d_head]: small) and ``mlp.hook_pre`` (neurons), push them back
+through ``W_Q/W_K/W_V`` / ``W_in`` and the norm's Jacobian analytically (kept factored, see
+:mod:`circuitgraph.attribution.blocks`), and read MLP-input and final residual gradients directly
+from ``hook_mlp_in`` and the last ``hook_resid_post``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from contextlib import contextmanager
 
 import torch
 
+from circuitgraph.attribution.blocks import DenseReaders, LowRankReaders, SourceDeltas, dense_scores, lowrank_scores
 from circuitgraph.engine.activations import resid_pre0, source_hooks
 from circuitgraph.graph import Graph
 from circuitgraph.graph.compat import hook_flags
@@ -36,8 +38,13 @@ class DestinationGradients:
                 fwd.append((f"blocks.{L}.ln1.hook_normalized", self._keep(f"norm{L}")))
             for letter in "qkv":
                 bwd.append((f"blocks.{L}.attn.hook_{letter}", self._keep_grad(f"{letter}{L}")))
-            if self.graph.arch.has_mlp:
+            if self.graph.arch.has_mlp and (L not in self.graph.neurons or self.graph.has_rest(L)):
                 bwd.append((f"blocks.{L}.hook_mlp_in", self._keep_grad(f"mlp{L}")))
+            if L in self.graph.neurons:
+                bwd.append((f"blocks.{L}.mlp.hook_pre", self._keep_grad(f"pre{L}")))
+                if type(self.model.blocks[L].ln2).__name__ != "Identity":
+                    fwd.append((f"blocks.{L}.ln2.hook_scale", self._keep(f"scale2_{L}")))
+                    fwd.append((f"blocks.{L}.ln2.hook_normalized", self._keep(f"norm2_{L}")))
         bwd.append((f"blocks.{self.graph.arch.n_layers - 1}.hook_resid_post", self._keep_grad("logits")))
         return fwd, bwd
 
@@ -53,16 +60,21 @@ class DestinationGradients:
 
         return hook
 
-    def group(self, name: str) -> "GroupGradient":
-        """Gradients for a destination group of :meth:`Graph.dst_slices` (``attn{L}`` ordered
-        q-heads, k-heads, v-heads), in factored form (see :class:`GroupGradient`)."""
+    def group(self, name: str) -> list[tuple[slice, DenseReaders | LowRankReaders]]:
+        """Input gradients of a destination group of :meth:`Graph.dst_slices`, as
+        ``[(columns within the group, readers)]`` in factored form."""
         if name == "logits":
-            return GroupGradient(self.grad["logits"][None])
+            return [(slice(0, 1), DenseReaders(self.grad["logits"][None]))]
         if name.startswith("mlp"):
-            return GroupGradient(self.grad[name][None])
-        L = int(name[4:])
+            L = int(name[3:])
+            if L not in self.graph.neurons:
+                return [(slice(0, 1), DenseReaders(self.grad[name][None]))]
+            return self._neuron_readers(L)
+        readers = self._head_readers(int(name[4:]))
+        return [(slice(0, readers.n), readers)]
+
+    def _head_readers(self, L: int) -> DenseReaders:
         attn, ln = self.model.blocks[L].attn, self.model.blocks[L].ln1
-        kind = type(ln).__name__
         xhat, scale = self.fwd.get(f"norm{L}"), self.fwd.get(f"scale{L}")
         w = ln.w.detach() if hasattr(ln, "w") else None
         d = self.graph.arch.d_model
@@ -81,36 +93,46 @@ class DestinationGradients:
                 # per-position scalars that are cheap in head space
                 proj = torch.einsum("bpd,hde->bphe", xhat, W)  # x̂ through the (gained) projection
                 radial.append((g * proj).sum(-1).permute(2, 0, 1) / d)
-                if kind in ("LayerNorm", "LayerNormPre"):
+                if _centred(ln):
                     centre.append(torch.einsum("bphe,he->hbp", g, W.sum(1)) / d)
         if self.graph.split_qkv:
-            G = torch.cat(parts)
             cat = torch.cat
         else:
-            G = parts[0] + parts[1] + parts[2]
             cat = lambda xs: xs[0] + xs[1] + xs[2]  # noqa: E731
-        return GroupGradient(G, centre=cat(centre) if centre else None,
-                             radial=cat(radial) if radial else None, xhat=xhat)
+        return DenseReaders(cat(parts), centre=cat(centre) if centre else None,
+                            radial=cat(radial) if radial else None, xhat=xhat)
+
+    def _neuron_readers(self, L: int) -> list:
+        """Neuron j reads the MLP input through ``ln2`` and ``W_in[:, j]``; the ``rest`` node reads
+        what the other neurons read (total MLP-input gradient minus the selected neurons')."""
+        grad_pre = self.grad[f"pre{L}"]
+        ids = self.graph.neuron_ids(L).to(grad_pre.device)
+        ln = self.model.blocks[L].ln2
+        xhat, scale = self.fwd.get(f"norm2_{L}"), self.fwd.get(f"scale2_{L}")
+        enc = self.model.blocks[L].mlp.W_in.detach()[:, ids].T  # [n, d]
+        if hasattr(ln, "w"):
+            enc = enc * ln.w.detach()[None]
+        g = grad_pre[..., ids].permute(2, 0, 1)  # [n, B, P]
+        if scale is not None:
+            g = g / scale[None, ..., 0]
+        readers = LowRankReaders(g, enc, xhat, centred=_centred(ln))
+        out = [(slice(0, len(ids)), readers)]
+        if self.graph.has_rest(L):
+            centre, radial = readers.terms()
+            picked = torch.einsum("nbp,nd->bpd", g, enc)
+            rest = DenseReaders(
+                (self.grad[f"mlp{L}"] - picked)[None],
+                centre=None if centre is None else -centre.sum(0, keepdim=True),
+                radial=None if radial is None else -radial.sum(0, keepdim=True),
+                xhat=xhat,
+            )
+            out.append((slice(len(ids), len(ids) + 1), rest))
+        return out
 
 
-class GroupGradient:
-    """∂m/∂in_v for a group of destinations, as ``G − centre·1 − radial·x̂`` per position.
-
-    G [n, batch, pos, d]; centre, radial [n, batch, pos] or None; xhat [batch, pos, d]. Keeping the
-    norm's Jacobian factored lets the contraction apply it to per-position sums of the source
-    deltas instead of to every element of G.
-    """
-
-    def __init__(self, G, centre=None, radial=None, xhat=None):
-        self.G, self.centre, self.radial, self.xhat = G, centre, radial, xhat
-
-    def dense(self) -> torch.Tensor:
-        G = self.G
-        if self.centre is not None:
-            G = G - self.centre[..., None]
-        if self.radial is not None:
-            G = G - self.radial[..., None] * self.xhat
-        return G
+def _centred(ln) -> bool:
+    """LayerNorm subtracts the mean (a centring term in its Jacobian); RMSNorm does not."""
+    return type(ln).__name__ in ("LayerNorm", "LayerNormPre")
 
 
 def _ungrouped(W: torch.Tensor, attn) -> torch.Tensor:
@@ -158,22 +180,24 @@ def forward_backward(model, graph: Graph, task, input_override: torch.Tensor | N
     return dg, values.detach()
 
 
-def contract(graph: Graph, deltas: torch.Tensor, grads: DestinationGradients, out: torch.Tensor, weight: float = 1.0) -> None:
-    """``out[u, v] += weight · Σ_{batch,pos,d} deltas[u] · ∂m/∂in_v`` for every valid edge: one
-    matmul per destination group over the sources upstream of it (``deltas`` [n_src, batch, pos, d])."""
-    n_src = graph.n_src
-    flat = deltas.reshape(n_src, -1)
-    row_sums = None
+
+
+def contract(graph: Graph, deltas: SourceDeltas, grads: DestinationGradients, out: torch.Tensor, weight: float = 1.0) -> None:
+    """``out[u, v] += weight · Σ_{batch,pos,d} delta_u · ∂m/∂in_v`` for every valid edge: per
+    destination group, one matmul over the dense sources upstream of it plus one factored
+    product per upstream neuron block."""
+    D, rows = deltas.dense, deltas.dense_rows
+    row_sums = D.sum(-1)  # [n_dense, B, P], shared by every norm-centred reader
     for name, cols in graph.dst_slices().items():
         n_up = graph.n_upstream(name)
-        gg = grads.group(name)
-        n = gg.G.shape[0]
-        acc = flat[:n_up] @ gg.G.reshape(n, -1).T  # [n_up, n]
-        if gg.centre is not None:
-            if row_sums is None:
-                row_sums = deltas.sum(-1).reshape(n_src, -1)  # [n_src, batch*pos]
-            acc -= row_sums[:n_up] @ gg.centre.reshape(n, -1).T
-        if gg.radial is not None:
-            along = torch.einsum("ubpd,bpd->ubp", deltas[:n_up], gg.xhat).reshape(n_up, -1)
-            acc -= along @ gg.radial.reshape(n, -1).T
-        out[:n_up, cols] += weight * acc.to(out.dtype)
+        k = int((rows < n_up).sum())
+        for sub, readers in grads.group(name):
+            c = slice(cols.start + sub.start, cols.start + sub.stop)
+            acc = weight * dense_scores(D[:k], readers, row_sums[:k]).to(out.dtype)
+            if deltas.contiguous:
+                out[:k, c] += acc
+            else:
+                out[rows[:k], c] += acc
+            for block in deltas.lowrank:
+                if int(block.rows[0]) < n_up:
+                    out[block.rows, c] += weight * lowrank_scores(block, readers).to(out.dtype)

@@ -88,7 +88,8 @@ class Circuit:
             "schema": SCHEMA,
             "model": {"name": g.model_name, "config_hash": g.model_hash, "n_layers": g.arch.n_layers,
                       "n_heads": g.arch.n_heads, "has_mlp": g.arch.has_mlp, "d_model": g.arch.d_model,
-                      "split_qkv": g.split_qkv},
+                      "d_mlp": g.arch.d_mlp, "split_qkv": g.split_qkv,
+                      "neurons": {str(k): v for k, v in g.neurons.items()}},
             "metadata": self.metadata,
             "faithfulness": self.faithfulness,
             "figures": self.figures,
@@ -126,9 +127,10 @@ class Circuit:
             raise CircuitFileError(f"{path} is not a circuitgraph circuit (schema {doc.get('schema') if isinstance(doc, dict) else None!r}, expected {SCHEMA!r})")
         try:
             m = doc["model"]
-            arch = Architecture(m["n_layers"], m["n_heads"], m["has_mlp"], m["d_model"])
-            graph = Graph(arch, split_qkv=m["split_qkv"], model_name=m["name"], model_hash=m["config_hash"])
-        except (KeyError, TypeError) as e:
+            arch = Architecture(m["n_layers"], m["n_heads"], m["has_mlp"], m["d_model"], m.get("d_mlp", 0))
+            neurons = {int(k): v for k, v in (m.get("neurons") or {}).items()}
+            graph = Graph(arch, split_qkv=m["split_qkv"], model_name=m["name"], model_hash=m["config_hash"], neurons=neurons)
+        except (KeyError, TypeError, ValueError) as e:
             raise CircuitFileError(f"{path} lacks model field {e}; the file is corrupted") from None
         if model is not None:
             h = config_hash(model.cfg)

@@ -29,6 +29,8 @@ def source_hooks(graph: Graph, buf: dict) -> list:
         hooks.append((f"blocks.{L}.attn.hook_z", _store(buf, f"z{L}")))
         if graph.arch.has_mlp:
             hooks.append((f"blocks.{L}.hook_mlp_out", _store(buf, f"mlp{L}")))
+        if L in graph.neurons:
+            hooks.append((f"blocks.{L}.mlp.hook_post", _store(buf, f"post{L}")))
     return hooks
 
 
@@ -40,7 +42,9 @@ def _store(buf: dict, key: str):
 
 
 def stack_sources(model, graph: Graph, buf: dict, out: torch.Tensor | None = None) -> torch.Tensor:
-    """Raw captures → ``[n_src, batch, pos, d_model]`` (heads projected through ``W_O``)."""
+    """Raw captures → ``[n_src, batch, pos, d_model]`` (heads projected through ``W_O``, neurons
+    through their ``W_out`` rows). Dense: for patching and small graphs; attribution at neuron
+    scale uses :func:`source_deltas`, which keeps neurons low-rank."""
     x0 = buf["input"]
     B, P, d = x0.shape
     if out is None:
@@ -50,9 +54,54 @@ def stack_sources(model, graph: Graph, buf: dict, out: torch.Tensor | None = Non
     for L in range(graph.arch.n_layers):
         W_O = model.blocks[L].attn.W_O  # [head, d_head, d_model]
         out[slices[f"attn{L}"]] = torch.einsum("bphe,hed->hbpd", buf[f"z{L}"], W_O.detach())
-        if graph.arch.has_mlp:
-            out[slices[f"mlp{L}"]] = buf[f"mlp{L}"]
+        if not graph.arch.has_mlp:
+            continue
+        rows = slices[f"mlp{L}"]
+        if L not in graph.neurons:
+            out[rows] = buf[f"mlp{L}"]
+            continue
+        post, W_out = _neuron_parts(model, graph, buf, L)
+        n = post.shape[-1]
+        out[rows.start:rows.start + n] = torch.einsum("bpi,id->ibpd", post, W_out)
+        if graph.has_rest(L):
+            out[rows.start + n] = buf[f"mlp{L}"] - post @ W_out
     return out
+
+
+def _neuron_parts(model, graph: Graph, buf: dict, L: int):
+    """The selected neurons' activations ``[B, P, n]`` and write directions ``[n, d]``."""
+    ids = graph.neuron_ids(L).to(buf[f"post{L}"].device)
+    return buf[f"post{L}"][..., ids], model.blocks[L].mlp.W_out.detach()[ids]
+
+
+def source_deltas(model, graph: Graph, diff: dict):
+    """Raw differences (see :func:`raw_difference`) → :class:`SourceDeltas`: dense rows for the
+    input, heads, whole MLPs and ``rest`` nodes; a low-rank block per neuron layer."""
+    from circuitgraph.attribution.blocks import LowRankSources, SourceDeltas
+
+    if not graph.neurons:
+        return SourceDeltas(stack_sources(model, graph, diff), torch.arange(graph.n_src, device=diff["input"].device), [])
+    x0 = diff["input"]
+    slices = graph.src_slices()
+    dense, rows, lowrank = [x0[None]], [0], []
+    for L in range(graph.arch.n_layers):
+        s = slices[f"attn{L}"]
+        dense.append(torch.einsum("bphe,hed->hbpd", diff[f"z{L}"], model.blocks[L].attn.W_O.detach()))
+        rows.extend(range(s.start, s.stop))
+        if not graph.arch.has_mlp:
+            continue
+        m = slices[f"mlp{L}"]
+        if L not in graph.neurons:
+            dense.append(diff[f"mlp{L}"][None])
+            rows.append(m.start)
+            continue
+        post, W_out = _neuron_parts(model, graph, diff, L)
+        n = post.shape[-1]
+        lowrank.append(LowRankSources(torch.arange(m.start, m.start + n, device=x0.device), post.permute(2, 0, 1), W_out))
+        if graph.has_rest(L):
+            dense.append((diff[f"mlp{L}"] - post @ W_out)[None])
+            rows.append(m.start + n)
+    return SourceDeltas(torch.cat(dense), torch.tensor(rows, device=x0.device), lowrank)
 
 
 @torch.no_grad()

@@ -73,14 +73,81 @@ def patch_hooks(model, graph: Graph, ablated: torch.Tensor, keep: torch.Tensor) 
             if h is not None:
                 hooks.append((f"blocks.{L}.hook_{letter}_input", h))
         hooks.append((f"blocks.{L}.attn.hook_z", record(src[f"attn{L}"], head_project(L))))
-        if graph.arch.has_mlp:
-            h = subtract(dst[f"mlp{L}"], graph.n_upstream(f"mlp{L}"), per_head=False)
+        if not graph.arch.has_mlp:
+            continue
+        n_up = graph.n_upstream(f"mlp{L}")
+        if L not in graph.neurons:
+            h = subtract(dst[f"mlp{L}"], n_up, per_head=False)
             if h is not None:
                 hooks.append((f"blocks.{L}.hook_mlp_in", h))
             hooks.append((f"blocks.{L}.hook_mlp_out", record(src[f"mlp{L}"])))
+        else:
+            hooks += _neuron_hooks(model, graph, L, removed, live_minus_ablated, ablated, subtract, K, n_up)
     h = subtract(dst["logits"], graph.n_upstream("logits"), per_head=False)
     if h is not None:
         hooks.append((f"blocks.{graph.arch.n_layers - 1}.hook_resid_post", h))
+    return hooks
+
+
+def _neuron_hooks(model, graph: Graph, L: int, removed, live_minus_ablated, ablated, subtract, K: int, n_up: int) -> list:
+    """Patching for a layer split into neurons.
+
+    Sources: each selected neuron writes ``post_i · W_out[i]``; ``rest`` writes the remainder of
+    the MLP output. Destinations: ``rest`` (and unselected neurons) read the shared MLP input,
+    patched at ``hook_mlp_in``; a selected neuron with removed in-edges gets its own input
+    ``x − Σ removed deltas``, pushed through ``ln2`` and its ``W_in`` column at ``hook_pre``.
+    """
+    mlp = model.blocks[L].mlp
+    ids = graph.neuron_ids(L).to(ablated.device)
+    n = len(ids)
+    rows = graph.src_slices()[f"mlp{L}"]
+    cols = graph.dst_slices()[f"mlp{L}"]
+    W_out, W_in, b_in = mlp.W_out.detach()[ids], mlp.W_in.detach()[:, ids], mlp.b_in.detach()[ids]
+    _, B, P, d = ablated.shape
+    store: dict = {}
+    hooks = []
+
+    def keep_input(x, hook):  # the MLP input before any patching (every neuron's own input starts here)
+        store["x"] = x
+        return x
+
+    hooks.append((f"blocks.{L}.hook_mlp_in", keep_input))
+    if graph.has_rest(L):
+        h = subtract(slice(cols.stop - 1, cols.stop), n_up, per_head=False)
+        if h is not None:
+            hooks.append((f"blocks.{L}.hook_mlp_in", h))
+
+    r = removed[:, :n_up, cols.start:cols.start + n]  # [K, n_up, n]
+    patched = r.any(0).any(0).nonzero()[:, 0]  # neurons with some removed in-edge
+    if len(patched):
+        rp = r[:, :, patched]
+
+        def own_inputs(pre, hook):
+            D = live_minus_ablated[:n_up]  # [n_up, K, B, P, d]
+            x = store["x"].reshape(K, B, P, 1, d) - torch.einsum("kuj,ukbpd->kbpjd", rp, D)
+            normed = model.blocks[L].ln2(x.reshape(K * B, P, len(patched), d))
+            new = torch.einsum("bpjd,dj->bpj", normed, W_in[:, patched]) + b_in[patched]
+            pre = pre.clone()
+            pre[..., ids[patched]] = new.to(pre.dtype)
+            return pre
+
+        hooks.append((f"blocks.{L}.mlp.hook_pre", own_inputs))
+
+    def keep_post(post, hook):
+        store["post"] = post[..., ids]
+        return post
+
+    def record_out(out, hook):
+        post = store["post"]  # [K*B, P, n]
+        live = torch.einsum("bpi,id->ibpd", post, W_out)
+        live_minus_ablated[rows.start:rows.start + n] = live.reshape(n, K, B, P, d) - ablated[rows.start:rows.start + n, None]
+        if graph.has_rest(L):
+            rest = out - post @ W_out
+            live_minus_ablated[rows.stop - 1] = rest.reshape(K, B, P, d) - ablated[rows.stop - 1, None]
+        return out
+
+    hooks.append((f"blocks.{L}.mlp.hook_post", keep_post))
+    hooks.append((f"blocks.{L}.hook_mlp_out", record_out))
     return hooks
 
 

@@ -15,7 +15,7 @@ class UnsupportedModelError(TypeError):
     """The model is not a HookedTransformer the graph can describe."""
 
 
-def check_model(model) -> None:
+def check_model(model, neurons: bool = False) -> None:
     """Raise :class:`UnsupportedModelError` naming the problem and the fix; also ungroup
     grouped-query attention so that every query head has its own key/value input."""
     try:
@@ -44,6 +44,8 @@ def check_model(model) -> None:
         problems.append(f"post-norm architecture {cfg.original_architecture}")
     if getattr(cfg, "load_in_4bit", False):
         problems.append("4-bit quantised weights (load the model in float32 or bfloat16)")
+    if neurons and (getattr(cfg, "gated_mlp", False) or getattr(cfg, "act_fn", "") in ("solu_ln",)):
+        problems.append("neuron-level graphs need a plain MLP (post = act(pre)); gated or SoLU-LN MLPs are not split")
     if problems:
         raise UnsupportedModelError(
             "this model's architecture is not supported by the circuit graph: " + "; ".join(problems)

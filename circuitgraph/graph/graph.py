@@ -35,14 +35,17 @@ class Architecture:
     n_heads: int
     has_mlp: bool
     d_model: int
+    d_mlp: int = 0
 
     @classmethod
     def from_config(cls, cfg) -> "Architecture":
+        has_mlp = not bool(getattr(cfg, "attn_only", False))
         return cls(
             n_layers=int(cfg.n_layers),
             n_heads=int(cfg.n_heads),
-            has_mlp=not bool(getattr(cfg, "attn_only", False)),
+            has_mlp=has_mlp,
             d_model=int(cfg.d_model),
+            d_mlp=int(cfg.d_mlp or 0) if has_mlp else 0,
         )
 
 
@@ -63,6 +66,11 @@ class Graph:
 
     ``valid[s, d]`` is True where source ``s`` writes into the residual stream before destination
     ``d`` reads it. ``scores`` is filled by :func:`circuitgraph.attribution.attribute`.
+
+    ``neurons`` splits MLPs into single neurons: ``{layer: None}`` (every neuron of that layer) or
+    ``{layer: [ids]}`` (those neurons, plus an ``m{L}.rest`` node for the others, so the graph
+    still sums to the model). A neuron ``m{L}.n{i}`` writes ``post_i · W_out[i]`` and reads the
+    residual stream through ``W_in[:, i]``.
     """
 
     def __init__(
@@ -72,12 +80,14 @@ class Graph:
         device: torch.device | str = "cpu",
         model_name: str = "",
         model_hash: str = "",
+        neurons: dict[int, list[int] | None] | None = None,
     ) -> None:
         self.arch = arch
         self.split_qkv = split_qkv
         self.model_name = model_name
         self.model_hash = model_hash
         L, H = arch.n_layers, arch.n_heads
+        self.neurons = _normalise_neurons(neurons, arch)
 
         # Residual "time": input writes at 0; layer L's heads write at 2L+1, its MLP at 2L+2.
         src_names, src_time, src_layer = ["input"], [0], [-1]
@@ -86,8 +96,8 @@ class Graph:
                 src_names.append(f"a{layer}.h{h}")
                 src_time.append(2 * layer + 1)
                 src_layer.append(layer)
-            if arch.has_mlp:
-                src_names.append(f"m{layer}")
+            for name in self.mlp_node_names(layer):
+                src_names.append(name)
                 src_time.append(2 * layer + 2)
                 src_layer.append(layer)
 
@@ -99,8 +109,8 @@ class Graph:
                 for h in range(H):
                     dst_names.append(f"a{layer}.h{h}.{letter}" if letter else f"a{layer}.h{h}")
                     dst_time.append(2 * layer + 1)
-            if arch.has_mlp:
-                dst_names.append(f"m{layer}")
+            for name in self.mlp_node_names(layer):
+                dst_names.append(name)
                 dst_time.append(2 * layer + 2)
         dst_names.append("logits")
         dst_time.append(2 * L + 1)
@@ -114,29 +124,65 @@ class Graph:
         self.src_layer = torch.tensor(src_layer)
         # Each destination belongs to a node, which is also a source (logits: -1).
         self.dst_owner = torch.tensor([self.src_index.get(self.dst_node(n), -1) for n in dst_names])
-        self.node_dsts = [(self.dst_owner == s).nonzero()[:, 0] for s in range(len(src_names))]
+        order = torch.argsort(self.dst_owner, stable=True)
+        counts = torch.bincount(self.dst_owner + 1, minlength=len(src_names) + 1)[1:]
+        starts = int((self.dst_owner < 0).sum())
+        self.node_dsts = list(torch.split(order[starts:], counts.tolist()))  # destinations of each source node
         self.device = torch.device(device)
         self.valid = (self.src_time[:, None] < self.dst_time[None, :]).to(self.device)
         self.scores = torch.zeros(self.valid.shape, device=self.device)
-        self.in_circuit = self.valid.clone()
         self.score_info: dict = {}
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_model(cls, model, split_qkv: bool = True) -> "Graph":
+    def from_model(cls, model, split_qkv: bool = True, neurons: bool | dict | None = None) -> "Graph":
         """Compile a ``HookedTransformer`` into its edge graph (refusing architectures whose
-        residual stream does not decompose as heads + MLPs)."""
+        residual stream does not decompose as heads + MLPs). ``neurons=True`` splits every MLP
+        into its neurons; a dict ``{layer: [ids] | None}`` splits only those."""
         from circuitgraph.graph.compat import check_model
 
-        check_model(model)
+        check_model(model, neurons=bool(neurons))
         cfg = model.cfg
+        if neurons is True:
+            neurons = {layer: None for layer in range(cfg.n_layers)}
         return cls(
             Architecture.from_config(cfg),
             split_qkv=split_qkv,
             device=cfg.device or "cpu",
             model_name=str(getattr(cfg, "model_name", "") or ""),
             model_hash=config_hash(cfg),
+            neurons=neurons or None,
         )
+
+    def mlp_node_names(self, layer: int) -> list[str]:
+        """The nodes layer ``layer``'s MLP contributes: ``m{L}``, or its neurons (+ ``m{L}.rest``)."""
+        if not self.arch.has_mlp:
+            return []
+        if layer not in self.neurons:
+            return [f"m{layer}"]
+        ids = self.neurons[layer]
+        names = [f"m{layer}.n{i}" for i in ids]
+        if len(ids) < self.arch.d_mlp:
+            names.append(f"m{layer}.rest")
+        return names
+
+    def neuron_ids(self, layer: int) -> torch.Tensor | None:
+        """Neuron indices of layer ``layer``'s neuron nodes (None when the MLP is one node)."""
+        if layer not in self.neurons:
+            return None
+        return torch.tensor(self.neurons[layer], dtype=torch.long)
+
+    def has_rest(self, layer: int) -> bool:
+        return layer in self.neurons and len(self.neurons[layer]) < self.arch.d_mlp
+
+    @property
+    def in_circuit(self) -> torch.Tensor:
+        """The graph's current circuit mask (default: every valid edge; no copy is made)."""
+        return self.valid if self._in_circuit is None else self._in_circuit
+
+    @in_circuit.setter
+    def in_circuit(self, mask: torch.Tensor) -> None:
+        self._in_circuit = mask.to(self.valid.device).bool() & self.valid
 
     # ------------------------------------------------------------------ sizes and names
     @property
@@ -240,35 +286,35 @@ class Graph:
         self.device = torch.device(device)
         self.valid = self.valid.to(device)
         self.scores = self.scores.to(device)
-        self.in_circuit = self.in_circuit.to(device)
         return self
 
     # ------------------------------------------------------------------ layout helpers used by the engine
     def dst_slices(self) -> dict[str, slice]:
         """Column ranges of each destination group: ``attn{L}`` (all q/k/v of layer L, ordered
-        q-heads, k-heads, v-heads), ``mlp{L}`` and ``logits``."""
+        q-heads, k-heads, v-heads), ``mlp{L}`` (the MLP input, or its neurons' inputs) and ``logits``."""
         out, j = {}, 0
-        H = self.arch.n_heads
+        per_attn = self.arch.n_heads * (3 if self.split_qkv else 1)
         for layer in range(self.arch.n_layers):
-            n = H * (3 if self.split_qkv else 1)
-            out[f"attn{layer}"] = slice(j, j + n)
-            j += n
-            if self.arch.has_mlp:
-                out[f"mlp{layer}"] = slice(j, j + 1)
-                j += 1
+            out[f"attn{layer}"] = slice(j, j + per_attn)
+            j += per_attn
+            n_mlp = len(self.mlp_node_names(layer))
+            if n_mlp:
+                out[f"mlp{layer}"] = slice(j, j + n_mlp)
+                j += n_mlp
         out["logits"] = slice(j, j + 1)
         return out
 
     def src_slices(self) -> dict[str, slice]:
-        """Row ranges of each source group: ``input``, ``attn{L}`` (heads), ``mlp{L}``."""
+        """Row ranges of each source group: ``input``, ``attn{L}`` (heads), ``mlp{L}`` (the MLP or
+        its neurons)."""
         out, i = {"input": slice(0, 1)}, 1
-        H = self.arch.n_heads
         for layer in range(self.arch.n_layers):
-            out[f"attn{layer}"] = slice(i, i + H)
-            i += H
-            if self.arch.has_mlp:
-                out[f"mlp{layer}"] = slice(i, i + 1)
-                i += 1
+            out[f"attn{layer}"] = slice(i, i + self.arch.n_heads)
+            i += self.arch.n_heads
+            n_mlp = len(self.mlp_node_names(layer))
+            if n_mlp:
+                out[f"mlp{layer}"] = slice(i, i + n_mlp)
+                i += n_mlp
         return out
 
     def n_upstream(self, group: str) -> int:
@@ -285,8 +331,27 @@ def node_kind(name: str) -> str:
     if name.startswith("a"):
         return "head"
     if name.startswith("m"):
-        return "mlp"
+        return "neuron" if ".n" in name else "mlp"
     return "other"
+
+
+def _normalise_neurons(neurons, arch: Architecture) -> dict[int, list[int]]:
+    """``{layer: [sorted unique ids]}``, validated against the architecture."""
+    if not neurons:
+        return {}
+    if not arch.has_mlp:
+        raise ValueError("neurons were requested but this model has no MLPs (attn_only)")
+    out = {}
+    for layer, ids in dict(neurons).items():
+        layer = int(layer)
+        if not 0 <= layer < arch.n_layers:
+            raise ValueError(f"neuron layer {layer} does not exist; the model has layers 0..{arch.n_layers - 1}")
+        ids = list(range(arch.d_mlp)) if ids is None else sorted({int(i) for i in ids})
+        bad = [i for i in ids if not 0 <= i < arch.d_mlp]
+        if bad:
+            raise ValueError(f"neuron ids {bad[:5]} of layer {layer} are out of range [0, {arch.d_mlp})")
+        out[layer] = ids
+    return out
 
 
 def _unknown(name: str, what: str, valid: list[str]) -> str:

@@ -1,0 +1,141 @@
+"""Factored edge-score contractions: dense or low-rank sources against dense or low-rank readers.
+
+A head or MLP writes a full vector per position (dense: ``D [n, batch, pos, d]``). A neuron (or an
+SAE feature) writes a scalar times a fixed direction (low-rank: ``coef [n, batch, pos]`` and
+``dirs [n, d]``). Likewise a destination's input gradient is either a full vector per position
+or a scalar gradient times a fixed read direction (a neuron's ``W_in`` column). Behind a norm,
+the gradient is ``G − centre·1 − radial·x̂`` (the norm's Jacobian, kept factored).
+
+score(u, v) = Σ_{batch,pos} D_u · ∂m/∂in_v for every pair of blocks, without materialising
+``[n_src, n_dst, d]``; neuron→neuron edges go through the virtual weights ``dirs_u · enc_v``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class DenseReaders:
+    """Input gradients ``G − centre·1 − radial·x̂``: G [n, B, P, d]; centre, radial [n, B, P]."""
+
+    G: torch.Tensor
+    centre: torch.Tensor | None = None
+    radial: torch.Tensor | None = None
+    xhat: torch.Tensor | None = None
+
+    @property
+    def n(self) -> int:
+        return self.G.shape[0]
+
+    def dense(self) -> torch.Tensor:
+        G = self.G
+        if self.centre is not None:
+            G = G - self.centre[..., None]
+        if self.radial is not None:
+            G = G - self.radial[..., None] * self.xhat
+        return G
+
+
+@dataclass
+class LowRankReaders:
+    """Input gradient of reader j at (b, p): ``g[j,b,p] · enc[j]`` pushed through the norm, i.e.
+    ``g·enc − centre·1 − radial·x̂`` with centre = g·Σenc/d and radial = g·(x̂·enc)/d
+    (``g`` already divided by the norm's scale, ``enc`` already multiplied by its gain)."""
+
+    g: torch.Tensor  # [n, B, P]
+    enc: torch.Tensor  # [n, d]
+    xhat: torch.Tensor | None = None  # [B, P, d]
+    centred: bool = False  # LayerNorm subtracts the mean; RMSNorm does not
+
+    @property
+    def n(self) -> int:
+        return self.g.shape[0]
+
+    def terms(self):
+        """(centre, radial) per-position coefficients, each [n, B, P] or None."""
+        if self.xhat is None:
+            return None, None
+        d = self.enc.shape[1]
+        radial = self.g * torch.einsum("bpd,nd->nbp", self.xhat, self.enc) / d
+        centre = self.g * (self.enc.sum(1) / d)[:, None, None] if self.centred else None
+        return centre, radial
+
+    def dense(self) -> torch.Tensor:
+        centre, radial = self.terms()
+        G = torch.einsum("nbp,nd->nbpd", self.g, self.enc)
+        if centre is not None:
+            G = G - centre[..., None]
+        if radial is not None:
+            G = G - radial[..., None] * self.xhat
+        return G
+
+
+@dataclass
+class LowRankSources:
+    """Writes ``coef[i, b, p] · dirs[i]``: neurons (dirs = W_out rows) or SAE features."""
+
+    rows: torch.Tensor  # [n] source indices in the graph
+    coef: torch.Tensor  # [n, B, P]
+    dirs: torch.Tensor  # [n, d]
+
+
+def dense_scores(D: torch.Tensor, readers, row_sums: torch.Tensor | None = None) -> torch.Tensor:
+    """``[n_u, n_v]`` scores of dense sources ``D [n_u, B, P, d]`` against any readers."""
+    n_u = D.shape[0]
+    if isinstance(readers, DenseReaders):
+        acc = D.reshape(n_u, -1) @ readers.G.reshape(readers.n, -1).T
+        centre, radial, xhat = readers.centre, readers.radial, readers.xhat
+    else:
+        # Σ_bp g[j,bp] (D_u[bp] · enc_j): project sources onto the read directions, a few at a time
+        g = readers.g.reshape(readers.n, -1).T  # [BP, n_j]
+        flat = D.reshape(n_u, -1, D.shape[-1])
+        step = max(1, int(2.5e7 // max(1, flat.shape[1] * readers.n)))
+        acc = torch.cat([(flat[i:i + step] @ readers.enc.T).mul_(g).sum(1) for i in range(0, n_u, step)])
+        centre, radial = readers.terms()
+        xhat = readers.xhat
+    if centre is not None:
+        rs = row_sums if row_sums is not None else D.sum(-1)
+        acc -= rs.reshape(n_u, -1) @ centre.reshape(centre.shape[0], -1).T
+    if radial is not None:
+        along = torch.einsum("ubpd,bpd->ubp", D, xhat).reshape(n_u, -1)
+        acc -= along @ radial.reshape(radial.shape[0], -1).T
+    return acc
+
+
+def lowrank_scores(src: LowRankSources, readers) -> torch.Tensor:
+    """``[n_i, n_v]`` scores of low-rank sources against any readers."""
+    n_i = src.coef.shape[0]
+    coef = src.coef.reshape(n_i, -1)  # [n_i, BP]
+    if isinstance(readers, DenseReaders):
+        # Σ_bp coef[i,bp] (G_v[bp] · dirs_i): G projected onto the write directions
+        GD = readers.G.reshape(readers.n, -1, readers.G.shape[-1]) @ src.dirs.T  # [n_v, BP, n_i]
+        acc = torch.einsum("ib,vbi->iv", coef, GD)
+        centre, radial, xhat = readers.centre, readers.radial, readers.xhat
+    else:
+        # virtual weights dirs_i · enc_j times the co-occurrence of coefficient and gradient
+        acc = (src.dirs @ readers.enc.T) * (coef @ readers.g.reshape(readers.n, -1).T)
+        centre, radial = readers.terms()
+        xhat = readers.xhat
+    if centre is not None:
+        acc -= src.dirs.sum(1)[:, None] * (coef @ centre.reshape(centre.shape[0], -1).T)
+    if radial is not None:
+        along = coef * (xhat.reshape(-1, xhat.shape[-1]) @ src.dirs.T).T  # [n_i, BP]
+        acc -= along @ radial.reshape(radial.shape[0], -1).T
+    return acc
+
+
+@dataclass
+class SourceDeltas:
+    """a(ablated) − a(clean) for every source: dense rows (input, heads, MLPs, ``rest`` nodes)
+    in one compact tensor, neurons as low-rank blocks."""
+
+    dense: torch.Tensor  # [n_dense, B, P, d]
+    dense_rows: torch.Tensor  # [n_dense] sorted graph row indices
+    lowrank: list[LowRankSources]
+
+    @property
+    def contiguous(self) -> bool:
+        return not self.lowrank
