@@ -52,7 +52,7 @@ def attribute(
     if steps < 1:
         raise ValueError(f"steps must be ≥ 1, got {steps}")
     check_model(model)
-    check_graph(model, graph)
+    check_graph(model, graph, task)
     task.check_model(model)
     task.prepare(model)
     abl = Ablation.coerce(ablation).prepare(model, graph, task)

@@ -188,6 +188,8 @@ def contract(graph: Graph, deltas: SourceDeltas, grads: DestinationGradients, ou
     product per upstream neuron block."""
     D, rows = deltas.dense, deltas.dense_rows
     row_sums = D.sum(-1)  # [n_dense, B, P], shared by every norm-centred reader
+    if getattr(graph, "positions", None):
+        return _contract_per_position(graph, D, row_sums, grads, out, weight)
     for name, cols in graph.dst_slices().items():
         n_up = graph.n_upstream(name)
         k = int((rows < n_up).sum())
@@ -201,3 +203,21 @@ def contract(graph: Graph, deltas: SourceDeltas, grads: DestinationGradients, ou
             for block in deltas.lowrank:
                 if int(block.rows[0]) < n_up:
                     out[block.rows, c] += weight * lowrank_scores(block, readers).to(out.dtype)
+
+
+def _contract_per_position(graph, D: torch.Tensor, row_sums: torch.Tensor, grads: DestinationGradients,
+                           out: torch.Tensor, weight: float) -> None:
+    """The same contraction without summing over positions: scores ``[u, v, p]`` written into the
+    position diagonal of a :class:`PositionalGraph`'s score matrix."""
+    diag = graph.diagonal(out)  # [n_src, n_dst, P] view
+    for name, cols in graph.dst_slices().items():
+        n_up = graph.n_upstream(name)
+        for sub, readers in grads.group(name):
+            c = slice(cols.start + sub.start, cols.start + sub.stop)
+            acc = torch.einsum("ubpd,vbpd->uvp", D[:n_up], readers.G)
+            if readers.centre is not None:
+                acc -= torch.einsum("ubp,vbp->uvp", row_sums[:n_up], readers.centre)
+            if readers.radial is not None:
+                along = torch.einsum("ubpd,bpd->ubp", D[:n_up], readers.xhat)
+                acc -= torch.einsum("ubp,vbp->uvp", along, readers.radial)
+            diag[:n_up, c] += weight * acc.to(out.dtype)

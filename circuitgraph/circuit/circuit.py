@@ -89,7 +89,8 @@ class Circuit:
             "model": {"name": g.model_name, "config_hash": g.model_hash, "n_layers": g.arch.n_layers,
                       "n_heads": g.arch.n_heads, "has_mlp": g.arch.has_mlp, "d_model": g.arch.d_model,
                       "d_mlp": g.arch.d_mlp, "split_qkv": g.split_qkv,
-                      "neurons": {str(k): v for k, v in g.neurons.items()}},
+                      "neurons": {str(k): v for k, v in g.neurons.items()},
+                      "positions": getattr(g, "positions", None), "causal": getattr(g, "causal", True)},
             "metadata": self.metadata,
             "faithfulness": self.faithfulness,
             "figures": self.figures,
@@ -130,6 +131,10 @@ class Circuit:
             arch = Architecture(m["n_layers"], m["n_heads"], m["has_mlp"], m["d_model"], m.get("d_mlp", 0))
             neurons = {int(k): v for k, v in (m.get("neurons") or {}).items()}
             graph = Graph(arch, split_qkv=m["split_qkv"], model_name=m["name"], model_hash=m["config_hash"], neurons=neurons)
+            if m.get("positions"):
+                from circuitgraph.graph.positional import PositionalGraph
+
+                graph = PositionalGraph(graph, int(m["positions"]), causal=bool(m.get("causal", True)))
         except (KeyError, TypeError, ValueError) as e:
             raise CircuitFileError(f"{path} lacks model field {e}; the file is corrupted") from None
         if model is not None:

@@ -38,7 +38,7 @@ def prune(graph: Graph, mask: torch.Tensor) -> torch.Tensor:
     for s in range(1, graph.n_src):
         reach[s] = bool((mask[:, graph.node_dsts[s]] & reach[:, None]).any())
     reads_live = torch.zeros(graph.n_dst, dtype=torch.bool, device=mask.device)  # owner reaches logits
-    reads_live[graph.dst_index["logits"]] = True
+    reads_live[graph.logits_columns] = True
     for s in range(graph.n_src - 1, 0, -1):
         if bool((mask[s] & reads_live).any()):
             reads_live[graph.node_dsts[s]] = True

@@ -24,6 +24,7 @@ def resid_pre0(L: int = 0) -> str:
 def source_hooks(graph: Graph, buf: dict) -> list:
     """Forward hooks that store the raw source activations (input, per-layer z, MLP outputs)
     into ``buf`` without changing the forward pass."""
+    graph = graph.node_graph
     hooks = [(resid_pre0(), _store(buf, "input"))]
     for L in range(graph.arch.n_layers):
         hooks.append((f"blocks.{L}.attn.hook_z", _store(buf, f"z{L}")))
@@ -45,6 +46,7 @@ def stack_sources(model, graph: Graph, buf: dict, out: torch.Tensor | None = Non
     """Raw captures → ``[n_src, batch, pos, d_model]`` (heads projected through ``W_O``, neurons
     through their ``W_out`` rows). Dense: for patching and small graphs; attribution at neuron
     scale uses :func:`source_deltas`, which keeps neurons low-rank."""
+    graph = graph.node_graph
     x0 = buf["input"]
     B, P, d = x0.shape
     if out is None:
@@ -79,6 +81,7 @@ def source_deltas(model, graph: Graph, diff: dict):
     input, heads, whole MLPs and ``rest`` nodes; a low-rank block per neuron layer."""
     from circuitgraph.attribution.blocks import LowRankSources, SourceDeltas
 
+    graph = graph.node_graph
     if not graph.neurons:
         return SourceDeltas(stack_sources(model, graph, diff), torch.arange(graph.n_src, device=diff["input"].device), [])
     x0 = diff["input"]

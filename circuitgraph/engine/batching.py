@@ -18,18 +18,28 @@ def example_chunks(task, batch_size: int) -> Iterator[tuple[slice, object, float
 
 def auto_batch_size(graph: Graph, task, budget_bytes: float = 1.5e9) -> int:
     """Examples per chunk so that the [n_src, batch, pos, d] source buffers stay within budget."""
-    per_example = graph.n_src * task.seq_len * graph.arch.d_model * 4 * 3
+    per_example = graph.node_graph.n_src * task.seq_len * graph.arch.d_model * 4 * 3
     return max(1, min(task.n_examples, int(budget_bytes // max(per_example, 1))))
 
 
 def mask_batch_size(graph: Graph, chunk, budget_bytes: float = 1.0e9) -> int:
     """How many edge masks one patched forward may carry (each tiles the chunk once)."""
-    per_mask = graph.n_src * chunk.n_examples * chunk.seq_len * graph.arch.d_model * 4 * 2
+    per_mask = graph.node_graph.n_src * chunk.n_examples * chunk.seq_len * graph.arch.d_model * 4 * 2
     return max(1, int(budget_bytes // max(per_mask, 1)))
 
 
-def check_graph(model, graph: Graph) -> None:
-    """Refuse a graph built for another model; move it to the model's device."""
+def check_graph(model, graph: Graph, task=None) -> None:
+    """Refuse a graph built for another model (or, position-resolved, for other prompt lengths);
+    move it to the model's device."""
+    P = getattr(graph, "positions", None)
+    if P and task is not None:
+        padded = task.attention_mask is not None and not bool(task.attention_mask.bool().all())
+        if task.seq_len != P or padded:
+            raise ValueError(
+                f"this graph resolves {P} token positions, but the task's prompts have {task.seq_len} tokens"
+                f"{' with padding' if padded else ''}; positions need prompts of one template length with no "
+                "padding. Build the graph with PositionalGraph.from_model(model, positions=task.seq_len)."
+            )
     if graph.model_hash and graph.model_hash != config_hash(model.cfg):
         raise ValueError(
             "this graph was built for a different model (config hash mismatch); build it with Graph.from_model(model)"

@@ -28,6 +28,10 @@ def patch_hooks(model, graph: Graph, ablated: torch.Tensor, keep: torch.Tensor) 
     n_src, B, P, d = ablated.shape
     H = graph.arch.n_heads
     removed = (~keep & graph.valid).to(ablated.dtype)  # [K, n_src, n_dst]
+    positional = bool(getattr(graph, "positions", None))
+    if positional:  # [K, n_src·P, n_dst·P] → per-position removals [K, n_src, n_dst, P]
+        removed = torch.stack([graph.diagonal(r) for r in removed])
+        graph = graph.base
     live_minus_ablated = torch.empty(n_src, K, B, P, d, dtype=ablated.dtype, device=ablated.device)
     src, dst = graph.src_slices(), graph.dst_slices()
     hooks = []
@@ -55,7 +59,12 @@ def patch_hooks(model, graph: Graph, ablated: torch.Tensor, keep: torch.Tensor) 
 
         def hook(x, hook):
             D = live_minus_ablated[:n_up]  # [n_up, K, B, P, d]
-            if per_head:  # x [K*B, P, H, d]
+            if positional:  # r [K, n_up, n_cols, P]: a removal applies at its own position only
+                if per_head:
+                    delta = torch.einsum("kuhp,ukbpd->kbphd", r, D).reshape(K * B, P, H, d)
+                else:
+                    delta = torch.einsum("kup,ukbpd->kbpd", r[:, :, 0], D).reshape(K * B, P, d)
+            elif per_head:  # x [K*B, P, H, d]
                 delta = torch.einsum("kuh,ukbpd->kbphd", r, D).reshape(K * B, P, H, d)
             else:  # x [K*B, P, d]
                 delta = torch.einsum("ku,ukbpd->kbpd", r[:, :, 0], D).reshape(K * B, P, d)

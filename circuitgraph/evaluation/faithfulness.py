@@ -28,7 +28,7 @@ def evaluate(model, graph: Graph, task, masks: torch.Tensor, ablation: str | Abl
     ``[n_src, n_dst]`` mask) → ``[K]`` (or a scalar)."""
     single = masks.ndim == 2
     masks = masks[None] if single else masks
-    check_graph(model, graph)
+    check_graph(model, graph, task)
     task.check_model(model)
     task.prepare(model)
     abl = Ablation.coerce(ablation).prepare(model, graph, task)

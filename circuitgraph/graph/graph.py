@@ -131,6 +131,7 @@ class Graph:
         self.device = torch.device(device)
         self.valid = (self.src_time[:, None] < self.dst_time[None, :]).to(self.device)
         self.scores = torch.zeros(self.valid.shape, device=self.device)
+        self._in_circuit: torch.Tensor | None = None
         self.score_info: dict = {}
 
     # ------------------------------------------------------------------ construction
@@ -254,8 +255,21 @@ class Graph:
 
     @staticmethod
     def dst_node(dst_name: str) -> str:
-        """The node a destination belongs to: ``a1.h2.k`` → ``a1.h2``; ``m3`` → ``m3``."""
-        return dst_name[:-2] if dst_name[-2:] in (".q", ".k", ".v") else dst_name
+        """The node a destination belongs to: ``a1.h2.k`` → ``a1.h2``; ``m3`` → ``m3``;
+        ``a1.h2.k@5`` → ``a1.h2@5``."""
+        name, at, pos = dst_name.partition("@")
+        name = name[:-2] if name[-2:] in (".q", ".k", ".v") else name
+        return f"{name}{at}{pos}"
+
+    @property
+    def logits_columns(self) -> torch.Tensor:
+        """Column indices of the ``logits`` destination(s)."""
+        return torch.tensor([self.dst_index["logits"]])
+
+    @property
+    def node_graph(self) -> "Graph":
+        """The position-free graph the engine computes on (itself, unless position-resolved)."""
+        return getattr(self, "base", self)
 
     # ------------------------------------------------------------------ views
     def to_networkx(self, mask: torch.Tensor | None = None) -> nx.DiGraph:
@@ -286,6 +300,8 @@ class Graph:
         self.device = torch.device(device)
         self.valid = self.valid.to(device)
         self.scores = self.scores.to(device)
+        if self._in_circuit is not None:
+            self._in_circuit = self._in_circuit.to(device)
         return self
 
     # ------------------------------------------------------------------ layout helpers used by the engine

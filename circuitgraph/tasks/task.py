@@ -219,6 +219,8 @@ class Task:
         v_out = cfg.d_vocab_out if cfg.d_vocab_out and cfg.d_vocab_out > 0 else cfg.d_vocab
         for nm in ("answer", "wrong"):
             ids = getattr(self, nm)
+            if ids is not None and ids.ndim == 2:
+                ids = ids[self.read_mask]  # per-position ids: only the positions read must be valid
             if ids is not None and (int(ids.max()) >= v_out or int(ids.min()) < 0):
                 raise ValueError(
                     f"{nm} ids must be output-vocabulary indices in [0, {v_out}); got {int(ids.min())}..{int(ids.max())}"
