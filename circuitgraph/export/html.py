@@ -1,0 +1,461 @@
+"""A self-contained, offline, interactive HTML view of a circuit (pyvis / vis-network).
+
+    write_html(circuit, "ioi.html")                       # a Circuit
+    write_html(graph, "scores.html", mask=top_n(graph, 200))   # a Graph with scores and a mask
+
+Layout: x is the residual-stream position (``input`` at the left; each layer's heads, then its
+MLP; ``logits`` at the right); heads are stacked vertically within their layer. Positions are
+fixed and physics is off, so the picture is the same every time. Nodes are coloured by kind,
+edges by the sign of their score (blue positive, red negative) with width ∝ |score|; an edge into
+a head's query, key or value input is labelled ``q``, ``k`` or ``v``. Hovering shows names, scores
+and ranks (by |score| within the circuit). A slider and a number box hide edges below an
+|score| threshold.
+
+The page is one file with no network access: vis-network's JavaScript and CSS (the copy shipped
+inside the pyvis package, or ``circuitgraph/export/vendor/`` if present) are inlined into it. For
+tests and scripts the page exposes ``window.circuitgraph`` (node/edge counts, the vis DataSets and
+network) and mirrors the counts into ``<div id="cg-status" data-...>`` once vis has drawn.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import re
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from circuitgraph.graph import Graph
+from circuitgraph.graph.graph import node_kind
+
+__all__ = ["write_html", "KIND_STYLES", "vis_assets"]
+
+# Node colours by kind (``node_kind`` of the name, or ``graph.node_kinds[name]`` where a graph
+# defines it). New node types (SAE features, ...) only need an entry here; unknown kinds fall back
+# to DEFAULT_STYLE.
+KIND_STYLES: dict[str, dict] = {
+    "input": {"color": "#b8bec6", "label": "input (embeddings)"},
+    "head": {"color": "#f6c85f", "label": "attention head"},
+    "mlp": {"color": "#8fd18b", "label": "MLP"},
+    "neuron": {"color": "#c9a7e8", "label": "MLP neuron"},
+    "sae_feature": {"color": "#7fd6e0", "label": "SAE feature"},
+    "logits": {"color": "#9aa8f0", "label": "logits"},
+}
+DEFAULT_STYLE = {"color": "#dddddd", "label": "other"}
+POSITIVE, NEGATIVE, ZERO = "#1f6fd1", "#d62728", "#9e9e9e"
+QKV_NAMES = {"q": "query", "k": "key", "v": "value"}
+X_STEP, X_MIN, Y_STEP, MAX_WIDTH = 190, 120, 72, 1400
+MAX_SLOTS = 48  # columns with more nodes than this are laid out with their shown nodes only
+_VENDOR = Path(__file__).parent / "vendor"
+
+
+# ------------------------------------------------------------------------------------ assets
+@lru_cache(maxsize=1)
+def vis_assets() -> tuple[str, str]:
+    """``(javascript, css)`` of vis-network, read from our vendor folder or the installed pyvis."""
+    candidates = []
+    if (_VENDOR / "vis-network.min.js").is_file():
+        candidates.append(_VENDOR)
+    try:
+        import pyvis
+
+        root = Path(pyvis.__file__).parent
+        found = [d for base in (root / "templates" / "lib", root / "lib") if base.is_dir()
+                 for d in base.glob("vis-*") if (d / "vis-network.min.js").is_file()]
+
+        def version(d: Path) -> tuple:
+            return tuple(int(x) for x in re.findall(r"\d+", d.name))
+
+        candidates += sorted(found, key=version, reverse=True)
+    except ImportError:
+        pass
+    for d in candidates:
+        css = d / "vis-network.css"
+        if not css.is_file():
+            css = d / "vis-network.min.css"
+        if css.is_file():
+            return (d / "vis-network.min.js").read_text(encoding="utf-8"), css.read_text(encoding="utf-8")
+    raise RuntimeError(
+        "cannot find vis-network's JavaScript to inline into the HTML viewer: install pyvis>=0.3.2 "
+        "(it ships vis-network under pyvis/templates/lib/), or put vis-network.min.js and "
+        f"vis-network.css into {_VENDOR}"
+    )
+
+
+def _inline(text: str, tag: str) -> str:
+    # A literal "</script" (or "</style") inside the inlined text would end the element early, and
+    # "<!--" inside a script can switch the HTML parser into its escaped state; neutralise both
+    # (in JavaScript strings "<\/" and "<\!" mean the same as "</" and "<!").
+    text = re.sub(f"</(?={tag})", r"<\\/", text, flags=re.IGNORECASE)
+    return text.replace("<!--", "<\\!--") if tag == "script" else text
+
+
+# ------------------------------------------------------------------------------------ helpers
+def _kind(graph: Graph, name: str) -> str:
+    kinds = getattr(graph, "node_kinds", None)
+    if isinstance(kinds, dict) and name in kinds:
+        return kinds[name]
+    return node_kind(name)
+
+
+def _style(kind: str) -> dict:
+    return KIND_STYLES.get(kind, DEFAULT_STYLE)
+
+
+def _fmt(x: float) -> str:
+    if not math.isfinite(x):
+        return str(x)
+    return f"{x:.4g}"
+
+
+def _finite_abs(x: float) -> float:
+    return math.inf if math.isnan(x) else abs(x)
+
+
+def _rank(values: list[float]) -> list[int]:
+    """1-based rank of each value by |value|, largest first (ties keep their order)."""
+    order = sorted(range(len(values)), key=lambda k: -_finite_abs(values[k]))
+    rank = [0] * len(values)
+    for r, k in enumerate(order, 1):
+        rank[k] = r
+    return rank
+
+
+def _layout(graph: Graph, shown: list[str]) -> dict[str, tuple[int, int]]:
+    """Fixed positions: column = residual-stream time (input, then each layer's heads, then its
+    MLP, ..., logits), rows centred within each column. A column keeps a slot for every node of
+    the model, so a head sits at the same height in every circuit, unless it is long (an MLP split
+    into many neurons): then only the shown nodes get slots."""
+    times = graph.src_time.tolist() + [int(graph.dst_time.max())]
+    names = list(graph.src_names) + ["logits"]
+    keep = set(shown)
+    columns: dict[int, list[str]] = {}
+    for n, t in zip(names, times):
+        columns.setdefault(int(t), []).append(n)
+    columns = {t: [n for n in col if n in keep] if len(col) > MAX_SLOTS else col for t, col in columns.items()}
+    # Column spacing: X_STEP while the picture stays within a screen's width; for deep models,
+    # narrower (down to X_MIN, where labels still clear each other), aiming at a picture about 1.6
+    # times as wide as it is tall.
+    gaps = max(max(columns) - min(columns), 1)  # in columns (attention-only models skip the MLP ones)
+    height = max(len(col) for col in columns.values()) * Y_STEP
+    x_step = X_STEP if gaps * X_STEP <= MAX_WIDTH else min(max(max(1.6 * height, MAX_WIDTH) / gaps, X_MIN), X_STEP)
+    pos = {}
+    for t, col in columns.items():
+        for r, n in enumerate(col):
+            pos[n] = (round(t * x_step), round((r - (len(col) - 1) / 2) * Y_STEP))
+    return pos
+
+
+def _describe(circuit, graph: Graph) -> dict:
+    """Model, task, method, metric, faithfulness, edge counts for the title and header."""
+    meta = dict(getattr(circuit, "metadata", None) or {})
+    attribution = meta.get("attribution") if isinstance(meta.get("attribution"), dict) else graph.score_info or {}
+    info = {
+        "model": meta.get("model") or graph.model_name or "",
+        "task": meta.get("task") or attribution.get("task") or "",
+        "metric": meta.get("metric") or attribution.get("metric") or "",
+        "method": attribution.get("method") or meta.get("method") or "",
+    }
+    selection = meta.get("selection") if isinstance(meta.get("selection"), dict) else {}
+    if selection.get("kind"):
+        info["selection"] = str(selection["kind"]) + (f" (target {selection['target']})" if "target" in selection else "")
+    faith = getattr(circuit, "faithfulness", None)
+    info["faithfulness"] = None if faith is None else float(faith)
+    return info
+
+
+# ------------------------------------------------------------------------------------ main
+def write_html(circuit, path: str | Path, title: str | None = None, show_all_nodes: bool = False,
+               mask: torch.Tensor | None = None) -> Path:
+    """Write an interactive, self-contained HTML view of ``circuit`` to ``path``.
+
+    ``circuit`` is a :class:`~circuitgraph.circuit.Circuit`, or a :class:`~circuitgraph.graph.Graph`
+    whose scores are shown on the edges in ``mask`` (default ``graph.in_circuit``). With
+    ``show_all_nodes`` every node of the model is drawn (those outside the circuit faded);
+    otherwise only the circuit's nodes plus ``input`` and ``logits``. Returns the path.
+    """
+    from pyvis.network import Network  # pyvis imports IPython; keep it off `import circuitgraph`
+
+    from circuitgraph.circuit.circuit import Circuit
+    from circuitgraph.export.formats import _atomic_write
+
+    if isinstance(circuit, Circuit):
+        graph = circuit.graph
+        m = circuit.mask if mask is None else mask
+        subject = circuit
+    elif isinstance(circuit, Graph):
+        graph, subject = circuit, None
+        m = graph.in_circuit if mask is None else mask
+    else:
+        raise TypeError(f"write_html needs a Circuit or a Graph, got {type(circuit).__name__}")
+    if m.shape != graph.valid.shape:
+        raise ValueError(f"mask must have shape {list(graph.valid.shape)}, got {list(m.shape)}")
+    m = m.bool().to(graph.valid.device) & graph.valid
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    # ---- the circuit's edges, ranked by |score|
+    m = m.cpu()
+    idx = m.nonzero().tolist()
+    scores = graph.scores.detach().float().cpu()[m].tolist()  # row-major, like nonzero()
+    ranks = _rank(scores)
+    n_edges = len(idx)
+    max_abs = max((abs(s) for s in scores if math.isfinite(s)), default=0.0)
+
+    # ---- nodes: the circuit's (plus input and logits), or all of them
+    touched: dict[str, dict] = {}
+    for (i, j), s in zip(idx, scores):
+        src, dst = graph.src_names[i], graph.dst_names[j]
+        for n, way in ((src, "out"), (Graph.dst_node(dst), "in")):
+            t = touched.setdefault(n, {"in": 0, "out": 0, "abs": 0.0})
+            t[way] += 1
+            t["abs"] += _finite_abs(s)
+    names = list(graph.src_names) + ["logits"]
+    shown = names if show_all_nodes else [n for n in names if n in touched or n in ("input", "logits")]
+    node_rank = dict(zip(list(touched), _rank([touched[n]["abs"] for n in touched])))
+    pos = _layout(graph, shown)
+    layer_of = dict(zip(graph.src_names, graph.src_layer.tolist()))
+    layer_of["logits"] = graph.arch.n_layers
+
+    net = Network(directed=True)
+    kinds_present: list[str] = []
+    for n in shown:
+        kind = _kind(graph, n)
+        style = _style(kind)
+        if kind not in kinds_present:
+            kinds_present.append(kind)
+        x, y = pos[n]
+        layer = layer_of.get(n, -1)
+        where = "" if kind in ("input", "logits") else f", layer {layer}"
+        lines = [f"{n} ({style['label'] if kind in KIND_STYLES else kind}{where})"]
+        t = touched.get(n)
+        if t:
+            lines.append(f"circuit edges: {t['in']} in, {t['out']} out")
+            lines.append(f"Σ|score| of its circuit edges: {_fmt(t['abs'])} (rank {node_rank[n]} of {len(touched)} nodes)")
+        else:
+            lines.append("not in the circuit")
+        if t:
+            color = {"background": style["color"], "border": "#4a4a4a",
+                     "highlight": {"background": style["color"], "border": "#000000"},
+                     "hover": {"background": style["color"], "border": "#000000"}}
+            font = {"color": "#1a1a1a"}
+        else:
+            color = {"background": "#f4f4f4", "border": "#c8c8c8",
+                     "highlight": {"background": "#f4f4f4", "border": "#888888"},
+                     "hover": {"background": "#f4f4f4", "border": "#888888"}}
+            font = {"color": "#a0a0a0"}
+        net.add_node(n, label=n, x=x, y=y, color=color, font=font, title="\n".join(lines), shape="box",
+                     physics=False, kind=kind, layer=layer, inCircuit=bool(t))
+
+    # weakest first, so that the strongest edges are drawn on top
+    src_time, dst_time = graph.src_time.tolist(), graph.dst_time.tolist()
+    order = sorted(range(n_edges), key=lambda k: _finite_abs(scores[k]))
+    for k in order:
+        i, j = idx[k]
+        s = scores[k]
+        src, dst = graph.src_names[i], graph.dst_names[j]
+        node = Graph.dst_node(dst)
+        qkv = dst[-1] if node != dst else ""
+        a = _finite_abs(s)
+        width = 1.0 + 7.0 * min(a / max_abs, 1.0) if max_abs > 0 else 1.5
+        colour = POSITIVE if s > 0 else NEGATIVE if s < 0 else ZERO
+        into = f" ({QKV_NAMES[qkv]} input)" if qkv else ""
+        tip = f"{src} → {node}{into}\nscore: {_fmt(s)}\nrank {ranks[k]} of {n_edges} edges by |score|"
+        # Curvature grows with the number of columns an edge spans, so that long edges arc over the
+        # nodes in between; a head's q / k / v edges from one source bend differently to stay apart.
+        span = max(dst_time[j] - src_time[i], 1)  # in columns
+        bend = min(0.08 + 0.05 * (span - 1), 0.45)
+        smooth = {"enabled": True, "type": "curvedCCW" if qkv == "q" else "curvedCW",
+                  "roundness": round(bend + (0.18 if qkv == "v" else 0.0), 3)}
+        net.add_edge(src, node, id=f"{src}->{dst}", label=qkv or None, title=tip, width=width,
+                     color={"color": colour, "highlight": colour, "hover": colour, "opacity": 0.85},
+                     smooth=smooth, score=s, absScore=a, rank=ranks[k], qkv=qkv)
+    nodes_data = [{k: v for k, v in d.items() if v is not None} for d in net.nodes]
+    edges_data = [{k: v for k, v in d.items() if v is not None} for d in net.edges]
+
+    info = _describe(subject, graph)
+    info.update(n_edges=n_edges, n_edges_total=graph.n_edges, n_nodes=len(nodes_data))
+    if title is None:
+        title = (f"{info['task']} circuit" if info["task"] else "Circuit") + (f" in {info['model']}" if info["model"] else "")
+    options = {
+        "autoResize": True,
+        "physics": {"enabled": False},
+        "layout": {"improvedLayout": False, "randomSeed": 0},
+        "interaction": {"hover": True, "tooltipDelay": 60, "dragNodes": True, "zoomView": True,
+                        "navigationButtons": False, "keyboard": False},
+        "nodes": {"shape": "box", "margin": 7, "borderWidth": 1, "borderWidthSelected": 2,
+                  "font": {"face": "monospace", "size": 15}},
+        "edges": {"arrows": {"to": {"enabled": True, "scaleFactor": 0.45}}, "arrowStrikethrough": False,
+                  "font": {"size": 11, "align": "middle", "strokeWidth": 3, "strokeColor": "#ffffff", "color": "#333333"},
+                  "selectionWidth": 1.5, "hoverWidth": 0.8},
+    }
+    payload = {"nodes": nodes_data, "edges": edges_data, "options": options, "info": info}
+    page = _page(title, info, kinds_present, len(touched) < len(nodes_data), payload)
+    _atomic_write(path, lambda p: p.write_text(page, encoding="utf-8"))
+    return path
+
+
+def _header_html(info: dict) -> str:
+    parts = []
+    for key, label in (("model", "model"), ("task", "task"), ("metric", "metric"), ("method", "method"),
+                       ("selection", "selection")):
+        if info.get(key):
+            parts.append(f"<span><b>{label}</b> {html.escape(str(info[key]))}</span>")
+    if info.get("faithfulness") is not None:
+        parts.append(f"<span><b>faithfulness</b> {html.escape(_fmt(info['faithfulness']))}</span>")
+    parts.append(f"<span><b>edges</b> {info['n_edges']:,} of {info['n_edges_total']:,}</span>")
+    parts.append(f"<span><b>nodes</b> {info['n_nodes']:,}</span>")
+    return "\n".join(parts)
+
+
+def _legend_html(kinds: list[str], faded: bool) -> str:
+    rows = []
+    for k in kinds:
+        st = _style(k)
+        label = st["label"] if k in KIND_STYLES else k
+        rows.append(f'<div class="row"><span class="sw" style="background:{st["color"]}"></span>{html.escape(label)}</div>')
+    if faded:
+        rows.append('<div class="row"><span class="sw" style="background:#f4f4f4;border-color:#c8c8c8"></span>not in the circuit</div>')
+    rows.append(f'<div class="row"><span class="ln" style="background:{POSITIVE}"></span>positive score</div>')
+    rows.append(f'<div class="row"><span class="ln" style="background:{NEGATIVE}"></span>negative score</div>')
+    rows.append('<div class="row note">width ∝ |score|</div>')
+    rows.append('<div class="row note">q / k / v: edge into the head\'s query / key / value input</div>')
+    return "\n".join(rows)
+
+
+_TEMPLATE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="generator" content="circuitgraph">
+<title>@@TITLE@@</title>
+<style>
+@@VIS_CSS@@
+</style>
+<style>
+html, body { margin: 0; height: 100%; font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; color: #222; }
+body { display: flex; flex-direction: column; }
+#cg-header { padding: 8px 14px 6px; border-bottom: 1px solid #e2e2e2; background: #fafafa; }
+#cg-header h1 { font-size: 18px; margin: 0 0 4px; }
+#cg-meta span { margin-right: 16px; font-size: 13px; white-space: nowrap; }
+#cg-meta b { color: #666; font-weight: 600; margin-right: 3px; }
+#cg-controls { margin-top: 6px; font-size: 13px; display: flex; align-items: center; gap: 8px; flex-wrap: wrap; }
+#cg-controls input[type=range] { width: 260px; }
+#cg-controls input[type=number] { width: 110px; }
+#cg-main { display: flex; flex: 1 1 auto; min-height: 200px; }
+#cg-network { position: relative; flex: 1 1 auto; }
+#cg-legend { flex: none; width: 200px; border-left: 1px solid #e2e2e2; background: #fafafa; padding: 10px 12px; font-size: 12px; }
+#cg-legend .row { display: flex; align-items: center; margin: 3px 0; }
+#cg-legend .sw { display: inline-block; width: 16px; height: 12px; border: 1px solid #555; border-radius: 2px; margin-right: 7px; flex: none; }
+#cg-legend .ln { display: inline-block; width: 18px; height: 3px; margin-right: 7px; flex: none; }
+#cg-legend .note { color: #666; }
+#cg-status { display: none; }
+div.vis-tooltip { white-space: pre; font-family: monospace; font-size: 12px; }
+</style>
+</head>
+<body>
+<div id="cg-header">
+  <h1>@@TITLE@@</h1>
+  <div id="cg-meta">@@META@@</div>
+  <div id="cg-controls">
+    <label for="cg-threshold">|score| &ge;</label>
+    <input id="cg-threshold" type="number" min="0" step="any" value="0">
+    <input id="cg-slider" type="range" min="0" max="0" step="1" value="0" aria-label="edge threshold">
+    <span id="cg-shown"></span>
+    <button id="cg-fit" type="button">fit</button>
+  </div>
+</div>
+<div id="cg-main">
+  <div id="cg-network"></div>
+  <div id="cg-legend"><div class="row"><b>legend</b></div>@@LEGEND@@</div>
+</div>
+<div id="cg-status" data-drawn="0"></div>
+<script>
+@@VIS_JS@@
+</script>
+<script>
+(function () {
+  "use strict";
+  var DATA = @@DATA@@;
+  var status = document.getElementById("cg-status");
+  var nodes = new vis.DataSet(DATA.nodes);
+  var edges = new vis.DataSet(DATA.edges);
+  var threshold = 0;
+  var view = new vis.DataView(edges, { filter: function (e) { return e.absScore >= threshold; } });
+  var container = document.getElementById("cg-network");
+  var network = new vis.Network(container, { nodes: nodes, edges: view }, DATA.options);
+
+  // |score| levels for the slider: position p shows the edges with |score| >= levels[p]
+  var levels = edges.get().map(function (e) { return e.absScore; }).sort(function (a, b) { return a - b; });
+  var slider = document.getElementById("cg-slider");
+  var box = document.getElementById("cg-threshold");
+  var shown = document.getElementById("cg-shown");
+  slider.max = Math.max(levels.length - 1, 0);
+  slider.disabled = levels.length === 0;
+
+  function rendered() {
+    var body = network.body || {};
+    return {
+      nodes: body.nodeIndices ? body.nodeIndices.length : nodes.length,
+      edges: body.edgeIndices ? body.edgeIndices.length : view.length
+    };
+  }
+  function report(drawn) {
+    var r = rendered();
+    window.circuitgraph.rendered = r;
+    status.setAttribute("data-nodes", String(nodes.length));
+    status.setAttribute("data-edges", String(edges.length));
+    status.setAttribute("data-rendered-nodes", String(r.nodes));
+    status.setAttribute("data-rendered-edges", String(r.edges));
+    status.setAttribute("data-visible-edges", String(view.length));
+    if (drawn) { status.setAttribute("data-drawn", "1"); }
+    shown.textContent = "showing " + view.length + " of " + edges.length + " edges";
+  }
+  function setThreshold(t, fromSlider) {
+    threshold = isFinite(t) && t > 0 ? t : 0;
+    view.refresh();
+    if (!fromSlider) {
+      var p = 0;
+      while (p < levels.length - 1 && levels[p] < threshold) { p++; }
+      slider.value = String(p);
+    }
+    report(false);
+    network.redraw();
+  }
+  slider.addEventListener("input", function () {
+    var t = levels.length ? levels[Number(slider.value)] : 0;
+    box.value = Number(slider.value) === 0 ? "0" : String(t);
+    setThreshold(Number(slider.value) === 0 ? 0 : t, true);
+  });
+  box.addEventListener("input", function () { setThreshold(parseFloat(box.value), false); });
+  document.getElementById("cg-fit").addEventListener("click", function () { network.fit(); });
+
+  window.circuitgraph = {
+    nodes: nodes.length, edges: edges.length, info: DATA.info, network: network,
+    nodesData: nodes, edgesData: edges, edgesView: view, setThreshold: setThreshold, rendered: null
+  };
+  report(false);
+  network.once("afterDrawing", function () {
+    network.fit({ animation: false });  // node sizes are known once drawn
+    report(true);
+  });
+})();
+</script>
+</body>
+</html>
+"""
+
+
+def _page(title: str, info: dict, kinds: list[str], faded: bool, payload: dict) -> str:
+    js, css = vis_assets()
+    # The payload is a JavaScript expression (not parsed as JSON), so NaN / Infinity are fine.
+    data = json.dumps(payload, ensure_ascii=False, default=str)
+    data = data.replace("</", "<\\/").replace("<!--", "<\\!--")
+    values = {"TITLE": html.escape(title), "META": _header_html(info), "LEGEND": _legend_html(kinds, faded),
+              "DATA": data, "VIS_CSS": _inline(css, "style"), "VIS_JS": _inline(js, "script")}
+    # one pass, so that text inside the inserted values is never itself substituted
+    return re.sub(r"@@([A-Z_]+)@@", lambda mt: values[mt.group(1)], _TEMPLATE)
