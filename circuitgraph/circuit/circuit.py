@@ -46,7 +46,7 @@ class Circuit:
     # ------------------------------------------------------------------ views
     @property
     def n_edges(self) -> int:
-        return int(self.mask.sum())
+        return int(torch.count_nonzero(self.mask))
 
     @property
     def scores(self) -> torch.Tensor:

@@ -196,7 +196,7 @@ class Graph:
 
     @property
     def n_edges(self) -> int:
-        return int(self.valid.sum())
+        return int(torch.count_nonzero(self.valid))  # (bool .sum() would materialise int64)
 
     def __repr__(self) -> str:
         return (
