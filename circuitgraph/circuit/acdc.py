@@ -23,7 +23,8 @@ columns in decreasing index order). For each destination ``d``:
   in which case ``C`` becomes ``C \\ {u → d}``; otherwise the edge is put back.
 
 After the last destination, :func:`~circuitgraph.circuit.selection.prune` drops edges that lie on
-no ``input → logits`` path, as every circuit selector of the library does. Under corrupted
+no ``input → logits`` path, as every circuit selector of the library does (``prune_result=False``
+keeps ACDC's raw result). Under corrupted
 ablation such edges carry nothing, so pruning changes no output; under zero or mean ablation a
 node whose every input was removed still differs from its ablated value, so pruning can change the
 circuit's output — the figures then record ``edges_dropped_by_prune`` and the metric is re-measured
@@ -85,6 +86,7 @@ def acdc(
     absolute: bool = False,
     batch_size: int | None = None,
     mask_batch: int | None = None,
+    prune_result: bool = True,
     progress: bool = True,
 ) -> Circuit:
     """Run ACDC and return the pruned circuit.
@@ -99,13 +101,15 @@ def acdc(
     absolute    remove when |change| < τ instead of change < τ
     batch_size  examples per forward chunk (default: from a memory budget)
     mask_batch  most circuits per batched forward (default: from a memory budget)
+    prune_result  drop edges on no input → logits path at the end (see the module docstring;
+                exact under corrupted ablation, a change of the circuit under zero/mean ablation)
 
     Fills ``graph.scores`` (see the module docstring) and returns a :class:`Circuit` whose
     ``faithfulness`` is measured with the task's own metric and whose ``figures`` hold the final
     ACDC metric value, the number of edges, rounds and patched circuits evaluated, and the time.
     """
     runner = _Runner(model, graph, task, ablation, metric, batch_size, mask_batch)
-    return _acdc(runner, float(threshold), absolute, progress)
+    return _acdc(runner, float(threshold), absolute, progress, prune_result)
 
 
 def acdc_sweep(
@@ -118,6 +122,7 @@ def acdc_sweep(
     absolute: bool = False,
     batch_size: int | None = None,
     mask_batch: int | None = None,
+    prune_result: bool = True,
     progress: bool = True,
 ) -> list[Circuit]:
     """One ACDC circuit per threshold (in the order given), sharing the ablated activations.
@@ -132,7 +137,7 @@ def acdc_sweep(
     smallest = min(thresholds)
     bar = tqdm(total=len(thresholds), desc="acdc sweep", disable=not progress, delay=2.0, leave=False)
     for t in thresholds:
-        c = _acdc(runner, t, absolute, progress=False)
+        c = _acdc(runner, t, absolute, False, prune_result)
         circuits.append(c)
         if t == smallest and kept_scores is None:
             kept_scores, kept_info = graph.scores.clone(), dict(graph.score_info)
@@ -211,7 +216,7 @@ class _Runner:
         return out
 
 
-def _acdc(run: _Runner, tau: float, absolute: bool, progress: bool) -> Circuit:
+def _acdc(run: _Runner, tau: float, absolute: bool, progress: bool, prune_result: bool = True) -> Circuit:
     if not math.isfinite(tau):
         raise ValueError(f"the ACDC threshold must be a finite number, got {tau}")
     graph = run.graph
@@ -291,7 +296,7 @@ def _acdc(run: _Runner, tau: float, absolute: bool, progress: bool) -> Circuit:
             current = base
             i += decided
     bar.close()
-    final = prune(graph, mask)
+    final = prune(graph, mask) if prune_result else mask
     graph.scores = scores
     info = {
         "method": "acdc", "threshold": tau, "absolute": absolute, "metric": run.metric_name,

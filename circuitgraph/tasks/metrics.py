@@ -34,22 +34,22 @@ def _answer_at_reads(ids: torch.Tensor, task) -> torch.Tensor:
     return ids[task.read_owner] if ids.ndim == 1 else ids[task.read_mask]
 
 
+def _answer_minus_wrong(table: torch.Tensor, task) -> torch.Tensor:
+    """``table[answer] − table[wrong]`` per read position (``table [n_read, vocab]``), averaged per example."""
+    val = table.gather(1, _answer_at_reads(task.answer, task)[:, None])[:, 0]
+    if task.wrong is not None:
+        val = val - table.gather(1, _answer_at_reads(task.wrong, task)[:, None])[:, 0]
+    return per_example_mean(val, task)
+
+
 def logit_diff(logits: torch.Tensor, task) -> torch.Tensor:
     """logit(answer) − logit(wrong answer); with no wrong answer, logit(answer)."""
-    lg = read_logits(logits, task)
-    val = lg.gather(1, _answer_at_reads(task.answer, task)[:, None])[:, 0]
-    if task.wrong is not None:
-        val = val - lg.gather(1, _answer_at_reads(task.wrong, task)[:, None])[:, 0]
-    return per_example_mean(val, task)
+    return _answer_minus_wrong(read_logits(logits, task), task)
 
 
 def prob_diff(logits: torch.Tensor, task) -> torch.Tensor:
     """p(answer) − p(wrong answer); with no wrong answer, p(answer)."""
-    p = read_logits(logits, task).float().softmax(-1)
-    val = p.gather(1, _answer_at_reads(task.answer, task)[:, None])[:, 0]
-    if task.wrong is not None:
-        val = val - p.gather(1, _answer_at_reads(task.wrong, task)[:, None])[:, 0]
-    return per_example_mean(val, task)
+    return _answer_minus_wrong(read_logits(logits, task).float().softmax(-1), task)
 
 
 def cross_entropy(logits: torch.Tensor, task) -> torch.Tensor:
