@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m circuitgraph.demo
+	$(PY) -m circuitgraph
 
 test: $(STAMP)
 	$(PY) -m pytest

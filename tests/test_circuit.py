@@ -122,4 +122,4 @@ def test_failed_save_keeps_previous_file(tmp_path, setup, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         Circuit(graph, top_n(graph, 7)).save(path)
     assert path.read_text() == before
-    assert not list(tmp_path.glob(".c.json.*"))
+    assert not list(tmp_path.glob(".*"))  # the temporary file is gone

@@ -9,8 +9,6 @@ temporary name and renamed, so an interrupted save never leaves a half-written c
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from circuitgraph.atomic import atomic_write
 from circuitgraph.graph import Architecture, Graph, config_hash
 
 SCHEMA = "circuitgraph.circuit/1"
@@ -108,10 +107,10 @@ class Circuit:
         tensors = {"scores": self.graph.scores.detach().float().cpu().contiguous(),
                    "mask": self.mask.cpu().contiguous()}
         st_path = path.with_suffix(".safetensors")
-        _atomic(st_path, lambda p: save_file(tensors, str(p), metadata={"schema": SCHEMA}))
+        atomic_write(st_path, lambda p: save_file(tensors, str(p), metadata={"schema": SCHEMA}))
         doc = self.to_dict()
         doc["tensors"] = st_path.name
-        _atomic(path, lambda p: Path(p).write_text(json.dumps(doc, indent=1)))
+        atomic_write(path, lambda p: Path(p).write_text(json.dumps(doc, indent=1)))
         return path
 
     @classmethod
@@ -161,14 +160,3 @@ class Circuit:
         if c.n_edges != doc.get("n_edges", c.n_edges):
             raise CircuitFileError(f"{path} says {doc.get('n_edges')} edges but its tensors hold {c.n_edges}; the pair is inconsistent")
         return c
-
-
-def _atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -29,15 +29,14 @@ GraphML (``to_graphml`` / ``from_graphml``)
 from __future__ import annotations
 
 import json
-import os
 import re
-import secrets
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import networkx as nx
 import torch
 
+from circuitgraph.atomic import atomic_write
 from circuitgraph.circuit.circuit import Circuit
 from circuitgraph.graph import Architecture, Graph
 from circuitgraph.graph.graph import node_kind
@@ -75,19 +74,6 @@ def _blank_like(graph: Graph) -> Graph:
     """A new Graph of the same model (shape, neuron split, name, fingerprint, device), zero scores."""
     return Graph(graph.arch, split_qkv=graph.split_qkv, device=graph.device, model_name=graph.model_name,
                  model_hash=graph.model_hash, neurons=dict(graph.neurons) or None)
-
-
-def _atomic_write(path: Path, write) -> None:
-    """``write(tmp)`` to a temporary file beside ``path``, then rename it over ``path``, so that
-    an interrupted export never leaves a half-written file. The writer creates the temporary file
-    itself, so it gets the usual permissions (umask), not mkstemp's 0600."""
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.partial"
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _jsonable(x):
@@ -205,7 +191,7 @@ def to_mib_json(circuit, path: str | Path, *, scores: bool = True, mask: torch.T
                          "n_edges": c.n_edges},
     }
     text = json.dumps(doc, default=_jsonable)
-    _atomic_write(path, lambda p: p.write_text(text))
+    atomic_write(path, lambda p: p.write_text(text))
     return path
 
 
@@ -379,7 +365,7 @@ def to_graphml(circuit, path: str | Path, *, all_edges: bool = True, mask: torch
         node = Graph.dst_node(dst)
         G.add_edge(src, node, key=dst, dst=dst, qkv=dst[-1] if node != dst else "",
                    score=float(score_rows[i][j]), in_circuit=bool(mask_rows[i][j]))
-    _atomic_write(path, lambda p: nx.write_graphml(G, p))
+    atomic_write(path, lambda p: nx.write_graphml(G, p))
     return path
 
 

@@ -180,7 +180,7 @@ def write_html(circuit, path: str | Path, title: str | None = None, show_all_nod
     from pyvis.network import Network  # pyvis imports IPython; keep it off `import circuitgraph`
 
     from circuitgraph.circuit.circuit import Circuit
-    from circuitgraph.export.formats import _atomic_write
+    from circuitgraph.atomic import atomic_write
 
     if isinstance(circuit, Circuit):
         graph = circuit.graph
@@ -294,7 +294,7 @@ def write_html(circuit, path: str | Path, title: str | None = None, show_all_nod
     }
     payload = {"nodes": nodes_data, "edges": edges_data, "options": options, "info": info}
     page = _page(title, info, kinds_present, len(touched) < len(nodes_data), payload)
-    _atomic_write(path, lambda p: p.write_text(page, encoding="utf-8"))
+    atomic_write(path, lambda p: p.write_text(page, encoding="utf-8"))
     return path
 
 

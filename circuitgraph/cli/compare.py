@@ -1,0 +1,199 @@
+"""Tabulate a sweep: ``circuitgraph-compare outputs/multirun/<date>/<time>``.
+
+Each run folder of the sweep holds ``summary.json`` (written last by a finished run) and Hydra's
+``.hydra/overrides.yaml``. :func:`compare_runs` reads them into one row per run; the command
+prints the rows as a Markdown table (or JSON / CSV). The overrides that differ between runs become
+columns; those shared by every run are printed above the table. A run without ``summary.json``
+(still running, failed or interrupted) is listed with status ``incomplete``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+# Figures copied from summary.json into a row, in table order.
+FIGURES = ("method", "model", "task", "edges_kept", "edges_total", "faithfulness", "target",
+           "cpr", "cmd", "wall_time_s")
+DEFAULT_COLUMNS = ("run", "status")
+ALWAYS = ("edges_kept", "faithfulness")  # shown even when no run finished
+COLLAPSIBLE = ("model", "task", "edges_total")  # moved above the table when every run shares them
+
+
+def _is_run_dir(p: Path) -> bool:
+    return any((p / f).is_file() for f in ("summary.json", ".hydra/config.yaml", "circuit.json"))
+
+
+def _run_dirs(root: Path) -> list[Path]:
+    if _is_run_dir(root):
+        return [root]
+    found = [p for p in root.rglob("*") if p.is_dir() and not p.name.startswith(".") and _is_run_dir(p)
+             and not any(part.startswith(".") for part in p.relative_to(root).parts)]
+
+    def key(p: Path):
+        rel = p.relative_to(root).parts
+        return [(0, int(x), "") if x.isdigit() else (1, 0, x) for x in rel]
+
+    return sorted(found, key=key)
+
+
+def _overrides(run: Path) -> dict[str, str]:
+    f = run / ".hydra" / "overrides.yaml"
+    if not f.is_file():
+        return {}
+    try:
+        items = yaml.safe_load(f.read_text()) or []
+    except yaml.YAMLError:
+        return {}
+    out = {}
+    for item in items:
+        if isinstance(item, str) and "=" in item:
+            k, v = item.split("=", 1)
+            out[k.lstrip("+~")] = v
+    return out
+
+
+def compare_runs(directory: str | Path) -> list[dict]:
+    """One dict per run under ``directory`` (a sweep folder, or a single run folder).
+
+    Keys: ``run`` (path relative to ``directory``), ``status`` (``ok`` / ``incomplete``), the
+    run's overrides (``"method": "eap"``, ``"circuit.target": "0.8"``, …, values as given on the
+    command line), then the figures of its summary.json: ``method``, ``model``, ``task``,
+    ``edges_kept``, ``edges_total``, ``faithfulness``, ``target``, ``cpr``, ``cmd``,
+    ``wall_time_s``. Rows are in job order."""
+    root = Path(directory)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} is not a directory; pass a sweep folder such as outputs/multirun/<date>/<time>")
+    rows = []
+    for run in _run_dirs(root):
+        rel = run.relative_to(root).as_posix() if run != root else "."
+        row: dict = {"run": rel}
+        summary = None
+        sf = run / "summary.json"
+        if sf.is_file():
+            try:
+                summary = json.loads(sf.read_text())
+            except json.JSONDecodeError:
+                summary = None
+        row["status"] = summary.get("status", "ok") if isinstance(summary, dict) else "incomplete"
+        over = _overrides(run)
+        row.update(over)
+        for k in FIGURES:  # a finished run's own figure wins over the override of the same name
+            if isinstance(summary, dict) and summary.get(k) is not None:
+                row[k] = summary[k]
+            else:
+                row.setdefault(k, None)
+        rows.append(row)
+    return rows
+
+
+def _columns(rows: list[dict]) -> tuple[list[str], dict[str, str]]:
+    """Table columns (varying overrides first) and the overrides shared by every run."""
+    override_keys: list[str] = []
+    for r in rows:
+        for k in r:
+            if k not in DEFAULT_COLUMNS and k not in FIGURES and k not in override_keys:
+                override_keys.append(k)
+    common, varying = {}, []
+    for k in override_keys:
+        vals = {str(r.get(k)) for r in rows}
+        if len(rows) > 1 and len(vals) == 1 and all(k in r for r in rows):
+            common[k] = rows[0][k]
+        else:
+            varying.append(k)
+    figures = [k for k in FIGURES if any(r.get(k) is not None for r in rows) or k in ALWAYS]
+    if len(rows) > 1:  # a figure every run shares (same model, same task) goes above the table
+        for k in COLLAPSIBLE:
+            vals = {str(r.get(k)) for r in rows}
+            if k in figures and len(vals) == 1 and rows[0].get(k) is not None:
+                common[k] = rows[0][k]
+                figures.remove(k)
+    if "circuit.target" in varying and "target" in figures:  # the same numbers twice
+        figures.remove("target")
+    return [*DEFAULT_COLUMNS, *varying, *figures], common
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:.3f}" if abs(v) < 1e4 else f"{v:.4g}"
+    return str(v).replace("|", "\\|")
+
+
+def format_table(rows: list[dict], columns: list[str] | None = None, sort: str | None = None) -> str:
+    """A Markdown table of :func:`compare_runs` rows (shared overrides listed above it)."""
+    if not rows:
+        return "(no runs found)"
+    cols, common = _columns(rows)
+    if columns:
+        cols = list(columns)
+    if sort:
+        rows = sorted(rows, key=lambda r: (r.get(sort) is None, r.get(sort) if not isinstance(r.get(sort), str) else str(r.get(sort))))
+    lines = []
+    if common and not columns:
+        lines.append("common: " + " ".join(f"{k}={v}" for k, v in common.items()))
+        lines.append("")
+    lines.append("| " + " | ".join(cols) + " |")
+    lines.append("|" + "|".join("---" for _ in cols) + "|")
+    for r in rows:
+        lines.append("| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def latest_sweep(base: str | Path = "outputs/multirun") -> Path | None:
+    """The newest sweep folder ``base/<date>/<time>`` (by name, which sorts by time)."""
+    base = Path(base)
+    if not base.is_dir():
+        return None
+    sweeps = sorted(p for d in base.iterdir() if d.is_dir() for p in d.iterdir() if p.is_dir())
+    return sweeps[-1] if sweeps else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="circuitgraph-compare",
+        description="Tabulate the runs of a circuitgraph sweep (python -m circuitgraph -m ...).")
+    ap.add_argument("directory", nargs="?", help="sweep folder (default: the newest under outputs/multirun)")
+    ap.add_argument("--sort", help="sort rows by this column (e.g. faithfulness, edges_kept)")
+    ap.add_argument("--columns", help="comma-separated columns to show (default: varying overrides + figures)")
+    ap.add_argument("--format", choices=("markdown", "json", "csv"), default="markdown")
+    a = ap.parse_args(argv)
+    directory = Path(a.directory) if a.directory else latest_sweep()
+    if directory is None:
+        print("circuitgraph-compare: no sweep given and none found under outputs/multirun", file=sys.stderr)
+        return 2
+    try:
+        rows = compare_runs(directory)
+    except FileNotFoundError as e:
+        print(f"circuitgraph-compare: {e}", file=sys.stderr)
+        return 2
+    if not rows:
+        print(f"circuitgraph-compare: no runs (folders with summary.json or .hydra/) under {directory}", file=sys.stderr)
+        return 1
+    cols = [c.strip() for c in a.columns.split(",")] if a.columns else None
+    if a.format == "json":
+        print(json.dumps(rows, indent=1))
+    elif a.format == "csv":
+        buf = io.StringIO()
+        keys = cols or list(dict.fromkeys(k for r in rows for k in r))
+        w = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+        print(buf.getvalue(), end="")
+    else:
+        print(f"{directory}\n")
+        print(format_table(rows, cols, a.sort))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,613 @@
+"""Structured configs for ``python -m circuitgraph``: the schema every YAML file under
+``circuitgraph/cli/conf/`` is merged into, and the checks that run before any model is loaded.
+
+The schema is closed (Hydra "struct" mode): a key that is not a field below is an error, both in a
+YAML file and on the command line. :func:`check_overrides` turns such a typo into a message that
+lists the valid keys (Hydra's own message does not), and :func:`validate` checks values — method
+and ablation names, targets, devices, model names and files — without loading a model.
+
+Config groups (one YAML file per option, selected with ``group=option``):
+
+==========  ====================================================================================
+model       a zoo entry (``induction``, ``tracr_reverse``, …, or ``zoo model.name=NAME``),
+            ``pretrained model.name=gpt2`` (TransformerLens name; needs the HF hub or its cache),
+            ``local model.path=DIR`` (a HuggingFace-format folder on disk)
+task        ``zoo`` (the zoo entry's task; ``task.name`` picks one) or ``file task.path=F``
+            (JSONL/CSV read by :func:`circuitgraph.load_task`)
+method      ``eap``, ``eap-ig``, ``eap-ig-activations``, ``exact``, ``acdc``
+ablation    ``corrupted``, ``zero``, ``mean``, ``resample``
+circuit     ``minimal`` (smallest top-n with measured faithfulness ≥ target), ``top-n``,
+            ``threshold`` (ignored by ``method=acdc``, which selects its own edges)
+export      ``default`` (every file), ``minimal`` (circuit + summary only)
+==========  ====================================================================================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib.util
+import math
+import os
+import socket
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+# ---------------------------------------------------------------------------------------------
+# Valid values (kept here, free of torch imports, so the checks run before anything heavy)
+# ---------------------------------------------------------------------------------------------
+
+METHODS = ("eap", "eap-ig", "eap-ig-activations", "exact", "acdc")
+ABLATIONS = ("corrupted", "zero", "mean", "resample")
+CIRCUIT_KINDS = ("minimal", "top-n", "threshold")
+MODEL_SOURCES = ("zoo", "pretrained", "local")
+TASK_SOURCES = ("zoo", "file")
+METRICS = ("logit_diff", "prob_diff", "kl", "cross_entropy", "l2")
+DTYPES = ("float32", "float64", "bfloat16", "float16")
+TASK_FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv")
+
+ENV_HUB_OFFLINE = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+
+class ConfigError(ValueError):
+    """An invalid run configuration, found before any model was loaded."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Schema
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelConfig:
+    """Which model to analyse.
+
+    source                  zoo | pretrained | local
+    name                    zoo entry name, or TransformerLens model name (``gpt2``), or a label
+                            for a local model (default: the folder name)
+    path                    local only: a HuggingFace-format folder (config.json + weights)
+    dtype                   pretrained/local: float32 (default), float64, bfloat16, float16
+    fold_ln, center_writing_weights, center_unembed
+                            pretrained/local: TransformerLens weight processing (its defaults)
+    """
+
+    source: str = "zoo"
+    name: Optional[str] = None
+    path: Optional[str] = None
+    dtype: str = "float32"
+    fold_ln: bool = True
+    center_writing_weights: bool = True
+    center_unembed: bool = True
+
+
+@dataclass
+class TaskConfig:
+    """What the circuit must do.
+
+    source   zoo (a task shipped with the zoo model) | file (JSONL/CSV)
+    name     zoo: which of the entry's tasks (default: its first); file: a label (default: stem)
+    path     file only: the task file (columns clean, corrupted, answer[, wrong])
+    metric   logit_diff | prob_diff | kl | cross_entropy | l2 (default: the zoo task's own metric,
+             logit_diff for files)
+    limit    use only the first ``limit`` examples (quick runs)
+    """
+
+    source: str = "zoo"
+    name: Optional[str] = None
+    path: Optional[str] = None
+    metric: Optional[str] = None
+    limit: Optional[int] = None
+
+
+@dataclass
+class MethodConfig:
+    """How edges are scored (or, for ACDC, selected).
+
+    name        eap | eap-ig | eap-ig-activations | exact | acdc
+    steps       eap-ig*: interpolation steps
+    batch_size  examples per forward pass (default: chosen from a memory budget)
+    edge_batch  exact: single-edge patches run together
+    threshold   acdc: τ, an edge is removed when removing it changes the tracked metric by < τ
+    metric      acdc: the quantity ACDC tracks (kl by default; null = the task's metric)
+    absolute    acdc: compare |change| with τ
+    """
+
+    name: str = "eap-ig"
+    steps: int = 5
+    batch_size: Optional[int] = None
+    edge_batch: Optional[int] = None
+    threshold: float = 0.01
+    metric: Optional[str] = "kl"
+    absolute: bool = False
+
+
+@dataclass
+class AblationConfig:
+    """What an ablated edge carries: corrupted | zero | mean | resample (seed: resample's
+    derangement; default the run's seed)."""
+
+    kind: str = "corrupted"
+    seed: Optional[int] = None
+
+
+@dataclass
+class CircuitConfig:
+    """How the circuit is chosen from the scores (not used by acdc).
+
+    kind      minimal | top-n | threshold
+    target    minimal: the faithfulness to reach (> 0; 1 = the whole model's effect)
+    n         top-n: number of edges
+    tau       threshold: keep edges with |score| ≥ tau
+    absolute  rank by |score| (true) or by helpfulness, −score (false)
+    prune     top-n/threshold: drop edges on no input→logits path (minimal always prunes)
+    grid      minimal: number of geometric grid sizes measured before bisecting
+    """
+
+    kind: str = "minimal"
+    target: float = 0.9
+    n: int = 20
+    tau: float = 0.0
+    absolute: bool = True
+    prune: bool = True
+    grid: int = 24
+
+
+@dataclass
+class ExportConfig:
+    """Which files a run writes besides circuit.json and summary.json (always written)."""
+
+    scores: bool = True  # scores.safetensors: the full score matrix, valid mask, node names
+    html: bool = True  # graph.html: the interactive viewer
+    png: bool = True  # faithfulness.png: the faithfulness curve
+    curve: bool = True  # measure the faithfulness curve, CPR and CMD (needed for png)
+    graphml: bool = False  # circuit.graphml
+    mib_json: bool = False  # circuit.mib.json (EAP-IG / MIB layout)
+    title: Optional[str] = None  # title of graph.html (default: model · task · method · figures)
+    open_browser: bool = False  # open graph.html when a display is available
+
+
+@dataclass
+class Config:
+    """A whole run. ``device``: auto (cuda if available, else cpu) | cpu | cuda | cuda:N | mps."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    ablation: AblationConfig = field(default_factory=AblationConfig)
+    circuit: CircuitConfig = field(default_factory=CircuitConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    device: str = "auto"
+    seed: int = 0
+    threads: Optional[int] = None  # torch CPU threads; null: 1 for zoo models, else torch's default
+    progress: bool = True  # progress bars for long stages
+
+
+GROUP_SCHEMAS: dict[str, type] = {
+    "model": ModelConfig, "task": TaskConfig, "method": MethodConfig, "ablation": AblationConfig,
+    "circuit": CircuitConfig, "export": ExportConfig,
+}
+TOP_LEVEL_KEYS = tuple(f.name for f in dataclasses.fields(Config))
+
+
+def register_configs() -> None:
+    """Put the schema into Hydra's ConfigStore (``base_config``, ``<group>/base``).
+
+    ``config.yaml`` lists ``base_config`` first in its defaults, so every YAML file and every
+    command-line override is merged into these typed, closed nodes."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=Config, provider="circuitgraph")
+    # Zoo entries without their own YAML file still work as ``model=<name>``.
+    for name in _zoo_names():
+        if not (CONF_DIR / "model" / f"{name}.yaml").exists():
+            cs.store(group="model", name=name, node=ModelConfig(source="zoo", name=name),
+                     provider="circuitgraph.zoo")
+
+
+CONF_DIR = Path(__file__).resolve().parent / "conf"
+
+
+# ---------------------------------------------------------------------------------------------
+# Command-line key check (before Hydra composes anything)
+# ---------------------------------------------------------------------------------------------
+
+
+def _fields(schema: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(schema)]
+
+
+def _suggest(word: str, choices) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
+def check_overrides(args: list[str]) -> None:
+    """Reject command-line overrides whose key is not in the schema, listing the valid keys.
+
+    Hydra refuses them too, but says only "Key 'x' is not in struct"; this names the valid keys
+    and the closest one. Hydra's own flags and ``hydra.*`` / ``hydra/...`` overrides are left to
+    Hydra."""
+    extra_dirs = _config_dirs(args)
+    for arg in args:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        raw = arg.split("=", 1)[0]
+        key = raw.lstrip("+~")
+        if not key or key.startswith("hydra") or "@" in key or "/" in key:
+            continue
+        parts = key.split(".")
+        head = parts[0]
+        if len(parts) == 1 and (raw.startswith("+") or any((d / head).is_dir() for d in extra_dirs)):
+            continue  # a config group of the user's own (``+experiment=x``, ``--config-dir``)
+        if head not in TOP_LEVEL_KEYS:
+            raise ConfigError(
+                f"unknown config key {head!r} in override {arg!r}.{_suggest(head, TOP_LEVEL_KEYS)} "
+                f"Valid top-level keys: {', '.join(TOP_LEVEL_KEYS)} (the config groups are "
+                f"{', '.join(GROUP_SCHEMAS)}: pick an option with e.g. method=eap, set a field "
+                "with e.g. method.steps=10)."
+            )
+        if len(parts) >= 2 and head in GROUP_SCHEMAS:
+            valid = _fields(GROUP_SCHEMAS[head])
+            if parts[1] not in valid:
+                raise ConfigError(
+                    f"unknown key {key!r} in override {arg!r}.{_suggest(parts[1], valid)} "
+                    f"Valid keys of {head}: {', '.join(valid)}."
+                )
+            if len(parts) > 2:
+                raise ConfigError(f"{key!r} is too deep: {head}.{parts[1]} is a plain value")
+        elif len(parts) >= 2:
+            raise ConfigError(f"{head!r} is a plain value and has no key {parts[1]!r} (override {arg!r})")
+
+
+def _config_dirs(args: list[str]) -> list[Path]:
+    """Config folders named with ``--config-dir``/``-cd`` (plus the shipped one)."""
+    dirs = [CONF_DIR]
+    for i, a in enumerate(args):
+        if a in ("--config-dir", "-cd") and i + 1 < len(args):
+            dirs.append(Path(args[i + 1]).expanduser())
+        elif a.startswith("--config-dir="):
+            dirs.append(Path(a.split("=", 1)[1]).expanduser())
+    return dirs
+
+
+def check_sweep(args: list[str]) -> None:
+    """For ``-m`` runs: validate every value of every swept key before the first job starts.
+
+    Each value is checked in a config composed with the other swept keys at their first value
+    (one composition per value, not per job), so ``circuit.target=0.9,-1`` fails at once instead
+    of after the first job. Sweeps that depend on configs this cannot see (``--config-dir``,
+    ``+group=...``, the sweeper's own params) are left to the per-job check."""
+    if not any(a in ("-m", "--multirun") for a in args):
+        return
+    if any(a.startswith(("--config-dir", "-cd", "--config-name", "-cn", "--config-path", "-cp"))
+           for a in args):
+        return
+    overrides = [a for a in args if not a.startswith("-") and "=" in a
+                 and not a.lstrip("+~").startswith("hydra")]
+    if any(a.startswith("+") for a in overrides):
+        return
+    try:
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception:  # Hydra reports malformed overrides itself
+        return
+    fixed, swept = [], []
+    for o in parsed:
+        if o.is_sweep_override():
+            try:
+                values = list(o.sweep_string_iterator())
+            except Exception:  # e.g. an interval sweep, meant for an optimising sweeper
+                return
+            swept.append((o.get_key_element(), values))
+        else:
+            fixed.append(o.input_line)
+    if not swept:
+        return
+    first = [f"{k}={v[0]}" for k, v in swept]
+    for i, (key, values) in enumerate(swept):
+        for v in values:
+            trial = fixed + first[:i] + [f"{key}={v}"] + first[i + 1:]
+            try:
+                cfg = _compose(trial)
+            except Exception as e:  # e.g. method=foo: the job would fail to compose
+                cause = f"\n{e.__cause__}" if e.__cause__ is not None else ""
+                raise ConfigError(f"in the sweep value {key}={v}: {e}{cause}") from None
+            try:
+                validate(cfg, check_hub=False)
+            except ConfigError as e:
+                raise ConfigError(f"in the sweep value {key}={v}: {e}") from None
+
+
+def _compose(overrides: list[str]):
+    from hydra import compose, initialize_config_module
+
+    register_configs()
+    with initialize_config_module(config_module="circuitgraph.cli.conf", version_base="1.3"):
+        return compose("config", overrides=overrides)
+
+
+# ---------------------------------------------------------------------------------------------
+# Value checks (after composition, before loading)
+# ---------------------------------------------------------------------------------------------
+
+
+def _choice(what: str, value, valid) -> None:
+    if value not in valid:
+        raise ConfigError(
+            f"unknown {what} {value!r}.{_suggest(str(value), valid)} Valid choices: {', '.join(valid)}."
+        )
+
+
+def _zoo_names() -> list[str]:
+    """Zoo entries (folder names), read without importing torch."""
+    root = Path(__file__).resolve().parents[1] / "zoo" / "data"
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir()
+                  if p.is_dir() and (p / "model.json").is_file() and (p / "model.safetensors").is_file())
+
+
+def _get(cfg, dotted: str):
+    """A value, or MISSING's sentinel error turned into a ConfigError naming the key."""
+    node, key = dotted.rsplit(".", 1) if "." in dotted else ("", dotted)
+    parent = OmegaConf.select(cfg, node) if node else cfg
+    if OmegaConf.is_missing(parent, key):
+        raise ConfigError(f"{dotted} is required but not set; add {dotted}=... to the command line")
+    return parent[key]
+
+
+def validate(cfg: DictConfig | Config, *, check_hub: bool = True) -> None:
+    """Check a composed config without loading anything heavy. Raises :class:`ConfigError`."""
+    if not isinstance(cfg, DictConfig):
+        cfg = OmegaConf.structured(cfg)
+    # --- method, ablation, circuit
+    _choice("method (method.name)", _get(cfg, "method.name"), METHODS)
+    if cfg.method.name == "acdc" and importlib.util.find_spec("circuitgraph.circuit.acdc") is None:
+        raise ConfigError("method=acdc is not available in this install of circuitgraph "
+                          "(circuitgraph.circuit.acdc is missing); choose one of "
+                          f"{', '.join(m for m in METHODS if m != 'acdc')}")
+    if cfg.method.steps < 1:
+        raise ConfigError(f"method.steps must be ≥ 1, got {cfg.method.steps}")
+    for k in ("batch_size", "edge_batch"):
+        v = cfg.method[k]
+        if v is not None and v < 1:
+            raise ConfigError(f"method.{k} must be ≥ 1 (or null for automatic), got {v}")
+    if cfg.method.name == "acdc":
+        if not math.isfinite(cfg.method.threshold) or cfg.method.threshold < 0:
+            raise ConfigError(f"method.threshold (ACDC's τ) must be a finite number ≥ 0, got {cfg.method.threshold}")
+        if cfg.method.metric is not None:
+            _choice("method.metric (ACDC's tracked metric)", cfg.method.metric, METRICS)
+    _choice("ablation (ablation.kind)", _get(cfg, "ablation.kind"), ABLATIONS)
+    _choice("circuit selection (circuit.kind)", _get(cfg, "circuit.kind"), CIRCUIT_KINDS)
+    c = cfg.circuit
+    if c.kind == "minimal" and not (math.isfinite(c.target) and 0 < c.target <= 1.5):
+        raise ConfigError(
+            f"circuit.target must be a faithfulness in (0, 1.5] (e.g. 0.9 = 90% of the model's "
+            f"effect), got {c.target}"
+        )
+    if c.kind == "top-n" and c.n < 1:
+        raise ConfigError(f"circuit.n must be ≥ 1, got {c.n}")
+    if c.kind == "threshold" and not (math.isfinite(c.tau) and c.tau >= 0):
+        raise ConfigError(f"circuit.tau must be a finite number ≥ 0, got {c.tau}")
+    if c.grid < 2:
+        raise ConfigError(f"circuit.grid must be ≥ 2, got {c.grid}")
+    # --- run
+    if cfg.threads is not None and cfg.threads < 1:
+        raise ConfigError(f"threads must be ≥ 1 (or null), got {cfg.threads}")
+    _check_device(cfg.device)
+    if cfg.export.png and not cfg.export.curve:
+        raise ConfigError("export.png needs the faithfulness curve: set export.curve=true or export.png=false")
+    # --- model, task, and last the hub (the only check that may touch the network)
+    official = _check_model(cfg)
+    _check_task(cfg)
+    if official is not None and check_hub:
+        check_hub_access(official, cfg.model.name)
+
+
+def _check_device(device: str) -> None:
+    base = device.split(":", 1)[0]
+    _choice("device", base, ("auto", "cpu", "cuda", "mps"))
+    if base in ("auto", "cpu"):
+        if ":" in device:
+            raise ConfigError(f"device {device!r}: only cuda takes an index (cuda:0)")
+        return
+    import torch  # cheap once circuitgraph is imported; needed to ask about accelerators
+
+    if base == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device={device} but no CUDA device is available; use device=auto or device=cpu")
+        if ":" in device:
+            idx = device.split(":", 1)[1]
+            if not idx.isdigit() or int(idx) >= torch.cuda.device_count():
+                raise ConfigError(f"device {device!r}: there are {torch.cuda.device_count()} CUDA device(s)")
+    if base == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError("device=mps but MPS is not available; use device=auto or device=cpu")
+
+
+def _check_task(cfg) -> None:
+    t = cfg.task
+    _choice("task source (task.source)", t.source, TASK_SOURCES)
+    if t.metric is not None:
+        _choice("task.metric", t.metric, METRICS)
+    if t.limit is not None and t.limit < 1:
+        raise ConfigError(f"task.limit must be ≥ 1 (or null for every example), got {t.limit}")
+    if t.source == "file":
+        if not t.path:
+            raise ConfigError("task=file needs task.path=FILE (a .jsonl or .csv file with columns "
+                              "clean, corrupted, answer[, wrong])")
+        p = Path(t.path).expanduser()
+        if not p.is_file():
+            raise ConfigError(f"task file {str(p)!r} does not exist (relative paths are relative to "
+                              f"the directory you ran from, {os.getcwd()!r})")
+        if p.suffix.lower() not in TASK_FILE_SUFFIXES:
+            raise ConfigError(f"task file {str(p)!r} has suffix {p.suffix!r}; use one of "
+                              f"{', '.join(TASK_FILE_SUFFIXES)}")
+    elif cfg.model.source != "zoo":
+        raise ConfigError(
+            f"model={cfg.model.source} has no built-in tasks: give one with "
+            "task=file task.path=FILE (JSONL or CSV with columns clean, corrupted, answer[, wrong]; "
+            "see examples/data/)"
+        )
+    elif t.path is not None:
+        raise ConfigError("task.path is only read with task=file; add task=file")
+    elif t.name is not None and cfg.model.source == "zoo" and cfg.model.name in _zoo_names():
+        names = _zoo_task_names(cfg.model.name)
+        if names is not None and t.name not in names:
+            raise ConfigError(
+                f"zoo model {cfg.model.name!r} has no task {t.name!r}.{_suggest(t.name, names)} "
+                f"Its tasks: {', '.join(names)} (or task=file task.path=FILE for your own)."
+            )
+
+
+def _zoo_task_names(model: str) -> list[str] | None:
+    """Task names of a zoo entry, read from its model.json (no model is built)."""
+    import json
+
+    try:
+        doc = json.loads((Path(__file__).resolve().parents[1] / "zoo" / "data" / model / "model.json").read_text())
+        return list(doc["tasks"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # the loader reports a broken entry properly
+
+
+def _check_model(cfg) -> str | None:
+    """Check the model config; for a pretrained model return its official hub name."""
+    m = cfg.model
+    _choice("model source (model.source)", m.source, MODEL_SOURCES)
+    _choice("model.dtype", m.dtype, DTYPES)
+    if m.source == "zoo":
+        names = _zoo_names()
+        name = _get(cfg, "model.name")
+        if name not in names:
+            raise ConfigError(
+                f"unknown zoo model {name!r}.{_suggest(str(name), names)} Shipped models: "
+                f"{', '.join(names) or '(none)'}. For a TransformerLens model use "
+                "model=pretrained model.name=NAME; for a HuggingFace folder on disk, "
+                "model=local model.path=DIR."
+            )
+        if m.path is not None:
+            raise ConfigError("model.path is only read with model=local")
+        return None
+    if m.source == "local":
+        path = m.path if not OmegaConf.is_missing(m, "path") else None
+        if not path:
+            raise ConfigError("model=local needs model.path=DIR, a HuggingFace-format folder "
+                              "(config.json plus model.safetensors or pytorch_model.bin)")
+        p = Path(path).expanduser()
+        if not (p / "config.json").is_file():
+            raise ConfigError(
+                f"model.path {str(p)!r} is not a HuggingFace model folder: it has no config.json. "
+                "Save one with model.save_pretrained(DIR) (transformers) and point model.path at it."
+            )
+        return None
+    # pretrained
+    name = _get(cfg, "model.name")
+    if not name:
+        raise ConfigError("model=pretrained needs model.name=NAME (a TransformerLens model name, e.g. gpt2)")
+    if m.path is not None:
+        raise ConfigError("model.path is only read with model=local; for a folder on disk use model=local")
+    return _official_name(name)
+
+
+def _official_name(name: str) -> str:
+    try:
+        from transformer_lens.loading_from_pretrained import get_official_model_name, make_model_alias_map
+    except ImportError:  # pragma: no cover - transformer-lens is a dependency
+        return name
+    try:
+        return get_official_model_name(name)
+    except ValueError:
+        known = sorted(make_model_alias_map())
+        close = difflib.get_close_matches(name.lower(), known, n=3, cutoff=0.6)
+        hint = f" Close names: {', '.join(close)}." if close else ""
+        raise ConfigError(
+            f"{name!r} is not a TransformerLens model name.{hint} model=pretrained takes a name "
+            "from TransformerLens' list of supported models; for another HuggingFace model saved "
+            "on disk use model=local model.path=DIR, for a shipped model model=induction "
+            f"(zoo: {', '.join(_zoo_names())})."
+        ) from None
+
+
+def _truthy(v: str | None) -> bool:
+    return (v or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def hub_cache_dir() -> Path:
+    try:
+        from huggingface_hub import constants
+
+        return Path(constants.HF_HUB_CACHE)
+    except Exception:  # pragma: no cover
+        home = os.environ.get("HF_HOME", os.path.join(os.path.expanduser("~"), ".cache", "huggingface"))
+        return Path(home) / "hub"
+
+
+def is_cached(repo_id: str) -> bool:
+    """Whether the HF cache holds a snapshot of ``repo_id`` (enough to load it offline)."""
+    snaps = hub_cache_dir() / f"models--{repo_id.replace('/', '--')}" / "snapshots"
+    return snaps.is_dir() and any(snaps.iterdir())
+
+
+def hub_reachable(timeout: float = 3.0) -> tuple[bool, str]:
+    """Can we open a TCP connection to the hub? (DNS and connect bounded by ``timeout``.)"""
+    from urllib.parse import urlparse
+
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    u = urlparse(endpoint)
+    host, port = u.hostname or "huggingface.co", u.port or (443 if u.scheme != "http" else 80)
+    result: dict[str, Any] = {}
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            result["ok"] = True
+        except OSError as e:
+            result["err"] = f"{type(e).__name__}: {e}"
+
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(timeout + 0.5)
+    if result.get("ok"):
+        return True, host
+    return False, f"{host}:{port} ({result.get('err', f'no answer in {timeout:.0f} s')})"
+
+
+def check_hub_access(repo_id: str, asked: str | None = None) -> None:
+    """Fail fast when a pretrained model is neither in the HF cache nor downloadable."""
+    if is_cached(repo_id):
+        return
+    asked = asked or repo_id
+    what_to_do = (
+        "What to do: (1) use a model shipped with circuitgraph, e.g. model=induction or "
+        f"model=tracr_reverse (all: {', '.join(_zoo_names())}); (2) load a HuggingFace-format "
+        "folder you already have with model=local model.path=DIR; or (3) on a machine with "
+        f"network, run `python -c \"from transformer_lens import HookedTransformer; "
+        f"HookedTransformer.from_pretrained('{asked}')\"` and copy its Hugging Face cache "
+        f"(HF_HOME, here {str(hub_cache_dir())!r}) to this machine; with HF_HUB_OFFLINE=1 "
+        "circuitgraph and transformers then load from that cache without touching the network."
+    )
+    offline = [v for v in ENV_HUB_OFFLINE if _truthy(os.environ.get(v))]
+    if offline:
+        raise ConfigError(
+            f"model {asked!r} ({repo_id}) is not in the local Hugging Face cache "
+            f"({str(hub_cache_dir())!r}) and {offline[0]}=1 forbids downloading it. " + what_to_do
+        )
+    ok, where = hub_reachable()
+    if not ok:
+        raise ConfigError(
+            f"model {asked!r} ({repo_id}) must be downloaded from the Hugging Face hub, but the hub "
+            f"cannot be reached from this machine ({where}) and the model is not in the local "
+            f"cache ({str(hub_cache_dir())!r}). " + what_to_do + " Setting HF_HUB_OFFLINE=1 also "
+            "makes this check answer at once instead of waiting for the network."
+        )
+
+
+def to_container(cfg) -> dict:
+    """A plain dict of the config (for summary.json)."""
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
