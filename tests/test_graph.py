@@ -71,3 +71,10 @@ def test_grouped_query_attention_is_ungrouped():
     g = Graph.from_model(model)
     assert model.cfg.ungroup_grouped_query_attention
     assert g.has_edge("input", "a0.h3.k")
+
+
+def test_model_missing_hooks_is_explained():
+    model = tiny_model()
+    del model.hook_dict["blocks.1.attn.hook_z"]
+    with pytest.raises(UnsupportedModelError, match="lacks hook points.*blocks.1.attn.hook_z.*use_hook_mlp_in"):
+        Graph.from_model(model)

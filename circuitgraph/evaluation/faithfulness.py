@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from tqdm.auto import tqdm
 
 from circuitgraph.engine.activations import Ablation
 from circuitgraph.engine.batching import auto_batch_size, check_graph, example_chunks, mask_batch_size
@@ -23,7 +24,7 @@ CURVE_PERCENTS = (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100)
 
 
 def evaluate(model, graph: Graph, task, masks: torch.Tensor, ablation: str | Ablation = "corrupted",
-             batch_size: int | None = None, mask_batch: int | None = None) -> torch.Tensor:
+             batch_size: int | None = None, mask_batch: int | None = None, progress: bool = True) -> torch.Tensor:
     """Mean metric of the model restricted to each circuit: ``masks [K, n_src, n_dst]`` (or one
     ``[n_src, n_dst]`` mask) → ``[K]`` (or a scalar)."""
     single = masks.ndim == 2
@@ -33,13 +34,17 @@ def evaluate(model, graph: Graph, task, masks: torch.Tensor, ablation: str | Abl
     task.prepare(model)
     abl = Ablation.coerce(ablation).prepare(model, graph, task)
     out = torch.zeros(masks.shape[0], device=graph.valid.device)
-    for idx, chunk, weight in example_chunks(task, batch_size or auto_batch_size(graph, task)):
+    chunks = list(example_chunks(task, batch_size or auto_batch_size(graph, task)))
+    bar = tqdm(total=len(chunks) * masks.shape[0], desc="evaluate", unit="circuit", disable=not progress, delay=2.0, leave=False)
+    for idx, chunk, weight in chunks:
         ablated = abl.activations(model, graph, task, idx, chunk)
         K = mask_batch or mask_batch_size(graph, chunk)
         for s in range(0, masks.shape[0], K):
             m = masks[s:s + K].to(graph.valid.device)
             values = tiled(chunk, m.shape[0]).score(patched_logits(model, graph, chunk, ablated, m), " during evaluation")
             out[s:s + K] += weight * values.view(m.shape[0], chunk.n_examples).mean(1)
+            bar.update(m.shape[0])
+    bar.close()
     return out[0] if single else out
 
 

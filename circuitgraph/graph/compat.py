@@ -52,6 +52,20 @@ def check_model(model, neurons: bool = False) -> None:
             + ". Supported: pre-norm (LN, LNPre, RMS, RMSPre or none) decoder-only or bidirectional "
             "transformers with standard, rotary or alibi positions, with or without MLPs."
         )
+    needed = ["blocks.0.hook_resid_pre", f"blocks.{cfg.n_layers - 1}.hook_resid_post"]
+    for L in range(cfg.n_layers):
+        needed += [f"blocks.{L}.attn.hook_{x}" for x in ("q", "k", "v", "z")]
+        needed += [f"blocks.{L}.hook_{x}_input" for x in ("q", "k", "v")]
+        if not cfg.attn_only:
+            needed += [f"blocks.{L}.hook_mlp_in", f"blocks.{L}.hook_mlp_out"]
+    missing = [h for h in needed if h not in model.hook_dict]
+    if missing:
+        raise UnsupportedModelError(
+            f"the model lacks hook points the graph reads: {', '.join(missing[:6])}"
+            f"{' …' if len(missing) > 6 else ''}. circuitgraph switches on use_hook_mlp_in (and, only while "
+            "evaluating a circuit, use_split_qkv_input) by itself and restores your settings afterwards, so these "
+            "hooks exist on every standard HookedTransformer; a subclass that removes or renames them is not supported."
+        )
     if getattr(cfg, "n_key_value_heads", None) and cfg.n_key_value_heads != cfg.n_heads:
         if not getattr(cfg, "ungroup_grouped_query_attention", False):
             # Every query head then gets its own copy of the shared key/value input, which the
