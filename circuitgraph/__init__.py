@@ -13,7 +13,7 @@ import warnings
 warnings.filterwarnings("ignore", message="HookedTransformer is deprecated", category=DeprecationWarning)
 
 from circuitgraph.attribution import METHODS, attribute  # noqa: E402
-from circuitgraph.circuit import Circuit, minimal_circuit, prune, threshold, top_n  # noqa: E402
+from circuitgraph.circuit import Circuit, acdc, minimal_circuit, prune, threshold, top_n  # noqa: E402
 from circuitgraph.engine.activations import Ablation  # noqa: E402
 from circuitgraph.evaluation import evaluate, faithfulness, faithfulness_curve  # noqa: E402
 from circuitgraph.export import write_html  # noqa: E402
@@ -23,6 +23,6 @@ from circuitgraph.tasks import Task, load_task  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = [
-    "Graph", "PositionalGraph", "Task", "write_html", "Hypothesis", "Interpretation", "Correspondence", "scrub", "load_task", "attribute", "METHODS", "Ablation", "Circuit", "minimal_circuit",
+    "Graph", "PositionalGraph", "Task", "write_html", "Hypothesis", "Interpretation", "Correspondence", "scrub", "load_task", "attribute", "METHODS", "Ablation", "Circuit", "minimal_circuit", "acdc",
     "top_n", "threshold", "prune", "evaluate", "faithfulness", "faithfulness_curve",
 ]

@@ -1,8 +1,9 @@
-"""Circuits: selection from scores (top-n, threshold), pruning, the minimal faithful circuit, and
+"""Circuits: selection from scores (top-n, threshold), pruning, the minimal faithful circuit, ACDC, and
 saving/loading as JSON + safetensors."""
 
+from circuitgraph.circuit.acdc import acdc, acdc_sweep
 from circuitgraph.circuit.circuit import SCHEMA, Circuit, CircuitFileError
 from circuitgraph.circuit.minimal import build_circuit, minimal_circuit
 from circuitgraph.circuit.selection import prune, threshold, top_n
 
-__all__ = ["Circuit", "CircuitFileError", "SCHEMA", "minimal_circuit", "build_circuit", "top_n", "threshold", "prune"]
+__all__ = ["acdc", "acdc_sweep", "Circuit", "CircuitFileError", "SCHEMA", "minimal_circuit", "build_circuit", "top_n", "threshold", "prune"]

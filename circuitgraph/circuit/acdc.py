@@ -12,9 +12,10 @@ Visit the destinations in reverse topological order — ``logits`` first, then l
 downwards (the MLP input of a layer before its heads' v, k and q inputs; concretely, destination
 columns in decreasing index order). For each destination ``d``:
 
-* if ``d``'s node (the head or MLP that owns it) no longer reaches the logits through kept edges,
-  every edge into ``d`` is removed outright, untested (it cannot influence the output; its score
-  stays 0);
+* if no node reading ``d`` (the head or MLP that owns it; on a position-resolved graph, every
+  position of the head that attends to it) still reaches the logits through kept edges, every
+  edge into ``d`` is removed outright, untested (it cannot influence the output; its score stays
+  0);
 * otherwise visit the kept edges ``u → d`` in *reverse source order* (latest source first) and,
   one edge at a time, remove the edge from the current circuit ``C`` if
 
@@ -152,25 +153,16 @@ def acdc_sweep(
 # ---------------------------------------------------------------------------------------------
 
 
-def _with_metric(task: Task, metric: str | None) -> Task:
-    if metric is None or metric == task.metric_name:
-        return task
-    fields = task._fields()
-    fields["metric"] = metric
-    fields["name"] = task.name
-    return Task(**fields)
-
-
 class _Runner:
     """Mean metric of many circuits at once, with the ablated activations computed once."""
 
     def __init__(self, model, graph: Graph, task: Task, ablation, metric, batch_size, mask_batch):
         check_model(model)
-        check_graph(model, graph)
+        check_graph(model, graph, task)
         task.check_model(model)
         self.model, self.graph = model, graph
         self.task = task
-        self.metric_task = _with_metric(task, metric).prepare(model)
+        self.metric_task = (task if metric is None else task.with_metric(metric)).prepare(model)
         self.metric_name = self.metric_task.metric_name
         self.sign = 1.0 if self.metric_name in LOWER_IS_BETTER else -1.0  # loss = sign * metric
         self.ablation = Ablation.coerce(ablation).prepare(model, graph, self.metric_task)
@@ -225,10 +217,9 @@ def _acdc(run: _Runner, tau: float, absolute: bool, progress: bool, prune_result
     valid = graph.valid
     mask = valid.clone()
     scores = torch.zeros(valid.shape, dtype=torch.float32, device=valid.device)
-    owner = graph.dst_owner.to(valid.device)
-    logits_col = graph.dst_index["logits"]
-    node_live = torch.zeros(graph.n_src, dtype=torch.bool, device=valid.device)  # reaches logits
-    node_known = torch.zeros(graph.n_src, dtype=torch.bool)
+    dst_time = graph.dst_time.tolist()
+    logits_cols = set(graph.logits_columns.tolist())
+    live, live_time = None, None  # which destinations are read by a node that reaches the logits
     current = float(run(mask[None])[0])  # metric of the full model
     full_value = current
     rounds, tested, untested, mispredicted = 1, 0, 0, 0
@@ -245,14 +236,12 @@ def _acdc(run: _Runner, tau: float, absolute: bool, progress: bool, prune_result
         srcs = mask[:, d].nonzero()[:, 0].flip(0).tolist()  # reverse source order
         if not srcs:
             continue
-        if d != logits_col:
-            o = int(owner[d])
-            if not node_known[o]:
-                dst_live = owner < 0
-                dst_live |= node_live[owner.clamp(min=0)] & (owner >= 0)
-                node_live[o] = bool((mask[o] & dst_live).any())
-                node_known[o] = True
-            if not node_live[o]:
+        if d not in logits_cols:
+            # the readers of d write only to later destinations, all decided already, so their
+            # connection to the logits is final once we reach d's time step
+            if dst_time[d] != live_time:
+                live, live_time = _reads_live(graph, mask), dst_time[d]
+            if not live[d]:
                 mask[srcs, d] = False
                 untested += len(srcs)
                 continue
@@ -320,6 +309,17 @@ def _acdc(run: _Runner, tau: float, absolute: bool, progress: bool, prune_result
         "seconds": time.perf_counter() - t0,
     }
     return c
+
+
+def _reads_live(graph: Graph, mask: torch.Tensor) -> list[bool]:
+    """For each destination: is it read by a node with a path of kept edges to the logits?
+    (The backward half of :func:`~circuitgraph.circuit.selection.prune`.)"""
+    live = torch.zeros(graph.n_dst, dtype=torch.bool, device=mask.device)
+    live[graph.logits_columns.to(mask.device)] = True
+    for s in range(graph.n_src - 1, 0, -1):
+        if bool((mask[s] & live).any()):
+            live[graph.node_dsts[s].to(mask.device)] = True
+    return live.tolist()
 
 
 def _faithfulness(run: _Runner, mask: torch.Tensor) -> float | None:

@@ -4,4 +4,6 @@ from circuitgraph.evaluation.faithfulness import (
     CURVE_PERCENTS, Baselines, FaithfulnessCurve, baselines, evaluate, faithfulness, faithfulness_curve,
 )
 
-__all__ = ["evaluate", "faithfulness", "faithfulness_curve", "baselines", "Baselines", "FaithfulnessCurve", "CURVE_PERCENTS"]
+from circuitgraph.evaluation.roc import edge_roc, roc_auc  # noqa: E402
+
+__all__ = ["roc_auc", "edge_roc", "evaluate", "faithfulness", "faithfulness_curve", "baselines", "Baselines", "FaithfulnessCurve", "CURVE_PERCENTS"]

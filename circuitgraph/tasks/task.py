@@ -178,6 +178,12 @@ class Task:
             attention_mask=self.attention_mask,
         )
 
+    def with_metric(self, metric: str | Metric) -> "Task":
+        """The same examples scored with another metric (e.g. ``"kl"`` for ACDC)."""
+        if metric == self.metric:
+            return self
+        return Task(**{**self._fields(), "metric": metric})
+
     def to(self, device: torch.device | str) -> "Task":
         f = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self._fields().items()}
         t = Task(**f)
