@@ -202,3 +202,13 @@ def test_mean_ablation_uses_reference_set():
     a = attribute(model, graph, task, method="eap", ablation=Ablation("mean", reference=ref), progress=False).clone()
     b = attribute(model, graph, task, method="eap", ablation="mean", progress=False)
     assert not torch.allclose(a, b)
+
+
+def test_scores_from_an_earlier_call_are_not_overwritten():
+    model = tiny_model()
+    task = tiny_task(model)
+    graph = Graph.from_model(model)
+    first = attribute(model, graph, task, method="eap", progress=False)
+    kept = first.clone()
+    second = attribute(model, graph, task, method="exact", progress=False)
+    assert torch.equal(first, kept) and second is graph.scores and not torch.equal(first, second)

@@ -58,10 +58,10 @@ def attribute(
     abl = Ablation.coerce(ablation).prepare(model, graph, task)
     bs = batch_size or auto_batch_size(graph, task)
     t0 = time.perf_counter()
-    # accumulate in place: at neuron granularity the [n_src, n_dst] matrix is the largest object
-    if graph.scores.dtype != torch.float32 or graph.scores.device != graph.valid.device:
-        graph.scores = torch.zeros(graph.valid.shape, dtype=torch.float32, device=graph.valid.device)
-    scores = graph.scores.zero_()
+    # A fresh tensor, so scores a caller kept from an earlier call stay intact; the graph's old one
+    # is released first (at neuron granularity the [n_src, n_dst] matrix is the largest object).
+    graph.scores = None
+    scores = graph.scores = torch.zeros(graph.valid.shape, dtype=torch.float32, device=graph.valid.device)
     chunks = list(example_chunks(task, bs))
     if method == "exact":
         _exact(model, graph, task, abl, chunks, scores, edge_batch, progress)
