@@ -385,11 +385,12 @@ def main() -> None:
         "Rows below the issue's expectations (exact and EAP-IG edge AUC ≥ 0.99 on tracr; EAP-IG ranking the "
         "induction ground truth at the top):", "",
         *(findings or ["- none"]), "",
-        "Diagnostic (not a headline figure): the zoo's `zero` ground truths keep every edge of the compiled "
-        "RASP program, including edges the zoo itself lists under `evidence.no_single_edge_effect_on_task` "
-        "(zero-ablating them alone leaves the output unchanged on this dataset). Any method that scores an "
-        "edge by the effect of removing it ties them with the true negatives. Dropping those edges from the "
-        "items (neither positive nor negative) gives:", "",
+        "Diagnostic (not a headline figure): the zoo's structural `rasp_graph` ground truths keep every edge "
+        "of the compiled RASP program, including edges the zoo itself lists under "
+        "`evidence.no_single_edge_effect_on_task` (zero-ablating them alone leaves the output unchanged on "
+        "this dataset; the effect-based `zero` convention leaves them out). Any method that scores an edge by "
+        "the effect of removing it ties them with the true negatives. Dropping those edges from the items "
+        "(neither positive nor negative) gives:", "",
         diagnostic_table(rows), "",
         NOTES,
     ])
