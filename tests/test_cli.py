@@ -96,6 +96,16 @@ def test_default_run_writes_every_file(tmp_path, capsys):
     assert c.metadata["attribution"]["method"] == "eap-ig"
     assert {"cpr", "cmd", "curve", "verified_faithfulness"} <= set(c.figures)
 
+    # the circuit as a causal-scrubbing hypothesis, saved and scrubbed (issue 6)
+    assert (out / "hypothesis.json").is_file() and s["files"]["hypothesis"] == "hypothesis.json"
+    r = s["scrubbing"]["circuit"]
+    assert r["ci"][0] <= r["loss_recovered"] <= r["ci"][1] and r["n_samples"] == 64
+    assert "resampl" in s["scrubbing"]["note"]  # corrupted-ablation circuits are told apart
+    hyp = cg.Hypothesis.load(out / "hypothesis.json", model=model)
+    entry = cg.zoo.load("induction", device="cpu")
+    again = cg.scrub(entry.model, hyp, entry.tasks["induction"], seed=0, warn_vacuous=False)
+    assert again.loss_recovered == pytest.approx(r["loss_recovered"], abs=1e-6)
+
     sc = cli.read_scores(out / "scores.safetensors")
     g = cg.Graph.from_model(model)
     assert sc["scores"].shape == sc["valid"].shape == sc["mask"].shape == g.valid.shape
@@ -346,3 +356,23 @@ def test_config_files_are_valid_yaml():
     assert len(files) > 20
     for f in files:
         yaml.safe_load(f.read_text())
+
+
+def test_hypothesis_file_is_tested(tmp_path):
+    """+hypothesis=path.json scrubs a saved hypothesis against the run's model and task."""
+    cli.main([f"hydra.run.dir={tmp_path / 'a'}", "progress=false", "ablation=resample", "export=minimal",
+              "export.hypothesis=true"])
+    cli.main([f"hydra.run.dir={tmp_path / 'b'}", "progress=false", "export=minimal",
+              f"+hypothesis={tmp_path / 'a' / 'hypothesis.json'}"])
+    first = json.loads((tmp_path / "a" / "summary.json").read_text())
+    second = json.loads((tmp_path / "b" / "summary.json").read_text())
+    got = second["scrubbing"]["file"]
+    assert got["path"].endswith("hypothesis.json")
+    assert got["loss_recovered"] == pytest.approx(first["scrubbing"]["circuit"]["loss_recovered"], abs=1e-6)
+    assert got["loss_recovered"] > 0.85  # a circuit selected under resampling passes scrubbing
+    assert "circuit" not in second["scrubbing"]  # export=minimal writes no hypothesis of its own
+
+
+def test_missing_hypothesis_file_fails_fast(tmp_path):
+    with pytest.raises(ConfigError, match=r"\+hypothesis=.*no such file"):
+        validate(compose_cfg(f"+hypothesis={tmp_path / 'nope.json'}"), check_hub=False)

@@ -168,6 +168,8 @@ class ExportConfig:
     mib_json: bool = False  # circuit.mib.json (EAP-IG / MIB layout)
     title: Optional[str] = None  # title of graph.html (default: model · task · method · figures)
     open_browser: bool = False  # open graph.html when a display is available
+    hypothesis: bool = True  # hypothesis.json: the circuit as a causal-scrubbing hypothesis, scrubbed
+    scrub_samples: Optional[int] = None  # root samples for scrubbing (null: one per example)
 
 
 @dataclass
@@ -403,6 +405,14 @@ def validate(cfg: DictConfig | Config, *, check_hub: bool = True) -> None:
     _check_device(cfg.device)
     if cfg.export.png and not cfg.export.curve:
         raise ConfigError("export.png needs the faithfulness curve: set export.curve=true or export.png=false")
+    if cfg.export.scrub_samples is not None and cfg.export.scrub_samples < 2:
+        raise ConfigError(f"export.scrub_samples must be ≥ 2 (or null), got {cfg.export.scrub_samples}")
+    hyp = cfg.get("hypothesis")  # added with +hypothesis=path.json: a hypothesis file to test
+    if hyp is not None:
+        path = Path(str(hyp)).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"+hypothesis={hyp}: no such file; give the path of a saved hypothesis "
+                              "(Hypothesis.save, or the hypothesis.json of an earlier run)")
     # --- model, task, and last the hub (the only check that may touch the network)
     official = _check_model(cfg)
     _check_task(cfg)
