@@ -48,7 +48,8 @@ def test_minimal_circuit_faithfulness_is_remeasured(setup):
     # and by hand: the circuit's metric against the clean and corrupted runs
     abl = Ablation().prepare(model, graph, task).activations(model, graph, task, slice(None), task)
     m_c = task.score(patched_logits(model, graph, task, abl, c.mask)).mean()
-    m_n, m_0 = task.score(model(task.clean)).mean(), task.score(model(task.corrupted)).mean()
+    with torch.no_grad():
+        m_n, m_0 = task.score(model(task.clean)).mean(), task.score(model(task.corrupted)).mean()
     assert float((m_c - m_0) / (m_n - m_0)) == pytest.approx(c.faithfulness, abs=1e-4)
     assert c.n_edges < graph.n_edges
 
