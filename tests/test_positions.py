@@ -58,6 +58,9 @@ def test_causal_pruning_follows_attention():
     # a key at position 2 cannot feed the head's output at position 0
     keep = gp.mask_from_edges(["input@2->a0.h0.k@2", "a0.h0@0->logits@0"])
     assert cg.prune(gp, keep).sum() == 0
+    # every position's input is a source: input@2 reaches logits@2 directly
+    keep = gp.mask_from_edges(["input@2->logits@2", "input@1->a0.h0.q@1"])
+    assert gp.edge_names(cg.prune(gp, keep)) == ["input@2->logits@2"]
 
 
 def test_positional_minimal_circuit_and_file(tmp_path):
@@ -65,7 +68,9 @@ def test_positional_minimal_circuit_and_file(tmp_path):
     task = tiny_task(model)
     gp = PositionalGraph.from_model(model, positions=task.seq_len)
     c = cg.minimal_circuit(model, gp, task, target=0.8, steps=3)
+    assert c.n_edges > 0 and c.faithfulness >= 0.8
     assert cg.faithfulness(model, gp, task, c.mask) == pytest.approx(c.faithfulness, abs=1e-5)
+    assert torch.equal(cg.prune(gp, c.mask), c.mask)  # already pruned
     d = cg.Circuit.load(c.save(tmp_path / "p.json"), model)
     assert isinstance(d.graph, PositionalGraph) and torch.equal(d.mask, c.mask)
     assert all("@" in e for e in d.edge_names())
@@ -81,3 +86,37 @@ def test_positions_need_one_template_length():
                      attention_mask=torch.ones_like(task.clean).index_fill_(1, torch.tensor([6]), 0))
     with pytest.raises(ValueError, match="with padding"):
         cg.attribute(model, PositionalGraph.from_model(model, positions=7), padded, progress=False)
+
+
+def test_positional_circuit_views(tmp_path):
+    """networkx and the HTML viewer understand position-resolved names; MIB JSON refuses them."""
+    from circuitgraph.export import to_mib_json
+
+    model = tiny_model()
+    task = tiny_task(model)
+    gp = PositionalGraph.from_model(model, positions=task.seq_len)
+    c = cg.minimal_circuit(model, gp, task, target=0.8, steps=3)
+    g = c.to_networkx()
+    assert g.number_of_edges() > 0
+    assert {d["kind"] for _, d in g.nodes(data=True)} <= {"input", "head", "mlp", "logits"}
+    assert all("@" in n for n in g.nodes)
+    page = cg.write_html(c, tmp_path / "p.html").read_text()
+    assert "logits@" in page and "input@" in page
+    with pytest.raises(ValueError):
+        to_mib_json(c, tmp_path / "p.mib.json")
+
+
+def test_positional_graphml_roundtrip(tmp_path):
+    from circuitgraph.export import from_graphml, to_graphml
+
+    model = tiny_model()
+    task = tiny_task(model)
+    gp = PositionalGraph.from_model(model, positions=task.seq_len)
+    c = cg.minimal_circuit(model, gp, task, target=0.8, steps=3)
+    to_graphml(c, tmp_path / "p.graphml")
+    for graph in (gp, None):
+        d = from_graphml(tmp_path / "p.graphml", graph)
+        assert isinstance(d.graph, PositionalGraph) and torch.equal(d.mask.cpu(), c.mask.cpu())
+        assert torch.equal(d.graph.scores.cpu(), c.graph.scores.cpu())
+    with pytest.raises(ValueError, match="token positions"):
+        from_graphml(tmp_path / "p.graphml", cg.Graph.from_model(model))

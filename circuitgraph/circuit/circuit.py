@@ -18,7 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from circuitgraph.atomic import atomic_write
-from circuitgraph.graph import Architecture, Graph, config_hash
+from circuitgraph.graph import Graph, config_hash
 
 SCHEMA = "circuitgraph.circuit/1"
 
@@ -85,11 +85,7 @@ class Circuit:
         g = self.graph
         return {
             "schema": SCHEMA,
-            "model": {"name": g.model_name, "config_hash": g.model_hash, "n_layers": g.arch.n_layers,
-                      "n_heads": g.arch.n_heads, "has_mlp": g.arch.has_mlp, "d_model": g.arch.d_model,
-                      "d_mlp": g.arch.d_mlp, "split_qkv": g.split_qkv,
-                      "neurons": {str(k): v for k, v in g.neurons.items()},
-                      "positions": getattr(g, "positions", None), "causal": getattr(g, "causal", True)},
+            "model": g.spec(),
             "metadata": self.metadata,
             "faithfulness": self.faithfulness,
             "figures": self.figures,
@@ -126,16 +122,9 @@ class Circuit:
         if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
             raise CircuitFileError(f"{path} is not a circuitgraph circuit (schema {doc.get('schema') if isinstance(doc, dict) else None!r}, expected {SCHEMA!r})")
         try:
-            m = doc["model"]
-            arch = Architecture(m["n_layers"], m["n_heads"], m["has_mlp"], m["d_model"], m.get("d_mlp", 0))
-            neurons = {int(k): v for k, v in (m.get("neurons") or {}).items()}
-            graph = Graph(arch, split_qkv=m["split_qkv"], model_name=m["name"], model_hash=m["config_hash"], neurons=neurons)
-            if m.get("positions"):
-                from circuitgraph.graph.positional import PositionalGraph
-
-                graph = PositionalGraph(graph, int(m["positions"]), causal=bool(m.get("causal", True)))
+            graph = Graph.from_spec(doc["model"])
         except (KeyError, TypeError, ValueError) as e:
-            raise CircuitFileError(f"{path} lacks model field {e}; the file is corrupted") from None
+            raise CircuitFileError(f"{path} lacks or garbles model field {e}; the file is corrupted") from None
         if model is not None:
             h = config_hash(model.cfg)
             if h != graph.model_hash:

@@ -34,12 +34,14 @@ def prune(graph: Graph, mask: torch.Tensor) -> torch.Tensor:
     difference to the output. One pass forward and one backward over nodes (not edges)."""
     mask = mask & graph.valid
     reach = torch.zeros(graph.n_src, dtype=torch.bool, device=mask.device)  # reachable from input
-    reach[0] = True
-    for s in range(1, graph.n_src):
-        reach[s] = bool((mask[:, graph.node_dsts[s]] & reach[:, None]).any())
+    inputs = graph.input_rows.to(mask.device)
+    reach[inputs] = True
+    for s in range(graph.n_src):
+        if len(graph.node_dsts[s]):  # every node but the input reads something
+            reach[s] = bool((mask[:, graph.node_dsts[s]] & reach[:, None]).any())
     reads_live = torch.zeros(graph.n_dst, dtype=torch.bool, device=mask.device)  # owner reaches logits
     reads_live[graph.logits_columns] = True
-    for s in range(graph.n_src - 1, 0, -1):
+    for s in range(graph.n_src - 1, -1, -1):
         if bool((mask[s] & reads_live).any()):
             reads_live[graph.node_dsts[s]] = True
     return mask & reach[:, None] & reads_live[None, :]

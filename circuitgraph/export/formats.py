@@ -72,8 +72,7 @@ def _as_graph(graph_or_model) -> Graph | None:
 
 def _blank_like(graph: Graph) -> Graph:
     """A new Graph of the same model (shape, neuron split, name, fingerprint, device), zero scores."""
-    return Graph(graph.arch, split_qkv=graph.split_qkv, device=graph.device, model_name=graph.model_name,
-                 model_hash=graph.model_hash, neurons=dict(graph.neurons) or None)
+    return Graph.from_spec(graph.spec(), device=graph.device)
 
 
 def _jsonable(x):
@@ -153,6 +152,12 @@ def _check_mib_graph(graph: Graph, what: str) -> None:
         raise ValueError(
             f"cannot {what} the EAP-IG/MIB format for an attention-only model: EAP-IG graphs always "
             "contain an MLP node per layer; use GraphML (to_graphml) instead"
+        )
+    if getattr(graph, "positions", None):
+        raise ValueError(
+            f"cannot {what} the EAP-IG/MIB format with a position-resolved graph ({graph.positions} "
+            "positions): EAP-IG graphs have one node per component; use GraphML instead, or "
+            "PositionalGraph.position_free() for position-summed scores"
         )
     if graph.neurons:
         raise ValueError(
@@ -346,7 +351,9 @@ def to_graphml(circuit, path: str | Path, *, all_edges: bool = True, mask: torch
         "schema": GRAPHML_SCHEMA, "model": g.model_name, "config_hash": g.model_hash,
         "n_layers": g.arch.n_layers, "n_heads": g.arch.n_heads, "has_mlp": g.arch.has_mlp,
         "d_model": g.arch.d_model, "d_mlp": g.arch.d_mlp, "split_qkv": g.split_qkv,
-        "neurons": json.dumps({str(k): v for k, v in sorted(g.neurons.items())}), "n_edges": c.n_edges,
+        "neurons": json.dumps({str(k): v for k, v in sorted(g.neurons.items())}),
+        "positions": int(getattr(g, "positions", None) or 0), "causal": bool(getattr(g, "causal", True)),
+        "n_edges": c.n_edges,
         "n_edges_total": g.n_edges, "all_edges": all_edges,
         "metadata": json.dumps(c.metadata, default=_jsonable),
         "figures": json.dumps(c.figures, default=_jsonable),
@@ -391,13 +398,18 @@ def from_graphml(path: str | Path, graph=None) -> Circuit:
                                  int(attrs["d_model"]), int(attrs.get("d_mlp", 0)))
         file_split = bool(attrs["split_qkv"])
         file_neurons = {int(k): v for k, v in _loads_dict(attrs.get("neurons"), "neurons", path).items()}
+        file_positions = int(attrs.get("positions", 0) or 0) or None
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{path} lacks or garbles the graph attribute {e}; the file is corrupted") from None
     graph = _as_graph(graph)
     if graph is None:
         try:
-            graph = Graph(file_arch, split_qkv=file_split, model_name=str(attrs.get("model", "")),
-                          model_hash=str(attrs.get("config_hash", "")), neurons=file_neurons or None)
+            graph = Graph.from_spec({
+                "name": attrs.get("model", ""), "config_hash": attrs.get("config_hash", ""),
+                "n_layers": file_arch.n_layers, "n_heads": file_arch.n_heads, "has_mlp": file_arch.has_mlp,
+                "d_model": file_arch.d_model, "d_mlp": file_arch.d_mlp, "split_qkv": file_split,
+                "neurons": file_neurons, "positions": file_positions, "causal": bool(attrs.get("causal", True)),
+            })
         except ValueError as e:
             raise ValueError(f"{path} describes an impossible graph ({e}); the file is corrupted") from None
     problems = []
@@ -416,6 +428,9 @@ def from_graphml(path: str | Path, graph=None) -> Circuit:
         def show(n):
             return "{" + ", ".join(f"{k}: {len(v)} neurons" for k, v in sorted(n.items())) + "}" if n else "none"
         problems.append(f"neuron nodes {show(file_neurons)} in the file, {show(graph.neurons)} in the graph")
+    if file_positions != getattr(graph, "positions", None):
+        problems.append(f"{file_positions or 'no'} token positions in the file, "
+                        f"{getattr(graph, 'positions', None) or 'no'} in the graph")
     if problems:
         raise ValueError(f"{path} was written for a different graph: " + "; ".join(problems)
                          + ". Import it with the graph of the model it was made for")

@@ -124,13 +124,19 @@ def _rank(values: list[float]) -> list[int]:
     return rank
 
 
+def _logits_nodes(graph: Graph) -> list[str]:
+    """``["logits"]``, or ``logits@p`` for each position of a position-resolved graph."""
+    return [Graph.dst_node(graph.dst_names[j]) for j in graph.logits_columns.tolist()]
+
+
 def _layout(graph: Graph, shown: list[str]) -> dict[str, tuple[int, int]]:
     """Fixed positions: column = residual-stream time (input, then each layer's heads, then its
     MLP, ..., logits), rows centred within each column. A column keeps a slot for every node of
     the model, so a head sits at the same height in every circuit, unless it is long (an MLP split
     into many neurons): then only the shown nodes get slots."""
-    times = graph.src_time.tolist() + [int(graph.dst_time.max())]
-    names = list(graph.src_names) + ["logits"]
+    logits = _logits_nodes(graph)
+    times = graph.src_time.tolist() + [int(graph.dst_time.max())] * len(logits)
+    names = list(graph.src_names) + logits
     keep = set(shown)
     columns: dict[int, list[str]] = {}
     for n, t in zip(names, times):
@@ -213,12 +219,14 @@ def write_html(circuit, path: str | Path, title: str | None = None, show_all_nod
             t = touched.setdefault(n, {"in": 0, "out": 0, "abs": 0.0})
             t[way] += 1
             t["abs"] += _finite_abs(s)
-    names = list(graph.src_names) + ["logits"]
-    shown = names if show_all_nodes else [n for n in names if n in touched or n in ("input", "logits")]
+    logits = _logits_nodes(graph)
+    names = list(graph.src_names) + logits
+    always = ("input", "logits")  # a position-resolved graph shows only the positions in use
+    shown = names if show_all_nodes else [n for n in names if n in touched or n in always]
     node_rank = dict(zip(list(touched), _rank([touched[n]["abs"] for n in touched])))
     pos = _layout(graph, shown)
     layer_of = dict(zip(graph.src_names, graph.src_layer.tolist()))
-    layer_of["logits"] = graph.arch.n_layers
+    layer_of.update({n: graph.arch.n_layers for n in logits})
 
     net = Network(directed=True)
     kinds_present: list[str] = []
@@ -258,7 +266,8 @@ def write_html(circuit, path: str | Path, title: str | None = None, show_all_nod
         s = scores[k]
         src, dst = graph.src_names[i], graph.dst_names[j]
         node = Graph.dst_node(dst)
-        qkv = dst[-1] if node != dst else ""
+        base = dst.partition("@")[0]  # a position suffix (a1.h2.k@5) is not part of q/k/v
+        qkv = base[-1] if base[-2:] in (".q", ".k", ".v") else ""
         a = _finite_abs(s)
         width = 1.0 + 7.0 * min(a / max_abs, 1.0) if max_abs > 0 else 1.5
         colour = POSITIVE if s > 0 else NEGATIVE if s < 0 else ZERO

@@ -185,6 +185,33 @@ class Graph:
     def in_circuit(self, mask: torch.Tensor) -> None:
         self._in_circuit = mask.to(self.valid.device).bool() & self.valid
 
+    # ------------------------------------------------------------------ persistence of the shape
+    def spec(self) -> dict:
+        """A JSON-able description from which :meth:`from_spec` rebuilds this graph (scores aside):
+        what circuit files store about their model."""
+        return {
+            "name": self.model_name, "config_hash": self.model_hash, "n_layers": self.arch.n_layers,
+            "n_heads": self.arch.n_heads, "has_mlp": self.arch.has_mlp, "d_model": self.arch.d_model,
+            "d_mlp": self.arch.d_mlp, "split_qkv": self.split_qkv,
+            "neurons": {str(k): v for k, v in sorted(self.neurons.items())},
+            "positions": getattr(self, "positions", None), "causal": getattr(self, "causal", True),
+        }
+
+    @staticmethod
+    def from_spec(spec: dict, device: torch.device | str = "cpu") -> "Graph":
+        """Rebuild a graph (a :class:`PositionalGraph` when the spec has positions). Raises
+        ``KeyError``/``TypeError``/``ValueError`` on a malformed spec."""
+        arch = Architecture(int(spec["n_layers"]), int(spec["n_heads"]), bool(spec["has_mlp"]),
+                            int(spec["d_model"]), int(spec.get("d_mlp") or 0))
+        neurons = {int(k): v for k, v in (spec.get("neurons") or {}).items()}
+        graph = Graph(arch, split_qkv=bool(spec["split_qkv"]), device=device, model_name=str(spec.get("name") or ""),
+                      model_hash=str(spec.get("config_hash") or ""), neurons=neurons or None)
+        if spec.get("positions"):
+            from circuitgraph.graph.positional import PositionalGraph
+
+            graph = PositionalGraph(graph, int(spec["positions"]), causal=bool(spec.get("causal", True)))
+        return graph
+
     # ------------------------------------------------------------------ sizes and names
     @property
     def n_src(self) -> int:
@@ -267,6 +294,11 @@ class Graph:
         return torch.tensor([self.dst_index["logits"]])
 
     @property
+    def input_rows(self) -> torch.Tensor:
+        """Row indices of the ``input`` source(s)."""
+        return torch.tensor([self.src_index["input"]])
+
+    @property
     def node_graph(self) -> "Graph":
         """The position-free graph the engine computes on (itself, unless position-resolved)."""
         return getattr(self, "base", self)
@@ -279,7 +311,8 @@ class Graph:
         g = nx.DiGraph(model=self.model_name, model_hash=self.model_hash)
         for name, layer in zip(self.src_names, self.src_layer.tolist()):
             g.add_node(name, kind=node_kind(name), layer=layer)
-        g.add_node("logits", kind="logits", layer=self.arch.n_layers)
+        for name in dict.fromkeys(self.dst_node(d) for d in self.dst_names if node_kind(d) == "logits"):
+            g.add_node(name, kind="logits", layer=self.arch.n_layers)
         scores = self.scores.detach().cpu()
         for i, j in m.nonzero().tolist():
             d = self.dst_names[j]
@@ -340,6 +373,8 @@ class Graph:
 
 
 def node_kind(name: str) -> str:
+    """``input``, ``head``, ``mlp``, ``neuron`` or ``logits`` (a position suffix ``@p`` is ignored)."""
+    name = name.partition("@")[0]
     if name == "input":
         return "input"
     if name == "logits":

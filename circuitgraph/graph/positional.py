@@ -89,6 +89,10 @@ class PositionalGraph(Graph):
         j = self.base.dst_index["logits"]
         return torch.arange(j * self.positions, (j + 1) * self.positions)
 
+    @property
+    def input_rows(self) -> torch.Tensor:
+        return torch.arange(self.positions)  # input@0 … input@{P-1}
+
     def position_free(self) -> torch.Tensor:
         """Scores summed over positions: ``[n_src, n_dst]`` of the base graph."""
         return self.diagonal().sum(-1)
