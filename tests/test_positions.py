@@ -100,6 +100,7 @@ def test_positional_circuit_views(tmp_path):
     assert g.number_of_edges() > 0
     assert {d["kind"] for _, d in g.nodes(data=True)} <= {"input", "head", "mlp", "logits"}
     assert all("@" in n for n in g.nodes)
+    assert {d["qkv"] for *_, d in g.edges(data=True)} <= {"", "q", "k", "v", "qk", "qv", "kv", "qkv"}
     page = cg.write_html(c, tmp_path / "p.html").read_text()
     assert "logits@" in page and "input@" in page
     with pytest.raises(ValueError):

@@ -317,7 +317,8 @@ class Graph:
         for i, j in m.nonzero().tolist():
             d = self.dst_names[j]
             node = self.dst_node(d)
-            qkv = d[-1] if node != d else ""
+            base = d.partition("@")[0]
+            qkv = base[-1] if base[-2:] in (".q", ".k", ".v") else ""
             if g.has_edge(self.src_names[i], node) and qkv:
                 g.edges[self.src_names[i], node]["qkv"] += qkv
                 g.edges[self.src_names[i], node]["score_" + qkv] = float(scores[i, j])
