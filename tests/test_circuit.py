@@ -124,3 +124,12 @@ def test_failed_save_keeps_previous_file(tmp_path, setup, monkeypatch):
         Circuit(graph, top_n(graph, 7)).save(path)
     assert path.read_text() == before
     assert not list(tmp_path.glob(".*"))  # the temporary file is gone
+
+
+def test_minimal_circuit_reuses_existing_scores(setup):
+    model, graph, task = setup
+    scores = attribute(model, graph, task, method="exact", progress=False)
+    c = minimal_circuit(model, graph, task, target=0.8)  # method=None: keep the exact scores
+    assert graph.scores is scores and c.metadata["attribution"]["method"] == "exact"
+    fresh = Graph.from_model(model)
+    assert minimal_circuit(model, fresh, task, target=0.8).metadata["attribution"]["method"] == "eap-ig"

@@ -36,7 +36,7 @@ def minimal_circuit(
     graph: Graph,
     task,
     target: float = 0.9,
-    method: str | None = "eap-ig",
+    method: str | None = None,
     ablation: str | Ablation = "corrupted",
     absolute: bool = True,
     steps: int = 5,
@@ -45,16 +45,17 @@ def minimal_circuit(
 ) -> Circuit:
     """Smallest top-n (pruned) circuit with faithfulness ≥ ``target``, measured by patching.
 
-    Scores are computed with ``method`` unless the graph already holds scores and ``method`` is
-    None. The returned circuit carries its measured ``faithfulness`` and the search trace.
+    ``method=None`` (default) uses the scores already in the graph (from :func:`attribute`), or
+    computes EAP-IG scores when it has none; a named ``method`` always recomputes. The returned
+    circuit carries its measured ``faithfulness`` and the search trace.
     """
     if not (0 < target <= 1.5):
         raise ValueError(f"target faithfulness must be in (0, 1.5], got {target}")
     t0 = time.perf_counter()
+    if method is None and not bool(graph.scores.any()):
+        method = "eap-ig"
     if method is not None:
         attribute(model, graph, task, method=method, ablation=ablation, steps=steps, batch_size=batch_size)
-    elif not graph.scores.abs().sum():
-        raise ValueError("the graph has no scores yet: pass method='eap-ig' (or call attribute first)")
     abl = Ablation.coerce(ablation)
     E = graph.n_edges
     sizes = sorted({max(1, int(round(E ** (i / (grid - 1))))) for i in range(grid)} | {E})
