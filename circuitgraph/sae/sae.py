@@ -1,0 +1,350 @@
+"""A minimal sparse autoencoder (SAE) and a reader/writer for the SAELens on-disk format.
+
+An SAE reads the activation at one TransformerLens hook point (``hook_name``) and rewrites it as
+a sparse, non-negative combination of learned directions::
+
+    acts  = act_fn((x - b_dec * apply_b_dec_to_input) @ W_enc + b_enc)      # [..., d_sae]
+    recon = acts @ W_dec + b_dec                                            # [..., d_in]
+
+``act_fn`` is ReLU for the "standard" architecture; for "jumprelu" a pre-activation is kept only
+where it exceeds the per-feature ``threshold``.
+
+On disk an SAE is a folder holding ``cfg.json`` and ``sae_weights.safetensors`` (tensors
+``W_enc``, ``b_enc``, ``W_dec``, ``b_dec`` and, for JumpReLU, ``threshold``) -- the layout SAELens
+writes -- so SAEs trained with SAELens load here without SAELens installed, and SAEs saved here
+load in SAELens.  Both the flat config of SAELens 3-5 (``hook_name`` / older ``hook_point`` at the
+top level) and the SAELens 6 layout (``hook_name`` under ``metadata``) are read.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from circuitgraph.atomic import atomic_write
+
+CFG_FILE = "cfg.json"
+WEIGHTS_FILE = "sae_weights.safetensors"
+
+SUPPORTED_ARCHITECTURES = ("standard", "jumprelu")
+# SAELens calls these the same SAE family; a missing key means "standard"
+_ARCH_ALIASES = {"standard": "standard", "relu": "standard", "jumprelu": "jumprelu"}
+_DTYPES = {
+    "float32": torch.float32, "float": torch.float32, "torch.float32": torch.float32,
+    "float64": torch.float64, "double": torch.float64, "torch.float64": torch.float64,
+    "float16": torch.float16, "half": torch.float16, "torch.float16": torch.float16,
+    "bfloat16": torch.bfloat16, "torch.bfloat16": torch.bfloat16,
+}
+
+
+class SAE(nn.Module):
+    """A ReLU (or JumpReLU) sparse autoencoder attached to one hook point.
+
+    Parameters are ``W_enc [d_in, d_sae]``, ``b_enc [d_sae]``, ``W_dec [d_sae, d_in]``,
+    ``b_dec [d_in]`` and, when ``architecture == "jumprelu"``, ``threshold [d_sae]``.
+    ``cfg`` keeps any extra configuration (training figures, provenance); it is written back to
+    ``cfg.json`` by :func:`save_sae`."""
+
+    def __init__(self, d_in: int, d_sae: int, hook_name: str, *, architecture: str = "standard",
+                 apply_b_dec_to_input: bool = True, dtype: torch.dtype = torch.float32,
+                 device: str | torch.device = "cpu", cfg: dict | None = None):
+        super().__init__()
+        if not (isinstance(d_in, int) and isinstance(d_sae, int)) or d_in < 1 or d_sae < 1:
+            raise ValueError(f"SAE needs positive integer d_in and d_sae, got d_in={d_in!r}, "
+                             f"d_sae={d_sae!r}")
+        if not isinstance(hook_name, str) or not hook_name:
+            raise ValueError(f"SAE needs a hook_name (a TransformerLens hook point such as "
+                             f"'blocks.1.hook_resid_pre'), got {hook_name!r}")
+        arch = _ARCH_ALIASES.get(str(architecture).lower())
+        if arch is None:
+            raise ValueError(_arch_error(architecture))
+        self.d_in, self.d_sae, self.hook_name = d_in, d_sae, hook_name
+        self.architecture = arch
+        self.apply_b_dec_to_input = bool(apply_b_dec_to_input)
+        self.cfg = dict(cfg or {})
+        kw = dict(dtype=dtype, device=device)
+        self.W_enc = nn.Parameter(torch.zeros(d_in, d_sae, **kw))
+        self.b_enc = nn.Parameter(torch.zeros(d_sae, **kw))
+        self.W_dec = nn.Parameter(torch.zeros(d_sae, d_in, **kw))
+        self.b_dec = nn.Parameter(torch.zeros(d_in, **kw))
+        if arch == "jumprelu":
+            self.threshold = nn.Parameter(torch.zeros(d_sae, **kw))
+        else:
+            self.threshold = None
+
+    # -- forward pass --------------------------------------------------------------------------
+
+    def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
+        """Encoder pre-activations ``[..., d_sae]``."""
+        self._check_width(x)
+        x = x.to(self.W_enc.dtype)
+        if self.apply_b_dec_to_input:
+            x = x - self.b_dec
+        return x @ self.W_enc + self.b_enc
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Feature activations ``[..., d_sae]`` of activations ``x [..., d_in]``."""
+        pre = self.pre_acts(x)
+        if self.threshold is not None:
+            return torch.relu(pre) * (pre > self.threshold).to(pre.dtype)
+        return torch.relu(pre)
+
+    def decode(self, acts: torch.Tensor) -> torch.Tensor:
+        """Reconstruction ``[..., d_in]`` of feature activations ``acts [..., d_sae]``."""
+        if acts.shape[-1] != self.d_sae:
+            raise ValueError(f"decode expects feature activations of width d_sae={self.d_sae}, "
+                             f"got shape {tuple(acts.shape)}")
+        return acts.to(self.W_dec.dtype) @ self.W_dec + self.b_dec
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))
+
+    def _check_width(self, x: torch.Tensor) -> None:
+        if x.shape[-1] != self.d_in:
+            raise ValueError(f"SAE for {self.hook_name!r} expects activations of width "
+                             f"d_in={self.d_in}, got shape {tuple(x.shape)}")
+
+    # -- config --------------------------------------------------------------------------------
+
+    def config_dict(self) -> dict:
+        """The ``cfg.json`` contents: SAELens key names (both the flat and the ``metadata``
+        layouts carry ``hook_name``), followed by any extra keys kept in ``self.cfg``."""
+        extra = {k: v for k, v in self.cfg.items() if k not in _CORE_KEYS}
+        meta = dict(extra.pop("metadata", {}) or {})
+        meta["hook_name"] = self.hook_name
+        meta.setdefault("hook_head_index", None)
+        doc = {
+            "architecture": self.architecture,
+            "d_in": self.d_in,
+            "d_sae": self.d_sae,
+            "dtype": str(self.W_enc.dtype).replace("torch.", ""),
+            "device": "cpu",
+            "hook_name": self.hook_name,
+            "hook_head_index": None,
+            "apply_b_dec_to_input": self.apply_b_dec_to_input,
+            "normalize_activations": "none",
+            "activation_fn_str": "relu",
+            "metadata": meta,
+        }
+        doc.update(extra)
+        return doc
+
+    def extra_repr(self) -> str:
+        return (f"hook_name={self.hook_name!r}, d_in={self.d_in}, d_sae={self.d_sae}, "
+                f"architecture={self.architecture!r}")
+
+
+_CORE_KEYS = {"architecture", "d_in", "d_sae", "dtype", "device", "hook_name", "hook_point",
+              "hook_head_index", "apply_b_dec_to_input", "normalize_activations",
+              "activation_fn_str", "activation_fn"}
+
+
+def _arch_error(architecture: Any) -> str:
+    return (f"unsupported SAE architecture {architecture!r}; supported: "
+            f"{', '.join(SUPPORTED_ARCHITECTURES)} (ReLU and JumpReLU encoders). Gated, TopK and "
+            "other SAELens architectures would need their own encoder; convert the SAE to a "
+            "standard/JumpReLU one first")
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading and writing the SAELens folder format
+# ---------------------------------------------------------------------------------------------
+
+
+def _bad(folder: Path, msg: str) -> ValueError:
+    return ValueError(f"cannot load SAE from {str(folder)!r}: {msg}")
+
+
+def _hook_name(cfg: dict) -> str | None:
+    meta = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
+    for src in (cfg, meta):
+        for key in ("hook_name", "hook_point"):
+            if isinstance(src.get(key), str) and src[key]:
+                return src[key]
+    return None
+
+
+def sae_from_config(cfg: dict, state: dict[str, torch.Tensor], where: str = "<dict>",
+                    device: str | torch.device | None = None) -> SAE:
+    """Build an :class:`SAE` from a SAELens-style config dict and a weight dict, validating both.
+
+    Raises :class:`ValueError` naming the problem (missing key, unsupported option, missing or
+    mis-shaped tensor) and what to do about it."""
+    folder = Path(where)
+    if not isinstance(cfg, dict):
+        raise _bad(folder, f"{CFG_FILE} must hold a JSON object, got {type(cfg).__name__}")
+    missing = [k for k in ("d_in", "d_sae") if k not in cfg]
+    hook = _hook_name(cfg)
+    if hook is None:
+        missing.append("hook_name")
+    if missing:
+        raise _bad(folder, f"{CFG_FILE} lacks required key(s) {missing}; an SAELens config needs "
+                           "d_in, d_sae and hook_name (SAELens 6 keeps hook_name under "
+                           "'metadata'; SAELens < 3 called it hook_point)")
+    d_in, d_sae = cfg["d_in"], cfg["d_sae"]
+    for key, val in (("d_in", d_in), ("d_sae", d_sae)):
+        if isinstance(val, bool) or not isinstance(val, int) or val < 1:
+            raise _bad(folder, f"{CFG_FILE} key {key!r} must be a positive integer, got {val!r}")
+
+    arch_raw = cfg.get("architecture", "standard")
+    arch = _ARCH_ALIASES.get(str(arch_raw).lower())
+    act_fn = str(cfg.get("activation_fn_str", cfg.get("activation_fn", "relu")) or "relu").lower()
+    if arch is None or act_fn not in ("relu", "jumprelu"):
+        raise _bad(folder, _arch_error(arch_raw if arch is None else f"{arch_raw} with activation "
+                                                                     f"{act_fn}"))
+    norm = cfg.get("normalize_activations", "none")
+    if norm not in (None, "none", False):
+        raise _bad(folder, f"normalize_activations={norm!r} is not supported (only 'none'): the "
+                           "input scaling it implies is not stored with the weights. Fold the "
+                           "scaling factor into W_enc/W_dec (SAELens: fold_activation_norm_"
+                           "scaling_factor) and save with normalize_activations='none'")
+    if cfg.get("hook_head_index") not in (None,) or (
+            isinstance(cfg.get("metadata"), dict) and cfg["metadata"].get("hook_head_index") is not None):
+        raise _bad(folder, "hook_head_index is set (an SAE on a single attention head); only SAEs "
+                           "on a whole hook point are supported")
+    if cfg.get("finetuning_scaling_factor") and "scaling_factor" in state:
+        raise _bad(folder, "finetuning_scaling_factor is set; fold 'scaling_factor' into W_dec "
+                           "before loading (SAELens: fold_scaling_factor)")
+    dtype_name = str(cfg.get("dtype", "float32"))
+    dtype = _DTYPES.get(dtype_name)
+    if dtype is None:
+        raise _bad(folder, f"unknown dtype {dtype_name!r}; use one of {sorted(set(_DTYPES))}")
+
+    state = dict(state)
+    if arch == "jumprelu" and "threshold" not in state and "log_threshold" in state:
+        state["threshold"] = state.pop("log_threshold").exp()
+    shapes = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,)}
+    if arch == "jumprelu":
+        shapes["threshold"] = (d_sae,)
+    absent = [k for k in shapes if k not in state]
+    if absent:
+        raise _bad(folder, f"{WEIGHTS_FILE} lacks tensor(s) {absent} (it has {sorted(state)}); "
+                           f"a {arch} SAE needs {list(shapes)}. Re-save the SAE or check that "
+                           "the file belongs to this config")
+    for k, shape in shapes.items():
+        if tuple(state[k].shape) != shape:
+            raise _bad(folder, f"tensor {k!r} has shape {tuple(state[k].shape)} but cfg.json "
+                               f"(d_in={d_in}, d_sae={d_sae}) implies {shape}; the config and "
+                               "weights do not match")
+        if not state[k].is_floating_point():
+            raise _bad(folder, f"tensor {k!r} has non-float dtype {state[k].dtype}")
+
+    sae = SAE(d_in, d_sae, hook, architecture=arch,
+              apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", True)), dtype=dtype,
+              device="cpu", cfg=cfg)
+    with torch.no_grad():
+        for k in shapes:
+            getattr(sae, k).copy_(state[k].to(dtype))
+    if device is not None:
+        sae = sae.to(device)
+    return sae.eval()
+
+
+def load_sae(folder: str | Path, device: str | torch.device | None = None) -> SAE:
+    """Read an SAE from a SAELens-format folder (``cfg.json`` + ``sae_weights.safetensors``).
+
+    SAELens itself is not needed.  ``device`` defaults to CPU (the ``device`` key of the config is
+    ignored: it records where the SAE was trained)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    cfg_path, w_path = folder / CFG_FILE, folder / WEIGHTS_FILE
+    if not folder.is_dir():
+        raise FileNotFoundError(f"SAE folder {str(folder)!r} does not exist; an SAE folder holds "
+                                f"{CFG_FILE} and {WEIGHTS_FILE}")
+    for f in (cfg_path, w_path):
+        if not f.is_file():
+            raise FileNotFoundError(f"SAE folder {str(folder)!r} has no {f.name}; an SAE folder "
+                                    f"(SAELens format) holds {CFG_FILE} and {WEIGHTS_FILE}")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise _bad(folder, f"{CFG_FILE} is not valid JSON ({e}); re-save or re-download it") from e
+    try:
+        state = load_file(str(w_path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise _bad(folder, f"{WEIGHTS_FILE} is corrupted or truncated ({e}); re-save or "
+                           "re-download it") from e
+    return sae_from_config(cfg, state, where=str(folder), device=device)
+
+
+def save_sae(sae: SAE, folder: str | Path) -> Path:
+    """Write ``sae`` to ``folder`` in the SAELens format, each file atomically."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    names = ["W_enc", "b_enc", "W_dec", "b_dec"] + (["threshold"] if sae.threshold is not None else [])
+    state = {k: getattr(sae, k).detach().cpu().contiguous() for k in names}
+    doc = sae.config_dict()
+
+    def write_cfg(tmp: Path) -> None:
+        tmp.write_text(json.dumps(doc, indent=1, default=_json_default) + "\n")
+
+    atomic_write(folder / WEIGHTS_FILE, lambda tmp: save_file(state, str(tmp)))
+    atomic_write(folder / CFG_FILE, write_cfg)
+    return folder
+
+
+def _json_default(o: Any):
+    if isinstance(o, torch.Tensor):
+        return o.tolist()
+    if isinstance(o, (torch.dtype, torch.device, Path)):
+        return str(o)
+    if isinstance(o, float) and not math.isfinite(o):
+        return str(o)
+    raise TypeError(f"cannot write {type(o).__name__} to cfg.json")
+
+
+# ---------------------------------------------------------------------------------------------
+# SAELens objects
+# ---------------------------------------------------------------------------------------------
+
+
+def _cfg_to_dict(cfg: Any) -> dict:
+    if cfg is None:
+        return {}
+    if isinstance(cfg, dict):
+        return dict(cfg)
+    for meth in ("to_dict", "model_dump"):
+        if callable(getattr(cfg, meth, None)):
+            out = getattr(cfg, meth)()
+            if isinstance(out, dict):
+                return dict(out)
+    out = {}
+    for k in ("architecture", "d_in", "d_sae", "dtype", "hook_name", "hook_point",
+              "hook_head_index", "apply_b_dec_to_input", "normalize_activations",
+              "activation_fn_str", "activation_fn", "metadata"):
+        if hasattr(cfg, k):
+            v = getattr(cfg, k)
+            if k == "metadata" and not isinstance(v, dict):
+                v = {m: getattr(v, m) for m in ("hook_name", "hook_head_index") if hasattr(v, m)}
+            out[k] = v() if k == "architecture" and callable(v) else v
+    return out
+
+
+def from_sae_lens(obj: Any, device: str | torch.device | None = None) -> SAE:
+    """Convert a ``sae_lens`` SAE object (or anything with the same attributes: ``cfg`` plus
+    tensors ``W_enc``, ``b_enc``, ``W_dec``, ``b_dec`` and optionally ``threshold``) into an
+    :class:`SAE`.  SAELens is not imported; the object is read by attribute."""
+    cfg = _cfg_to_dict(getattr(obj, "cfg", None))
+    if callable(getattr(obj, "architecture", None)) and "architecture" not in cfg:
+        cfg["architecture"] = obj.architecture()
+    if "dtype" in cfg:
+        cfg["dtype"] = str(cfg["dtype"]).replace("torch.", "")
+    state = {}
+    for k in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold", "log_threshold", "scaling_factor"):
+        v = getattr(obj, k, None)
+        if isinstance(v, torch.Tensor):
+            state[k] = v.detach().cpu()
+    if "d_in" not in cfg and "W_enc" in state:
+        cfg["d_in"] = int(state["W_enc"].shape[0])
+    if "d_sae" not in cfg and "W_enc" in state:
+        cfg["d_sae"] = int(state["W_enc"].shape[1])
+    return sae_from_config(cfg, state, where=f"<{type(obj).__name__} object>", device=device)

@@ -1,0 +1,217 @@
+"""Splice SAEs into a HookedTransformer.
+
+At each SAE's hook point the activation ``x`` is rewritten as ``recon(x) + error`` with
+``error = x - recon(x)``::
+
+    with splice(model, [sae_a, sae_b]) as sp:
+        logits = model(tokens)              # unchanged (up to float rounding): error is kept
+    sp.acts["blocks.1.hook_resid_pre"]      # feature activations [batch, pos, d_sae]
+    sp.errors["blocks.1.hook_resid_pre"]    # x - recon(x)         [batch, pos, d_in]
+
+With ``keep_error=False`` the error term is dropped, so the model runs on the SAEs'
+reconstructions alone.
+
+Each SAE carries TransformerLens-style hook points that the splice calls on the way through:
+``sae.hook_sae_input`` (x), ``sae.hook_sae_error`` (the error term, always ``x - recon(x)`` of the
+unedited features), ``sae.hook_sae_acts`` (feature activations) and ``sae.hook_sae_recon``
+(reconstruction, decoded from the possibly edited features).  Adding a hook to one of them
+(``sae.hook_sae_acts.add_hook(fn)``) reads or edits the features / error inside the spliced model
+-- e.g. to ablate a feature, or to patch the error term from another run.
+
+``splice`` adds its hooks to the model's hook points on entry and removes exactly those on exit
+(other hooks on the model are left alone).  ``splice_hooks`` returns the same hooks as a
+``[(hook_name, fn)]`` list for ``model.run_with_hooks`` / ``model.hooks``.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from transformer_lens.hook_points import HookPoint
+
+from circuitgraph.sae.sae import SAE
+
+__all__ = ["Splice", "splice", "splice_hooks", "site_width"]
+
+
+def _ensure_sae_hooks(sae: SAE) -> None:
+    """Give ``sae`` its hook points (idempotent; they are plain HookPoint modules)."""
+    for name in ("hook_sae_input", "hook_sae_acts", "hook_sae_recon", "hook_sae_error"):
+        if not isinstance(getattr(sae, name, None), HookPoint):
+            hp = HookPoint()
+            hp.name = f"{sae.hook_name}.{name}"
+            sae.add_module(name, hp)
+
+
+def _as_list(saes) -> list[SAE]:
+    if isinstance(saes, SAE):
+        return [saes]
+    if isinstance(saes, dict):
+        out = []
+        for key, sae in saes.items():
+            if isinstance(sae, SAE) and key != sae.hook_name:
+                raise ValueError(f"splice got SAE under key {key!r} but its hook_name is "
+                                 f"{sae.hook_name!r}; key the dict by hook_name or pass a list")
+            out.append(sae)
+        saes = out
+    saes = list(saes)
+    for s in saes:
+        if not isinstance(s, SAE):
+            raise TypeError(f"splice expects circuitgraph.sae.SAE objects, got {type(s).__name__}"
+                            "; convert SAELens SAEs with circuitgraph.sae.from_sae_lens")
+    return saes
+
+
+def _is_z(name: str) -> bool:
+    """Per-head attention activations ``[batch, pos, head, d_head]``, which an SAE reads with the
+    heads flattened (``[batch, pos, head * d_head]``, as SAELens does for ``hook_z``)."""
+    return name.split(".")[-1] in ("hook_z", "hook_q", "hook_k", "hook_v")
+
+
+def _width_from_cfg(cfg, name: str) -> int | None:
+    """The activation width at hook ``name`` read off the model config, or None if unknown."""
+    leaf = name.split(".")[-1]
+    if leaf in ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out",
+                "hook_mlp_out", "hook_embed", "hook_pos_embed", "hook_normalized"):
+        return cfg.d_model
+    if leaf in ("hook_z", "hook_q"):
+        return cfg.n_heads * cfg.d_head
+    if leaf in ("hook_k", "hook_v"):
+        return (getattr(cfg, "n_key_value_heads", None) or cfg.n_heads) * cfg.d_head
+    if leaf in ("hook_pre", "hook_post", "hook_pre_linear") and ".mlp." in f".{name}":
+        return getattr(cfg, "d_mlp", None)
+    return None
+
+
+@torch.no_grad()
+def site_width(model, hook_names: Iterable[str]) -> dict[str, int]:
+    """The flattened activation width at each hook point (``hook_z``/``q``/``k``/``v`` count
+    heads x d_head).
+
+    Read off the model config for the usual hook points; others are measured by a one-token
+    forward pass (which also runs any hooks already on the model)."""
+    names = set(hook_names)
+    widths: dict[str, int] = {}
+    for n in names:
+        w = _width_from_cfg(model.cfg, n)
+        if w is not None:
+            widths[n] = int(w)
+    probe = names - set(widths)
+    if not probe:
+        return widths
+
+    def grab(x, hook):
+        widths[hook.name] = int(x.shape[-2] * x.shape[-1]) if _is_z(hook.name) and x.dim() == 4 \
+            else int(x.shape[-1])
+        return x
+
+    tokens = torch.zeros((1, 1), dtype=torch.long, device=model.cfg.device)
+    model.run_with_hooks(tokens, fwd_hooks=[(n, grab) for n in probe], return_type=None)
+    return widths
+
+
+def validate(model, saes: list[SAE]) -> None:
+    """Check hook names exist, no site has two SAEs, and each SAE's d_in matches its site."""
+    valid = list(model.hook_dict)
+    seen: dict[str, SAE] = {}
+    for sae in saes:
+        if sae.hook_name not in model.hook_dict:
+            close = [n for n in valid if n.split(".")[-1] == sae.hook_name.split(".")[-1]]
+            examples = (close or valid)[:6]
+            raise ValueError(
+                f"SAE hook_name {sae.hook_name!r} is not a hook point of this model; valid hook "
+                f"names include {examples} ({len(valid)} in all, see model.hook_dict)")
+        if sae.hook_name in seen:
+            raise ValueError(f"two SAEs are spliced at the same hook point {sae.hook_name!r}; "
+                             "splice at most one SAE per site")
+        seen[sae.hook_name] = sae
+    widths = site_width(model, seen)
+    for name, sae in seen.items():
+        if widths.get(name) != sae.d_in:
+            raise ValueError(
+                f"SAE for {name!r} has d_in={sae.d_in} but the model's activation there has width "
+                f"{widths.get(name)}; the SAE was trained on a different model or hook point")
+
+
+class Splice:
+    """Hooks that splice SAEs into a model; a context manager (see the module docstring).
+
+    Attributes after a forward pass (last pass only, keyed by hook name): ``acts`` (feature
+    activations), ``errors`` (``x - recon``), ``recons``.  ``store=False`` keeps nothing."""
+
+    def __init__(self, model, saes, keep_error: bool = True, store: bool = True,
+                 check: bool = True):
+        self.model = model
+        self.saes = _as_list(saes)
+        self.keep_error = bool(keep_error)
+        self.store = store
+        if check:
+            validate(model, self.saes)
+        self.acts: dict[str, torch.Tensor] = {}
+        self.errors: dict[str, torch.Tensor] = {}
+        self.recons: dict[str, torch.Tensor] = {}
+        self.fwd_hooks = [(sae.hook_name, self._make_hook(sae)) for sae in self.saes]
+        self._added: list[tuple[HookPoint, object]] = []
+
+    def _make_hook(self, sae: SAE):
+        _ensure_sae_hooks(sae)
+        keep_error = self.keep_error
+
+        def hook(x: torch.Tensor, hook=None) -> torch.Tensor:
+            shape = x.shape
+            flat = x.reshape(*shape[:-2], shape[-2] * shape[-1]) if (
+                _is_z(sae.hook_name) and x.dim() == 4) else x
+            flat = sae.hook_sae_input(flat)
+            raw_acts = sae.encode(flat)
+            raw_recon = sae.decode(raw_acts)
+            # the error is always x - recon(x) of the unedited features, so an edit made through
+            # hook_sae_acts / hook_sae_recon changes the output even when the error is kept
+            error = sae.hook_sae_error(flat.to(raw_recon.dtype) - raw_recon)
+            acts = sae.hook_sae_acts(raw_acts)
+            recon = raw_recon if acts is raw_acts else sae.decode(acts)
+            recon = sae.hook_sae_recon(recon)
+            out = recon + error if keep_error else recon
+            if self.store:
+                self.acts[sae.hook_name] = acts
+                self.errors[sae.hook_name] = error
+                self.recons[sae.hook_name] = recon
+            return out.reshape(shape).to(x.dtype)
+
+        return hook
+
+    def __enter__(self) -> "Splice":
+        for name, fn in self.fwd_hooks:
+            hp = self.model.hook_dict[name]
+            hp.add_hook(fn, dir="fwd")
+            self._added.append((hp, fn))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+    def remove(self) -> None:
+        """Remove this splice's hooks from the model (and only those)."""
+        for hp, fn in self._added:
+            keep = []
+            for handle in hp.fwd_hooks:
+                if getattr(handle, "user_hook", None) is fn:
+                    handle.hook.remove()
+                else:
+                    keep.append(handle)
+            hp.fwd_hooks = keep
+        self._added.clear()
+
+
+def splice(model, saes, keep_error: bool = True, store: bool = True) -> Splice:
+    """Splice ``saes`` (one SAE, a list, or a ``{hook_name: SAE}`` dict) into ``model``.
+
+    Use as a context manager.  Raises ValueError for a hook name the model lacks, two SAEs on one
+    hook point, or an SAE whose ``d_in`` differs from the activation width at its hook."""
+    return Splice(model, saes, keep_error=keep_error, store=store)
+
+
+def splice_hooks(model, saes, keep_error: bool = True) -> list[tuple[str, object]]:
+    """The splice as a ``[(hook_name, fn)]`` list for ``model.run_with_hooks(..., fwd_hooks=)``.
+    The per-site activations are not kept; use :func:`splice` to read them."""
+    return Splice(model, saes, keep_error=keep_error, store=False).fwd_hooks
