@@ -70,8 +70,7 @@ from circuitgraph.circuit.circuit import Circuit
 from circuitgraph.circuit.minimal import build_circuit
 from circuitgraph.circuit.selection import prune
 from circuitgraph.engine.activations import Ablation
-from circuitgraph.engine.batching import auto_batch_size, check_graph, example_chunks, mask_batch_size
-from circuitgraph.engine.patching import patched_logits, tiled
+from circuitgraph.evaluation.faithfulness import CircuitEvaluator
 from circuitgraph.graph import Graph, check_model
 from circuitgraph.tasks.metrics import LOWER_IS_BETTER
 from circuitgraph.tasks.task import Task
@@ -158,24 +157,30 @@ class _Runner:
 
     def __init__(self, model, graph: Graph, task: Task, ablation, metric, batch_size, mask_batch):
         check_model(model)
-        check_graph(model, graph, task)
-        task.check_model(model)
         self.model, self.graph = model, graph
         self.task = task
-        self.metric_task = (task if metric is None else task.with_metric(metric)).prepare(model)
+        self.metric_task = task if metric is None else task.with_metric(metric)
         self.metric_name = self.metric_task.metric_name
         self.sign = 1.0 if self.metric_name in LOWER_IS_BETTER else -1.0  # loss = sign * metric
-        self.ablation = Ablation.coerce(ablation).prepare(model, graph, self.metric_task)
-        bs = batch_size or auto_batch_size(graph, self.metric_task)
-        self.chunks = []
-        for idx, chunk, weight in example_chunks(self.metric_task, bs):
-            ablated = self.ablation.activations(model, graph, self.metric_task, idx, chunk)
-            self.chunks.append((chunk, weight, ablated))
-        self.mask_batch = mask_batch or min(mask_batch_size(graph, c) for c, _, _ in self.chunks)
-        self.n_circuits = 0  # patched circuits evaluated (for the report)
+        # every chunk's ablated activations stay cached: ACDC evaluates hundreds of circuits
+        self.evaluator = CircuitEvaluator(model, graph, self.metric_task, ablation, batch_size, mask_batch,
+                                          cache_bytes=float("inf"))
         self._args = (ablation, batch_size, mask_batch)
         self._task_runner: _Runner | None = None
         self._baselines: tuple[float, float] | None = None
+
+    @property
+    def n_circuits(self) -> int:
+        """Patched circuits evaluated (for the report)."""
+        return self.evaluator.n_circuits
+
+    @property
+    def mask_batch(self) -> int:
+        return self.evaluator.mask_batch
+
+    @property
+    def ablation(self) -> Ablation:
+        return self.evaluator.ablation
 
     def task_metric(self) -> "_Runner":
         """A runner for the task's own metric (self when ACDC already tracks it)."""
@@ -189,23 +194,13 @@ class _Runner:
     def baselines(self) -> tuple[float, float]:
         """Metric of the full model and of the empty circuit (computed once)."""
         if self._baselines is None:
-            v = self(torch.stack([self.graph.valid, torch.zeros_like(self.graph.valid)]))
-            self._baselines = (float(v[0]), float(v[1]))
+            b = self.evaluator.baselines()
+            self._baselines = (b.full, b.empty)
         return self._baselines
 
-    @torch.no_grad()
     def __call__(self, masks: torch.Tensor) -> torch.Tensor:
         """``masks [K, n_src, n_dst]`` → mean metric per circuit ``[K]`` (float64, CPU)."""
-        out = torch.zeros(masks.shape[0], dtype=torch.float64)
-        for chunk, weight, ablated in self.chunks:
-            for s in range(0, masks.shape[0], self.mask_batch):
-                m = masks[s:s + self.mask_batch]
-                k = m.shape[0]
-                logits = patched_logits(self.model, self.graph, chunk, ablated, m)
-                values = tiled(chunk, k).score(logits, " during ACDC").view(k, chunk.n_examples)
-                out[s:s + k] += weight * values.double().mean(1).cpu()
-        self.n_circuits += masks.shape[0]
-        return out
+        return self.evaluator(masks)
 
 
 def _acdc(run: _Runner, tau: float, absolute: bool, progress: bool, prune_result: bool = True) -> Circuit:

@@ -15,7 +15,7 @@ from circuitgraph.attribution import attribute
 from circuitgraph.circuit.circuit import Circuit
 from circuitgraph.circuit.selection import prune, top_n
 from circuitgraph.engine.activations import Ablation
-from circuitgraph.evaluation.faithfulness import Baselines, evaluate
+from circuitgraph.evaluation.faithfulness import Baselines, CircuitEvaluator
 from circuitgraph.graph import Graph
 
 
@@ -61,7 +61,8 @@ def minimal_circuit(
     sizes = sorted({max(1, int(round(E ** (i / (grid - 1))))) for i in range(grid)} | {E})
     masks = torch.stack([prune(graph, top_n(graph, n, absolute)) for n in sizes])
     base_masks = torch.stack([graph.valid, torch.zeros_like(graph.valid)])
-    values = evaluate(model, graph, task, torch.cat([masks, base_masks]), abl, batch_size=batch_size)
+    run = CircuitEvaluator(model, graph, task, abl, batch_size=batch_size)  # ablations computed once
+    values = run(torch.cat([masks, base_masks]))
     base = Baselines(full=float(values[-2]), empty=float(values[-1]))
     faith = [float(base.faithfulness(v)) for v in values[:-2]]
     trace = {n: f for n, f in zip(sizes, faith)}
@@ -74,7 +75,7 @@ def minimal_circuit(
         n, f = hi, faith[hit]
         while hi - lo > 1:  # bisect: smallest n in (lo, hi] that reaches the target
             mid = (lo + hi) // 2
-            fm = float(base.faithfulness(evaluate(model, graph, task, prune(graph, top_n(graph, mid, absolute)), abl, batch_size=batch_size)))
+            fm = float(base.faithfulness(run(prune(graph, top_n(graph, mid, absolute))[None])[0]))
             trace[mid] = fm
             if fm >= target:
                 hi, n, f = mid, mid, fm

@@ -23,28 +23,69 @@ from circuitgraph.tasks.metrics import LOWER_IS_BETTER
 CURVE_PERCENTS = (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100)
 
 
+class CircuitEvaluator:
+    """Mean metric of many circuits on one task, by batched patched forwards.
+
+    The task and ablation are prepared once. The ablated source activations of each example chunk
+    are cached when they fit in ``cache_bytes`` (searches such as :func:`minimal_circuit` and ACDC
+    evaluate hundreds of circuits), and recomputed per call otherwise, so memory stays bounded."""
+
+    def __init__(self, model, graph: Graph, task, ablation: str | Ablation = "corrupted",
+                 batch_size: int | None = None, mask_batch: int | None = None, cache_bytes: float = 2e9):
+        check_graph(model, graph, task)
+        task.check_model(model)
+        task.prepare(model)
+        self.model, self.graph, self.task = model, graph, task
+        self.ablation = Ablation.coerce(ablation).prepare(model, graph, task)
+        self.chunks = list(example_chunks(task, batch_size or auto_batch_size(graph, task)))
+        self.mask_batch = mask_batch or min(mask_batch_size(graph, chunk) for _, chunk, _ in self.chunks)
+        node = graph.node_graph
+        per_example = node.n_src * task.seq_len * graph.arch.d_model * 4
+        self._cache: dict[int, torch.Tensor] | None = {} if per_example * task.n_examples <= cache_bytes else None
+        self.n_circuits = 0  # circuits evaluated so far (for reports)
+
+    def _ablated(self, i: int) -> torch.Tensor:
+        if self._cache is not None and i in self._cache:
+            return self._cache[i]
+        idx, chunk, _ = self.chunks[i]
+        ablated = self.ablation.activations(self.model, self.graph, self.task, idx, chunk)
+        if self._cache is not None:
+            self._cache[i] = ablated
+        return ablated
+
+    @torch.no_grad()
+    def __call__(self, masks: torch.Tensor, progress: bool = False) -> torch.Tensor:
+        """``masks [K, n_src, n_dst]`` → mean metric per circuit ``[K]`` (float64, on CPU)."""
+        out = torch.zeros(masks.shape[0], dtype=torch.float64)
+        bar = tqdm(total=len(self.chunks) * masks.shape[0], desc="evaluate", unit="circuit", disable=not progress,
+                   delay=2.0, leave=False)
+        for i, (_, chunk, weight) in enumerate(self.chunks):
+            ablated = self._ablated(i)
+            for s in range(0, masks.shape[0], self.mask_batch):
+                m = masks[s:s + self.mask_batch].to(self.graph.valid.device)
+                k = m.shape[0]
+                logits = patched_logits(self.model, self.graph, chunk, ablated, m)
+                values = tiled(chunk, k).score(logits, " during evaluation").view(k, chunk.n_examples)
+                out[s:s + k] += weight * values.double().mean(1).cpu()
+                bar.update(k)
+        bar.close()
+        self.n_circuits += masks.shape[0]
+        return out
+
+    def baselines(self) -> "Baselines":
+        """Metric of the full model and of the empty circuit."""
+        v = self(torch.stack([self.graph.valid, torch.zeros_like(self.graph.valid)]))
+        return Baselines(full=float(v[0]), empty=float(v[1]))
+
+
 def evaluate(model, graph: Graph, task, masks: torch.Tensor, ablation: str | Ablation = "corrupted",
              batch_size: int | None = None, mask_batch: int | None = None, progress: bool = True) -> torch.Tensor:
     """Mean metric of the model restricted to each circuit: ``masks [K, n_src, n_dst]`` (or one
     ``[n_src, n_dst]`` mask) → ``[K]`` (or a scalar)."""
     single = masks.ndim == 2
     masks = masks[None] if single else masks
-    check_graph(model, graph, task)
-    task.check_model(model)
-    task.prepare(model)
-    abl = Ablation.coerce(ablation).prepare(model, graph, task)
-    out = torch.zeros(masks.shape[0], device=graph.valid.device)
-    chunks = list(example_chunks(task, batch_size or auto_batch_size(graph, task)))
-    bar = tqdm(total=len(chunks) * masks.shape[0], desc="evaluate", unit="circuit", disable=not progress, delay=2.0, leave=False)
-    for idx, chunk, weight in chunks:
-        ablated = abl.activations(model, graph, task, idx, chunk)
-        K = mask_batch or mask_batch_size(graph, chunk)
-        for s in range(0, masks.shape[0], K):
-            m = masks[s:s + K].to(graph.valid.device)
-            values = tiled(chunk, m.shape[0]).score(patched_logits(model, graph, chunk, ablated, m), " during evaluation")
-            out[s:s + K] += weight * values.view(m.shape[0], chunk.n_examples).mean(1)
-            bar.update(m.shape[0])
-    bar.close()
+    run = CircuitEvaluator(model, graph, task, ablation, batch_size, mask_batch, cache_bytes=0)
+    out = run(masks, progress=progress).to(dtype=torch.float32, device=graph.valid.device)
     return out[0] if single else out
 
 
@@ -65,10 +106,10 @@ class Baselines:
         return (value - self.empty) / gap
 
 
-def baselines(model, graph: Graph, task, ablation: str | Ablation = "corrupted", **kw) -> Baselines:
-    both = torch.stack([graph.valid, torch.zeros_like(graph.valid)])
-    v = evaluate(model, graph, task, both, ablation, **kw)
-    return Baselines(full=float(v[0]), empty=float(v[1]))
+def baselines(model, graph: Graph, task, ablation: str | Ablation = "corrupted",
+              batch_size: int | None = None, mask_batch: int | None = None) -> Baselines:
+    """Metric of the full model and of the empty circuit (one batched patched forward)."""
+    return CircuitEvaluator(model, graph, task, ablation, batch_size, mask_batch, cache_bytes=0).baselines()
 
 
 def faithfulness(model, graph: Graph, task, mask: torch.Tensor, ablation: str | Ablation = "corrupted", **kw) -> float:
