@@ -15,7 +15,6 @@ methods
 
 from __future__ import annotations
 
-import math
 import time
 
 import torch
@@ -23,8 +22,7 @@ from tqdm.auto import tqdm
 
 from circuitgraph.attribution.gradients import contract, forward_backward
 from circuitgraph.engine.activations import Ablation, raw_difference, raw_sources, source_deltas
-from circuitgraph.engine.batching import auto_batch_size, check_graph, example_chunks, mask_batch_size
-from circuitgraph.engine.patching import patched_logits, tiled
+from circuitgraph.engine.batching import auto_batch_size, check_graph, example_chunks
 from circuitgraph.graph import Graph, check_model
 
 METHODS = ("eap", "eap-ig", "eap-ig-activations", "exact")
@@ -62,10 +60,10 @@ def attribute(
     # is released first (at neuron granularity the [n_src, n_dst] matrix is the largest object).
     graph.scores = None
     scores = graph.scores = torch.zeros(graph.valid.shape, dtype=torch.float32, device=graph.valid.device)
-    chunks = list(example_chunks(task, bs))
     if method == "exact":
-        _exact(model, graph, task, abl, chunks, scores, edge_batch, progress)
+        _exact(model, graph, task, abl, bs, scores, edge_batch, progress)
     else:
+        chunks = list(example_chunks(task, bs))
         n_steps = 1 if method == "eap" else steps
         bar = tqdm(total=len(chunks) * n_steps, desc=method, disable=not progress, delay=2.0, leave=False)
         for idx, chunk, weight in chunks:
@@ -112,22 +110,21 @@ def _interpolate_sources(graph: Graph, clean: dict, ablated: dict, alpha: float)
     return hooks
 
 
-def _exact(model, graph: Graph, task, abl: Ablation, chunks, scores: torch.Tensor, edge_batch, progress: bool) -> None:
+def _exact(model, graph: Graph, task, abl: Ablation, batch_size: int, scores: torch.Tensor, edge_batch, progress: bool) -> None:
     """True single-edge ablation effects, K edges per batched patched forward."""
+    from circuitgraph.evaluation.faithfulness import CircuitEvaluator
+
+    run = CircuitEvaluator(model, graph, task, abl, batch_size=batch_size, mask_batch=edge_batch)
     edges = graph.valid.nonzero()  # [E, 2]
     E = edges.shape[0]
-    for idx, chunk, weight in chunks:
-        ablated = abl.activations(model, graph, task, idx, chunk)
-        K = edge_batch or max(1, min(E, mask_batch_size(graph, chunk)))
-        base = chunk.score(patched_logits(model, graph, chunk, ablated, graph.valid)).mean()
-        bar = tqdm(total=E, desc="exact", disable=not progress, delay=2.0, leave=False)
-        for start in range(0, E, K):
-            e = edges[start:start + K]
-            k = e.shape[0]
-            keep = graph.valid.expand(k, -1, -1).clone()
-            keep[torch.arange(k), e[:, 0], e[:, 1]] = False
-            values = tiled(chunk, k).score(patched_logits(model, graph, chunk, ablated, keep))
-            per_edge = values.view(k, chunk.n_examples).mean(1)
-            scores[e[:, 0], e[:, 1]] += weight * (per_edge - base)
-            bar.update(k)
-        bar.close()
+    base = run(graph.valid[None])[0]
+    K = max(1, min(E, run.mask_batch))
+    bar = tqdm(total=E, desc="exact", disable=not progress, delay=2.0, leave=False)
+    for start in range(0, E, K):
+        e = edges[start:start + K]
+        k = e.shape[0]
+        keep = graph.valid.expand(k, -1, -1).clone()
+        keep[torch.arange(k), e[:, 0], e[:, 1]] = False
+        scores[e[:, 0], e[:, 1]] = (run(keep) - base).to(scores)
+        bar.update(k)
+    bar.close()
