@@ -16,7 +16,7 @@ from contextlib import contextmanager
 import torch
 
 from circuitgraph.attribution.blocks import DenseReaders, LowRankReaders, SourceDeltas, dense_scores, lowrank_scores
-from circuitgraph.engine.activations import resid_pre0, source_hooks
+from circuitgraph.engine.activations import resid_pre0, source_hooks, store_hook
 from circuitgraph.graph import Graph
 from circuitgraph.graph.compat import hook_flags
 
@@ -34,31 +34,19 @@ class DestinationGradients:
         has_norm = type(self.model.blocks[0].ln1).__name__ != "Identity"
         for L in range(self.graph.arch.n_layers):
             if has_norm:
-                fwd.append((f"blocks.{L}.ln1.hook_scale", self._keep(f"scale{L}")))
-                fwd.append((f"blocks.{L}.ln1.hook_normalized", self._keep(f"norm{L}")))
+                fwd.append((f"blocks.{L}.ln1.hook_scale", store_hook(self.fwd, f"scale{L}")))
+                fwd.append((f"blocks.{L}.ln1.hook_normalized", store_hook(self.fwd, f"norm{L}")))
             for letter in "qkv":
-                bwd.append((f"blocks.{L}.attn.hook_{letter}", self._keep_grad(f"{letter}{L}")))
+                bwd.append((f"blocks.{L}.attn.hook_{letter}", store_hook(self.grad, f"{letter}{L}")))
             if self.graph.arch.has_mlp and (L not in self.graph.neurons or self.graph.has_rest(L)):
-                bwd.append((f"blocks.{L}.hook_mlp_in", self._keep_grad(f"mlp{L}")))
+                bwd.append((f"blocks.{L}.hook_mlp_in", store_hook(self.grad, f"mlp{L}")))
             if L in self.graph.neurons:
-                bwd.append((f"blocks.{L}.mlp.hook_pre", self._keep_grad(f"pre{L}")))
+                bwd.append((f"blocks.{L}.mlp.hook_pre", store_hook(self.grad, f"pre{L}")))
                 if type(self.model.blocks[L].ln2).__name__ != "Identity":
-                    fwd.append((f"blocks.{L}.ln2.hook_scale", self._keep(f"scale2_{L}")))
-                    fwd.append((f"blocks.{L}.ln2.hook_normalized", self._keep(f"norm2_{L}")))
-        bwd.append((f"blocks.{self.graph.arch.n_layers - 1}.hook_resid_post", self._keep_grad("logits")))
+                    fwd.append((f"blocks.{L}.ln2.hook_scale", store_hook(self.fwd, f"scale2_{L}")))
+                    fwd.append((f"blocks.{L}.ln2.hook_normalized", store_hook(self.fwd, f"norm2_{L}")))
+        bwd.append((f"blocks.{self.graph.arch.n_layers - 1}.hook_resid_post", store_hook(self.grad, "logits")))
         return fwd, bwd
-
-    def _keep(self, key):
-        def hook(x, hook):
-            self.fwd[key] = x.detach()
-
-        return hook
-
-    def _keep_grad(self, key):
-        def hook(g, hook):
-            self.grad[key] = g.detach()
-
-        return hook
 
     def group(self, name: str) -> list[tuple[slice, DenseReaders | LowRankReaders]]:
         """Input gradients of a destination group of :meth:`Graph.dst_slices`, as
@@ -74,33 +62,44 @@ class DestinationGradients:
         return [(slice(0, readers.n), readers)]
 
     def _head_readers(self, L: int) -> DenseReaders:
+        """Input gradients of layer L's q/k/v destinations, ``[3·H (or H), batch, pos, d_model]``,
+        with the norm's Jacobian already applied (one in-place pass over G per layer)."""
         attn, ln = self.model.blocks[L].attn, self.model.blocks[L].ln1
         xhat, scale = self.fwd.get(f"norm{L}"), self.fwd.get(f"scale{L}")
         w = ln.w.detach() if hasattr(ln, "w") else None
-        d = self.graph.arch.d_model
-        parts, centre, radial = [], [], []
-        for letter, W in (("q", attn.W_Q), ("k", attn.W_K), ("v", attn.W_V)):
+        d, H = self.graph.arch.d_model, self.graph.arch.n_heads
+        g0 = self.grad[f"q{L}"]
+        B, P = g0.shape[:2]
+        split = self.graph.split_qkv
+        G = (torch.empty if split else torch.zeros)((3 if split else 1) * H, B, P, d, dtype=g0.dtype, device=g0.device)
+        centres, radials = [], []  # per letter, [head, batch, pos]
+        for i, (letter, W) in enumerate((("q", attn.W_Q), ("k", attn.W_K), ("v", attn.W_V))):
             W = _ungrouped(W, attn).detach()  # [head, d_model, d_head]
             if w is not None:
                 W = W * w[None, :, None]  # fold the norm's gain into the projection
             g = self.grad[f"{letter}{L}"]  # [batch, pos, head, d_head]
             if scale is not None:
                 g = g / scale[..., None]
-            # g' = (w ⊙ W g) / σ, written straight into [head, batch, pos, d_model]
-            parts.append(torch.einsum("bphe,hde->hbpd", g, W))
+            # g' = (w ⊙ W g) / σ per head, written straight into G (no concatenation)
+            gh = g.permute(2, 0, 1, 3).reshape(H, B * P, -1)
+            rows = G[i * H:(i + 1) * H] if split else G
+            if split:
+                torch.bmm(gh, W.transpose(1, 2), out=rows.view(H, B * P, d))
+            else:
+                rows.view(H, B * P, d).baddbmm_(gh, W.transpose(1, 2))
             if xhat is not None:
                 # the norm's Jacobian is g' − mean(g') − x̂·mean(g' ⊙ x̂); both means are
                 # per-position scalars that are cheap in head space
                 proj = torch.einsum("bpd,hde->bphe", xhat, W)  # x̂ through the (gained) projection
-                radial.append((g * proj).sum(-1).permute(2, 0, 1) / d)
+                radials.append((g * proj).sum(-1).permute(2, 0, 1) / d)
                 if _centred(ln):
-                    centre.append(torch.einsum("bphe,he->hbp", g, W.sum(1)) / d)
-        if self.graph.split_qkv:
-            cat = torch.cat
-        else:
-            cat = lambda xs: xs[0] + xs[1] + xs[2]  # noqa: E731
-        return DenseReaders(cat(parts), centre=cat(centre) if centre else None,
-                            radial=cat(radial) if radial else None, xhat=xhat)
+                    centres.append(torch.einsum("bphe,he->hbp", g, W.sum(1)) / d)
+        combine = torch.cat if split else sum  # split: one row per letter; joint: the letters add up
+        if centres:
+            G.sub_(combine(centres)[..., None])
+        if radials:
+            G.addcmul_(combine(radials)[..., None], xhat, value=-1.0)
+        return DenseReaders(G)
 
     def _neuron_readers(self, L: int) -> list:
         """Neuron j reads the MLP input through ``ln2`` and ``W_in[:, j]``; the ``rest`` node reads

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from circuitgraph.attribution.gradients import frozen_params
+from circuitgraph.engine.activations import store_hook
 from circuitgraph.graph.compat import check_model
 
 
@@ -28,19 +29,15 @@ def neuron_attribution(model, task, ablation: str = "corrupted") -> dict[int, to
     names = [f"blocks.{layer}.mlp.hook_post" for layer in range(L)]
     ablated: dict[str, torch.Tensor] = {}
     if ablation == "corrupted":
-        with torch.no_grad(), model.hooks(fwd_hooks=[(n, _keep(ablated, n)) for n in names]):
+        with torch.no_grad(), model.hooks(fwd_hooks=[(n, store_hook(ablated, n)) for n in names]):
             task.run(model, task.corrupted)
     clean, grads = {}, {}
-
-    def keep_live(x, hook):
-        clean[hook.name] = x.detach()
-
     def leaf(x, hook):
         return x.detach().requires_grad_(True)
 
     with torch.enable_grad(), frozen_params(model), model.hooks(
-        fwd_hooks=[("blocks.0.hook_resid_pre", leaf)] + [(n, keep_live) for n in names],
-        bwd_hooks=[(n, _keep(grads, n)) for n in names],
+        fwd_hooks=[("blocks.0.hook_resid_pre", leaf)] + [(n, store_hook(clean, n)) for n in names],
+        bwd_hooks=[(n, store_hook(grads, n)) for n in names],
     ):
         task.score(task.run(model, task.clean), " during neuron attribution").mean().backward()
     out = {}
@@ -58,10 +55,3 @@ def top_neurons(model, task, k: int, ablation: str = "corrupted", layers: list[i
     attr = neuron_attribution(model, task, ablation)
     layers = list(attr) if layers is None else layers
     return {layer: sorted(attr[layer].abs().topk(min(k, attr[layer].numel())).indices.tolist()) for layer in layers}
-
-
-def _keep(store: dict, name: str):
-    def hook(x, hook):
-        store[name] = x.detach()
-
-    return hook

@@ -25,17 +25,20 @@ def source_hooks(graph: Graph, buf: dict) -> list:
     """Forward hooks that store the raw source activations (input, per-layer z, MLP outputs)
     into ``buf`` without changing the forward pass."""
     graph = graph.node_graph
-    hooks = [(resid_pre0(), _store(buf, "input"))]
+    hooks = [(resid_pre0(), store_hook(buf, "input"))]
     for L in range(graph.arch.n_layers):
-        hooks.append((f"blocks.{L}.attn.hook_z", _store(buf, f"z{L}")))
+        hooks.append((f"blocks.{L}.attn.hook_z", store_hook(buf, f"z{L}")))
         if graph.arch.has_mlp:
-            hooks.append((f"blocks.{L}.hook_mlp_out", _store(buf, f"mlp{L}")))
+            hooks.append((f"blocks.{L}.hook_mlp_out", store_hook(buf, f"mlp{L}")))
         if L in graph.neurons:
-            hooks.append((f"blocks.{L}.mlp.hook_post", _store(buf, f"post{L}")))
+            hooks.append((f"blocks.{L}.mlp.hook_post", store_hook(buf, f"post{L}")))
     return hooks
 
 
-def _store(buf: dict, key: str):
+def store_hook(buf: dict, key: str):
+    """A hook that keeps a detached copy of what passes (an activation, or in a backward hook its
+    gradient) in ``buf[key]`` and changes nothing."""
+
     def hook(x, hook):
         buf[key] = x.detach()
 
