@@ -133,6 +133,7 @@ class Graph:
         self.scores = torch.zeros(self.valid.shape, device=self.device)
         self._in_circuit: torch.Tensor | None = None
         self.score_info: dict = {}
+        self._layout()
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -342,6 +343,20 @@ class Graph:
     def dst_slices(self) -> dict[str, slice]:
         """Column ranges of each destination group: ``attn{L}`` (all q/k/v of layer L, ordered
         q-heads, k-heads, v-heads), ``mlp{L}`` (the MLP input, or its neurons' inputs) and ``logits``."""
+        return dict(self._dst_slices)
+
+    def src_slices(self) -> dict[str, slice]:
+        """Row ranges of each source group: ``input``, ``attn{L}`` (heads), ``mlp{L}`` (the MLP or
+        its neurons)."""
+        return dict(self._src_slices)
+
+    def n_upstream(self, group: str) -> int:
+        """Number of sources a destination group reads (they are always a prefix of the rows)."""
+        return self._n_upstream[group]
+
+    def _layout(self) -> None:
+        """Group slices and upstream counts: fixed by the graph's shape, so computed once (the
+        engine asks for them in every contraction and patched forward)."""
         out, j = {}, 0
         per_attn = self.arch.n_heads * (3 if self.split_qkv else 1)
         for layer in range(self.arch.n_layers):
@@ -352,11 +367,8 @@ class Graph:
                 out[f"mlp{layer}"] = slice(j, j + n_mlp)
                 j += n_mlp
         out["logits"] = slice(j, j + 1)
-        return out
+        self._dst_slices = out
 
-    def src_slices(self) -> dict[str, slice]:
-        """Row ranges of each source group: ``input``, ``attn{L}`` (heads), ``mlp{L}`` (the MLP or
-        its neurons)."""
         out, i = {"input": slice(0, 1)}, 1
         for layer in range(self.arch.n_layers):
             out[f"attn{layer}"] = slice(i, i + self.arch.n_heads)
@@ -365,12 +377,8 @@ class Graph:
             if n_mlp:
                 out[f"mlp{layer}"] = slice(i, i + n_mlp)
                 i += n_mlp
-        return out
-
-    def n_upstream(self, group: str) -> int:
-        """Number of sources a destination group reads (they are always a prefix of the rows)."""
-        cols = self.dst_slices()[group]
-        return int(self.valid[:, cols.start].sum())
+        self._src_slices = out
+        self._n_upstream = {g: int(self.valid[:, c.start].sum()) for g, c in self._dst_slices.items()}
 
 
 def node_kind(name: str) -> str:
