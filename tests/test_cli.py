@@ -166,6 +166,10 @@ def test_multirun_two_methods_and_compare_table(tmp_path, capsys):
     (["model=pretrained"], 2, ["model.name"]),
     (["model=pretrained", "model.name=gpt2"], 2, ["task=file"]),  # no built-in task
     (["device=cuda:7"] if not torch.cuda.is_available() else ["device=tpu"], 2, ["device"]),
+    (["graph.neurons=true", "graph.saes=zoo"], 2, ["graph.neurons and graph.saes", "cannot be combined"]),
+    (["graph.saes=/no/such/folder"], 2, ["graph.saes=/no/such/folder", "no such folder"]),
+    (["graph.saes=zoo", "graph.features=most"], 2, ["graph.features", "active, all"]),
+    (["graph.saes=zoo", "method=eap-ig-activations"], 2, ["eap-ig-activations", "method=eap-ig"]),
 ])
 def test_invalid_config_fails_fast(args, code, needles, tmp_path, capsys, no_model_loading):
     out = tmp_path / "run"
@@ -339,6 +343,25 @@ def test_acdc_and_threshold_selection(tmp_path):
     s = cli.run(compose_cfg("method=eap", "circuit=threshold", "circuit.tau=0.0", "task.limit=8",
                             "export=minimal", "progress=false"), tmp_path / "thr")
     assert s["selection"] == {"kind": "threshold", "tau": 0.0, "absolute": True, "prune": True}
+
+
+def test_sae_feature_graph_run(tmp_path):
+    """graph.saes=zoo: feature nodes from the shipped SAEs, the circuit re-measured, HTML labels,
+    the hypothesis step skipped with a reason rather than failing."""
+    s = cli.run(compose_cfg("graph.saes=zoo", "graph.features=24", "method=eap", "task.limit=8",
+                            "circuit=top-n", "circuit.n=60", "export.curve=false", "export.png=false",
+                            "progress=false"), tmp_path / "sae")
+    assert s["graph"]["sae_sites"] == {"blocks.0.hook_attn_out": 24, "blocks.1.hook_resid_pre": 24}
+    assert s["faithfulness"] > 0.5 and "hypothesis" in s["skipped"]
+    circuit = cg.Circuit.load(tmp_path / "sae" / "circuit.json")
+    assert [site.hook_name for site in circuit.graph.sites] == ["blocks.0.hook_attn_out", "blocks.1.hook_resid_pre"]
+    assert '"topTokens"' in (tmp_path / "sae" / "graph.html").read_text()
+
+
+def test_positions_graph_run(tmp_path):
+    s = cli.run(compose_cfg("graph.positions=true", "method=eap", "task.limit=8", "circuit=top-n",
+                            "circuit.n=40", "export=minimal", "progress=false"), tmp_path / "pos")
+    assert s["graph"]["positions"] == 40 and s["edges_kept"] > 0
 
 
 def test_launcher_presets_compose():

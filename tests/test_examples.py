@@ -25,7 +25,8 @@ def run_example(*args: str, timeout: int = 240) -> str:
 
 def test_every_example_is_tested():
     scripts = sorted(p.name for p in EXAMPLES.glob("*.py"))
-    assert scripts == ["01_python_api.py", "02_custom_task_jsonl.py", "03_sweep.py", "04_open_html.py"]
+    assert scripts == ["01_python_api.py", "02_custom_task_jsonl.py", "03_sweep.py", "04_open_html.py",
+                       "05_feature_circuit.py"]
 
 
 def test_01_python_api(tmp_path):
@@ -59,6 +60,33 @@ def test_04_open_html(tmp_path):
     out = run_example("examples/04_open_html.py", "--limit", "8", "--out", str(html))
     assert f"graph.html: {html.resolve()}" in out and "no display" in out
     assert html.is_file() and "<html" in html.read_text().lower()
+
+
+def test_05_feature_circuit(tmp_path):
+    """The feature-level circuit reaches its target when re-measured by patching, reloads with its
+    SAE sites, and its HTML labels feature nodes with their top tokens."""
+    import re
+
+    import torch
+
+    from circuitgraph import Circuit, zoo
+    from circuitgraph.evaluation import faithfulness
+    from circuitgraph.sae import zoo_saes
+
+    out = run_example("examples/05_feature_circuit.py", "--limit", "8", "--steps", "3", "--out", str(tmp_path))
+    measured = float(re.search(r"re-measured faithfulness ([0-9.]+)", out).group(1))
+    assert measured >= 0.8, out
+    kinds = re.search(r"circuit nodes by kind: (.*)", out).group(1)
+    assert "'feature'" in kinds and "a1.h3.k" in out
+    entry = zoo.load("induction", device="cpu")
+    circuit = Circuit.load(tmp_path / "circuit.json", entry.model)
+    assert [s.name for s in circuit.graph.sites] == ["attn_out0", "resid_pre1"]
+    circuit.graph.attach_saes(zoo_saes("induction"))
+    torch.set_num_threads(1)
+    again = faithfulness(entry.model, circuit.graph, entry.task("induction").select(slice(0, 8)), circuit.mask)
+    assert abs(again - measured) < 1e-3
+    html = (tmp_path / "graph.html").read_text()
+    assert '"topTokens"' in html and "SAE feature" in html and "resid_pre1.f" in html
 
 
 @pytest.mark.skipif(not (EXAMPLES / "README.md").is_file(), reason="no examples/README.md")

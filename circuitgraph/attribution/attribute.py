@@ -51,6 +51,8 @@ def attribute(
         raise ValueError(f"steps must be ≥ 1, got {steps}")
     check_model(model)
     check_graph(model, graph, task)
+    if method == "eap-ig-activations" and graph.node_graph.sites:
+        raise ValueError("eap-ig-activations does not interpolate SAE features yet; use method='eap-ig' on graphs with SAE sites")
     task.check_model(model)
     task.prepare(model)
     abl = Ablation.coerce(ablation).prepare(model, graph, task)

@@ -17,6 +17,7 @@ import torch
 
 from circuitgraph.attribution.blocks import DenseReaders, LowRankReaders, SourceDeltas, dense_scores, lowrank_scores
 from circuitgraph.engine.activations import resid_pre0, source_hooks, store_hook
+from circuitgraph.engine.sites import site_hooks, site_readers
 from circuitgraph.graph import Graph
 from circuitgraph.graph.compat import hook_flags
 
@@ -53,6 +54,8 @@ class DestinationGradients:
         ``[(columns within the group, readers)]`` in factored form."""
         if name == "logits":
             return [(slice(0, 1), DenseReaders(self.grad["logits"][None]))]
+        if any(site.name == name for site in self.graph.sites):
+            return site_readers(self.graph, self.grad, self.graph.site(name))
         if name.startswith("mlp"):
             L = int(name[3:])
             if L not in self.graph.neurons:
@@ -170,7 +173,8 @@ def forward_backward(model, graph: Graph, task, input_override: torch.Tensor | N
         x = (input_override if input_override is not None else x).detach()
         return x.requires_grad_(True)
 
-    fwd = [(resid_pre0(), leaf_input)] + fwd + (source_hooks(graph, capture_sources) if capture_sources is not None else []) + (extra_fwd or [])
+    fwd = [(resid_pre0(), leaf_input)] + fwd + (source_hooks(graph, capture_sources, sites=False) if capture_sources is not None else []) \
+        + (extra_fwd or []) + site_hooks(graph, capture_sources, dg.grad)  # sites last at their hook point
     with torch.enable_grad(), frozen_params(model), hook_flags(model, split_qkv_input=False), \
             model.hooks(fwd_hooks=fwd, bwd_hooks=bwd):
         logits = task.run(model, task.clean)
@@ -190,18 +194,19 @@ def contract(graph: Graph, deltas: SourceDeltas, grads: DestinationGradients, ou
     if getattr(graph, "positions", None):
         return _contract_per_position(graph, D, row_sums, grads, out, weight)
     for name, cols in graph.dst_slices().items():
-        n_up = graph.n_upstream(name)
-        k = int((rows < n_up).sum())
+        up = graph.upstream(name)
+        if deltas.contiguous and isinstance(up, slice):  # no neurons or sites: rows are graph rows
+            Du, sums, target = D[up], row_sums[up], up
+        else:  # the dense rows this group reads (upstream rows are few and sorted)
+            pick = torch.isin(rows, graph.upstream_rows(name).to(rows.device))
+            Du, sums, target = D[pick], row_sums[pick], rows[pick]
+        blocks = [b for b in deltas.lowrank if bool(torch.isin(b.rows[:1], graph.upstream_rows(name).to(b.rows.device)))]
         for sub, readers in grads.group(name):
             c = slice(cols.start + sub.start, cols.start + sub.stop)
-            acc = weight * dense_scores(D[:k], readers, row_sums[:k]).to(out.dtype)
-            if deltas.contiguous:
-                out[:k, c] += acc
-            else:
-                out[rows[:k], c] += acc
-            for block in deltas.lowrank:
-                if int(block.rows[0]) < n_up:
-                    out[block.rows, c] += weight * lowrank_scores(block, readers).to(out.dtype)
+            if len(Du):
+                out[target, c] += weight * dense_scores(Du, readers, sums).to(out.dtype)
+            for block in blocks:
+                out[block.rows, c] += weight * lowrank_scores(block, readers).to(out.dtype)
 
 
 def _contract_per_position(graph, D: torch.Tensor, row_sums: torch.Tensor, grads: DestinationGradients,
@@ -210,7 +215,7 @@ def _contract_per_position(graph, D: torch.Tensor, row_sums: torch.Tensor, grads
     position diagonal of a :class:`PositionalGraph`'s score matrix."""
     diag = graph.diagonal(out)  # [n_src, n_dst, P] view
     for name, cols in graph.dst_slices().items():
-        n_up = graph.n_upstream(name)
+        n_up = graph.upstream(name).stop  # (positional graphs: always a prefix)
         for sub, readers in grads.group(name):
             c = slice(cols.start + sub.start, cols.start + sub.stop)
             acc = torch.einsum("ubpd,vbpd->uvp", D[:n_up], readers.G)

@@ -157,6 +157,27 @@ class CircuitConfig:
 
 
 @dataclass
+class GraphConfig:
+    """Which nodes the graph has (at most one of neurons / positions / saes).
+
+    split_qkv  a head's query, key and value inputs are separate destinations
+    neurons    split every MLP into single-neuron nodes
+    positions  one node per token position (prompts of one template length, no padding)
+    saes       SAE feature nodes, with a rest and an error node per site: "zoo" (the SAEs shipped
+               with a zoo model) or a folder in the SAELens layout (cfg.json +
+               sae_weights.safetensors), or a folder of such folders, one per hook point
+    features   which SAE features become nodes: active (non-zero on some prompt) | all | k (the
+               top k per site by node attribution)
+    """
+
+    split_qkv: bool = True
+    neurons: bool = False
+    positions: bool = False
+    saes: Optional[str] = None
+    features: str = "active"
+
+
+@dataclass
 class ExportConfig:
     """Which files a run writes besides circuit.json and summary.json (always written)."""
 
@@ -181,6 +202,7 @@ class Config:
     method: MethodConfig = field(default_factory=MethodConfig)
     ablation: AblationConfig = field(default_factory=AblationConfig)
     circuit: CircuitConfig = field(default_factory=CircuitConfig)
+    graph: GraphConfig = field(default_factory=GraphConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     device: str = "auto"
     seed: int = 0
@@ -190,7 +212,7 @@ class Config:
 
 GROUP_SCHEMAS: dict[str, type] = {
     "model": ModelConfig, "task": TaskConfig, "method": MethodConfig, "ablation": AblationConfig,
-    "circuit": CircuitConfig, "export": ExportConfig,
+    "circuit": CircuitConfig, "graph": GraphConfig, "export": ExportConfig,
 }
 TOP_LEVEL_KEYS = tuple(f.name for f in dataclasses.fields(Config))
 
@@ -399,6 +421,7 @@ def validate(cfg: DictConfig | Config, *, check_hub: bool = True) -> None:
         raise ConfigError(f"circuit.tau must be a finite number ≥ 0, got {c.tau}")
     if c.grid < 2:
         raise ConfigError(f"circuit.grid must be ≥ 2, got {c.grid}")
+    _check_graph(cfg)
     # --- run
     if cfg.threads is not None and cfg.threads < 1:
         raise ConfigError(f"threads must be ≥ 1 (or null), got {cfg.threads}")
@@ -418,6 +441,25 @@ def validate(cfg: DictConfig | Config, *, check_hub: bool = True) -> None:
     _check_task(cfg)
     if official is not None and check_hub:
         check_hub_access(official, cfg.model.name)
+
+
+def _check_graph(cfg: DictConfig) -> None:
+    g = cfg.graph
+    chosen = [k for k in ("neurons", "positions", "saes") if g[k]]
+    if len(chosen) > 1:
+        raise ConfigError(f"graph.{' and graph.'.join(chosen)} cannot be combined yet; choose one granularity")
+    if g.saes is not None:
+        if g.saes == "zoo":
+            if cfg.model.source != "zoo":
+                raise ConfigError("graph.saes=zoo uses the SAEs shipped with a zoo model, but model.source is "
+                                  f"{cfg.model.source!r}; give graph.saes=<folder of SAELens-format SAEs>")
+        elif not Path(str(g.saes)).expanduser().is_dir():
+            raise ConfigError(f"graph.saes={g.saes}: no such folder; give 'zoo' or a folder holding cfg.json + "
+                              "sae_weights.safetensors (or one such folder per hook point)")
+    if not (g.features in ("active", "all") or str(g.features).isdigit()):
+        raise ConfigError(f"graph.features must be active, all or a number of features per site, got {g.features!r}")
+    if cfg.method.name == "eap-ig-activations" and g.saes is not None:
+        raise ConfigError("method=eap-ig-activations does not interpolate SAE features yet; use method=eap-ig")
 
 
 def _check_device(device: str) -> None:

@@ -146,7 +146,7 @@ def run(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = None
     log.info("model %s (%s) on %s; task %r: %d examples × %d tokens, metric %s", model_label,
              cfg.model.source, device, task.name, task.n_examples, task.seq_len, task.metric_name)
 
-    graph = cg.Graph.from_model(model)
+    graph = build_graph(cfg.graph, model, entry, task, device)
     ablation = cg.Ablation(kind=cfg.ablation.kind,
                            seed=cfg.seed if cfg.ablation.seed is None else int(cfg.ablation.seed))
     m, sel = cfg.method, cfg.circuit
@@ -214,11 +214,12 @@ def run(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = None
     t = time.perf_counter()
     scrubbed: dict[str, Any] = {}
     hypothesis = None
+    plain = not (graph.node_graph.sites or graph.neurons or getattr(graph, "positions", None))
     if cfg.export.hypothesis or cfg.get("hypothesis"):
         from circuitgraph.hypothesis import Hypothesis, scrub
 
         samples = cfg.export.scrub_samples
-        if cfg.export.hypothesis:
+        if cfg.export.hypothesis and plain:
             hypothesis = Hypothesis.from_circuit(circuit, name=f"{model_label} circuit ({m.name})")
             scrubbed["circuit"] = scrub(model, hypothesis, task, n_samples=samples, seed=int(cfg.seed),
                                         warn_vacuous=False).to_dict()
@@ -233,6 +234,9 @@ def run(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = None
     t = time.perf_counter()
     files: dict[str, str] = {}
     skipped: dict[str, str] = {}
+    if cfg.export.hypothesis and not plain:
+        skipped["hypothesis"] = ("causal-scrubbing hypotheses cover heads and MLPs so far; this graph has "
+                                 "neuron, position or SAE nodes")
     if hypothesis is not None:
         atomic_write(out / FILES["hypothesis"], lambda p: hypothesis.save(p))
         files["hypothesis"] = FILES["hypothesis"]
@@ -265,7 +269,12 @@ def run(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = None
     if cfg.export.html:
         from circuitgraph.export import write_html
 
-        atomic_write(out / FILES["html"], lambda p: write_html(circuit, p, title=title))
+        info = None
+        if graph.node_graph.sites:  # label feature nodes with their top-activating tokens
+            from circuitgraph.sae import feature_labels
+
+            info = feature_labels(model, graph, task)
+        atomic_write(out / FILES["html"], lambda p: write_html(circuit, p, title=title, node_info=info))
         files["html"] = FILES["html"]
     timings["export"] = time.perf_counter() - t
 
@@ -298,6 +307,26 @@ def run(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = None
 # ---------------------------------------------------------------------------------------------
 # Pieces (public so that scripts and tests can reuse them)
 # ---------------------------------------------------------------------------------------------
+
+
+def build_graph(gcfg, model, entry, task, device):
+    """The run's graph: heads and MLPs, or neurons, token positions or SAE features (``graph.*``)."""
+    import circuitgraph as cg
+
+    if gcfg.saes is not None:
+        from circuitgraph.sae import load_saes, zoo_saes
+
+        saes = zoo_saes(entry.name, device=device) if gcfg.saes == "zoo" else \
+            load_saes(Path(str(gcfg.saes)).expanduser(), device=device)
+        if not saes:
+            raise ValueError(f"graph.saes=zoo: the zoo model {entry.name!r} ships no SAEs (the induction model does)")
+        features = int(gcfg.features) if str(gcfg.features).isdigit() else str(gcfg.features)
+        graph = cg.Graph.from_model(model, split_qkv=bool(gcfg.split_qkv), saes=saes, task=task, features=features)
+        log.info("SAE sites: %s", ", ".join(f"{s.hook_name} ({len(s.features)} feature nodes)" for s in graph.sites))
+        return graph
+    if gcfg.positions:
+        return cg.PositionalGraph.from_model(model, positions=task.seq_len, split_qkv=bool(gcfg.split_qkv))
+    return cg.Graph.from_model(model, split_qkv=bool(gcfg.split_qkv), neurons=bool(gcfg.neurons) or None)
 
 
 def resolve_device(device: str):
@@ -502,6 +531,9 @@ def build_summary(cfg, circuit, graph, task, model_label, device, selection, fai
         "edges_total": graph.n_edges,
         "fraction_kept": circuit.n_edges / graph.n_edges if graph.n_edges else 0.0,
         "nodes": len(circuit.nodes()),
+        "graph": {"sources": graph.n_src, "destinations": graph.n_dst, "split_qkv": graph.split_qkv,
+                  "neuron_layers": sorted(graph.neurons), "positions": getattr(graph, "positions", None),
+                  "sae_sites": {s.hook_name: len(s.features) for s in graph.node_graph.sites}},
         "faithfulness": faith,
         "search_faithfulness": search_faith,
         "target": target,

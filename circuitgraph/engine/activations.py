@@ -21,9 +21,12 @@ def resid_pre0(L: int = 0) -> str:
     return f"blocks.{L}.hook_resid_pre"
 
 
-def source_hooks(graph: Graph, buf: dict) -> list:
+def source_hooks(graph: Graph, buf: dict, sites: bool = True) -> list:
     """Forward hooks that store the raw source activations (input, per-layer z, MLP outputs)
-    into ``buf`` without changing the forward pass."""
+    into ``buf`` without changing the forward pass (SAE sites, when ``sites``, splice their SAE in:
+    the output is unchanged up to rounding, and ``acts:``/``err:`` captures are stored)."""
+    from circuitgraph.engine.sites import site_hooks
+
     graph = graph.node_graph
     hooks = [(resid_pre0(), store_hook(buf, "input"))]
     for L in range(graph.arch.n_layers):
@@ -32,7 +35,7 @@ def source_hooks(graph: Graph, buf: dict) -> list:
             hooks.append((f"blocks.{L}.hook_mlp_out", store_hook(buf, f"mlp{L}")))
         if L in graph.neurons:
             hooks.append((f"blocks.{L}.mlp.hook_post", store_hook(buf, f"post{L}")))
-    return hooks
+    return hooks + (site_hooks(graph, buf) if sites else [])
 
 
 def store_hook(buf: dict, key: str):
@@ -70,6 +73,11 @@ def stack_sources(model, graph: Graph, buf: dict, out: torch.Tensor | None = Non
         out[rows.start:rows.start + n] = torch.einsum("bpi,id->ibpd", post, W_out)
         if graph.has_rest(L):
             out[rows.start + n] = buf[f"mlp{L}"] - post @ W_out
+    if graph.sites:
+        from circuitgraph.engine.sites import site_sources
+
+        for site in graph.sites:
+            site_sources(graph, buf, site, out[slices[site.name]])
     return out
 
 
@@ -85,7 +93,7 @@ def source_deltas(model, graph: Graph, diff: dict):
     from circuitgraph.attribution.blocks import LowRankSources, SourceDeltas
 
     graph = graph.node_graph
-    if not graph.neurons:
+    if not graph.neurons and not graph.sites:
         return SourceDeltas(stack_sources(model, graph, diff), torch.arange(graph.n_src, device=diff["input"].device), [])
     x0 = diff["input"]
     slices = graph.src_slices()
@@ -107,7 +115,20 @@ def source_deltas(model, graph: Graph, diff: dict):
         if graph.has_rest(L):
             dense.append((diff[f"mlp{L}"] - post @ W_out)[None])
             rows.append(m.start + n)
-    return SourceDeltas(torch.cat(dense), torch.tensor(rows, device=x0.device), lowrank)
+    if graph.sites:
+        from circuitgraph.engine.sites import site_deltas
+
+        for site in graph.sites:
+            block, site_rows, site_dense = site_deltas(graph, diff, site, slices[site.name].start)
+            if block is not None:
+                lowrank.append(block)
+            rows.extend(site_rows)
+            dense.extend(t[None] for t in site_dense)
+    rows, dense = torch.tensor(rows, device=x0.device), torch.cat(dense)
+    if graph.sites:  # dense rows in graph order (sites sit between layers)
+        order = torch.argsort(rows)
+        rows, dense = rows[order], dense[order]
+    return SourceDeltas(dense, rows, lowrank)
 
 
 @torch.no_grad()

@@ -49,3 +49,8 @@ def check_graph(model, graph: Graph, task=None) -> None:
     device = next(model.parameters()).device
     if graph.valid.device != device:
         graph.to(device)
+    if graph.node_graph.sites:
+        from circuitgraph.engine.sites import site_sae
+
+        for site in graph.node_graph.sites:
+            site_sae(graph.node_graph, site).to(device)

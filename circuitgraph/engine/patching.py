@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from circuitgraph.engine.activations import resid_pre0
+from circuitgraph.engine.sites import site_patch_hook
 from circuitgraph.graph import Graph
 from circuitgraph.graph.compat import hook_flags
 
@@ -52,13 +53,13 @@ def patch_hooks(model, graph: Graph, ablated: torch.Tensor, keep: torch.Tensor) 
 
         return project
 
-    def subtract(cols: slice, n_up: int, per_head: bool):
-        r = removed[:, :n_up, cols]  # [K, n_up, n_cols]
+    def subtract(cols: slice, up: slice | torch.Tensor, per_head: bool):
+        r = removed[:, up, cols]  # [K, n_up, n_cols]
         if not bool(r.any()):
             return None
 
         def hook(x, hook):
-            D = live_minus_ablated[:n_up]  # [n_up, K, B, P, d]
+            D = live_minus_ablated[up]  # [n_up, K, B, P, d]
             if positional:  # r [K, n_up, n_cols, P]: a removal applies at its own position only
                 if per_head:
                     delta = torch.einsum("kuhp,ukbpd->kbphd", r, D).reshape(K * B, P, H, d)
@@ -75,30 +76,32 @@ def patch_hooks(model, graph: Graph, ablated: torch.Tensor, keep: torch.Tensor) 
     hooks.append((resid_pre0(), record(src["input"])))
     for L in range(graph.arch.n_layers):
         cols = dst[f"attn{L}"]
-        n_up = graph.n_upstream(f"attn{L}")
+        up = graph.upstream(f"attn{L}")
         for i, letter in enumerate("qkv"):
             c = slice(cols.start + i * H, cols.start + (i + 1) * H) if graph.split_qkv else cols
-            h = subtract(c, n_up, per_head=True)
+            h = subtract(c, up, per_head=True)
             if h is not None:
                 hooks.append((f"blocks.{L}.hook_{letter}_input", h))
         hooks.append((f"blocks.{L}.attn.hook_z", record(src[f"attn{L}"], head_project(L))))
         if not graph.arch.has_mlp:
             continue
-        n_up = graph.n_upstream(f"mlp{L}")
+        up = graph.upstream(f"mlp{L}")
         if L not in graph.neurons:
-            h = subtract(dst[f"mlp{L}"], n_up, per_head=False)
+            h = subtract(dst[f"mlp{L}"], up, per_head=False)
             if h is not None:
                 hooks.append((f"blocks.{L}.hook_mlp_in", h))
             hooks.append((f"blocks.{L}.hook_mlp_out", record(src[f"mlp{L}"])))
         else:
-            hooks += _neuron_hooks(model, graph, L, removed, live_minus_ablated, ablated, subtract, K, n_up)
-    h = subtract(dst["logits"], graph.n_upstream("logits"), per_head=False)
+            hooks += _neuron_hooks(model, graph, L, removed, live_minus_ablated, ablated, subtract, K, up)
+    h = subtract(dst["logits"], graph.upstream("logits"), per_head=False)
     if h is not None:
         hooks.append((f"blocks.{graph.arch.n_layers - 1}.hook_resid_post", h))
-    return hooks
+    # SAE sites last: at a shared hook point they run after the records above
+    coefs: dict = {}  # each site's feature-coefficient deltas, for the sites after it
+    return hooks + [site_patch_hook(graph, site, removed, live_minus_ablated, ablated, K, coefs) for site in graph.sites]
 
 
-def _neuron_hooks(model, graph: Graph, L: int, removed, live_minus_ablated, ablated, subtract, K: int, n_up: int) -> list:
+def _neuron_hooks(model, graph: Graph, L: int, removed, live_minus_ablated, ablated, subtract, K: int, up: slice) -> list:
     """Patching for a layer split into neurons.
 
     Sources: each selected neuron writes ``post_i · W_out[i]``; ``rest`` writes the remainder of
@@ -122,17 +125,17 @@ def _neuron_hooks(model, graph: Graph, L: int, removed, live_minus_ablated, abla
 
     hooks.append((f"blocks.{L}.hook_mlp_in", keep_input))
     if graph.has_rest(L):
-        h = subtract(slice(cols.stop - 1, cols.stop), n_up, per_head=False)
+        h = subtract(slice(cols.stop - 1, cols.stop), up, per_head=False)
         if h is not None:
             hooks.append((f"blocks.{L}.hook_mlp_in", h))
 
-    r = removed[:, :n_up, cols.start:cols.start + n]  # [K, n_up, n]
+    r = removed[:, up, cols.start:cols.start + n]  # [K, n_up, n]
     patched = r.any(0).any(0).nonzero()[:, 0]  # neurons with some removed in-edge
     if len(patched):
         rp = r[:, :, patched]
 
         def own_inputs(pre, hook):
-            D = live_minus_ablated[:n_up]  # [n_up, K, B, P, d]
+            D = live_minus_ablated[up]  # [n_up, K, B, P, d]
             x = store["x"].reshape(K, B, P, 1, d) - torch.einsum("kuj,ukbpd->kbpjd", rp, D)
             normed = model.blocks[L].ln2(x.reshape(K * B, P, len(patched), d))
             new = torch.einsum("bpjd,dj->bpj", normed, W_in[:, patched]) + b_in[patched]

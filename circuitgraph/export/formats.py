@@ -40,6 +40,7 @@ from circuitgraph.atomic import atomic_write
 from circuitgraph.circuit.circuit import Circuit
 from circuitgraph.graph import Architecture, Graph
 from circuitgraph.graph.graph import node_kind
+from circuitgraph.graph.sites import Site
 
 MIB_SCHEMA = "circuitgraph.mib/1"
 GRAPHML_SCHEMA = "circuitgraph.graphml/1"
@@ -163,6 +164,11 @@ def _check_mib_graph(graph: Graph, what: str) -> None:
         raise ValueError(
             f"cannot {what} the EAP-IG/MIB format with a graph that splits MLPs into neuron nodes "
             f"(layers {sorted(graph.neurons)}): EAP-IG edges join whole heads and MLPs; use GraphML instead"
+        )
+    if graph.sites:
+        raise ValueError(
+            f"cannot {what} the EAP-IG/MIB format with a graph that has SAE feature nodes (sites "
+            f"{[s.hook_name for s in graph.sites]}): EAP-IG graphs have no features; use GraphML instead"
         )
 
 
@@ -352,6 +358,7 @@ def to_graphml(circuit, path: str | Path, *, all_edges: bool = True, mask: torch
         "n_layers": g.arch.n_layers, "n_heads": g.arch.n_heads, "has_mlp": g.arch.has_mlp,
         "d_model": g.arch.d_model, "d_mlp": g.arch.d_mlp, "split_qkv": g.split_qkv,
         "neurons": json.dumps({str(k): v for k, v in sorted(g.neurons.items())}),
+        "sites": json.dumps([site.to_dict() for site in g.sites]),
         "positions": int(getattr(g, "positions", None) or 0), "causal": bool(getattr(g, "causal", True)),
         "n_edges": c.n_edges,
         "n_edges_total": g.n_edges, "all_edges": all_edges,
@@ -399,7 +406,8 @@ def from_graphml(path: str | Path, graph=None) -> Circuit:
         file_split = bool(attrs["split_qkv"])
         file_neurons = {int(k): v for k, v in _loads_dict(attrs.get("neurons"), "neurons", path).items()}
         file_positions = int(attrs.get("positions", 0) or 0) or None
-    except (KeyError, TypeError, ValueError) as e:
+        file_sites = [Site.from_dict(d) for d in json.loads(attrs.get("sites") or "[]")]
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise ValueError(f"{path} lacks or garbles the graph attribute {e}; the file is corrupted") from None
     graph = _as_graph(graph)
     if graph is None:
@@ -409,6 +417,7 @@ def from_graphml(path: str | Path, graph=None) -> Circuit:
                 "n_layers": file_arch.n_layers, "n_heads": file_arch.n_heads, "has_mlp": file_arch.has_mlp,
                 "d_model": file_arch.d_model, "d_mlp": file_arch.d_mlp, "split_qkv": file_split,
                 "neurons": file_neurons, "positions": file_positions, "causal": bool(attrs.get("causal", True)),
+                "sites": [site.to_dict() for site in file_sites],
             })
         except ValueError as e:
             raise ValueError(f"{path} describes an impossible graph ({e}); the file is corrupted") from None
@@ -428,6 +437,10 @@ def from_graphml(path: str | Path, graph=None) -> Circuit:
         def show(n):
             return "{" + ", ".join(f"{k}: {len(v)} neurons" for k, v in sorted(n.items())) + "}" if n else "none"
         problems.append(f"neuron nodes {show(file_neurons)} in the file, {show(graph.neurons)} in the graph")
+    if file_sites != list(graph.node_graph.sites):
+        def show_sites(sites):
+            return ", ".join(f"{s.hook_name} ({len(s.features)} features)" for s in sites) or "none"
+        problems.append(f"SAE sites {show_sites(file_sites)} in the file, {show_sites(graph.node_graph.sites)} in the graph")
     if file_positions != getattr(graph, "positions", None):
         problems.append(f"{file_positions or 'no'} token positions in the file, "
                         f"{getattr(graph, 'positions', None) or 'no'} in the graph")

@@ -34,14 +34,15 @@ from circuitgraph.graph.graph import node_kind
 __all__ = ["write_html", "KIND_STYLES", "vis_assets"]
 
 # Node colours by kind (``node_kind`` of the name, or ``graph.node_kinds[name]`` where a graph
-# defines it). New node types (SAE features, ...) only need an entry here; unknown kinds fall back
-# to DEFAULT_STYLE.
+# defines it). New node types only need an entry here; unknown kinds fall back to DEFAULT_STYLE.
 KIND_STYLES: dict[str, dict] = {
     "input": {"color": "#b8bec6", "label": "input (embeddings)"},
     "head": {"color": "#f6c85f", "label": "attention head"},
     "mlp": {"color": "#8fd18b", "label": "MLP"},
     "neuron": {"color": "#c9a7e8", "label": "MLP neuron"},
-    "sae_feature": {"color": "#7fd6e0", "label": "SAE feature"},
+    "feature": {"color": "#7fd6e0", "label": "SAE feature"},
+    "sae_rest": {"color": "#cfe9ec", "label": "SAE rest (other features)"},
+    "sae_error": {"color": "#f2b8a2", "label": "SAE error"},
     "logits": {"color": "#9aa8f0", "label": "logits"},
 }
 DEFAULT_STYLE = {"color": "#dddddd", "label": "other"}
@@ -49,6 +50,7 @@ POSITIVE, NEGATIVE, ZERO = "#1f6fd1", "#d62728", "#9e9e9e"
 QKV_NAMES = {"q": "query", "k": "key", "v": "value"}
 X_STEP, X_MIN, Y_STEP, MAX_WIDTH = 190, 120, 72, 1400
 MAX_SLOTS = 48  # columns with more nodes than this are laid out with their shown nodes only
+LABEL_TOKENS = 2  # distinct top-activating tokens shown under a feature node's name
 _VENDOR = Path(__file__).parent / "vendor"
 
 
@@ -124,6 +126,41 @@ def _rank(values: list[float]) -> list[int]:
     return rank
 
 
+def _node_info(info: dict, lines: list[str]) -> tuple[str | None, dict]:
+    """For one ``node_info`` entry (e.g. from :func:`circuitgraph.sae.labels.feature_labels`):
+    the two-line label (``None``: the node's name), tooltip lines appended to ``lines``, and the
+    node's data attributes (``site``, ``feature``, ``topTokens``, ...) for the page's JSON."""
+    data: dict = {}
+    site, feature = info.get("site"), info.get("feature")
+    if site is not None:
+        data["site"] = str(site)
+    if feature is not None:
+        data["feature"] = int(feature)
+    if site is not None or feature is not None:
+        lines.append("SAE " + (str(site) if site is not None else "") + (f", feature {feature}" if feature is not None else ""))
+    if info.get("description"):
+        data["description"] = str(info["description"])
+        lines.append(str(info["description"]))
+    label = None
+    tops = info.get("top_tokens")
+    if tops is not None:
+        tops = [dict(t) for t in tops]
+        data["topTokens"] = tops
+        if "frequency" in info:
+            data["frequency"] = float(info["frequency"])
+            lines.append(f"active on {100 * float(info['frequency']):.3g}% of the clean prompts' tokens")
+        if tops:
+            lines.append("top activating tokens (activation, example:position, context):")
+            for t in tops:
+                where = f"{t.get('example', '?')}:{t.get('position', '?')}"
+                lines.append(f"  {_fmt(float(t.get('activation', math.nan))):>8}  {where:>7}  {t.get('context', t.get('token', ''))}")
+            distinct = list(dict.fromkeys(str(t.get("token", "")) for t in tops))  # a token once
+            label = " ".join(repr(tok) for tok in distinct[:LABEL_TOKENS])
+        else:
+            lines.append("not active on the clean prompts")
+    return label, data
+
+
 def _logits_nodes(graph: Graph) -> list[str]:
     """``["logits"]``, or ``logits@p`` for each position of a position-resolved graph."""
     return [Graph.dst_node(graph.dst_names[j]) for j in graph.logits_columns.tolist()]
@@ -135,12 +172,14 @@ def _layout(graph: Graph, shown: list[str]) -> dict[str, tuple[int, int]]:
     the model, so a head sits at the same height in every circuit, unless it is long (an MLP split
     into many neurons): then only the shown nodes get slots."""
     logits = _logits_nodes(graph)
-    times = graph.src_time.tolist() + [int(graph.dst_time.max())] * len(logits)
+    # graph time is in 1/8 layer (see graph/sites.py); a column is a quarter of that: input 0,
+    # layer L's heads 2L+1, its MLP 2L+2, SAE sites between them
+    times = [t / 4 for t in graph.src_time.tolist() + [int(graph.dst_time.max())] * len(logits)]
     names = list(graph.src_names) + logits
     keep = set(shown)
     columns: dict[int, list[str]] = {}
     for n, t in zip(names, times):
-        columns.setdefault(int(t), []).append(n)
+        columns.setdefault(t, []).append(n)
     columns = {t: [n for n in col if n in keep] if len(col) > MAX_SLOTS else col for t, col in columns.items()}
     # Column spacing: X_STEP while the picture stays within a screen's width; for deep models,
     # narrower (down to X_MIN, where labels still clear each other), aiming at a picture about 1.6
@@ -175,13 +214,16 @@ def _describe(circuit, graph: Graph) -> dict:
 
 # ------------------------------------------------------------------------------------ main
 def write_html(circuit, path: str | Path, title: str | None = None, show_all_nodes: bool = False,
-               mask: torch.Tensor | None = None) -> Path:
+               mask: torch.Tensor | None = None, node_info: dict[str, dict] | None = None) -> Path:
     """Write an interactive, self-contained HTML view of ``circuit`` to ``path``.
 
     ``circuit`` is a :class:`~circuitgraph.circuit.Circuit`, or a :class:`~circuitgraph.graph.Graph`
     whose scores are shown on the edges in ``mask`` (default ``graph.in_circuit``). With
     ``show_all_nodes`` every node of the model is drawn (those outside the circuit faded);
-    otherwise only the circuit's nodes plus ``input`` and ``logits``. Returns the path.
+    otherwise only the circuit's nodes plus ``input`` and ``logits``. ``node_info`` maps node names
+    to extra information (e.g. :func:`circuitgraph.sae.labels.feature_labels`): a node with an
+    entry shows its ``site``, ``feature`` and ``top_tokens`` (or ``description``) in its tooltip,
+    its top tokens under its name, and carries them in the page's data. Returns the path.
     """
     from pyvis.network import Network  # pyvis imports IPython; keep it off `import circuitgraph`
 
@@ -197,6 +239,9 @@ def write_html(circuit, path: str | Path, title: str | None = None, show_all_nod
         m = graph.in_circuit if mask is None else mask
     else:
         raise TypeError(f"write_html needs a Circuit or a Graph, got {type(circuit).__name__}")
+    if node_info is not None and not isinstance(node_info, dict):
+        raise TypeError(f"node_info must be a dict {{node name: dict}}, got {type(node_info).__name__}")
+    node_info = node_info or {}
     if m.shape != graph.valid.shape:
         raise ValueError(f"mask must have shape {list(graph.valid.shape)}, got {list(m.shape)}")
     m = m.bool().to(graph.valid.device) & graph.valid
@@ -245,6 +290,7 @@ def write_html(circuit, path: str | Path, title: str | None = None, show_all_nod
             lines.append(f"Σ|score| of its circuit edges: {_fmt(t['abs'])} (rank {node_rank[n]} of {len(touched)} nodes)")
         else:
             lines.append("not in the circuit")
+        label, extra = _node_info(node_info[n], lines) if isinstance(node_info.get(n), dict) else (None, {})
         if t:
             color = {"background": style["color"], "border": "#4a4a4a",
                      "highlight": {"background": style["color"], "border": "#000000"},
@@ -255,8 +301,9 @@ def write_html(circuit, path: str | Path, title: str | None = None, show_all_nod
                      "highlight": {"background": "#f4f4f4", "border": "#888888"},
                      "hover": {"background": "#f4f4f4", "border": "#888888"}}
             font = {"color": "#a0a0a0"}
-        net.add_node(n, label=n, x=x, y=y, color=color, font=font, title="\n".join(lines), shape="box",
-                     physics=False, kind=kind, layer=layer, inCircuit=bool(t))
+        net.add_node(n, label=n if label is None else f"{n}\n{label}", x=x, y=y, color=color, font=font,
+                     title="\n".join(lines), shape="box", physics=False, kind=kind, layer=layer,
+                     inCircuit=bool(t), **extra)
 
     # weakest first, so that the strongest edges are drawn on top
     src_time, dst_time = graph.src_time.tolist(), graph.dst_time.tolist()
@@ -275,7 +322,7 @@ def write_html(circuit, path: str | Path, title: str | None = None, show_all_nod
         tip = f"{src} → {node}{into}\nscore: {_fmt(s)}\nrank {ranks[k]} of {n_edges} edges by |score|"
         # Curvature grows with the number of columns an edge spans, so that long edges arc over the
         # nodes in between; a head's q / k / v edges from one source bend differently to stay apart.
-        span = max(dst_time[j] - src_time[i], 1)  # in columns
+        span = max((dst_time[j] - src_time[i]) / 4, 1)  # in columns
         bend = min(0.08 + 0.05 * (span - 1), 0.45)
         smooth = {"enabled": True, "type": "curvedCCW" if qkv == "q" else "curvedCW",
                   "roundness": round(bend + (0.18 if qkv == "v" else 0.0), 3)}

@@ -24,6 +24,8 @@ from typing import Iterable, Iterator
 import networkx as nx
 import torch
 
+from circuitgraph.graph.sites import HEAD_TIME, MLP_TIME, Site, check_sites, site_node
+
 QKV = ("q", "k", "v")
 
 
@@ -81,6 +83,7 @@ class Graph:
         model_name: str = "",
         model_hash: str = "",
         neurons: dict[int, list[int] | None] | None = None,
+        sites: list[Site] | None = None,
     ) -> None:
         self.arch = arch
         self.split_qkv = split_qkv
@@ -89,31 +92,31 @@ class Graph:
         L, H = arch.n_layers, arch.n_heads
         self.neurons = _normalise_neurons(neurons, arch)
 
-        # Residual "time": input writes at 0; layer L's heads write at 2L+1, its MLP at 2L+2.
-        src_names, src_time, src_layer = ["input"], [0], [-1]
-        for layer in range(L):
-            for h in range(H):
-                src_names.append(f"a{layer}.h{h}")
-                src_time.append(2 * layer + 1)
-                src_layer.append(layer)
-            for name in self.mlp_node_names(layer):
-                src_names.append(name)
-                src_time.append(2 * layer + 2)
-                src_layer.append(layer)
-
-        # A destination reads every source whose time is strictly earlier than its own read time.
-        dst_names, dst_time = [], []
+        # Residual "time" (see graph/sites.py): input 0, layer L's heads 8L+4, its MLP 8L+8, SAE
+        # sites in between, logits 8·n_layers+4. Rows and columns are ordered by time.
+        self.sites = check_sites(list(sites or []), L, arch.has_mlp)
+        if self.sites and self.neurons:
+            raise ValueError("a graph with SAE sites and neuron nodes is not supported yet; use one or the other")
+        src = [("input", 0, -1, "input")]
+        dst = []
         letters = QKV if split_qkv else ("",)
         for layer in range(L):
-            for letter in letters:
-                for h in range(H):
-                    dst_names.append(f"a{layer}.h{h}.{letter}" if letter else f"a{layer}.h{h}")
-                    dst_time.append(2 * layer + 1)
+            t = 8 * layer
+            src += [(f"a{layer}.h{h}", t + HEAD_TIME, layer, f"attn{layer}") for h in range(H)]
+            dst += [(f"a{layer}.h{h}.{c}" if c else f"a{layer}.h{h}", t + HEAD_TIME, layer, f"attn{layer}")
+                    for c in letters for h in range(H)]
             for name in self.mlp_node_names(layer):
-                dst_names.append(name)
-                dst_time.append(2 * layer + 2)
-        dst_names.append("logits")
-        dst_time.append(2 * L + 1)
+                src.append((name, t + MLP_TIME, layer, f"mlp{layer}"))
+                dst.append((name, t + MLP_TIME, layer, f"mlp{layer}"))
+        for site in self.sites:
+            for name in site.node_names():
+                src.append((name, site.time, site.layer, site.name))
+                dst.append((name, site.time, site.layer, site.name))
+        dst.append(("logits", 8 * L + HEAD_TIME, L, "logits"))
+        src.sort(key=lambda e: e[1])  # stable: within a time, the order above
+        dst.sort(key=lambda e: e[1])
+        src_names, src_time, src_layer, self._src_groups = (list(x) for x in zip(*src))
+        dst_names, dst_time, _, self._dst_groups = (list(x) for x in zip(*dst))
 
         self.src_names: list[str] = src_names
         self.dst_names: list[str] = dst_names
@@ -129,19 +132,31 @@ class Graph:
         starts = int((self.dst_owner < 0).sum())
         self.node_dsts = list(torch.split(order[starts:], counts.tolist()))  # destinations of each source node
         self.device = torch.device(device)
-        self.valid = (self.src_time[:, None] < self.dst_time[None, :]).to(self.device)
+        # A destination reads a source written strictly earlier, unless an SAE site in between
+        # already read it (the site's nodes carry it on): valid iff t_src < t_dst ≤ hidden_after.
+        self.valid = self._edges().to(self.device)
         self.scores = torch.zeros(self.valid.shape, device=self.device)
         self._in_circuit: torch.Tensor | None = None
         self.score_info: dict = {}
+        self.saes: dict = {}  # hook name → SAE, for graphs with SAE sites (see attach_saes)
         self._layout()
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_model(cls, model, split_qkv: bool = True, neurons: bool | dict | None = None) -> "Graph":
+    def from_model(cls, model, split_qkv: bool = True, neurons: bool | dict | None = None, saes=None,
+                   task=None, features="active") -> "Graph":
         """Compile a ``HookedTransformer`` into its edge graph (refusing architectures whose
         residual stream does not decompose as heads + MLPs). ``neurons=True`` splits every MLP
-        into its neurons; a dict ``{layer: [ids] | None}`` splits only those."""
+        into its neurons; a dict ``{layer: [ids] | None}`` splits only those. ``saes`` adds an SAE
+        site per SAE, whose ``features`` become nodes (see :func:`circuitgraph.sae.feature_graph`)."""
         from circuitgraph.graph.compat import check_model
+
+        if saes is not None:
+            if neurons:
+                raise ValueError("a graph with SAE sites and neuron nodes is not supported yet; use one or the other")
+            from circuitgraph.sae.graph import feature_graph
+
+            return feature_graph(model, saes, task=task, features=features, split_qkv=split_qkv)
 
         check_model(model, neurons=bool(neurons))
         cfg = model.cfg
@@ -155,6 +170,23 @@ class Graph:
             model_hash=config_hash(cfg),
             neurons=neurons or None,
         )
+
+    def attach_saes(self, saes) -> "Graph":
+        """Give the engine the SAEs of this graph's sites (a graph rebuilt from a file knows its
+        sites but not their weights). Refuses SAEs that do not fit a site."""
+        from circuitgraph.sae.splice import _as_list
+
+        by_hook = {sae.hook_name: sae for sae in _as_list(saes)}
+        for site in self.sites:
+            sae = by_hook.get(site.hook_name)
+            if sae is None:
+                raise ValueError(f"no SAE given for the graph's site {site.hook_name}; got SAEs for {sorted(by_hook)}")
+            if sae.d_sae != site.d_sae or sae.d_in != self.arch.d_model:
+                raise ValueError(
+                    f"the SAE for {site.hook_name} has d_in={sae.d_in}, d_sae={sae.d_sae}, but the graph's site "
+                    f"expects d_in={self.arch.d_model}, d_sae={site.d_sae}: it is not the SAE the graph was built with")
+            self.saes[site.hook_name] = sae
+        return self
 
     def mlp_node_names(self, layer: int) -> list[str]:
         """The nodes layer ``layer``'s MLP contributes: ``m{L}``, or its neurons (+ ``m{L}.rest``)."""
@@ -196,6 +228,7 @@ class Graph:
             "d_mlp": self.arch.d_mlp, "split_qkv": self.split_qkv,
             "neurons": {str(k): v for k, v in sorted(self.neurons.items())},
             "positions": getattr(self, "positions", None), "causal": getattr(self, "causal", True),
+            "sites": [site.to_dict() for site in self.sites],
         }
 
     @staticmethod
@@ -206,7 +239,8 @@ class Graph:
                             int(spec["d_model"]), int(spec.get("d_mlp") or 0))
         neurons = {int(k): v for k, v in (spec.get("neurons") or {}).items()}
         graph = Graph(arch, split_qkv=bool(spec["split_qkv"]), device=device, model_name=str(spec.get("name") or ""),
-                      model_hash=str(spec.get("config_hash") or ""), neurons=neurons or None)
+                      model_hash=str(spec.get("config_hash") or ""), neurons=neurons or None,
+                      sites=[Site.from_dict(d) for d in spec.get("sites") or []])
         if spec.get("positions"):
             from circuitgraph.graph.positional import PositionalGraph
 
@@ -341,49 +375,85 @@ class Graph:
 
     # ------------------------------------------------------------------ layout helpers used by the engine
     def dst_slices(self) -> dict[str, slice]:
-        """Column ranges of each destination group: ``attn{L}`` (all q/k/v of layer L, ordered
-        q-heads, k-heads, v-heads), ``mlp{L}`` (the MLP input, or its neurons' inputs) and ``logits``."""
+        """Column ranges of each destination group, in time order: ``attn{L}`` (all q/k/v of layer
+        L, ordered q-heads, k-heads, v-heads), ``mlp{L}`` (the MLP input, or its neurons' inputs),
+        one group per SAE site (``resid_pre1``: its features, ``rest``, ``err``) and ``logits``."""
         return dict(self._dst_slices)
 
     def src_slices(self) -> dict[str, slice]:
         """Row ranges of each source group: ``input``, ``attn{L}`` (heads), ``mlp{L}`` (the MLP or
-        its neurons)."""
+        its neurons), one per SAE site."""
         return dict(self._src_slices)
 
-    def n_upstream(self, group: str) -> int:
-        """Number of sources a destination group reads (they are always a prefix of the rows)."""
-        return self._n_upstream[group]
+    def upstream(self, group: str) -> slice | torch.Tensor:
+        """The source rows a destination group reads: a slice when they are contiguous (always,
+        without SAE sites: a prefix of the rows), else a sorted index tensor."""
+        return self._upstream[group]
+
+    def upstream_rows(self, group: str) -> torch.Tensor:
+        """:meth:`upstream` as an index tensor."""
+        up = self._upstream[group]
+        return torch.arange(up.start, up.stop, device=self.device) if isinstance(up, slice) else up
+
+    def site(self, name: str) -> Site:
+        """The SAE site called ``name`` (``resid_pre1``) or at hook point ``name``."""
+        for s in self.sites:
+            if name in (s.name, s.hook_name):
+                return s
+        raise KeyError(f"no SAE site {name!r} in this graph; its sites are {[s.name for s in self.sites]}")
+
+    def _edges(self) -> torch.Tensor:
+        """``valid [n_src, n_dst]``: t_src < t_dst, except that an SAE site hides the writers it
+        reads from every later reader, and an ``attn_out`` / ``mlp_out`` site reads only its
+        layer's heads / MLP."""
+        never = 8 * self.arch.n_layers + 100
+        hidden = torch.full((len(self.src_names),), never)  # last time a source is read directly
+        only: list[tuple[str, torch.Tensor]] = []  # (site group, the rows it reads) for output sites
+        groups = self._src_groups
+        for site in self.sites:
+            if site.kind in ("attn_out", "mlp_out"):
+                layer_group = f"{'attn' if site.kind == 'attn_out' else 'mlp'}{site.layer}"
+                rows = torch.tensor([g == layer_group for g in groups])
+                only.append((site.name, rows))
+            else:
+                rows = (self.src_time < site.time) & (hidden == never)
+            hidden[rows] = site.time
+        valid = (self.src_time[:, None] < self.dst_time[None, :]) & (self.dst_time[None, :] <= hidden[:, None])
+        dst_groups = self._dst_groups
+        for name, rows in only:
+            cols = torch.tensor([g == name for g in dst_groups])
+            valid[:, cols] = rows[:, None]
+        return valid
 
     def _layout(self) -> None:
-        """Group slices and upstream counts: fixed by the graph's shape, so computed once (the
+        """Group slices and upstream rows: fixed by the graph's shape, so computed once (the
         engine asks for them in every contraction and patched forward)."""
-        out, j = {}, 0
-        per_attn = self.arch.n_heads * (3 if self.split_qkv else 1)
-        for layer in range(self.arch.n_layers):
-            out[f"attn{layer}"] = slice(j, j + per_attn)
-            j += per_attn
-            n_mlp = len(self.mlp_node_names(layer))
-            if n_mlp:
-                out[f"mlp{layer}"] = slice(j, j + n_mlp)
-                j += n_mlp
-        out["logits"] = slice(j, j + 1)
-        self._dst_slices = out
+        self._src_slices = _runs(self._src_groups)
+        self._dst_slices = _runs(self._dst_groups)
+        self._upstream = {}
+        valid = self.valid.cpu()
+        for g, cols in self._dst_slices.items():
+            rows = valid[:, cols.start].nonzero()[:, 0]
+            lo, n = (int(rows[0]), len(rows)) if len(rows) else (0, 0)
+            contiguous = n == 0 or int(rows[-1]) == lo + n - 1
+            self._upstream[g] = slice(lo, lo + n) if contiguous else rows.to(self.device)
 
-        out, i = {"input": slice(0, 1)}, 1
-        for layer in range(self.arch.n_layers):
-            out[f"attn{layer}"] = slice(i, i + self.arch.n_heads)
-            i += self.arch.n_heads
-            n_mlp = len(self.mlp_node_names(layer))
-            if n_mlp:
-                out[f"mlp{layer}"] = slice(i, i + n_mlp)
-                i += n_mlp
-        self._src_slices = out
-        self._n_upstream = {g: int(self.valid[:, c.start].sum()) for g, c in self._dst_slices.items()}
+
+def _runs(groups: list[str]) -> dict[str, slice]:
+    """Contiguous runs of equal labels → ``{label: slice}`` (labels are contiguous by construction)."""
+    out: dict[str, slice] = {}
+    for i, g in enumerate(groups):
+        out[g] = slice(out[g].start, i + 1) if g in out else slice(i, i + 1)
+    return out
 
 
 def node_kind(name: str) -> str:
-    """``input``, ``head``, ``mlp``, ``neuron`` or ``logits`` (a position suffix ``@p`` is ignored)."""
+    """``input``, ``head``, ``mlp``, ``neuron``, ``feature``, ``sae_rest``, ``sae_error`` or
+    ``logits`` (a position suffix ``@p`` is ignored)."""
     name = name.partition("@")[0]
+    sn = site_node(name)
+    if sn is not None:
+        return {"err": "sae_error", "rest": "sae_rest"}.get(sn[1], "feature")
     if name == "input":
         return "input"
     if name == "logits":

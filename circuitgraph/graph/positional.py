@@ -25,12 +25,14 @@ class PositionalGraph(Graph):
     def __init__(self, base: Graph, positions: int, causal: bool = True) -> None:
         if base.neurons:
             raise ValueError("position-resolved graphs with neuron nodes are not supported yet; use one or the other")
+        if base.sites:
+            raise ValueError("position-resolved graphs with SAE sites are not supported yet; use one or the other")
         if positions < 1:
             raise ValueError(f"positions must be ≥ 1, got {positions}")
         self.base = base
         self.positions = P = positions
         self.causal = causal
-        self.arch, self.split_qkv, self.neurons = base.arch, base.split_qkv, {}
+        self.arch, self.split_qkv, self.neurons, self.sites = base.arch, base.split_qkv, {}, []
         self.model_name, self.model_hash = base.model_name, base.model_hash
         self.src_names = [f"{n}@{p}" for n in base.src_names for p in range(P)]
         self.dst_names = [f"{n}@{p}" for n in base.dst_names for p in range(P)]
@@ -78,8 +80,8 @@ class PositionalGraph(Graph):
     def src_slices(self) -> dict[str, slice]:
         return self.base.src_slices()
 
-    def n_upstream(self, group: str) -> int:
-        return self.base.n_upstream(group)
+    def upstream(self, group: str):
+        return self.base.upstream(group)
 
     def mlp_node_names(self, layer: int) -> list[str]:
         return self.base.mlp_node_names(layer)

@@ -98,6 +98,12 @@ def parse_node(name: str) -> ModelNode:
                 slot=g.get("slot"),
                 index=int(g["index"]) if g.get("index") is not None else None,
             )
+    from circuitgraph.graph.sites import site_node
+
+    if site_node(name) is not None:
+        raise HypothesisError(
+            f"{name!r} is an SAE node (feature, rest or error); causal scrubbing supports heads and MLPs "
+            "so far: build the hypothesis from a circuit of a graph without SAE sites")
     raise HypothesisError(
         f"{name!r} is not a model node name. Valid names: 'input', 'logits', heads 'a{{L}}.h{{H}}' "
         "(e.g. 'a1.h3'), a head's query/key/value input 'a{L}.h{H}.q' / '.k' / '.v', MLPs 'm{L}'."

@@ -7,6 +7,8 @@ HookedTransformer with an explicit error term per site.
 >>> with splice(model, [sae]) as sp:           # logits unchanged: recon + error == x
 ...     logits = model(tokens)
 >>> sp.acts[sae.hook_name]                     # feature activations
+>>> g = Graph.from_model(model, saes=[sae], task=task)   # features as graph nodes (+ rest, err)
+>>> write_html(circuit, "c.html", node_info=feature_labels(model, g, task))
 """
 
 from pathlib import Path
@@ -22,6 +24,8 @@ from circuitgraph.sae.sae import (
     save_sae,
 )
 from circuitgraph.sae.splice import Splice, site_width, splice, splice_hooks
+from circuitgraph.sae.graph import feature_graph
+from circuitgraph.sae.labels import feature_labels
 
 
 def zoo_sae_dir(model_name: str = "induction") -> Path:
@@ -34,17 +38,28 @@ def zoo_sae_dir(model_name: str = "induction") -> Path:
 def zoo_saes(model_name: str = "induction", device=None) -> dict[str, SAE]:
     """The SAEs shipped for zoo model ``model_name``, keyed by hook name (empty if none)."""
     root = zoo_sae_dir(model_name)
-    if not root.is_dir():
-        return {}
+    return load_saes(root, device=device) if root.is_dir() else {}
+
+
+def load_saes(folder: str | Path, device=None) -> dict[str, SAE]:
+    """Every SAE in ``folder`` (itself an SAE folder, or a folder of SAE folders), keyed by hook name."""
+    folder = Path(folder)
+    if (folder / CFG_FILE).is_file():
+        sae = load_sae(folder, device=device)
+        return {sae.hook_name: sae}
     out = {}
-    for sub in sorted(p for p in root.iterdir() if (p / CFG_FILE).is_file()):
+    for sub in sorted(p for p in folder.iterdir() if (p / CFG_FILE).is_file()):
         sae = load_sae(sub, device=device)
+        if sae.hook_name in out:
+            raise ValueError(f"{folder} holds two SAEs for {sae.hook_name}; keep one per hook point")
         out[sae.hook_name] = sae
+    if not out:
+        raise ValueError(f"{folder} holds no SAE: expected {CFG_FILE} + {WEIGHTS_FILE} in it or in its sub-folders")
     return out
 
 
 __all__ = [
-    "SAE", "load_sae", "save_sae", "from_sae_lens", "sae_from_config", "splice", "splice_hooks",
+    "SAE", "load_sae", "load_saes", "save_sae", "from_sae_lens", "sae_from_config", "splice", "splice_hooks",
     "Splice", "site_width", "zoo_saes", "zoo_sae_dir", "SUPPORTED_ARCHITECTURES", "CFG_FILE",
-    "WEIGHTS_FILE",
+    "WEIGHTS_FILE", "feature_graph", "feature_labels",
 ]

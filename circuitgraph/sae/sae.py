@@ -89,7 +89,10 @@ class SAE(nn.Module):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Feature activations ``[..., d_sae]`` of activations ``x [..., d_in]``."""
-        pre = self.pre_acts(x)
+        return self.activation(self.pre_acts(x))
+
+    def activation(self, pre: torch.Tensor) -> torch.Tensor:
+        """Feature activations from pre-activations (ReLU, or JumpReLU above ``threshold``)."""
         if self.threshold is not None:
             return torch.relu(pre) * (pre > self.threshold).to(pre.dtype)
         return torch.relu(pre)

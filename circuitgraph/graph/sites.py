@@ -1,0 +1,124 @@
+"""SAE sites: where a sparse autoencoder cuts the residual stream (or a layer's output) into
+feature nodes, a ``rest`` node and an error node.
+
+A site at hook point ``h`` rewrites the activation ``x`` there as::
+
+    x = b_dec + Σ_{i ∈ nodes} f_i(x) · W_dec[i]      feature nodes   ``{site}.f{i}``
+              + Σ_{i ∉ nodes} f_i(x) · W_dec[i]      ``{site}.rest`` (features that are not nodes)
+              + (x − decode(encode(x)))              ``{site}.err``  (the SAE's error)
+
+so a model with every site spliced in computes exactly what the model computes. Each of these
+nodes *reads* ``x`` (a feature through its encoder row, the rest and the error through the whole
+SAE) and *writes* its term. The site is a cut: the writers that made up ``x`` are read only by the
+site's nodes, and readers after the site read the site's nodes instead.
+
+Residual "time" (the order of reads and writes, in units of 1/8 layer) decides every edge::
+
+    input 0 · resid_pre L 8L+2 · heads L 8L+4 · attn_out L 8L+5 · resid_mid L 8L+6 ·
+    MLP L 8L+8 · mlp_out L 8L+9 · resid_post L 8L+10 (= resid_pre L+1) · logits 8·n_layers+4
+
+A residual site reads every writer still visible at its time; an ``attn_out`` site reads only its
+layer's heads and an ``mlp_out`` site only its layer's MLP.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+SITE_KINDS = ("resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post")
+_OFFSET = {"resid_pre": 2, "attn_out": 5, "resid_mid": 6, "mlp_out": 9, "resid_post": 10}
+_HOOK = re.compile(r"^blocks\.(\d+)\.hook_(resid_pre|attn_out|resid_mid|mlp_out|resid_post)$")
+SITE_NODE = re.compile(r"^(resid_pre|attn_out|resid_mid|mlp_out|resid_post)(\d+)\.(f\d+|rest|err)$")
+
+HEAD_TIME, MLP_TIME = 4, 8  # a layer's heads / MLP write at 8L + these
+
+
+@dataclass(frozen=True)
+class Site:
+    """One SAE site of a graph: which hook point and which of its features are nodes."""
+
+    hook_name: str
+    d_sae: int
+    features: tuple[int, ...]
+
+    @property
+    def kind(self) -> str:
+        return parse_hook(self.hook_name)[1]
+
+    @property
+    def layer(self) -> int:
+        return parse_hook(self.hook_name)[0]
+
+    @property
+    def name(self) -> str:
+        """Short node prefix, e.g. ``resid_pre1`` for ``blocks.1.hook_resid_pre``."""
+        return f"{self.kind}{self.layer}"
+
+    @property
+    def time(self) -> int:
+        return 8 * self.layer + _OFFSET[self.kind]
+
+    @property
+    def has_rest(self) -> bool:
+        return len(self.features) < self.d_sae
+
+    def node_names(self) -> list[str]:
+        """Feature nodes, then ``rest`` (when some features are not nodes), then ``err``."""
+        names = [f"{self.name}.f{i}" for i in self.features]
+        if self.has_rest:
+            names.append(f"{self.name}.rest")
+        return names + [f"{self.name}.err"]
+
+    def to_dict(self) -> dict:
+        return {"hook_name": self.hook_name, "d_sae": self.d_sae, "features": list(self.features)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Site":
+        return make_site(str(d["hook_name"]), int(d["d_sae"]), d["features"])
+
+
+def parse_hook(hook_name: str) -> tuple[int, str]:
+    """``blocks.1.hook_resid_pre`` → ``(1, "resid_pre")``; a clear error for other hook points."""
+    m = _HOOK.match(hook_name)
+    if not m:
+        raise ValueError(
+            f"SAE sites must be at a residual-stream or layer-output hook point "
+            f"(blocks.L.hook_{{{','.join(SITE_KINDS)}}}), got {hook_name!r}; SAEs on other hook points "
+            "(hook_z, mlp.hook_post, ...) can be spliced with circuitgraph.sae.splice but are not graph nodes yet")
+    return int(m.group(1)), m.group(2)
+
+
+def make_site(hook_name: str, d_sae: int, features) -> Site:
+    parse_hook(hook_name)
+    ids = sorted({int(i) for i in features})
+    bad = [i for i in ids if not 0 <= i < d_sae]
+    if bad:
+        raise ValueError(f"feature ids {bad[:5]} at {hook_name} are out of range [0, {d_sae})")
+    return Site(hook_name, int(d_sae), tuple(ids))
+
+
+def check_sites(sites: list[Site], n_layers: int, has_mlp: bool) -> list[Site]:
+    """Sorted by time; refuses sites outside the model, two SAEs at one point, and MLP sites on
+    attention-only models."""
+    out = sorted(sites, key=lambda s: s.time)
+    for s in out:
+        if not 0 <= s.layer < n_layers:
+            raise ValueError(f"SAE site {s.hook_name} is outside the model (layers 0..{n_layers - 1})")
+        if s.kind in ("mlp_out", "resid_mid") and not has_mlp:
+            raise ValueError(f"SAE site {s.hook_name}: this model has no MLPs (attn_only), so it has no "
+                             "hook_mlp_out / hook_resid_mid; use hook_resid_pre or hook_attn_out")
+        if s.kind == "resid_post" and s.layer == n_layers - 1:
+            raise ValueError(f"SAE site {s.hook_name}: the last layer's hook_resid_post is what the unembedding "
+                             "reads and is not a graph site yet; attach the SAE at an earlier residual point")
+    for a, b in zip(out, out[1:]):
+        if a.time == b.time:
+            raise ValueError(f"SAE sites {a.hook_name} and {b.hook_name} are the same point of the residual "
+                             "stream; keep one of them")
+    return out
+
+
+def site_node(name: str) -> tuple[str, str] | None:
+    """``resid_pre1.f12`` → ``("resid_pre1", "f12")``; None for non-site names."""
+    m = SITE_NODE.match(name.partition("@")[0])
+    return (f"{m.group(1)}{m.group(2)}", m.group(3)) if m else None

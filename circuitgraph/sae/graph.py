@@ -1,0 +1,119 @@
+"""Graphs whose nodes include SAE features: choosing which features become nodes.
+
+Every feature of a site could be a node, but a 16× SAE on GPT-2 has 12,288 features per site and
+the score matrix is dense ``[n_src, n_dst]``. Features that are zero on every prompt of the task
+(clean and corrupted) have zero attribution and contribute nothing to the clean or corrupted
+run, so ``features="active"`` (default) makes only the others nodes; ``features=k`` keeps the k
+features per site with the largest node attribution ``|Σ Δf_i · ∂m/∂f_i|`` (the first stage of
+Marks et al.'s two-stage search). Features that are not nodes stay in the model as the site's
+``rest`` node, so the graph still computes exactly what the model computes.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from circuitgraph.graph.graph import Architecture, Graph, config_hash
+from circuitgraph.graph.sites import make_site, parse_hook
+from circuitgraph.sae.splice import _as_list, validate
+
+
+def feature_graph(model, saes, task=None, features="active", split_qkv: bool = True) -> Graph:
+    """A graph of ``model`` with an SAE site per SAE in ``saes`` (one, a list or a
+    ``{hook_name: SAE}`` dict), the SAEs attached.
+
+    ``features``: ``"active"`` (features non-zero on some real token of the task's clean or
+    corrupted prompts; needs ``task``), ``"all"``, an int k (top k per site by node attribution;
+    needs ``task``) or ``{hook_name: [ids]}``.
+    """
+    from circuitgraph.graph.compat import check_model
+
+    check_model(model)
+    saes = _as_list(saes)
+    if not saes:
+        raise ValueError("feature_graph needs at least one SAE")
+    for sae in saes:
+        parse_hook(sae.hook_name)  # a site kind the graph supports
+    validate(model, saes)  # hook exists, one SAE per site, d_in matches the activation width
+    if isinstance(features, dict):
+        unknown = set(features) - {s.hook_name for s in saes}
+        if unknown:
+            raise ValueError(f"features given for {sorted(unknown)}, which have no SAE; SAEs are at {[s.hook_name for s in saes]}")
+        chosen = {s.hook_name: features.get(s.hook_name, []) for s in saes}
+    elif features == "all":
+        chosen = {s.hook_name: range(s.d_sae) for s in saes}
+    elif features == "active" or (isinstance(features, int) and not isinstance(features, bool)):
+        if task is None:
+            raise ValueError(f"features={features!r} chooses features from the task's prompts: pass task=...")
+        if isinstance(features, int) and features < 0:
+            raise ValueError(f"features=k needs k ≥ 0, got {features}")
+        chosen = _active(model, saes, task) if features == "active" else _top_k(model, saes, task, features)
+    else:
+        raise ValueError(f"features must be 'active', 'all', an int k or {{hook_name: [ids]}}, got {features!r}")
+    cfg = model.cfg
+    graph = Graph(
+        Architecture.from_config(cfg), split_qkv=split_qkv, device=cfg.device or "cpu",
+        model_name=str(getattr(cfg, "model_name", "") or ""), model_hash=config_hash(cfg),
+        sites=[make_site(s.hook_name, s.d_sae, chosen[s.hook_name]) for s in saes],
+    )
+    return graph.attach_saes(saes)
+
+
+def _spliced_acts(model, saes, task, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Feature activations ``[B, P, d_sae]`` at each site for ``tokens`` (padding zeroed)."""
+    from circuitgraph.sae.splice import splice
+
+    task.prepare(model)
+    out: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for i in range(0, tokens.shape[0], 64):
+            sub = task.select(slice(i, i + 64))
+            with splice(model, saes) as sp:
+                sub.run(model, tokens[i:i + 64])
+            mask = sub.attention_mask
+            for name, a in sp.acts.items():
+                a = a if mask is None else a * mask[..., None].to(a.dtype)
+                out.setdefault(name, []).append(a)
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+def _active(model, saes, task) -> dict[str, list[int]]:
+    clean = _spliced_acts(model, saes, task, task.clean)
+    corrupted = _spliced_acts(model, saes, task, task.corrupted)
+    return {name: ((clean[name] != 0) | (corrupted[name] != 0)).flatten(0, -2).any(0).nonzero()[:, 0].tolist()
+            for name in clean}
+
+
+def _top_k(model, saes, task, k: int) -> dict[str, list[int]]:
+    """Per site, the k features with the largest |Σ_{b,p} (f(corrupted) − f(clean)) · ∂m/∂f| at
+    the clean run (attribution patching at node level)."""
+    from circuitgraph.attribution.gradients import frozen_params
+    from circuitgraph.sae.splice import splice
+
+    corrupted = _spliced_acts(model, saes, task, task.corrupted)
+    task.prepare(model)
+    scores = {s.hook_name: torch.zeros(s.d_sae, device=task.device) for s in saes}
+    for i in range(0, task.n_examples, 64):
+        sub = task.select(slice(i, i + 64))
+        with torch.enable_grad(), frozen_params(model), splice(model, saes) as sp:
+            grads: dict = {}
+            for sae in saes:
+                sae.hook_sae_acts.add_hook(_retain(grads, sae.hook_name), dir="fwd")
+            try:
+                values = sub.score(sub.run(model, sub.clean), " while choosing SAE features")
+                (values.sum() / task.n_examples).backward()
+            finally:
+                for sae in saes:
+                    sae.hook_sae_acts.remove_hooks("fwd")
+            for name, acts in sp.acts.items():
+                delta = corrupted[name][i:i + 64] - acts.detach()
+                scores[name] += (delta * grads[name]).flatten(0, -2).sum(0)
+    return {name: s.abs().topk(min(k, s.numel())).indices.tolist() for name, s in scores.items()}
+
+
+def _retain(store: dict, key: str):
+    def hook(acts, hook):
+        acts.register_hook(lambda g: store.__setitem__(key, g.detach()))
+        return acts
+
+    return hook

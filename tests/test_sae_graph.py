@@ -1,0 +1,271 @@
+"""Graphs with SAE features as nodes: the cut at each site, exactness of the spliced graph (with and
+without its error nodes), EAP against finite-difference patching and against the plain graph,
+and the bad inputs a user will hit."""
+
+import pytest
+import torch
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+from circuitgraph import zoo
+from circuitgraph.attribution import attribute
+from circuitgraph.engine.activations import Ablation, source_activations
+from circuitgraph.engine.patching import patched_logits, tiled
+from circuitgraph.graph import Graph, node_kind
+from circuitgraph.sae import SAE, splice, zoo_saes
+from circuitgraph.tasks import Task
+
+torch.set_num_threads(1)
+
+RESID, ATTN = "blocks.1.hook_resid_pre", "blocks.0.hook_attn_out"
+
+
+@pytest.fixture(scope="module")
+def entry():
+    return zoo.load("induction", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def task(entry):
+    return entry.task("induction").select(slice(0, 8))
+
+
+@pytest.fixture(scope="module")
+def saes():
+    return zoo_saes("induction")
+
+
+@pytest.fixture(scope="module")
+def graph(entry, saes, task):
+    return Graph.from_model(entry.model, saes=saes, task=task)
+
+
+def run(model, graph, task, keep, ablation="corrupted"):
+    abl = Ablation(ablation).prepare(model, graph, task)
+    A = abl.activations(model, graph, task, slice(0, task.n_examples), task)
+    return patched_logits(model, graph, task, A, keep)
+
+
+# ------------------------------------------------------------------------------------ structure
+
+
+def test_sites_cut_the_residual_stream(graph):
+    names = graph.src_names
+    assert [s.name for s in graph.sites] == ["attn_out0", "resid_pre1"]
+    assert names.index("attn_out0.err") < names.index("resid_pre1.f%d" % graph.sites[1].features[0]) < names.index("a1.h0")
+    # the attn_out site reads only its layer's heads
+    assert graph.upstream("attn_out0") == slice(1, 5)
+    # the residual site reads the input and the attn_out site's nodes, not the heads it replaced
+    up = [names[i] for i in graph.upstream("resid_pre1").tolist()]
+    assert up[0] == "input" and all(n.startswith("attn_out0.") for n in up[1:])
+    assert not any(n.startswith("a0.h") for n in up)
+    # layer 1 reads only the residual site; logits read it and layer 1's heads
+    assert {names[i].split(".")[0] for i in range(graph.upstream("attn1").start, graph.upstream("attn1").stop)} == {"resid_pre1"}
+    assert not graph.has_edge("input", "a1.h3.k") and not graph.has_edge("a0.h1", "logits")
+    assert graph.has_edge("resid_pre1.err", "a1.h3.k") and graph.has_edge("a0.h1", "attn_out0.err")
+    assert node_kind("attn_out0.f3") == "feature" and node_kind("resid_pre1.err") == "sae_error"
+    assert node_kind("resid_pre1.rest") == "sae_rest" and node_kind("a0.h1") == "head"
+
+
+def test_active_features_are_the_nonzero_ones(entry, saes, task, graph):
+    for site in graph.sites:
+        acts = []
+        for tokens in (task.clean, task.corrupted):
+            with splice(entry.model, saes) as sp:
+                entry.model(tokens)
+            acts.append(sp.acts[site.hook_name])
+        active = ((acts[0] > 0) | (acts[1] > 0)).flatten(0, 1).any(0)
+        assert list(site.features) == active.nonzero()[:, 0].tolist()
+        assert not site.has_rest or 0 < len(site.features) < site.d_sae
+
+
+def test_spec_round_trip_keeps_sites(graph, saes):
+    again = Graph.from_spec(graph.spec())
+    assert again.src_names == graph.src_names and again.dst_names == graph.dst_names
+    assert torch.equal(again.valid, graph.valid)
+    with pytest.raises(ValueError, match="no SAE attached"):
+        from circuitgraph.engine.sites import site_sae
+
+        site_sae(again, again.sites[0])
+    again.attach_saes(saes)
+    assert set(again.saes) == {RESID, ATTN}
+
+
+# ------------------------------------------------------------------------------------ exactness
+
+
+@pytest.mark.parametrize("subset", [False, True])
+def test_full_and_empty_circuits_are_the_clean_and_corrupted_runs(entry, saes, task, subset):
+    model = entry.model
+    features = {RESID: list(range(0, 512, 7)), ATTN: [1, 2, 3]} if subset else "active"
+    g = Graph.from_model(model, saes=saes, task=task, features=features)
+    assert all(s.has_rest for s in g.sites)  # features that are not nodes stay in the model as `rest`
+    clean, corrupted = model(task.clean), model(task.corrupted)
+    assert (run(model, g, task, g.valid) - clean).abs().max() < 1e-4
+    assert (run(model, g, task, ~g.valid) - corrupted).abs().max() < 1e-4
+
+
+def test_removing_the_error_node_is_running_on_the_reconstruction(entry, saes, task, graph):
+    """Zero-ablating every edge out of a site's error node equals splicing the SAE without its
+    error term; keeping it equals the model (the graph is exact)."""
+    model = entry.model
+    for hook in (RESID, ATTN):
+        site = graph.site(hook)
+        keep = graph.valid.clone()
+        keep[graph.src(f"{site.name}.err")] = False
+        patched = run(model, graph, task, keep, ablation="zero")
+        with splice(model, [saes[hook]], keep_error=False):
+            recon_only = model(task.clean)
+        with splice(model, [saes[hook]], keep_error=True):
+            spliced = model(task.clean)
+        clean = model(task.clean)
+        assert (spliced - clean).abs().max() < 1e-4
+        assert (patched - recon_only).abs().max() < 1e-4
+        assert (patched - clean).abs().max() > 1e-2  # the error term matters
+
+
+def test_eap_sums_match_the_plain_graph(entry, task, graph):
+    """A site's nodes sum to its input, and its readers' gradients sum to the residual gradient,
+    so summed SAE-graph scores equal summed scores of the graph without SAEs."""
+    model = entry.model
+    se = attribute(model, graph, task, method="eap", progress=False).clone()
+    plain = Graph.from_model(model)
+    sp = attribute(model, plain, task, method="eap", progress=False)
+    heads0 = [plain.src(f"a0.h{h}") for h in range(4)]
+    after = [j for j, n in enumerate(plain.dst_names) if n.startswith("a1") or n == "logits"]
+    site_cols = graph.dst_slices()["resid_pre1"]
+    torch.testing.assert_close(se[graph.src("input"), site_cols].sum(), sp[plain.src("input"), after].sum(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(se[graph.src_slices()["attn_out0"], site_cols].sum(), sp[heads0][:, after].sum(), rtol=1e-4, atol=1e-5)
+    rows = graph.src_slices()["resid_pre1"]
+    for v in ("a1.h3.k", "a1.h3.q", "a1.h2.v", "logits"):
+        torch.testing.assert_close(se[rows, graph.dst(v)].sum(), sp[[0] + heads0, plain.dst(v)].sum(), rtol=1e-4, atol=1e-5)
+
+
+def _random_sae(hook: str, d: int, d_sae: int, seed: int) -> SAE:
+    g = torch.Generator().manual_seed(seed)
+    sae = SAE(d, d_sae, hook, dtype=torch.float64)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.randn(d, d_sae, generator=g, dtype=torch.float64) / 4)
+        sae.W_dec.copy_(torch.randn(d_sae, d, generator=g, dtype=torch.float64) / 4)
+        sae.b_enc.copy_(torch.randn(d_sae, generator=g, dtype=torch.float64) * 0.1)
+        sae.b_dec.copy_(torch.randn(d, generator=g, dtype=torch.float64) * 0.1)
+    return sae
+
+
+def _fd_check(model, graph, task, n_edges: int, eps: float = 1e-6) -> float:
+    """EAP scores vs the finite-difference derivative of the *patched* metric along (ablated − clean):
+    the two must agree for every kind of edge (worst relative error returned)."""
+    scores = attribute(model, graph, task, method="eap", progress=False).clone()
+    A = Ablation("corrupted").prepare(model, graph, task).activations(model, graph, task, slice(0, task.n_examples), task)
+    C = source_activations(model, graph, task, task.clean)
+    near = C + eps * (A - C)
+    task.prepare(model)
+    m0 = task.score(patched_logits(model, graph, task, near, graph.valid)).mean()
+    gen = torch.Generator().manual_seed(0)
+    edges, live = graph.valid.nonzero(), (scores.abs() > 1e-6).nonzero()  # features are sparse: half from
+    pick = torch.cat([live[torch.randperm(len(live), generator=gen)[:n_edges // 2]],  # the non-zero edges
+                      edges[torch.randperm(len(edges), generator=gen)[:n_edges - n_edges // 2]]])
+    keep = graph.valid.expand(len(pick), -1, -1).clone()
+    keep[torch.arange(len(pick)), pick[:, 0], pick[:, 1]] = False
+    vals = tiled(task, len(pick)).score(patched_logits(model, graph, task, near, keep)).view(len(pick), -1).mean(1)
+    fd = (vals - m0) / eps
+    ref = scores[pick[:, 0], pick[:, 1]].double()
+    assert (ref.abs() > 1e-6).sum() > n_edges // 4  # a real check, not zeros against zeros
+    return float(((fd - ref).abs() / (ref.abs() + 1e-4)).max())
+
+
+def test_eap_equals_patching_derivative_on_every_site_kind():
+    """Random LN model with GELU MLPs, SAEs at all five site kinds (some features left to ``rest``),
+    float64: EAP edge scores equal d/dε of the patched metric."""
+    cfg = HookedTransformerConfig(n_layers=2, d_model=16, n_heads=2, d_head=8, d_mlp=32, d_vocab=20, n_ctx=8,
+                                  act_fn="gelu", normalization_type="LN", dtype=torch.float64, seed=0)
+    model = HookedTransformer(cfg)
+    hooks = ["blocks.0.hook_resid_pre", "blocks.0.hook_mlp_out", "blocks.0.hook_resid_post",
+             "blocks.1.hook_attn_out", "blocks.1.hook_resid_mid"]
+    saes = [_random_sae(h, 16, 24, seed=i) for i, h in enumerate(hooks)]
+    g = torch.Generator().manual_seed(1)
+    clean, corrupted = torch.randint(0, 20, (4, 6), generator=g), torch.randint(0, 20, (4, 6), generator=g)
+    task = Task(clean=clean, corrupted=corrupted, answer=clean[:, 0], wrong=corrupted[:, 0])
+    graph = Graph.from_model(model, saes=saes, features={h: range(0, 24, 2) for h in hooks})
+    assert isinstance(graph.upstream("resid_mid1"), torch.Tensor)  # non-contiguous: skips the heads attn_out1 hides
+    assert (run(model, graph, task, graph.valid) - model(clean)).abs().max() < 1e-10
+    assert (run(model, graph, task, ~graph.valid) - model(corrupted)).abs().max() < 1e-10
+    assert _fd_check(model, graph, task, n_edges=300) < 1e-4
+
+
+def test_eap_equals_patching_derivative_on_the_zoo_saes(entry, saes):
+    model = entry.model.to(torch.float64)
+    try:
+        s64 = {k: SAE(v.d_in, v.d_sae, k, dtype=torch.float64) for k, v in saes.items()}
+        for k, s in s64.items():
+            s.load_state_dict({n: p.double() for n, p in saes[k].state_dict().items()})
+        task = entry.task("induction").select(slice(0, 2))
+        active = Graph.from_model(model, saes=s64, task=task)
+        graph = Graph.from_model(model, saes=s64, features={h: site.features[::3] for h, site in
+                                                            ((s.hook_name, s) for s in active.sites)})
+        assert _fd_check(model, graph, task, n_edges=64) < 1e-3
+    finally:
+        entry.model.to(torch.float32)
+
+
+# ------------------------------------------------------------------------------------ bad input
+
+
+def test_bad_sae_inputs(entry, saes, task):
+    model = entry.model
+    with pytest.raises(ValueError, match="d_in=32"):
+        Graph.from_model(model, saes=[SAE(32, 8, RESID)], features="all")
+    with pytest.raises(ValueError, match="not a hook point of this model"):
+        Graph.from_model(model, saes=[SAE(64, 8, "blocks.7.hook_resid_pre")], features="all")
+    with pytest.raises(ValueError, match="residual-stream or layer-output hook point"):
+        Graph.from_model(model, saes=[SAE(64, 8, "blocks.0.attn.hook_z")], features="all")
+    with pytest.raises(ValueError, match="same point of the residual stream"):
+        Graph.from_model(model, saes=[SAE(64, 8, "blocks.0.hook_resid_post"), SAE(64, 8, RESID)], features="all")
+    with pytest.raises(ValueError, match="pass task="):
+        Graph.from_model(model, saes=saes)
+    with pytest.raises(ValueError, match="out of range"):
+        Graph.from_model(model, saes=saes, features={RESID: [512]})
+    with pytest.raises(ValueError, match="which have no SAE"):
+        Graph.from_model(model, saes=saes, features={"blocks.0.hook_resid_pre": [1]})
+    with pytest.raises(ValueError, match="no MLPs"):
+        Graph.from_model(model, saes=[SAE(64, 8, "blocks.0.hook_mlp_out")], features="all")
+    with pytest.raises(ValueError, match="neuron nodes"):
+        Graph.from_model(model, saes=saes, task=task, neurons=True)
+    g = Graph.from_model(model, saes=saes, task=task)
+    with pytest.raises(ValueError, match="not the SAE the graph was built with"):
+        Graph.from_spec(g.spec()).attach_saes([SAE(64, 256, RESID), saes[ATTN]])
+    with pytest.raises(ValueError, match="no SAE given"):
+        Graph.from_spec(g.spec()).attach_saes([saes[ATTN]])
+    with pytest.raises(ValueError, match="eap-ig-activations"):
+        attribute(model, g, task, method="eap-ig-activations", progress=False)
+    from circuitgraph.graph.positional import PositionalGraph
+
+    with pytest.raises(ValueError, match="SAE sites"):
+        PositionalGraph(g, positions=task.seq_len)
+
+
+# ------------------------------------------------------------------------------------ files and exports
+
+
+def test_sae_circuits_save_export_and_refuse_what_they_cannot_be(entry, saes, task, graph, tmp_path):
+    from circuitgraph import Circuit
+    from circuitgraph.circuit import build_circuit, top_n
+    from circuitgraph.export.formats import from_graphml, to_graphml, to_mib_json
+    from circuitgraph.hypothesis import Hypothesis
+    from circuitgraph.hypothesis.nodes import HypothesisError
+
+    attribute(entry.model, graph, task, method="eap", progress=False)
+    circuit = build_circuit(graph, top_n(graph, 60), task)
+    circuit.save(tmp_path / "c.json")
+    back = Circuit.load(tmp_path / "c.json", entry.model)
+    assert back.graph.sites == graph.sites and torch.equal(back.mask, circuit.mask)
+    to_graphml(circuit, tmp_path / "c.graphml")
+    again = from_graphml(tmp_path / "c.graphml")
+    assert again.graph.sites == graph.sites and torch.equal(again.mask, circuit.mask)
+    torch.testing.assert_close(again.graph.scores, graph.scores)
+    other = Graph.from_model(entry.model, saes=saes, features={RESID: [1, 2], ATTN: [3]})
+    with pytest.raises(ValueError, match="SAE sites"):
+        from_graphml(tmp_path / "c.graphml", other)
+    with pytest.raises(ValueError, match="MIB format"):
+        to_mib_json(circuit, tmp_path / "c.mib.json")
+    with pytest.raises(HypothesisError, match="SAE node"):
+        Hypothesis.from_circuit(circuit)
