@@ -38,17 +38,22 @@ def attribute(
     batch_size: int | None = None,
     edge_batch: int | None = None,
     progress: bool = True,
+    scores_dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """Score every edge of ``graph`` for ``task`` and store the scores in ``graph.scores``.
 
     ``batch_size`` bounds how many examples go through the model at once (default: chosen from
     a memory budget); ``edge_batch`` bounds how many single-edge patches ``exact`` runs together.
+    ``scores_dtype=torch.bfloat16`` halves the ``[n_src, n_dst]`` score matrix, the largest object
+    at neuron or feature scale (scores then carry ~3 significant digits: enough to rank edges).
     Returns the ``[n_src, n_dst]`` score tensor.
     """
     if method not in METHODS:
         raise ValueError(f"unknown attribution method {method!r}; choose one of {list(METHODS)} (acdc lives in circuitgraph.circuit.acdc)")
     if steps < 1:
         raise ValueError(f"steps must be ≥ 1, got {steps}")
+    if not (isinstance(scores_dtype, torch.dtype) and scores_dtype.is_floating_point):
+        raise ValueError(f"scores_dtype must be a floating-point torch dtype (float32, bfloat16, ...), got {scores_dtype!r}")
     check_model(model)
     check_graph(model, graph, task)
     if method == "eap-ig-activations" and graph.node_graph.sites:
@@ -61,7 +66,7 @@ def attribute(
     # A fresh tensor, so scores a caller kept from an earlier call stay intact; the graph's old one
     # is released first (at neuron granularity the [n_src, n_dst] matrix is the largest object).
     graph.scores = None
-    scores = graph.scores = torch.zeros(graph.valid.shape, dtype=torch.float32, device=graph.valid.device)
+    scores = graph.scores = torch.zeros(graph.valid.shape, dtype=scores_dtype, device=graph.valid.device)
     if method == "exact":
         _exact(model, graph, task, abl, bs, scores, edge_batch, progress)
     else:

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 import torch
 
 from circuitgraph.attribution.blocks import DenseReaders, LowRankReaders, SourceDeltas, dense_scores, lowrank_scores
-from circuitgraph.engine.activations import resid_pre0, source_hooks, store_hook
+from circuitgraph.engine.activations import frozen, resid_pre0, source_hooks, store_hook
 from circuitgraph.engine.sites import site_hooks, site_readers
 from circuitgraph.graph import Graph
 from circuitgraph.graph.compat import hook_flags
@@ -69,7 +69,7 @@ class DestinationGradients:
         with the norm's Jacobian already applied (one in-place pass over G per layer)."""
         attn, ln = self.model.blocks[L].attn, self.model.blocks[L].ln1
         xhat, scale = self.fwd.get(f"norm{L}"), self.fwd.get(f"scale{L}")
-        w = ln.w.detach() if hasattr(ln, "w") else None
+        w = frozen(ln.w) if hasattr(ln, "w") else None
         d, H = self.graph.arch.d_model, self.graph.arch.n_heads
         g0 = self.grad[f"q{L}"]
         B, P = g0.shape[:2]
@@ -77,7 +77,7 @@ class DestinationGradients:
         G = (torch.empty if split else torch.zeros)((3 if split else 1) * H, B, P, d, dtype=g0.dtype, device=g0.device)
         centres, radials = [], []  # per letter, [head, batch, pos]
         for i, (letter, W) in enumerate((("q", attn.W_Q), ("k", attn.W_K), ("v", attn.W_V))):
-            W = _ungrouped(W, attn).detach()  # [head, d_model, d_head]
+            W = frozen(_ungrouped(W, attn))  # [head, d_model, d_head]
             if w is not None:
                 W = W * w[None, :, None]  # fold the norm's gain into the projection
             g = self.grad[f"{letter}{L}"]  # [batch, pos, head, d_head]
@@ -111,9 +111,9 @@ class DestinationGradients:
         ids = self.graph.neuron_ids(L).to(grad_pre.device)
         ln = self.model.blocks[L].ln2
         xhat, scale = self.fwd.get(f"norm2_{L}"), self.fwd.get(f"scale2_{L}")
-        enc = self.model.blocks[L].mlp.W_in.detach()[:, ids].T  # [n, d]
+        enc = frozen(self.model.blocks[L].mlp.W_in)[:, ids].T  # [n, d]
         if hasattr(ln, "w"):
-            enc = enc * ln.w.detach()[None]
+            enc = enc * frozen(ln.w)[None]
         g = grad_pre[..., ids].permute(2, 0, 1)  # [n, B, P]
         if scale is not None:
             g = g / scale[None, ..., 0]

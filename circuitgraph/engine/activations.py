@@ -40,12 +40,20 @@ def source_hooks(graph: Graph, buf: dict, sites: bool = True) -> list:
 
 def store_hook(buf: dict, key: str):
     """A hook that keeps a detached copy of what passes (an activation, or in a backward hook its
-    gradient) in ``buf[key]`` and changes nothing."""
+    gradient) in ``buf[key]`` (see :func:`frozen` for the dtype) and changes nothing."""
 
     def hook(x, hook):
-        buf[key] = x.detach()
+        buf[key] = frozen(x)
 
     return hook
+
+
+def frozen(t: torch.Tensor) -> torch.Tensor:
+    """Detached, and in float32 at least: the engine's own arithmetic (contractions, Jacobians,
+    ablation deltas) runs in float32 even for half-precision models, whose bf16 edge scores would
+    be mostly rounding error; float64 models stay float64."""
+    t = t.detach()
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
 def stack_sources(model, graph: Graph, buf: dict, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -60,8 +68,8 @@ def stack_sources(model, graph: Graph, buf: dict, out: torch.Tensor | None = Non
     slices = graph.src_slices()
     out[0] = x0
     for L in range(graph.arch.n_layers):
-        W_O = model.blocks[L].attn.W_O  # [head, d_head, d_model]
-        out[slices[f"attn{L}"]] = torch.einsum("bphe,hed->hbpd", buf[f"z{L}"], W_O.detach())
+        W_O = frozen(model.blocks[L].attn.W_O)  # [head, d_head, d_model]
+        out[slices[f"attn{L}"]] = torch.einsum("bphe,hed->hbpd", buf[f"z{L}"], W_O)
         if not graph.arch.has_mlp:
             continue
         rows = slices[f"mlp{L}"]
@@ -84,7 +92,7 @@ def stack_sources(model, graph: Graph, buf: dict, out: torch.Tensor | None = Non
 def _neuron_parts(model, graph: Graph, buf: dict, L: int):
     """The selected neurons' activations ``[B, P, n]`` and write directions ``[n, d]``."""
     ids = graph.neuron_ids(L).to(buf[f"post{L}"].device)
-    return buf[f"post{L}"][..., ids], model.blocks[L].mlp.W_out.detach()[ids]
+    return buf[f"post{L}"][..., ids], frozen(model.blocks[L].mlp.W_out)[ids]
 
 
 def source_deltas(model, graph: Graph, diff: dict):
@@ -100,7 +108,7 @@ def source_deltas(model, graph: Graph, diff: dict):
     dense, rows, lowrank = [x0[None]], [0], []
     for L in range(graph.arch.n_layers):
         s = slices[f"attn{L}"]
-        dense.append(torch.einsum("bphe,hed->hbpd", diff[f"z{L}"], model.blocks[L].attn.W_O.detach()))
+        dense.append(torch.einsum("bphe,hed->hbpd", diff[f"z{L}"], frozen(model.blocks[L].attn.W_O)))
         rows.extend(range(s.start, s.stop))
         if not graph.arch.has_mlp:
             continue

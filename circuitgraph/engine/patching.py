@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from circuitgraph.engine.activations import resid_pre0
+from circuitgraph.engine.activations import frozen, resid_pre0
 from circuitgraph.engine.sites import site_patch_hook
 from circuitgraph.graph import Graph
 from circuitgraph.graph.compat import hook_flags
@@ -46,10 +46,10 @@ def patch_hooks(model, graph: Graph, ablated: torch.Tensor, keep: torch.Tensor) 
         return hook
 
     def head_project(layer: int):
-        W_O = model.blocks[layer].attn.W_O.detach()
+        W_O = frozen(model.blocks[layer].attn.W_O)
 
         def project(z):  # z [K*B, P, H, d_head] → [H, K, B, P, d]
-            return torch.einsum("kbphe,hed->hkbpd", z.reshape(K, B, P, H, -1), W_O)
+            return torch.einsum("kbphe,hed->hkbpd", frozen(z).reshape(K, B, P, H, -1), W_O)
 
         return project
 
@@ -114,7 +114,7 @@ def _neuron_hooks(model, graph: Graph, L: int, removed, live_minus_ablated, abla
     n = len(ids)
     rows = graph.src_slices()[f"mlp{L}"]
     cols = graph.dst_slices()[f"mlp{L}"]
-    W_out, W_in, b_in = mlp.W_out.detach()[ids], mlp.W_in.detach()[:, ids], mlp.b_in.detach()[ids]
+    W_out, W_in, b_in = frozen(mlp.W_out)[ids], frozen(mlp.W_in)[:, ids], frozen(mlp.b_in)[ids]
     _, B, P, d = ablated.shape
     store: dict = {}
     hooks = []
@@ -138,7 +138,7 @@ def _neuron_hooks(model, graph: Graph, L: int, removed, live_minus_ablated, abla
             D = live_minus_ablated[up]  # [n_up, K, B, P, d]
             x = store["x"].reshape(K, B, P, 1, d) - torch.einsum("kuj,ukbpd->kbpjd", rp, D)
             normed = model.blocks[L].ln2(x.reshape(K * B, P, len(patched), d))
-            new = torch.einsum("bpjd,dj->bpj", normed, W_in[:, patched]) + b_in[patched]
+            new = torch.einsum("bpjd,dj->bpj", frozen(normed), W_in[:, patched]) + b_in[patched]
             pre = pre.clone()
             pre[..., ids[patched]] = new.to(pre.dtype)
             return pre
@@ -146,7 +146,7 @@ def _neuron_hooks(model, graph: Graph, L: int, removed, live_minus_ablated, abla
         hooks.append((f"blocks.{L}.mlp.hook_pre", own_inputs))
 
     def keep_post(post, hook):
-        store["post"] = post[..., ids]
+        store["post"] = frozen(post[..., ids])
         return post
 
     def record_out(out, hook):
@@ -154,7 +154,7 @@ def _neuron_hooks(model, graph: Graph, L: int, removed, live_minus_ablated, abla
         live = torch.einsum("bpi,id->ibpd", post, W_out)
         live_minus_ablated[rows.start:rows.start + n] = live.reshape(n, K, B, P, d) - ablated[rows.start:rows.start + n, None]
         if graph.has_rest(L):
-            rest = out - post @ W_out
+            rest = frozen(out) - post @ W_out
             live_minus_ablated[rows.stop - 1] = rest.reshape(K, B, P, d) - ablated[rows.stop - 1, None]
         return out
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch
 
+from circuitgraph.engine.activations import frozen
 from circuitgraph.graph import Graph
 from circuitgraph.graph.sites import Site
 
@@ -61,8 +62,8 @@ def site_hooks(graph: Graph, capture: dict | None, grads: dict | None = None) ->
             acts = sae.activation(pre)
             err = x_err - sae.decode(sae.encode(x_err))
             if capture is not None:
-                capture[f"acts:{site.name}"] = acts.detach()
-                capture[f"err:{site.name}"] = err.detach()
+                capture[f"acts:{site.name}"] = frozen(acts)
+                capture[f"err:{site.name}"] = frozen(err)
             return (acts @ sae.W_dec + sae.b_dec + err).to(x.dtype)
 
         hooks.append((site.hook_name, hook))
@@ -71,7 +72,7 @@ def site_hooks(graph: Graph, capture: dict | None, grads: dict | None = None) ->
 
 def _keep(store: dict, key: str):
     def fn(g):
-        store[key] = g.detach()
+        store[key] = frozen(g)
 
     return fn
 
@@ -80,7 +81,7 @@ def site_sources(graph: Graph, raw: dict, site: Site, out: torch.Tensor) -> None
     """Write the site's node activations (dense, ``[n_nodes, B, P, d]``) into ``out``."""
     sae = site_sae(graph, site)
     acts, err = raw[f"acts:{site.name}"], raw[f"err:{site.name}"]
-    W_dec = sae.W_dec.detach()
+    W_dec = frozen(sae.W_dec)
     ids = _ids(site, acts.device)
     n = len(ids)
     out[:n] = torch.einsum("bpi,id->ibpd", acts[..., ids], W_dec[ids])
@@ -97,7 +98,7 @@ def site_deltas(graph: Graph, diff: dict, site: Site, start: int):
 
     sae = site_sae(graph, site)
     acts = diff[f"acts:{site.name}"]
-    W_dec = sae.W_dec.detach()
+    W_dec = frozen(sae.W_dec)
     ids = _ids(site, acts.device)
     n = len(ids)
     block = LowRankSources(torch.arange(start, start + n, device=acts.device), acts[..., ids].permute(2, 0, 1), W_dec[ids]) if n else None
@@ -119,7 +120,7 @@ def site_readers(graph: Graph, grads: dict, site: Site) -> list:
 
     sae = site_sae(graph, site)
     g = grads[f"pre:{site.name}"]  # [B, P, d_sae]
-    W_enc = sae.W_enc.detach()
+    W_enc = frozen(sae.W_enc)
     ids = _ids(site, g.device)
     n = len(ids)
     out = []
@@ -151,7 +152,7 @@ def site_patch_hook(graph: Graph, site: Site, removed: torch.Tensor, live_minus_
     ids = _ids(site, ablated.device)
     n = len(ids)
     un = _unselected(site, ablated.device) if site.has_rest else None
-    W_enc, W_dec = sae.W_enc.detach(), sae.W_dec.detach()
+    W_enc, W_dec = frozen(sae.W_enc), frozen(sae.W_dec)
     r = removed[:, up_rows, cols]  # [K, n_up, n_nodes]
     r_rest = r[..., n] if site.has_rest and bool(r[..., n].any()) else None
     r_err = r[..., -1] if bool(r[..., -1].any()) else None
@@ -165,7 +166,7 @@ def site_patch_hook(graph: Graph, site: Site, removed: torch.Tensor, live_minus_
             dense[k:k + len(other.features)] = False
             r_block = r[:, k:k + len(other.features), :n]
             if bool(r_block.any()):
-                V = site_sae(graph, other).W_dec.detach()[_ids(other, ablated.device)] @ W_enc[:, ids]  # [n_u, n]
+                V = frozen(site_sae(graph, other).W_dec)[_ids(other, ablated.device)] @ W_enc[:, ids]  # [n_u, n]
                 lowrank.append((other.name, r_block, V))
     r_dense = r[:, dense, :n]
     dense_rows = up_rows[dense]

@@ -28,10 +28,14 @@ class CircuitEvaluator:
 
     The task and ablation are prepared once. The ablated source activations of each example chunk
     are cached when they fit in ``cache_bytes`` (searches such as :func:`minimal_circuit` and ACDC
-    evaluate hundreds of circuits), and recomputed per call otherwise, so memory stays bounded."""
+    evaluate hundreds of circuits), and recomputed per call otherwise, so memory stays bounded.
+    ``offload`` keeps that cache in host memory (pinned, copied to the accelerator chunk by chunk):
+    ``"auto"`` does so on an accelerator when the cache would take over a quarter of its free
+    memory."""
 
     def __init__(self, model, graph: Graph, task, ablation: str | Ablation = "corrupted",
-                 batch_size: int | None = None, mask_batch: int | None = None, cache_bytes: float = 2e9):
+                 batch_size: int | None = None, mask_batch: int | None = None, cache_bytes: float = 2e9,
+                 offload: bool | str = "auto"):
         check_graph(model, graph, task)
         task.check_model(model)
         task.prepare(model)
@@ -41,16 +45,24 @@ class CircuitEvaluator:
         self.mask_batch = mask_batch or min(mask_batch_size(graph, chunk) for _, chunk, _ in self.chunks)
         node = graph.node_graph
         per_example = node.n_src * task.seq_len * graph.arch.d_model * 4
-        self._cache: dict[int, torch.Tensor] | None = {} if per_example * task.n_examples <= cache_bytes else None
+        total = per_example * task.n_examples
+        self._cache: dict[int, torch.Tensor] | None = {} if total <= cache_bytes else None
+        self.offload = _offload(offload, graph.valid.device, total)
         self.n_circuits = 0  # circuits evaluated so far (for reports)
 
     def _ablated(self, i: int) -> torch.Tensor:
+        device = self.graph.valid.device
         if self._cache is not None and i in self._cache:
-            return self._cache[i]
+            return self._cache[i].to(device, non_blocking=True)
         idx, chunk, _ = self.chunks[i]
         ablated = self.ablation.activations(self.model, self.graph, self.task, idx, chunk)
         if self._cache is not None:
-            self._cache[i] = ablated
+            kept = ablated
+            if self.offload:
+                kept = ablated.to("cpu")
+                if device.type == "cuda":
+                    kept = kept.pin_memory()
+            self._cache[i] = kept
         return ablated
 
     @torch.no_grad()
@@ -76,6 +88,17 @@ class CircuitEvaluator:
         """Metric of the full model and of the empty circuit."""
         v = self(torch.stack([self.graph.valid, torch.zeros_like(self.graph.valid)]))
         return Baselines(full=float(v[0]), empty=float(v[1]))
+
+
+def _offload(offload: bool | str, device: torch.device, cache_bytes: float) -> bool:
+    if offload not in (True, False, "auto"):
+        raise ValueError(f"offload must be True, False or 'auto', got {offload!r}")
+    if offload != "auto":
+        return bool(offload)
+    if device.type != "cuda":
+        return False
+    free, _ = torch.cuda.mem_get_info(device)
+    return cache_bytes > free / 4
 
 
 def evaluate(model, graph: Graph, task, masks: torch.Tensor, ablation: str | Ablation = "corrupted",
