@@ -269,3 +269,71 @@ def test_sae_circuits_save_export_and_refuse_what_they_cannot_be(entry, saes, ta
         to_mib_json(circuit, tmp_path / "c.mib.json")
     with pytest.raises(HypothesisError, match="SAE node"):
         Hypothesis.from_circuit(circuit)
+
+
+# ------------------------------------------------------------------------------------ transcoders
+
+
+def _transcoder(layer: int, reads: str, seed: int) -> SAE:
+    """A random transcoder from layer ``layer``'s MLP input (``reads``) to its output."""
+    sae = _random_sae(f"blocks.{layer}.{reads}", 16, 24, seed)
+    tc = SAE(16, 24, f"blocks.{layer}.{reads}", dtype=torch.float64, apply_b_dec_to_input=False,
+             hook_name_out=f"blocks.{layer}.hook_mlp_out")
+    tc.load_state_dict(sae.state_dict())
+    return tc
+
+
+def test_transcoders_replace_mlps_exactly(tmp_path):
+    """Transcoders (one reading through ln2, one reading the raw MLP input) stand in for both MLPs,
+    next to a residual SAE: the graph is exact, EAP equals the patching derivative, zero-ablating a
+    transcoder's error node is the transcoder-only splice, and transcoders round-trip on disk."""
+    from circuitgraph.graph.compat import hook_flags
+    from circuitgraph.sae import load_sae, save_sae
+
+    cfg = HookedTransformerConfig(n_layers=2, d_model=16, n_heads=2, d_head=8, d_mlp=32, d_vocab=20, n_ctx=8,
+                                  act_fn="gelu", normalization_type="LN", dtype=torch.float64, seed=0)
+    model = HookedTransformer(cfg)
+    tcs = [_transcoder(0, "ln2.hook_normalized", 5), _transcoder(1, "hook_mlp_in", 6)]
+    saes = tcs + [_random_sae("blocks.1.hook_resid_pre", 16, 24, 7)]
+    g = torch.Generator().manual_seed(1)
+    clean, corrupted = torch.randint(0, 20, (4, 6), generator=g), torch.randint(0, 20, (4, 6), generator=g)
+    task = Task(clean=clean, corrupted=corrupted, answer=clean[:, 0], wrong=corrupted[:, 0])
+    graph = Graph.from_model(model, saes=saes, features={s.hook_name: range(0, 24, 2) for s in saes})
+    assert [s.name for s in graph.sites] == ["transcoder0", "resid_pre1", "transcoder1"]
+    assert "m0" not in graph.src_index and graph.has_edge("transcoder0.f2", "resid_pre1.err")
+    assert graph.has_edge("resid_pre1.f0", "transcoder1.f4") and graph.has_edge("transcoder1.err", "logits")
+    assert (run(model, graph, task, graph.valid) - model(clean)).abs().max() < 1e-10
+    assert (run(model, graph, task, ~graph.valid) - model(corrupted)).abs().max() < 1e-10
+    assert _fd_check(model, graph, task, n_edges=300) < 1e-3
+
+    with hook_flags(model):
+        with splice(model, tcs):
+            spliced = model(clean)
+        with splice(model, [tcs[0]], keep_error=False):
+            recon_only = model(clean)
+    assert (spliced - model(clean)).abs().max() < 1e-10
+    keep = graph.valid.clone()
+    keep[graph.src("transcoder0.err")] = False
+    assert (run(model, graph, task, keep, ablation="zero") - recon_only).abs().max() < 1e-8
+
+    save_sae(tcs[0], tmp_path / "tc0")
+    back = load_sae(tmp_path / "tc0")
+    assert back.hook_name_out == "blocks.0.hook_mlp_out" and not back.apply_b_dec_to_input
+    assert torch.equal(back.W_enc, tcs[0].W_enc)
+    again = Graph.from_spec(graph.spec())
+    assert again.sites == graph.sites and torch.equal(again.valid, graph.valid)
+
+
+def test_bad_transcoders():
+    cfg = HookedTransformerConfig(n_layers=2, d_model=16, n_heads=2, d_head=8, d_mlp=32, d_vocab=20, n_ctx=8,
+                                  act_fn="gelu", normalization_type="LN", seed=0)
+    model = HookedTransformer(cfg)
+    with pytest.raises(ValueError, match="apply_b_dec_to_input must be false"):
+        SAE(16, 8, "blocks.0.ln2.hook_normalized", hook_name_out="blocks.0.hook_mlp_out")
+    wrong_layer = SAE(16, 8, "blocks.0.ln2.hook_normalized", apply_b_dec_to_input=False,
+                      hook_name_out="blocks.1.hook_mlp_out")
+    with pytest.raises(ValueError, match="same layer"):
+        Graph.from_model(model, saes=[wrong_layer], features="all")
+    tc = SAE(16, 8, "blocks.0.ln2.hook_normalized", apply_b_dec_to_input=False, hook_name_out="blocks.0.hook_mlp_out")
+    with pytest.raises(ValueError, match="transcoder and an mlp_out SAE"):
+        Graph.from_model(model, saes=[tc, SAE(16, 8, "blocks.0.hook_mlp_out")], features="all")

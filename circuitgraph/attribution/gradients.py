@@ -39,10 +39,13 @@ class DestinationGradients:
                 fwd.append((f"blocks.{L}.ln1.hook_normalized", store_hook(self.fwd, f"norm{L}")))
             for letter in "qkv":
                 bwd.append((f"blocks.{L}.attn.hook_{letter}", store_hook(self.grad, f"{letter}{L}")))
-            if self.graph.arch.has_mlp and (L not in self.graph.neurons or self.graph.has_rest(L)):
+            if self.graph.has_mlp_node(L) and (L not in self.graph.neurons or self.graph.has_rest(L)):
                 bwd.append((f"blocks.{L}.hook_mlp_in", store_hook(self.grad, f"mlp{L}")))
             if L in self.graph.neurons:
                 bwd.append((f"blocks.{L}.mlp.hook_pre", store_hook(self.grad, f"pre{L}")))
+            reads_ln2 = L in self.graph.neurons or any(
+                s.kind == "transcoder" and s.layer == L and s.normalized for s in self.graph.sites)
+            if reads_ln2:  # neurons and transcoder features read through ln2: its Jacobian, factored
                 if type(self.model.blocks[L].ln2).__name__ != "Identity":
                     fwd.append((f"blocks.{L}.ln2.hook_scale", store_hook(self.fwd, f"scale2_{L}")))
                     fwd.append((f"blocks.{L}.ln2.hook_normalized", store_hook(self.fwd, f"norm2_{L}")))
@@ -55,7 +58,10 @@ class DestinationGradients:
         if name == "logits":
             return [(slice(0, 1), DenseReaders(self.grad["logits"][None]))]
         if any(site.name == name for site in self.graph.sites):
-            return site_readers(self.graph, self.grad, self.graph.site(name))
+            site = self.graph.site(name)
+            if site.kind == "transcoder":
+                return self._transcoder_readers(site)
+            return site_readers(self.graph, self.grad, site)
         if name.startswith("mlp"):
             L = int(name[3:])
             if L not in self.graph.neurons:
@@ -109,26 +115,50 @@ class DestinationGradients:
         what the other neurons read (total MLP-input gradient minus the selected neurons')."""
         grad_pre = self.grad[f"pre{L}"]
         ids = self.graph.neuron_ids(L).to(grad_pre.device)
-        ln = self.model.blocks[L].ln2
-        xhat, scale = self.fwd.get(f"norm2_{L}"), self.fwd.get(f"scale2_{L}")
         enc = frozen(self.model.blocks[L].mlp.W_in)[:, ids].T  # [n, d]
-        if hasattr(ln, "w"):
-            enc = enc * frozen(ln.w)[None]
-        g = grad_pre[..., ids].permute(2, 0, 1)  # [n, B, P]
-        if scale is not None:
-            g = g / scale[None, ..., 0]
-        readers = LowRankReaders(g, enc, xhat, centred=_centred(ln))
-        out = [(slice(0, len(ids)), readers)]
-        if self.graph.has_rest(L):
+        total = self.grad[f"mlp{L}"] if self.graph.has_rest(L) else None
+        return self._through_ln2(L, grad_pre[..., ids].permute(2, 0, 1), enc, total, normalized=True)
+
+    def _transcoder_readers(self, site) -> list:
+        """A transcoder's features read like neurons (through ``ln2`` when it reads the normalised
+        input, and ``W_enc[:, j]``); ``rest`` is the features' total input gradient minus the
+        selected ones'; the error reads densely."""
+        from circuitgraph.engine.sites import site_sae
+
+        grad_pre = self.grad[f"pre:{site.name}"]
+        ids = torch.tensor(site.features, dtype=torch.long, device=grad_pre.device)
+        enc = frozen(site_sae(self.graph, site).W_enc)[:, ids].T
+        total = self.grad[f"feat_in:{site.name}"] if site.has_rest else None
+        out = self._through_ln2(site.layer, grad_pre[..., ids].permute(2, 0, 1), enc, total, site.normalized)
+        k = len(site.node_names())
+        return out + [(slice(k - 1, k), DenseReaders(self.grad[f"err_in:{site.name}"][None]))]
+
+    def _through_ln2(self, L: int, g: torch.Tensor, enc: torch.Tensor, total: torch.Tensor | None,
+                     normalized: bool) -> list:
+        """Low-rank readers ``g [n, B, P]`` along ``enc [n, d]`` (behind ``ln2`` when ``normalized``),
+        plus a dense reader for everything else that reads the same input when ``total`` (its
+        full input gradient) is given."""
+        ln = self.model.blocks[L].ln2
+        xhat = scale = None
+        if normalized:
+            xhat, scale = self.fwd.get(f"norm2_{L}"), self.fwd.get(f"scale2_{L}")
+            if hasattr(ln, "w"):
+                enc = enc * frozen(ln.w)[None]
+            if scale is not None:
+                g = g / scale[None, ..., 0]
+        readers = LowRankReaders(g, enc, xhat, centred=normalized and _centred(ln))
+        n = g.shape[0]
+        out = [(slice(0, n), readers)] if n else []
+        if total is not None:
             centre, radial = readers.terms()
             picked = torch.einsum("nbp,nd->bpd", g, enc)
             rest = DenseReaders(
-                (self.grad[f"mlp{L}"] - picked)[None],
+                (total - picked)[None],
                 centre=None if centre is None else -centre.sum(0, keepdim=True),
                 radial=None if radial is None else -radial.sum(0, keepdim=True),
                 xhat=xhat,
             )
-            out.append((slice(len(ids), len(ids) + 1), rest))
+            out.append((slice(n, n + 1), rest))
         return out
 
 
@@ -173,8 +203,8 @@ def forward_backward(model, graph: Graph, task, input_override: torch.Tensor | N
         x = (input_override if input_override is not None else x).detach()
         return x.requires_grad_(True)
 
-    fwd = [(resid_pre0(), leaf_input)] + fwd + (source_hooks(graph, capture_sources, sites=False) if capture_sources is not None else []) \
-        + (extra_fwd or []) + site_hooks(graph, capture_sources, dg.grad)  # sites last at their hook point
+    fwd = [(resid_pre0(), leaf_input)] + fwd + (source_hooks(model, graph, capture_sources, sites=False) if capture_sources is not None else []) \
+        + (extra_fwd or []) + site_hooks(model, graph, capture_sources, dg.grad)  # sites last at their hook point
     with torch.enable_grad(), frozen_params(model), hook_flags(model, split_qkv_input=False), \
             model.hooks(fwd_hooks=fwd, bwd_hooks=bwd):
         logits = task.run(model, task.clean)

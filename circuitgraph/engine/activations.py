@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from circuitgraph.graph import Graph
+from circuitgraph.graph.compat import hook_flags
 
 ABLATIONS = ("corrupted", "zero", "mean", "resample")
 
@@ -21,7 +22,7 @@ def resid_pre0(L: int = 0) -> str:
     return f"blocks.{L}.hook_resid_pre"
 
 
-def source_hooks(graph: Graph, buf: dict, sites: bool = True) -> list:
+def source_hooks(model, graph: Graph, buf: dict, sites: bool = True) -> list:
     """Forward hooks that store the raw source activations (input, per-layer z, MLP outputs)
     into ``buf`` without changing the forward pass (SAE sites, when ``sites``, splice their SAE in:
     the output is unchanged up to rounding, and ``acts:``/``err:`` captures are stored)."""
@@ -31,11 +32,11 @@ def source_hooks(graph: Graph, buf: dict, sites: bool = True) -> list:
     hooks = [(resid_pre0(), store_hook(buf, "input"))]
     for L in range(graph.arch.n_layers):
         hooks.append((f"blocks.{L}.attn.hook_z", store_hook(buf, f"z{L}")))
-        if graph.arch.has_mlp:
+        if graph.has_mlp_node(L):
             hooks.append((f"blocks.{L}.hook_mlp_out", store_hook(buf, f"mlp{L}")))
         if L in graph.neurons:
             hooks.append((f"blocks.{L}.mlp.hook_post", store_hook(buf, f"post{L}")))
-    return hooks + (site_hooks(graph, buf) if sites else [])
+    return hooks + (site_hooks(model, graph, buf) if sites else [])
 
 
 def store_hook(buf: dict, key: str):
@@ -70,7 +71,7 @@ def stack_sources(model, graph: Graph, buf: dict, out: torch.Tensor | None = Non
     for L in range(graph.arch.n_layers):
         W_O = frozen(model.blocks[L].attn.W_O)  # [head, d_head, d_model]
         out[slices[f"attn{L}"]] = torch.einsum("bphe,hed->hbpd", buf[f"z{L}"], W_O)
-        if not graph.arch.has_mlp:
+        if not graph.has_mlp_node(L):
             continue
         rows = slices[f"mlp{L}"]
         if L not in graph.neurons:
@@ -110,7 +111,7 @@ def source_deltas(model, graph: Graph, diff: dict):
         s = slices[f"attn{L}"]
         dense.append(torch.einsum("bphe,hed->hbpd", diff[f"z{L}"], frozen(model.blocks[L].attn.W_O)))
         rows.extend(range(s.start, s.stop))
-        if not graph.arch.has_mlp:
+        if not graph.has_mlp_node(L):
             continue
         m = slices[f"mlp{L}"]
         if L not in graph.neurons:
@@ -144,7 +145,7 @@ def raw_sources(model, graph: Graph, task, tokens: torch.Tensor) -> dict:
     """Run ``tokens`` (with the task's attention mask) and return the raw captures
     (``input`` [B,P,d], ``z{L}`` [B,P,H,d_head], ``mlp{L}`` [B,P,d])."""
     buf: dict = {}
-    with model.hooks(fwd_hooks=source_hooks(graph, buf)):
+    with hook_flags(model), model.hooks(fwd_hooks=source_hooks(model, graph, buf)):  # (transcoders read hook_mlp_in)
         task.run(model, tokens)
     return buf
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from circuitgraph.engine.activations import frozen, resid_pre0
-from circuitgraph.engine.sites import site_patch_hook
+from circuitgraph.engine.sites import site_patch_hooks
 from circuitgraph.graph import Graph
 from circuitgraph.graph.compat import hook_flags
 
@@ -83,7 +83,7 @@ def patch_hooks(model, graph: Graph, ablated: torch.Tensor, keep: torch.Tensor) 
             if h is not None:
                 hooks.append((f"blocks.{L}.hook_{letter}_input", h))
         hooks.append((f"blocks.{L}.attn.hook_z", record(src[f"attn{L}"], head_project(L))))
-        if not graph.arch.has_mlp:
+        if not graph.has_mlp_node(L):
             continue
         up = graph.upstream(f"mlp{L}")
         if L not in graph.neurons:
@@ -98,7 +98,9 @@ def patch_hooks(model, graph: Graph, ablated: torch.Tensor, keep: torch.Tensor) 
         hooks.append((f"blocks.{graph.arch.n_layers - 1}.hook_resid_post", h))
     # SAE sites last: at a shared hook point they run after the records above
     coefs: dict = {}  # each site's feature-coefficient deltas, for the sites after it
-    return hooks + [site_patch_hook(graph, site, removed, live_minus_ablated, ablated, K, coefs) for site in graph.sites]
+    for site in graph.sites:
+        hooks += site_patch_hooks(model, graph, site, removed, live_minus_ablated, ablated, K, coefs)
+    return hooks
 
 
 def _neuron_hooks(model, graph: Graph, L: int, removed, live_minus_ablated, ablated, subtract, K: int, up: slice) -> list:

@@ -43,7 +43,7 @@ def _unselected(site: Site, device) -> torch.Tensor:
     return keep.nonzero()[:, 0]
 
 
-def site_hooks(graph: Graph, capture: dict | None, grads: dict | None = None) -> list:
+def site_hooks(model, graph: Graph, capture: dict | None, grads: dict | None = None) -> list:
     """Forward hooks splicing every site's SAE into the model (output unchanged up to rounding),
     storing ``acts``/``err`` into ``capture`` and, under autograd, ∂m/∂pre and ∂m/∂x_err into
     ``grads``. Add them after any other hook on the same hook point."""
@@ -51,6 +51,9 @@ def site_hooks(graph: Graph, capture: dict | None, grads: dict | None = None) ->
     hooks = []
     for site in graph.sites:
         sae = site_sae(graph, site)
+        if site.kind == "transcoder":
+            hooks += _transcoder_hooks(model, site, sae, capture, grads)
+            continue
 
         def hook(x, hook, site=site, sae=sae):
             track = grads is not None and torch.is_grad_enabled() and x.requires_grad
@@ -68,6 +71,43 @@ def site_hooks(graph: Graph, capture: dict | None, grads: dict | None = None) ->
 
         hooks.append((site.hook_name, hook))
     return hooks
+
+
+def _norm(model, site: Site):
+    """The norm a transcoder reads through (``ln2``), or None when it reads the raw residual."""
+    return model.blocks[site.layer].ln2 if site.normalized else (lambda x: x)
+
+
+def _transcoder_hooks(model, site: Site, sae, capture: dict | None, grads: dict | None) -> list:
+    """A transcoder stands in for layer L's MLP: at ``hook_mlp_in`` its features and its error get
+    their own copies of the MLP input (so each has its own gradient); at ``hook_mlp_out`` the
+    output becomes ``b_dec + acts @ W_dec + err`` with ``err = MLP(x_err) − transcoder(x_err)``
+    (the model's own MLP runs on the error's copy)."""
+    norm = _norm(model, site)
+    state: dict = {}
+
+    def read(x, hook):
+        track = grads is not None and torch.is_grad_enabled() and x.requires_grad
+        x_feat, x_err = (x.view_as(x), x.view_as(x)) if track else (x, x)
+        if track:
+            x_feat.register_hook(_keep(grads, f"feat_in:{site.name}"))
+            x_err.register_hook(_keep(grads, f"err_in:{site.name}"))
+        state.update(x_feat=x_feat, x_err=x_err, track=track)
+        return x_err
+
+    def write(out, hook):
+        pre = sae.pre_acts(norm(state.pop("x_feat")))
+        if state.pop("track"):
+            pre.register_hook(_keep(grads, f"pre:{site.name}"))
+        acts = sae.activation(pre)
+        err = out - sae.decode(sae.encode(norm(state.pop("x_err"))))
+        if capture is not None:
+            capture[f"acts:{site.name}"] = frozen(acts)
+            capture[f"err:{site.name}"] = frozen(err)
+        return (acts @ sae.W_dec + sae.b_dec + err).to(out.dtype)
+
+    L = site.layer
+    return [(f"blocks.{L}.hook_mlp_in", read), (f"blocks.{L}.hook_mlp_out", write)]
 
 
 def _keep(store: dict, key: str):
@@ -134,7 +174,73 @@ def site_readers(graph: Graph, grads: dict, site: Site) -> list:
     return out
 
 
-def site_patch_hook(graph: Graph, site: Site, removed: torch.Tensor, live_minus_ablated: torch.Tensor,
+def site_patch_hooks(model, graph: Graph, site: Site, removed: torch.Tensor, live_minus_ablated: torch.Tensor,
+                     ablated: torch.Tensor, K: int, coefs: dict) -> list:
+    """The patched forward at a site (see :func:`_sae_patch_hook`, :func:`_transcoder_patch_hooks`)."""
+    if site.kind == "transcoder":
+        return _transcoder_patch_hooks(model, graph, site, removed, live_minus_ablated, ablated, K, coefs)
+    return [_sae_patch_hook(graph, site, removed, live_minus_ablated, ablated, K, coefs)]
+
+
+def _transcoder_patch_hooks(model, graph: Graph, site: Site, removed, live_minus_ablated, ablated, K: int,
+                            coefs: dict) -> list:
+    """Patching a transcoder layer, as for neurons: each feature with a removed in-edge gets its
+    own input ``x − Σ removed deltas`` through the norm and its encoder row; ``rest`` re-encodes its
+    own input; the error's input is what the model's MLP runs on (patched at ``hook_mlp_in``)."""
+    sae = site_sae(graph, site)
+    norm = _norm(model, site)
+    up_rows = graph.upstream_rows(site.name).to(ablated.device)
+    cols, rows = graph.dst_slices()[site.name], graph.src_slices()[site.name]
+    _, B, P, d = ablated.shape
+    ids = _ids(site, ablated.device)
+    n = len(ids)
+    un = _unselected(site, ablated.device) if site.has_rest else None
+    W_enc, W_dec, b_enc = frozen(sae.W_enc), frozen(sae.W_dec), frozen(sae.b_enc)
+    r = removed[:, up_rows, cols]  # [K, n_up, n_nodes]
+    patched = r[..., :n].any(0).any(0).nonzero()[:, 0]  # features with some removed in-edge
+    r_feat = r[..., patched]
+    r_rest = r[..., n] if site.has_rest and bool(r[..., n].any()) else None
+    r_err = r[..., -1] if bool(r[..., -1].any()) else None
+    coef_ablated = _ablated_coefs(ablated[rows.start:rows.start + n], W_dec[ids])
+    state: dict = {}
+
+    def minus_removed(x, rk):  # x [K, B, P, d] − Σ_u r[k, u] D_u
+        return x - torch.einsum("ku,ukbpd->kbpd", rk, live_minus_ablated[up_rows]).to(x.dtype)
+
+    def read(x, hook):  # the live MLP input; the model's MLP then runs on the error's input
+        state["x"] = x.reshape(K, B, P, d)
+        return x if r_err is None else minus_removed(state["x"], r_err).reshape(x.shape)
+
+    def write(out, hook):
+        x = state.pop("x")
+        x_err = x if r_err is None else minus_removed(x, r_err)
+        pre = sae.pre_acts(norm(x))  # [K, B, P, d_sae]
+        if len(patched):
+            own = x[..., None, :] - torch.einsum("kuj,ukbpd->kbpjd", r_feat, live_minus_ablated[up_rows]).to(x.dtype)
+            normed = frozen(norm(own.reshape(K * B, P, len(patched), d))).reshape(K, B, P, len(patched), d)
+            pre[..., ids[patched]] = torch.einsum("kbpjd,dj->kbpj", normed, W_enc[:, ids[patched]]) + b_enc[ids[patched]]
+        acts = sae.activation(pre)
+        feats = acts[..., ids]
+        coefs[site.name] = feats.permute(3, 0, 1, 2) - coef_ablated[:, None]
+        parts = [torch.einsum("kbpi,id->ikbpd", feats, W_dec[ids])]
+        if site.has_rest:
+            rest = acts[..., un] if r_rest is None else sae.encode(norm(minus_removed(x, r_rest)))[..., un]
+            parts.append((rest @ W_dec[un])[None])
+        parts.append((frozen(out).reshape(K, B, P, d) - sae.decode(sae.encode(norm(x_err))))[None])
+        nodes = torch.cat(parts)  # [n_nodes, K, B, P, d]
+        live_minus_ablated[rows] = nodes - ablated[rows, None]
+        return (nodes.sum(0) + sae.b_dec).reshape(out.shape).to(out.dtype)
+
+    L = site.layer
+    return [(f"blocks.{L}.hook_mlp_in", read), (f"blocks.{L}.hook_mlp_out", write)]
+
+
+def _ablated_coefs(rows: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    """Feature coefficients ``[n, B, P]`` read back off their ablated rows (each is coef · W[i])."""
+    return torch.einsum("ibpd,id->ibp", rows, W) / (W * W).sum(1).clamp_min(1e-30)[:, None, None]
+
+
+def _sae_patch_hook(graph: Graph, site: Site, removed: torch.Tensor, live_minus_ablated: torch.Tensor,
                     ablated: torch.Tensor, K: int, coefs: dict):
     """The patched forward at a site: each feature's pre-activation loses the removed upstream
     deltas projected on its encoder row (exact: the encoder is linear before the activation);
@@ -171,10 +277,8 @@ def site_patch_hook(graph: Graph, site: Site, removed: torch.Tensor, live_minus_
     r_dense = r[:, dense, :n]
     dense_rows = up_rows[dense]
     r_dense = r_dense if bool(r_dense.any()) else None
-    # ablated feature coefficients, read back off their rows (each row is coef · W_dec[i])
     W_sel = W_dec[ids]
-    coef_ablated = torch.einsum("ibpd,id->ibp", ablated[rows.start:rows.start + n], W_sel) / \
-        (W_sel * W_sel).sum(1).clamp_min(1e-30)[:, None, None]
+    coef_ablated = _ablated_coefs(ablated[rows.start:rows.start + n], W_sel)
 
     def minus_removed(x, rk):  # x [K, B, P, d] − Σ_u r[k, u] D_u
         return x - torch.einsum("ku,ukbpd->kbpd", rk, live_minus_ablated[up_rows]).to(x.dtype)

@@ -189,8 +189,9 @@ class Graph:
         return self
 
     def mlp_node_names(self, layer: int) -> list[str]:
-        """The nodes layer ``layer``'s MLP contributes: ``m{L}``, or its neurons (+ ``m{L}.rest``)."""
-        if not self.arch.has_mlp:
+        """The nodes layer ``layer``'s MLP contributes: ``m{L}``, or its neurons (+ ``m{L}.rest``);
+        none when a transcoder stands in for it."""
+        if not self.has_mlp_node(layer):
             return []
         if layer not in self.neurons:
             return [f"m{layer}"]
@@ -199,6 +200,10 @@ class Graph:
         if len(ids) < self.arch.d_mlp:
             names.append(f"m{layer}.rest")
         return names
+
+    def has_mlp_node(self, layer: int) -> bool:
+        """Layer ``layer``'s MLP is in the graph as ``m{L}`` or neurons (not replaced by a transcoder)."""
+        return self.arch.has_mlp and not any(s.kind == "transcoder" and s.layer == layer for s in self.sites)
 
     def neuron_ids(self, layer: int) -> torch.Tensor | None:
         """Neuron indices of layer ``layer``'s neuron nodes (None when the MLP is one node)."""
@@ -411,6 +416,8 @@ class Graph:
         only: list[tuple[str, torch.Tensor]] = []  # (site group, the rows it reads) for output sites
         groups = self._src_groups
         for site in self.sites:
+            if site.kind == "transcoder":  # stands in for the MLP: reads and writes like it, no cut
+                continue
             if site.kind in ("attn_out", "mlp_out"):
                 layer_group = f"{'attn' if site.kind == 'attn_out' else 'mlp'}{site.layer}"
                 rows = torch.tensor([g == layer_group for g in groups])

@@ -27,9 +27,12 @@ import re
 from dataclasses import dataclass
 
 SITE_KINDS = ("resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post")
+# a transcoder replaces layer L's MLP: it reads the MLP's input (after ln2, or the raw residual)
+# and writes the MLP's output; its nodes sit where the MLP's would
+_TRANSCODER_IN = re.compile(r"^blocks\.(\d+)\.(ln2\.hook_normalized|hook_mlp_in|hook_resid_mid)$")
 _OFFSET = {"resid_pre": 2, "attn_out": 5, "resid_mid": 6, "mlp_out": 9, "resid_post": 10}
 _HOOK = re.compile(r"^blocks\.(\d+)\.hook_(resid_pre|attn_out|resid_mid|mlp_out|resid_post)$")
-SITE_NODE = re.compile(r"^(resid_pre|attn_out|resid_mid|mlp_out|resid_post)(\d+)\.(f\d+|rest|err)$")
+SITE_NODE = re.compile(r"^(resid_pre|attn_out|resid_mid|mlp_out|resid_post|transcoder)(\d+)\.(f\d+|rest|err)$")
 
 HEAD_TIME, MLP_TIME = 4, 8  # a layer's heads / MLP write at 8L + these
 
@@ -41,14 +44,22 @@ class Site:
     hook_name: str
     d_sae: int
     features: tuple[int, ...]
+    hook_name_out: str | None = None  # transcoders only: blocks.L.hook_mlp_out
 
     @property
     def kind(self) -> str:
-        return parse_hook(self.hook_name)[1]
+        return "transcoder" if self.hook_name_out else parse_hook(self.hook_name)[1]
 
     @property
     def layer(self) -> int:
+        if self.hook_name_out:
+            return int(_TRANSCODER_IN.match(self.hook_name).group(1))
         return parse_hook(self.hook_name)[0]
+
+    @property
+    def normalized(self) -> bool:
+        """A transcoder that reads the MLP input after ``ln2`` (the usual kind)."""
+        return self.hook_name.endswith("ln2.hook_normalized")
 
     @property
     def name(self) -> str:
@@ -57,7 +68,7 @@ class Site:
 
     @property
     def time(self) -> int:
-        return 8 * self.layer + _OFFSET[self.kind]
+        return 8 * self.layer + (MLP_TIME if self.hook_name_out else _OFFSET[self.kind])
 
     @property
     def has_rest(self) -> bool:
@@ -71,11 +82,12 @@ class Site:
         return names + [f"{self.name}.err"]
 
     def to_dict(self) -> dict:
-        return {"hook_name": self.hook_name, "d_sae": self.d_sae, "features": list(self.features)}
+        out = {"hook_name": self.hook_name, "d_sae": self.d_sae, "features": list(self.features)}
+        return out | ({"hook_name_out": self.hook_name_out} if self.hook_name_out else {})
 
     @classmethod
     def from_dict(cls, d: dict) -> "Site":
-        return make_site(str(d["hook_name"]), int(d["d_sae"]), d["features"])
+        return make_site(str(d["hook_name"]), int(d["d_sae"]), d["features"], d.get("hook_name_out"))
 
 
 def parse_hook(hook_name: str) -> tuple[int, str]:
@@ -89,13 +101,20 @@ def parse_hook(hook_name: str) -> tuple[int, str]:
     return int(m.group(1)), m.group(2)
 
 
-def make_site(hook_name: str, d_sae: int, features) -> Site:
-    parse_hook(hook_name)
+def make_site(hook_name: str, d_sae: int, features, hook_name_out: str | None = None) -> Site:
+    if hook_name_out is None:
+        parse_hook(hook_name)
+    else:
+        m = _TRANSCODER_IN.match(hook_name)
+        if not m or hook_name_out != f"blocks.{m.group(1)}.hook_mlp_out":
+            raise ValueError(
+                f"a transcoder graph site must read blocks.L.ln2.hook_normalized (or hook_mlp_in / hook_resid_mid) "
+                f"and write blocks.L.hook_mlp_out of the same layer, got {hook_name} → {hook_name_out}")
     ids = sorted({int(i) for i in features})
     bad = [i for i in ids if not 0 <= i < d_sae]
     if bad:
         raise ValueError(f"feature ids {bad[:5]} at {hook_name} are out of range [0, {d_sae})")
-    return Site(hook_name, int(d_sae), tuple(ids))
+    return Site(hook_name, int(d_sae), tuple(ids), hook_name_out)
 
 
 def check_sites(sites: list[Site], n_layers: int, has_mlp: bool) -> list[Site]:
@@ -105,6 +124,11 @@ def check_sites(sites: list[Site], n_layers: int, has_mlp: bool) -> list[Site]:
     for s in out:
         if not 0 <= s.layer < n_layers:
             raise ValueError(f"SAE site {s.hook_name} is outside the model (layers 0..{n_layers - 1})")
+        if s.kind == "transcoder" and not has_mlp:
+            raise ValueError(f"transcoder at {s.hook_name}: this model has no MLPs (attn_only)")
+        if s.kind == "transcoder" and any(o.kind == "mlp_out" and o.layer == s.layer for o in out):
+            raise ValueError(f"layer {s.layer} has a transcoder and an mlp_out SAE; the transcoder replaces the MLP "
+                             "whose output the SAE would read: keep one of them")
         if s.kind in ("mlp_out", "resid_mid") and not has_mlp:
             raise ValueError(f"SAE site {s.hook_name}: this model has no MLPs (attn_only), so it has no "
                              "hook_mlp_out / hook_resid_mid; use hook_resid_pre or hook_attn_out")

@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch
 
 from circuitgraph.graph.graph import Architecture, Graph, config_hash
-from circuitgraph.graph.sites import make_site, parse_hook
+from circuitgraph.graph.compat import hook_flags
+from circuitgraph.graph.sites import make_site
 from circuitgraph.sae.splice import _as_list, validate
 
 
@@ -33,7 +34,7 @@ def feature_graph(model, saes, task=None, features="active", split_qkv: bool = T
     if not saes:
         raise ValueError("feature_graph needs at least one SAE")
     for sae in saes:
-        parse_hook(sae.hook_name)  # a site kind the graph supports
+        make_site(sae.hook_name, sae.d_sae, [], sae.hook_name_out)  # a site kind the graph supports
     validate(model, saes)  # hook exists, one SAE per site, d_in matches the activation width
     if isinstance(features, dict):
         unknown = set(features) - {s.hook_name for s in saes}
@@ -54,7 +55,7 @@ def feature_graph(model, saes, task=None, features="active", split_qkv: bool = T
     graph = Graph(
         Architecture.from_config(cfg), split_qkv=split_qkv, device=cfg.device or "cpu",
         model_name=str(getattr(cfg, "model_name", "") or ""), model_hash=config_hash(cfg),
-        sites=[make_site(s.hook_name, s.d_sae, chosen[s.hook_name]) for s in saes],
+        sites=[make_site(s.hook_name, s.d_sae, chosen[s.hook_name], s.hook_name_out) for s in saes],
     )
     return graph.attach_saes(saes)
 
@@ -68,7 +69,7 @@ def _spliced_acts(model, saes, task, tokens: torch.Tensor) -> dict[str, torch.Te
     with torch.no_grad():
         for i in range(0, tokens.shape[0], 64):
             sub = task.select(slice(i, i + 64))
-            with splice(model, saes) as sp:
+            with hook_flags(model), splice(model, saes) as sp:  # (hook_mlp_in fires only with its flag)
                 sub.run(model, tokens[i:i + 64])
             mask = sub.attention_mask
             for name, a in sp.acts.items():
@@ -95,7 +96,7 @@ def _top_k(model, saes, task, k: int) -> dict[str, list[int]]:
     scores = {s.hook_name: torch.zeros(s.d_sae, device=task.device) for s in saes}
     for i in range(0, task.n_examples, 64):
         sub = task.select(slice(i, i + 64))
-        with torch.enable_grad(), frozen_params(model), splice(model, saes) as sp:
+        with torch.enable_grad(), frozen_params(model), hook_flags(model), splice(model, saes) as sp:
             grads: dict = {}
             for sae in saes:
                 sae.hook_sae_acts.add_hook(_retain(grads, sae.hook_name), dir="fwd")

@@ -44,6 +44,7 @@ def _top_activations(model, graph: Graph, task, top: int, batch_size: int):
     the number of real tokens where each feature is active. Batches of ``batch_size`` examples;
     each batch's top k is merged into the running top k with one more ``topk``."""
     from circuitgraph.engine.sites import site_hooks
+    from circuitgraph.graph.compat import hook_flags
 
     sites = [s for s in graph.sites if s.features]
     tokens, mask = task.clean, task.attention_mask
@@ -56,7 +57,7 @@ def _top_activations(model, graph: Graph, task, top: int, batch_size: int):
         m = None if mask is None else mask[start:start + batch_size]
         kw = {} if m is None else {"attention_mask": m}
         buf: dict = {}
-        with model.hooks(fwd_hooks=site_hooks(graph, buf)):
+        with hook_flags(model), model.hooks(fwd_hooks=site_hooks(model, graph, buf)):
             model(toks, stop_at_layer=stop, **kw)
         for s in sites:
             acts = buf[f"acts:{s.name}"]

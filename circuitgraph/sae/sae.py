@@ -33,7 +33,8 @@ WEIGHTS_FILE = "sae_weights.safetensors"
 
 SUPPORTED_ARCHITECTURES = ("standard", "jumprelu")
 # SAELens calls these the same SAE family; a missing key means "standard"
-_ARCH_ALIASES = {"standard": "standard", "relu": "standard", "jumprelu": "jumprelu"}
+_ARCH_ALIASES = {"standard": "standard", "relu": "standard", "jumprelu": "jumprelu",
+                 "transcoder": "standard", "jumprelu_transcoder": "jumprelu"}
 _DTYPES = {
     "float32": torch.float32, "float": torch.float32, "torch.float32": torch.float32,
     "float64": torch.float64, "double": torch.float64, "torch.float64": torch.float64,
@@ -52,7 +53,8 @@ class SAE(nn.Module):
 
     def __init__(self, d_in: int, d_sae: int, hook_name: str, *, architecture: str = "standard",
                  apply_b_dec_to_input: bool = True, dtype: torch.dtype = torch.float32,
-                 device: str | torch.device = "cpu", cfg: dict | None = None):
+                 device: str | torch.device = "cpu", cfg: dict | None = None,
+                 hook_name_out: str | None = None):
         super().__init__()
         if not (isinstance(d_in, int) and isinstance(d_sae, int)) or d_in < 1 or d_sae < 1:
             raise ValueError(f"SAE needs positive integer d_in and d_sae, got d_in={d_in!r}, "
@@ -63,7 +65,11 @@ class SAE(nn.Module):
         arch = _ARCH_ALIASES.get(str(architecture).lower())
         if arch is None:
             raise ValueError(_arch_error(architecture))
+        if hook_name_out is not None and apply_b_dec_to_input:
+            raise ValueError(f"a transcoder ({hook_name} → {hook_name_out}) decodes into another hook point, so "
+                             "its b_dec is an output bias: apply_b_dec_to_input must be false")
         self.d_in, self.d_sae, self.hook_name = d_in, d_sae, hook_name
+        self.hook_name_out = hook_name_out  # transcoders: where the reconstruction goes
         self.architecture = arch
         self.apply_b_dec_to_input = bool(apply_b_dec_to_input)
         self.cfg = dict(cfg or {})
@@ -121,14 +127,18 @@ class SAE(nn.Module):
         meta = dict(extra.pop("metadata", {}) or {})
         meta["hook_name"] = self.hook_name
         meta.setdefault("hook_head_index", None)
+        if self.hook_name_out is not None:
+            meta["hook_name_out"] = self.hook_name_out
         doc = {
-            "architecture": self.architecture,
+            "architecture": self.architecture if not self.hook_name_out else
+            "transcoder" if self.architecture == "standard" else f"{self.architecture}_transcoder",
             "d_in": self.d_in,
             "d_sae": self.d_sae,
             "dtype": str(self.W_enc.dtype).replace("torch.", ""),
             "device": "cpu",
             "hook_name": self.hook_name,
             "hook_head_index": None,
+            **({"hook_name_out": self.hook_name_out, "d_out": self.d_in} if self.hook_name_out else {}),
             "apply_b_dec_to_input": self.apply_b_dec_to_input,
             "normalize_activations": "none",
             "activation_fn_str": "relu",
@@ -138,11 +148,12 @@ class SAE(nn.Module):
         return doc
 
     def extra_repr(self) -> str:
-        return (f"hook_name={self.hook_name!r}, d_in={self.d_in}, d_sae={self.d_sae}, "
+        out = f", hook_name_out={self.hook_name_out!r}" if self.hook_name_out else ""
+        return (f"hook_name={self.hook_name!r}{out}, d_in={self.d_in}, d_sae={self.d_sae}, "
                 f"architecture={self.architecture!r}")
 
 
-_CORE_KEYS = {"architecture", "d_in", "d_sae", "dtype", "device", "hook_name", "hook_point",
+_CORE_KEYS = {"architecture", "d_in", "d_sae", "dtype", "device", "hook_name", "hook_point", "hook_name_out", "d_out",
               "hook_head_index", "apply_b_dec_to_input", "normalize_activations",
               "activation_fn_str", "activation_fn"}
 
@@ -237,9 +248,17 @@ def sae_from_config(cfg: dict, state: dict[str, torch.Tensor], where: str = "<di
         if not state[k].is_floating_point():
             raise _bad(folder, f"tensor {k!r} has non-float dtype {state[k].dtype}")
 
+    meta = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
+    hook_out = cfg.get("hook_name_out") or meta.get("hook_name_out")
+    transcoder = "transcoder" in str(arch_raw).lower() or hook_out
+    if transcoder and not isinstance(hook_out, str):
+        raise _bad(folder, f"a transcoder config needs hook_name_out (where it writes), got {hook_out!r}")
+    if transcoder and cfg.get("d_out", d_in) != d_in:
+        raise _bad(folder, f"transcoder d_out={cfg.get('d_out')} differs from d_in={d_in}; only transcoders "
+                           "from the MLP input to the MLP output (both d_model wide) are supported")
     sae = SAE(d_in, d_sae, hook, architecture=arch,
-              apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", True)), dtype=dtype,
-              device="cpu", cfg=cfg)
+              apply_b_dec_to_input=False if transcoder else bool(cfg.get("apply_b_dec_to_input", True)),
+              dtype=dtype, device="cpu", cfg=cfg, hook_name_out=hook_out if transcoder else None)
     with torch.no_grad():
         for k in shapes:
             getattr(sae, k).copy_(state[k].to(dtype))

@@ -73,7 +73,7 @@ def _width_from_cfg(cfg, name: str) -> int | None:
     """The activation width at hook ``name`` read off the model config, or None if unknown."""
     leaf = name.split(".")[-1]
     if leaf in ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out",
-                "hook_mlp_out", "hook_embed", "hook_pos_embed", "hook_normalized"):
+                "hook_mlp_out", "hook_mlp_in", "hook_embed", "hook_pos_embed", "hook_normalized"):
         return cfg.d_model
     if leaf in ("hook_z", "hook_q"):
         return cfg.n_heads * cfg.d_head
@@ -122,6 +122,8 @@ def validate(model, saes: list[SAE]) -> None:
             raise ValueError(
                 f"SAE hook_name {sae.hook_name!r} is not a hook point of this model; valid hook "
                 f"names include {examples} ({len(valid)} in all, see model.hook_dict)")
+        if sae.hook_name_out is not None and sae.hook_name_out not in model.hook_dict:
+            raise ValueError(f"transcoder output hook {sae.hook_name_out!r} is not a hook point of this model")
         if sae.hook_name in seen:
             raise ValueError(f"two SAEs are spliced at the same hook point {sae.hook_name!r}; "
                              "splice at most one SAE per site")
@@ -151,7 +153,8 @@ class Splice:
         self.acts: dict[str, torch.Tensor] = {}
         self.errors: dict[str, torch.Tensor] = {}
         self.recons: dict[str, torch.Tensor] = {}
-        self.fwd_hooks = [(sae.hook_name, self._make_hook(sae)) for sae in self.saes]
+        self.fwd_hooks = [h for sae in self.saes for h in (
+            self._transcoder_hooks(sae) if sae.hook_name_out else [(sae.hook_name, self._make_hook(sae))])]
         self._added: list[tuple[HookPoint, object]] = []
 
     def _make_hook(self, sae: SAE):
@@ -179,6 +182,32 @@ class Splice:
             return out.reshape(shape).to(x.dtype)
 
         return hook
+
+    def _transcoder_hooks(self, sae: SAE) -> list:
+        """A transcoder reads ``hook_name`` and replaces ``hook_name_out`` (the MLP's output) by its
+        reconstruction plus the error ``out − recon``."""
+        _ensure_sae_hooks(sae)
+        seen: dict = {}
+
+        def read(x, hook):
+            seen["x"] = x
+            return x
+
+        def write(out, hook):
+            if "x" not in seen:
+                raise RuntimeError(f"transcoder input {sae.hook_name} did not fire before {sae.hook_name_out}; "
+                                   "hook_mlp_in fires only with model.set_use_hook_mlp_in(True)")
+            flat = sae.hook_sae_input(seen.pop("x"))
+            raw_acts = sae.encode(flat)
+            raw_recon = sae.decode(raw_acts)
+            error = sae.hook_sae_error(out.to(raw_recon.dtype) - raw_recon)
+            acts = sae.hook_sae_acts(raw_acts)
+            recon = sae.hook_sae_recon(raw_recon if acts is raw_acts else sae.decode(acts))
+            if self.store:
+                self.acts[sae.hook_name], self.errors[sae.hook_name], self.recons[sae.hook_name] = acts, error, recon
+            return (recon + error if self.keep_error else recon).to(out.dtype)
+
+        return [(sae.hook_name, read), (sae.hook_name_out, write)]
 
     def __enter__(self) -> "Splice":
         for name, fn in self.fwd_hooks:
