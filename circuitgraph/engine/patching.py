@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from circuitgraph.engine.activations import frozen, resid_pre0
+from circuitgraph.engine.deltas import LiveDeltas
 from circuitgraph.engine.sites import site_patch_hooks
 from circuitgraph.graph import Graph
 from circuitgraph.graph.compat import hook_flags
@@ -33,14 +34,13 @@ def patch_hooks(model, graph: Graph, ablated: torch.Tensor, keep: torch.Tensor) 
     if positional:  # [K, n_src·P, n_dst·P] → per-position removals [K, n_src, n_dst, P]
         removed = torch.stack([graph.diagonal(r) for r in removed])
         graph = graph.base
-    live_minus_ablated = torch.empty(n_src, K, B, P, d, dtype=ablated.dtype, device=ablated.device)
+    deltas = LiveDeltas(graph, ablated, K)
     src, dst = graph.src_slices(), graph.dst_slices()
     hooks = []
 
     def record(rows: slice, project=None):
         def hook(x, hook):
-            a = x if project is None else project(x)
-            live_minus_ablated[rows] = a.reshape(-1, K, B, P, d) - ablated[rows, None]
+            deltas.record(rows, x if project is None else project(x))
             return x
 
         return hook
@@ -59,16 +59,16 @@ def patch_hooks(model, graph: Graph, ablated: torch.Tensor, keep: torch.Tensor) 
             return None
 
         def hook(x, hook):
-            D = live_minus_ablated[up]  # [n_up, K, B, P, d]
             if positional:  # r [K, n_up, n_cols, P]: a removal applies at its own position only
+                D = deltas.rows(up)  # [n_up, K, B, P, d]
                 if per_head:
                     delta = torch.einsum("kuhp,ukbpd->kbphd", r, D).reshape(K * B, P, H, d)
                 else:
                     delta = torch.einsum("kup,ukbpd->kbpd", r[:, :, 0], D).reshape(K * B, P, d)
             elif per_head:  # x [K*B, P, H, d]
-                delta = torch.einsum("kuh,ukbpd->kbphd", r, D).reshape(K * B, P, H, d)
+                delta = deltas.removed_sum(r, up).reshape(K * B, P, H, d)
             else:  # x [K*B, P, d]
-                delta = torch.einsum("ku,ukbpd->kbpd", r[:, :, 0], D).reshape(K * B, P, d)
+                delta = deltas.removed_sum(r[:, :, :1], up).reshape(K * B, P, d)
             return x - delta.to(x.dtype)
 
         return hook
@@ -92,18 +92,17 @@ def patch_hooks(model, graph: Graph, ablated: torch.Tensor, keep: torch.Tensor) 
                 hooks.append((f"blocks.{L}.hook_mlp_in", h))
             hooks.append((f"blocks.{L}.hook_mlp_out", record(src[f"mlp{L}"])))
         else:
-            hooks += _neuron_hooks(model, graph, L, removed, live_minus_ablated, ablated, subtract, K, up)
+            hooks += _neuron_hooks(model, graph, L, removed, deltas, subtract, K, up)
     h = subtract(dst["logits"], graph.upstream("logits"), per_head=False)
     if h is not None:
         hooks.append((f"blocks.{graph.arch.n_layers - 1}.hook_resid_post", h))
     # SAE sites last: at a shared hook point they run after the records above
-    coefs: dict = {}  # each site's feature-coefficient deltas, for the sites after it
     for site in graph.sites:
-        hooks += site_patch_hooks(model, graph, site, removed, live_minus_ablated, ablated, K, coefs)
+        hooks += site_patch_hooks(model, graph, site, removed, deltas)
     return hooks
 
 
-def _neuron_hooks(model, graph: Graph, L: int, removed, live_minus_ablated, ablated, subtract, K: int, up: slice) -> list:
+def _neuron_hooks(model, graph: Graph, L: int, removed, deltas: LiveDeltas, subtract, K: int, up: slice) -> list:
     """Patching for a layer split into neurons.
 
     Sources: each selected neuron writes ``post_i · W_out[i]``; ``rest`` writes the remainder of
@@ -112,12 +111,12 @@ def _neuron_hooks(model, graph: Graph, L: int, removed, live_minus_ablated, abla
     ``x − Σ removed deltas``, pushed through ``ln2`` and its ``W_in`` column at ``hook_pre``.
     """
     mlp = model.blocks[L].mlp
-    ids = graph.neuron_ids(L).to(ablated.device)
+    ids = graph.neuron_ids(L).to(deltas.dense.device)
     n = len(ids)
     rows = graph.src_slices()[f"mlp{L}"]
     cols = graph.dst_slices()[f"mlp{L}"]
     W_out, W_in, b_in = frozen(mlp.W_out)[ids], frozen(mlp.W_in)[:, ids], frozen(mlp.b_in)[ids]
-    _, B, P, d = ablated.shape
+    B, P, d = deltas.B, deltas.P, deltas.d
     store: dict = {}
     hooks = []
 
@@ -137,8 +136,7 @@ def _neuron_hooks(model, graph: Graph, L: int, removed, live_minus_ablated, abla
         rp = r[:, :, patched]
 
         def own_inputs(pre, hook):
-            D = live_minus_ablated[up]  # [n_up, K, B, P, d]
-            x = store["x"].reshape(K, B, P, 1, d) - torch.einsum("kuj,ukbpd->kbpjd", rp, D)
+            x = store["x"].reshape(K, B, P, 1, d) - deltas.removed_sum(rp, up)
             normed = model.blocks[L].ln2(x.reshape(K * B, P, len(patched), d))
             new = torch.einsum("bpjd,dj->bpj", frozen(normed), W_in[:, patched]) + b_in[patched]
             pre = pre.clone()
@@ -153,11 +151,9 @@ def _neuron_hooks(model, graph: Graph, L: int, removed, live_minus_ablated, abla
 
     def record_out(out, hook):
         post = store["post"]  # [K*B, P, n]
-        live = torch.einsum("bpi,id->ibpd", post, W_out)
-        live_minus_ablated[rows.start:rows.start + n] = live.reshape(n, K, B, P, d) - ablated[rows.start:rows.start + n, None]
+        deltas.record(slice(rows.start, rows.start + n), torch.einsum("bpi,id->ibpd", post, W_out))
         if graph.has_rest(L):
-            rest = frozen(out) - post @ W_out
-            live_minus_ablated[rows.stop - 1] = rest.reshape(K, B, P, d) - ablated[rows.stop - 1, None]
+            deltas.record(slice(rows.stop - 1, rows.stop), frozen(out) - post @ W_out)
         return out
 
     hooks.append((f"blocks.{L}.mlp.hook_post", keep_post))

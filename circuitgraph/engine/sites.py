@@ -174,138 +174,108 @@ def site_readers(graph: Graph, grads: dict, site: Site) -> list:
     return out
 
 
-def site_patch_hooks(model, graph: Graph, site: Site, removed: torch.Tensor, live_minus_ablated: torch.Tensor,
-                     ablated: torch.Tensor, K: int, coefs: dict) -> list:
-    """The patched forward at a site (see :func:`_sae_patch_hook`, :func:`_transcoder_patch_hooks`)."""
+def site_patch_hooks(model, graph: Graph, site: Site, removed: torch.Tensor, deltas) -> list:
+    """The patched forward at a site (see :func:`_sae_patch_hook`, :func:`_transcoder_patch_hooks`);
+    ``deltas`` is the run's :class:`~circuitgraph.engine.deltas.LiveDeltas`."""
     if site.kind == "transcoder":
-        return _transcoder_patch_hooks(model, graph, site, removed, live_minus_ablated, ablated, K, coefs)
-    return [_sae_patch_hook(graph, site, removed, live_minus_ablated, ablated, K, coefs)]
+        return _transcoder_patch_hooks(model, graph, site, removed, deltas)
+    return [_sae_patch_hook(graph, site, removed, deltas)]
 
 
-def _transcoder_patch_hooks(model, graph: Graph, site: Site, removed, live_minus_ablated, ablated, K: int,
-                            coefs: dict) -> list:
+class _SitePatch:
+    """What both kinds of site need in a patched forward: the removals into the site's nodes
+    (``r [K, n_up, n_nodes]``, split into features / rest / err) and the live-delta sums."""
+
+    def __init__(self, graph: Graph, site: Site, removed: torch.Tensor, deltas) -> None:
+        self.sae = site_sae(graph, site)
+        self.deltas = deltas
+        device = deltas.dense.device
+        self.up = graph.upstream_rows(site.name).to(device)
+        self.rows = graph.src_slices()[site.name]
+        self.ids = _ids(site, device)
+        self.n = n = len(self.ids)
+        self.un = _unselected(site, device) if site.has_rest else None
+        r = removed[:, self.up, graph.dst_slices()[site.name]]  # [K, n_up, n_nodes]
+        self.r_feat = r[..., :n]
+        self.r_rest = r[..., n:n + 1] if site.has_rest and bool(r[..., n].any()) else None
+        self.r_err = r[..., -1:] if bool(r[..., -1].any()) else None
+        self.W_enc, self.W_dec = frozen(self.sae.W_enc), frozen(self.sae.W_dec)
+        self.shape = (deltas.K, deltas.B, deltas.P, deltas.d)
+
+    def minus(self, x: torch.Tensor, r: torch.Tensor | None) -> torch.Tensor:
+        """``x [K, B, P, d]`` minus the removed deltas of one node (``r [K, n_up, 1]``; None: none)."""
+        return x if r is None else x - self.deltas.removed_sum(r, self.up)[..., 0, :].to(x.dtype)
+
+    def finish(self, site_name: str, acts: torch.Tensor, rest_acts: torch.Tensor | None, err: torch.Tensor,
+               out_shape, out_dtype) -> torch.Tensor:
+        """Record the site's live nodes (feature coefficients, dense rest and err) and return its output."""
+        feats = acts[..., self.ids]  # [K, B, P, n]
+        if self.n:
+            self.deltas.record_features(site_name, feats.permute(3, 0, 1, 2))
+        out = self.sae.b_dec + feats @ self.W_dec[self.ids] + err
+        if rest_acts is not None:
+            rest = rest_acts @ self.W_dec[self.un]
+            self.deltas.record(slice(self.rows.start + self.n, self.rows.start + self.n + 1), rest[None])
+            out = out + rest
+        self.deltas.record(slice(self.rows.stop - 1, self.rows.stop), err[None])
+        return out.reshape(out_shape).to(out_dtype)
+
+
+def _transcoder_patch_hooks(model, graph: Graph, site: Site, removed, deltas) -> list:
     """Patching a transcoder layer, as for neurons: each feature with a removed in-edge gets its
     own input ``x − Σ removed deltas`` through the norm and its encoder row; ``rest`` re-encodes its
     own input; the error's input is what the model's MLP runs on (patched at ``hook_mlp_in``)."""
-    sae = site_sae(graph, site)
-    norm = _norm(model, site)
-    up_rows = graph.upstream_rows(site.name).to(ablated.device)
-    cols, rows = graph.dst_slices()[site.name], graph.src_slices()[site.name]
-    _, B, P, d = ablated.shape
-    ids = _ids(site, ablated.device)
-    n = len(ids)
-    un = _unselected(site, ablated.device) if site.has_rest else None
-    W_enc, W_dec, b_enc = frozen(sae.W_enc), frozen(sae.W_dec), frozen(sae.b_enc)
-    r = removed[:, up_rows, cols]  # [K, n_up, n_nodes]
-    patched = r[..., :n].any(0).any(0).nonzero()[:, 0]  # features with some removed in-edge
-    r_feat = r[..., patched]
-    r_rest = r[..., n] if site.has_rest and bool(r[..., n].any()) else None
-    r_err = r[..., -1] if bool(r[..., -1].any()) else None
-    coef_ablated = _ablated_coefs(ablated[rows.start:rows.start + n], W_dec[ids])
+    sp = _SitePatch(graph, site, removed, deltas)
+    sae, norm, ids = sp.sae, _norm(model, site), sp.ids
+    K, B, P, d = sp.shape
+    patched = sp.r_feat.any(0).any(0).nonzero()[:, 0]  # features with some removed in-edge
+    r_patched = sp.r_feat[..., patched]
+    b_enc = frozen(sae.b_enc)
     state: dict = {}
-
-    def minus_removed(x, rk):  # x [K, B, P, d] − Σ_u r[k, u] D_u
-        return x - torch.einsum("ku,ukbpd->kbpd", rk, live_minus_ablated[up_rows]).to(x.dtype)
 
     def read(x, hook):  # the live MLP input; the model's MLP then runs on the error's input
         state["x"] = x.reshape(K, B, P, d)
-        return x if r_err is None else minus_removed(state["x"], r_err).reshape(x.shape)
+        return sp.minus(state["x"], sp.r_err).reshape(x.shape)
 
     def write(out, hook):
         x = state.pop("x")
-        x_err = x if r_err is None else minus_removed(x, r_err)
         pre = sae.pre_acts(norm(x))  # [K, B, P, d_sae]
         if len(patched):
-            own = x[..., None, :] - torch.einsum("kuj,ukbpd->kbpjd", r_feat, live_minus_ablated[up_rows]).to(x.dtype)
+            own = x[..., None, :] - deltas.removed_sum(r_patched, sp.up).to(x.dtype)  # [K, B, P, n_p, d]
             normed = frozen(norm(own.reshape(K * B, P, len(patched), d))).reshape(K, B, P, len(patched), d)
-            pre[..., ids[patched]] = torch.einsum("kbpjd,dj->kbpj", normed, W_enc[:, ids[patched]]) + b_enc[ids[patched]]
+            pre[..., ids[patched]] = torch.einsum("kbpjd,dj->kbpj", normed, sp.W_enc[:, ids[patched]]) + b_enc[ids[patched]]
         acts = sae.activation(pre)
-        feats = acts[..., ids]
-        coefs[site.name] = feats.permute(3, 0, 1, 2) - coef_ablated[:, None]
-        parts = [torch.einsum("kbpi,id->ikbpd", feats, W_dec[ids])]
+        rest = None
         if site.has_rest:
-            rest = acts[..., un] if r_rest is None else sae.encode(norm(minus_removed(x, r_rest)))[..., un]
-            parts.append((rest @ W_dec[un])[None])
-        parts.append((frozen(out).reshape(K, B, P, d) - sae.decode(sae.encode(norm(x_err))))[None])
-        nodes = torch.cat(parts)  # [n_nodes, K, B, P, d]
-        live_minus_ablated[rows] = nodes - ablated[rows, None]
-        return (nodes.sum(0) + sae.b_dec).reshape(out.shape).to(out.dtype)
+            rest = acts[..., sp.un] if sp.r_rest is None else sae.encode(norm(sp.minus(x, sp.r_rest)))[..., sp.un]
+        err = frozen(out).reshape(K, B, P, d) - sae.decode(sae.encode(norm(sp.minus(x, sp.r_err))))
+        return sp.finish(site.name, acts, rest, err, out.shape, out.dtype)
 
     L = site.layer
     return [(f"blocks.{L}.hook_mlp_in", read), (f"blocks.{L}.hook_mlp_out", write)]
 
 
-def _ablated_coefs(rows: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
-    """Feature coefficients ``[n, B, P]`` read back off their ablated rows (each is coef · W[i])."""
-    return torch.einsum("ibpd,id->ibp", rows, W) / (W * W).sum(1).clamp_min(1e-30)[:, None, None]
-
-
-def _sae_patch_hook(graph: Graph, site: Site, removed: torch.Tensor, live_minus_ablated: torch.Tensor,
-                    ablated: torch.Tensor, K: int, coefs: dict):
-    """The patched forward at a site: each feature's pre-activation loses the removed upstream
-    deltas projected on its encoder row (exact: the encoder is linear before the activation);
-    ``rest`` and ``err`` run the SAE on ``x`` minus their removed deltas. Records the site's live
-    node activations for the readers after it, and its features' coefficient deltas in ``coefs``.
-
-    Feature → feature removals go through the virtual weights ``W_dec[u] · W_enc[:, j]`` and the
-    upstream coefficient deltas, never through d-vectors: projecting every upstream d-vector onto
-    every feature's encoder row would cost n_up · n_features · d per token."""
-    sae = site_sae(graph, site)
-    up_rows = graph.upstream_rows(site.name).to(ablated.device)
-    cols = graph.dst_slices()[site.name]
-    rows = graph.src_slices()[site.name]
-    _, B, P, d = ablated.shape
-    ids = _ids(site, ablated.device)
-    n = len(ids)
-    un = _unselected(site, ablated.device) if site.has_rest else None
-    W_enc, W_dec = frozen(sae.W_enc), frozen(sae.W_dec)
-    r = removed[:, up_rows, cols]  # [K, n_up, n_nodes]
-    r_rest = r[..., n] if site.has_rest and bool(r[..., n].any()) else None
-    r_err = r[..., -1] if bool(r[..., -1].any()) else None
-    # upstream feature blocks of earlier sites (low-rank) and the other, dense upstream rows
-    lowrank, dense = [], torch.ones(len(up_rows), dtype=torch.bool, device=ablated.device)
-    for other in graph.sites:
-        first = graph.src_slices()[other.name].start
-        at = (up_rows == first).nonzero()
-        if other.time < site.time and other.features and len(at):
-            k = int(at[0, 0])
-            dense[k:k + len(other.features)] = False
-            r_block = r[:, k:k + len(other.features), :n]
-            if bool(r_block.any()):
-                V = frozen(site_sae(graph, other).W_dec)[_ids(other, ablated.device)] @ W_enc[:, ids]  # [n_u, n]
-                lowrank.append((other.name, r_block, V))
-    r_dense = r[:, dense, :n]
-    dense_rows = up_rows[dense]
-    r_dense = r_dense if bool(r_dense.any()) else None
-    W_sel = W_dec[ids]
-    coef_ablated = _ablated_coefs(ablated[rows.start:rows.start + n], W_sel)
-
-    def minus_removed(x, rk):  # x [K, B, P, d] − Σ_u r[k, u] D_u
-        return x - torch.einsum("ku,ukbpd->kbpd", rk, live_minus_ablated[up_rows]).to(x.dtype)
+def _sae_patch_hook(graph: Graph, site: Site, removed: torch.Tensor, deltas):
+    """The patched forward at an SAE site: each feature's pre-activation loses the removed upstream
+    deltas projected on its encoder row (exact: the encoder is linear before the activation; for
+    upstream features through virtual weights, see :meth:`LiveDeltas.projected`); ``rest`` and
+    ``err`` run the SAE on ``x`` minus their removed deltas."""
+    sp = _SitePatch(graph, site, removed, deltas)
+    sae, ids = sp.sae, sp.ids
+    K, B, P, d = sp.shape
+    r_feat = sp.r_feat if sp.n and bool(sp.r_feat.any()) else None
 
     def hook(x, hook):
         xs = x.reshape(K, B, P, d)
         pre = sae.pre_acts(xs)  # [K, B, P, d_sae]
-        if r_dense is not None:
-            proj = live_minus_ablated[dense_rows] @ W_enc[:, ids]  # [n_dense, K, B, P, n]
-            pre[..., ids] -= (r_dense.permute(1, 0, 2)[:, :, None, None, :] * proj).sum(0).to(pre.dtype)
-        for name, r_block, V in lowrank:  # Σ_u r[k,u,j] Δcoef_u · (W_dec[u] · W_enc[:, j]), one bmm
-            c = coefs[name]  # [n_u, K, B, P]
-            shift = torch.bmm(c.reshape(c.shape[0], K, -1).transpose(0, 1).transpose(1, 2), r_block * V)
-            pre[..., ids] -= shift.reshape(K, B, P, n).to(pre.dtype)
+        if r_feat is not None:
+            pre[..., ids] -= deltas.projected(r_feat, sp.up, sp.W_enc[:, ids]).to(pre.dtype)
         acts = sae.activation(pre)
-        feats = acts[..., ids]
-        coefs[site.name] = feats.permute(3, 0, 1, 2) - coef_ablated[:, None]  # [n, K, B, P]
-        parts = [torch.einsum("kbpi,id->ikbpd", feats, W_sel)]
+        # (unselected pre-activations were not shifted above)
+        rest = None
         if site.has_rest:
-            # (unselected pre-activations were not shifted above)
-            rest_acts = acts[..., un] if r_rest is None else sae.encode(minus_removed(xs, r_rest))[..., un]
-            parts.append((rest_acts @ W_dec[un])[None])
-        x_err = xs if r_err is None else minus_removed(xs, r_err)
-        parts.append((x_err - sae.decode(sae.encode(x_err)))[None])
-        nodes = torch.cat(parts)  # [n_nodes, K, B, P, d]
-        live_minus_ablated[rows] = nodes - ablated[rows, None]
-        return (nodes.sum(0) + sae.b_dec).reshape(x.shape).to(x.dtype)
+            rest = acts[..., sp.un] if sp.r_rest is None else sae.encode(sp.minus(xs, sp.r_rest))[..., sp.un]
+        x_err = sp.minus(xs, sp.r_err)
+        return sp.finish(site.name, acts, rest, x_err - sae.decode(sae.encode(x_err)), x.shape, x.dtype)
 
     return site.hook_name, hook
-

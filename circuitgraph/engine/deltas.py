@@ -1,0 +1,117 @@
+"""a(live) − a(ablated) of every source during a patched forward, kept as compactly as its readers
+allow.
+
+A removed edge u→v makes v read ``live_input_v − (a_u(live) − a_u(ablated))``, so each reader
+needs ``Σ_u r[k, u, c] · D_u`` over its removed upstream edges. Heads, MLPs, neurons and SAE
+``rest``/``err`` nodes keep ``D_u`` as a d-vector per (mask, example, position). SAE features
+write ``coef · W_dec[i]``, so they keep only the coefficient delta ``[n, K, B, P]``: a graph with
+thousands of feature nodes never holds ``[n_features, K, B, P, d]``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from circuitgraph.graph import Graph
+
+
+class LiveDeltas:
+    """Dense rows ``[n_dense, K, B, P, d]`` plus one low-rank block per SAE site's features."""
+
+    def __init__(self, graph: Graph, ablated: torch.Tensor, K: int) -> None:
+        from circuitgraph.engine.activations import frozen
+        from circuitgraph.engine.sites import site_sae
+
+        n_src, B, P, d = ablated.shape
+        self.K, self.B, self.P, self.d = K, B, P, d
+        self.ablated = ablated
+        device = ablated.device
+        dense = torch.ones(n_src, dtype=torch.bool, device=device)
+        # site name → (first row, W_dec rows [n, d], ablated coefficients [n, B, P])
+        self.blocks: dict[str, tuple[int, torch.Tensor, torch.Tensor]] = {}
+        self.coefs: dict[str, torch.Tensor] = {}  # site name → coefficient deltas [n, K, B, P], once recorded
+        for site in graph.sites:
+            n = len(site.features)
+            if not n:
+                continue
+            start = graph.src_slices()[site.name].start
+            dense[start:start + n] = False
+            ids = torch.tensor(site.features, dtype=torch.long, device=device)
+            W = frozen(site_sae(graph, site).W_dec)[ids]
+            # ablated feature rows hold coef · W[i]: read the coefficients back off them
+            coef = torch.einsum("ibpd,id->ibp", ablated[start:start + n], W) / (W * W).sum(1).clamp_min(1e-30)[:, None, None]
+            self.blocks[site.name] = (start, W, coef)
+        self.is_dense = dense
+        self.pos = torch.cumsum(dense, 0) - 1  # row → index among the dense rows
+        self.simple = not self.blocks  # dense rows are the graph's rows
+        self.dense = torch.empty(int(dense.sum()), K, B, P, d, dtype=ablated.dtype, device=device)
+
+    # ---------------------------------------------------------------------------------- recording
+    def record(self, rows: slice, live: torch.Tensor) -> None:
+        """Live activations ``[n, K, B, P, d]`` (or anything reshaping to it) of dense rows ``rows``."""
+        at = int(self.pos[rows.start])
+        n = rows.stop - rows.start
+        self.dense[at:at + n] = live.reshape(n, self.K, self.B, self.P, self.d) - self.ablated[rows, None]
+
+    def record_features(self, site_name: str, coef: torch.Tensor) -> None:
+        """Live coefficients ``[n, K, B, P]`` of a site's feature nodes."""
+        _, _, ablated = self.blocks[site_name]
+        self.coefs[site_name] = coef - ablated[:, None]
+
+    def rows(self, up: slice | torch.Tensor) -> torch.Tensor:
+        """Dense ``D`` for upstream rows ``up`` (all dense; a view when ``up`` is a slice of a simple graph)."""
+        if self.simple:
+            return self.dense[up]
+        up = _as_rows(up, self.dense.device)
+        return self.dense[self.pos[up]]
+
+    # ---------------------------------------------------------------------------------- reading
+    def removed_sum(self, r: torch.Tensor, up: slice | torch.Tensor) -> torch.Tensor:
+        """``Σ_u r[k, u, c] · D_u`` → ``[K, B, P, C, d]`` for removals ``r [K, n_up, C]`` over the
+        upstream rows ``up`` (in that order)."""
+        if self.simple:
+            return torch.einsum("kuc,ukbpd->kbpcd", r, self.dense[up])
+        up = _as_rows(up, self.dense.device)
+        keep = self.is_dense[up]
+        out = torch.einsum("kuc,ukbpd->kbpcd", r[:, keep], self.dense[self.pos[up[keep]]])
+        for name, (start, W, _) in self.blocks.items():
+            inside = (up >= start) & (up < start + len(W))
+            if not bool(inside.any()):
+                continue
+            r_b = r[:, inside]  # [K, n_b, C]
+            if not bool(r_b.any()):
+                continue
+            n_b = r_b.shape[1]
+            coef = self.coefs[name][up[inside] - start]  # [n_b, K, B, P]
+            A = coef.reshape(n_b, self.K, -1).permute(1, 2, 0)  # [K, BP, n_b]
+            # Σ_u r[k,u,c] coef_u W_u: weight the coefficients per reader column, then one matmul
+            weighted = A[:, :, None, :] * r_b.transpose(1, 2)[:, None]  # [K, BP, C, n_b]
+            out += (weighted @ W[up[inside] - start]).reshape(out.shape)
+        return out
+
+    def projected(self, r: torch.Tensor, up: slice | torch.Tensor, W_enc: torch.Tensor) -> torch.Tensor:
+        """``Σ_u r[k, u, j] · (D_u · W_enc[:, j])`` → ``[K, B, P, n]``: the removals linear readers
+        (SAE features' encoder rows) see, through the virtual weights ``W_dec[u] · W_enc[:, j]`` for
+        upstream features (projecting every d-vector onto every encoder row would cost
+        n_up · n · d per token)."""
+        up = _as_rows(up, self.dense.device)
+        keep = self.is_dense[up]
+        out = torch.zeros(self.K, self.B, self.P, W_enc.shape[1], dtype=self.dense.dtype, device=self.dense.device)
+        r_d = r[:, keep]
+        if bool(r_d.any()):
+            proj = self.dense[self.pos[up[keep]]] @ W_enc  # [n_dense, K, B, P, n]
+            out += (r_d.permute(1, 0, 2)[:, :, None, None, :] * proj).sum(0)
+        for name, (start, W, _) in self.blocks.items():
+            inside = (up >= start) & (up < start + len(W))
+            r_b = r[:, inside]
+            if not bool(inside.any()) or not bool(r_b.any()):
+                continue
+            rows = up[inside] - start
+            c = self.coefs[name][rows]  # [n_b, K, B, P]
+            V = W[rows] @ W_enc  # virtual weights [n_b, n]
+            out += torch.bmm(c.reshape(len(rows), self.K, -1).permute(1, 2, 0), r_b * V).reshape(out.shape)
+        return out
+
+
+def _as_rows(up: slice | torch.Tensor, device) -> torch.Tensor:
+    return torch.arange(up.start, up.stop, device=device) if isinstance(up, slice) else up.to(device)
