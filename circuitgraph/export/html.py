@@ -49,7 +49,8 @@ DEFAULT_STYLE = {"color": "#dddddd", "label": "other"}
 POSITIVE, NEGATIVE, ZERO = "#1f6fd1", "#d62728", "#9e9e9e"
 QKV_NAMES = {"q": "query", "k": "key", "v": "value"}
 X_STEP, X_MIN, Y_STEP, MAX_WIDTH = 190, 120, 72, 1400
-MAX_SLOTS = 48  # columns with more nodes than this are laid out with their shown nodes only
+MAX_SLOTS = 48  # columns with more nodes than this are laid out with their shown nodes only,
+WRAP_ROWS = 24  # in sub-columns of at most this many rows
 LABEL_TOKENS = 2  # distinct top-activating tokens shown under a feature node's name
 _VENDOR = Path(__file__).parent / "vendor"
 
@@ -167,30 +168,35 @@ def _logits_nodes(graph: Graph) -> list[str]:
 
 
 def _layout(graph: Graph, shown: list[str]) -> dict[str, tuple[int, int]]:
-    """Fixed positions: column = residual-stream time (input, then each layer's heads, then its
-    MLP, ..., logits), rows centred within each column. A column keeps a slot for every node of
-    the model, so a head sits at the same height in every circuit, unless it is long (an MLP split
-    into many neurons): then only the shown nodes get slots."""
+    """Fixed positions: one column per residual-stream time (input, then each layer's heads, SAE
+    sites, its MLP, ..., logits), rows centred within each column. A column keeps a slot for every
+    node of the model, so a head sits at the same height in every circuit, unless it is long (an
+    MLP split into neurons, an SAE site's features): then only the shown nodes get slots, wrapped
+    into side-by-side sub-columns of at most ``WRAP_ROWS``, so the picture keeps a screen's shape."""
     logits = _logits_nodes(graph)
-    # graph time is in 1/8 layer (see graph/sites.py); a column is a quarter of that: input 0,
-    # layer L's heads 2L+1, its MLP 2L+2, SAE sites between them
-    times = [t / 4 for t in graph.src_time.tolist() + [int(graph.dst_time.max())] * len(logits)]
+    times = graph.src_time.tolist() + [int(graph.dst_time.max())] * len(logits)
     names = list(graph.src_names) + logits
     keep = set(shown)
     columns: dict[int, list[str]] = {}
     for n, t in zip(names, times):
         columns.setdefault(t, []).append(n)
     columns = {t: [n for n in col if n in keep] if len(col) > MAX_SLOTS else col for t, col in columns.items()}
+    widths = {t: -(-len(col) // WRAP_ROWS) if len(col) > MAX_SLOTS else 1 for t, col in columns.items()}
+    rows = {t: -(-len(col) // widths[t]) for t, col in columns.items()}
     # Column spacing: X_STEP while the picture stays within a screen's width; for deep models,
     # narrower (down to X_MIN, where labels still clear each other), aiming at a picture about 1.6
     # times as wide as it is tall.
-    gaps = max(max(columns) - min(columns), 1)  # in columns (attention-only models skip the MLP ones)
-    height = max(len(col) for col in columns.values()) * Y_STEP
+    gaps = max(sum(widths.values()) - 1, 1)
+    height = max(rows.values()) * Y_STEP
     x_step = X_STEP if gaps * X_STEP <= MAX_WIDTH else min(max(max(1.6 * height, MAX_WIDTH) / gaps, X_MIN), X_STEP)
-    pos = {}
-    for t, col in columns.items():
-        for r, n in enumerate(col):
-            pos[n] = (round(t * x_step), round((r - (len(col) - 1) / 2) * Y_STEP))
+    pos, x = {}, 0
+    for t in sorted(columns):
+        col, per = columns[t], rows[t]
+        for i, n in enumerate(col):
+            sub, r = divmod(i, per)
+            in_sub = min(per, len(col) - sub * per)
+            pos[n] = (round((x + sub) * x_step), round((r - (in_sub - 1) / 2) * Y_STEP))
+        x += widths[t]
     return pos
 
 
@@ -322,7 +328,7 @@ def write_html(circuit, path: str | Path, title: str | None = None, show_all_nod
         tip = f"{src} → {node}{into}\nscore: {_fmt(s)}\nrank {ranks[k]} of {n_edges} edges by |score|"
         # Curvature grows with the number of columns an edge spans, so that long edges arc over the
         # nodes in between; a head's q / k / v edges from one source bend differently to stay apart.
-        span = max((dst_time[j] - src_time[i]) / 4, 1)  # in columns
+        span = max((dst_time[j] - src_time[i]) / 4, 1)  # in layers / 2 (graph time is 1/8 layer)
         bend = min(0.08 + 0.05 * (span - 1), 0.45)
         smooth = {"enabled": True, "type": "curvedCCW" if qkv == "q" else "curvedCW",
                   "roundness": round(bend + (0.18 if qkv == "v" else 0.0), 3)}
