@@ -97,6 +97,23 @@ def test_html_accepts_graph_with_mask_and_escapes(tmp_path):
         write_html("not a circuit", tmp_path / "bad.html")
 
 
+def test_long_columns_wrap_into_sub_columns():
+    """An SAE site with hundreds of feature nodes is drawn as a grid between its neighbours, not
+    as one column taller than the screen."""
+    from circuitgraph.export.html import WRAP_ROWS, _layout
+    from circuitgraph.graph import Architecture
+    from circuitgraph.graph.sites import make_site
+
+    g = Graph(Architecture(n_layers=2, n_heads=4, has_mlp=False, d_model=64),
+              sites=[make_site("blocks.1.hook_resid_pre", 512, range(300))])
+    shown = ["input", "a0.h1", "a1.h3", "logits"] + [f"resid_pre1.f{i}" for i in range(0, 300, 2)]
+    pos = _layout(g, shown)
+    feats = [pos[n] for n in shown if ".f" in n]
+    xs, ys = {x for x, _ in feats}, {y for _, y in feats}
+    assert len(xs) == -(-150 // WRAP_ROWS) and len(ys) <= WRAP_ROWS
+    assert pos["a0.h1"][0] < min(xs) and max(xs) < pos["a1.h3"][0] < pos["logits"][0]
+
+
 def test_html_positions_are_fixed_and_layered(tmp_path):
     c = _circuit()
     path = write_html(c, tmp_path / "c.html", show_all_nodes=True)
