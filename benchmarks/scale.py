@@ -1,15 +1,27 @@
 """Graph size, attribution time and peak memory per granularity on the GPT-2-small shape.
 
 Random weights (no download), d_vocab 50257, EAP with corrupted patching, batch 8 × 16 tokens.
-Each granularity runs in its own subprocess so each peak RSS is its own. Usage:
-    python benchmarks/scale.py [--granularity nodes neurons] [--threads 2] [--device cpu]
-Prints one line per granularity: ``granularity=… nodes=… edges=… eap_s=… peak_rss_gb=…``.
+Granularities: ``nodes`` (heads + MLPs), ``neurons`` (every MLP neuron) and ``sae`` (a 16× SAE,
+d_sae 12,288, on every layer's ``hook_resid_pre``, one run per ``--features`` choice). The SAEs
+are random but sparse like trained ones: unit-norm random decoder rows, a tied encoder, ``b_dec``
+the mean activation, and per-feature biases set on separate calibration prompts so that feature
+firing frequencies are log-normal (σ ``--spread``, default 0.75 decades; at most 10 %) with mean
+L0 ``--l0`` (default 32).
+Each configuration runs in its own subprocess so each peak RSS is its own. Usage:
+    python benchmarks/scale.py [--granularity nodes neurons sae] [--features active 2048] [--l0 32]
+                               [--spread 0.75] [--threads 2] [--device cpu] [--eap-batch N]
+Prints one line per configuration: ``granularity=… nodes=… edges=… build_s=… eap_s=… peak_rss_gb=…``
+(``eap_batch``: examples per EAP chunk, ``auto`` unless ``--eap-batch`` is given);
+``sae`` lines add ``features`` (the choice), ``n_features`` (feature nodes, all sites),
+``site_features`` and ``l0`` (measured mean active features per token on the task's clean and
+corrupted prompts), per site. ``build_s`` includes choosing the features.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import resource
 import subprocess
 import sys
@@ -18,7 +30,60 @@ import time
 import torch
 
 
-def run_one(granularity: str, device: str, threads: int, batch: int, seq: int) -> dict:
+def random_saes(model, l0: float, expansion: int = 16, n_tokens: int = 4096, spread: float = 0.75) -> list:
+    """Random SAEs on every layer's residual stream whose sparsity matches a trained SAE's: the
+    graph size under ``features="active"`` depends on how many features fire, and how unevenly."""
+    from circuitgraph.sae import SAE
+
+    cfg = model.cfg
+    d_sae = expansion * cfg.d_model
+    g = torch.Generator().manual_seed(1)  # calibration prompts differ from the task's
+    tokens = torch.randint(0, cfg.d_vocab, (n_tokens // 16, 16), generator=g).to(cfg.device)
+    names = [f"blocks.{L}.hook_resid_pre" for L in range(cfg.n_layers)]
+    resid: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    with torch.no_grad():
+        for chunk in tokens.split(64):
+            _, cache = model.run_with_cache(chunk, names_filter=names, stop_at_layer=cfg.n_layers)
+            for n in names:
+                resid[n].append(cache[n].flatten(0, 1))
+    saes = []
+    for n in names:
+        x = torch.cat(resid[n])
+        W_dec = torch.randn(d_sae, cfg.d_model, generator=g).to(x)
+        W_dec /= W_dec.norm(dim=1, keepdim=True)
+        freq = torch.exp(torch.randn(d_sae, generator=g).to(x) * spread * math.log(10))
+        freq = (freq * l0 / d_sae / freq.mean()).clamp(max=0.1)
+        # feature j fires on the top freq_j of calibration tokens: its threshold is that order statistic
+        rank = (freq * len(x)).ceil().long().clamp(1, len(x))
+        b_dec = x.mean(0)
+        pre = (x - b_dec) @ W_dec.T
+        threshold = pre.topk(int(rank.max()), dim=0).values.gather(0, rank[None] - 1)[0]
+        sae = SAE(cfg.d_model, d_sae, n, device=cfg.device)
+        with torch.no_grad():
+            sae.W_dec.copy_(W_dec)
+            sae.W_enc.copy_(W_dec.T)
+            sae.b_dec.copy_(b_dec)
+            sae.b_enc.copy_(-threshold)
+        saes.append(sae.eval())
+    return saes
+
+
+@torch.no_grad()
+def mean_l0(model, saes: list, task) -> list[float]:
+    """Mean active features per token at each SAE, over the task's clean and corrupted prompts."""
+    from circuitgraph.sae import splice
+
+    counts: dict[str, list[torch.Tensor]] = {s.hook_name: [] for s in saes}
+    with splice(model, saes) as sp:
+        for tokens in (task.clean, task.corrupted):
+            model(tokens, return_type=None)
+            for s in saes:
+                counts[s.hook_name].append((sp.acts[s.hook_name] != 0).sum(-1).flatten().float())
+    return [round(float(torch.cat(counts[s.hook_name]).mean()), 1) for s in saes]
+
+
+def run_one(granularity: str, features: str, l0: float, spread: float, device: str, threads: int, batch: int,
+            seq: int, eap_batch: int | None) -> dict:
     torch.set_num_threads(threads)
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
@@ -32,40 +97,62 @@ def run_one(granularity: str, device: str, threads: int, batch: int, seq: int) -
     corrupted = torch.randint(0, cfg.d_vocab, (batch, seq), generator=g).to(device)
     answer = torch.randint(0, cfg.d_vocab, (batch,), generator=g).to(device)
     task = cg.Task(clean=clean, corrupted=corrupted, answer=answer, wrong=(answer + 1) % cfg.d_vocab, name="bench")
+    saes = random_saes(model, l0, spread=spread) if granularity == "sae" else None
     t0 = time.perf_counter()
-    graph = cg.Graph.from_model(model, neurons=(granularity == "neurons") or None)
+    if saes:
+        choice = int(features) if features.isdigit() else features
+        graph = cg.Graph.from_model(model, saes=saes, task=task, features=choice)
+    else:
+        graph = cg.Graph.from_model(model, neurons=(granularity == "neurons") or None)
     build_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    cg.attribute(model, graph, task, method="eap", progress=False)
+    cg.attribute(model, graph, task, method="eap", batch_size=eap_batch, progress=False)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     eap_s = time.perf_counter() - t0
-    return {"granularity": granularity, "nodes": graph.n_src + 1, "sources": graph.n_src, "destinations": graph.n_dst,
-            "edges": graph.n_edges, "build_s": round(build_s, 2), "eap_s": round(eap_s, 2),
-            "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 2),
-            "batch": f"{batch}x{seq}", "device": device, "threads": threads}
+    out = {"granularity": granularity, "nodes": graph.n_src + 1, "sources": graph.n_src, "destinations": graph.n_dst,
+           "edges": graph.n_edges, "build_s": round(build_s, 2), "eap_s": round(eap_s, 2),
+           "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 2),
+           "batch": f"{batch}x{seq}", "eap_batch": eap_batch or "auto", "device": device, "threads": threads}
+    if saes:
+        sizes = [len(site.features) for site in graph.sites]
+        out.update(features=features, n_features=sum(sizes), site_features="/".join(map(str, sizes)),
+                   l0="/".join(map(str, mean_l0(model, saes, task))))
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--granularity", nargs="+", default=["nodes", "neurons"], choices=["nodes", "neurons"])
+    ap.add_argument("--granularity", nargs="+", default=["nodes", "neurons", "sae"],
+                    choices=["nodes", "neurons", "sae"])
+    ap.add_argument("--features", nargs="+", default=["active", "2048"],
+                    help="sae only: which features become nodes ('active', 'all' or k per site); one run each")
+    ap.add_argument("--l0", type=float, default=32.0, help="sae only: target mean active features per token")
+    ap.add_argument("--spread", type=float, default=0.75,
+                    help="sae only: σ of log10 feature firing frequency (0: every feature fires equally often)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=16)
+    ap.add_argument("--eap-batch", type=int, help="examples per EAP chunk (default: the engine's auto_batch_size)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        print(json.dumps(run_one(args.one, args.device, args.threads, args.batch, args.seq)))
+        print(json.dumps(run_one(args.one, args.features[0], args.l0, args.spread, args.device, args.threads,
+                                 args.batch, args.seq, args.eap_batch)))
         return
-    for gran in args.granularity:
-        out = subprocess.run([sys.executable, __file__, "--one", gran, "--device", args.device, "--threads", str(args.threads),
-                              "--batch", str(args.batch), "--seq", str(args.seq)], capture_output=True, text=True)
+    common = ["--l0", str(args.l0), "--spread", str(args.spread), "--device", args.device,
+              "--threads", str(args.threads), "--batch", str(args.batch), "--seq", str(args.seq)]
+    common += ["--eap-batch", str(args.eap_batch)] if args.eap_batch else []
+    for gran, features in [(g, f) for g in args.granularity for f in (args.features if g == "sae" else [None])]:
+        extra = ["--features", features] if features else []
+        out = subprocess.run([sys.executable, __file__, "--one", gran, *extra, *common], capture_output=True, text=True)
         if out.returncode:
-            print(f"granularity={gran} FAILED\n{out.stderr[-2000:]}")
+            label = f"granularity={gran}" + (f" features={features}" if features else "")
+            print(f"{label} FAILED (exit {out.returncode})\n{out.stderr[-4000:]}")
             continue
         r = json.loads(out.stdout.strip().splitlines()[-1])
-        print(" ".join(f"{k}={v}" for k, v in r.items()))
+        print(" ".join(f"{k}={v}" for k, v in r.items()), flush=True)
 
 
 if __name__ == "__main__":
