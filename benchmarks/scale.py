@@ -11,7 +11,8 @@ Each configuration runs in its own subprocess so each peak RSS is its own. Usage
     python benchmarks/scale.py [--granularity nodes neurons sae] [--features active 2048] [--l0 32]
                                [--spread 0.75] [--threads 2] [--device cpu] [--eap-batch N]
 Prints one line per configuration: ``granularity=… nodes=… edges=… build_s=… eap_s=… peak_rss_gb=…``
-(``eap_batch``: examples per EAP chunk, ``auto`` unless ``--eap-batch`` is given);
+(``eap_batch``: examples per EAP chunk, the engine's choice unless ``--eap-batch`` is given;
+``--scores-dtype bfloat16`` halves the score matrix);
 ``sae`` lines add ``features`` (the choice), ``n_features`` (feature nodes, all sites),
 ``site_features`` and ``l0`` (measured mean active features per token on the task's clean and
 corrupted prompts), per site. ``build_s`` includes choosing the features.
@@ -83,11 +84,12 @@ def mean_l0(model, saes: list, task) -> list[float]:
 
 
 def run_one(granularity: str, features: str, l0: float, spread: float, device: str, threads: int, batch: int,
-            seq: int, eap_batch: int | None) -> dict:
+            seq: int, eap_batch: int | None, scores_dtype: str = "float32") -> dict:
     torch.set_num_threads(threads)
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
     import circuitgraph as cg
+    from circuitgraph.engine.batching import auto_batch_size
 
     cfg = HookedTransformerConfig(n_layers=12, d_model=768, n_heads=12, d_head=64, d_mlp=3072, n_ctx=1024,
                                   d_vocab=50257, act_fn="gelu_new", normalization_type="LN", device=device, seed=0)
@@ -106,14 +108,16 @@ def run_one(granularity: str, features: str, l0: float, spread: float, device: s
         graph = cg.Graph.from_model(model, neurons=(granularity == "neurons") or None)
     build_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    cg.attribute(model, graph, task, method="eap", batch_size=eap_batch, progress=False)
+    cg.attribute(model, graph, task, method="eap", batch_size=eap_batch, progress=False,
+                 scores_dtype=getattr(torch, scores_dtype))
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     eap_s = time.perf_counter() - t0
     out = {"granularity": granularity, "nodes": graph.n_src + 1, "sources": graph.n_src, "destinations": graph.n_dst,
            "edges": graph.n_edges, "build_s": round(build_s, 2), "eap_s": round(eap_s, 2),
            "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 2),
-           "batch": f"{batch}x{seq}", "eap_batch": eap_batch or "auto", "device": device, "threads": threads}
+           "batch": f"{batch}x{seq}", "eap_batch": eap_batch or auto_batch_size(graph, task, lowrank=True),
+           "scores_dtype": scores_dtype, "device": device, "threads": threads}
     if saes:
         sizes = [len(site.features) for site in graph.sites]
         out.update(features=features, n_features=sum(sizes), site_features="/".join(map(str, sizes)),
@@ -135,14 +139,17 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=16)
     ap.add_argument("--eap-batch", type=int, help="examples per EAP chunk (default: the engine's auto_batch_size)")
+    ap.add_argument("--scores-dtype", default="float32", choices=["float32", "bfloat16"],
+                    help="dtype of the [n_src, n_dst] score matrix (bfloat16 halves it)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
         print(json.dumps(run_one(args.one, args.features[0], args.l0, args.spread, args.device, args.threads,
-                                 args.batch, args.seq, args.eap_batch)))
+                                 args.batch, args.seq, args.eap_batch, args.scores_dtype)))
         return
     common = ["--l0", str(args.l0), "--spread", str(args.spread), "--device", args.device,
-              "--threads", str(args.threads), "--batch", str(args.batch), "--seq", str(args.seq)]
+              "--threads", str(args.threads), "--batch", str(args.batch), "--seq", str(args.seq),
+              "--scores-dtype", args.scores_dtype]
     common += ["--eap-batch", str(args.eap_batch)] if args.eap_batch else []
     for gran, features in [(g, f) for g in args.granularity for f in (args.features if g == "sae" else [None])]:
         extra = ["--features", features] if features else []

@@ -93,3 +93,17 @@ def test_offloaded_evaluator_cache_gives_the_same_metrics():
     assert all(t.device.type == "cpu" for t in off._cache.values()) and len(off._cache) == len(off.chunks)
     with pytest.raises(ValueError, match="offload"):
         CircuitEvaluator(model, graph, task, offload="sometimes")
+
+
+def test_attribution_batches_count_neurons_and_features_as_low_rank():
+    """EAP keeps a neuron or feature as one number per position, so its chunk budget counts them so;
+    patching (dense rows) does not. The score matrix is only allocated when used."""
+    from circuitgraph.engine.batching import auto_batch_size
+
+    model = _ln_model(torch.float32)
+    graph = cg.Graph.from_model(model, neurons=True)
+    assert graph._scores is None
+    task = _task().select(torch.arange(8).repeat(64))  # 512 examples
+    dense, lowrank = auto_batch_size(graph, task, 2e7), auto_batch_size(graph, task, 2e7, lowrank=True)
+    assert lowrank > 3 * dense
+    assert graph.scores.shape == graph.valid.shape and graph._scores is not None

@@ -128,6 +128,8 @@ def test_eap_sums_match_the_plain_graph(entry, task, graph):
     so summed SAE-graph scores equal summed scores of the graph without SAEs."""
     model = entry.model
     se = attribute(model, graph, task, method="eap", progress=False).clone()
+    # the SAEs' weights were frozen for the backward (no .grad left behind), then restored
+    assert all(p.grad is None and p.requires_grad for sae in graph.saes.values() for p in sae.parameters())
     plain = Graph.from_model(model)
     sp = attribute(model, plain, task, method="eap", progress=False)
     heads0 = [plain.src(f"a0.h{h}") for h in range(4)]

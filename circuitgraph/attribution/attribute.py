@@ -61,7 +61,7 @@ def attribute(
     task.check_model(model)
     task.prepare(model)
     abl = Ablation.coerce(ablation).prepare(model, graph, task)
-    bs = batch_size or auto_batch_size(graph, task)
+    bs = batch_size or auto_batch_size(graph, task, lowrank=method != "exact")
     t0 = time.perf_counter()
     # A fresh tensor, so scores a caller kept from an earlier call stay intact; the graph's old one
     # is released first (at neuron granularity the [n_src, n_dst] matrix is the largest object).

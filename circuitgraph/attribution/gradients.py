@@ -176,15 +176,17 @@ def _ungrouped(W: torch.Tensor, attn) -> torch.Tensor:
 
 
 @contextmanager
-def frozen_params(model):
-    """Skip weight gradients: attribution needs only activation gradients, which halves backward."""
-    flags = [p.requires_grad for p in model.parameters()]
+def frozen_params(*modules):
+    """Skip weight gradients (of the model and of any SAEs spliced into it): attribution needs
+    only activation gradients, which halves backward and leaves no ``.grad`` behind."""
+    params = [p for m in modules for p in m.parameters()]
+    flags = [p.requires_grad for p in params]
     try:
-        for p in model.parameters():
+        for p in params:
             p.requires_grad_(False)
         yield
     finally:
-        for p, f in zip(model.parameters(), flags):
+        for p, f in zip(params, flags):
             p.requires_grad_(f)
 
 
@@ -205,7 +207,7 @@ def forward_backward(model, graph: Graph, task, input_override: torch.Tensor | N
 
     fwd = [(resid_pre0(), leaf_input)] + fwd + (source_hooks(model, graph, capture_sources, sites=False) if capture_sources is not None else []) \
         + (extra_fwd or []) + site_hooks(model, graph, capture_sources, dg.grad)  # sites last at their hook point
-    with torch.enable_grad(), frozen_params(model), hook_flags(model, split_qkv_input=False), \
+    with torch.enable_grad(), frozen_params(model, *graph.node_graph.saes.values()), hook_flags(model, split_qkv_input=False), \
             model.hooks(fwd_hooks=fwd, bwd_hooks=bwd):
         logits = task.run(model, task.clean)
         values = task.score(logits, " during attribution")

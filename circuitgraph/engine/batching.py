@@ -16,9 +16,14 @@ def example_chunks(task, batch_size: int) -> Iterator[tuple[slice, object, float
         yield idx, (task if (i == 0 and j == n) else task.select(idx)), (j - i) / n
 
 
-def auto_batch_size(graph: Graph, task, budget_bytes: float = 1.5e9) -> int:
-    """Examples per chunk so that the [n_src, batch, pos, d] source buffers stay within budget."""
-    per_example = graph.node_graph.n_src * task.seq_len * graph.arch.d_model * 4 * 3
+def auto_batch_size(graph: Graph, task, budget_bytes: float = 1.5e9, lowrank: bool = False) -> int:
+    """Examples per chunk so that the [n_src, batch, pos, d] source buffers stay within budget.
+
+    ``lowrank``: attribution, where neurons and SAE features are a scalar per position (their
+    direction is shared), so only the other rows cost a d-vector."""
+    node = graph.node_graph
+    n_lowrank = (sum(len(ids) for ids in node.neurons.values()) + sum(len(s.features) for s in node.sites)) if lowrank else 0
+    per_example = ((node.n_src - n_lowrank) * graph.arch.d_model + n_lowrank) * task.seq_len * 4 * 3
     return max(1, min(task.n_examples, int(budget_bytes // max(per_example, 1))))
 
 

@@ -135,7 +135,7 @@ class Graph:
         # A destination reads a source written strictly earlier, unless an SAE site in between
         # already read it (the site's nodes carry it on): valid iff t_src < t_dst ≤ hidden_after.
         self.valid = self._edges().to(self.device)
-        self.scores = torch.zeros(self.valid.shape, device=self.device)
+        self._scores: torch.Tensor | None = None  # allocated when first used (see scores)
         self._in_circuit: torch.Tensor | None = None
         self.score_info: dict = {}
         self.saes: dict = {}  # hook name → SAE, for graphs with SAE sites (see attach_saes)
@@ -213,6 +213,19 @@ class Graph:
 
     def has_rest(self, layer: int) -> bool:
         return layer in self.neurons and len(self.neurons[layer]) < self.arch.d_mlp
+
+    @property
+    def scores(self) -> torch.Tensor:
+        """``[n_src, n_dst]`` edge scores (zeros until :func:`circuitgraph.attribute` fills them).
+        Allocated on first use: at neuron or feature scale it is the largest object there is, and
+        :func:`~circuitgraph.attribute` makes its own (in the dtype asked for)."""
+        if self._scores is None:
+            self._scores = torch.zeros(self.valid.shape, device=self.valid.device)
+        return self._scores
+
+    @scores.setter
+    def scores(self, value: torch.Tensor | None) -> None:
+        self._scores = value
 
     @property
     def in_circuit(self) -> torch.Tensor:
@@ -373,7 +386,8 @@ class Graph:
     def to(self, device: torch.device | str) -> "Graph":
         self.device = torch.device(device)
         self.valid = self.valid.to(device)
-        self.scores = self.scores.to(device)
+        if self._scores is not None:
+            self._scores = self._scores.to(device)
         if self._in_circuit is not None:
             self._in_circuit = self._in_circuit.to(device)
         return self
@@ -425,7 +439,8 @@ class Graph:
             else:
                 rows = (self.src_time < site.time) & (hidden == never)
             hidden[rows] = site.time
-        valid = (self.src_time[:, None] < self.dst_time[None, :]) & (self.dst_time[None, :] <= hidden[:, None])
+        valid = self.src_time[:, None] < self.dst_time[None, :]
+        valid &= self.dst_time[None, :] <= hidden[:, None]  # (in place: at neuron scale each is 1.4 GB)
         dst_groups = self._dst_groups
         for name, rows in only:
             cols = torch.tensor([g == name for g in dst_groups])

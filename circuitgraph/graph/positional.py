@@ -44,7 +44,7 @@ class PositionalGraph(Graph):
         self.device = base.device
         eye = torch.eye(P, dtype=torch.bool, device=base.device)
         self.valid = (base.valid[:, None, :, None] & eye[None, :, None, :]).reshape(base.n_src * P, base.n_dst * P)
-        self.scores = torch.zeros(self.valid.shape, device=self.device)
+        self._scores = None
         self.score_info = {}
         self._in_circuit = None
         # node u@p reads: q (and MLP / logits inputs) at p; k and v at every position it attends to

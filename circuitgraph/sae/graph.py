@@ -96,7 +96,9 @@ def _top_k(model, saes, task, k: int) -> dict[str, list[int]]:
     scores = {s.hook_name: torch.zeros(s.d_sae, device=task.device) for s in saes}
     for i in range(0, task.n_examples, 64):
         sub = task.select(slice(i, i + 64))
-        with torch.enable_grad(), frozen_params(model), hook_flags(model), splice(model, saes) as sp:
+        leaf = [("blocks.0.hook_resid_pre", lambda x, hook: x.detach().requires_grad_(True))]  # weights are frozen
+        with torch.enable_grad(), frozen_params(model, *saes), hook_flags(model), model.hooks(fwd_hooks=leaf), \
+                splice(model, saes) as sp:
             grads: dict = {}
             for sae in saes:
                 sae.hook_sae_acts.add_hook(_retain(grads, sae.hook_name), dir="fwd")
