@@ -349,12 +349,13 @@ def test_sae_feature_graph_run(tmp_path):
     """graph.saes=zoo: feature nodes from the shipped SAEs, the circuit re-measured, HTML labels,
     the hypothesis step skipped with a reason rather than failing."""
     s = cli.run(compose_cfg("graph.saes=zoo", "graph.features=24", "method=eap", "task.limit=8",
-                            "circuit=top-n", "circuit.n=60", "export.curve=false", "export.png=false",
-                            "progress=false"), tmp_path / "sae")
+                            "circuit.target=0.7", "export.curve=false", "export.png=false", "progress=false"),
+                tmp_path / "sae")
     assert s["graph"]["sae_sites"] == {"blocks.0.hook_attn_out": 24, "blocks.1.hook_resid_pre": 24}
-    assert s["faithfulness"] > 0.5 and "hypothesis" in s["skipped"]
+    assert s["reached_target"] and "hypothesis" in s["skipped"]
     circuit = cg.Circuit.load(tmp_path / "sae" / "circuit.json")
     assert [site.hook_name for site in circuit.graph.sites] == ["blocks.0.hook_attn_out", "blocks.1.hook_resid_pre"]
+    assert any(".f" in n for n in circuit.nodes())  # features carry the circuit, not only the error nodes
     assert '"topTokens"' in (tmp_path / "sae" / "graph.html").read_text()
 
 

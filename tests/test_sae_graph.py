@@ -237,12 +237,50 @@ def test_bad_sae_inputs(entry, saes, task):
         Graph.from_spec(g.spec()).attach_saes([SAE(64, 256, RESID), saes[ATTN]])
     with pytest.raises(ValueError, match="no SAE given"):
         Graph.from_spec(g.spec()).attach_saes([saes[ATTN]])
+    transcoder = SAE(64, 512, RESID, apply_b_dec_to_input=False, hook_name_out="blocks.1.hook_mlp_out")
+    with pytest.raises(ValueError, match="hook_name_out"):  # a transcoder is not the site's SAE
+        Graph.from_spec(g.spec()).attach_saes([transcoder, saes[ATTN]])
     with pytest.raises(ValueError, match="eap-ig-activations"):
         attribute(model, g, task, method="eap-ig-activations", progress=False)
     from circuitgraph.graph.positional import PositionalGraph
 
     with pytest.raises(ValueError, match="SAE sites"):
         PositionalGraph(g, positions=task.seq_len)
+
+
+def test_top_k_features_are_the_largest_node_attributions(entry, saes, task):
+    """``features=k`` keeps, per site, the k features whose node attribution Δf · ∂m/∂f is largest;
+    by EAP's linearity that is the sum of each feature's out-edge scores in the all-features graph."""
+    model = entry.model
+    chosen = Graph.from_model(model, saes=saes, task=task, features=12)
+    full = Graph.from_model(model, saes=saes, features="all")
+    scores = attribute(model, full, task, method="eap", progress=False)
+    for site in chosen.sites:
+        rows = full.src_slices()[site.name]
+        node = scores[rows.start:rows.start + site.d_sae].sum(1).abs()  # features first, in id order
+        assert set(site.features) == set(node.topk(12).indices.tolist())
+        assert len(site.features) == 12 and site.features != tuple(range(12))
+
+
+def test_sites_with_padding_half_precision_saes_and_zero_ablation(entry, saes):
+    """Padded prompts (each read at its own last token), bf16 SAEs on the float32 model, and zero
+    ablation: the full circuit is still the model, and patched forwards run."""
+    model = entry.model
+    base = entry.task("induction").select(slice(0, 4))
+    mask = torch.ones_like(base.clean)
+    mask[:2, -5:] = 0
+    task = Task(clean=base.clean, corrupted=base.corrupted, answer=base.answer, wrong=base.wrong,
+                attention_mask=mask, read_positions=mask.sum(1) - 1)
+    half = {k: SAE(v.d_in, v.d_sae, k, dtype=torch.bfloat16) for k, v in saes.items()}
+    for k, h in half.items():
+        h.load_state_dict({n: p.to(torch.bfloat16) for n, p in saes[k].state_dict().items()})
+    graph = Graph.from_model(model, saes=half, task=task)
+    full = run(model, graph, task, graph.valid, ablation="zero")
+    clean = model(task.clean, attention_mask=mask)
+    read = (torch.arange(4), task.read_positions)
+    assert (full[read] - clean[read]).abs().max() < 1e-3
+    empty = run(model, graph, task, torch.zeros_like(graph.valid), ablation="zero")
+    assert (empty[read] - clean[read]).abs().max() > 1e-2
 
 
 # ------------------------------------------------------------------------------------ files and exports
@@ -295,6 +333,10 @@ def test_transcoders_replace_mlps_exactly(tmp_path):
     cfg = HookedTransformerConfig(n_layers=2, d_model=16, n_heads=2, d_head=8, d_mlp=32, d_vocab=20, n_ctx=8,
                                   act_fn="gelu", normalization_type="LN", dtype=torch.float64, seed=0)
     model = HookedTransformer(cfg)
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():  # an unfolded ln2: hook_normalized (what the transcoder reads) is before w, b
+        model.blocks[0].ln2.w.copy_(1 + 0.5 * torch.randn(16, generator=g, dtype=torch.float64))
+        model.blocks[0].ln2.b.copy_(0.5 * torch.randn(16, generator=g, dtype=torch.float64))
     tcs = [_transcoder(0, "ln2.hook_normalized", 5), _transcoder(1, "hook_mlp_in", 6)]
     saes = tcs + [_random_sae("blocks.1.hook_resid_pre", 16, 24, 7)]
     g = torch.Generator().manual_seed(1)
@@ -315,7 +357,7 @@ def test_transcoders_replace_mlps_exactly(tmp_path):
             recon_only = model(clean)
     assert (spliced - model(clean)).abs().max() < 1e-10
     keep = graph.valid.clone()
-    keep[graph.src("transcoder0.err")] = False
+    keep[graph.src("transcoder0.err")] = False  # (the transcoder's own reading of hook_normalized)
     assert (run(model, graph, task, keep, ablation="zero") - recon_only).abs().max() < 1e-8
 
     save_sae(tcs[0], tmp_path / "tc0")

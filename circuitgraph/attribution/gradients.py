@@ -129,20 +129,21 @@ class DestinationGradients:
         ids = torch.tensor(site.features, dtype=torch.long, device=grad_pre.device)
         enc = frozen(site_sae(self.graph, site).W_enc)[:, ids].T
         total = self.grad[f"feat_in:{site.name}"] if site.has_rest else None
-        out = self._through_ln2(site.layer, grad_pre[..., ids].permute(2, 0, 1), enc, total, site.normalized)
+        out = self._through_ln2(site.layer, grad_pre[..., ids].permute(2, 0, 1), enc, total, site.normalized,
+                                gain=False)  # (hook_normalized is before ln2's gain)
         k = len(site.node_names())
         return out + [(slice(k - 1, k), DenseReaders(self.grad[f"err_in:{site.name}"][None]))]
 
     def _through_ln2(self, L: int, g: torch.Tensor, enc: torch.Tensor, total: torch.Tensor | None,
-                     normalized: bool) -> list:
-        """Low-rank readers ``g [n, B, P]`` along ``enc [n, d]`` (behind ``ln2`` when ``normalized``),
-        plus a dense reader for everything else that reads the same input when ``total`` (its
-        full input gradient) is given."""
+                     normalized: bool, gain: bool = True) -> list:
+        """Low-rank readers ``g [n, B, P]`` along ``enc [n, d]`` (behind ``ln2``'s normalisation
+        when ``normalized``, and its gain when ``gain``), plus a dense reader for everything else
+        that reads the same input when ``total`` (its full input gradient) is given."""
         ln = self.model.blocks[L].ln2
         xhat = scale = None
         if normalized:
             xhat, scale = self.fwd.get(f"norm2_{L}"), self.fwd.get(f"scale2_{L}")
-            if hasattr(ln, "w"):
+            if gain and hasattr(ln, "w"):
                 enc = enc * frozen(ln.w)[None]
             if scale is not None:
                 g = g / scale[None, ..., 0]

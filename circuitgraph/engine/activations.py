@@ -222,7 +222,7 @@ class Ablation:
         if self.kind == "mean":
             return {k: v[None].expand(B, *v.shape).contiguous() for k, v in self._mean.items()}
         if self.kind == "zero":
-            like = raw_sources(model, graph, chunk, chunk.clean[:1, :1])  # shapes and dtypes only
+            like = raw_sources(model, graph, _Plain(None), chunk.clean[:1, :1])  # shapes and dtypes only
             return {k: torch.zeros((B, P, *v.shape[2:]), dtype=v.dtype, device=v.device) for k, v in like.items()}
         partner = self._perm[idx]
         return raw_sources(model, graph, _Plain(task.attention_mask[partner] if task.attention_mask is not None else None), task.clean[partner])

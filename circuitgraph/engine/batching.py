@@ -21,9 +21,11 @@ def auto_batch_size(graph: Graph, task, budget_bytes: float = 1.5e9, lowrank: bo
 
     ``lowrank``: attribution, where neurons and SAE features are a scalar per position (their
     direction is shared), so only the other rows cost a d-vector."""
-    node = graph.node_graph
+    node, d = graph.node_graph, graph.arch.d_model
     n_lowrank = (sum(len(ids) for ids in node.neurons.values()) + sum(len(s.features) for s in node.sites)) if lowrank else 0
-    per_example = ((node.n_src - n_lowrank) * graph.arch.d_model + n_lowrank) * task.seq_len * 4 * 3
+    per_position = (node.n_src - n_lowrank) * d + n_lowrank
+    per_position += sum(s.d_sae + d for s in node.sites)  # each site's activations and error, per run
+    per_example = per_position * task.seq_len * 4 * 3
     return max(1, min(task.n_examples, int(budget_bytes // max(per_example, 1))))
 
 

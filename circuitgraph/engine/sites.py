@@ -43,16 +43,17 @@ def _unselected(site: Site, device) -> torch.Tensor:
     return keep.nonzero()[:, 0]
 
 
-def site_hooks(model, graph: Graph, capture: dict | None, grads: dict | None = None) -> list:
+def site_hooks(model, graph: Graph, capture: dict | None, grads: dict | None = None, act_grads: bool = False) -> list:
     """Forward hooks splicing every site's SAE into the model (output unchanged up to rounding),
     storing ``acts``/``err`` into ``capture`` and, under autograd, ∂m/∂pre and ∂m/∂x_err into
-    ``grads``. Add them after any other hook on the same hook point."""
+    ``grads`` (and ∂m/∂acts, with ``act_grads``: node attribution). Add them after any other hook
+    on the same hook point."""
     graph = graph.node_graph
     hooks = []
     for site in graph.sites:
         sae = site_sae(graph, site)
         if site.kind == "transcoder":
-            hooks += _transcoder_hooks(model, site, sae, capture, grads)
+            hooks += _transcoder_hooks(model, site, sae, capture, grads, act_grads)
             continue
 
         def hook(x, hook, site=site, sae=sae):
@@ -63,6 +64,8 @@ def site_hooks(model, graph: Graph, capture: dict | None, grads: dict | None = N
                 pre.register_hook(_keep(grads, f"pre:{site.name}"))
                 x_err.register_hook(_keep(grads, f"err_in:{site.name}"))
             acts = sae.activation(pre)
+            if track and act_grads:
+                acts.register_hook(_keep(grads, f"act:{site.name}"))
             err = x_err - sae.decode(sae.encode(x_err))
             if capture is not None:
                 capture[f"acts:{site.name}"] = frozen(acts)
@@ -74,11 +77,22 @@ def site_hooks(model, graph: Graph, capture: dict | None, grads: dict | None = N
 
 
 def _norm(model, site: Site):
-    """The norm a transcoder reads through (``ln2``), or None when it reads the raw residual."""
-    return model.blocks[site.layer].ln2 if site.normalized else (lambda x: x)
+    """What a transcoder reads: ``ln2.hook_normalized``, i.e. the MLP input centred (LayerNorm)
+    and divided by its scale, *before* ln2's gain and bias; or the raw MLP input."""
+    ln = model.blocks[site.layer].ln2
+    kind = type(ln).__name__
+    if not site.normalized or kind == "Identity":
+        return lambda x: x
+
+    def normalize(x: torch.Tensor) -> torch.Tensor:
+        if kind in ("LayerNorm", "LayerNormPre"):
+            x = x - x.mean(-1, keepdim=True)
+        return x / (x.pow(2).mean(-1, keepdim=True) + ln.eps).sqrt()
+
+    return normalize
 
 
-def _transcoder_hooks(model, site: Site, sae, capture: dict | None, grads: dict | None) -> list:
+def _transcoder_hooks(model, site: Site, sae, capture: dict | None, grads: dict | None, act_grads: bool) -> list:
     """A transcoder stands in for layer L's MLP: at ``hook_mlp_in`` its features and its error get
     their own copies of the MLP input (so each has its own gradient); at ``hook_mlp_out`` the
     output becomes ``b_dec + acts @ W_dec + err`` with ``err = MLP(x_err) − transcoder(x_err)``
@@ -97,9 +111,12 @@ def _transcoder_hooks(model, site: Site, sae, capture: dict | None, grads: dict 
 
     def write(out, hook):
         pre = sae.pre_acts(norm(state.pop("x_feat")))
-        if state.pop("track"):
+        track = state.pop("track")
+        if track:
             pre.register_hook(_keep(grads, f"pre:{site.name}"))
         acts = sae.activation(pre)
+        if track and act_grads:
+            acts.register_hook(_keep(grads, f"act:{site.name}"))
         err = out - sae.decode(sae.encode(norm(state.pop("x_err"))))
         if capture is not None:
             capture[f"acts:{site.name}"] = frozen(acts)
@@ -199,8 +216,13 @@ class _SitePatch:
         self.r_feat = r[..., :n]
         self.r_rest = r[..., n:n + 1] if site.has_rest and bool(r[..., n].any()) else None
         self.r_err = r[..., -1:] if bool(r[..., -1].any()) else None
-        self.W_enc, self.W_dec = frozen(self.sae.W_enc), frozen(self.sae.W_dec)
+        self.W_enc, self.W_dec, self.b_dec = frozen(self.sae.W_enc), frozen(self.sae.W_dec), frozen(self.sae.b_dec)
         self.shape = (deltas.K, deltas.B, deltas.P, deltas.d)
+
+    def error(self, target: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``target − recon(x)``, decoded in float32 exactly as :meth:`finish` sums the nodes (a
+        half-precision SAE's own decode would round differently, and the site would stop adding up)."""
+        return frozen(target) - (frozen(self.sae.encode(x)) @ self.W_dec + self.b_dec)
 
     def minus(self, x: torch.Tensor, r: torch.Tensor | None) -> torch.Tensor:
         """``x [K, B, P, d]`` minus the removed deltas of one node (``r [K, n_up, 1]``; None: none)."""
@@ -209,12 +231,13 @@ class _SitePatch:
     def finish(self, site_name: str, acts: torch.Tensor, rest_acts: torch.Tensor | None, err: torch.Tensor,
                out_shape, out_dtype) -> torch.Tensor:
         """Record the site's live nodes (feature coefficients, dense rest and err) and return its output."""
-        feats = acts[..., self.ids]  # [K, B, P, n]
+        feats = frozen(acts[..., self.ids])  # [K, B, P, n]
+        err = frozen(err)
         if self.n:
             self.deltas.record_features(site_name, feats.permute(3, 0, 1, 2))
-        out = self.sae.b_dec + feats @ self.W_dec[self.ids] + err
+        out = self.b_dec + feats @ self.W_dec[self.ids] + err
         if rest_acts is not None:
-            rest = rest_acts @ self.W_dec[self.un]
+            rest = frozen(rest_acts) @ self.W_dec[self.un]
             self.deltas.record(slice(self.rows.start + self.n, self.rows.start + self.n + 1), rest[None])
             out = out + rest
         self.deltas.record(slice(self.rows.stop - 1, self.rows.stop), err[None])
@@ -248,7 +271,7 @@ def _transcoder_patch_hooks(model, graph: Graph, site: Site, removed, deltas) ->
         rest = None
         if site.has_rest:
             rest = acts[..., sp.un] if sp.r_rest is None else sae.encode(norm(sp.minus(x, sp.r_rest)))[..., sp.un]
-        err = frozen(out).reshape(K, B, P, d) - sae.decode(sae.encode(norm(sp.minus(x, sp.r_err))))
+        err = sp.error(out.reshape(K, B, P, d), norm(sp.minus(x, sp.r_err)))
         return sp.finish(site.name, acts, rest, err, out.shape, out.dtype)
 
     L = site.layer
@@ -276,6 +299,6 @@ def _sae_patch_hook(graph: Graph, site: Site, removed: torch.Tensor, deltas):
         if site.has_rest:
             rest = acts[..., sp.un] if sp.r_rest is None else sae.encode(sp.minus(xs, sp.r_rest))[..., sp.un]
         x_err = sp.minus(xs, sp.r_err)
-        return sp.finish(site.name, acts, rest, x_err - sae.decode(sae.encode(x_err)), x.shape, x.dtype)
+        return sp.finish(site.name, acts, rest, sp.error(x_err, x_err), x.shape, x.dtype)
 
     return site.hook_name, hook

@@ -181,10 +181,11 @@ class Graph:
             sae = by_hook.get(site.hook_name)
             if sae is None:
                 raise ValueError(f"no SAE given for the graph's site {site.hook_name}; got SAEs for {sorted(by_hook)}")
-            if sae.d_sae != site.d_sae or sae.d_in != self.arch.d_model:
+            if sae.d_sae != site.d_sae or sae.d_in != self.arch.d_model or sae.hook_name_out != site.hook_name_out:
                 raise ValueError(
-                    f"the SAE for {site.hook_name} has d_in={sae.d_in}, d_sae={sae.d_sae}, but the graph's site "
-                    f"expects d_in={self.arch.d_model}, d_sae={site.d_sae}: it is not the SAE the graph was built with")
+                    f"the SAE for {site.hook_name} has d_in={sae.d_in}, d_sae={sae.d_sae}, hook_name_out={sae.hook_name_out}, "
+                    f"but the graph's site expects d_in={self.arch.d_model}, d_sae={site.d_sae}, "
+                    f"hook_name_out={site.hook_name_out}: it is not the SAE the graph was built with")
             self.saes[site.hook_name] = sae
         return self
 
@@ -388,6 +389,8 @@ class Graph:
         self.valid = self.valid.to(device)
         if self._scores is not None:
             self._scores = self._scores.to(device)
+        if hasattr(self, "_upstream"):  # (a PositionalGraph reads its base's)
+            self._upstream = {g: u if isinstance(u, slice) else u.to(device) for g, u in self._upstream.items()}
         if self._in_circuit is not None:
             self._in_circuit = self._in_circuit.to(device)
         return self

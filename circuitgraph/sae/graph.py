@@ -36,6 +36,9 @@ def feature_graph(model, saes, task=None, features="active", split_qkv: bool = T
     for sae in saes:
         make_site(sae.hook_name, sae.d_sae, [], sae.hook_name_out)  # a site kind the graph supports
     validate(model, saes)  # hook exists, one SAE per site, d_in matches the activation width
+    device = next(model.parameters()).device
+    for sae in saes:  # (feature choice runs them before any engine call would move them)
+        sae.to(device)
     if isinstance(features, dict):
         unknown = set(features) - {s.hook_name for s in saes}
         if unknown:
@@ -87,36 +90,28 @@ def _active(model, saes, task) -> dict[str, list[int]]:
 
 def _top_k(model, saes, task, k: int) -> dict[str, list[int]]:
     """Per site, the k features with the largest |Σ_{b,p} (f(corrupted) − f(clean)) · ∂m/∂f| at
-    the clean run (attribution patching at node level)."""
+    the clean run (attribution patching at node level). The gradient is taken with the engine's
+    own splice, whose error term is a separate function of the site's input: with the error
+    computed as ``x − recon(f)``, ∂m/∂f would be exactly zero."""
     from circuitgraph.attribution.gradients import frozen_params
-    from circuitgraph.sae.splice import splice
+    from circuitgraph.engine.activations import raw_sources, resid_pre0
+    from circuitgraph.engine.batching import example_chunks
+    from circuitgraph.engine.sites import site_hooks
 
-    corrupted = _spliced_acts(model, saes, task, task.corrupted)
+    cfg = model.cfg
+    graph = Graph(Architecture.from_config(cfg), device=cfg.device or "cpu",
+                  sites=[make_site(s.hook_name, s.d_sae, [], s.hook_name_out) for s in saes]).attach_saes(saes)
     task.prepare(model)
-    scores = {s.hook_name: torch.zeros(s.d_sae, device=task.device) for s in saes}
-    for i in range(0, task.n_examples, 64):
-        sub = task.select(slice(i, i + 64))
-        leaf = [("blocks.0.hook_resid_pre", lambda x, hook: x.detach().requires_grad_(True))]  # weights are frozen
-        with torch.enable_grad(), frozen_params(model, *saes), hook_flags(model), model.hooks(fwd_hooks=leaf), \
-                splice(model, saes) as sp:
-            grads: dict = {}
-            for sae in saes:
-                sae.hook_sae_acts.add_hook(_retain(grads, sae.hook_name), dir="fwd")
-            try:
-                values = sub.score(sub.run(model, sub.clean), " while choosing SAE features")
-                (values.sum() / task.n_examples).backward()
-            finally:
-                for sae in saes:
-                    sae.hook_sae_acts.remove_hooks("fwd")
-            for name, acts in sp.acts.items():
-                delta = corrupted[name][i:i + 64] - acts.detach()
-                scores[name] += (delta * grads[name]).flatten(0, -2).sum(0)
-    return {name: s.abs().topk(min(k, s.numel())).indices.tolist() for name, s in scores.items()}
-
-
-def _retain(store: dict, key: str):
-    def hook(acts, hook):
-        acts.register_hook(lambda g: store.__setitem__(key, g.detach()))
-        return acts
-
-    return hook
+    scores = {s.name: torch.zeros(s.d_sae, device=task.device) for s in graph.sites}
+    leaf = [(resid_pre0(), lambda x, hook: x.detach().requires_grad_(True))]  # weights are frozen
+    for _, chunk, weight in example_chunks(task, 64):
+        corrupted = raw_sources(model, graph, chunk, chunk.corrupted)
+        clean, grads = {}, {}
+        with torch.enable_grad(), frozen_params(model, *saes), hook_flags(model), \
+                model.hooks(fwd_hooks=leaf + site_hooks(model, graph, clean, grads, act_grads=True)):
+            values = chunk.score(chunk.run(model, chunk.clean), " while choosing SAE features")
+            values.mean().backward()
+        for s in graph.sites:
+            delta = corrupted[f"acts:{s.name}"] - clean[f"acts:{s.name}"]
+            scores[s.name] += weight * (delta * grads[f"act:{s.name}"]).flatten(0, -2).sum(0)
+    return {s.hook_name: scores[s.name].abs().topk(min(k, s.d_sae)).indices.tolist() for s in graph.sites}
