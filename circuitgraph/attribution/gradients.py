@@ -221,7 +221,7 @@ def forward_backward(model, graph: Graph, task, input_override: torch.Tensor | N
 def contract(graph: Graph, deltas: SourceDeltas, grads: DestinationGradients, out: torch.Tensor, weight: float = 1.0) -> None:
     """``out[u, v] += weight · Σ_{batch,pos,d} delta_u · ∂m/∂in_v`` for every valid edge: per
     destination group, one matmul over the dense sources upstream of it plus one factored
-    product per upstream neuron block."""
+    product per upstream low-rank block (neurons, SAE features)."""
     D, rows = deltas.dense, deltas.dense_rows
     row_sums = D.sum(-1)  # [n_dense, B, P], shared by every norm-centred reader
     if getattr(graph, "positions", None):
@@ -229,11 +229,12 @@ def contract(graph: Graph, deltas: SourceDeltas, grads: DestinationGradients, ou
     for name, cols in graph.dst_slices().items():
         up = graph.upstream(name)
         if deltas.contiguous and isinstance(up, slice):  # no neurons or sites: rows are graph rows
-            Du, sums, target = D[up], row_sums[up], up
-        else:  # the dense rows this group reads (upstream rows are few and sorted)
-            pick = torch.isin(rows, graph.upstream_rows(name).to(rows.device))
+            Du, sums, target, blocks = D[up], row_sums[up], up, []
+        else:  # the dense rows and low-rank blocks this group reads
+            up_rows = graph.upstream_rows(name).to(rows.device)
+            pick = torch.isin(rows, up_rows)
             Du, sums, target = D[pick], row_sums[pick], rows[pick]
-        blocks = [b for b in deltas.lowrank if bool(torch.isin(b.rows[:1], graph.upstream_rows(name).to(b.rows.device)))]
+            blocks = [b for b in deltas.lowrank if bool(torch.isin(b.rows[:1], up_rows))]
         for sub, readers in grads.group(name):
             c = slice(cols.start + sub.start, cols.start + sub.stop)
             if len(Du):
