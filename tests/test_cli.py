@@ -20,6 +20,7 @@ import yaml
 from hydra import compose, initialize_config_module
 
 import circuitgraph as cg
+import circuitgraph.zoo  # noqa: F401  (cg.zoo below, whatever ran before)
 from circuitgraph.cli import compare as compare_mod
 from circuitgraph.cli import main as cli
 from circuitgraph.cli.compare import compare_runs, format_table
@@ -36,8 +37,10 @@ REPO = Path(__file__).resolve().parents[1]
 torch.set_num_threads(1)
 
 
-def compose_cfg(*overrides: str, hydra_cfg: bool = False):
+def compose_cfg(*overrides: str, hydra_cfg: bool = False, config_dir: Path | None = None):
     register_configs()
+    if config_dir is not None:  # a user folder beside the shipped configs, as --config-dir adds it
+        overrides = (f"hydra.searchpath=[file://{config_dir}]", *overrides)
     with initialize_config_module(config_module="circuitgraph.cli.conf", version_base="1.3"):
         return compose("config", overrides=list(overrides), return_hydra_config=hydra_cfg)
 
@@ -240,6 +243,10 @@ def test_every_shipped_option_composes_and_validates(tmp_path):
         validate(cfg, check_hub=False)
     cfg = compose_cfg("task=file", f"task.path={REPO / 'examples/data/induction_repeats.jsonl'}")
     validate(cfg, check_hub=False)
+    for experiment in sorted((REPO / "conf" / "experiment").glob("*.yaml")):  # the user-config examples
+        cfg = compose_cfg(f"+experiment={experiment.stem}", config_dir=REPO / "conf")
+        validate(cfg, check_hub=False)
+    assert compose_cfg("+experiment=induction_features", config_dir=REPO / "conf").graph.saes == "zoo"
     with pytest.raises(ConfigError, match="task.path"):
         validate(compose_cfg("task=file"))
 
