@@ -12,7 +12,8 @@ Each configuration runs in its own subprocess so each peak RSS is its own. Usage
                                [--spread 0.75] [--threads 2] [--device cpu] [--eap-batch N]
 Prints one line per configuration: ``granularity=… nodes=… edges=… build_s=… eap_s=… peak_rss_gb=…``
 (``eap_batch``: examples per EAP chunk, the engine's choice unless ``--eap-batch`` is given;
-``--scores-dtype bfloat16`` halves the score matrix);
+``--scores-dtype bfloat16`` halves the score matrix; ``--patch`` adds ``patch_s``, the time to measure
+the top 1,000 edges' faithfulness by patched forwards);
 ``sae`` lines add ``features`` (the choice), ``n_features`` (feature nodes, all sites),
 ``site_features`` and ``l0`` (measured mean active features per token on the task's clean and
 corrupted prompts), per site. ``build_s`` includes choosing the features.
@@ -84,7 +85,7 @@ def mean_l0(model, saes: list, task) -> list[float]:
 
 
 def run_one(granularity: str, features: str, l0: float, spread: float, device: str, threads: int, batch: int,
-            seq: int, eap_batch: int | None, scores_dtype: str = "float32") -> dict:
+            seq: int, eap_batch: int | None, scores_dtype: str = "float32", patch: bool = False) -> dict:
     torch.set_num_threads(threads)
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
@@ -113,9 +114,14 @@ def run_one(granularity: str, features: str, l0: float, spread: float, device: s
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     eap_s = time.perf_counter() - t0
+    patched = {}
+    if patch:  # verify a circuit causally: the top 1,000 edges, the full model and the empty circuit
+        t0 = time.perf_counter()
+        faith = cg.faithfulness(model, graph, task, cg.top_n(graph, 1000))
+        patched = {"patch_s": round(time.perf_counter() - t0, 2), "top1000_faithfulness": round(faith, 4)}
     out = {"granularity": granularity, "nodes": graph.n_src + 1, "sources": graph.n_src, "destinations": graph.n_dst,
            "edges": graph.n_edges, "build_s": round(build_s, 2), "eap_s": round(eap_s, 2),
-           "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 2),
+           **patched, "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 2),
            "batch": f"{batch}x{seq}", "eap_batch": eap_batch or auto_batch_size(graph, task, lowrank=True),
            "scores_dtype": scores_dtype, "device": device, "threads": threads}
     if saes:
@@ -141,15 +147,17 @@ def main() -> None:
     ap.add_argument("--eap-batch", type=int, help="examples per EAP chunk (default: the engine's auto_batch_size)")
     ap.add_argument("--scores-dtype", default="float32", choices=["float32", "bfloat16"],
                     help="dtype of the [n_src, n_dst] score matrix (bfloat16 halves it)")
+    ap.add_argument("--patch", action="store_true",
+                    help="also measure the top 1,000 edges' faithfulness by patched forwards (patch_s)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
         print(json.dumps(run_one(args.one, args.features[0], args.l0, args.spread, args.device, args.threads,
-                                 args.batch, args.seq, args.eap_batch, args.scores_dtype)))
+                                 args.batch, args.seq, args.eap_batch, args.scores_dtype, args.patch)))
         return
     common = ["--l0", str(args.l0), "--spread", str(args.spread), "--device", args.device,
               "--threads", str(args.threads), "--batch", str(args.batch), "--seq", str(args.seq),
-              "--scores-dtype", args.scores_dtype]
+              "--scores-dtype", args.scores_dtype] + (["--patch"] if args.patch else [])
     common += ["--eap-batch", str(args.eap_batch)] if args.eap_batch else []
     for gran, features in [(g, f) for g in args.granularity for f in (args.features if g == "sae" else [None])]:
         extra = ["--features", features] if features else []

@@ -104,6 +104,24 @@ def test_full_and_empty_circuits_are_the_clean_and_corrupted_runs(entry, saes, t
     assert (run(model, g, task, ~g.valid) - corrupted).abs().max() < 1e-4
 
 
+def test_compact_ablations_patch_like_dense_ones(entry, task, graph):
+    """The evaluator caches ablations with SAE features as coefficients; patched runs from them equal
+    patched runs from the dense ``[n_src, B, P, d]`` activations."""
+    from circuitgraph.engine.activations import CompactSources
+
+    model = entry.model
+    abl = Ablation("zero").prepare(model, graph, task)
+    every = slice(0, task.n_examples)
+    dense = abl.activations(model, graph, task, every, task)
+    compact = abl.activations(model, graph, task, every, task, compact=True)
+    n_features = sum(len(s.features) for s in graph.sites)
+    assert isinstance(compact, CompactSources) and compact.shape == dense.shape
+    assert compact.dense.shape[0] == graph.n_src - n_features
+    masks = (torch.rand((3, *graph.valid.shape), generator=torch.Generator().manual_seed(0)) < 0.3) & graph.valid
+    a, b = (patched_logits(model, graph, task, A, masks) for A in (dense, compact))
+    assert (a - b).abs().max() < 1e-4 and (a - model(task.clean).repeat(3, 1, 1)).abs().max() > 1e-2
+
+
 def test_removing_the_error_node_is_running_on_the_reconstruction(entry, saes, task, graph):
     """Zero-ablating every edge out of a site's error node equals splicing the SAE without its
     error term; keeping it equals the model (the graph is exact)."""

@@ -18,9 +18,10 @@ def top_n(graph: Graph, n: int, absolute: bool = True, scores: torch.Tensor | No
     """The ``n`` highest-ranked valid edges (by |score|, or by −score when ``absolute=False``)."""
     if n < 0:
         raise ValueError(f"n must be ≥ 0, got {n}")
-    r = ranking(graph, absolute, scores).masked_fill(~graph.valid, float("-inf")).flatten()
+    r = ranking(graph, absolute, scores).masked_fill_(~graph.valid, float("-inf")).flatten()  # (a fresh copy)
     mask = torch.zeros_like(r, dtype=torch.bool)
-    mask[r.argsort(descending=True)[: min(n, graph.n_edges)]] = True
+    # topk, not argsort: at neuron or feature scale a full sort's int64 index is 8 bytes per entry
+    mask[r.topk(min(n, graph.n_edges)).indices] = True
     return mask.view(graph.valid.shape)
 
 

@@ -57,37 +57,95 @@ def frozen(t: torch.Tensor) -> torch.Tensor:
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
-def stack_sources(model, graph: Graph, buf: dict, out: torch.Tensor | None = None) -> torch.Tensor:
+def stack_sources(model, graph: Graph, buf: dict, out: torch.Tensor | None = None,
+                  compact: bool = False) -> "torch.Tensor | CompactSources":
     """Raw captures → ``[n_src, batch, pos, d_model]`` (heads projected through ``W_O``, neurons
     through their ``W_out`` rows). Dense: for patching and small graphs; attribution at neuron
-    scale uses :func:`source_deltas`, which keeps neurons low-rank."""
+    scale uses :func:`source_deltas`, which keeps neurons low-rank. With ``compact`` (and SAE
+    sites), SAE features stay coefficients: a :class:`CompactSources`."""
     graph = graph.node_graph
     x0 = buf["input"]
     B, P, d = x0.shape
-    if out is None:
-        out = torch.empty(graph.n_src, B, P, d, dtype=x0.dtype, device=x0.device)
     slices = graph.src_slices()
-    out[0] = x0
+    if compact and graph.sites:
+        is_feature = feature_rows(graph)
+        pos = torch.cumsum(~is_feature, 0) - 1
+
+        def at(rows: slice) -> slice:  # a group's dense rows (a site's features come first)
+            first = rows.start + int(is_feature[rows].sum())
+            return slice(int(pos[first]), int(pos[first]) + rows.stop - first)
+
+        out = torch.empty(int((~is_feature).sum()), B, P, d, dtype=x0.dtype, device=x0.device)
+    else:
+        def at(rows: slice) -> slice:
+            return rows
+
+        if out is None:
+            out = torch.empty(graph.n_src, B, P, d, dtype=x0.dtype, device=x0.device)
+    out[at(slices["input"])] = x0[None]
     for L in range(graph.arch.n_layers):
         W_O = frozen(model.blocks[L].attn.W_O)  # [head, d_head, d_model]
-        out[slices[f"attn{L}"]] = torch.einsum("bphe,hed->hbpd", buf[f"z{L}"], W_O)
+        out[at(slices[f"attn{L}"])] = torch.einsum("bphe,hed->hbpd", buf[f"z{L}"], W_O)
         if not graph.has_mlp_node(L):
             continue
         rows = slices[f"mlp{L}"]
         if L not in graph.neurons:
-            out[rows] = buf[f"mlp{L}"]
+            out[at(rows)] = buf[f"mlp{L}"][None]
             continue
         post, W_out = _neuron_parts(model, graph, buf, L)
         n = post.shape[-1]
         out[rows.start:rows.start + n] = torch.einsum("bpi,id->ibpd", post, W_out)
         if graph.has_rest(L):
             out[rows.start + n] = buf[f"mlp{L}"] - post @ W_out
-    if graph.sites:
-        from circuitgraph.engine.sites import site_sources
+    if not graph.sites:
+        return out
+    from circuitgraph.engine.sites import site_coefficients, site_sources
 
-        for site in graph.sites:
-            site_sources(graph, buf, site, out[slices[site.name]])
+    for site in graph.sites:
+        site_sources(graph, buf, site, out[at(slices[site.name])], features=not compact)
+    if not compact:
+        return out
+    return CompactSources(out, {site.name: site_coefficients(graph, buf, site) for site in graph.sites if site.features},
+                          graph.n_src)
+
+
+def feature_rows(graph: Graph) -> torch.Tensor:
+    """``[n_src]`` bool: the rows that are SAE features (a site's first rows)."""
+    out = torch.zeros(graph.n_src, dtype=torch.bool)
+    for site in graph.sites:
+        start = graph.src_slices()[site.name].start
+        out[start:start + len(site.features)] = True
     return out
+
+
+@dataclass
+class CompactSources:
+    """Source activations of a graph with SAE sites, features kept as coefficients: ``dense``
+    ``[n_dense, B, P, d]`` for every other row (in graph order; see :func:`feature_rows`) and
+    ``coefs`` ``{site: [n_features, B, P]}`` (each feature writes coef · W_dec[i]). What a patched
+    forward needs of the ablated run, at a fraction of ``[n_src, B, P, d]``."""
+
+    dense: torch.Tensor
+    coefs: dict[str, torch.Tensor]
+    n_src: int
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self.n_src, *self.dense.shape[1:])
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.dense.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.dense.device
+
+    def to(self, *args, **kw) -> "CompactSources":
+        return CompactSources(self.dense.to(*args, **kw), {k: v.to(*args, **kw) for k, v in self.coefs.items()}, self.n_src)
+
+    def pin_memory(self) -> "CompactSources":
+        return CompactSources(self.dense.pin_memory(), {k: v.pin_memory() for k, v in self.coefs.items()}, self.n_src)
 
 
 def _neuron_parts(model, graph: Graph, buf: dict, L: int):
@@ -209,10 +267,11 @@ class Ablation:
             self._perm = ((torch.arange(n) + shift) % n).to(task.device)  # never maps an example to itself
         return self
 
-    def activations(self, model, graph: Graph, task, idx: slice | torch.Tensor, chunk) -> torch.Tensor:
+    def activations(self, model, graph: Graph, task, idx: slice | torch.Tensor, chunk,
+                    compact: bool = False) -> "torch.Tensor | CompactSources":
         """Ablated source activations ``[n_src, batch, pos, d]`` for examples ``idx`` of ``task``
-        (``chunk`` is ``task.select(idx)``)."""
-        return stack_sources(model, graph, self.raw(model, graph, task, idx, chunk))
+        (``chunk`` is ``task.select(idx)``); ``compact``: SAE features as coefficients."""
+        return stack_sources(model, graph, self.raw(model, graph, task, idx, chunk), compact=compact)
 
     def raw(self, model, graph: Graph, task, idx: slice | torch.Tensor, chunk) -> dict:
         """The same as raw captures (see :func:`raw_sources`)."""

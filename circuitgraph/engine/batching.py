@@ -29,9 +29,15 @@ def auto_batch_size(graph: Graph, task, budget_bytes: float = 1.5e9, lowrank: bo
     return max(1, min(task.n_examples, int(budget_bytes // max(per_example, 1))))
 
 
+def dense_sources(graph: Graph) -> int:
+    """Sources that a patched forward holds as d-vectors (SAE features are coefficients there)."""
+    node = graph.node_graph
+    return node.n_src - sum(len(s.features) for s in node.sites)
+
+
 def mask_batch_size(graph: Graph, chunk, budget_bytes: float = 1.0e9) -> int:
     """How many edge masks one patched forward may carry (each tiles the chunk once)."""
-    per_mask = graph.node_graph.n_src * chunk.n_examples * chunk.seq_len * graph.arch.d_model * 4 * 2
+    per_mask = dense_sources(graph) * chunk.n_examples * chunk.seq_len * graph.arch.d_model * 4 * 2
     return max(1, int(budget_bytes // max(per_mask, 1)))
 
 

@@ -18,8 +18,9 @@ from circuitgraph.graph import Graph
 class LiveDeltas:
     """Dense rows ``[n_dense, K, B, P, d]`` plus one low-rank block per SAE site's features."""
 
-    def __init__(self, graph: Graph, ablated: torch.Tensor, K: int) -> None:
-        from circuitgraph.engine.activations import frozen
+    def __init__(self, graph: Graph, ablated, K: int) -> None:
+        """``ablated``: ``[n_src, B, P, d]``, or :class:`~circuitgraph.engine.activations.CompactSources`."""
+        from circuitgraph.engine.activations import CompactSources, frozen
         from circuitgraph.engine.sites import site_sae
 
         n_src, B, P, d = ablated.shape
@@ -38,11 +39,15 @@ class LiveDeltas:
             dense[start:start + n] = False
             ids = torch.tensor(site.features, dtype=torch.long, device=device)
             W = frozen(site_sae(graph, site).W_dec)[ids]
-            # ablated feature rows hold coef · W[i]: read the coefficients back off them
-            coef = torch.einsum("ibpd,id->ibp", ablated[start:start + n], W) / (W * W).sum(1).clamp_min(1e-30)[:, None, None]
+            if isinstance(ablated, CompactSources):
+                coef = ablated.coefs[site.name]
+            else:  # dense ablated feature rows hold coef · W[i]: read the coefficients back off them
+                coef = torch.einsum("ibpd,id->ibp", ablated[start:start + n], W) / (W * W).sum(1).clamp_min(1e-30)[:, None, None]
             self.blocks[site.name] = (start, W, coef)
         self.is_dense = dense
         self.pos = torch.cumsum(dense, 0) - 1  # row → index among the dense rows
+        # the ablated dense rows, indexed like self.dense (CompactSources hold exactly those)
+        self.ablated_dense = ablated.dense if isinstance(ablated, CompactSources) else None
         self.simple = not self.blocks  # dense rows are the graph's rows
         self.dense = torch.empty(int(dense.sum()), K, B, P, d, dtype=ablated.dtype, device=device)
 
@@ -51,7 +56,8 @@ class LiveDeltas:
         """Live activations ``[n, K, B, P, d]`` (or anything reshaping to it) of dense rows ``rows``."""
         at = int(self.pos[rows.start])
         n = rows.stop - rows.start
-        self.dense[at:at + n] = live.reshape(n, self.K, self.B, self.P, self.d) - self.ablated[rows, None]
+        ref = self.ablated[rows] if self.ablated_dense is None else self.ablated_dense[at:at + n]
+        self.dense[at:at + n] = live.reshape(n, self.K, self.B, self.P, self.d) - ref[:, None]
 
     def record_features(self, site_name: str, coef: torch.Tensor) -> None:
         """Live coefficients ``[n, K, B, P]`` of a site's feature nodes."""

@@ -22,14 +22,15 @@ from circuitgraph.graph import Graph
 from circuitgraph.graph.compat import hook_flags
 
 
-def patch_hooks(model, graph: Graph, ablated: torch.Tensor, keep: torch.Tensor) -> list:
+def patch_hooks(model, graph: Graph, ablated, keep: torch.Tensor) -> list:
     """Forward hooks implementing the patched run for ``keep [K, n_src, n_dst]`` (True = edge
-    kept) given ``ablated [n_src, batch, pos, d]``. Needs ``use_split_qkv_input`` and
+    kept) given ``ablated [n_src, batch, pos, d]`` (or :class:`CompactSources`). Needs ``use_split_qkv_input`` and
     ``use_hook_mlp_in`` (see :func:`patched_logits`)."""
     K = keep.shape[0]
     n_src, B, P, d = ablated.shape
     H = graph.arch.n_heads
-    removed = (~keep & graph.valid).to(ablated.dtype)  # [K, n_src, n_dst]
+    removed = keep.logical_not()  # [K, n_src, n_dst] bool (each reader takes its block as floats)
+    removed &= graph.valid
     positional = bool(getattr(graph, "positions", None))
     if positional:  # [K, n_src·P, n_dst·P] → per-position removals [K, n_src, n_dst, P]
         removed = torch.stack([graph.diagonal(r) for r in removed])
@@ -54,7 +55,7 @@ def patch_hooks(model, graph: Graph, ablated: torch.Tensor, keep: torch.Tensor) 
         return project
 
     def subtract(cols: slice, up: slice | torch.Tensor, per_head: bool):
-        r = removed[:, up, cols]  # [K, n_up, n_cols]
+        r = removed[:, up, cols].to(ablated.dtype)  # [K, n_up, n_cols]
         if not bool(r.any()):
             return None
 
@@ -130,7 +131,7 @@ def _neuron_hooks(model, graph: Graph, L: int, removed, deltas: LiveDeltas, subt
         if h is not None:
             hooks.append((f"blocks.{L}.hook_mlp_in", h))
 
-    r = removed[:, up, cols.start:cols.start + n]  # [K, n_up, n]
+    r = removed[:, up, cols.start:cols.start + n].to(deltas.dense.dtype)  # [K, n_up, n]
     patched = r.any(0).any(0).nonzero()[:, 0]  # neurons with some removed in-edge
     if len(patched):
         rp = r[:, :, patched]
@@ -162,7 +163,7 @@ def _neuron_hooks(model, graph: Graph, L: int, removed, deltas: LiveDeltas, subt
 
 
 @torch.no_grad()
-def patched_logits(model, graph: Graph, task, ablated: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+def patched_logits(model, graph: Graph, task, ablated, keep: torch.Tensor) -> torch.Tensor:
     """Logits ``[K * batch, pos, vocab]`` of the clean prompts with the edges outside each of the
     K masks ablated. ``keep`` is ``[n_src, n_dst]`` or ``[K, n_src, n_dst]`` bool."""
     if keep.ndim == 2:

@@ -134,18 +134,25 @@ def _keep(store: dict, key: str):
     return fn
 
 
-def site_sources(graph: Graph, raw: dict, site: Site, out: torch.Tensor) -> None:
-    """Write the site's node activations (dense, ``[n_nodes, B, P, d]``) into ``out``."""
+def site_sources(graph: Graph, raw: dict, site: Site, out: torch.Tensor, features: bool = True) -> None:
+    """Write the site's node activations (dense, ``[n_nodes, B, P, d]``) into ``out``; without
+    ``features``, only its ``rest`` and ``err`` rows (``out`` holds just those)."""
     sae = site_sae(graph, site)
     acts, err = raw[f"acts:{site.name}"], raw[f"err:{site.name}"]
     W_dec = frozen(sae.W_dec)
     ids = _ids(site, acts.device)
-    n = len(ids)
-    out[:n] = torch.einsum("bpi,id->ibpd", acts[..., ids], W_dec[ids])
+    n = len(ids) if features else 0
+    if n:
+        out[:n] = torch.einsum("bpi,id->ibpd", acts[..., ids], W_dec[ids])
     if site.has_rest:
         un = _unselected(site, acts.device)
         out[n] = acts[..., un] @ W_dec[un]
     out[-1] = err
+
+
+def site_coefficients(graph: Graph, raw: dict, site: Site) -> torch.Tensor:
+    """The site's feature activations as ``[n_features, B, P]`` (each writes coef · W_dec[i])."""
+    return raw[f"acts:{site.name}"][..., _ids(site, raw[f"acts:{site.name}"].device)].permute(2, 0, 1)
 
 
 def site_deltas(graph: Graph, diff: dict, site: Site, start: int):
@@ -212,7 +219,7 @@ class _SitePatch:
         self.ids = _ids(site, device)
         self.n = n = len(self.ids)
         self.un = _unselected(site, device) if site.has_rest else None
-        r = removed[:, self.up, graph.dst_slices()[site.name]]  # [K, n_up, n_nodes]
+        r = removed[:, self.up, graph.dst_slices()[site.name]].to(deltas.dense.dtype)  # [K, n_up, n_nodes]
         self.r_feat = r[..., :n]
         self.r_rest = r[..., n:n + 1] if site.has_rest and bool(r[..., n].any()) else None
         self.r_err = r[..., -1:] if bool(r[..., -1].any()) else None

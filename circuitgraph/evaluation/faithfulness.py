@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from circuitgraph.engine.activations import Ablation
-from circuitgraph.engine.batching import auto_batch_size, check_graph, example_chunks, mask_batch_size
+from circuitgraph.engine.batching import auto_batch_size, check_graph, dense_sources, example_chunks, mask_batch_size
 from circuitgraph.engine.patching import patched_logits, tiled
 from circuitgraph.graph import Graph
 from circuitgraph.tasks.metrics import LOWER_IS_BETTER
@@ -43,8 +43,8 @@ class CircuitEvaluator:
         self.ablation = Ablation.coerce(ablation).prepare(model, graph, task)
         self.chunks = list(example_chunks(task, batch_size or auto_batch_size(graph, task)))
         self.mask_batch = mask_batch or min(mask_batch_size(graph, chunk) for _, chunk, _ in self.chunks)
-        node = graph.node_graph
-        per_example = node.n_src * task.seq_len * graph.arch.d_model * 4
+        n_dense = dense_sources(graph)
+        per_example = (n_dense * graph.arch.d_model + graph.node_graph.n_src - n_dense) * task.seq_len * 4
         total = per_example * task.n_examples
         self._cache: dict[int, torch.Tensor] | None = {} if total <= cache_bytes else None
         self.offload = _offload(offload, graph.valid.device, total)
@@ -55,7 +55,7 @@ class CircuitEvaluator:
         if self._cache is not None and i in self._cache:
             return self._cache[i].to(device, non_blocking=True)
         idx, chunk, _ = self.chunks[i]
-        ablated = self.ablation.activations(self.model, self.graph, self.task, idx, chunk)
+        ablated = self.ablation.activations(self.model, self.graph, self.task, idx, chunk, compact=True)
         if self._cache is not None:
             kept = ablated
             if self.offload:
@@ -86,8 +86,9 @@ class CircuitEvaluator:
 
     def baselines(self) -> "Baselines":
         """Metric of the full model and of the empty circuit."""
-        v = self(torch.stack([self.graph.valid, torch.zeros_like(self.graph.valid)]))
-        return Baselines(full=float(v[0]), empty=float(v[1]))
+        full = self(self.graph.valid[None])[0]  # (two calls, not one stacked pair: masks are
+        empty = self(torch.zeros_like(self.graph.valid)[None])[0]  # [n_src, n_dst] each)
+        return Baselines(full=float(full), empty=float(empty))
 
 
 def _offload(offload: bool | str, device: torch.device, cache_bytes: float) -> bool:
@@ -136,9 +137,11 @@ def baselines(model, graph: Graph, task, ablation: str | Ablation = "corrupted",
 
 
 def faithfulness(model, graph: Graph, task, mask: torch.Tensor, ablation: str | Ablation = "corrupted", **kw) -> float:
-    """Faithfulness of one circuit (3 patched runs, batched together)."""
-    v = evaluate(model, graph, task, torch.stack([mask.to(graph.valid.device), graph.valid, torch.zeros_like(graph.valid)]), ablation, **kw)
-    return float(Baselines(full=float(v[1]), empty=float(v[2])).faithfulness(v[0]))
+    """Faithfulness of one circuit: 3 patched runs (the circuit, the full model, the empty circuit)
+    sharing one ablation cache."""
+    run = CircuitEvaluator(model, graph, task, ablation, kw.get("batch_size"), kw.get("mask_batch"))
+    value = float(run(mask.to(graph.valid.device)[None])[0])  # one mask at a time: at feature scale a
+    return float(run.baselines().faithfulness(value))  # [n_src, n_dst] mask is over a gigabyte
 
 
 def top_fraction_masks(graph: Graph, ranking: torch.Tensor, percents=CURVE_PERCENTS) -> torch.Tensor:
