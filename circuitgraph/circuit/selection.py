@@ -18,11 +18,29 @@ def top_n(graph: Graph, n: int, absolute: bool = True, scores: torch.Tensor | No
     """The ``n`` highest-ranked valid edges (by |score|, or by −score when ``absolute=False``)."""
     if n < 0:
         raise ValueError(f"n must be ≥ 0, got {n}")
-    r = ranking(graph, absolute, scores).masked_fill_(~graph.valid, float("-inf")).flatten()  # (a fresh copy)
-    mask = torch.zeros_like(r, dtype=torch.bool)
-    # topk, not argsort: at neuron or feature scale a full sort's int64 index is 8 bytes per entry
-    mask[r.topk(min(n, graph.n_edges)).indices] = True
+    r = ranking(graph, absolute, scores).masked_fill_(~graph.valid, float("-inf"))  # (a fresh copy)
+    mask = torch.zeros(r.numel(), dtype=torch.bool, device=r.device)
+    mask[_largest(r, min(n, graph.n_edges))] = True
     return mask.view(graph.valid.shape)
+
+
+def _largest(r: torch.Tensor, k: int, block: int = 1 << 24) -> torch.Tensor:
+    """Flat indices of the ``k`` largest entries of ``r [R, C]``, a block of rows at a time: a
+    whole-matrix sort (or CPU ``topk``) keeps an int64 index per entry, 8 bytes × n_src × n_dst,
+    which at neuron or feature scale is more than the scores themselves."""
+    R, C = r.shape
+    step = max(1, block // max(C, 1))
+    best_v = best_i = None
+    for i in range(0, R, step):
+        part = r[i:i + step].flatten()
+        v, j = part.topk(min(k, part.numel()))
+        j = j + i * C
+        if best_v is not None:
+            v, j = torch.cat([best_v, v]), torch.cat([best_i, j])
+            keep = v.topk(min(k, v.numel())).indices
+            v, j = v[keep], j[keep]
+        best_v, best_i = v, j
+    return best_i
 
 
 def threshold(graph: Graph, tau: float, absolute: bool = True, scores: torch.Tensor | None = None) -> torch.Tensor:
