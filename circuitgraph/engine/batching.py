@@ -31,8 +31,7 @@ def auto_batch_size(graph: Graph, task, budget_bytes: float = 1.5e9, lowrank: bo
 
 def dense_sources(graph: Graph) -> int:
     """Sources that a patched forward holds as d-vectors (SAE features are coefficients there)."""
-    node = graph.node_graph
-    return node.n_src - sum(len(s.features) for s in node.sites)
+    return graph.node_graph.n_src - sum(len(s.features) for s in graph.node_graph.sites)
 
 
 def mask_batch_size(graph: Graph, chunk, budget_bytes: float = 1.0e9) -> int:

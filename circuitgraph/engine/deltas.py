@@ -20,14 +20,14 @@ class LiveDeltas:
 
     def __init__(self, graph: Graph, ablated, K: int) -> None:
         """``ablated``: ``[n_src, B, P, d]``, or :class:`~circuitgraph.engine.activations.CompactSources`."""
-        from circuitgraph.engine.activations import CompactSources, frozen
+        from circuitgraph.engine.activations import CompactSources, feature_rows, frozen
         from circuitgraph.engine.sites import site_sae
 
-        n_src, B, P, d = ablated.shape
+        _, B, P, d = ablated.shape
         self.K, self.B, self.P, self.d = K, B, P, d
         self.ablated = ablated
         device = ablated.device
-        dense = torch.ones(n_src, dtype=torch.bool, device=device)
+        dense = ~feature_rows(graph).to(device)
         # site name → (first row, W_dec rows [n, d], ablated coefficients [n, B, P])
         self.blocks: dict[str, tuple[int, torch.Tensor, torch.Tensor]] = {}
         self.coefs: dict[str, torch.Tensor] = {}  # site name → coefficient deltas [n, K, B, P], once recorded
@@ -36,7 +36,6 @@ class LiveDeltas:
             if not n:
                 continue
             start = graph.src_slices()[site.name].start
-            dense[start:start + n] = False
             ids = torch.tensor(site.features, dtype=torch.long, device=device)
             W = frozen(site_sae(graph, site).W_dec)[ids]
             if isinstance(ablated, CompactSources):
