@@ -59,10 +59,9 @@ def minimal_circuit(
     abl = Ablation.coerce(ablation)
     E = graph.n_edges
     sizes = sorted({max(1, int(round(E ** (i / (grid - 1))))) for i in range(grid)} | {E})
-    masks = torch.stack([prune(graph, top_n(graph, n, absolute)) for n in sizes])
-    base_masks = torch.stack([graph.valid, torch.zeros_like(graph.valid)])
     run = CircuitEvaluator(model, graph, task, abl, batch_size=batch_size)  # ablations computed once
-    values = run(torch.cat([masks, base_masks]))
+    builders = [lambda n=n: prune(graph, top_n(graph, n, absolute)) for n in sizes]
+    values = run.lazy(builders + [lambda: graph.valid, lambda: torch.zeros_like(graph.valid)])
     base = Baselines(full=float(values[-2]), empty=float(values[-1]))
     faith = [float(base.faithfulness(v)) for v in values[:-2]]
     trace = {n: f for n, f in zip(sizes, faith)}

@@ -84,6 +84,14 @@ class CircuitEvaluator:
         self.n_circuits += masks.shape[0]
         return out
 
+    def lazy(self, builders) -> torch.Tensor:
+        """Mean metric of the circuits that ``builders`` (callables returning a mask) make, built a
+        batch at a time: at neuron or feature scale each ``[n_src, n_dst]`` mask is over a
+        gigabyte, so a whole grid of them is never held at once."""
+        out = [self(torch.stack([b() for b in builders[i:i + self.mask_batch]]))
+               for i in range(0, len(builders), self.mask_batch)]
+        return torch.cat(out)
+
     def baselines(self) -> "Baselines":
         """Metric of the full model and of the empty circuit."""
         full = self(self.graph.valid[None])[0]  # (two calls, not one stacked pair: masks are
@@ -144,17 +152,6 @@ def faithfulness(model, graph: Graph, task, mask: torch.Tensor, ablation: str | 
     return float(run.baselines().faithfulness(value))  # [n_src, n_dst] mask is over a gigabyte
 
 
-def top_fraction_masks(graph: Graph, ranking: torch.Tensor, percents=CURVE_PERCENTS) -> torch.Tensor:
-    """Masks keeping the top p % of valid edges by ``ranking`` (higher first): ``[len(percents), n_src, n_dst]``."""
-    E = graph.n_edges
-    order = ranking.masked_fill(~graph.valid, float("-inf")).flatten().argsort(descending=True)
-    masks = torch.zeros(len(percents), graph.valid.numel(), dtype=torch.bool, device=graph.valid.device)
-    for i, p in enumerate(percents):
-        k = max(1, round(E * p / 100)) if p > 0 else 0
-        masks[i, order[:k]] = True
-    return masks.view(len(percents), *graph.valid.shape) & graph.valid
-
-
 @dataclass
 class FaithfulnessCurve:
     percents: list[float]
@@ -173,15 +170,20 @@ def faithfulness_curve(model, graph: Graph, task, ablation: str | Ablation = "co
                        percents=CURVE_PERCENTS, scores: torch.Tensor | None = None, **kw) -> FaithfulnessCurve:
     """Faithfulness at MIB's edge fractions, with CPR and CMD as MIB defines them (areas over the
     fraction of edges in [0, 1], trapezoid rule)."""
+    from circuitgraph.circuit.selection import top_n
+
     scores = graph.scores if scores is None else scores
     # An edge helps if ablating it moves the metric the wrong way: score < 0 for higher-is-better.
     helpful = scores if task.metric_name in LOWER_IS_BETTER else -scores
-    masks = torch.cat([
-        top_fraction_masks(graph, helpful, percents),
-        top_fraction_masks(graph, scores.abs(), percents),
-        torch.stack([graph.valid, torch.zeros_like(graph.valid)]),
-    ])
-    v = evaluate(model, graph, task, masks, ablation, **kw)
+    E = graph.n_edges
+
+    def top_fraction(rank: torch.Tensor, p: float):  # the top p % of valid edges by rank (higher first)
+        return lambda: top_n(graph, max(1, round(E * p / 100)) if p > 0 else 0, absolute=False, scores=-rank)
+
+    builders = [top_fraction(helpful, p) for p in percents] + [top_fraction(scores.abs(), p) for p in percents]
+    builders += [lambda: graph.valid, lambda: torch.zeros_like(graph.valid)]
+    run = CircuitEvaluator(model, graph, task, ablation, kw.get("batch_size"), kw.get("mask_batch"))
+    v = run.lazy(builders)
     n = len(percents)
     base = Baselines(full=float(v[-2]), empty=float(v[-1]))
     f = base.faithfulness(v[:-2]).cpu()
