@@ -133,3 +133,25 @@ def test_minimal_circuit_reuses_existing_scores(setup):
     assert graph.scores is scores and c.metadata["attribution"]["method"] == "exact"
     fresh = Graph.from_model(model)
     assert minimal_circuit(model, fresh, task, target=0.8).metadata["attribution"]["method"] == "eap-ig"
+
+
+def test_largest_selects_exactly_the_k_largest_in_blocks():
+    """top_n's selection works a block of rows at a time (no int64 index per edge): exactly k
+    entries, none smaller than one left out, with ties, bf16 scores and invalid (-inf) entries."""
+    from circuitgraph.circuit.selection import _largest
+
+    g = torch.Generator().manual_seed(0)
+    for trial in range(120):
+        R, C = torch.randint(1, 40, (2,), generator=g).tolist()
+        r = torch.randn(R, C, generator=g)
+        if trial % 3 == 1:
+            r = torch.randint(0, 4, (R, C), generator=g).float()  # many ties
+        if trial % 3 == 2:
+            r = r.to(torch.bfloat16)
+        r[torch.rand(R, C, generator=g) < 0.2] = float("-inf")
+        E = int(torch.isfinite(r).sum())
+        for k in (0, 1, E // 3, E // 2, E):
+            m = _largest(r, k, block=37)
+            assert int(m.sum()) == k
+            if 0 < k < r.numel():
+                assert bool(torch.isfinite(r[m]).all()) and float(r[m].min()) >= float(r[~m].max())

@@ -19,28 +19,52 @@ def top_n(graph: Graph, n: int, absolute: bool = True, scores: torch.Tensor | No
     if n < 0:
         raise ValueError(f"n must be ≥ 0, got {n}")
     r = ranking(graph, absolute, scores).masked_fill_(~graph.valid, float("-inf"))  # (a fresh copy)
-    mask = torch.zeros(r.numel(), dtype=torch.bool, device=r.device)
-    mask[_largest(r, min(n, graph.n_edges))] = True
-    return mask.view(graph.valid.shape)
+    return _largest(r, min(n, graph.n_edges))
 
 
 def _largest(r: torch.Tensor, k: int, block: int = 1 << 24) -> torch.Tensor:
-    """Flat indices of the ``k`` largest entries of ``r [R, C]``, a block of rows at a time: a
-    whole-matrix sort (or CPU ``topk``) keeps an int64 index per entry, 8 bytes × n_src × n_dst,
-    which at neuron or feature scale is more than the scores themselves."""
+    """A bool mask of the ``k`` largest entries of ``r [R, C]`` (ties: first in row-major order).
+
+    Memory stays O(block): a whole-matrix sort (or CPU ``topk``) keeps an int64 index per entry,
+    8 bytes × n_src × n_dst, more than the scores themselves at neuron or feature scale. So the
+    k-th value is found by bisection on counts, a block of rows at a time, and ties at it are
+    filled in row order."""
     R, C = r.shape
+    mask = torch.zeros(R, C, dtype=torch.bool, device=r.device)
+    if k == 0:
+        return mask
     step = max(1, block // max(C, 1))
-    best_v = best_i = None
-    for i in range(0, R, step):
-        part = r[i:i + step].flatten()
-        v, j = part.topk(min(k, part.numel()))
-        j = j + i * C
-        if best_v is not None:
-            v, j = torch.cat([best_v, v]), torch.cat([best_i, j])
-            keep = v.topk(min(k, v.numel())).indices
-            v, j = v[keep], j[keep]
-        best_v, best_i = v, j
-    return best_i
+    blocks = [r[i:i + step] for i in range(0, R, step)]
+
+    def count(t: float) -> int:  # entries ≥ t, a block at a time (no copy of r)
+        return sum(int((b >= t).sum()) for b in blocks)
+
+    inf = float("inf")
+    lo = min(float(torch.where(torch.isfinite(b), b, inf).min()) for b in blocks)  # count(≥ lo) ≥ k
+    hi = max(float(torch.where(torch.isfinite(b), b, -inf).max()) for b in blocks)
+    if count(hi) >= k:  # the k largest are all the maximum
+        kth = hi
+    else:  # bisect to the k-th largest value t*: count(≥ t*) ≥ k > count(≥ anything above t*)
+        while True:  # (ends: exactly k entries ≥ lo, or lo and hi adjacent floats)
+            mid = lo + (hi - lo) / 2
+            if mid in (lo, hi):
+                break
+            c = count(mid)
+            if c >= k:
+                lo = mid
+                if c == k:
+                    break
+            else:
+                hi = mid
+        # t* is the smallest entry ≥ lo (exactly k of them, or none strictly between lo and hi)
+        kth = min(float(b[b >= lo].min()) for b in blocks if bool((b >= lo).any()))
+    for i, b in zip(range(0, R, step), blocks):  # everything above it, then ties in row order
+        mask[i:i + step] = b > kth
+    need = k - int(mask.sum())
+    if need > 0:
+        ties = (r == kth).flatten().nonzero()[:need, 0]
+        mask.view(-1)[ties] = True
+    return mask
 
 
 def threshold(graph: Graph, tau: float, absolute: bool = True, scores: torch.Tensor | None = None) -> torch.Tensor:
