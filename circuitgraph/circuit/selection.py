@@ -37,7 +37,7 @@ def _largest(r: torch.Tensor, k: int, block: int = 1 << 24) -> torch.Tensor:
     blocks = [r[i:i + step] for i in range(0, R, step)]
 
     def count(t: float) -> int:  # entries ≥ t, a block at a time (no copy of r)
-        return sum(int((b >= t).sum()) for b in blocks)
+        return sum(int(torch.count_nonzero(b >= t)) for b in blocks)
 
     inf = float("inf")
     lo = min(float(torch.where(torch.isfinite(b), b, inf).min()) for b in blocks)  # count(≥ lo) ≥ k
@@ -60,10 +60,13 @@ def _largest(r: torch.Tensor, k: int, block: int = 1 << 24) -> torch.Tensor:
         kth = min(float(b[b >= lo].min()) for b in blocks if bool((b >= lo).any()))
     for i, b in zip(range(0, R, step), blocks):  # everything above it, then ties in row order
         mask[i:i + step] = b > kth
-    need = k - int(mask.sum())
-    if need > 0:
-        ties = (r == kth).flatten().nonzero()[:need, 0]
-        mask.view(-1)[ties] = True
+    need = k - int(torch.count_nonzero(mask))  # (a bool .sum() would make an int64 copy)
+    for i, b in zip(range(0, R, step), blocks):  # (per block: a whole-matrix compare upcasts bf16)
+        if need <= 0:
+            break
+        ties = (b == kth).flatten().nonzero()[:need, 0]
+        mask[i:i + step].view(-1)[ties] = True
+        need -= len(ties)
     return mask
 
 
