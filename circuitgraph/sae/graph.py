@@ -63,29 +63,29 @@ def feature_graph(model, saes, task=None, features="active", split_qkv: bool = T
     return graph.attach_saes(saes)
 
 
-def _spliced_acts(model, saes, task, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Feature activations ``[B, P, d_sae]`` at each site for ``tokens`` (padding zeroed)."""
-    from circuitgraph.sae.splice import splice
-
-    task.prepare(model)
-    out: dict[str, torch.Tensor] = {}
-    with torch.no_grad():
-        for i in range(0, tokens.shape[0], 64):
-            sub = task.select(slice(i, i + 64))
-            with hook_flags(model), splice(model, saes) as sp:  # (hook_mlp_in fires only with its flag)
-                sub.run(model, tokens[i:i + 64])
-            mask = sub.attention_mask
-            for name, a in sp.acts.items():
-                a = a if mask is None else a * mask[..., None].to(a.dtype)
-                out.setdefault(name, []).append(a)
-    return {k: torch.cat(v) for k, v in out.items()}
+def _probe(model, saes) -> Graph:
+    """A graph with every SAE site and no feature nodes: the engine's splice and captures, for
+    choosing features before the real graph exists."""
+    cfg = model.cfg
+    return Graph(Architecture.from_config(cfg), device=cfg.device or "cpu",
+                 sites=[make_site(s.hook_name, s.d_sae, [], s.hook_name_out) for s in saes]).attach_saes(saes)
 
 
 def _active(model, saes, task) -> dict[str, list[int]]:
-    clean = _spliced_acts(model, saes, task, task.clean)
-    corrupted = _spliced_acts(model, saes, task, task.corrupted)
-    return {name: ((clean[name] != 0) | (corrupted[name] != 0)).flatten(0, -2).any(0).nonzero()[:, 0].tolist()
-            for name in clean}
+    """Per site, the features non-zero on some real (unpadded) token of the clean or corrupted prompts."""
+    from circuitgraph.engine.activations import raw_sources
+    from circuitgraph.engine.batching import example_chunks
+
+    probe = _probe(model, saes)
+    task.prepare(model)
+    seen = {s.name: torch.zeros(s.d_sae, dtype=torch.bool, device=task.device) for s in probe.sites}
+    for _, chunk, _ in example_chunks(task, 64):
+        real = torch.ones_like(chunk.clean, dtype=torch.bool) if chunk.attention_mask is None else chunk.attention_mask.bool()
+        for tokens in (chunk.clean, chunk.corrupted):
+            raw = raw_sources(model, probe, chunk, tokens)
+            for s in probe.sites:
+                seen[s.name] |= ((raw[f"acts:{s.name}"] != 0) & real[..., None]).flatten(0, -2).any(0)
+    return {s.hook_name: seen[s.name].nonzero()[:, 0].tolist() for s in probe.sites}
 
 
 def _top_k(model, saes, task, k: int) -> dict[str, list[int]]:
@@ -98,9 +98,7 @@ def _top_k(model, saes, task, k: int) -> dict[str, list[int]]:
     from circuitgraph.engine.batching import example_chunks
     from circuitgraph.engine.sites import site_hooks
 
-    cfg = model.cfg
-    graph = Graph(Architecture.from_config(cfg), device=cfg.device or "cpu",
-                  sites=[make_site(s.hook_name, s.d_sae, [], s.hook_name_out) for s in saes]).attach_saes(saes)
+    graph = _probe(model, saes)
     task.prepare(model)
     scores = {s.name: torch.zeros(s.d_sae, device=task.device) for s in graph.sites}
     leaf = [(resid_pre0(), lambda x, hook: x.detach().requires_grad_(True))]  # weights are frozen
