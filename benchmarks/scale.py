@@ -104,7 +104,7 @@ def run_one(granularity: str, features: str, l0: float, spread: float, device: s
     t0 = time.perf_counter()
     if saes:
         choice = int(features) if features.isdigit() else features
-        graph = cg.Graph.from_model(model, saes=saes, task=task, features=choice)
+        graph = cg.feature_graph(model, saes, task, features=choice)
     else:
         graph = cg.Graph.from_model(model, neurons=(granularity == "neurons") or None)
     build_s = time.perf_counter() - t0

@@ -12,9 +12,10 @@ import warnings
 # pin 3.x deliberately (see pyproject.toml), so the warning is noise for our users.
 warnings.filterwarnings("ignore", message="HookedTransformer is deprecated", category=DeprecationWarning)
 
-from circuitgraph.attribution import METHODS, attribute  # noqa: E402
+from circuitgraph.attribution import METHODS, attribute, feature_graph, top_neurons  # noqa: E402
 from circuitgraph.circuit import Circuit, acdc, minimal_circuit, prune, threshold, top_n  # noqa: E402
-from circuitgraph.engine.activations import Ablation  # noqa: E402
+from circuitgraph.engine import Ablation  # noqa: E402
+from circuitgraph.errors import CircuitGraphError  # noqa: E402
 from circuitgraph.evaluation import evaluate, faithfulness, faithfulness_curve  # noqa: E402
 from circuitgraph.export import write_html  # noqa: E402
 from circuitgraph.graph import Graph, PositionalGraph  # noqa: E402
@@ -23,6 +24,6 @@ from circuitgraph.tasks import Task, load_task  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = [
-    "Graph", "PositionalGraph", "Task", "write_html", "Hypothesis", "Interpretation", "Correspondence", "scrub", "load_task", "attribute", "METHODS", "Ablation", "Circuit", "minimal_circuit", "acdc",
+    "Graph", "PositionalGraph", "feature_graph", "top_neurons", "CircuitGraphError", "Task", "write_html", "Hypothesis", "Interpretation", "Correspondence", "scrub", "load_task", "attribute", "METHODS", "Ablation", "Circuit", "minimal_circuit", "acdc",
     "top_n", "threshold", "prune", "evaluate", "faithfulness", "faithfulness_curve",
 ]

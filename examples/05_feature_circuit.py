@@ -37,7 +37,7 @@ def main() -> None:
     if a.limit:
         task = task.select(slice(0, a.limit))
     saes = zoo_saes("induction")  # blocks.0.hook_attn_out and blocks.1.hook_resid_pre, 512 features each
-    graph = cg.Graph.from_model(model, saes=saes, task=task)  # features active on the task become nodes
+    graph = cg.feature_graph(model, saes, task)  # features active on the task become nodes
     print(graph)
     print("feature nodes per site:", {s.name: len(s.features) for s in graph.sites})
 

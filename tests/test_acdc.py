@@ -70,7 +70,7 @@ def test_zero_ablation_absolute_rule(setup):
 
 
 def test_position_resolved_graph():
-    from circuitgraph.graph.positional import PositionalGraph
+    from circuitgraph.graph import PositionalGraph
 
     model = tiny_model(n_layers=1)
     task = tiny_task(model, n=6, seq=4)

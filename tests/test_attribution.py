@@ -5,7 +5,7 @@ import torch
 from conftest import tiny_model, tiny_task
 
 from circuitgraph import Graph, attribute
-from circuitgraph.engine.activations import Ablation
+from circuitgraph.engine import Ablation
 
 
 def set_flags(model, on: bool) -> None:

@@ -8,7 +8,7 @@ from conftest import tiny_model, tiny_task
 
 from circuitgraph import Circuit, Graph, attribute, faithfulness, faithfulness_curve, minimal_circuit, prune, top_n
 from circuitgraph.circuit import CircuitFileError
-from circuitgraph.engine.activations import Ablation
+from circuitgraph.engine import Ablation
 from circuitgraph.engine.patching import patched_logits
 
 

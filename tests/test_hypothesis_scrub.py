@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from circuitgraph.graph import Graph
-from circuitgraph.graph.compat import hook_flags
+from circuitgraph.models.backend import hook_flags
 from circuitgraph.hypothesis import (
     Correspondence,
     FeatureData,
@@ -151,7 +151,7 @@ def test_resampling_respects_equivalence_classes():
 def _reference_scores(model, h: Hypothesis, task, res) -> torch.Tensor:
     """Recompute every scrubbed sample row by row from the recorded draws, with the patching
     formula input_d = live_d(ref) + Σ_u (a_u(chosen) − a_u(ref)) on single-example forwards."""
-    from circuitgraph.engine.activations import source_activations
+    from circuitgraph.engine import source_activations
 
     g = Graph.from_model(model)
     A = source_activations(model, g, task, task.clean)  # [n_src, N, P, d]

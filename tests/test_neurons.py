@@ -6,7 +6,7 @@ from conftest import tiny_model, tiny_task
 
 import circuitgraph as cg
 from circuitgraph.attribution.nodes import neuron_attribution, top_neurons
-from circuitgraph.engine.activations import Ablation
+from circuitgraph.engine import Ablation
 from circuitgraph.engine.patching import patched_logits
 
 

@@ -5,7 +5,7 @@ import torch
 from conftest import tiny_model, tiny_task
 
 import circuitgraph as cg
-from circuitgraph.engine.activations import Ablation
+from circuitgraph.engine import Ablation
 from circuitgraph.engine.patching import patched_logits
 from circuitgraph.graph import PositionalGraph
 

@@ -7,7 +7,7 @@ import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 import circuitgraph as cg
-from circuitgraph.engine.activations import Ablation
+from circuitgraph.engine import Ablation
 from circuitgraph.engine.patching import patched_logits
 from circuitgraph.tasks import Task
 
@@ -69,7 +69,7 @@ def test_bfloat16_model_with_sae_sites():
     model = entry.model.to(torch.bfloat16)
     try:
         task = entry.task("induction").select(slice(0, 4))
-        graph = cg.Graph.from_model(model, saes=zoo_saes("induction"), task=task)
+        graph = cg.feature_graph(model, zoo_saes("induction"), task)
         scores = cg.attribute(model, graph, task, method="eap", progress=False)
         assert scores.dtype == torch.float32 and bool(scores.abs().sum() > 0)
         faith = cg.faithfulness(model, graph, task, graph.valid)
@@ -79,7 +79,7 @@ def test_bfloat16_model_with_sae_sites():
 
 
 def test_offloaded_evaluator_cache_gives_the_same_metrics():
-    from circuitgraph.evaluation.faithfulness import CircuitEvaluator
+    from circuitgraph.engine import CircuitEvaluator
 
     task = _task()
     model = _ln_model(torch.float32)

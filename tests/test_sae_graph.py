@@ -8,10 +8,11 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from circuitgraph import zoo
 from circuitgraph.attribution import attribute
-from circuitgraph.engine.activations import Ablation, source_activations
+from circuitgraph.engine import Ablation, source_activations
 from circuitgraph.engine.patching import patched_logits, tiled
 from circuitgraph.graph import Graph, node_kind
-from circuitgraph.sae import SAE, splice, zoo_saes
+from circuitgraph.errors import CircuitGraphError
+from circuitgraph.sae import SAE, feature_graph, splice, zoo_saes
 from circuitgraph.tasks import Task
 
 torch.set_num_threads(1)
@@ -36,7 +37,7 @@ def saes():
 
 @pytest.fixture(scope="module")
 def graph(entry, saes, task):
-    return Graph.from_model(entry.model, saes=saes, task=task)
+    return feature_graph(entry.model, saes, task)
 
 
 def run(model, graph, task, keep, ablation="corrupted"):
@@ -97,7 +98,7 @@ def test_spec_round_trip_keeps_sites(graph, saes):
 def test_full_and_empty_circuits_are_the_clean_and_corrupted_runs(entry, saes, task, subset):
     model = entry.model
     features = {RESID: list(range(0, 512, 7)), ATTN: [1, 2, 3]} if subset else "active"
-    g = Graph.from_model(model, saes=saes, task=task, features=features)
+    g = feature_graph(model, saes, task, features=features)
     assert all(s.has_rest for s in g.sites)  # features that are not nodes stay in the model as `rest`
     clean, corrupted = model(task.clean), model(task.corrupted)
     assert (run(model, g, task, g.valid) - clean).abs().max() < 1e-4
@@ -107,7 +108,7 @@ def test_full_and_empty_circuits_are_the_clean_and_corrupted_runs(entry, saes, t
 def test_compact_ablations_patch_like_dense_ones(entry, task, graph):
     """The evaluator caches ablations with SAE features as coefficients; patched runs from them equal
     patched runs from the dense ``[n_src, B, P, d]`` activations."""
-    from circuitgraph.engine.activations import CompactSources
+    from circuitgraph.engine.tensors import CompactSources
 
     model = entry.model
     abl = Ablation("zero").prepare(model, graph, task)
@@ -219,7 +220,7 @@ def test_eap_equals_patching_derivative_on_the_zoo_saes(entry, saes):
         for k, s in s64.items():
             s.load_state_dict({n: p.double() for n, p in saes[k].state_dict().items()})
         task = entry.task("induction").select(slice(0, 2))
-        active = Graph.from_model(model, saes=s64, task=task)
+        active = feature_graph(model, s64, task)
         graph = Graph.from_model(model, saes=s64, features={h: site.features[::3] for h, site in
                                                             ((s.hook_name, s) for s in active.sites)})
         assert _fd_check(model, graph, task, n_edges=64) < 1e-3
@@ -241,7 +242,9 @@ def test_bad_sae_inputs(entry, saes, task):
     with pytest.raises(ValueError, match="same point of the residual stream"):
         Graph.from_model(model, saes=[SAE(64, 8, "blocks.0.hook_resid_post"), SAE(64, 8, RESID)], features="all")
     with pytest.raises(ValueError, match="pass task="):
-        Graph.from_model(model, saes=saes)
+        feature_graph(model, saes)
+    with pytest.raises(CircuitGraphError, match="never runs the model"):
+        Graph.from_model(model, saes=saes, features="active")
     with pytest.raises(ValueError, match="out of range"):
         Graph.from_model(model, saes=saes, features={RESID: [512]})
     with pytest.raises(ValueError, match="which have no SAE"):
@@ -249,8 +252,8 @@ def test_bad_sae_inputs(entry, saes, task):
     with pytest.raises(ValueError, match="no MLPs"):
         Graph.from_model(model, saes=[SAE(64, 8, "blocks.0.hook_mlp_out")], features="all")
     with pytest.raises(ValueError, match="neuron nodes"):
-        Graph.from_model(model, saes=saes, task=task, neurons=True)
-    g = Graph.from_model(model, saes=saes, task=task)
+        Graph.from_model(model, saes=saes, neurons=True)
+    g = feature_graph(model, saes, task)
     with pytest.raises(ValueError, match="not the SAE the graph was built with"):
         Graph.from_spec(g.spec()).attach_saes([SAE(64, 256, RESID), saes[ATTN]])
     with pytest.raises(ValueError, match="no SAE given"):
@@ -260,7 +263,7 @@ def test_bad_sae_inputs(entry, saes, task):
         Graph.from_spec(g.spec()).attach_saes([transcoder, saes[ATTN]])
     with pytest.raises(ValueError, match="eap-ig-activations"):
         attribute(model, g, task, method="eap-ig-activations", progress=False)
-    from circuitgraph.graph.positional import PositionalGraph
+    from circuitgraph.graph import PositionalGraph
 
     with pytest.raises(ValueError, match="SAE sites"):
         PositionalGraph(g, positions=task.seq_len)
@@ -270,7 +273,7 @@ def test_top_k_features_are_the_largest_node_attributions(entry, saes, task):
     """``features=k`` keeps, per site, the k features whose node attribution Δf · ∂m/∂f is largest;
     by EAP's linearity that is the sum of each feature's out-edge scores in the all-features graph."""
     model = entry.model
-    chosen = Graph.from_model(model, saes=saes, task=task, features=12)
+    chosen = feature_graph(model, saes, task, features=12)
     full = Graph.from_model(model, saes=saes, features="all")
     scores = attribute(model, full, task, method="eap", progress=False)
     for site in chosen.sites:
@@ -292,7 +295,7 @@ def test_sites_with_padding_half_precision_saes_and_zero_ablation(entry, saes):
     half = {k: SAE(v.d_in, v.d_sae, k, dtype=torch.bfloat16) for k, v in saes.items()}
     for k, h in half.items():
         h.load_state_dict({n: p.to(torch.bfloat16) for n, p in saes[k].state_dict().items()})
-    graph = Graph.from_model(model, saes=half, task=task)
+    graph = feature_graph(model, half, task)
     full = run(model, graph, task, graph.valid, ablation="zero")
     clean = model(task.clean, attention_mask=mask)
     read = (torch.arange(4), task.read_positions)
@@ -345,7 +348,7 @@ def test_transcoders_replace_mlps_exactly(tmp_path):
     """Transcoders (one reading through ln2, one reading the raw MLP input) stand in for both MLPs,
     next to a residual SAE: the graph is exact, EAP equals the patching derivative, zero-ablating a
     transcoder's error node is the transcoder-only splice, and transcoders round-trip on disk."""
-    from circuitgraph.graph.compat import hook_flags
+    from circuitgraph.models.backend import hook_flags
     from circuitgraph.sae import load_sae, save_sae
 
     cfg = HookedTransformerConfig(n_layers=2, d_model=16, n_heads=2, d_head=8, d_mlp=32, d_vocab=20, n_ctx=8,

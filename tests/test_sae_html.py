@@ -15,7 +15,7 @@ torch.set_num_threads(1)
 
 import circuitgraph as cg  # noqa: E402
 from circuitgraph import top_n, zoo  # noqa: E402
-from circuitgraph.engine.activations import raw_sources  # noqa: E402
+from circuitgraph.engine import raw_sources  # noqa: E402
 from circuitgraph.export import write_html  # noqa: E402
 from circuitgraph.graph import Graph, node_kind  # noqa: E402
 from circuitgraph.graph.sites import site_node  # noqa: E402
@@ -30,7 +30,7 @@ def setup():
     entry = zoo.load("induction", device="cpu")
     model = entry.model
     task = entry.task("induction").select(slice(0, 12))
-    graph = Graph.from_model(model, saes=zoo_saes("induction"), task=task)
+    graph = cg.feature_graph(model, zoo_saes("induction"), task)
     return model, graph, task
 
 

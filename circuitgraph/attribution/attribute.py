@@ -16,22 +16,27 @@ methods
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
 from circuitgraph.attribution.gradients import contract, forward_backward
-from circuitgraph.engine.activations import Ablation, raw_difference, raw_sources, source_deltas
+from circuitgraph.engine.ablation import Ablation
 from circuitgraph.engine.batching import auto_batch_size, check_graph, example_chunks
-from circuitgraph.graph import Graph, check_model
+from circuitgraph.engine.evaluator import CircuitEvaluator
+from circuitgraph.engine.sources import raw_difference, raw_sources, source_deltas
+from circuitgraph.errors import ConfigError
+from circuitgraph.graph import Graph
+from circuitgraph.models.backend import Backend, check_model
 
 METHODS = ("eap", "eap-ig", "eap-ig-activations", "exact")
 
 
 def attribute(
-    model,
+    model: Any,
     graph: Graph,
-    task,
+    task: Any,
     method: str = "eap",
     ablation: str | Ablation = "corrupted",
     steps: int = 5,
@@ -40,7 +45,11 @@ def attribute(
     progress: bool = True,
     scores_dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """Score every edge of ``graph`` for ``task`` and store the scores in ``graph.scores``.
+    """Score every edge of ``graph`` for ``task``; returns the ``[n_src, n_dst]`` scores.
+
+    The graph keeps the latest scores and their provenance as ``graph.scores`` and
+    ``graph.score_info`` (a compatibility shim, so ``top_n(graph, n)`` and ``minimal_circuit``
+    find them; the returned tensor is the same object).
 
     ``batch_size`` bounds how many examples go through the model at once (default: chosen from
     a memory budget); ``edge_batch`` bounds how many single-edge patches ``exact`` runs together.
@@ -49,15 +58,15 @@ def attribute(
     Returns the ``[n_src, n_dst]`` score tensor.
     """
     if method not in METHODS:
-        raise ValueError(f"unknown attribution method {method!r}; choose one of {list(METHODS)} (acdc lives in circuitgraph.circuit.acdc)")
+        raise ConfigError(f"unknown attribution method {method!r}; choose one of {list(METHODS)} (acdc lives in circuitgraph.circuit.acdc)")
     if steps < 1:
-        raise ValueError(f"steps must be ≥ 1, got {steps}")
+        raise ConfigError(f"steps must be ≥ 1, got {steps}")
     if not (isinstance(scores_dtype, torch.dtype) and scores_dtype.is_floating_point):
-        raise ValueError(f"scores_dtype must be a floating-point torch dtype (float32, bfloat16, ...), got {scores_dtype!r}")
-    check_model(model)
+        raise ConfigError(f"scores_dtype must be a floating-point torch dtype (float32, bfloat16, ...), got {scores_dtype!r}")
+    backend = check_model(model)
     check_graph(model, graph, task)
     if method == "eap-ig-activations" and graph.node_graph.sites:
-        raise ValueError("eap-ig-activations does not interpolate SAE features yet; use method='eap-ig' on graphs with SAE sites")
+        raise ConfigError("eap-ig-activations does not interpolate SAE features yet; use method='eap-ig' on graphs with SAE sites")
     task.check_model(model)
     task.prepare(model)
     abl = Ablation.coerce(ablation).prepare(model, graph, task)
@@ -87,7 +96,7 @@ def attribute(
             for k in range(steps):
                 alpha = (k + 0.5) / steps  # midpoint rule: second-order accurate in 1/steps
                 x = ablated["input"] + alpha * (clean["input"] - ablated["input"])
-                extra = _interpolate_sources(graph, clean, ablated, alpha) if method == "eap-ig-activations" else None
+                extra = _interpolate_sources(backend, graph, clean, ablated, alpha) if method == "eap-ig-activations" else None
                 grads, _ = forward_backward(model, graph, chunk, input_override=x, extra_fwd=extra)
                 contract(graph, deltas, grads, scores, weight / steps)
                 bar.update(1)
@@ -101,7 +110,7 @@ def attribute(
     return scores
 
 
-def _interpolate_sources(graph: Graph, clean: dict, ablated: dict, alpha: float) -> list:
+def _interpolate_sources(backend: Backend, graph: Graph, clean: dict, ablated: dict, alpha: float) -> list:
     """Hooks fixing every head's z and every MLP's output to ablated + α(clean − ablated) in
     value, while gradients flow through the live computation (straight-through)."""
 
@@ -111,16 +120,15 @@ def _interpolate_sources(graph: Graph, clean: dict, ablated: dict, alpha: float)
 
     hooks = []
     for L in range(graph.arch.n_layers):
-        hooks.append((f"blocks.{L}.attn.hook_z", fixed(f"z{L}")))
+        hooks.append((backend.z_hook(L), fixed(f"z{L}")))
         if graph.arch.has_mlp:
-            hooks.append((f"blocks.{L}.hook_mlp_out", fixed(f"mlp{L}")))
+            hooks.append((backend.mlp_out_hook(L), fixed(f"mlp{L}")))
     return hooks
 
 
-def _exact(model, graph: Graph, task, abl: Ablation, batch_size: int, scores: torch.Tensor, edge_batch, progress: bool) -> None:
+def _exact(model: Any, graph: Graph, task: Any, abl: Ablation, batch_size: int, scores: torch.Tensor,
+           edge_batch: int | None, progress: bool) -> None:
     """True single-edge ablation effects, K edges per batched patched forward."""
-    from circuitgraph.evaluation.faithfulness import CircuitEvaluator
-
     run = CircuitEvaluator(model, graph, task, abl, batch_size=batch_size, mask_batch=edge_batch)
     edges = graph.valid.nonzero()  # [E, 2]
     E = edges.shape[0]

@@ -5,51 +5,55 @@ costly split-input flags.
 stream per q/k/v and make forward+backward ~10× slower. We instead capture the gradients at
 ``hook_q/k/v`` ([batch, pos, head, d_head]: small) and ``mlp.hook_pre`` (neurons), push them back
 through ``W_Q/W_K/W_V`` / ``W_in`` and the norm's Jacobian analytically (kept factored, see
-:mod:`circuitgraph.attribution.blocks`), and read MLP-input and final residual gradients directly
+:mod:`circuitgraph.attribution.factors`), and read MLP-input and final residual gradients directly
 from ``hook_mlp_in`` and the last ``hook_resid_post``.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
+from typing import Any, Iterator
 
 import torch
+from torch import nn
 
-from circuitgraph.attribution.blocks import DenseReaders, LowRankReaders, SourceDeltas, dense_scores, lowrank_scores
-from circuitgraph.engine.activations import frozen, resid_pre0, source_hooks, store_hook
-from circuitgraph.engine.sites import site_hooks, site_readers
+from circuitgraph.attribution.factors import DenseReaders, LowRankReaders, dense_scores, lowrank_scores
+from circuitgraph.engine.sites import feature_ids, other_features, site_hooks, site_sae
+from circuitgraph.engine.sources import source_hooks
+from circuitgraph.engine.tensors import SourceDeltas, frozen, store_hook
 from circuitgraph.graph import Graph
-from circuitgraph.graph.compat import hook_flags
+from circuitgraph.graph.sites import Site
+from circuitgraph.models.backend import as_backend
 
 
 class DestinationGradients:
     """Captures what one forward+backward needs to give every destination's input gradient."""
 
-    def __init__(self, model, graph: Graph):
+    def __init__(self, model: Any, graph: Graph) -> None:
         self.model, self.graph = model, graph
+        self.bk = as_backend(model)
         self.fwd: dict[str, torch.Tensor] = {}
         self.grad: dict[str, torch.Tensor] = {}
 
     def hooks(self) -> tuple[list, list]:
+        bk, graph = self.bk, self.graph
         fwd, bwd = [], []
-        has_norm = type(self.model.blocks[0].ln1).__name__ != "Identity"
-        for L in range(self.graph.arch.n_layers):
-            if has_norm:
-                fwd.append((f"blocks.{L}.ln1.hook_scale", store_hook(self.fwd, f"scale{L}")))
-                fwd.append((f"blocks.{L}.ln1.hook_normalized", store_hook(self.fwd, f"norm{L}")))
+        for L in range(graph.arch.n_layers):
+            if bk.norm_kind(L, 1) != "none":
+                fwd.append((bk.norm_hook(L, 1, "scale"), store_hook(self.fwd, f"scale{L}")))
+                fwd.append((bk.norm_hook(L, 1, "normalized"), store_hook(self.fwd, f"norm{L}")))
             for letter in "qkv":
-                bwd.append((f"blocks.{L}.attn.hook_{letter}", store_hook(self.grad, f"{letter}{L}")))
-            if self.graph.has_mlp_node(L) and (L not in self.graph.neurons or self.graph.has_rest(L)):
-                bwd.append((f"blocks.{L}.hook_mlp_in", store_hook(self.grad, f"mlp{L}")))
-            if L in self.graph.neurons:
-                bwd.append((f"blocks.{L}.mlp.hook_pre", store_hook(self.grad, f"pre{L}")))
-            reads_ln2 = L in self.graph.neurons or any(
-                s.kind == "transcoder" and s.layer == L and s.normalized for s in self.graph.sites)
-            if reads_ln2:  # neurons and transcoder features read through ln2: its Jacobian, factored
-                if type(self.model.blocks[L].ln2).__name__ != "Identity":
-                    fwd.append((f"blocks.{L}.ln2.hook_scale", store_hook(self.fwd, f"scale2_{L}")))
-                    fwd.append((f"blocks.{L}.ln2.hook_normalized", store_hook(self.fwd, f"norm2_{L}")))
-        bwd.append((f"blocks.{self.graph.arch.n_layers - 1}.hook_resid_post", store_hook(self.grad, "logits")))
+                bwd.append((bk.qkv_hook(L, letter), store_hook(self.grad, f"{letter}{L}")))
+            if graph.has_mlp_node(L) and (L not in graph.neurons or graph.has_rest(L)):
+                bwd.append((bk.mlp_in_hook(L), store_hook(self.grad, f"mlp{L}")))
+            if L in graph.neurons:
+                bwd.append((bk.mlp_pre_hook(L), store_hook(self.grad, f"pre{L}")))
+            reads_ln2 = L in graph.neurons or any(
+                s.kind == "transcoder" and s.layer == L and s.normalized for s in graph.sites)
+            if reads_ln2 and bk.norm_kind(L, 2) != "none":  # neurons and transcoders read through ln2: its Jacobian
+                fwd.append((bk.norm_hook(L, 2, "scale"), store_hook(self.fwd, f"scale2_{L}")))
+                fwd.append((bk.norm_hook(L, 2, "normalized"), store_hook(self.fwd, f"norm2_{L}")))
+        bwd.append((bk.final_hook(), store_hook(self.grad, "logits")))
         return fwd, bwd
 
     def group(self, name: str) -> list[tuple[slice, DenseReaders | LowRankReaders]]:
@@ -57,33 +61,35 @@ class DestinationGradients:
         ``[(columns within the group, readers)]`` in factored form."""
         if name == "logits":
             return [(slice(0, 1), DenseReaders(self.grad["logits"][None]))]
-        if any(site.name == name for site in self.graph.sites):
-            site = self.graph.site(name)
+        site = next((s for s in self.graph.sites if s.name == name), None)
+        if site is not None:
             if site.kind == "transcoder":
                 return self._transcoder_readers(site)
             return site_readers(self.graph, self.grad, site)
-        if name.startswith("mlp"):
-            L = int(name[3:])
+        kind, L = _group(name)
+        if kind == "mlp":
             if L not in self.graph.neurons:
                 return [(slice(0, 1), DenseReaders(self.grad[name][None]))]
             return self._neuron_readers(L)
-        readers = self._head_readers(int(name[4:]))
+        readers = self._head_readers(L)
         return [(slice(0, readers.n), readers)]
 
     def _head_readers(self, L: int) -> DenseReaders:
         """Input gradients of layer L's q/k/v destinations, ``[3·H (or H), batch, pos, d_model]``,
         with the norm's Jacobian already applied (one in-place pass over G per layer)."""
-        attn, ln = self.model.blocks[L].attn, self.model.blocks[L].ln1
+        bk = self.bk
         xhat, scale = self.fwd.get(f"norm{L}"), self.fwd.get(f"scale{L}")
-        w = frozen(ln.w) if hasattr(ln, "w") else None
+        gain = bk.norm_gain(L, 1)
+        w = frozen(gain) if gain is not None else None
+        centred = bk.norm_kind(L, 1) == "layernorm"
         d, H = self.graph.arch.d_model, self.graph.arch.n_heads
         g0 = self.grad[f"q{L}"]
         B, P = g0.shape[:2]
         split = self.graph.split_qkv
         G = (torch.empty if split else torch.zeros)((3 if split else 1) * H, B, P, d, dtype=g0.dtype, device=g0.device)
         centres, radials = [], []  # per letter, [head, batch, pos]
-        for i, (letter, W) in enumerate((("q", attn.W_Q), ("k", attn.W_K), ("v", attn.W_V))):
-            W = frozen(_ungrouped(W, attn))  # [head, d_model, d_head]
+        for i, letter in enumerate("qkv"):
+            W = frozen(bk.W_qkv(L, letter))  # [head, d_model, d_head], one per query head
             if w is not None:
                 W = W * w[None, :, None]  # fold the norm's gain into the projection
             g = self.grad[f"{letter}{L}"]  # [batch, pos, head, d_head]
@@ -101,7 +107,7 @@ class DestinationGradients:
                 # per-position scalars that are cheap in head space
                 proj = torch.einsum("bpd,hde->bphe", xhat, W)  # x̂ through the (gained) projection
                 radials.append((g * proj).sum(-1).permute(2, 0, 1) / d)
-                if _centred(ln):
+                if centred:
                     centres.append(torch.einsum("bphe,he->hbp", g, W.sum(1)) / d)
         combine = torch.cat if split else sum  # split: one row per letter; joint: the letters add up
         if centres:
@@ -115,16 +121,14 @@ class DestinationGradients:
         what the other neurons read (total MLP-input gradient minus the selected neurons')."""
         grad_pre = self.grad[f"pre{L}"]
         ids = self.graph.neuron_ids(L).to(grad_pre.device)
-        enc = frozen(self.model.blocks[L].mlp.W_in)[:, ids].T  # [n, d]
+        enc = frozen(self.bk.W_in(L))[:, ids].T  # [n, d]
         total = self.grad[f"mlp{L}"] if self.graph.has_rest(L) else None
         return self._through_ln2(L, grad_pre[..., ids].permute(2, 0, 1), enc, total, normalized=True)
 
-    def _transcoder_readers(self, site) -> list:
+    def _transcoder_readers(self, site: Site) -> list:
         """A transcoder's features read like neurons (through ``ln2`` when it reads the normalised
         input, and ``W_enc[:, j]``); ``rest`` is the features' total input gradient minus the
         selected ones'; the error reads densely."""
-        from circuitgraph.engine.sites import site_sae
-
         grad_pre = self.grad[f"pre:{site.name}"]
         ids = torch.tensor(site.features, dtype=torch.long, device=grad_pre.device)
         enc = frozen(site_sae(self.graph, site).W_enc)[:, ids].T
@@ -139,15 +143,15 @@ class DestinationGradients:
         """Low-rank readers ``g [n, B, P]`` along ``enc [n, d]`` (behind ``ln2``'s normalisation
         when ``normalized``, and its gain when ``gain``), plus a dense reader for everything else
         that reads the same input when ``total`` (its full input gradient) is given."""
-        ln = self.model.blocks[L].ln2
+        ln_gain, centred = self.bk.norm_gain(L, 2), self.bk.norm_kind(L, 2) == "layernorm"
         xhat = scale = None
         if normalized:
             xhat, scale = self.fwd.get(f"norm2_{L}"), self.fwd.get(f"scale2_{L}")
-            if gain and hasattr(ln, "w"):
-                enc = enc * frozen(ln.w)[None]
+            if gain and ln_gain is not None:
+                enc = enc * frozen(ln_gain)[None]
             if scale is not None:
                 g = g / scale[None, ..., 0]
-        readers = LowRankReaders(g, enc, xhat, centred=normalized and _centred(ln))
+        readers = LowRankReaders(g, enc, xhat, centred=normalized and centred)
         n = g.shape[0]
         out = [(slice(0, n), readers)] if n else []
         if total is not None:
@@ -163,21 +167,34 @@ class DestinationGradients:
         return out
 
 
-def _centred(ln) -> bool:
-    """LayerNorm subtracts the mean (a centring term in its Jacobian); RMSNorm does not."""
-    return type(ln).__name__ in ("LayerNorm", "LayerNormPre")
+def _group(name: str) -> tuple[str, int]:
+    """A destination group of the graph (``attn3``, ``mlp3``) → ``("attn", 3)``."""
+    kind = "attn" if name.startswith("attn") else "mlp"
+    return kind, int(name[len(kind):])
 
 
-def _ungrouped(W: torch.Tensor, attn) -> torch.Tensor:
-    """K/V weights of grouped-query attention repeated so every query head has its own."""
-    H = attn.cfg.n_heads
-    if W.shape[0] != H:
-        W = W.repeat_interleave(H // W.shape[0], dim=0)
-    return W
+def site_readers(graph: Graph, grads: dict, site: Site) -> list:
+    """The site's destinations as ``[(columns within the group, readers)]``: features are
+    low-rank readers (∂m/∂pre_j along ``W_enc[:, j]``); ``rest`` reads through the other
+    features' encoder rows; ``err`` is a dense reader."""
+    sae = site_sae(graph, site)
+    g = grads[f"pre:{site.name}"]  # [B, P, d_sae]
+    W_enc = frozen(sae.W_enc)
+    ids = feature_ids(site, g.device)
+    n = len(ids)
+    out = []
+    if n:
+        out.append((slice(0, n), LowRankReaders(g[..., ids].permute(2, 0, 1), W_enc[:, ids].T)))
+    if site.has_rest:
+        un = other_features(site, g.device)
+        out.append((slice(n, n + 1), DenseReaders((g[..., un] @ W_enc[:, un].T)[None])))
+    k = len(site.node_names())
+    out.append((slice(k - 1, k), DenseReaders(grads[f"err_in:{site.name}"][None])))
+    return out
 
 
 @contextmanager
-def frozen_params(*modules):
+def frozen_params(*modules: nn.Module) -> Iterator[None]:
     """Skip weight gradients (of the model and of any SAEs spliced into it): attribution needs
     only activation gradients, which halves backward and leaves no ``.grad`` behind."""
     params = [p for m in modules for p in m.parameters()]
@@ -191,7 +208,7 @@ def frozen_params(*modules):
             p.requires_grad_(f)
 
 
-def forward_backward(model, graph: Graph, task, input_override: torch.Tensor | None = None,
+def forward_backward(model: Any, graph: Graph, task: Any, input_override: torch.Tensor | None = None,
                      capture_sources: dict | None = None, extra_fwd: list | None = None) -> tuple[DestinationGradients, torch.Tensor]:
     """One forward of the clean prompts and one backward of the mean metric.
 
@@ -200,16 +217,17 @@ def forward_backward(model, graph: Graph, task, input_override: torch.Tensor | N
     Returns the captured destination gradients and the per-example metric values.
     """
     dg = DestinationGradients(model, graph)
+    bk = dg.bk
     fwd, bwd = dg.hooks()
 
     def leaf_input(x, hook):
         x = (input_override if input_override is not None else x).detach()
         return x.requires_grad_(True)
 
-    fwd = [(resid_pre0(), leaf_input)] + fwd + (source_hooks(model, graph, capture_sources, sites=False) if capture_sources is not None else []) \
+    fwd = [(bk.embed_hook(), leaf_input)] + fwd + (source_hooks(model, graph, capture_sources, sites=False) if capture_sources is not None else []) \
         + (extra_fwd or []) + site_hooks(model, graph, capture_sources, dg.grad)  # sites last at their hook point
-    with torch.enable_grad(), frozen_params(model, *graph.node_graph.saes.values()), hook_flags(model, split_qkv_input=False), \
-            model.hooks(fwd_hooks=fwd, bwd_hooks=bwd):
+    with torch.enable_grad(), frozen_params(model, *graph.node_graph.saes.values()), bk.flags(split_qkv_input=False), \
+            bk.hooks(fwd_hooks=fwd, bwd_hooks=bwd):
         logits = task.run(model, task.clean)
         values = task.score(logits, " during attribution")
         values.mean().backward()
@@ -224,7 +242,7 @@ def contract(graph: Graph, deltas: SourceDeltas, grads: DestinationGradients, ou
     product per upstream low-rank block (neurons, SAE features)."""
     D, rows = deltas.dense, deltas.dense_rows
     row_sums = D.sum(-1)  # [n_dense, B, P], shared by every norm-centred reader
-    if getattr(graph, "positions", None):
+    if graph.positions:
         return _contract_per_position(graph, D, row_sums, grads, out, weight)
     for name, cols in graph.dst_slices().items():
         up = graph.upstream(name)
@@ -243,7 +261,7 @@ def contract(graph: Graph, deltas: SourceDeltas, grads: DestinationGradients, ou
                 out[block.rows, c] += weight * lowrank_scores(block, readers).to(out.dtype)
 
 
-def _contract_per_position(graph, D: torch.Tensor, row_sums: torch.Tensor, grads: DestinationGradients,
+def _contract_per_position(graph: Graph, D: torch.Tensor, row_sums: torch.Tensor, grads: DestinationGradients,
                            out: torch.Tensor, weight: float) -> None:
     """The same contraction without summing over positions: scores ``[u, v, p]`` written into the
     position diagonal of a :class:`PositionalGraph`'s score matrix."""

@@ -69,9 +69,11 @@ from tqdm.auto import tqdm
 from circuitgraph.circuit.circuit import Circuit
 from circuitgraph.circuit.minimal import build_circuit
 from circuitgraph.circuit.selection import prune
-from circuitgraph.engine.activations import Ablation
-from circuitgraph.evaluation.faithfulness import CircuitEvaluator
-from circuitgraph.graph import Graph, check_model
+from circuitgraph.engine.ablation import Ablation
+from circuitgraph.engine.evaluator import CircuitEvaluator
+from circuitgraph.errors import ConfigError
+from circuitgraph.graph import Graph
+from circuitgraph.models.backend import check_model
 from circuitgraph.tasks.metrics import LOWER_IS_BETTER
 from circuitgraph.tasks.task import Task
 
@@ -94,7 +96,7 @@ def acdc(
     threshold   τ: an edge is removed when removing it raises the loss by less than τ (see the
                 module docstring for the exact rule and order)
     ablation    what a removed edge carries instead ("corrupted", "zero", "mean", "resample" or an
-                :class:`~circuitgraph.engine.activations.Ablation`)
+                :class:`~circuitgraph.engine.ablation.Ablation`)
     metric      the quantity ACDC tracks: "kl" (default; KL to the clean output at the read
                 positions), any metric name of :mod:`circuitgraph.tasks.metrics`, or None for the
                 task's own metric
@@ -131,7 +133,7 @@ def acdc_sweep(
     run at the smallest threshold (the one that tests the most edges)."""
     thresholds = [float(t) for t in thresholds]
     if not thresholds:
-        raise ValueError("acdc_sweep needs at least one threshold")
+        raise ConfigError("acdc_sweep needs at least one threshold")
     runner = _Runner(model, graph, task, ablation, metric, batch_size, mask_batch)
     circuits, kept_scores, kept_info = [], None, None
     smallest = min(thresholds)
@@ -205,7 +207,7 @@ class _Runner:
 
 def _acdc(run: _Runner, tau: float, absolute: bool, progress: bool, prune_result: bool = True) -> Circuit:
     if not math.isfinite(tau):
-        raise ValueError(f"the ACDC threshold must be a finite number, got {tau}")
+        raise ConfigError(f"the ACDC threshold must be a finite number, got {tau}")
     graph = run.graph
     t0 = time.perf_counter()
     n_before = run.n_circuits

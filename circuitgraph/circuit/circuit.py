@@ -18,12 +18,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from circuitgraph.atomic import atomic_write
+from circuitgraph.errors import FileFormatError, GraphError
 from circuitgraph.graph import Graph, config_hash
 
 SCHEMA = "circuitgraph.circuit/1"
 
 
-class CircuitFileError(ValueError):
+class CircuitFileError(FileFormatError):
     """A circuit file is malformed, truncated, or belongs to another model."""
 
 
@@ -39,7 +40,7 @@ class Circuit:
 
     def __post_init__(self) -> None:
         if self.mask.shape != self.graph.valid.shape or self.mask.dtype != torch.bool:
-            raise ValueError(f"circuit mask must be a bool tensor of shape {list(self.graph.valid.shape)}")
+            raise GraphError(f"circuit mask must be a bool tensor of shape {list(self.graph.valid.shape)}")
         self.mask = self.mask.to(self.graph.valid.device) & self.graph.valid
 
     # ------------------------------------------------------------------ views

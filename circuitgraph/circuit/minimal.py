@@ -14,8 +14,9 @@ import torch
 from circuitgraph.attribution import attribute
 from circuitgraph.circuit.circuit import Circuit
 from circuitgraph.circuit.selection import prune, top_n
-from circuitgraph.engine.activations import Ablation
-from circuitgraph.evaluation.faithfulness import Baselines, CircuitEvaluator
+from circuitgraph.engine.ablation import Ablation
+from circuitgraph.engine.evaluator import Baselines, CircuitEvaluator
+from circuitgraph.errors import ConfigError
 from circuitgraph.graph import Graph
 
 
@@ -50,7 +51,7 @@ def minimal_circuit(
     circuit carries its measured ``faithfulness`` and the search trace.
     """
     if not (0 < target <= 1.5):
-        raise ValueError(f"target faithfulness must be in (0, 1.5], got {target}")
+        raise ConfigError(f"target faithfulness must be in (0, 1.5], got {target}")
     t0 = time.perf_counter()
     if method is None and not bool(graph.scores.any()):
         method = "eap-ig"

@@ -1,5 +1,5 @@
-"""From scores to circuits: top-n, threshold, pruning to input→logits paths, and the minimal
-circuit whose *measured* faithfulness reaches a target.
+"""From scores to edge masks: top-n, threshold, and pruning to input→logits paths. (The minimal
+circuit, which measures, is :mod:`circuitgraph.circuit.minimal`.)
 """
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 from circuitgraph.graph import Graph
+from circuitgraph.errors import ConfigError
 
 
 def ranking(graph: Graph, absolute: bool = True, scores: torch.Tensor | None = None) -> torch.Tensor:
@@ -17,7 +18,7 @@ def ranking(graph: Graph, absolute: bool = True, scores: torch.Tensor | None = N
 def top_n(graph: Graph, n: int, absolute: bool = True, scores: torch.Tensor | None = None) -> torch.Tensor:
     """The ``n`` highest-ranked valid edges (by |score|, or by −score when ``absolute=False``)."""
     if n < 0:
-        raise ValueError(f"n must be ≥ 0, got {n}")
+        raise ConfigError(f"n must be ≥ 0, got {n}")
     r = ranking(graph, absolute, scores).masked_fill_(~graph.valid, float("-inf"))  # (a fresh copy)
     return _largest(r, min(n, graph.n_edges))
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Any, Iterator
 
-from circuitgraph.graph import Graph, config_hash
+from circuitgraph.engine.sites import site_sae
+from circuitgraph.errors import GraphError, TaskError
+from circuitgraph.graph import Graph
+from circuitgraph.models.backend import as_backend
 
 
-def example_chunks(task, batch_size: int) -> Iterator[tuple[slice, object, float]]:
+def example_chunks(task: Any, batch_size: int) -> Iterator[tuple[slice, Any, float]]:
     """Yield ``(idx, sub_task, weight)`` covering the task; weights (example fractions) sum to 1."""
     n = task.n_examples
     for i in range(0, n, batch_size):
@@ -16,7 +19,7 @@ def example_chunks(task, batch_size: int) -> Iterator[tuple[slice, object, float
         yield idx, (task if (i == 0 and j == n) else task.select(idx)), (j - i) / n
 
 
-def auto_batch_size(graph: Graph, task, budget_bytes: float = 1.5e9, lowrank: bool = False) -> int:
+def auto_batch_size(graph: Graph, task: Any, budget_bytes: float = 1.5e9, lowrank: bool = False) -> int:
     """Examples per chunk so that the [n_src, batch, pos, d] source buffers stay within budget.
 
     ``lowrank``: attribution, where neurons and SAE features are a scalar per position (their
@@ -34,7 +37,7 @@ def dense_sources(graph: Graph) -> int:
     return graph.node_graph.n_src - sum(len(s.features) for s in graph.node_graph.sites)
 
 
-def mask_batch_size(graph: Graph, chunk, budget_bytes: float = 1.0e9) -> int:
+def mask_batch_size(graph: Graph, chunk: Any, budget_bytes: float = 1.0e9) -> int:
     """How many edge masks one patched forward may carry (each tiles the chunk once, and holds its
     ``[n_src, n_dst]`` bool mask and removal mask)."""
     per_mask = dense_sources(graph) * chunk.n_examples * chunk.seq_len * graph.arch.d_model * 4 * 2
@@ -42,29 +45,28 @@ def mask_batch_size(graph: Graph, chunk, budget_bytes: float = 1.0e9) -> int:
     return max(1, int(budget_bytes // max(per_mask, 1)))
 
 
-def check_graph(model, graph: Graph, task=None) -> None:
+def check_graph(model: Any, graph: Graph, task: Any = None) -> None:
     """Refuse a graph built for another model (or, position-resolved, for other prompt lengths);
-    move it to the model's device."""
-    P = getattr(graph, "positions", None)
+    move it (and its SAEs) to the model's device, where every engine tensor lives."""
+    P = graph.positions
+    bk = as_backend(model)
     if P and task is not None:
         padded = task.attention_mask is not None and not bool(task.attention_mask.bool().all())
         if task.seq_len != P or padded:
-            raise ValueError(
+            raise TaskError(
                 f"this graph resolves {P} token positions, but the task's prompts have {task.seq_len} tokens"
                 f"{' with padding' if padded else ''}; positions need prompts of one template length with no "
                 "padding. Build the graph with PositionalGraph.from_model(model, positions=task.seq_len)."
             )
-    if graph.model_hash and graph.model_hash != config_hash(model.cfg):
-        raise ValueError(
+    if graph.model_hash and graph.model_hash != bk.fingerprint():
+        raise GraphError(
             "this graph was built for a different model (config hash mismatch); build it with Graph.from_model(model)"
         )
-    if graph.arch.n_layers != model.cfg.n_layers or graph.arch.n_heads != model.cfg.n_heads:
-        raise ValueError("graph shape does not match the model; build it with Graph.from_model(model)")
-    device = next(model.parameters()).device
+    arch = bk.architecture()
+    if (graph.arch.n_layers, graph.arch.n_heads) != (arch.n_layers, arch.n_heads):
+        raise GraphError("graph shape does not match the model; build it with Graph.from_model(model)")
+    device = bk.device
     if graph.valid.device != device:
         graph.to(device)
-    if graph.node_graph.sites:
-        from circuitgraph.engine.sites import site_sae
-
-        for site in graph.node_graph.sites:
-            site_sae(graph.node_graph, site).to(device)
+    for site in graph.node_graph.sites:
+        site_sae(graph.node_graph, site).to(device)

@@ -12,17 +12,16 @@ from __future__ import annotations
 
 import torch
 
+from circuitgraph.engine.sites import feature_rows, site_sae
+from circuitgraph.engine.tensors import CompactSources, frozen
 from circuitgraph.graph import Graph
 
 
 class LiveDeltas:
     """Dense rows ``[n_dense, K, B, P, d]`` plus one low-rank block per SAE site's features."""
 
-    def __init__(self, graph: Graph, ablated, K: int) -> None:
-        """``ablated``: ``[n_src, B, P, d]``, or :class:`~circuitgraph.engine.activations.CompactSources`."""
-        from circuitgraph.engine.activations import CompactSources, feature_rows, frozen
-        from circuitgraph.engine.sites import site_sae
-
+    def __init__(self, graph: Graph, ablated: torch.Tensor | CompactSources, K: int) -> None:
+        """``ablated``: ``[n_src, B, P, d]``, or :class:`~circuitgraph.engine.tensors.CompactSources`."""
         _, B, P, d = ablated.shape
         self.K, self.B, self.P, self.d = K, B, P, d
         self.ablated = ablated

@@ -13,25 +13,29 @@ examples are tiled K times), which is how exact patching, faithfulness curves an
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import torch
 
-from circuitgraph.engine.activations import frozen, resid_pre0
 from circuitgraph.engine.deltas import LiveDeltas
 from circuitgraph.engine.sites import site_patch_hooks
+from circuitgraph.engine.tensors import CompactSources, frozen
+from circuitgraph.errors import GraphError
 from circuitgraph.graph import Graph
-from circuitgraph.graph.compat import hook_flags
+from circuitgraph.models.backend import Backend, as_backend
 
 
-def patch_hooks(model, graph: Graph, ablated, keep: torch.Tensor) -> list:
+def patch_hooks(model: Any, graph: Graph, ablated: torch.Tensor | CompactSources, keep: torch.Tensor) -> list:
     """Forward hooks implementing the patched run for ``keep [K, n_src, n_dst]`` (True = edge
     kept) given ``ablated [n_src, batch, pos, d]`` (or :class:`CompactSources`). Needs ``use_split_qkv_input`` and
     ``use_hook_mlp_in`` (see :func:`patched_logits`)."""
+    bk = as_backend(model)
     K = keep.shape[0]
     n_src, B, P, d = ablated.shape
     H = graph.arch.n_heads
     removed = keep.logical_not()  # [K, n_src, n_dst] bool (each reader takes its block as floats)
     removed &= graph.valid
-    positional = bool(getattr(graph, "positions", None))
+    positional = bool(graph.positions)
     if positional:  # [K, n_src·P, n_dst·P] → per-position removals [K, n_src, n_dst, P]
         removed = torch.stack([graph.diagonal(r) for r in removed])
         graph = graph.base
@@ -47,7 +51,7 @@ def patch_hooks(model, graph: Graph, ablated, keep: torch.Tensor) -> list:
         return hook
 
     def head_project(layer: int):
-        W_O = frozen(model.blocks[layer].attn.W_O)
+        W_O = frozen(bk.W_O(layer))
 
         def project(z):  # z [K*B, P, H, d_head] → [H, K, B, P, d]
             return torch.einsum("kbphe,hed->hkbpd", frozen(z).reshape(K, B, P, H, -1), W_O)
@@ -74,7 +78,7 @@ def patch_hooks(model, graph: Graph, ablated, keep: torch.Tensor) -> list:
 
         return hook
 
-    hooks.append((resid_pre0(), record(src["input"])))
+    hooks.append((bk.embed_hook(), record(src["input"])))
     for L in range(graph.arch.n_layers):
         cols = dst[f"attn{L}"]
         up = graph.upstream(f"attn{L}")
@@ -82,28 +86,29 @@ def patch_hooks(model, graph: Graph, ablated, keep: torch.Tensor) -> list:
             c = slice(cols.start + i * H, cols.start + (i + 1) * H) if graph.split_qkv else cols
             h = subtract(c, up, per_head=True)
             if h is not None:
-                hooks.append((f"blocks.{L}.hook_{letter}_input", h))
-        hooks.append((f"blocks.{L}.attn.hook_z", record(src[f"attn{L}"], head_project(L))))
+                hooks.append((bk.qkv_input_hook(L, letter), h))
+        hooks.append((bk.z_hook(L), record(src[f"attn{L}"], head_project(L))))
         if not graph.has_mlp_node(L):
             continue
         up = graph.upstream(f"mlp{L}")
         if L not in graph.neurons:
             h = subtract(dst[f"mlp{L}"], up, per_head=False)
             if h is not None:
-                hooks.append((f"blocks.{L}.hook_mlp_in", h))
-            hooks.append((f"blocks.{L}.hook_mlp_out", record(src[f"mlp{L}"])))
+                hooks.append((bk.mlp_in_hook(L), h))
+            hooks.append((bk.mlp_out_hook(L), record(src[f"mlp{L}"])))
         else:
-            hooks += _neuron_hooks(model, graph, L, removed, deltas, subtract, K, up)
+            hooks += _neuron_hooks(bk, graph, L, removed, deltas, subtract, K, up)
     h = subtract(dst["logits"], graph.upstream("logits"), per_head=False)
     if h is not None:
-        hooks.append((f"blocks.{graph.arch.n_layers - 1}.hook_resid_post", h))
+        hooks.append((bk.final_hook(), h))
     # SAE sites last: at a shared hook point they run after the records above
     for site in graph.sites:
         hooks += site_patch_hooks(model, graph, site, removed, deltas)
     return hooks
 
 
-def _neuron_hooks(model, graph: Graph, L: int, removed, deltas: LiveDeltas, subtract, K: int, up: slice) -> list:
+def _neuron_hooks(bk: Backend, graph: Graph, L: int, removed: torch.Tensor, deltas: LiveDeltas,
+                  subtract: Callable, K: int, up: slice | torch.Tensor) -> list:
     """Patching for a layer split into neurons.
 
     Sources: each selected neuron writes ``post_i · W_out[i]``; ``rest`` writes the remainder of
@@ -111,12 +116,12 @@ def _neuron_hooks(model, graph: Graph, L: int, removed, deltas: LiveDeltas, subt
     patched at ``hook_mlp_in``; a selected neuron with removed in-edges gets its own input
     ``x − Σ removed deltas``, pushed through ``ln2`` and its ``W_in`` column at ``hook_pre``.
     """
-    mlp = model.blocks[L].mlp
     ids = graph.neuron_ids(L).to(deltas.dense.device)
     n = len(ids)
     rows = graph.src_slices()[f"mlp{L}"]
     cols = graph.dst_slices()[f"mlp{L}"]
-    W_out, W_in, b_in = frozen(mlp.W_out)[ids], frozen(mlp.W_in)[:, ids], frozen(mlp.b_in)[ids]
+    W_out, W_in, b_in = frozen(bk.W_out(L))[ids], frozen(bk.W_in(L))[:, ids], frozen(bk.b_in(L))[ids]
+    ln2 = bk.norm(L, 2)
     B, P, d = deltas.B, deltas.P, deltas.d
     store: dict = {}
     hooks = []
@@ -125,11 +130,11 @@ def _neuron_hooks(model, graph: Graph, L: int, removed, deltas: LiveDeltas, subt
         store["x"] = x
         return x
 
-    hooks.append((f"blocks.{L}.hook_mlp_in", keep_input))
+    hooks.append((bk.mlp_in_hook(L), keep_input))
     if graph.has_rest(L):
         h = subtract(slice(cols.stop - 1, cols.stop), up, per_head=False)
         if h is not None:
-            hooks.append((f"blocks.{L}.hook_mlp_in", h))
+            hooks.append((bk.mlp_in_hook(L), h))
 
     r = removed[:, up, cols.start:cols.start + n].to(deltas.dense.dtype)  # [K, n_up, n]
     patched = r.any(0).any(0).nonzero()[:, 0]  # neurons with some removed in-edge
@@ -138,13 +143,13 @@ def _neuron_hooks(model, graph: Graph, L: int, removed, deltas: LiveDeltas, subt
 
         def own_inputs(pre, hook):
             x = store["x"].reshape(K, B, P, 1, d) - deltas.removed_sum(rp, up)
-            normed = model.blocks[L].ln2(x.reshape(K * B, P, len(patched), d))
+            normed = ln2(x.reshape(K * B, P, len(patched), d))
             new = torch.einsum("bpjd,dj->bpj", frozen(normed), W_in[:, patched]) + b_in[patched]
             pre = pre.clone()
             pre[..., ids[patched]] = new.to(pre.dtype)
             return pre
 
-        hooks.append((f"blocks.{L}.mlp.hook_pre", own_inputs))
+        hooks.append((bk.mlp_pre_hook(L), own_inputs))
 
     def keep_post(post, hook):
         store["post"] = frozen(post[..., ids])
@@ -157,30 +162,32 @@ def _neuron_hooks(model, graph: Graph, L: int, removed, deltas: LiveDeltas, subt
             deltas.record(slice(rows.stop - 1, rows.stop), frozen(out) - post @ W_out)
         return out
 
-    hooks.append((f"blocks.{L}.mlp.hook_post", keep_post))
-    hooks.append((f"blocks.{L}.hook_mlp_out", record_out))
+    hooks.append((bk.mlp_post_hook(L), keep_post))
+    hooks.append((bk.mlp_out_hook(L), record_out))
     return hooks
 
 
 @torch.no_grad()
-def patched_logits(model, graph: Graph, task, ablated, keep: torch.Tensor) -> torch.Tensor:
+def patched_logits(model: Any, graph: Graph, task: Any, ablated: torch.Tensor | CompactSources,
+                   keep: torch.Tensor) -> torch.Tensor:
     """Logits ``[K * batch, pos, vocab]`` of the clean prompts with the edges outside each of the
     K masks ablated. ``keep`` is ``[n_src, n_dst]`` or ``[K, n_src, n_dst]`` bool."""
     if keep.ndim == 2:
         keep = keep[None]
     if keep.shape[1:] != graph.valid.shape:
-        raise ValueError(f"edge mask must be [K, {graph.n_src}, {graph.n_dst}], got {list(keep.shape)}")
+        raise GraphError(f"edge mask must be [K, {graph.n_src}, {graph.n_dst}], got {list(keep.shape)}")
     keep = keep.to(graph.valid.device)
     K = keep.shape[0]
     tokens = task.clean.repeat(K, 1)
     kw = {}
     if task.attention_mask is not None:
         kw["attention_mask"] = task.attention_mask.repeat(K, 1)
-    with hook_flags(model, split_qkv_input=True), model.hooks(fwd_hooks=patch_hooks(model, graph, ablated, keep)):
+    bk = as_backend(model)
+    with bk.flags(split_qkv_input=True), bk.hooks(fwd_hooks=patch_hooks(model, graph, ablated, keep)):
         return model(tokens, **kw)
 
 
-def tiled(task, K: int):
+def tiled(task: Any, K: int) -> Any:
     """The task repeated K times along the batch (to score K patched runs at once)."""
     if K == 1:
         return task

@@ -16,30 +16,34 @@ written, ``W_enc[:, j]`` read), so EAP never materialises a feature's d-vector.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-from circuitgraph.engine.activations import frozen
+from circuitgraph.engine.tensors import LowRankSources, frozen
+from circuitgraph.errors import GraphError
 from circuitgraph.graph import Graph
 from circuitgraph.graph.sites import Site
+from circuitgraph.models.backend import as_backend
 
 
-def site_sae(graph: Graph, site: Site):
+def site_sae(graph: Graph, site: Site) -> Any:
     """The SAE attached to ``site``; a clear error when the graph has none (e.g. loaded from a file)."""
-    sae = getattr(graph, "saes", {}).get(site.hook_name)
+    sae = graph.saes.get(site.hook_name)
     if sae is None:
-        raise ValueError(
+        raise GraphError(
             f"this graph has an SAE site at {site.hook_name} but no SAE attached there; call "
             "graph.attach_saes([...]) with the SAEs it was built with (e.g. circuitgraph.sae.zoo_saes(...))")
     return sae
 
 
-def _ids(site: Site, device) -> torch.Tensor:
+def feature_ids(site: Site, device) -> torch.Tensor:
     return torch.tensor(site.features, dtype=torch.long, device=device)
 
 
-def _unselected(site: Site, device) -> torch.Tensor:
+def other_features(site: Site, device) -> torch.Tensor:
     keep = torch.ones(site.d_sae, dtype=torch.bool, device=device)
-    keep[_ids(site, device)] = False
+    keep[feature_ids(site, device)] = False
     return keep.nonzero()[:, 0]
 
 
@@ -76,18 +80,18 @@ def site_hooks(model, graph: Graph, capture: dict | None, grads: dict | None = N
     return hooks
 
 
-def _norm(model, site: Site):
+def _norm(model: Any, site: Site) -> Any:
     """What a transcoder reads: ``ln2.hook_normalized``, i.e. the MLP input centred (LayerNorm)
     and divided by its scale, *before* ln2's gain and bias; or the raw MLP input."""
-    ln = model.blocks[site.layer].ln2
-    kind = type(ln).__name__
-    if not site.normalized or kind == "Identity":
+    bk = as_backend(model)
+    kind, eps = bk.norm_kind(site.layer, 2), bk.norm_eps(site.layer, 2)
+    if not site.normalized or kind == "none":
         return lambda x: x
 
     def normalize(x: torch.Tensor) -> torch.Tensor:
-        if kind in ("LayerNorm", "LayerNormPre"):
+        if kind == "layernorm":
             x = x - x.mean(-1, keepdim=True)
-        return x / (x.pow(2).mean(-1, keepdim=True) + ln.eps).sqrt()
+        return x / (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()
 
     return normalize
 
@@ -123,8 +127,8 @@ def _transcoder_hooks(model, site: Site, sae, capture: dict | None, grads: dict 
             capture[f"err:{site.name}"] = frozen(err)
         return (acts @ sae.W_dec + sae.b_dec + err).to(out.dtype)
 
-    L = site.layer
-    return [(f"blocks.{L}.hook_mlp_in", read), (f"blocks.{L}.hook_mlp_out", write)]
+    bk = as_backend(model)
+    return [(bk.mlp_in_hook(site.layer), read), (bk.mlp_out_hook(site.layer), write)]
 
 
 def _keep(store: dict, key: str):
@@ -140,62 +144,38 @@ def site_sources(graph: Graph, raw: dict, site: Site, out: torch.Tensor, feature
     sae = site_sae(graph, site)
     acts, err = raw[f"acts:{site.name}"], raw[f"err:{site.name}"]
     W_dec = frozen(sae.W_dec)
-    ids = _ids(site, acts.device)
+    ids = feature_ids(site, acts.device)
     n = len(ids) if features else 0
     if n:
         out[:n] = torch.einsum("bpi,id->ibpd", acts[..., ids], W_dec[ids])
     if site.has_rest:
-        un = _unselected(site, acts.device)
+        un = other_features(site, acts.device)
         out[n] = acts[..., un] @ W_dec[un]
     out[-1] = err
 
 
 def site_coefficients(graph: Graph, raw: dict, site: Site) -> torch.Tensor:
     """The site's feature activations as ``[n_features, B, P]`` (each writes coef · W_dec[i])."""
-    return raw[f"acts:{site.name}"][..., _ids(site, raw[f"acts:{site.name}"].device)].permute(2, 0, 1)
+    return raw[f"acts:{site.name}"][..., feature_ids(site, raw[f"acts:{site.name}"].device)].permute(2, 0, 1)
 
 
 def site_deltas(graph: Graph, diff: dict, site: Site, start: int):
     """Differences of the site's nodes: a low-rank block for the features (coefficients times
     ``W_dec`` rows) and dense rows for ``rest`` and ``err``. Returns ``(block | None, rows, dense)``."""
-    from circuitgraph.attribution.blocks import LowRankSources
-
     sae = site_sae(graph, site)
     acts = diff[f"acts:{site.name}"]
     W_dec = frozen(sae.W_dec)
-    ids = _ids(site, acts.device)
+    ids = feature_ids(site, acts.device)
     n = len(ids)
     block = LowRankSources(torch.arange(start, start + n, device=acts.device), acts[..., ids].permute(2, 0, 1), W_dec[ids]) if n else None
     rows, dense = [], []
     if site.has_rest:
-        un = _unselected(site, acts.device)
+        un = other_features(site, acts.device)
         rows.append(start + n)
         dense.append(acts[..., un] @ W_dec[un])
     rows.append(start + len(site.node_names()) - 1)
     dense.append(diff[f"err:{site.name}"])
     return block, rows, dense
-
-
-def site_readers(graph: Graph, grads: dict, site: Site) -> list:
-    """The site's destinations as ``[(columns within the group, readers)]``: features are
-    low-rank readers (∂m/∂pre_j along ``W_enc[:, j]``); ``rest`` reads through the other
-    features' encoder rows; ``err`` is a dense reader."""
-    from circuitgraph.attribution.blocks import DenseReaders, LowRankReaders
-
-    sae = site_sae(graph, site)
-    g = grads[f"pre:{site.name}"]  # [B, P, d_sae]
-    W_enc = frozen(sae.W_enc)
-    ids = _ids(site, g.device)
-    n = len(ids)
-    out = []
-    if n:
-        out.append((slice(0, n), LowRankReaders(g[..., ids].permute(2, 0, 1), W_enc[:, ids].T)))
-    if site.has_rest:
-        un = _unselected(site, g.device)
-        out.append((slice(n, n + 1), DenseReaders((g[..., un] @ W_enc[:, un].T)[None])))
-    k = len(site.node_names())
-    out.append((slice(k - 1, k), DenseReaders(grads[f"err_in:{site.name}"][None])))
-    return out
 
 
 def site_patch_hooks(model, graph: Graph, site: Site, removed: torch.Tensor, deltas) -> list:
@@ -216,9 +196,9 @@ class _SitePatch:
         device = deltas.dense.device
         self.up = graph.upstream_rows(site.name).to(device)
         self.rows = graph.src_slices()[site.name]
-        self.ids = _ids(site, device)
+        self.ids = feature_ids(site, device)
         self.n = n = len(self.ids)
-        self.un = _unselected(site, device) if site.has_rest else None
+        self.un = other_features(site, device) if site.has_rest else None
         r = removed[:, self.up, graph.dst_slices()[site.name]].to(deltas.dense.dtype)  # [K, n_up, n_nodes]
         self.r_feat = r[..., :n]
         self.r_rest = r[..., n:n + 1] if site.has_rest and bool(r[..., n].any()) else None
@@ -281,8 +261,8 @@ def _transcoder_patch_hooks(model, graph: Graph, site: Site, removed, deltas) ->
         err = sp.error(out.reshape(K, B, P, d), norm(sp.minus(x, sp.r_err)))
         return sp.finish(site.name, acts, rest, err, out.shape, out.dtype)
 
-    L = site.layer
-    return [(f"blocks.{L}.hook_mlp_in", read), (f"blocks.{L}.hook_mlp_out", write)]
+    bk = as_backend(model)
+    return [(bk.mlp_in_hook(site.layer), read), (bk.mlp_out_hook(site.layer), write)]
 
 
 def _sae_patch_hook(graph: Graph, site: Site, removed: torch.Tensor, deltas):
@@ -309,3 +289,12 @@ def _sae_patch_hook(graph: Graph, site: Site, removed: torch.Tensor, deltas):
         return sp.finish(site.name, acts, rest, sp.error(x_err, x_err), x.shape, x.dtype)
 
     return site.hook_name, hook
+
+
+def feature_rows(graph: Graph) -> torch.Tensor:
+    """``[n_src]`` bool: the rows that are SAE features (a site's first rows)."""
+    out = torch.zeros(graph.n_src, dtype=torch.bool)
+    for site in graph.sites:
+        start = graph.src_slices()[site.name].start
+        out[start:start + len(site.features)] = True
+    return out

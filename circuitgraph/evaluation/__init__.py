@@ -1,9 +1,11 @@
-"""Evaluation by real patched forward passes: metric values, faithfulness, curves, CPR and CMD."""
+"""Evaluation by real patched forward passes: metric values, faithfulness, curves, CPR and CMD,
+and ROC curves against ground truth. (The batched evaluator itself is
+:class:`circuitgraph.engine.CircuitEvaluator`.)"""
 
+from circuitgraph.engine.evaluator import Baselines, CircuitEvaluator
 from circuitgraph.evaluation.faithfulness import (
-    CURVE_PERCENTS, Baselines, CircuitEvaluator, FaithfulnessCurve, baselines, evaluate, faithfulness, faithfulness_curve,
+    CURVE_PERCENTS, FaithfulnessCurve, baselines, evaluate, faithfulness, faithfulness_curve,
 )
-
-from circuitgraph.evaluation.roc import edge_roc, roc_auc  # noqa: E402
+from circuitgraph.evaluation.roc import edge_roc, roc_auc
 
 __all__ = ["roc_auc", "edge_roc", "CircuitEvaluator", "evaluate", "faithfulness", "faithfulness_curve", "baselines", "Baselines", "FaithfulnessCurve", "CURVE_PERCENTS"]

@@ -33,7 +33,8 @@ from typing import Sequence
 
 import torch
 
-from circuitgraph.graph import Graph
+from circuitgraph.errors import ConfigError
+from circuitgraph.graph import Graph, dst_node
 
 LEVELS = ("edge", "head", "node")
 
@@ -70,9 +71,9 @@ def roc_auc(scores, labels) -> RocCurve:
     s = torch.as_tensor(scores, dtype=torch.float64).flatten().cpu()
     y = torch.as_tensor(labels).flatten().cpu().bool()
     if s.shape != y.shape:
-        raise ValueError(f"scores and labels must have the same number of items, got {s.numel()} and {y.numel()}")
+        raise ConfigError(f"scores and labels must have the same number of items, got {s.numel()} and {y.numel()}")
     if not torch.isfinite(s).all():
-        raise ValueError("scores must be finite (no NaN or inf)")
+        raise ConfigError("scores must be finite (no NaN or inf)")
     P, N = int(y.sum()), int((~y).sum())
     order = torch.argsort(s, descending=True, stable=True)
     s, y = s[order], y[order]
@@ -129,13 +130,13 @@ def edge_roc(
     scored at edge level; ask for ``level="head"`` or ``"node"``.
     """
     if level not in LEVELS:
-        raise ValueError(f"unknown ROC level {level!r}; choose one of {list(LEVELS)}")
+        raise ConfigError(f"unknown ROC level {level!r}; choose one of {list(LEVELS)}")
     gt = _gt_pairs(ground_truth_edges)
     names, member = _membership(graph, level)
     labels = _gt_labels(graph, gt, level, names, _gt_nodes(ground_truth_edges))
     if isinstance(scores_or_masks, torch.Tensor) and scores_or_masks.dtype != torch.bool:
         if scores_or_masks.shape != graph.valid.shape:
-            raise ValueError(f"scores must be [{graph.n_src}, {graph.n_dst}], got {list(scores_or_masks.shape)}")
+            raise ConfigError(f"scores must be [{graph.n_src}, {graph.n_dst}], got {list(scores_or_masks.shape)}")
         roc = roc_auc(_reduce(member, len(names), scores_or_masks.detach().abs()), labels)
     else:
         masks = [scores_or_masks] if isinstance(scores_or_masks, torch.Tensor) else list(scores_or_masks)
@@ -147,7 +148,7 @@ def edge_roc(
             if m.ndim == 3 and m.shape[0] == 1:
                 m = m[0]
             if m.shape != graph.valid.shape:
-                raise ValueError(f"each mask must be [{graph.n_src}, {graph.n_dst}], got {list(m.shape)}")
+                raise ConfigError(f"each mask must be [{graph.n_src}, {graph.n_dst}], got {list(m.shape)}")
             sel = _reduce(member, len(names), m.double()) > 0
             tpr.append(float((sel & labels).sum()) / P if P else float("nan"))
             fpr.append(float((sel & ~labels).sum()) / N if N else float("nan"))
@@ -193,7 +194,7 @@ def _gt_pairs(gt) -> set[tuple[str, str]]:
     for e in edges:
         if isinstance(e, str):
             if "->" not in e:
-                raise ValueError(f"ground-truth edge {e!r} must look like 'src->dst'")
+                raise ConfigError(f"ground-truth edge {e!r} must look like 'src->dst'")
             e = tuple(e.split("->", 1))
         s, d = e
         out.add((str(s), str(d)))
@@ -204,7 +205,7 @@ def _membership(graph: Graph, level: str) -> tuple[list[str], tuple[torch.Tensor
     """Item names of ``level`` and a sparse membership: ``(item [M], flat edge index [M])`` (an
     edge belongs to one item at edge and head level, to its two endpoint components at node level)."""
     if level not in LEVELS:
-        raise ValueError(f"unknown ROC level {level!r}; choose one of {list(LEVELS)}")
+        raise ConfigError(f"unknown ROC level {level!r}; choose one of {list(LEVELS)}")
     valid = graph.valid.cpu()
     n_dst = valid.shape[1]
     index: dict[str, int] = {}
@@ -215,9 +216,9 @@ def _membership(graph: Graph, level: str) -> tuple[list[str], tuple[torch.Tensor
     for i, j in valid.nonzero().tolist():
         d = graph.dst_names[j]
         if level == "node":
-            keys = [k for k in (graph.src_names[i], Graph.dst_node(d)) if k in index]
+            keys = [k for k in (graph.src_names[i], dst_node(d)) if k in index]
         else:
-            keys = [f"{graph.src_names[i]}->{Graph.dst_node(d) if level == 'head' else d}"]
+            keys = [f"{graph.src_names[i]}->{dst_node(d) if level == 'head' else d}"]
         for k in keys:
             items.append(index.setdefault(k, len(index)))
             edges.append(i * n_dst + j)
@@ -242,27 +243,27 @@ def _gt_labels(graph: Graph, gt: set[tuple[str, str]], level: str, names: list[s
     heads_only = {d for _, d in gt if d not in graph.dst_index}
     for s, d in gt:
         if s not in graph.src_index:
-            raise ValueError(f"ground-truth edge {s}->{d}: {s!r} is not a source node of this graph")
+            raise ConfigError(f"ground-truth edge {s}->{d}: {s!r} is not a source node of this graph")
         if d not in graph.dst_index and f"{d}.q" not in graph.dst_index:  # a head name is allowed
-            raise ValueError(f"ground-truth edge {s}->{d}: {d!r} is not a destination of this graph")
+            raise ConfigError(f"ground-truth edge {s}->{d}: {d!r} is not a destination of this graph")
     if level == "edge" and heads_only:
-        raise ValueError(
+        raise ConfigError(
             f"the ground truth names whole heads as destinations ({', '.join(sorted(heads_only)[:3])}…) "
             "while the graph splits q/k/v inputs, so it cannot be scored at edge level; use level='head' or 'node'"
         )
     if level == "node":
         unknown = extra_nodes - set(graph.src_names) - {"logits"}
         if unknown:
-            raise ValueError(f"ground-truth nodes {sorted(unknown)[:3]} are not nodes of this graph")
+            raise ConfigError(f"ground-truth nodes {sorted(unknown)[:3]} are not nodes of this graph")
         pos = set(extra_nodes)
         for s, d in gt:
-            pos.update({s, Graph.dst_node(d)})
+            pos.update({s, dst_node(d)})
         return torch.tensor([n in pos for n in names], dtype=torch.bool)
     if level == "head":
-        pos = {f"{s}->{Graph.dst_node(d)}" for s, d in gt}
+        pos = {f"{s}->{dst_node(d)}" for s, d in gt}
     else:
         pos = {f"{s}->{d}" for s, d in gt}
     unknown = pos - set(names)
     if unknown:
-        raise ValueError(f"ground-truth edges {sorted(unknown)[:3]} are not valid edges of this graph")
+        raise ConfigError(f"ground-truth edges {sorted(unknown)[:3]} are not valid edges of this graph")
     return torch.tensor([n in pos for n in names], dtype=torch.bool)

@@ -39,7 +39,7 @@ import torch
 from circuitgraph.atomic import atomic_write
 from circuitgraph.circuit.circuit import Circuit
 from circuitgraph.graph import Architecture, Graph
-from circuitgraph.graph.graph import node_kind
+from circuitgraph.graph import node_kind
 from circuitgraph.graph.sites import Site
 
 MIB_SCHEMA = "circuitgraph.mib/1"

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from circuitgraph.graph import Graph
-from circuitgraph.graph.graph import node_kind
+from circuitgraph.graph import node_kind
 
 __all__ = ["write_html", "KIND_STYLES", "vis_assets"]
 

@@ -16,64 +16,38 @@ An edge is written ``"src->dst"``, e.g. ``"a0.h1->a1.h2.k"``.
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import dataclass
-from typing import Iterable, Iterator
+import difflib
+from typing import Any, Iterable, Iterator, Mapping
 
 import networkx as nx
 import torch
 
-from circuitgraph.graph.sites import HEAD_TIME, MLP_TIME, Site, check_sites, site_node
-
-QKV = ("q", "k", "v")
-
-
-@dataclass(frozen=True)
-class Architecture:
-    """The few facts about a model that decide the graph's shape."""
-
-    n_layers: int
-    n_heads: int
-    has_mlp: bool
-    d_model: int
-    d_mlp: int = 0
-
-    @classmethod
-    def from_config(cls, cfg) -> "Architecture":
-        has_mlp = not bool(getattr(cfg, "attn_only", False))
-        return cls(
-            n_layers=int(cfg.n_layers),
-            n_heads=int(cfg.n_heads),
-            has_mlp=has_mlp,
-            d_model=int(cfg.d_model),
-            d_mlp=int(cfg.d_mlp or 0) if has_mlp else 0,
-        )
-
-
-def config_hash(cfg) -> str:
-    """A short, stable fingerprint of a model config, stored with circuits so that a circuit
-    found on one model is never silently applied to another."""
-    keys = (
-        "n_layers", "d_model", "n_heads", "d_head", "d_mlp", "d_vocab", "d_vocab_out", "n_ctx",
-        "attn_only", "normalization_type", "positional_embedding_type", "act_fn",
-        "attention_dir", "n_key_value_heads", "gated_mlp", "parallel_attn_mlp",
-    )
-    blob = {k: getattr(cfg, k, None) for k in keys}
-    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
+from circuitgraph.errors import GraphError
+from circuitgraph.graph.names import HEAD_TIME, MLP_TIME, QKV, dst_node, node_kind, parse_node
+from circuitgraph.graph.sites import Site, check_sites, make_site
+from circuitgraph.models.backend import Architecture, check_model, config_hash
+from circuitgraph.models.sae import as_sae_list, validate
 
 
 class Graph:
     """Sources × destinations of one model, with edge scores.
 
     ``valid[s, d]`` is True where source ``s`` writes into the residual stream before destination
-    ``d`` reads it. ``scores`` is filled by :func:`circuitgraph.attribution.attribute`.
+    ``d`` reads it. ``scores`` holds the latest :func:`circuitgraph.attribute` result (a
+    compatibility shim: ``attribute`` returns the same tensor as a value).
 
     ``neurons`` splits MLPs into single neurons: ``{layer: None}`` (every neuron of that layer) or
     ``{layer: [ids]}`` (those neurons, plus an ``m{L}.rest`` node for the others, so the graph
     still sums to the model). A neuron ``m{L}.n{i}`` writes ``post_i · W_out[i]`` and reads the
     residual stream through ``W_in[:, i]``.
+
+    A graph is a description: it never runs a model. The SAEs of its sites are *attached*
+    (``saes``, by hook name) so that graph and weights travel together through every call; the
+    graph itself never calls them.
     """
+
+    positions: int | None = None  # token positions of a position-resolved graph (PositionalGraph)
+    causal: bool = True  # (position-resolved graphs: does attention look only backwards?)
 
     def __init__(
         self,
@@ -85,18 +59,13 @@ class Graph:
         neurons: dict[int, list[int] | None] | None = None,
         sites: list[Site] | None = None,
     ) -> None:
-        self.arch = arch
-        self.split_qkv = split_qkv
-        self.model_name = model_name
-        self.model_hash = model_hash
-        L, H = arch.n_layers, arch.n_heads
-        self.neurons = _normalise_neurons(neurons, arch)
-
-        # Residual "time" (see graph/sites.py): input 0, layer L's heads 8L+4, its MLP 8L+8, SAE
-        # sites in between, logits 8·n_layers+4. Rows and columns are ordered by time.
-        self.sites = check_sites(list(sites or []), L, arch.has_mlp)
+        self._describe(arch, split_qkv, model_name, model_hash, _normalise_neurons(neurons, arch),
+                       check_sites(list(sites or []), arch.n_layers, arch.has_mlp))
         if self.sites and self.neurons:
-            raise ValueError("a graph with SAE sites and neuron nodes is not supported yet; use one or the other")
+            raise GraphError("a graph with SAE sites and neuron nodes is not supported yet; use one or the other")
+        L, H = arch.n_layers, arch.n_heads
+        # Residual "time" (see graph/names.py): input 0, layer L's heads 8L+4, its MLP 8L+8, SAE
+        # sites in between, logits 8·n_layers+4. Rows and columns are ordered by time.
         src = [("input", 0, -1, "input")]
         dst = []
         letters = QKV if split_qkv else ("",)
@@ -117,72 +86,81 @@ class Graph:
         dst.sort(key=lambda e: e[1])
         src_names, src_time, src_layer, self._src_groups = (list(x) for x in zip(*src))
         dst_names, dst_time, _, self._dst_groups = (list(x) for x in zip(*dst))
+        self.src_time = torch.tensor(src_time)
+        self.dst_time = torch.tensor(dst_time)
+        # Each destination belongs to a node, which is also a source (logits: -1).
+        src_index = {n: i for i, n in enumerate(src_names)}
+        self.dst_owner = torch.tensor([src_index.get(dst_node(n), -1) for n in dst_names])
+        order = torch.argsort(self.dst_owner, stable=True)
+        counts = torch.bincount(self.dst_owner + 1, minlength=len(src_names) + 1)[1:]
+        starts = int((self.dst_owner < 0).sum())
+        node_dsts = list(torch.split(order[starts:], counts.tolist()))  # destinations of each source node
+        # A destination reads a source written strictly earlier, unless an SAE site in between
+        # already read it (the site's nodes carry it on): valid iff t_src < t_dst ≤ hidden_after.
+        self._set_tables(src_names, dst_names, torch.tensor(src_layer), self._edges(), node_dsts, device)
+        self._layout()
 
+    def _describe(self, arch: Architecture, split_qkv: bool, model_name: str, model_hash: str,
+                  neurons: dict[int, list[int]], sites: list[Site]) -> None:
+        """What the graph is of: the model's shape and which nodes it splits (shared by every graph)."""
+        self.arch = arch
+        self.split_qkv = split_qkv
+        self.model_name = model_name
+        self.model_hash = model_hash
+        self.neurons = neurons
+        self.sites = sites
+
+    def _set_tables(self, src_names: list[str], dst_names: list[str], src_layer: torch.Tensor, valid: torch.Tensor,
+                    node_dsts: list[torch.Tensor], device: torch.device | str) -> None:
+        """Names, indices, the edge table and the (empty) results: the second step of every graph."""
         self.src_names: list[str] = src_names
         self.dst_names: list[str] = dst_names
         self.src_index = {n: i for i, n in enumerate(src_names)}
         self.dst_index = {n: i for i, n in enumerate(dst_names)}
-        self.src_time = torch.tensor(src_time)
-        self.dst_time = torch.tensor(dst_time)
-        self.src_layer = torch.tensor(src_layer)
-        # Each destination belongs to a node, which is also a source (logits: -1).
-        self.dst_owner = torch.tensor([self.src_index.get(self.dst_node(n), -1) for n in dst_names])
-        order = torch.argsort(self.dst_owner, stable=True)
-        counts = torch.bincount(self.dst_owner + 1, minlength=len(src_names) + 1)[1:]
-        starts = int((self.dst_owner < 0).sum())
-        self.node_dsts = list(torch.split(order[starts:], counts.tolist()))  # destinations of each source node
+        self.src_layer = src_layer
+        self.node_dsts = node_dsts
         self.device = torch.device(device)
-        # A destination reads a source written strictly earlier, unless an SAE site in between
-        # already read it (the site's nodes carry it on): valid iff t_src < t_dst ≤ hidden_after.
-        self.valid = self._edges().to(self.device)
+        self.valid = valid.to(self.device)
+        self._upstream: dict[str, slice | torch.Tensor] = {}
         self._scores: torch.Tensor | None = None  # allocated when first used (see scores)
         self._in_circuit: torch.Tensor | None = None
         self.score_info: dict = {}
-        self.saes: dict = {}  # hook name → SAE, for graphs with SAE sites (see attach_saes)
-        self._layout()
+        self.saes: dict[str, Any] = {}  # hook name → SAE, for graphs with SAE sites (see attach_saes)
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_model(cls, model, split_qkv: bool = True, neurons: bool | dict | None = None, saes=None,
-                   task=None, features="active") -> "Graph":
-        """Compile a ``HookedTransformer`` into its edge graph (refusing architectures whose
-        residual stream does not decompose as heads + MLPs). ``neurons=True`` splits every MLP
-        into its neurons; a dict ``{layer: [ids] | None}`` splits only those. ``saes`` adds an SAE
-        site per SAE, whose ``features`` become nodes (see :func:`circuitgraph.sae.feature_graph`)."""
-        from circuitgraph.graph.compat import check_model
-
+    def from_model(cls, model: Any, split_qkv: bool = True, neurons: bool | dict | None = None, saes: Any = None,
+                   features: str | int | Mapping[str, Iterable[int]] = "all", task: Any = None) -> Graph:
+        """Compile a model into its edge graph (refusing architectures whose residual stream does
+        not decompose as heads + MLPs). ``neurons=True`` splits every MLP into its neurons; a dict
+        ``{layer: [ids] | None}`` splits only those. ``saes`` adds an SAE site per SAE, whose
+        ``features`` (``"all"`` or ``{hook_name: [ids]}``) become nodes; to choose features from a
+        task (``"active"``, or the top k), use :func:`circuitgraph.feature_graph`, which runs the
+        model."""
+        backend = check_model(model, neurons=bool(neurons))
+        cfg = backend.cfg
+        sites = None
         if saes is not None:
             if neurons:
-                raise ValueError("a graph with SAE sites and neuron nodes is not supported yet; use one or the other")
-            from circuitgraph.sae.graph import feature_graph
-
-            return feature_graph(model, saes, task=task, features=features, split_qkv=split_qkv)
-
-        check_model(model, neurons=bool(neurons))
-        cfg = model.cfg
+                raise GraphError("a graph with SAE sites and neuron nodes is not supported yet; use one or the other")
+            saes = as_sae_list(saes)
+            sites = _sites_for(model, saes, features)
         if neurons is True:
             neurons = {layer: None for layer in range(cfg.n_layers)}
-        return cls(
-            Architecture.from_config(cfg),
-            split_qkv=split_qkv,
-            device=cfg.device or "cpu",
-            model_name=str(getattr(cfg, "model_name", "") or ""),
-            model_hash=config_hash(cfg),
-            neurons=neurons or None,
-        )
+        graph = cls(backend.architecture(), split_qkv=split_qkv, device=cfg.device or "cpu", model_name=backend.name,
+                    model_hash=backend.fingerprint(), neurons=neurons or None, sites=sites)
+        return graph.attach_saes(saes) if saes is not None else graph
 
-    def attach_saes(self, saes) -> "Graph":
+    def attach_saes(self, saes: Any) -> Graph:
         """Give the engine the SAEs of this graph's sites (a graph rebuilt from a file knows its
         sites but not their weights). Refuses SAEs that do not fit a site."""
-        from circuitgraph.sae.splice import _as_list
-
-        by_hook = {sae.hook_name: sae for sae in _as_list(saes)}
+        by_hook = {sae.hook_name: sae for sae in as_sae_list(saes)}
         for site in self.sites:
             sae = by_hook.get(site.hook_name)
             if sae is None:
-                raise ValueError(f"no SAE given for the graph's site {site.hook_name}; got SAEs for {sorted(by_hook)}")
+                raise GraphError(f"no SAE given for the graph's site {site.hook_name}; got SAEs for {sorted(by_hook)}")
             if sae.d_sae != site.d_sae or sae.d_in != self.arch.d_model or sae.hook_name_out != site.hook_name_out:
-                raise ValueError(
+                raise GraphError(
                     f"the SAE for {site.hook_name} has d_in={sae.d_in}, d_sae={sae.d_sae}, hook_name_out={sae.hook_name_out}, "
                     f"but the graph's site expects d_in={self.arch.d_model}, d_sae={site.d_sae}, "
                     f"hook_name_out={site.hook_name_out}: it is not the SAE the graph was built with")
@@ -246,12 +224,12 @@ class Graph:
             "n_heads": self.arch.n_heads, "has_mlp": self.arch.has_mlp, "d_model": self.arch.d_model,
             "d_mlp": self.arch.d_mlp, "split_qkv": self.split_qkv,
             "neurons": {str(k): v for k, v in sorted(self.neurons.items())},
-            "positions": getattr(self, "positions", None), "causal": getattr(self, "causal", True),
+            "positions": self.positions, "causal": self.causal,
             "sites": [site.to_dict() for site in self.sites],
         }
 
     @staticmethod
-    def from_spec(spec: dict, device: torch.device | str = "cpu") -> "Graph":
+    def from_spec(spec: dict, device: torch.device | str = "cpu") -> Graph:
         """Rebuild a graph (a :class:`PositionalGraph` when the spec has positions). Raises
         ``KeyError``/``TypeError``/``ValueError`` on a malformed spec."""
         arch = Architecture(int(spec["n_layers"]), int(spec["n_heads"]), bool(spec["has_mlp"]),
@@ -261,9 +239,7 @@ class Graph:
                       model_hash=str(spec.get("config_hash") or ""), neurons=neurons or None,
                       sites=[Site.from_dict(d) for d in spec.get("sites") or []])
         if spec.get("positions"):
-            from circuitgraph.graph.positional import PositionalGraph
-
-            graph = PositionalGraph(graph, int(spec["positions"]), causal=bool(spec.get("causal", True)))
+            return PositionalGraph(graph, int(spec["positions"]), causal=bool(spec.get("causal", True)))
         return graph
 
     # ------------------------------------------------------------------ sizes and names
@@ -336,11 +312,8 @@ class Graph:
 
     @staticmethod
     def dst_node(dst_name: str) -> str:
-        """The node a destination belongs to: ``a1.h2.k`` → ``a1.h2``; ``m3`` → ``m3``;
-        ``a1.h2.k@5`` → ``a1.h2@5``."""
-        name, at, pos = dst_name.partition("@")
-        name = name[:-2] if name[-2:] in (".q", ".k", ".v") else name
-        return f"{name}{at}{pos}"
+        """The node a destination belongs to (see :func:`circuitgraph.graph.names.dst_node`)."""
+        return dst_node(dst_name)
 
     @property
     def logits_columns(self) -> torch.Tensor:
@@ -355,7 +328,7 @@ class Graph:
     @property
     def node_graph(self) -> "Graph":
         """The position-free graph the engine computes on (itself, unless position-resolved)."""
-        return getattr(self, "base", self)
+        return self
 
     # ------------------------------------------------------------------ views
     def to_networkx(self, mask: torch.Tensor | None = None) -> nx.DiGraph:
@@ -369,10 +342,9 @@ class Graph:
             g.add_node(name, kind="logits", layer=self.arch.n_layers)
         scores = self.scores.detach().cpu()
         for i, j in m.nonzero().tolist():
-            d = self.dst_names[j]
-            node = self.dst_node(d)
-            base = d.partition("@")[0]
-            qkv = base[-1] if base[-2:] in (".q", ".k", ".v") else ""
+            reader = parse_node(self.dst_names[j])
+            node = reader.owner
+            qkv = reader.slot or ""
             if g.has_edge(self.src_names[i], node) and qkv:
                 g.edges[self.src_names[i], node]["qkv"] += qkv
                 g.edges[self.src_names[i], node]["score_" + qkv] = float(scores[i, j])
@@ -389,8 +361,7 @@ class Graph:
         self.valid = self.valid.to(device)
         if self._scores is not None:
             self._scores = self._scores.to(device)
-        if hasattr(self, "_upstream"):  # (a PositionalGraph reads its base's)
-            self._upstream = {g: u if isinstance(u, slice) else u.to(device) for g, u in self._upstream.items()}
+        self._upstream = {g: u if isinstance(u, slice) else u.to(device) for g, u in self._upstream.items()}
         if self._in_circuit is not None:
             self._in_circuit = self._in_circuit.to(device)
         return self
@@ -429,7 +400,7 @@ class Graph:
         reads from every later reader, and an ``attn_out`` / ``mlp_out`` site reads only its
         layer's heads / MLP."""
         never = 8 * self.arch.n_layers + 100
-        hidden = torch.full((len(self.src_names),), never)  # last time a source is read directly
+        hidden = torch.full((len(self._src_groups),), never)  # last time a source is read directly
         only: list[tuple[str, torch.Tensor]] = []  # (site group, the rows it reads) for output sites
         groups = self._src_groups
         for site in self.sites:
@@ -472,49 +443,155 @@ def _runs(groups: list[str]) -> dict[str, slice]:
     return out
 
 
-def node_kind(name: str) -> str:
-    """``input``, ``head``, ``mlp``, ``neuron``, ``feature``, ``sae_rest``, ``sae_error`` or
-    ``logits`` (a position suffix ``@p`` is ignored)."""
-    name = name.partition("@")[0]
-    sn = site_node(name)
-    if sn is not None:
-        return {"err": "sae_error", "rest": "sae_rest"}.get(sn[1], "feature")
-    if name == "input":
-        return "input"
-    if name == "logits":
-        return "logits"
-    if name.startswith("a"):
-        return "head"
-    if name.startswith("m"):
-        return "neuron" if ".n" in name else "mlp"
-    return "other"
-
-
 def _normalise_neurons(neurons, arch: Architecture) -> dict[int, list[int]]:
     """``{layer: [sorted unique ids]}``, validated against the architecture."""
     if not neurons:
         return {}
     if not arch.has_mlp:
-        raise ValueError("neurons were requested but this model has no MLPs (attn_only)")
+        raise GraphError("neurons were requested but this model has no MLPs (attn_only)")
     out = {}
     for layer, ids in dict(neurons).items():
         layer = int(layer)
         if not 0 <= layer < arch.n_layers:
-            raise ValueError(f"neuron layer {layer} does not exist; the model has layers 0..{arch.n_layers - 1}")
+            raise GraphError(f"neuron layer {layer} does not exist; the model has layers 0..{arch.n_layers - 1}")
         ids = list(range(arch.d_mlp)) if ids is None else sorted({int(i) for i in ids})
         bad = [i for i in ids if not 0 <= i < arch.d_mlp]
         if bad:
-            raise ValueError(f"neuron ids {bad[:5]} of layer {layer} are out of range [0, {arch.d_mlp})")
+            raise GraphError(f"neuron ids {bad[:5]} of layer {layer} are out of range [0, {arch.d_mlp})")
         out[layer] = ids
     return out
 
 
 def _unknown(name: str, what: str, valid: list[str]) -> str:
-    import difflib
-
     close = difflib.get_close_matches(name, valid, n=3)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     return (
         f"unknown {what} node {name!r}.{hint} Valid {what} names look like "
         f"{', '.join(valid[:3])}, …, {valid[-1]} ({len(valid)} in all)."
     )
+
+
+def _sites_for(model: Any, saes: list, features: Any) -> list[Site]:
+    """One site per SAE, with the features given explicitly (``"all"`` or ``{hook_name: ids}``)."""
+    for sae in saes:
+        make_site(sae.hook_name, sae.d_sae, [], sae.hook_name_out)  # a site kind the graph supports
+    if not saes:
+        raise GraphError("a graph with SAE sites needs at least one SAE")
+    validate(model, saes)  # hook exists, one SAE per site, d_in matches the activation width
+    if isinstance(features, Mapping):
+        unknown = set(features) - {s.hook_name for s in saes}
+        if unknown:
+            raise GraphError(f"features given for {sorted(unknown)}, which have no SAE; SAEs are at "
+                             f"{[s.hook_name for s in saes]}")
+        chosen = {s.hook_name: list(features.get(s.hook_name, [])) for s in saes}
+    elif features == "all":
+        chosen = {s.hook_name: list(range(s.d_sae)) for s in saes}
+    elif features == "active" or isinstance(features, int):
+        raise GraphError(
+            f"features={features!r} chooses features by running the model on a task; a graph is a description "
+            "and never runs the model: use circuitgraph.feature_graph(model, saes, task, features=...) instead")
+    else:
+        raise GraphError(f"features must be 'active', 'all', an int k or {{hook_name: [ids]}}, got {features!r}")
+    return [make_site(s.hook_name, s.d_sae, chosen[s.hook_name], s.hook_name_out) for s in saes]
+
+
+# ---------------------------------------------------------------------- position-resolved graphs
+# Position-resolved graphs: every node once per token position (``a1.h3@5``), as in
+# position-aware EAP, for tasks whose prompts share a template (equal lengths, no padding).
+#
+# Edges are residual-stream reads, so they join a writer and a reader at the *same* position:
+# ``u@p → v@p``. Information moves between positions only inside attention heads: the head's output
+# at position p reads its query input at p and its key/value inputs at every position p' ≤ p
+# (all positions for bidirectional attention). Those within-node dependencies are what
+# :func:`circuitgraph.circuit.prune` follows, so a circuit keeps ``input@2 → a0.h1.k@2`` only if
+# some ``a0.h1@p`` with p ≥ 2 is on a path to the logits.
+#
+# The score matrix is ``[n_src·P, n_dst·P]`` with rows ``u·P + p``; only its position diagonal can
+# be non-zero, and :meth:`PositionalGraph.diagonal` views it as ``[n_src, n_dst, P]``.
+
+
+class PositionalGraph(Graph):
+    """A :class:`Graph` whose nodes are (node, position) pairs; ``base`` is the position-free graph."""
+
+    def __init__(self, base: Graph, positions: int, causal: bool = True) -> None:
+        if base.neurons:
+            raise GraphError("position-resolved graphs with neuron nodes are not supported yet; use one or the other")
+        if base.sites:
+            raise GraphError("position-resolved graphs with SAE sites are not supported yet; use one or the other")
+        if positions < 1:
+            raise GraphError(f"positions must be ≥ 1, got {positions}")
+        self.base = base
+        self.positions = P = positions
+        self.causal = causal
+        self._describe(base.arch, base.split_qkv, base.model_name, base.model_hash, {}, [])
+        self.src_time = base.src_time.repeat_interleave(P)
+        self.dst_time = base.dst_time.repeat_interleave(P)
+        eye = torch.eye(P, dtype=torch.bool, device=base.device)
+        valid = (base.valid[:, None, :, None] & eye[None, :, None, :]).reshape(base.n_src * P, base.n_dst * P)
+        # node u@p reads: q (and MLP / logits inputs) at p; k and v at every position it attends to
+        self.dst_owner = torch.tensor([-1] * (base.n_dst * P))  # not unique with positions; use node_dsts
+        node_dsts = []
+        for s, name in enumerate(base.src_names):
+            own = base.node_dsts[s].tolist()
+            for p in range(P):
+                cols = []
+                for j in own:
+                    reader = parse_node(base.dst_names[j])
+                    if reader.slot in ("k", "v") or (not base.split_qkv and reader.kind == "head"):
+                        reach = range(p + 1) if causal else range(P)
+                        cols.extend(j * P + q for q in reach)
+                    else:
+                        cols.append(j * P + p)
+                node_dsts.append(torch.tensor(sorted(cols), dtype=torch.long))
+        self._set_tables([f"{n}@{p}" for n in base.src_names for p in range(P)],
+                         [f"{n}@{p}" for n in base.dst_names for p in range(P)],
+                         base.src_layer.repeat_interleave(P), valid, node_dsts, base.device)
+
+    @classmethod
+    def from_model(cls, model: Any, positions: int, split_qkv: bool = True) -> PositionalGraph:  # type: ignore[override]
+        base = Graph.from_model(model, split_qkv=split_qkv)
+        return cls(base, positions, causal=getattr(model.cfg, "attention_dir", "causal") == "causal")
+
+    def diagonal(self, t: torch.Tensor | None = None) -> torch.Tensor:
+        """``[n_src, n_dst, P]`` view of the position diagonal of ``t`` (default: the scores)."""
+        t = self.scores if t is None else t
+        b = self.base
+        return t.view(b.n_src, self.positions, b.n_dst, self.positions).diagonal(0, 1, 3)
+
+    def dst_slices(self) -> dict[str, slice]:
+        return self.base.dst_slices()
+
+    def src_slices(self) -> dict[str, slice]:
+        return self.base.src_slices()
+
+    def upstream(self, group: str) -> slice | torch.Tensor:
+        return self.base.upstream(group)
+
+    def mlp_node_names(self, layer: int) -> list[str]:
+        return self.base.mlp_node_names(layer)
+
+    @property
+    def logits_columns(self) -> torch.Tensor:
+        j = self.base.dst_index["logits"]
+        return torch.arange(j * self.positions, (j + 1) * self.positions)
+
+    @property
+    def input_rows(self) -> torch.Tensor:
+        return torch.arange(self.positions)  # input@0 … input@{P-1}
+
+    def position_free(self) -> torch.Tensor:
+        """Scores summed over positions: ``[n_src, n_dst]`` of the base graph."""
+        return self.diagonal().sum(-1)
+
+    @property
+    def node_graph(self) -> Graph:
+        return self.base
+
+    def to(self, device: torch.device | str) -> PositionalGraph:
+        super().to(device)
+        self.base.to(device)
+        return self
+
+    def __repr__(self) -> str:
+        return (f"PositionalGraph({self.model_name or 'model'}: {self.base.n_src} sources × {self.positions} positions, "
+                f"{self.n_edges} edges, split_qkv={self.split_qkv})")

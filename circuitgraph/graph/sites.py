@@ -12,11 +12,9 @@ nodes *reads* ``x`` (a feature through its encoder row, the rest and the error t
 SAE) and *writes* its term. The site is a cut: the writers that made up ``x`` are read only by the
 site's nodes, and readers after the site read the site's nodes instead.
 
-Residual "time" (the order of reads and writes, in units of 1/8 layer) decides every edge::
-
-    input 0 · resid_pre L 8L+2 · heads L 8L+4 · attn_out L 8L+5 · resid_mid L 8L+6 ·
-    MLP L 8L+8 · mlp_out L 8L+9 · resid_post L 8L+10 (= resid_pre L+1) · logits 8·n_layers+4
-
+Where a site sits in the residual stream's order of reads and writes is its residual time
+(:mod:`circuitgraph.graph.names`: resid_pre L at 8L+2, attn_out 8L+5, resid_mid 8L+6, mlp_out 8L+9,
+resid_post 8L+10).
 A residual site reads every writer still visible at its time; an ``attn_out`` site reads only its
 layer's heads and an ``mlp_out`` site only its layer's MLP.
 """
@@ -26,15 +24,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-SITE_KINDS = ("resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post")
+from circuitgraph.errors import GraphError
+from circuitgraph.graph.names import SITE_KINDS, SITE_TIME, parse
+
 # a transcoder replaces layer L's MLP: it reads the MLP's input (after ln2, or the raw residual)
 # and writes the MLP's output; its nodes sit where the MLP's would
 _TRANSCODER_IN = re.compile(r"^blocks\.(\d+)\.(ln2\.hook_normalized|hook_mlp_in|hook_resid_mid)$")
-_OFFSET = {"resid_pre": 2, "attn_out": 5, "resid_mid": 6, "mlp_out": 9, "resid_post": 10}
 _HOOK = re.compile(r"^blocks\.(\d+)\.hook_(resid_pre|attn_out|resid_mid|mlp_out|resid_post)$")
-SITE_NODE = re.compile(r"^(resid_pre|attn_out|resid_mid|mlp_out|resid_post|transcoder)(\d+)\.(f\d+|rest|err)$")
-
-HEAD_TIME, MLP_TIME = 4, 8  # a layer's heads / MLP write at 8L + these
 
 
 @dataclass(frozen=True)
@@ -68,7 +64,7 @@ class Site:
 
     @property
     def time(self) -> int:
-        return 8 * self.layer + (MLP_TIME if self.hook_name_out else _OFFSET[self.kind])
+        return 8 * self.layer + SITE_TIME[self.kind]
 
     @property
     def has_rest(self) -> bool:
@@ -94,7 +90,7 @@ def parse_hook(hook_name: str) -> tuple[int, str]:
     """``blocks.1.hook_resid_pre`` → ``(1, "resid_pre")``; a clear error for other hook points."""
     m = _HOOK.match(hook_name)
     if not m:
-        raise ValueError(
+        raise GraphError(
             f"SAE sites must be at a residual-stream or layer-output hook point "
             f"(blocks.L.hook_{{{','.join(SITE_KINDS)}}}), got {hook_name!r}; SAEs on other hook points "
             "(hook_z, mlp.hook_post, ...) can be spliced with circuitgraph.sae.splice but are not graph nodes yet")
@@ -107,13 +103,13 @@ def make_site(hook_name: str, d_sae: int, features, hook_name_out: str | None = 
     else:
         m = _TRANSCODER_IN.match(hook_name)
         if not m or hook_name_out != f"blocks.{m.group(1)}.hook_mlp_out":
-            raise ValueError(
+            raise GraphError(
                 f"a transcoder graph site must read blocks.L.ln2.hook_normalized (or hook_mlp_in / hook_resid_mid) "
                 f"and write blocks.L.hook_mlp_out of the same layer, got {hook_name} → {hook_name_out}")
     ids = sorted({int(i) for i in features})
     bad = [i for i in ids if not 0 <= i < d_sae]
     if bad:
-        raise ValueError(f"feature ids {bad[:5]} at {hook_name} are out of range [0, {d_sae})")
+        raise GraphError(f"feature ids {bad[:5]} at {hook_name} are out of range [0, {d_sae})")
     return Site(hook_name, int(d_sae), tuple(ids), hook_name_out)
 
 
@@ -123,26 +119,28 @@ def check_sites(sites: list[Site], n_layers: int, has_mlp: bool) -> list[Site]:
     out = sorted(sites, key=lambda s: s.time)
     for s in out:
         if not 0 <= s.layer < n_layers:
-            raise ValueError(f"SAE site {s.hook_name} is outside the model (layers 0..{n_layers - 1})")
+            raise GraphError(f"SAE site {s.hook_name} is outside the model (layers 0..{n_layers - 1})")
         if s.kind == "transcoder" and not has_mlp:
-            raise ValueError(f"transcoder at {s.hook_name}: this model has no MLPs (attn_only)")
+            raise GraphError(f"transcoder at {s.hook_name}: this model has no MLPs (attn_only)")
         if s.kind == "transcoder" and any(o.kind == "mlp_out" and o.layer == s.layer for o in out):
-            raise ValueError(f"layer {s.layer} has a transcoder and an mlp_out SAE; the transcoder replaces the MLP "
+            raise GraphError(f"layer {s.layer} has a transcoder and an mlp_out SAE; the transcoder replaces the MLP "
                              "whose output the SAE would read: keep one of them")
         if s.kind in ("mlp_out", "resid_mid") and not has_mlp:
-            raise ValueError(f"SAE site {s.hook_name}: this model has no MLPs (attn_only), so it has no "
+            raise GraphError(f"SAE site {s.hook_name}: this model has no MLPs (attn_only), so it has no "
                              "hook_mlp_out / hook_resid_mid; use hook_resid_pre or hook_attn_out")
         if s.kind == "resid_post" and s.layer == n_layers - 1:
-            raise ValueError(f"SAE site {s.hook_name}: the last layer's hook_resid_post is what the unembedding "
+            raise GraphError(f"SAE site {s.hook_name}: the last layer's hook_resid_post is what the unembedding "
                              "reads and is not a graph site yet; attach the SAE at an earlier residual point")
     for a, b in zip(out, out[1:]):
         if a.time == b.time:
-            raise ValueError(f"SAE sites {a.hook_name} and {b.hook_name} are the same point of the residual "
+            raise GraphError(f"SAE sites {a.hook_name} and {b.hook_name} are the same point of the residual "
                              "stream; keep one of them")
     return out
 
 
 def site_node(name: str) -> tuple[str, str] | None:
     """``resid_pre1.f12`` → ``("resid_pre1", "f12")``; None for non-site names."""
-    m = SITE_NODE.match(name.partition("@")[0])
-    return (f"{m.group(1)}{m.group(2)}", m.group(3)) if m else None
+    node = parse(name)
+    if node is None or node.site_name is None:
+        return None
+    return node.site_name, node.base.split(".", 1)[1]

@@ -33,9 +33,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from circuitgraph.engine.activations import source_activations
+from circuitgraph.engine.sources import source_activations
 from circuitgraph.graph import Graph, config_hash
-from circuitgraph.graph.compat import hook_flags
+from circuitgraph.models.backend import hook_flags
 from circuitgraph.hypothesis.features import FeatureData, FeatureValues
 from circuitgraph.hypothesis.interpretation import Hypothesis
 from circuitgraph.hypothesis.nodes import HypothesisError
@@ -467,7 +467,7 @@ def scrub(model, hypothesis: Hypothesis, task, n_samples: int | None = None, see
     The scrubbed loss, the model's loss and the loss with every input randomised (the empty
     hypothesis, same seed) are all measured on the same root samples.
     """
-    from circuitgraph.graph.compat import check_model
+    from circuitgraph.models.backend import check_model
 
     check_model(model)
     if not isinstance(hypothesis, Hypothesis):

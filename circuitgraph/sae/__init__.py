@@ -1,19 +1,22 @@
-"""Sparse autoencoders (SAEs) for circuitgraph: a small SAE model, a reader/writer for the
-SAELens on-disk format (``cfg.json`` + ``sae_weights.safetensors``), and splicing SAEs into a
-HookedTransformer with an explicit error term per site.
+"""Sparse autoencoders (SAEs) for circuitgraph, as a user works with them: the SAE model and its
+SAELens-format files (defined in :mod:`circuitgraph.models.sae`, beside the model backends),
+splicing SAEs into a model with an explicit error term, feature graphs and feature labels.
 
 >>> from circuitgraph.sae import load_sae, splice, zoo_saes
 >>> sae = load_sae("path/to/blocks.1.hook_resid_pre")
 >>> with splice(model, [sae]) as sp:           # logits unchanged: recon + error == x
 ...     logits = model(tokens)
 >>> sp.acts[sae.hook_name]                     # feature activations
->>> g = Graph.from_model(model, saes=[sae], task=task)   # features as graph nodes (+ rest, err)
+>>> g = feature_graph(model, [sae], task)   # features as graph nodes (+ rest, err)
 >>> write_html(circuit, "c.html", node_info=feature_labels(model, g, task))
 """
 
 from pathlib import Path
 
-from circuitgraph.sae.sae import (
+from circuitgraph.errors import FileFormatError
+
+from circuitgraph.attribution.nodes import feature_graph
+from circuitgraph.models.sae import (
     CFG_FILE,
     SUPPORTED_ARCHITECTURES,
     WEIGHTS_FILE,
@@ -23,15 +26,14 @@ from circuitgraph.sae.sae import (
     sae_from_config,
     save_sae,
 )
-from circuitgraph.sae.splice import Splice, site_width, splice, splice_hooks
-from circuitgraph.sae.graph import feature_graph
+from circuitgraph.models.sae import site_width
 from circuitgraph.sae.labels import feature_labels
+from circuitgraph.sae.splice import Splice, splice, splice_hooks
+from circuitgraph.zoo import DATA_DIR
 
 
 def zoo_sae_dir(model_name: str = "induction") -> Path:
     """The folder holding the SAEs shipped for a zoo model (one sub-folder per hook point)."""
-    from circuitgraph.zoo import DATA_DIR
-
     return Path(DATA_DIR) / model_name / "saes"
 
 
@@ -51,10 +53,10 @@ def load_saes(folder: str | Path, device=None) -> dict[str, SAE]:
     for sub in sorted(p for p in folder.iterdir() if (p / CFG_FILE).is_file()):
         sae = load_sae(sub, device=device)
         if sae.hook_name in out:
-            raise ValueError(f"{folder} holds two SAEs for {sae.hook_name}; keep one per hook point")
+            raise FileFormatError(f"{folder} holds two SAEs for {sae.hook_name}; keep one per hook point")
         out[sae.hook_name] = sae
     if not out:
-        raise ValueError(f"{folder} holds no SAE: expected {CFG_FILE} + {WEIGHTS_FILE} in it or in its sub-folders")
+        raise FileFormatError(f"{folder} holds no SAE: expected {CFG_FILE} + {WEIGHTS_FILE} in it or in its sub-folders")
     return out
 
 

@@ -14,12 +14,15 @@ handed to :func:`circuitgraph.export.write_html` as ``node_info``:
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
+from circuitgraph.engine.sites import site_hooks
+from circuitgraph.errors import ConfigError
 from circuitgraph.graph import Graph
 from circuitgraph.graph.sites import Site
+from circuitgraph.models.backend import as_backend
 
 __all__ = ["feature_labels"]
 
@@ -43,9 +46,7 @@ def _top_activations(model, graph: Graph, task, top: int, batch_size: int):
     (best first; padding is ``-inf`` so it never outranks a real token), the last ``[n_features]``,
     the number of real tokens where each feature is active. Batches of ``batch_size`` examples;
     each batch's top k is merged into the running top k with one more ``topk``."""
-    from circuitgraph.engine.sites import site_hooks
-    from circuitgraph.graph.compat import hook_flags
-
+    bk = as_backend(model)
     sites = [s for s in graph.sites if s.features]
     tokens, mask = task.clean, task.attention_mask
     B, P = tokens.shape
@@ -57,7 +58,7 @@ def _top_activations(model, graph: Graph, task, top: int, batch_size: int):
         m = None if mask is None else mask[start:start + batch_size]
         kw = {} if m is None else {"attention_mask": m}
         buf: dict = {}
-        with hook_flags(model), model.hooks(fwd_hooks=site_hooks(model, graph, buf)):
+        with bk.flags(), bk.hooks(fwd_hooks=site_hooks(model, graph, buf)):
             model(toks, stop_at_layer=stop, **kw)
         for s in sites:
             acts = buf[f"acts:{s.name}"]
@@ -121,9 +122,9 @@ def feature_labels(model, graph: Graph, task, top: int = 5, decode: Callable[[in
     node gets ``{"kind", "site", "description"}``. Empty for a graph without SAE sites.
     """
     if top < 1:
-        raise ValueError(f"top must be at least 1, got {top}")
+        raise ConfigError(f"top must be at least 1, got {top}")
     if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
     graph = graph.node_graph
     if not graph.sites:
         return {}

@@ -25,14 +25,13 @@ unedited features), ``sae.hook_sae_acts`` (feature activations) and ``sae.hook_s
 
 from __future__ import annotations
 
-from typing import Iterable
-
 import torch
 from transformer_lens.hook_points import HookPoint
 
-from circuitgraph.sae.sae import SAE
+from circuitgraph.models.backend import as_backend
+from circuitgraph.models.sae import SAE, as_sae_list, is_z_hook, validate
 
-__all__ = ["Splice", "splice", "splice_hooks", "site_width"]
+__all__ = ["Splice", "splice", "splice_hooks"]
 
 
 def _ensure_sae_hooks(sae: SAE) -> None:
@@ -44,98 +43,6 @@ def _ensure_sae_hooks(sae: SAE) -> None:
             sae.add_module(name, hp)
 
 
-def _as_list(saes) -> list[SAE]:
-    if isinstance(saes, SAE):
-        return [saes]
-    if isinstance(saes, dict):
-        out = []
-        for key, sae in saes.items():
-            if isinstance(sae, SAE) and key != sae.hook_name:
-                raise ValueError(f"splice got SAE under key {key!r} but its hook_name is "
-                                 f"{sae.hook_name!r}; key the dict by hook_name or pass a list")
-            out.append(sae)
-        saes = out
-    saes = list(saes)
-    for s in saes:
-        if not isinstance(s, SAE):
-            raise TypeError(f"splice expects circuitgraph.sae.SAE objects, got {type(s).__name__}"
-                            "; convert SAELens SAEs with circuitgraph.sae.from_sae_lens")
-    return saes
-
-
-def _is_z(name: str) -> bool:
-    """Per-head attention activations ``[batch, pos, head, d_head]``, which an SAE reads with the
-    heads flattened (``[batch, pos, head * d_head]``, as SAELens does for ``hook_z``)."""
-    return name.split(".")[-1] in ("hook_z", "hook_q", "hook_k", "hook_v")
-
-
-def _width_from_cfg(cfg, name: str) -> int | None:
-    """The activation width at hook ``name`` read off the model config, or None if unknown."""
-    leaf = name.split(".")[-1]
-    if leaf in ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out",
-                "hook_mlp_out", "hook_mlp_in", "hook_embed", "hook_pos_embed", "hook_normalized"):
-        return cfg.d_model
-    if leaf in ("hook_z", "hook_q"):
-        return cfg.n_heads * cfg.d_head
-    if leaf in ("hook_k", "hook_v"):
-        return (getattr(cfg, "n_key_value_heads", None) or cfg.n_heads) * cfg.d_head
-    if leaf in ("hook_pre", "hook_post", "hook_pre_linear") and ".mlp." in f".{name}":
-        return getattr(cfg, "d_mlp", None)
-    return None
-
-
-@torch.no_grad()
-def site_width(model, hook_names: Iterable[str]) -> dict[str, int]:
-    """The flattened activation width at each hook point (``hook_z``/``q``/``k``/``v`` count
-    heads x d_head).
-
-    Read off the model config for the usual hook points; others are measured by a one-token
-    forward pass (which also runs any hooks already on the model)."""
-    names = set(hook_names)
-    widths: dict[str, int] = {}
-    for n in names:
-        w = _width_from_cfg(model.cfg, n)
-        if w is not None:
-            widths[n] = int(w)
-    probe = names - set(widths)
-    if not probe:
-        return widths
-
-    def grab(x, hook):
-        widths[hook.name] = int(x.shape[-2] * x.shape[-1]) if _is_z(hook.name) and x.dim() == 4 \
-            else int(x.shape[-1])
-        return x
-
-    tokens = torch.zeros((1, 1), dtype=torch.long, device=model.cfg.device)
-    model.run_with_hooks(tokens, fwd_hooks=[(n, grab) for n in probe], return_type=None)
-    return widths
-
-
-def validate(model, saes: list[SAE]) -> None:
-    """Check hook names exist, no site has two SAEs, and each SAE's d_in matches its site."""
-    valid = list(model.hook_dict)
-    seen: dict[str, SAE] = {}
-    for sae in saes:
-        if sae.hook_name not in model.hook_dict:
-            close = [n for n in valid if n.split(".")[-1] == sae.hook_name.split(".")[-1]]
-            examples = (close or valid)[:6]
-            raise ValueError(
-                f"SAE hook_name {sae.hook_name!r} is not a hook point of this model; valid hook "
-                f"names include {examples} ({len(valid)} in all, see model.hook_dict)")
-        if sae.hook_name_out is not None and sae.hook_name_out not in model.hook_dict:
-            raise ValueError(f"transcoder output hook {sae.hook_name_out!r} is not a hook point of this model")
-        if sae.hook_name in seen:
-            raise ValueError(f"two SAEs are spliced at the same hook point {sae.hook_name!r}; "
-                             "splice at most one SAE per site")
-        seen[sae.hook_name] = sae
-    widths = site_width(model, seen)
-    for name, sae in seen.items():
-        if widths.get(name) != sae.d_in:
-            raise ValueError(
-                f"SAE for {name!r} has d_in={sae.d_in} but the model's activation there has width "
-                f"{widths.get(name)}; the SAE was trained on a different model or hook point")
-
-
 class Splice:
     """Hooks that splice SAEs into a model; a context manager (see the module docstring).
 
@@ -145,7 +52,7 @@ class Splice:
     def __init__(self, model, saes, keep_error: bool = True, store: bool = True,
                  check: bool = True):
         self.model = model
-        self.saes = _as_list(saes)
+        self.saes = as_sae_list(saes)
         self.keep_error = bool(keep_error)
         self.store = store
         if check:
@@ -164,7 +71,7 @@ class Splice:
         def hook(x: torch.Tensor, hook=None) -> torch.Tensor:
             shape = x.shape
             flat = x.reshape(*shape[:-2], shape[-2] * shape[-1]) if (
-                _is_z(sae.hook_name) and x.dim() == 4) else x
+                is_z_hook(sae.hook_name) and x.dim() == 4) else x
             flat = sae.hook_sae_input(flat)
             raw_acts = sae.encode(flat)
             raw_recon = sae.decode(raw_acts)
@@ -211,7 +118,7 @@ class Splice:
 
     def __enter__(self) -> "Splice":
         for name, fn in self.fwd_hooks:
-            hp = self.model.hook_dict[name]
+            hp = self.model.hook_dict[name]  # (a Splice edits TransformerLens hook points in place)
             hp.add_hook(fn, dir="fwd")
             self._added.append((hp, fn))
         return self

@@ -21,12 +21,14 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 from torch import nn
 
 from circuitgraph.atomic import atomic_write
+from circuitgraph.errors import GraphError, file_error
+from circuitgraph.models.backend import as_backend
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
@@ -170,10 +172,6 @@ def _arch_error(architecture: Any) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def _bad(folder: Path, msg: str) -> ValueError:
-    return ValueError(f"cannot load SAE from {str(folder)!r}: {msg}")
-
-
 def _hook_name(cfg: dict) -> str | None:
     meta = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
     for src in (cfg, meta):
@@ -191,43 +189,43 @@ def sae_from_config(cfg: dict, state: dict[str, torch.Tensor], where: str = "<di
     mis-shaped tensor) and what to do about it."""
     folder = Path(where)
     if not isinstance(cfg, dict):
-        raise _bad(folder, f"{CFG_FILE} must hold a JSON object, got {type(cfg).__name__}")
+        raise file_error(f"cannot load SAE from {str(folder)!r}", f"{CFG_FILE} must hold a JSON object, got {type(cfg).__name__}")
     missing = [k for k in ("d_in", "d_sae") if k not in cfg]
     hook = _hook_name(cfg)
     if hook is None:
         missing.append("hook_name")
     if missing:
-        raise _bad(folder, f"{CFG_FILE} lacks required key(s) {missing}; an SAELens config needs "
+        raise file_error(f"cannot load SAE from {str(folder)!r}", f"{CFG_FILE} lacks required key(s) {missing}; an SAELens config needs "
                            "d_in, d_sae and hook_name (SAELens 6 keeps hook_name under "
                            "'metadata'; SAELens < 3 called it hook_point)")
     d_in, d_sae = cfg["d_in"], cfg["d_sae"]
     for key, val in (("d_in", d_in), ("d_sae", d_sae)):
         if isinstance(val, bool) or not isinstance(val, int) or val < 1:
-            raise _bad(folder, f"{CFG_FILE} key {key!r} must be a positive integer, got {val!r}")
+            raise file_error(f"cannot load SAE from {str(folder)!r}", f"{CFG_FILE} key {key!r} must be a positive integer, got {val!r}")
 
     arch_raw = cfg.get("architecture", "standard")
     arch = _ARCH_ALIASES.get(str(arch_raw).lower())
     act_fn = str(cfg.get("activation_fn_str", cfg.get("activation_fn", "relu")) or "relu").lower()
     if arch is None or act_fn not in ("relu", "jumprelu"):
-        raise _bad(folder, _arch_error(arch_raw if arch is None else f"{arch_raw} with activation "
+        raise file_error(f"cannot load SAE from {str(folder)!r}", _arch_error(arch_raw if arch is None else f"{arch_raw} with activation "
                                                                      f"{act_fn}"))
     norm = cfg.get("normalize_activations", "none")
     if norm not in (None, "none", False):
-        raise _bad(folder, f"normalize_activations={norm!r} is not supported (only 'none'): the "
+        raise file_error(f"cannot load SAE from {str(folder)!r}", f"normalize_activations={norm!r} is not supported (only 'none'): the "
                            "input scaling it implies is not stored with the weights. Fold the "
                            "scaling factor into W_enc/W_dec (SAELens: fold_activation_norm_"
                            "scaling_factor) and save with normalize_activations='none'")
     if cfg.get("hook_head_index") not in (None,) or (
             isinstance(cfg.get("metadata"), dict) and cfg["metadata"].get("hook_head_index") is not None):
-        raise _bad(folder, "hook_head_index is set (an SAE on a single attention head); only SAEs "
+        raise file_error(f"cannot load SAE from {str(folder)!r}", "hook_head_index is set (an SAE on a single attention head); only SAEs "
                            "on a whole hook point are supported")
     if cfg.get("finetuning_scaling_factor") and "scaling_factor" in state:
-        raise _bad(folder, "finetuning_scaling_factor is set; fold 'scaling_factor' into W_dec "
+        raise file_error(f"cannot load SAE from {str(folder)!r}", "finetuning_scaling_factor is set; fold 'scaling_factor' into W_dec "
                            "before loading (SAELens: fold_scaling_factor)")
     dtype_name = str(cfg.get("dtype", "float32"))
     dtype = _DTYPES.get(dtype_name)
     if dtype is None:
-        raise _bad(folder, f"unknown dtype {dtype_name!r}; use one of {sorted(set(_DTYPES))}")
+        raise file_error(f"cannot load SAE from {str(folder)!r}", f"unknown dtype {dtype_name!r}; use one of {sorted(set(_DTYPES))}")
 
     state = dict(state)
     if arch == "jumprelu" and "threshold" not in state and "log_threshold" in state:
@@ -237,24 +235,24 @@ def sae_from_config(cfg: dict, state: dict[str, torch.Tensor], where: str = "<di
         shapes["threshold"] = (d_sae,)
     absent = [k for k in shapes if k not in state]
     if absent:
-        raise _bad(folder, f"{WEIGHTS_FILE} lacks tensor(s) {absent} (it has {sorted(state)}); "
+        raise file_error(f"cannot load SAE from {str(folder)!r}", f"{WEIGHTS_FILE} lacks tensor(s) {absent} (it has {sorted(state)}); "
                            f"a {arch} SAE needs {list(shapes)}. Re-save the SAE or check that "
                            "the file belongs to this config")
     for k, shape in shapes.items():
         if tuple(state[k].shape) != shape:
-            raise _bad(folder, f"tensor {k!r} has shape {tuple(state[k].shape)} but cfg.json "
+            raise file_error(f"cannot load SAE from {str(folder)!r}", f"tensor {k!r} has shape {tuple(state[k].shape)} but cfg.json "
                                f"(d_in={d_in}, d_sae={d_sae}) implies {shape}; the config and "
                                "weights do not match")
         if not state[k].is_floating_point():
-            raise _bad(folder, f"tensor {k!r} has non-float dtype {state[k].dtype}")
+            raise file_error(f"cannot load SAE from {str(folder)!r}", f"tensor {k!r} has non-float dtype {state[k].dtype}")
 
     meta = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
     hook_out = cfg.get("hook_name_out") or meta.get("hook_name_out")
     transcoder = "transcoder" in str(arch_raw).lower() or hook_out
     if transcoder and not isinstance(hook_out, str):
-        raise _bad(folder, f"a transcoder config needs hook_name_out (where it writes), got {hook_out!r}")
+        raise file_error(f"cannot load SAE from {str(folder)!r}", f"a transcoder config needs hook_name_out (where it writes), got {hook_out!r}")
     if transcoder and cfg.get("d_out", d_in) != d_in:
-        raise _bad(folder, f"transcoder d_out={cfg.get('d_out')} differs from d_in={d_in}; only transcoders "
+        raise file_error(f"cannot load SAE from {str(folder)!r}", f"transcoder d_out={cfg.get('d_out')} differs from d_in={d_in}; only transcoders "
                            "from the MLP input to the MLP output (both d_model wide) are supported")
     sae = SAE(d_in, d_sae, hook, architecture=arch,
               apply_b_dec_to_input=False if transcoder else bool(cfg.get("apply_b_dec_to_input", True)),
@@ -287,11 +285,11 @@ def load_sae(folder: str | Path, device: str | torch.device | None = None) -> SA
     try:
         cfg = json.loads(cfg_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise _bad(folder, f"{CFG_FILE} is not valid JSON ({e}); re-save or re-download it") from e
+        raise file_error(f"cannot load SAE from {str(folder)!r}", f"{CFG_FILE} is not valid JSON ({e}); re-save or re-download it") from e
     try:
         state = load_file(str(w_path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise _bad(folder, f"{WEIGHTS_FILE} is corrupted or truncated ({e}); re-save or "
+        raise file_error(f"cannot load SAE from {str(folder)!r}", f"{WEIGHTS_FILE} is corrupted or truncated ({e}); re-save or "
                            "re-download it") from e
     return sae_from_config(cfg, state, where=str(folder), device=device)
 
@@ -370,3 +368,98 @@ def from_sae_lens(obj: Any, device: str | torch.device | None = None) -> SAE:
     if "d_sae" not in cfg and "W_enc" in state:
         cfg["d_sae"] = int(state["W_enc"].shape[1])
     return sae_from_config(cfg, state, where=f"<{type(obj).__name__} object>", device=device)
+
+
+def as_sae_list(saes) -> list[SAE]:
+    if isinstance(saes, SAE):
+        return [saes]
+    if isinstance(saes, dict):
+        out = []
+        for key, sae in saes.items():
+            if isinstance(sae, SAE) and key != sae.hook_name:
+                raise GraphError(f"splice got SAE under key {key!r} but its hook_name is "
+                                 f"{sae.hook_name!r}; key the dict by hook_name or pass a list")
+            out.append(sae)
+        saes = out
+    saes = list(saes)
+    for s in saes:
+        if not isinstance(s, SAE):
+            raise TypeError(f"splice expects circuitgraph.sae.SAE objects, got {type(s).__name__}"
+                            "; convert SAELens SAEs with circuitgraph.sae.from_sae_lens")
+    return saes
+
+
+def is_z_hook(name: str) -> bool:
+    """Per-head attention activations ``[batch, pos, head, d_head]``, which an SAE reads with the
+    heads flattened (``[batch, pos, head * d_head]``, as SAELens does for ``hook_z``)."""
+    return name.split(".")[-1] in ("hook_z", "hook_q", "hook_k", "hook_v")
+
+
+def _width_from_cfg(cfg, name: str) -> int | None:
+    """The activation width at hook ``name`` read off the model config, or None if unknown."""
+    leaf = name.split(".")[-1]
+    if leaf in ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out",
+                "hook_mlp_out", "hook_mlp_in", "hook_embed", "hook_pos_embed", "hook_normalized"):
+        return cfg.d_model
+    if leaf in ("hook_z", "hook_q"):
+        return cfg.n_heads * cfg.d_head
+    if leaf in ("hook_k", "hook_v"):
+        return (getattr(cfg, "n_key_value_heads", None) or cfg.n_heads) * cfg.d_head
+    if leaf in ("hook_pre", "hook_post", "hook_pre_linear") and ".mlp." in f".{name}":
+        return getattr(cfg, "d_mlp", None)
+    return None
+
+
+@torch.no_grad()
+def site_width(model, hook_names: Iterable[str]) -> dict[str, int]:
+    """The flattened activation width at each hook point (``hook_z``/``q``/``k``/``v`` count
+    heads x d_head).
+
+    Read off the model config for the usual hook points; others are measured by a one-token
+    forward pass (which also runs any hooks already on the model)."""
+    names = set(hook_names)
+    widths: dict[str, int] = {}
+    for n in names:
+        w = _width_from_cfg(model.cfg, n)
+        if w is not None:
+            widths[n] = int(w)
+    probe = names - set(widths)
+    if not probe:
+        return widths
+
+    def grab(x, hook):
+        widths[hook.name] = int(x.shape[-2] * x.shape[-1]) if is_z_hook(hook.name) and x.dim() == 4 \
+            else int(x.shape[-1])
+        return x
+
+    backend = as_backend(model)
+    tokens = torch.zeros((1, 1), dtype=torch.long, device=backend.device)
+    with backend.hooks(fwd_hooks=[(n, grab) for n in probe]):
+        model(tokens, return_type=None)
+    return widths
+
+
+def validate(model, saes: list[SAE]) -> None:
+    """Check hook names exist, no site has two SAEs, and each SAE's d_in matches its site."""
+    backend = as_backend(model)
+    valid = backend.hook_names()
+    seen: dict[str, SAE] = {}
+    for sae in saes:
+        if not backend.has_hook(sae.hook_name):
+            close = [n for n in valid if n.split(".")[-1] == sae.hook_name.split(".")[-1]]
+            examples = (close or valid)[:6]
+            raise GraphError(
+                f"SAE hook_name {sae.hook_name!r} is not a hook point of this model; valid hook "
+                f"names include {examples} ({len(valid)} in all, see model.hook_dict)")
+        if sae.hook_name_out is not None and not backend.has_hook(sae.hook_name_out):
+            raise GraphError(f"transcoder output hook {sae.hook_name_out!r} is not a hook point of this model")
+        if sae.hook_name in seen:
+            raise GraphError(f"two SAEs are spliced at the same hook point {sae.hook_name!r}; "
+                             "splice at most one SAE per site")
+        seen[sae.hook_name] = sae
+    widths = site_width(model, seen)
+    for name, sae in seen.items():
+        if widths.get(name) != sae.d_in:
+            raise ValueError(
+                f"SAE for {name!r} has d_in={sae.d_in} but the model's activation there has width "
+                f"{widths.get(name)}; the SAE was trained on a different model or hook point")

@@ -73,15 +73,6 @@ class LowRankReaders:
         return G
 
 
-@dataclass
-class LowRankSources:
-    """Writes ``coef[i, b, p] · dirs[i]``: neurons (dirs = W_out rows) or SAE features."""
-
-    rows: torch.Tensor  # [n] source indices in the graph
-    coef: torch.Tensor  # [n, B, P]
-    dirs: torch.Tensor  # [n, d]
-
-
 def dense_scores(D: torch.Tensor, readers, row_sums: torch.Tensor | None = None) -> torch.Tensor:
     """``[n_u, n_v]`` scores of dense sources ``D [n_u, B, P, d]`` against any readers."""
     n_u = D.shape[0]
@@ -125,17 +116,3 @@ def lowrank_scores(src: LowRankSources, readers) -> torch.Tensor:
         along = coef * (xhat.reshape(-1, xhat.shape[-1]) @ src.dirs.T).T  # [n_i, BP]
         acc -= along @ radial.reshape(radial.shape[0], -1).T
     return acc
-
-
-@dataclass
-class SourceDeltas:
-    """a(ablated) − a(clean) for every source: dense rows (input, heads, MLPs, ``rest`` nodes)
-    in one compact tensor, neurons as low-rank blocks."""
-
-    dense: torch.Tensor  # [n_dense, B, P, d]
-    dense_rows: torch.Tensor  # [n_dense] sorted graph row indices
-    lowrank: list[LowRankSources]
-
-    @property
-    def contiguous(self) -> bool:
-        return not self.lowrank

@@ -1,0 +1,155 @@
+"""Source activations in residual-stream space.
+
+A source's activation is what it adds to the residual stream: the embedding (``input``), a
+head's ``z @ W_O[h]`` (read from ``hook_z``; no ``use_attn_result`` copy needed), an MLP's
+``hook_mlp_out``. They are kept as one ``[n_src, batch, pos, d_model]`` tensor so that a
+contraction against destination gradients scores every edge at once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from circuitgraph.engine.sites import feature_rows, site_coefficients, site_deltas, site_hooks, site_sources
+from circuitgraph.engine.tensors import CompactSources, LowRankSources, SourceDeltas, frozen, store_hook
+from circuitgraph.graph import Graph
+from circuitgraph.models.backend import as_backend
+
+
+def source_hooks(model: Any, graph: Graph, buf: dict, sites: bool = True) -> list:
+    """Forward hooks that store the raw source activations (input, per-layer z, MLP outputs)
+    into ``buf`` without changing the forward pass (SAE sites, when ``sites``, splice their SAE in:
+    the output is unchanged up to rounding, and ``acts:``/``err:`` captures are stored)."""
+    bk = as_backend(model)
+    graph = graph.node_graph
+    hooks = [(bk.embed_hook(), store_hook(buf, "input"))]
+    for L in range(graph.arch.n_layers):
+        hooks.append((bk.z_hook(L), store_hook(buf, f"z{L}")))
+        if graph.has_mlp_node(L):
+            hooks.append((bk.mlp_out_hook(L), store_hook(buf, f"mlp{L}")))
+        if L in graph.neurons:
+            hooks.append((bk.mlp_post_hook(L), store_hook(buf, f"post{L}")))
+    return hooks + (site_hooks(model, graph, buf) if sites else [])
+
+
+def stack_sources(model: Any, graph: Graph, buf: dict, out: torch.Tensor | None = None,
+                  compact: bool = False) -> torch.Tensor | CompactSources:
+    """Raw captures → ``[n_src, batch, pos, d_model]`` (heads projected through ``W_O``, neurons
+    through their ``W_out`` rows). Dense: for patching and small graphs; attribution at neuron
+    scale uses :func:`source_deltas`, which keeps neurons low-rank. With ``compact`` (and SAE
+    sites), SAE features stay coefficients: a :class:`CompactSources`."""
+    bk = as_backend(model)
+    graph = graph.node_graph
+    x0 = buf["input"]
+    B, P, d = x0.shape
+    slices = graph.src_slices()
+    if compact and graph.sites:
+        is_feature = feature_rows(graph)
+        pos = torch.cumsum(~is_feature, 0) - 1
+
+        def at(rows: slice) -> slice:  # a group's dense rows (a site's features come first)
+            first = rows.start + int(is_feature[rows].sum())
+            return slice(int(pos[first]), int(pos[first]) + rows.stop - first)
+
+        out = torch.empty(int((~is_feature).sum()), B, P, d, dtype=x0.dtype, device=x0.device)
+    else:
+        def at(rows: slice) -> slice:
+            return rows
+
+        if out is None:
+            out = torch.empty(graph.n_src, B, P, d, dtype=x0.dtype, device=x0.device)
+    out[at(slices["input"])] = x0[None]
+    for L in range(graph.arch.n_layers):
+        W_O = frozen(bk.W_O(L))  # [head, d_head, d_model]
+        out[at(slices[f"attn{L}"])] = torch.einsum("bphe,hed->hbpd", buf[f"z{L}"], W_O)
+        if not graph.has_mlp_node(L):
+            continue
+        rows = slices[f"mlp{L}"]
+        if L not in graph.neurons:
+            out[at(rows)] = buf[f"mlp{L}"][None]
+            continue
+        post, W_out = _neuron_parts(model, graph, buf, L)
+        n = post.shape[-1]
+        out[rows.start:rows.start + n] = torch.einsum("bpi,id->ibpd", post, W_out)
+        if graph.has_rest(L):
+            out[rows.start + n] = buf[f"mlp{L}"] - post @ W_out
+    if not graph.sites:
+        return out
+    for site in graph.sites:
+        site_sources(graph, buf, site, out[at(slices[site.name])], features=not compact)
+    if not compact:
+        return out
+    return CompactSources(out, {site.name: site_coefficients(graph, buf, site) for site in graph.sites if site.features},
+                          graph.n_src)
+
+
+def _neuron_parts(model: Any, graph: Graph, buf: dict, L: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The selected neurons' activations ``[B, P, n]`` and write directions ``[n, d]``."""
+    ids = graph.neuron_ids(L).to(buf[f"post{L}"].device)
+    return buf[f"post{L}"][..., ids], frozen(as_backend(model).W_out(L))[ids]
+
+
+def source_deltas(model: Any, graph: Graph, diff: dict) -> SourceDeltas:
+    """Raw differences (see :func:`raw_difference`) → :class:`SourceDeltas`: dense rows for the
+    input, heads, whole MLPs and ``rest`` nodes; a low-rank block per neuron layer."""
+    bk = as_backend(model)
+    graph = graph.node_graph
+    if not graph.neurons and not graph.sites:
+        return SourceDeltas(stack_sources(model, graph, diff), torch.arange(graph.n_src, device=diff["input"].device), [])
+    x0 = diff["input"]
+    slices = graph.src_slices()
+    dense, rows, lowrank = [x0[None]], [0], []
+    for L in range(graph.arch.n_layers):
+        s = slices[f"attn{L}"]
+        dense.append(torch.einsum("bphe,hed->hbpd", diff[f"z{L}"], frozen(bk.W_O(L))))
+        rows.extend(range(s.start, s.stop))
+        if not graph.has_mlp_node(L):
+            continue
+        m = slices[f"mlp{L}"]
+        if L not in graph.neurons:
+            dense.append(diff[f"mlp{L}"][None])
+            rows.append(m.start)
+            continue
+        post, W_out = _neuron_parts(model, graph, diff, L)
+        n = post.shape[-1]
+        lowrank.append(LowRankSources(torch.arange(m.start, m.start + n, device=x0.device), post.permute(2, 0, 1), W_out))
+        if graph.has_rest(L):
+            dense.append((diff[f"mlp{L}"] - post @ W_out)[None])
+            rows.append(m.start + n)
+    if graph.sites:
+        for site in graph.sites:
+            block, site_rows, site_dense = site_deltas(graph, diff, site, slices[site.name].start)
+            if block is not None:
+                lowrank.append(block)
+            rows.extend(site_rows)
+            dense.extend(t[None] for t in site_dense)
+    rows, dense = torch.tensor(rows, device=x0.device), torch.cat(dense)
+    if graph.sites:  # dense rows in graph order (sites sit between layers)
+        order = torch.argsort(rows)
+        rows, dense = rows[order], dense[order]
+    return SourceDeltas(dense, rows, lowrank)
+
+
+@torch.no_grad()
+def raw_sources(model: Any, graph: Graph, task: Any, tokens: torch.Tensor) -> dict:
+    """Run ``tokens`` (with the task's attention mask) and return the raw captures
+    (``input`` [B,P,d], ``z{L}`` [B,P,H,d_head], ``mlp{L}`` [B,P,d])."""
+    buf: dict = {}
+    bk = as_backend(model)
+    with bk.flags(), bk.hooks(fwd_hooks=source_hooks(model, graph, buf)):  # (transcoders read hook_mlp_in)
+        task.run(model, tokens)
+    return buf
+
+
+def source_activations(model: Any, graph: Graph, task: Any, tokens: torch.Tensor) -> torch.Tensor:
+    """``[n_src, batch, pos, d]`` source activations of ``tokens``."""
+    return stack_sources(model, graph, raw_sources(model, graph, task, tokens))
+
+
+def raw_difference(a: dict, b: dict) -> dict:
+    """``a − b`` capture by capture (heads stay in z space: W_O is applied once, afterwards)."""
+    return {k: a[k] - b[k] for k in a}
+
+

@@ -1,0 +1,80 @@
+"""The engine's containers for activations: detached float32 copies, and source activations kept
+as compactly as their readers allow (dense d-vectors, or a coefficient times a fixed direction)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+
+def store_hook(buf: dict, key: str):
+    """A hook that keeps a detached copy of what passes (an activation, or in a backward hook its
+    gradient) in ``buf[key]`` (see :func:`frozen` for the dtype) and changes nothing."""
+
+    def hook(x, hook):
+        buf[key] = frozen(x)
+
+    return hook
+
+
+def frozen(t: torch.Tensor) -> torch.Tensor:
+    """Detached, and in float32 at least: the engine's own arithmetic (contractions, Jacobians,
+    ablation deltas) runs in float32 even for half-precision models, whose bf16 edge scores would
+    be mostly rounding error; float64 models stay float64."""
+    t = t.detach()
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+@dataclass
+class LowRankSources:
+    """Writes ``coef[i, b, p] · dirs[i]``: neurons (dirs = W_out rows) or SAE features."""
+
+    rows: torch.Tensor  # [n] source indices in the graph
+    coef: torch.Tensor  # [n, B, P]
+    dirs: torch.Tensor  # [n, d]
+
+
+@dataclass
+class SourceDeltas:
+    """a(ablated) − a(clean) for every source: dense rows (input, heads, MLPs, ``rest`` nodes)
+    in one compact tensor, neurons as low-rank blocks."""
+
+    dense: torch.Tensor  # [n_dense, B, P, d]
+    dense_rows: torch.Tensor  # [n_dense] sorted graph row indices
+    lowrank: list[LowRankSources]
+
+    @property
+    def contiguous(self) -> bool:
+        return not self.lowrank
+
+
+@dataclass
+class CompactSources:
+    """Source activations of a graph with SAE sites, features kept as coefficients: ``dense``
+    ``[n_dense, B, P, d]`` for every other row (in graph order; see :func:`feature_rows`) and
+    ``coefs`` ``{site: [n_features, B, P]}`` (each feature writes coef · W_dec[i]). What a patched
+    forward needs of the ablated run, at a fraction of ``[n_src, B, P, d]``."""
+
+    dense: torch.Tensor
+    coefs: dict[str, torch.Tensor]
+    n_src: int
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self.n_src, *self.dense.shape[1:])
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.dense.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.dense.device
+
+    def to(self, *args, **kw) -> "CompactSources":
+        return CompactSources(self.dense.to(*args, **kw), {k: v.to(*args, **kw) for k, v in self.coefs.items()}, self.n_src)
+
+    def pin_memory(self) -> "CompactSources":
+        return CompactSources(self.dense.pin_memory(), {k: v.pin_memory() for k, v in self.coefs.items()}, self.n_src)

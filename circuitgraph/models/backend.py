@@ -1,0 +1,394 @@
+"""The backend seam: everything circuitgraph needs from a model, behind one small interface.
+
+The engine never reads ``model.blocks[...]`` or spells a hook name itself. It asks a
+:class:`Backend` for
+
+* the **facts** that shape the graph (:class:`Architecture`, a config fingerprint, the device);
+* the **hook names** of each read and write point (the embedding's write, a head's ``z`` and
+  q/k/v, a q/k/v *input* before the norm, the MLP's input, pre/post activations and output, a
+  norm's scale and normalised output, the final residual);
+* the **weights** it contracts with (``W_Q/K/V/O``, ``b_O``, ``W_in``, ``b_in``, ``W_out``) and the
+  **norms** whose Jacobians it applies (kind, gain, the module itself for patched neurons);
+* **running** with hooks and with the hook flags it needs switched on.
+
+:class:`HookedTransformerBackend` is the first implementation. A new family or library (parallel
+attention+MLP, norms after sublayers, gated MLPs, TransformerLens's TransformerBridge) is a new
+backend, or a new fact of this one, not an edit of the engine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from circuitgraph.errors import ModelUnsupportedError
+
+# The name this error had before the package had an error hierarchy (kept for imports).
+UnsupportedModelError = ModelUnsupportedError
+
+_FINGERPRINT_KEYS = (
+    "n_layers", "d_model", "n_heads", "d_head", "d_mlp", "d_vocab", "d_vocab_out", "n_ctx",
+    "attn_only", "normalization_type", "positional_embedding_type", "act_fn",
+    "attention_dir", "n_key_value_heads", "gated_mlp", "parallel_attn_mlp",
+)
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """The few facts about a model that decide the graph's shape."""
+
+    n_layers: int
+    n_heads: int
+    has_mlp: bool
+    d_model: int
+    d_mlp: int = 0
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> Architecture:
+        has_mlp = not bool(getattr(cfg, "attn_only", False))
+        return cls(
+            n_layers=int(cfg.n_layers),
+            n_heads=int(cfg.n_heads),
+            has_mlp=has_mlp,
+            d_model=int(cfg.d_model),
+            d_mlp=int(cfg.d_mlp or 0) if has_mlp else 0,
+        )
+
+
+def config_hash(cfg: Any) -> str:
+    """A short, stable fingerprint of a model config, stored with circuits so that a circuit
+    found on one model is never silently applied to another."""
+    blob = {k: getattr(cfg, k, None) for k in _FINGERPRINT_KEYS}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class Backend:
+    """What the engine needs from a model (see the module docstring). Subclasses implement it for
+    one model library; every method is cheap (no forward pass)."""
+
+    model: nn.Module
+
+    # ------------------------------------------------------------------ facts
+    @property
+    def cfg(self) -> Any:
+        raise NotImplementedError
+
+    def architecture(self) -> Architecture:
+        return Architecture.from_config(self.cfg)
+
+    def fingerprint(self) -> str:
+        return config_hash(self.cfg)
+
+    @property
+    def name(self) -> str:
+        return str(getattr(self.cfg, "model_name", "") or "")
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def check(self, neurons: bool = False) -> None:
+        """Raise :class:`ModelUnsupportedError` when the graph cannot describe this model."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ hook names
+    def embed_hook(self) -> str:
+        """Where the embedding (the ``input`` node) is written: the first residual stream."""
+        raise NotImplementedError
+
+    def z_hook(self, layer: int) -> str:
+        """Per-head attention values before ``W_O``: ``[batch, pos, head, d_head]``."""
+        raise NotImplementedError
+
+    def qkv_hook(self, layer: int, letter: str) -> str:
+        """A head's query/key/value after projection: ``[batch, pos, head, d_head]``."""
+        raise NotImplementedError
+
+    def qkv_input_hook(self, layer: int, letter: str) -> str:
+        """Each head's own copy of the residual it reads as q/k/v, before the norm."""
+        raise NotImplementedError
+
+    def mlp_in_hook(self, layer: int) -> str:
+        raise NotImplementedError
+
+    def mlp_out_hook(self, layer: int) -> str:
+        raise NotImplementedError
+
+    def mlp_pre_hook(self, layer: int) -> str:
+        """Neuron pre-activations ``[batch, pos, d_mlp]``."""
+        raise NotImplementedError
+
+    def mlp_post_hook(self, layer: int) -> str:
+        """Neuron activations ``[batch, pos, d_mlp]`` (what ``W_out`` reads)."""
+        raise NotImplementedError
+
+    def norm_hook(self, layer: int, which: int, part: str) -> str:
+        """Norm ``which`` (1: before attention, 2: before the MLP) of ``layer``: its ``scale`` or
+        its ``normalized`` output (before the gain)."""
+        raise NotImplementedError
+
+    def final_hook(self) -> str:
+        """The last residual stream, which the unembedding reads (the ``logits`` node's input)."""
+        raise NotImplementedError
+
+    def has_hook(self, name: str) -> bool:
+        raise NotImplementedError
+
+    def hook_names(self) -> list[str]:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ weights and norms
+    def W_qkv(self, layer: int, letter: str) -> torch.Tensor:
+        """``[head, d_model, d_head]``, one slice per *query* head (shared k/v heads repeated)."""
+        raise NotImplementedError
+
+    def W_O(self, layer: int) -> torch.Tensor:
+        """``[head, d_head, d_model]``."""
+        raise NotImplementedError
+
+    def b_O(self, layer: int) -> torch.Tensor | None:
+        raise NotImplementedError
+
+    def W_in(self, layer: int) -> torch.Tensor:
+        """``[d_model, d_mlp]``."""
+        raise NotImplementedError
+
+    def b_in(self, layer: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def W_out(self, layer: int) -> torch.Tensor:
+        """``[d_mlp, d_model]``."""
+        raise NotImplementedError
+
+    def norm(self, layer: int, which: int) -> nn.Module:
+        """The norm module itself (patched neurons run their own inputs through it)."""
+        raise NotImplementedError
+
+    def norm_kind(self, layer: int, which: int) -> str:
+        """``layernorm`` (centres, then scales), ``rms`` (scales) or ``none``."""
+        raise NotImplementedError
+
+    def norm_gain(self, layer: int, which: int) -> torch.Tensor | None:
+        raise NotImplementedError
+
+    def norm_eps(self, layer: int, which: int) -> float:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ running
+    def hooks(self, fwd_hooks: list | None = None, bwd_hooks: list | None = None) -> Any:
+        """A context manager under which the hooks ``[(hook_name, fn)]`` are active."""
+        raise NotImplementedError
+
+    def flags(self, split_qkv_input: bool = False) -> Any:
+        """A context manager switching on the hook points the engine reads (restored after)."""
+        raise NotImplementedError
+
+
+_NORM_KINDS = {"LayerNorm": "layernorm", "LayerNormPre": "layernorm", "RMSNorm": "rms", "RMSNormPre": "rms",
+               "Identity": "none"}
+
+
+class HookedTransformerBackend(Backend):
+    """TransformerLens 3.x's ``HookedTransformer``: pre-norm blocks whose residual stream is exactly
+    ``input + Σ heads + Σ MLPs (+ biases)``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    @property
+    def cfg(self) -> Any:
+        return self.model.cfg
+
+    def check(self, neurons: bool = False) -> None:
+        """Refuse architectures whose residual stream does not decompose as heads + MLPs, naming
+        the problem and the fix; ungroup grouped-query attention so every query head has its own
+        key/value input."""
+        cfg = self.cfg
+        problems = _architecture_problems(cfg, neurons)
+        if problems:
+            raise ModelUnsupportedError(
+                "this model's architecture is not supported by the circuit graph: " + "; ".join(problems)
+                + ". Supported: pre-norm (LN, LNPre, RMS, RMSPre or none) decoder-only or bidirectional "
+                "transformers with standard, rotary or alibi positions, with or without MLPs."
+            )
+        missing = [h for h in self._needed_hooks() if not self.has_hook(h)]
+        if missing:
+            raise ModelUnsupportedError(
+                f"the model lacks hook points the graph reads: {', '.join(missing[:6])}"
+                f"{' …' if len(missing) > 6 else ''}. circuitgraph switches on use_hook_mlp_in (and, only while "
+                "evaluating a circuit, use_split_qkv_input) by itself and restores your settings afterwards, so these "
+                "hooks exist on every standard HookedTransformer; a subclass that removes or renames them is not supported."
+            )
+        if getattr(cfg, "n_key_value_heads", None) and cfg.n_key_value_heads != cfg.n_heads:
+            if not getattr(cfg, "ungroup_grouped_query_attention", False):
+                # Every query head then gets its own copy of the shared key/value input, which the
+                # graph needs to score k and v edges per head. Numerically identical.
+                self.model.set_ungroup_grouped_query_attention(True)
+
+    def _needed_hooks(self) -> list[str]:
+        cfg = self.cfg
+        needed = [self.embed_hook(), self.final_hook()]
+        for L in range(cfg.n_layers):
+            needed += [self.z_hook(L)] + [self.qkv_hook(L, x) for x in "qkv"]
+            needed += [self.qkv_input_hook(L, x) for x in "qkv"]
+            if not cfg.attn_only:
+                needed += [self.mlp_in_hook(L), self.mlp_out_hook(L)]
+        return needed
+
+    # hook names (TransformerLens's naming)
+    def embed_hook(self) -> str:
+        return "blocks.0.hook_resid_pre"
+
+    def z_hook(self, layer: int) -> str:
+        return f"blocks.{layer}.attn.hook_z"
+
+    def qkv_hook(self, layer: int, letter: str) -> str:
+        return f"blocks.{layer}.attn.hook_{letter}"
+
+    def qkv_input_hook(self, layer: int, letter: str) -> str:
+        return f"blocks.{layer}.hook_{letter}_input"
+
+    def mlp_in_hook(self, layer: int) -> str:
+        return f"blocks.{layer}.hook_mlp_in"
+
+    def mlp_out_hook(self, layer: int) -> str:
+        return f"blocks.{layer}.hook_mlp_out"
+
+    def mlp_pre_hook(self, layer: int) -> str:
+        return f"blocks.{layer}.mlp.hook_pre"
+
+    def mlp_post_hook(self, layer: int) -> str:
+        return f"blocks.{layer}.mlp.hook_post"
+
+    def norm_hook(self, layer: int, which: int, part: str) -> str:
+        return f"blocks.{layer}.ln{which}.hook_{part}"
+
+    def final_hook(self) -> str:
+        return f"blocks.{self.cfg.n_layers - 1}.hook_resid_post"
+
+    def has_hook(self, name: str) -> bool:
+        return name in self.model.hook_dict
+
+    def hook_names(self) -> list[str]:
+        return list(self.model.hook_dict)
+
+    # weights
+    def W_qkv(self, layer: int, letter: str) -> torch.Tensor:
+        attn = self.model.blocks[layer].attn
+        W = {"q": attn.W_Q, "k": attn.W_K, "v": attn.W_V}[letter]
+        H = self.cfg.n_heads
+        return W.repeat_interleave(H // W.shape[0], dim=0) if W.shape[0] != H else W
+
+    def W_O(self, layer: int) -> torch.Tensor:
+        return self.model.blocks[layer].attn.W_O
+
+    def b_O(self, layer: int) -> torch.Tensor | None:
+        return getattr(self.model.blocks[layer].attn, "b_O", None)
+
+    def W_in(self, layer: int) -> torch.Tensor:
+        return self.model.blocks[layer].mlp.W_in
+
+    def b_in(self, layer: int) -> torch.Tensor:
+        return self.model.blocks[layer].mlp.b_in
+
+    def W_out(self, layer: int) -> torch.Tensor:
+        return self.model.blocks[layer].mlp.W_out
+
+    def norm(self, layer: int, which: int) -> nn.Module:
+        return getattr(self.model.blocks[layer], f"ln{which}")
+
+    def norm_kind(self, layer: int, which: int) -> str:
+        return _NORM_KINDS.get(type(self.norm(layer, which)).__name__, "none")
+
+    def norm_gain(self, layer: int, which: int) -> torch.Tensor | None:
+        return getattr(self.norm(layer, which), "w", None)
+
+    def norm_eps(self, layer: int, which: int) -> float:
+        return float(getattr(self.norm(layer, which), "eps", self.cfg.eps))
+
+    # running
+    def hooks(self, fwd_hooks: list | None = None, bwd_hooks: list | None = None) -> Any:
+        return self.model.hooks(fwd_hooks=fwd_hooks or [], bwd_hooks=bwd_hooks or [])
+
+    @contextmanager
+    def flags(self, split_qkv_input: bool = False) -> Iterator[None]:
+        """``use_hook_mlp_in`` (a cheap [batch, pos, d_model] copy) is always on;
+        ``use_split_qkv_input`` (a [batch, pos, head, d_model] copy per q/k/v) only for patched
+        evaluation, where each head's q/k/v input is edited separately. The user's settings are
+        restored afterwards."""
+        model, cfg = self.model, self.cfg
+        old = (cfg.use_split_qkv_input, cfg.use_hook_mlp_in, cfg.use_attn_result)
+        try:
+            if split_qkv_input != cfg.use_split_qkv_input:
+                model.set_use_split_qkv_input(split_qkv_input)
+            if not cfg.attn_only and not cfg.use_hook_mlp_in:
+                model.set_use_hook_mlp_in(True)
+            if cfg.use_attn_result:
+                model.set_use_attn_result(False)
+            yield
+        finally:
+            model.set_use_split_qkv_input(old[0])
+            if not cfg.attn_only:
+                model.set_use_hook_mlp_in(old[1])
+            model.set_use_attn_result(old[2])
+
+
+def _architecture_problems(cfg: Any, neurons: bool) -> list[str]:
+    """What in a HookedTransformer config breaks the heads + MLPs decomposition (empty: none)."""
+    problems = []
+    if getattr(cfg, "parallel_attn_mlp", False):
+        problems.append("parallel attention/MLP blocks (GPT-J/NeoX style): the MLP does not read its layer's heads")
+    if getattr(cfg, "positional_embedding_type", "standard") == "shortformer":
+        problems.append("shortformer positional embeddings are added inside attention, outside the residual stream")
+    if getattr(cfg, "use_normalization_before_and_after", False):
+        problems.append("a norm after each sublayer (Gemma-2 style) makes head outputs non-additive")
+    if getattr(cfg, "original_architecture", None) in _post_norm_architectures():
+        problems.append(f"post-norm architecture {cfg.original_architecture}")
+    if getattr(cfg, "load_in_4bit", False):
+        problems.append("4-bit quantised weights (load the model in float32 or bfloat16)")
+    if neurons and (getattr(cfg, "gated_mlp", False) or getattr(cfg, "act_fn", "") in ("solu_ln",)):
+        problems.append("neuron-level graphs need a plain MLP (post = act(pre)); gated or SoLU-LN MLPs are not split")
+    return problems
+
+
+def _post_norm_architectures() -> tuple[str, ...]:
+    try:  # (absent from older transformer-lens 3.x releases)
+        from transformer_lens.components.transformer_block import POST_NORM_ARCHITECTURES
+    except ImportError:
+        return ()
+    return tuple(POST_NORM_ARCHITECTURES)
+
+
+def as_backend(model: Any) -> Backend:
+    """The backend for ``model`` (a backend is returned as is); a clear error for anything else."""
+    if isinstance(model, Backend):
+        return model
+    try:  # (transformer-lens 4 has no HookedTransformer: then no model is one)
+        from transformer_lens import HookedTransformer
+    except ImportError:  # pragma: no cover - transformer-lens 3.x is a hard dependency today
+        HookedTransformer = ()
+    if HookedTransformer and isinstance(model, HookedTransformer):
+        return HookedTransformerBackend(model)
+    raise ModelUnsupportedError(
+        f"circuitgraph needs a transformer_lens.HookedTransformer, got {type(model).__name__}. "
+        "Load your model with HookedTransformer.from_pretrained(name) (transformer-lens 3.x), or "
+        "build one with HookedTransformer(HookedTransformerConfig(...))."
+    )
+
+
+def check_model(model: Any, neurons: bool = False) -> Backend:
+    """The model's backend, after refusing what the graph cannot describe (see :meth:`Backend.check`)."""
+    backend = as_backend(model)
+    backend.check(neurons=neurons)
+    return backend
+
+
+def hook_flags(model: Any, split_qkv_input: bool = False) -> Any:
+    """:meth:`Backend.flags` of ``model``'s backend."""
+    return as_backend(model).flags(split_qkv_input=split_qkv_input)
