@@ -70,7 +70,7 @@ def site_hooks(model, graph: Graph, capture: dict | None, grads: dict | None = N
             acts = sae.activation(pre)
             if track and act_grads:
                 acts.register_hook(_keep(grads, f"act:{site.name}"))
-            err = x_err - sae.decode(sae.encode(x_err))
+            err = sae.error(x_err)
             if capture is not None:
                 capture[f"acts:{site.name}"] = frozen(acts)
                 capture[f"err:{site.name}"] = frozen(err)
@@ -121,7 +121,7 @@ def _transcoder_hooks(model, site: Site, sae, capture: dict | None, grads: dict 
         acts = sae.activation(pre)
         if track and act_grads:
             acts.register_hook(_keep(grads, f"act:{site.name}"))
-        err = out - sae.decode(sae.encode(norm(state.pop("x_err"))))
+        err = sae.error(norm(state.pop("x_err")), target=out)
         if capture is not None:
             capture[f"acts:{site.name}"] = frozen(acts)
             capture[f"err:{site.name}"] = frozen(err)
@@ -207,7 +207,7 @@ class _SitePatch:
         self.shape = (deltas.K, deltas.B, deltas.P, deltas.d)
 
     def error(self, target: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """``target − recon(x)``, decoded in float32 exactly as :meth:`finish` sums the nodes (a
+        """:meth:`SAE.error` computed in float32, exactly as :meth:`finish` sums the nodes (a
         half-precision SAE's own decode would round differently, and the site would stop adding up)."""
         return frozen(target) - (frozen(self.sae.encode(x)) @ self.W_dec + self.b_dec)
 

@@ -115,6 +115,14 @@ class SAE(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))
 
+    def error(self, x: torch.Tensor, target: torch.Tensor | None = None,
+              recon: torch.Tensor | None = None) -> torch.Tensor:
+        """The error term every splice keeps, so that the spliced model computes what the model
+        computes: ``target − decode(encode(x))``, where ``target`` is ``x`` itself for an SAE and the
+        MLP's output for a transcoder. ``recon``: ``decode(encode(x))``, when the caller has it."""
+        recon = self.decode(self.encode(x)) if recon is None else recon
+        return (x if target is None else target).to(recon.dtype) - recon
+
     def _check_width(self, x: torch.Tensor) -> None:
         if x.shape[-1] != self.d_in:
             raise ValueError(f"SAE for {self.hook_name!r} expects activations of width "

@@ -77,7 +77,7 @@ class Splice:
             raw_recon = sae.decode(raw_acts)
             # the error is always x - recon(x) of the unedited features, so an edit made through
             # hook_sae_acts / hook_sae_recon changes the output even when the error is kept
-            error = sae.hook_sae_error(flat.to(raw_recon.dtype) - raw_recon)
+            error = sae.hook_sae_error(sae.error(flat, recon=raw_recon))
             acts = sae.hook_sae_acts(raw_acts)
             recon = raw_recon if acts is raw_acts else sae.decode(acts)
             recon = sae.hook_sae_recon(recon)
@@ -107,7 +107,7 @@ class Splice:
             flat = sae.hook_sae_input(seen.pop("x"))
             raw_acts = sae.encode(flat)
             raw_recon = sae.decode(raw_acts)
-            error = sae.hook_sae_error(out.to(raw_recon.dtype) - raw_recon)
+            error = sae.hook_sae_error(sae.error(flat, target=out, recon=raw_recon))
             acts = sae.hook_sae_acts(raw_acts)
             recon = sae.hook_sae_recon(raw_recon if acts is raw_acts else sae.decode(acts))
             if self.store:
