@@ -347,8 +347,7 @@ def _earlier(parent: str, child: str) -> bool:
     from circuitgraph.hypothesis.nodes import parse_node
 
     p, c = parse_node(parent), parse_node(child)
-    reads = p.time if p.kind != "head" else 2 * p.layer + 0.5
-    return p.kind != "input" and c.time < reads
+    return p.kind != "input" and c.time() < p.time()
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -23,13 +23,16 @@ import html
 import json
 import math
 import re
-from functools import lru_cache
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from circuitgraph.atomic import atomic_write
+from circuitgraph.circuit.circuit import Circuit
 from circuitgraph.graph import Graph
-from circuitgraph.graph import node_kind
+from circuitgraph.graph.names import dst_node, node_kind
+from circuitgraph.hypothesis.render import vis_assets  # shared with the hypothesis page (the lower layer)
 
 __all__ = ["write_html", "KIND_STYLES", "vis_assets"]
 
@@ -52,42 +55,6 @@ X_STEP, X_MIN, Y_STEP, MAX_WIDTH = 190, 120, 72, 1400
 MAX_SLOTS = 48  # columns with more nodes than this are laid out with their shown nodes only,
 WRAP_ROWS = 24  # in sub-columns of at most this many rows
 LABEL_TOKENS = 2  # distinct top-activating tokens shown under a feature node's name
-_VENDOR = Path(__file__).parent / "vendor"
-
-
-# ------------------------------------------------------------------------------------ assets
-@lru_cache(maxsize=1)
-def vis_assets() -> tuple[str, str]:
-    """``(javascript, css)`` of vis-network, read from our vendor folder or the installed pyvis."""
-    candidates = []
-    if (_VENDOR / "vis-network.min.js").is_file():
-        candidates.append(_VENDOR)
-    try:
-        import pyvis
-
-        root = Path(pyvis.__file__).parent
-        found = [d for base in (root / "templates" / "lib", root / "lib") if base.is_dir()
-                 for d in base.glob("vis-*") if (d / "vis-network.min.js").is_file()]
-
-        def version(d: Path) -> tuple:
-            return tuple(int(x) for x in re.findall(r"\d+", d.name))
-
-        candidates += sorted(found, key=version, reverse=True)
-    except ImportError:
-        pass
-    for d in candidates:
-        css = d / "vis-network.css"
-        if not css.is_file():
-            css = d / "vis-network.min.css"
-        if css.is_file():
-            return (d / "vis-network.min.js").read_text(encoding="utf-8"), css.read_text(encoding="utf-8")
-    raise RuntimeError(
-        "cannot find vis-network's JavaScript to inline into the HTML viewer: install pyvis>=0.3.2 "
-        "(it ships vis-network under pyvis/templates/lib/), or put vis-network.min.js and "
-        f"vis-network.css into {_VENDOR}"
-    )
-
-
 def _inline(text: str, tag: str) -> str:
     # A literal "</script" (or "</style") inside the inlined text would end the element early, and
     # "<!--" inside a script can switch the HTML parser into its escaped state; neutralise both
@@ -164,7 +131,7 @@ def _node_info(info: dict, lines: list[str]) -> tuple[str | None, dict]:
 
 def _logits_nodes(graph: Graph) -> list[str]:
     """``["logits"]``, or ``logits@p`` for each position of a position-resolved graph."""
-    return [Graph.dst_node(graph.dst_names[j]) for j in graph.logits_columns.tolist()]
+    return [dst_node(graph.dst_names[j]) for j in graph.logits_columns.tolist()]
 
 
 def _layout(graph: Graph, shown: list[str]) -> dict[str, tuple[int, int]]:
@@ -231,101 +198,164 @@ def write_html(circuit, path: str | Path, title: str | None = None, show_all_nod
     entry shows its ``site``, ``feature`` and ``top_tokens`` (or ``description``) in its tooltip,
     its top tokens under its name, and carries them in the page's data. Returns the path.
     """
-    from pyvis.network import Network  # pyvis imports IPython; keep it off `import circuitgraph`
+    from pyvis.network import Network  # optional dependency (it imports IPython): kept off `import circuitgraph`
 
-    from circuitgraph.circuit.circuit import Circuit
-    from circuitgraph.atomic import atomic_write
+    graph, m, subject = _subject(circuit, mask)
+    if node_info is not None and not isinstance(node_info, dict):
+        raise TypeError(f"node_info must be a dict {{node name: dict}}, got {type(node_info).__name__}")
+    node_info = node_info or {}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
 
+    edges = _Edges.of(graph, m)
+    touched = edges.touched(graph)
+    logits = _logits_nodes(graph)
+    names = list(graph.src_names) + logits
+    always = ("input", "logits")  # a position-resolved graph shows only the positions in use
+    shown = names if show_all_nodes else [n for n in names if n in touched or n in always]
+    net = Network(directed=True)
+    kinds_present = _add_nodes(net, graph, shown, touched, node_info)
+    _add_edges(net, graph, edges)
+    nodes_data, edges_data = _records(net.nodes), _records(net.edges)
+
+    info = _describe(subject, graph)
+    info.update(n_edges=edges.n, n_edges_total=graph.n_edges, n_nodes=len(nodes_data))
+    title = _title(info) if title is None else title
+    payload = {"nodes": nodes_data, "edges": edges_data, "options": _OPTIONS, "info": info}
+    page = _page(title, info, kinds_present, len(touched) < len(nodes_data), payload)
+    atomic_write(path, lambda p: p.write_text(page, encoding="utf-8"))
+    return path
+
+
+def _records(items: list[dict]) -> list[dict]:
+    """pyvis node / edge records without their unset (None) attributes."""
+    return [{k: v for k, v in d.items() if v is not None} for d in items]
+
+
+def _title(info: dict) -> str:
+    """The default title: ``"ioi circuit in gpt2"``, or just ``"Circuit"``."""
+    return (f"{info['task']} circuit" if info["task"] else "Circuit") + (f" in {info['model']}" if info["model"] else "")
+
+
+# vis-network options of the page: fixed layout, no physics, hover tooltips
+_OPTIONS = {
+    "autoResize": True,
+    "physics": {"enabled": False},
+    "layout": {"improvedLayout": False, "randomSeed": 0},
+    "interaction": {"hover": True, "tooltipDelay": 60, "dragNodes": True, "zoomView": True,
+                    "navigationButtons": False, "keyboard": False},
+    "nodes": {"shape": "box", "margin": 7, "borderWidth": 1, "borderWidthSelected": 2,
+              "font": {"face": "monospace", "size": 15}},
+    "edges": {"arrows": {"to": {"enabled": True, "scaleFactor": 0.45}}, "arrowStrikethrough": False,
+              "font": {"size": 11, "align": "middle", "strokeWidth": 3, "strokeColor": "#ffffff", "color": "#333333"},
+              "selectionWidth": 1.5, "hoverWidth": 0.8},
+}
+
+
+def _subject(circuit, mask: torch.Tensor | None) -> tuple[Graph, torch.Tensor, Circuit | None]:
+    """The graph, the edge mask to draw (within the valid edges, on the CPU) and the circuit (None
+    for a bare graph) of ``write_html``'s first argument."""
     if isinstance(circuit, Circuit):
-        graph = circuit.graph
+        graph, subject = circuit.graph, circuit
         m = circuit.mask if mask is None else mask
-        subject = circuit
     elif isinstance(circuit, Graph):
         graph, subject = circuit, None
         m = graph.in_circuit if mask is None else mask
     else:
         raise TypeError(f"write_html needs a Circuit or a Graph, got {type(circuit).__name__}")
-    if node_info is not None and not isinstance(node_info, dict):
-        raise TypeError(f"node_info must be a dict {{node name: dict}}, got {type(node_info).__name__}")
-    node_info = node_info or {}
     if m.shape != graph.valid.shape:
         raise ValueError(f"mask must have shape {list(graph.valid.shape)}, got {list(m.shape)}")
-    m = m.bool().to(graph.valid.device) & graph.valid
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    return graph, (m.bool().to(graph.valid.device) & graph.valid).cpu(), subject
 
-    # ---- the circuit's edges, ranked by |score|
-    m = m.cpu()
-    idx = m.nonzero().tolist()
-    scores = graph.scores.detach().float().cpu()[m].tolist()  # row-major, like nonzero()
-    ranks = _rank(scores)
-    n_edges = len(idx)
-    max_abs = max((abs(s) for s in scores if math.isfinite(s)), default=0.0)
 
-    # ---- nodes: the circuit's (plus input and logits), or all of them
-    touched: dict[str, dict] = {}
-    for (i, j), s in zip(idx, scores):
-        src, dst = graph.src_names[i], graph.dst_names[j]
-        for n, way in ((src, "out"), (Graph.dst_node(dst), "in")):
-            t = touched.setdefault(n, {"in": 0, "out": 0, "abs": 0.0})
-            t[way] += 1
-            t["abs"] += _finite_abs(s)
-    logits = _logits_nodes(graph)
-    names = list(graph.src_names) + logits
-    always = ("input", "logits")  # a position-resolved graph shows only the positions in use
-    shown = names if show_all_nodes else [n for n in names if n in touched or n in always]
-    node_rank = dict(zip(list(touched), _rank([touched[n]["abs"] for n in touched])))
+@dataclass
+class _Edges:
+    """The circuit's edges: ``(src, dst)`` indices, scores and ranks by |score|, in row-major order."""
+
+    idx: list[list[int]]
+    scores: list[float]
+    ranks: list[int]
+    max_abs: float
+
+    @classmethod
+    def of(cls, graph: Graph, m: torch.Tensor) -> "_Edges":
+        scores = graph.scores.detach().float().cpu()[m].tolist()  # row-major, like nonzero()
+        return cls(m.nonzero().tolist(), scores, _rank(scores),
+                   max((abs(s) for s in scores if math.isfinite(s)), default=0.0))
+
+    @property
+    def n(self) -> int:
+        return len(self.idx)
+
+    def touched(self, graph: Graph) -> dict[str, dict]:
+        """Per node of the circuit: edges in, edges out, Σ|score|, and its rank by that sum."""
+        touched: dict[str, dict] = {}
+        for (i, j), s in zip(self.idx, self.scores):
+            for n, way in ((graph.src_names[i], "out"), (dst_node(graph.dst_names[j]), "in")):
+                t = touched.setdefault(n, {"in": 0, "out": 0, "abs": 0.0})
+                t[way] += 1
+                t["abs"] += _finite_abs(s)
+        for n, r in zip(list(touched), _rank([t["abs"] for t in touched.values()])):
+            touched[n]["rank"] = r
+        return touched
+
+
+_IN_COLOR = {"border": "#4a4a4a", "highlight": "#000000", "font": "#1a1a1a"}
+_OUT_COLOR = {"background": "#f4f4f4", "border": "#c8c8c8", "highlight": "#888888", "font": "#a0a0a0"}
+
+
+def _node_look(style: dict, in_circuit: bool) -> tuple[dict, dict]:
+    """vis ``color`` and ``font`` of a node: its kind's colour, or faded when outside the circuit."""
+    c = _IN_COLOR if in_circuit else _OUT_COLOR
+    bg = style["color"] if in_circuit else c["background"]
+    return ({"background": bg, "border": c["border"], "highlight": {"background": bg, "border": c["highlight"]},
+             "hover": {"background": bg, "border": c["highlight"]}}, {"color": c["font"]})
+
+
+def _add_nodes(net, graph: Graph, shown: list[str], touched: dict[str, dict], node_info: dict) -> list[str]:
+    """Add the ``shown`` nodes at their fixed positions; returns the node kinds present (legend order)."""
     pos = _layout(graph, shown)
     layer_of = dict(zip(graph.src_names, graph.src_layer.tolist()))
-    layer_of.update({n: graph.arch.n_layers for n in logits})
-
-    net = Network(directed=True)
+    layer_of.update({n: graph.arch.n_layers for n in _logits_nodes(graph)})
     kinds_present: list[str] = []
     for n in shown:
         kind = _kind(graph, n)
         style = _style(kind)
         if kind not in kinds_present:
             kinds_present.append(kind)
-        x, y = pos[n]
         layer = layer_of.get(n, -1)
         where = "" if kind in ("input", "logits") else f", layer {layer}"
         lines = [f"{n} ({style['label'] if kind in KIND_STYLES else kind}{where})"]
         t = touched.get(n)
         if t:
             lines.append(f"circuit edges: {t['in']} in, {t['out']} out")
-            lines.append(f"Σ|score| of its circuit edges: {_fmt(t['abs'])} (rank {node_rank[n]} of {len(touched)} nodes)")
+            lines.append(f"Σ|score| of its circuit edges: {_fmt(t['abs'])} (rank {t['rank']} of {len(touched)} nodes)")
         else:
             lines.append("not in the circuit")
         label, extra = _node_info(node_info[n], lines) if isinstance(node_info.get(n), dict) else (None, {})
-        if t:
-            color = {"background": style["color"], "border": "#4a4a4a",
-                     "highlight": {"background": style["color"], "border": "#000000"},
-                     "hover": {"background": style["color"], "border": "#000000"}}
-            font = {"color": "#1a1a1a"}
-        else:
-            color = {"background": "#f4f4f4", "border": "#c8c8c8",
-                     "highlight": {"background": "#f4f4f4", "border": "#888888"},
-                     "hover": {"background": "#f4f4f4", "border": "#888888"}}
-            font = {"color": "#a0a0a0"}
+        color, font = _node_look(style, bool(t))
+        x, y = pos[n]
         net.add_node(n, label=n if label is None else f"{n}\n{label}", x=x, y=y, color=color, font=font,
                      title="\n".join(lines), shape="box", physics=False, kind=kind, layer=layer,
                      inCircuit=bool(t), **extra)
+    return kinds_present
 
-    # weakest first, so that the strongest edges are drawn on top
+
+def _add_edges(net, graph: Graph, edges: _Edges) -> None:
+    """Add the circuit's edges, weakest first so that the strongest are drawn on top."""
     src_time, dst_time = graph.src_time.tolist(), graph.dst_time.tolist()
-    order = sorted(range(n_edges), key=lambda k: _finite_abs(scores[k]))
-    for k in order:
-        i, j = idx[k]
-        s = scores[k]
+    for k in sorted(range(edges.n), key=lambda k: _finite_abs(edges.scores[k])):
+        i, j = edges.idx[k]
+        s = edges.scores[k]
         src, dst = graph.src_names[i], graph.dst_names[j]
-        node = Graph.dst_node(dst)
+        node = dst_node(dst)
         base = dst.partition("@")[0]  # a position suffix (a1.h2.k@5) is not part of q/k/v
         qkv = base[-1] if base[-2:] in (".q", ".k", ".v") else ""
         a = _finite_abs(s)
-        width = 1.0 + 7.0 * min(a / max_abs, 1.0) if max_abs > 0 else 1.5
+        width = 1.0 + 7.0 * min(a / edges.max_abs, 1.0) if edges.max_abs > 0 else 1.5
         colour = POSITIVE if s > 0 else NEGATIVE if s < 0 else ZERO
         into = f" ({QKV_NAMES[qkv]} input)" if qkv else ""
-        tip = f"{src} → {node}{into}\nscore: {_fmt(s)}\nrank {ranks[k]} of {n_edges} edges by |score|"
+        tip = f"{src} → {node}{into}\nscore: {_fmt(s)}\nrank {edges.ranks[k]} of {edges.n} edges by |score|"
         # Curvature grows with the number of columns an edge spans, so that long edges arc over the
         # nodes in between; a head's q / k / v edges from one source bend differently to stay apart.
         span = max((dst_time[j] - src_time[i]) / 4, 1)  # in layers / 2 (graph time is 1/8 layer)
@@ -334,30 +364,7 @@ def write_html(circuit, path: str | Path, title: str | None = None, show_all_nod
                   "roundness": round(bend + (0.18 if qkv == "v" else 0.0), 3)}
         net.add_edge(src, node, id=f"{src}->{dst}", label=qkv or None, title=tip, width=width,
                      color={"color": colour, "highlight": colour, "hover": colour, "opacity": 0.85},
-                     smooth=smooth, score=s, absScore=a, rank=ranks[k], qkv=qkv)
-    nodes_data = [{k: v for k, v in d.items() if v is not None} for d in net.nodes]
-    edges_data = [{k: v for k, v in d.items() if v is not None} for d in net.edges]
-
-    info = _describe(subject, graph)
-    info.update(n_edges=n_edges, n_edges_total=graph.n_edges, n_nodes=len(nodes_data))
-    if title is None:
-        title = (f"{info['task']} circuit" if info["task"] else "Circuit") + (f" in {info['model']}" if info["model"] else "")
-    options = {
-        "autoResize": True,
-        "physics": {"enabled": False},
-        "layout": {"improvedLayout": False, "randomSeed": 0},
-        "interaction": {"hover": True, "tooltipDelay": 60, "dragNodes": True, "zoomView": True,
-                        "navigationButtons": False, "keyboard": False},
-        "nodes": {"shape": "box", "margin": 7, "borderWidth": 1, "borderWidthSelected": 2,
-                  "font": {"face": "monospace", "size": 15}},
-        "edges": {"arrows": {"to": {"enabled": True, "scaleFactor": 0.45}}, "arrowStrikethrough": False,
-                  "font": {"size": 11, "align": "middle", "strokeWidth": 3, "strokeColor": "#ffffff", "color": "#333333"},
-                  "selectionWidth": 1.5, "hoverWidth": 0.8},
-    }
-    payload = {"nodes": nodes_data, "edges": edges_data, "options": options, "info": info}
-    page = _page(title, info, kinds_present, len(touched) < len(nodes_data), payload)
-    atomic_write(path, lambda p: p.write_text(page, encoding="utf-8"))
-    return path
+                     smooth=smooth, score=s, absScore=a, rank=edges.ranks[k], qkv=qkv)
 
 
 def _header_html(info: dict) -> str:

@@ -18,6 +18,7 @@
 See ``docs/causal-scrubbing.md`` for the sampling algorithm.
 """
 
+from circuitgraph.errors import HypothesisError
 from circuitgraph.hypothesis.features import (
     BUILTIN_FEATURES,
     Example,
@@ -36,7 +37,7 @@ from circuitgraph.hypothesis.features import (
     whole_input,
 )
 from circuitgraph.hypothesis.interpretation import Correspondence, Hypothesis, Interpretation
-from circuitgraph.hypothesis.nodes import HypothesisError, ModelNode, parse_node
+from circuitgraph.hypothesis.nodes import ModelNode, parse_node
 from circuitgraph.hypothesis.scrubbing import Draw, ScrubResult, VacuousHypothesisWarning, scrub
 from circuitgraph.hypothesis.serialize import SCHEMA, HypothesisFileError
 

@@ -37,7 +37,7 @@ from typing import Any, Callable, Hashable, NamedTuple
 
 import torch
 
-from circuitgraph.hypothesis.nodes import HypothesisError
+from circuitgraph.errors import HypothesisError
 
 # -------------------------------------------------------------------------------------------- data
 

@@ -40,8 +40,14 @@ import copy
 from pathlib import Path
 from typing import Iterable
 
+from circuitgraph.circuit import Circuit
+from circuitgraph.errors import HypothesisError, file_error
+from circuitgraph.graph import Graph, config_hash
+from circuitgraph.graph.names import dst_node
+from circuitgraph.hypothesis import render, serialize
 from circuitgraph.hypothesis.features import Feature, whole_input
-from circuitgraph.hypothesis.nodes import SLOTS, HypothesisError, ModelNode, check_node_exists, parse_node
+from circuitgraph.hypothesis.nodes import SLOTS, ModelNode, check_node_exists, input_slots, parse_node
+from circuitgraph.hypothesis.serialize import HypothesisFileError, HypothesisRecord, NodeRecord
 
 # which model-node kinds may feed which (beyond the residual-time order)
 _SOURCES = ("input", "head", "mlp")
@@ -199,6 +205,9 @@ class Hypothesis:
                 self.restrictions[(parent, c)] = slots
 
     def _check_structure(self) -> None:
+        """The root is the output, and every interpretation edge is a model edge claimed once: fills
+        ``cover`` ((parent, dst name, src model node) → child) and ``slot_children`` ((parent, dst
+        name) → the child mapped to that head input itself)."""
         root_node = self.model_nodes[self.root.name]
         if root_node.kind != "logits":
             raise HypothesisError(
@@ -208,46 +217,50 @@ class Hypothesis:
         for n, mn in self.model_nodes.items():
             if mn.kind == "logits" and n != self.root.name:
                 raise HypothesisError(f"only the root may map to 'logits'; {n!r} does too")
-        self.cover: dict[tuple[str, str, str], str] = {}  # (parent, dst name, src model node) → child
-        self.slot_children: dict[tuple[str, str], str] = {}  # (parent, dst name) → child mapped to that slot
+        self.cover: dict[tuple[str, str, str], str] = {}
+        self.slot_children: dict[tuple[str, str], str] = {}
         for pname, parent in self.nodes.items():
-            pm = self.model_nodes[pname]
             seen = set()
             for child in parent.children:
                 if child.name in seen:
                     raise HypothesisError(f"{child.name!r} is listed twice among the children of {pname!r}")
                 seen.add(child.name)
-                cm = self.model_nodes[child.name]
-                self._check_edge(pname, pm, child.name, cm)
-                restr = self.restrictions.get((pname, child.name))
-                if cm.kind == "slot":
-                    if restr is not None:
-                        raise HypothesisError(
-                            f"{child.name!r} maps to the input {cm.name!r} itself; a restriction of its slots makes no sense")
-                    key = (pname, cm.name)
-                    if key in self.slot_children:
-                        raise HypothesisError(f"{cm.name} is explained twice under {pname!r}: by "
-                                              f"{self.slot_children[key]!r} and {child.name!r}")
-                    self.slot_children[key] = child.name
-                    continue
-                if restr is not None and pm.kind != "head":
-                    raise HypothesisError(
-                        f"restriction ({pname!r}, {child.name!r}): {pm.name} has a single input; only edges into a "
-                        "head's q/k/v inputs can be restricted")
-                dsts = [f"{pm.name}.{s}" for s in restr] if restr is not None else list(pm.input_slots())
-                for d in dsts:
-                    key3 = (pname, d, cm.name)
-                    if key3 in self.cover:
-                        raise HypothesisError(
-                            f"the edge {cm.name}->{d} is covered twice under {pname!r}: by {self.cover[key3]!r} and "
-                            f"{child.name!r}; restrict one of them to other slots (e.g. restrict={{{child.name!r}: 'v'}})")
-                    self.cover[key3] = child.name
+                self._check_edge(pname, self.model_nodes[pname], child.name, self.model_nodes[child.name])
+                self._claim(pname, child.name)
         for (pname, d), c in self.slot_children.items():
             clash = [k[2] for k in self.cover if k[0] == pname and k[1] == d]
             if clash:
                 raise HypothesisError(
                     f"{d} is explained by {c!r} (mapped to the input itself) and also fed directly from {clash} under "
                     f"{pname!r}; make those nodes children of {c!r} instead")
+
+    def _claim(self, pname: str, cname: str) -> None:
+        """Record the model edges the interpretation edge ``cname → pname`` covers, refusing a
+        restriction that cannot apply, or an edge another child of ``pname`` already explains."""
+        pm, cm = self.model_nodes[pname], self.model_nodes[cname]
+        restr = self.restrictions.get((pname, cname))
+        if cm.kind == "slot":
+            if restr is not None:
+                raise HypothesisError(
+                    f"{cname!r} maps to the input {cm.name!r} itself; a restriction of its slots makes no sense")
+            key = (pname, cm.name)
+            if key in self.slot_children:
+                raise HypothesisError(f"{cm.name} is explained twice under {pname!r}: by "
+                                      f"{self.slot_children[key]!r} and {cname!r}")
+            self.slot_children[key] = cname
+            return
+        if restr is not None and pm.kind != "head":
+            raise HypothesisError(
+                f"restriction ({pname!r}, {cname!r}): {pm.name} has a single input; only edges into a "
+                "head's q/k/v inputs can be restricted")
+        dsts = [f"{pm.name}.{s}" for s in restr] if restr is not None else list(input_slots(pm))
+        for d in dsts:
+            key3 = (pname, d, cm.name)
+            if key3 in self.cover:
+                raise HypothesisError(
+                    f"the edge {cm.name}->{d} is covered twice under {pname!r}: by {self.cover[key3]!r} and "
+                    f"{cname!r}; restrict one of them to other slots (e.g. restrict={{{cname!r}: 'v'}})")
+            self.cover[key3] = cname
 
     def _check_edge(self, pname: str, pm: ModelNode, cname: str, cm: ModelNode) -> None:
         where = f"interpretation edge {cname!r} → {pname!r} ({cm.name} → {pm.name})"
@@ -259,8 +272,9 @@ class Hypothesis:
             raise HypothesisError(f"{where}: {cm.name} is an input of {cm.owner} and feeds only that head")
         if cm.kind not in _SOURCES and cm.kind != "neuron":
             raise HypothesisError(f"{where}: {cm.name} does not write to the residual stream")
-        reads_at = pm.time if pm.kind != "head" else 2 * pm.layer + 0.5
-        if not cm.time < reads_at:
+        # residual time (graph.names, 8L+k): a head reads and writes at 8L+4, so heads of one layer
+        # do not feed each other; an MLP reads its own layer's heads; everything reads input (0)
+        if not cm.time() < pm.time():
             raise HypothesisError(
                 f"{where}: {pm.name} reads the residual stream before {cm.name} writes to it, so there is no such edge")
 
@@ -268,8 +282,6 @@ class Hypothesis:
     def bind(self, model) -> "Hypothesis":
         """Check every node against ``model`` and record its config hash (refusing a hypothesis
         already bound to a different model)."""
-        from circuitgraph.graph import Graph, config_hash
-
         h = config_hash(model.cfg)
         if self.model_info is not None and self.model_info.get("config_hash") not in (None, h):
             raise HypothesisError(
@@ -376,9 +388,6 @@ class Hypothesis:
     @classmethod
     def full(cls, model, name: str = "full model") -> "Hypothesis":
         """Every node, every edge, each with the whole-input feature: scrubbing it reproduces the model."""
-        from circuitgraph.circuit import Circuit
-        from circuitgraph.graph import Graph
-
         graph = Graph.from_model(model, split_qkv=True)
         return cls.from_circuit(Circuit(graph, graph.valid.clone()), name=name).bind(model)
 
@@ -388,12 +397,10 @@ class Hypothesis:
         reaches the logits becomes an interpretation node (named like the model node) with the
         whole-input feature; its children are its circuit sources, restricted to the q/k/v inputs the
         circuit's edges enter. Scrubbing it resamples every other edge from a random input."""
-        from circuitgraph.graph import Graph
-
         graph = circuit.graph
         into: dict[str, dict[str, set]] = {}  # dst node → src node → slot letters
         for s, d, _ in circuit.edges():
-            node = Graph.dst_node(d)
+            node = dst_node(d)
             letter = d[-1] if node != d else None
             slots = into.setdefault(node, {}).setdefault(s, set())
             if letter:
@@ -425,37 +432,63 @@ class Hypothesis:
         return h
 
     # ------------------------------------------------------------------ files and pictures
-    def to_dict(self) -> dict:
-        from circuitgraph.hypothesis.serialize import to_dict
+    # The file format lives in :mod:`.serialize`, which knows records, not Hypothesis objects; these
+    # methods convert between the two, so the import runs one way (interpretation → serialize).
+    def to_record(self) -> HypothesisRecord:
+        """The hypothesis as plain data (what its file holds)."""
+        nodes = {n: NodeRecord(n, node.feature, tuple(c.name for c in node.children), node.description)
+                 for n, node in self.nodes.items()}
+        return HypothesisRecord(
+            name=self.name, root=self.root.name, nodes=nodes, correspondence=dict(self.mapping),
+            restrict=[(p, c, list(s)) for (p, c), s in sorted(self.restrictions.items())],
+            description=self.description, model=self.model_info, metadata=self.metadata)
 
-        return to_dict(self)
+    @classmethod
+    def from_record(cls, rec: HypothesisRecord, model=None, source: str | Path = "hypothesis") -> "Hypothesis":
+        """Build the hypothesis a record describes; faults are :class:`HypothesisFileError` naming
+        ``source``. With ``model``, refuse a record made for another model and check every node."""
+        nodes = {n: Interpretation(n, r.feature, (), r.description) for n, r in rec.nodes.items()}
+        for n, r in rec.nodes.items():
+            nodes[n].add(*[nodes[c] for c in r.children])
+        try:
+            corr = Correspondence(rec.correspondence)
+            for parent, child, slots in rec.restrict:
+                corr.restrict(parent, child, slots)
+            h = cls(nodes[rec.root], corr, name=rec.name, description=rec.description, metadata=rec.metadata)
+        except HypothesisError as e:
+            raise file_error(source, str(e), kind=HypothesisFileError) from None
+        h.model_info = dict(rec.model) if rec.model is not None else None
+        if model is not None:
+            serialize.check_model(h.model_info, model, source)
+            try:
+                h.bind(model)
+            except HypothesisError as e:
+                raise file_error(source, str(e), kind=HypothesisFileError) from None
+        return h
+
+    def to_dict(self) -> dict:
+        """The JSON document of the hypothesis (schema ``circuitgraph.hypothesis/1``)."""
+        return serialize.to_doc(self.to_record())
 
     @classmethod
     def from_dict(cls, doc: dict, model=None, source: str = "hypothesis") -> "Hypothesis":
-        from circuitgraph.hypothesis.serialize import from_dict
-
-        return from_dict(doc, model=model, source=source)
+        """The hypothesis of a JSON document; :class:`HypothesisFileError` naming ``source`` for any fault."""
+        return cls.from_record(serialize.from_doc(doc, source), model=model, source=source)
 
     def save(self, path: str | Path) -> Path:
         """Write the hypothesis as JSON (schema ``circuitgraph.hypothesis/1``); returns the path."""
-        from circuitgraph.hypothesis.serialize import save
-
-        return save(self, path)
+        return serialize.write_doc(self.to_dict(), path)
 
     @classmethod
     def load(cls, path: str | Path, model=None) -> "Hypothesis":
         """Read a saved hypothesis. Never runs code from the file: features are built-ins or names
         registered with :func:`register_feature`. With ``model``, refuse a file made for another
         model and check every node exists."""
-        from circuitgraph.hypothesis.serialize import load
-
-        return load(path, model=model)
+        return cls.from_dict(serialize.read_doc(path), model=model, source=str(path))
 
     def to_html(self, path: str | Path, title: str | None = None) -> Path:
         """An offline, interactive page: interpretation nodes beside the model nodes they map to."""
-        from circuitgraph.hypothesis.render import write_html
-
-        return write_html(self, path, title=title)
+        return render.write_html(self, path, title=title)
 
 
 def _collect(root: Interpretation) -> dict[str, Interpretation]:

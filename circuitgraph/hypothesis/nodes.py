@@ -12,95 +12,44 @@ name                   kind       what the node's value is
 ``m{L}.n{i}``          neuron     reserved: a single MLP neuron (not scrubbable yet)
 =====================  =========  ===================================================
 
-New node kinds (neurons, SAE features) are added by giving them a pattern in ``_PATTERNS`` and a
-compute rule in :mod:`circuitgraph.hypothesis.scrubbing` (``_Engine._compute``); everything else
-(validation, files, rendering) goes through :func:`parse_node` and needs no change.
+Names are parsed by the package's one grammar, :mod:`circuitgraph.graph.names`; a hypothesis
+accepts the subset above (no ``@position``, no SAE nodes) and :data:`SUPPORTED_KINDS` of it can be
+scrubbed. A new node kind becomes scrubbable by adding it to :data:`NAMEABLE_KINDS` /
+:data:`SUPPORTED_KINDS` and giving it a compute rule in :mod:`circuitgraph.hypothesis.scrubbing`
+(``_Engine.run``); validation, files and rendering go through :func:`parse_node` and need no change.
 """
 
 from __future__ import annotations
 
 import difflib
-import re
-from dataclasses import dataclass
 
-SLOTS = ("q", "k", "v")
+from circuitgraph.errors import HypothesisError
+from circuitgraph.graph import names
+from circuitgraph.graph.names import QKV as SLOTS, NodeName
 
-_PATTERNS: list[tuple[str, re.Pattern]] = [
-    ("input", re.compile(r"input")),
-    ("logits", re.compile(r"logits")),
-    ("head", re.compile(r"a(?P<layer>\d+)\.h(?P<head>\d+)")),
-    ("slot", re.compile(r"a(?P<layer>\d+)\.h(?P<head>\d+)\.(?P<slot>[qkv])")),
-    ("mlp", re.compile(r"m(?P<layer>\d+)")),
-    ("neuron", re.compile(r"m(?P<layer>\d+)\.n(?P<index>\d+)")),
-]
-# kinds the scrubbing engine can compute today
+# A hypothesis's model node is a parsed name of the package grammar; the alias keeps the name that
+# callers import from here.
+ModelNode = NodeName
+
+# kinds a hypothesis may name, and the kinds the scrubbing engine can compute today
+NAMEABLE_KINDS = ("input", "logits", "head", "slot", "mlp", "neuron")
 SUPPORTED_KINDS = ("input", "logits", "head", "slot", "mlp")
+_SAE_KINDS = ("feature", "sae_rest", "sae_error")
 
-
-class HypothesisError(ValueError):
-    """A hypothesis is malformed or does not fit the model it is used with."""
-
-
-@dataclass(frozen=True)
-class ModelNode:
-    """A parsed model node name (see the module docstring)."""
-
-    name: str
-    kind: str
-    layer: int = -1
-    head: int | None = None
-    slot: str | None = None
-    index: int | None = None
-
-    @property
-    def time(self) -> float:
-        """Residual-stream time: a node only reads nodes of strictly smaller time. ``input`` writes
-        at 0, layer L's q/k/v inputs are read at 2L+0.5, its heads write at 2L+1, its MLP at 2L+2."""
-        if self.kind == "input":
-            return 0.0
-        if self.kind == "logits":
-            return float("inf")
-        if self.kind == "slot":
-            return 2 * self.layer + 0.5
-        if self.kind == "head":
-            return 2 * self.layer + 1.0
-        return 2 * self.layer + 2.0  # mlp, neuron
-
-    @property
-    def owner(self) -> str:
-        """The node whose input this is (``a1.h2.k`` → ``a1.h2``); the node itself otherwise."""
-        return f"a{self.layer}.h{self.head}" if self.kind == "slot" else self.name
-
-    def input_slots(self) -> tuple[str, ...]:
-        """Destination names (graph naming) through which this node reads the residual stream."""
-        if self.kind == "head":
-            return tuple(f"{self.name}.{s}" for s in SLOTS)
-        if self.kind in ("mlp", "logits", "slot"):
-            return (self.name,)
-        if self.kind == "neuron":
-            return (f"m{self.layer}",)
-        return ()
+__all__ = ["HypothesisError", "ModelNode", "SLOTS", "NAMEABLE_KINDS", "SUPPORTED_KINDS", "parse_node",
+           "input_slots", "residual_order", "check_node_exists"]
 
 
 def parse_node(name: str) -> ModelNode:
-    """``"a1.h2.k"`` → ``ModelNode(kind="slot", layer=1, head=2, slot="k")``; a clear error for
-    anything else."""
+    """``"a1.h2.k"`` → ``NodeName(kind="slot", layer=1, head=2, slot="k")``; a
+    :class:`HypothesisError` saying what is valid for anything a hypothesis cannot name."""
     if not isinstance(name, str):
         raise HypothesisError(f"a model node name must be a string, got {type(name).__name__} {name!r}")
-    for kind, pat in _PATTERNS:
-        m = pat.fullmatch(name)
-        if m:
-            g = m.groupdict()
-            return ModelNode(
-                name=name, kind=kind,
-                layer=int(g["layer"]) if g.get("layer") is not None else -1,
-                head=int(g["head"]) if g.get("head") is not None else None,
-                slot=g.get("slot"),
-                index=int(g["index"]) if g.get("index") is not None else None,
-            )
-    from circuitgraph.graph.sites import site_node
-
-    if site_node(name) is not None:
+    node = names.parse(name)
+    if node is not None and node.position is None and node.kind in NAMEABLE_KINDS:
+        return node
+    base = names.parse(name.partition("@")[0])
+    if base is not None and base.kind in _SAE_KINDS:
         raise HypothesisError(
             f"{name!r} is an SAE node (feature, rest or error); causal scrubbing supports heads and MLPs "
             "so far: build the hypothesis from a circuit of a graph without SAE sites")
@@ -108,6 +57,24 @@ def parse_node(name: str) -> ModelNode:
         f"{name!r} is not a model node name. Valid names: 'input', 'logits', heads 'a{{L}}.h{{H}}' "
         "(e.g. 'a1.h3'), a head's query/key/value input 'a{L}.h{H}.q' / '.k' / '.v', MLPs 'm{L}'."
     )
+
+
+def input_slots(node: ModelNode) -> tuple[str, ...]:
+    """Destination names (graph naming) through which ``node`` reads the residual stream: a head
+    reads through its three q/k/v inputs, everything else through one."""
+    if node.kind == "head":
+        return tuple(f"{node.name}.{s}" for s in SLOTS)
+    if node.kind in ("mlp", "logits", "slot"):
+        return (node.name,)
+    if node.kind == "neuron":
+        return (f"m{node.layer}",)
+    return ()
+
+
+def residual_order(node: ModelNode) -> tuple[float, int]:
+    """Sort key in residual-stream order. A head's q/k/v inputs share its time but come just before
+    it, because they are assembled before the head computes (scrubbing evaluates in this order)."""
+    return node.time(), 0 if node.kind == "slot" else 1
 
 
 def check_node_exists(node: ModelNode, graph) -> None:

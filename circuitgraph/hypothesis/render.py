@@ -5,20 +5,23 @@ time (``input`` left, ``logits`` right), joined by the model edges the hypothesi
 ``q``/``k``/``v`` for a head's inputs). Each interpretation node sits just above the model node it
 maps to, joined to it by a dashed line, and to its parent interpretation node by an arrow.
 Hover for features and descriptions. The page needs no network: vis-network's JavaScript and
-CSS are read from the installed pyvis package (through :func:`circuitgraph.export.html.vis_assets`
-when that module is present) and inlined.
+CSS are read by :func:`vis_assets` and inlined.
+
+:func:`vis_assets` lives here, the lowest layer that draws vis-network pages, and the circuit
+viewer (:mod:`circuitgraph.export.html`) imports it from here: the import runs one way, from
+export to hypothesis.
 """
 
 from __future__ import annotations
 
 import html
 import json
-import os
 import re
-import tempfile
+from functools import lru_cache
 from pathlib import Path
 
-from circuitgraph.hypothesis.nodes import parse_node
+from circuitgraph.atomic import atomic_write
+from circuitgraph.hypothesis.nodes import parse_node, residual_order
 
 INTERP_COLOR = "#c9a7e8"
 MODEL_COLORS = {"input": "#b8bec6", "head": "#f6c85f", "mlp": "#8fd18b", "slot": "#f9e2a6",
@@ -27,37 +30,62 @@ COVER_COLOR, INTERP_EDGE, MAP_EDGE = "#4a78c2", "#7a3fb0", "#9e9e9e"
 X_STEP, Y_STEP = 330, 85
 
 
-def _assets() -> tuple[str, str]:
-    try:
-        from circuitgraph.export.html import vis_assets
-    except ImportError:  # pragma: no cover - the export module ships with circuitgraph
-        vis_assets = None
-    if vis_assets is not None:
-        return vis_assets()
-    import pyvis  # pragma: no cover
+# vis-network copies put here win over pyvis's; the folder is documented as the circuit viewer's
+# (``circuitgraph/export/vendor/``), and both pages read it
+_VENDOR = Path(__file__).parents[1] / "export" / "vendor"
 
-    root = Path(pyvis.__file__).parent / "templates" / "lib"  # pragma: no cover
-    for d in sorted(root.glob("vis-*"), reverse=True):  # pragma: no cover
-        js, css = d / "vis-network.min.js", d / "vis-network.css"
-        if js.is_file() and css.is_file():
-            return js.read_text(encoding="utf-8"), css.read_text(encoding="utf-8")
-    raise RuntimeError("cannot find vis-network's JavaScript to inline (install pyvis>=0.3.2)")  # pragma: no cover
+
+@lru_cache(maxsize=1)
+def vis_assets() -> tuple[str, str]:
+    """``(javascript, css)`` of vis-network, read from the vendor folder or the installed pyvis."""
+    candidates = []
+    if (_VENDOR / "vis-network.min.js").is_file():
+        candidates.append(_VENDOR)
+    try:
+        import pyvis  # optional dependency: only the HTML pages need it
+
+        root = Path(pyvis.__file__).parent
+        found = [d for base in (root / "templates" / "lib", root / "lib") if base.is_dir()
+                 for d in base.glob("vis-*") if (d / "vis-network.min.js").is_file()]
+
+        def version(d: Path) -> tuple:
+            return tuple(int(x) for x in re.findall(r"\d+", d.name))
+
+        candidates += sorted(found, key=version, reverse=True)
+    except ImportError:
+        pass
+    for d in candidates:
+        css = d / "vis-network.css"
+        if not css.is_file():
+            css = d / "vis-network.min.css"
+        if css.is_file():
+            return (d / "vis-network.min.js").read_text(encoding="utf-8"), css.read_text(encoding="utf-8")
+    raise RuntimeError(
+        "cannot find vis-network's JavaScript to inline into the HTML viewer: install pyvis>=0.3.2 "
+        "(it ships vis-network under pyvis/templates/lib/), or put vis-network.min.js and "
+        f"vis-network.css into {_VENDOR}"
+    )
 
 
 def _safe(text: str, tag: str) -> str:
     return re.sub(f"</(?={tag})", r"<\\/", text, flags=re.IGNORECASE)
 
 
+def _column(name: str) -> tuple[float, int]:
+    return residual_order(parse_node(name))
+
+
 def layout(h) -> tuple[list[dict], list[dict]]:
     """vis-network node and edge records for hypothesis ``h`` (exposed for tests)."""
-    model_names = sorted(set(h.mapping.values()), key=lambda n: (parse_node(n).time, n))
-    times = sorted({parse_node(n).time for n in model_names if parse_node(n).time != float("inf")})
+    # one column per residual time, a head's q/k/v inputs just left of the head, logits last
+    model_names = sorted(set(h.mapping.values()), key=lambda n: (residual_order(parse_node(n)), n))
+    times = sorted({_column(n) for n in model_names if _column(n)[0] != float("inf")})
     col = {t: i for i, t in enumerate(times)}
     last = len(times)
     per_col: dict[int, list[str]] = {}
     for n in model_names:
-        t = parse_node(n).time
-        c = last if t == float("inf") else col[t]
+        t = _column(n)
+        c = last if t[0] == float("inf") else col[t]
         per_col.setdefault(c, []).append(n)
     pos = {}
     for c, names in per_col.items():
@@ -110,7 +138,7 @@ def write_html(h, path: str | Path, title: str | None = None) -> Path:
     if path.suffix.lower() not in (".html", ".htm"):
         path = path.with_suffix(".html")
     nodes, edges = layout(h)
-    js, css = _assets()
+    js, css = vis_assets()
     title = title or f"hypothesis: {h.name}"
     options = {"physics": {"enabled": False}, "interaction": {"hover": True, "dragNodes": True},
                "nodes": {"font": {"face": "monospace", "size": 14}, "margin": 8},
@@ -144,13 +172,4 @@ const net = new vis.Network(document.getElementById("net"),
 window.circuitgraph = {{network: net, nNodes: DATA.nodes.length, nEdges: DATA.edges.length}};
 </script></body></html>
 """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(page)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda p: p.write_text(page, encoding="utf-8"))

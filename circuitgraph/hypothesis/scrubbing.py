@@ -30,15 +30,18 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from circuitgraph.engine.sources import source_activations
+from circuitgraph.errors import HypothesisError
 from circuitgraph.graph import Graph, config_hash
-from circuitgraph.models.backend import hook_flags
+from circuitgraph.models.backend import check_model, hook_flags
 from circuitgraph.hypothesis.features import FeatureData, FeatureValues
 from circuitgraph.hypothesis.interpretation import Hypothesis
-from circuitgraph.hypothesis.nodes import HypothesisError
+from circuitgraph.hypothesis.nodes import input_slots, residual_order
+from circuitgraph.tasks.metrics import METRICS, NEEDS_REFERENCE, checked
 
 __all__ = ["scrub", "ScrubResult", "Draw", "VacuousHypothesisWarning"]
 
@@ -163,15 +166,69 @@ class _Src:
     replica: torch.Tensor | None  # [M, C] replica of the child's table, or None
 
 
+@dataclass(frozen=True, eq=False)
+class _Shared:
+    """What every engine on one model and task reads and never writes, computed once and shared by
+    the scrubbed run and the randomised (empty-hypothesis) run: the model, graph, task and feature
+    data, the clean activations of every source, the constant bias of every destination, and the
+    classes of the uniform random draw."""
+
+    model: Any
+    graph: Graph
+    task: Any
+    data: FeatureData
+    batch_size: int
+    device: torch.device
+    A: torch.Tensor  # [n_src, N, P, d] clean activations
+    bias: dict[str, torch.Tensor]
+    random: _Classes
+
+    @classmethod
+    def build(cls, model, graph: Graph, task, data: FeatureData, batch_size: int) -> "_Shared":
+        device = next(model.parameters()).device
+        return cls(model, graph, task, data, batch_size, device,
+                   A=_clean_sources(model, graph, task, data.n, batch_size), bias=_biases(model, graph, device),
+                   random=_Classes(torch.zeros(data.n, 1, dtype=torch.long)))
+
+
+@torch.no_grad()
+def _clean_sources(model, graph: Graph, task, N: int, batch_size: int) -> torch.Tensor:
+    parts = []
+    for i in range(0, N, batch_size):
+        sub = task.select(slice(i, min(N, i + batch_size)))
+        parts.append(source_activations(model, graph, sub, sub.clean))
+    return torch.cat(parts, dim=1)
+
+
+def _biases(model, graph: Graph, device: torch.device) -> dict[str, torch.Tensor]:
+    """Constant part of each destination's input: the attention output biases written before it
+    (head outputs are ``z @ W_O`` without ``b_O``; embeddings and MLP outputs are whole)."""
+    blocks, n_layers = model.blocks, graph.arch.n_layers
+    zero = torch.zeros(graph.arch.d_model, device=device)
+    before = [zero]
+    for L in range(n_layers):
+        b = blocks[L].attn.b_O.detach() if getattr(blocks[L].attn, "b_O", None) is not None else zero
+        before.append(before[-1] + b)
+    out = {}
+    for d in graph.dst_names:
+        # the biases of the layers whose heads write strictly before d reads (graph.names time):
+        # layers < L for a head of layer L, layers ≤ L for MLP L, all of them for the logits
+        reads = parse_node(d).time(n_layers)
+        out[d] = before[sum(1 for L in range(n_layers) if 8 * L + HEAD_TIME < reads)]
+    return out
+
+
 class _Engine:
-    def __init__(self, model, graph: Graph, hyp: Hypothesis, task, data: FeatureData, replicas: int,
-                 batch_size: int, trace: bool):
-        self.model, self.graph, self.hyp, self.task, self.data = model, graph, hyp, task, data
+    """Scrubs one hypothesis: the per-hypothesis state (its feature values and classes, the
+    replica count, the trace) on top of the :class:`_Shared` model and task state."""
+
+    def __init__(self, shared: _Shared, hyp: Hypothesis, replicas: int, trace: bool):
+        self.model, self.graph, self.task, self.data = shared.model, shared.graph, shared.task, shared.data
+        self.batch_size, self.device = shared.batch_size, shared.device
+        self.A, self.bias, self.random = shared.A, shared.bias, shared.random
+        self.hyp = hyp
         self.R = replicas
-        self.batch_size = batch_size
         self.trace: list[Draw] | None = [] if trace else None
-        self.device = next(model.parameters()).device
-        N = data.n
         self.values: dict[str, FeatureValues] = {}
         self.classes: dict[str, _Classes] = {}
         cache: dict = {}
@@ -180,42 +237,9 @@ class _Engine:
                 continue
             f = node.feature
             if f not in cache:
-                v = f.evaluate(data)
+                v = f.evaluate(self.data)
                 cache[f] = (v, _Classes(v.codes))
             self.values[n], self.classes[n] = cache[f]
-        self.random = _Classes(torch.zeros(N, 1, dtype=torch.long))
-        self.A = self._clean_sources()  # [n_src, N, P, d]
-        self.bias = self._biases()
-
-    # ---------------------------------------------------------------- model pieces
-    @torch.no_grad()
-    def _clean_sources(self) -> torch.Tensor:
-        task, N = self.task, self.data.n
-        parts = []
-        for i in range(0, N, self.batch_size):
-            sub = task.select(slice(i, min(N, i + self.batch_size)))
-            parts.append(source_activations(self.model, self.graph, sub, sub.clean))
-        return torch.cat(parts, dim=1)
-
-    def _biases(self) -> dict[str, torch.Tensor]:
-        """Constant part of each destination's input: the attention output biases written before it
-        (head outputs are ``z @ W_O`` without ``b_O``; embeddings and MLP outputs are whole)."""
-        blocks = self.model.blocks
-        zero = torch.zeros(self.graph.arch.d_model, device=self.device)
-        before = [zero]
-        for L in range(self.graph.arch.n_layers):
-            b = blocks[L].attn.b_O.detach() if getattr(blocks[L].attn, "b_O", None) is not None else zero
-            before.append(before[-1] + b)
-        out = {}
-        for d in self.graph.dst_names:
-            node = Graph.dst_node(d)
-            if d == "logits":
-                out[d] = before[-1]
-            elif d.startswith("a"):
-                out[d] = before[int(node[1:].split(".")[0])]
-            else:  # m{L}: reads its own layer's heads (and their bias)
-                out[d] = before[int(node[1:]) + 1]
-        return out
 
     # ---------------------------------------------------------------- planning (all random draws)
     def plan(self, node: str, refs: torch.Tensor, gen: torch.Generator) -> dict[str, object]:
@@ -224,7 +248,7 @@ class _Engine:
         hyp, g = self.hyp, self.graph
         mn = hyp.model_nodes[node]
         out: dict[str, object] = {}
-        for d in mn.input_slots():
+        for d in input_slots(mn):
             slot_child = hyp.slot_children.get((node, d))
             if slot_child is not None:
                 out[d] = [self._covered(node, slot_child, -1, d, refs, gen)]
@@ -376,7 +400,7 @@ class _Engine:
         """Scores ``[S]`` of the scrubbed model, one per root sample."""
         hyp, N, R = self.hyp, self.data.n, self.R
         root = hyp.root.name
-        nodes = sorted((n for n in hyp.nodes if n != root), key=lambda n: (hyp.model_nodes[n].time, n))
+        nodes = sorted((n for n in hyp.nodes if n != root), key=lambda n: (residual_order(hyp.model_nodes[n]), n))
         refs_of = {n: torch.arange(N).repeat_interleave(self._reps(n)) for n in nodes}
         # 1) every random draw, deepest nodes first, then the root: the stream depends only on the
         #    hypothesis, the dataset and the seed (not on batch sizes)
@@ -424,8 +448,6 @@ class _Engine:
 
 
 def _scorer(model, task, loss):
-    from circuitgraph.tasks.metrics import METRICS, NEEDS_REFERENCE, checked
-
     if loss is None:
         name, fn = task.metric_name, None
     elif isinstance(loss, str):
@@ -467,8 +489,6 @@ def scrub(model, hypothesis: Hypothesis, task, n_samples: int | None = None, see
     The scrubbed loss, the model's loss and the loss with every input randomised (the empty
     hypothesis, same seed) are all measured on the same root samples.
     """
-    from circuitgraph.models.backend import check_model
-
     check_model(model)
     if not isinstance(hypothesis, Hypothesis):
         raise TypeError(f"scrub needs a Hypothesis, got {type(hypothesis).__name__}")
@@ -494,7 +514,8 @@ def scrub(model, hypothesis: Hypothesis, task, n_samples: int | None = None, see
         raise ValueError("n_samples must be at least 2 (the confidence interval resamples them)")
 
     data = FeatureData.from_task(task)
-    engine = _Engine(model, graph, hypothesis, task, data, int(replicas), int(batch_size), trace)
+    shared = _Shared.build(model, graph, task, data, int(batch_size))
+    engine = _Engine(shared, hypothesis, int(replicas), trace)
     sizes = _class_report(hypothesis, engine, data, warn_vacuous)
 
     g_root = torch.Generator().manual_seed(int(seed))
@@ -510,10 +531,7 @@ def scrub(model, hypothesis: Hypothesis, task, n_samples: int | None = None, see
             model_scores.append(score(sub.run(model, sub.clean), idx))
     model_s = torch.cat(model_scores)[root_refs]
     # every input randomised: the empty hypothesis, with the same random stream
-    empty = Hypothesis.empty()
-    random_engine = _Engine.__new__(_Engine)
-    random_engine.__dict__.update(engine.__dict__)
-    random_engine.hyp, random_engine.trace = empty, None
+    random_engine = _Engine(shared, Hypothesis.empty(), int(replicas), trace=False)
     random_s = random_engine.run(root_refs, torch.Generator().manual_seed(int(seed) + 1), score)
 
     rec, lo, hi = _recovered(scrubbed, model_s, random_s, n_boot, confidence, seed)

@@ -23,191 +23,244 @@
 Features are referenced declaratively (a built-in or a registered name with JSON arguments);
 loading never imports or evaluates anything from the file. Writes are atomic (temporary file,
 then rename).
+
+This module knows the file, not the hypothesis: it turns a document into a
+:class:`HypothesisRecord` (plain data, checked for form) and back, and reads and writes the JSON.
+:class:`~circuitgraph.hypothesis.interpretation.Hypothesis` builds itself from a record (checking
+meaning) and is the one that imports this module, so the dependency runs one way.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from circuitgraph.atomic import atomic_write
+from circuitgraph.errors import FileFormatError, HypothesisError, file_error
+from circuitgraph.graph import config_hash
 from circuitgraph.hypothesis.features import Feature, UnknownFeatureError
-from circuitgraph.hypothesis.interpretation import Correspondence, Hypothesis, Interpretation
-from circuitgraph.hypothesis.nodes import HypothesisError
 
 SCHEMA = "circuitgraph.hypothesis/1"
 _KEYS = ("schema", "name", "root", "nodes", "correspondence")
 _MODEL_KEYS = ("config_hash", "n_layers", "n_heads", "has_mlp", "d_model")
+_TYPES = (("name", str, "a string"), ("root", str, "a string"), ("nodes", list, "a list"),
+          ("correspondence", dict, "an object"), ("restrict", list, "a list"),
+          ("metadata", dict, "an object"), ("description", str, "a string"))
+
+__all__ = ["SCHEMA", "HypothesisFileError", "NodeRecord", "HypothesisRecord", "to_doc", "from_doc",
+           "check_model", "write_doc", "read_doc"]
 
 
-class HypothesisFileError(HypothesisError):
+class HypothesisFileError(HypothesisError, FileFormatError):
     """A hypothesis file is malformed, uses an unknown feature, or belongs to another model."""
 
 
-def to_dict(h: Hypothesis) -> dict:
+@dataclass(frozen=True)
+class NodeRecord:
+    """One interpretation node as stored: its feature and its children's names."""
+
+    name: str
+    feature: Feature
+    children: tuple[str, ...] = ()
+    description: str = ""
+
+
+@dataclass
+class HypothesisRecord:
+    """A hypothesis as plain data, exactly what a file holds. :func:`from_doc` checks its form (the
+    node graph is closed and rooted, names are strings); whether it fits a model is checked when a
+    Hypothesis is built from it."""
+
+    name: str
+    root: str
+    nodes: dict[str, NodeRecord]  # depth-first from the root
+    correspondence: dict[str, str]
+    restrict: list[tuple[str, str, list[str]]] = field(default_factory=list)  # (parent, child, slots)
+    description: str = ""
+    model: dict | None = None
+    metadata: dict = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------ record → doc
+def to_doc(rec: HypothesisRecord) -> dict:
+    """The JSON document of ``rec``; a :class:`HypothesisError` if a feature has no name to save."""
     nodes = []
-    for n, node in h.nodes.items():
+    for n, node in rec.nodes.items():
         try:
             feat = node.feature.to_json()
         except HypothesisError as e:
             raise HypothesisError(f"interpretation node {n!r}: {e}") from None
-        nodes.append({"name": n, "feature": feat, "children": [c.name for c in node.children],
-                      "description": node.description})
+        nodes.append({"name": n, "feature": feat, "children": list(node.children), "description": node.description})
     return {
         "schema": SCHEMA,
-        "name": h.name,
-        "description": h.description,
-        "model": dict(h.model_info) if h.model_info is not None else None,
-        "root": h.root.name,
+        "name": rec.name,
+        "description": rec.description,
+        "model": dict(rec.model) if rec.model is not None else None,
+        "root": rec.root,
         "nodes": nodes,
-        "correspondence": dict(h.mapping),
-        "restrict": [{"parent": p, "child": c, "slots": list(s)} for (p, c), s in sorted(h.restrictions.items())],
-        "metadata": h.metadata,
+        "correspondence": dict(rec.correspondence),
+        "restrict": [{"parent": p, "child": c, "slots": list(s)} for p, c, s in rec.restrict],
+        "metadata": rec.metadata,
     }
 
 
-def _bad(source: str, msg: str) -> HypothesisFileError:
-    return HypothesisFileError(f"{source}: {msg}")
+# ------------------------------------------------------------------------------------ doc → record
+def from_doc(doc: Any, source: str | Path = "hypothesis") -> HypothesisRecord:
+    """Check ``doc``'s form and return it as a record; a :class:`HypothesisFileError` (or an
+    :class:`UnknownFeatureError`) naming ``source`` and the fault otherwise."""
+    _check_header(doc, source)
+    nodes = _read_nodes(doc["nodes"], source)
+    _check_node_graph(nodes, doc["root"], source)
+    correspondence = _read_correspondence(doc["correspondence"], source)
+    restrict = [_read_restriction(i, r, source) for i, r in enumerate(doc.get("restrict", []))]
+    return HypothesisRecord(
+        name=doc["name"], root=doc["root"], nodes=nodes, correspondence=correspondence, restrict=restrict,
+        description=doc.get("description", ""), model=_read_model(doc.get("model"), source),
+        metadata=doc.get("metadata", {}),
+    )
 
 
-def from_dict(doc, model=None, source: str = "hypothesis") -> Hypothesis:
+def _check_header(doc: Any, source: str | Path) -> None:
+    """The document is an object of this schema with the required keys, each of the right type."""
     if not isinstance(doc, dict):
-        raise _bad(source, f"a hypothesis file holds a JSON object, got {type(doc).__name__}")
+        raise file_error(source, f"a hypothesis file holds a JSON object, got {type(doc).__name__}",
+                         kind=HypothesisFileError)
     schema = doc.get("schema")
     if schema != SCHEMA:
         if isinstance(schema, str) and schema.startswith("circuitgraph.hypothesis/"):
-            raise _bad(source, f"schema {schema!r} is not readable by this version of circuitgraph (reads {SCHEMA!r})")
-        raise _bad(source, f"not a circuitgraph hypothesis (schema {schema!r}, expected {SCHEMA!r})")
+            raise file_error(source, f"schema {schema!r} is not readable by this version of circuitgraph "
+                                     f"(reads {SCHEMA!r})", kind=HypothesisFileError)
+        raise file_error(source, f"not a circuitgraph hypothesis (schema {schema!r}, expected {SCHEMA!r})",
+                         kind=HypothesisFileError)
     missing = [k for k in _KEYS if k not in doc]
     if missing:
-        raise _bad(source, f"missing key(s) {missing}")
-    for k, typ, what in (("name", str, "a string"), ("root", str, "a string"), ("nodes", list, "a list"),
-                         ("correspondence", dict, "an object"), ("restrict", list, "a list"),
-                         ("metadata", dict, "an object"), ("description", str, "a string")):
+        raise file_error(source, f"missing key(s) {missing}", kind=HypothesisFileError)
+    for k, typ, what in _TYPES:
         if k in doc and not isinstance(doc[k], typ):
-            raise _bad(source, f"{k!r} must be {what}, got {type(doc[k]).__name__}")
+            raise file_error(source, f"{k!r} must be {what}, got {type(doc[k]).__name__}", kind=HypothesisFileError)
 
-    specs: dict[str, dict] = {}
-    for i, spec in enumerate(doc["nodes"]):
+
+def _read_nodes(specs: list, source: str | Path) -> dict[str, NodeRecord]:
+    """Node entries, each with a unique name, a list of child names and a known feature. Features
+    are read last, so that a malformed node list is reported before an unknown feature."""
+    checked: dict[str, dict] = {}
+    for i, spec in enumerate(specs):
         if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not spec["name"]:
-            raise _bad(source, f"nodes[{i}] must be an object with a non-empty string 'name'")
+            raise file_error(source, f"nodes[{i}] must be an object with a non-empty string 'name'",
+                             kind=HypothesisFileError)
         name = spec["name"]
-        if name in specs:
-            raise _bad(source, f"node name {name!r} appears twice")
+        if name in checked:
+            raise file_error(source, f"node name {name!r} appears twice", kind=HypothesisFileError)
         children = spec.get("children", [])
         if not isinstance(children, list) or not all(isinstance(c, str) for c in children):
-            raise _bad(source, f"node {name!r}: 'children' must be a list of node names")
+            raise file_error(source, f"node {name!r}: 'children' must be a list of node names",
+                             kind=HypothesisFileError)
         if not isinstance(spec.get("description", ""), str):
-            raise _bad(source, f"node {name!r}: 'description' must be a string")
-        specs[name] = spec
-    nodes: dict[str, Interpretation] = {}
-    for name, spec in specs.items():
-        try:
-            feat = Feature.from_json(spec.get("feature"), where=f"node {name!r}: ")
-        except UnknownFeatureError as e:
-            e.where = f"{source}: node {name!r}: "
-            raise
-        except HypothesisError as e:
-            raise _bad(source, f"node {name!r}: {e}") from None
-        nodes[name] = Interpretation(name, feat, (), spec.get("description", ""))
-    for name, spec in specs.items():
-        for c in spec.get("children", []):
+            raise file_error(source, f"node {name!r}: 'description' must be a string", kind=HypothesisFileError)
+        checked[name] = spec
+    return {name: NodeRecord(name, _read_feature(spec, source), tuple(spec.get("children", [])),
+                             spec.get("description", ""))
+            for name, spec in checked.items()}
+
+
+def _read_feature(spec: dict, source: str | Path) -> Feature:
+    name = spec["name"]
+    try:
+        return Feature.from_json(spec.get("feature"), where=f"node {name!r}: ")
+    except UnknownFeatureError as e:
+        e.where = f"{source}: node {name!r}: "
+        raise
+    except HypothesisError as e:
+        raise file_error(source, f"node {name!r}: {e}", kind=HypothesisFileError) from None
+
+
+def _check_node_graph(nodes: dict[str, NodeRecord], root: str, source: str | Path) -> None:
+    """Every child is a node, the root is one, and every node is reachable from the root."""
+    for name, node in nodes.items():
+        for c in node.children:
             if c not in nodes:
-                raise _bad(source, f"node {name!r} lists child {c!r}, which is not among the nodes")
-        nodes[name].add(*[nodes[c] for c in spec.get("children", [])])
-    root = doc["root"]
+                raise file_error(source, f"node {name!r} lists child {c!r}, which is not among the nodes",
+                                 kind=HypothesisFileError)
     if root not in nodes:
-        raise _bad(source, f"root {root!r} is not among the nodes")
+        raise file_error(source, f"root {root!r} is not among the nodes", kind=HypothesisFileError)
     reach, todo = set(), [root]
     while todo:
         n = todo.pop()
         if n not in reach:
             reach.add(n)
-            todo.extend(specs[n].get("children", []))
+            todo.extend(nodes[n].children)
     unreachable = [n for n in nodes if n not in reach]
     if unreachable:
-        raise _bad(source, f"node(s) {unreachable} are not reachable from the root {root!r}")
-
-    corr_doc = doc["correspondence"]
-    if not all(isinstance(k, str) and isinstance(v, str) for k, v in corr_doc.items()):
-        raise _bad(source, "'correspondence' must map node names to model node names (strings)")
-    try:
-        corr = Correspondence(corr_doc)
-        for i, r in enumerate(doc.get("restrict", [])):
-            if not isinstance(r, dict) or not isinstance(r.get("parent"), str) or not isinstance(r.get("child"), str) \
-                    or not isinstance(r.get("slots"), list):
-                raise _bad(source, f"restrict[{i}] must be {{\"parent\": name, \"child\": name, \"slots\": [...]}}")
-            corr.restrict(r["parent"], r["child"], r["slots"])
-        info = doc.get("model")
-        if info is not None:
-            if not isinstance(info, dict) or any(k not in info for k in _MODEL_KEYS):
-                raise _bad(source, f"'model' must be null or an object with {list(_MODEL_KEYS)}")
-        h = Hypothesis(nodes[root], corr, name=doc["name"], description=doc.get("description", ""),
-                       metadata=doc.get("metadata", {}))
-    except HypothesisFileError:
-        raise
-    except HypothesisError as e:
-        raise _bad(source, str(e)) from None
-    h.model_info = dict(info) if info is not None else None
-    if model is not None:
-        _check_model(h, model, source)
-    return h
+        raise file_error(source, f"node(s) {unreachable} are not reachable from the root {root!r}",
+                         kind=HypothesisFileError)
 
 
-def _check_model(h: Hypothesis, model, source: str) -> None:
-    from circuitgraph.graph import config_hash
+def _read_correspondence(corr: dict, source: str | Path) -> dict[str, str]:
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in corr.items()):
+        raise file_error(source, "'correspondence' must map node names to model node names (strings)",
+                         kind=HypothesisFileError)
+    return dict(corr)
 
+
+def _read_restriction(i: int, r: Any, source: str | Path) -> tuple[str, str, list[str]]:
+    if not isinstance(r, dict) or not isinstance(r.get("parent"), str) or not isinstance(r.get("child"), str) \
+            or not isinstance(r.get("slots"), list):
+        raise file_error(source, f"restrict[{i}] must be {{\"parent\": name, \"child\": name, \"slots\": [...]}}",
+                         kind=HypothesisFileError)
+    return r["parent"], r["child"], r["slots"]
+
+
+def _read_model(info: Any, source: str | Path) -> dict | None:
+    if info is not None and (not isinstance(info, dict) or any(k not in info for k in _MODEL_KEYS)):
+        raise file_error(source, f"'model' must be null or an object with {list(_MODEL_KEYS)}",
+                         kind=HypothesisFileError)
+    return dict(info) if info is not None else None
+
+
+# ------------------------------------------------------------------------------------ model check
+def check_model(info: dict | None, model, source: str | Path) -> None:
+    """Refuse a file made for another model (by config hash), naming both models."""
     mine = config_hash(model.cfg)
-    theirs = (h.model_info or {}).get("config_hash")
+    theirs = (info or {}).get("config_hash")
     if theirs is not None and theirs != mine:
-        made = h.model_info.get("name") or "another model"
-        raise _bad(
+        made = info.get("name") or "another model"
+        raise file_error(
             source,
             f"this hypothesis was made for {made!r} (config hash {theirs}) but the model given has config hash {mine} "
             f"({model.cfg.n_layers} layers × {model.cfg.n_heads} heads); load it with the model it was written for, or "
-            "rebuild it for this model",
+            "rebuild it for this model", kind=HypothesisFileError,
         )
-    try:
-        h.bind(model)
-    except HypothesisError as e:
-        raise _bad(source, str(e)) from None
 
 
-def save(h: Hypothesis, path: str | Path) -> Path:
+# ------------------------------------------------------------------------------------ files
+def write_doc(doc: dict, path: str | Path) -> Path:
+    """Write ``doc`` as JSON to ``path`` (``.json`` appended if missing), atomically."""
     path = Path(path)
     if path.suffix.lower() != ".json":
         path = path.with_suffix(".json")
-    doc = to_dict(h)
     try:
         text = json.dumps(doc, indent=1, ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as e:
-        raise HypothesisError(f"hypothesis {h.name!r} cannot be saved: its metadata is not plain JSON ({e})") from None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+        raise HypothesisError(
+            f"hypothesis {doc.get('name')!r} cannot be saved: its metadata is not plain JSON ({e})") from None
+    return atomic_write(path, lambda p: p.write_text(text + "\n", encoding="utf-8"))
 
 
-def load(path: str | Path, model=None) -> Hypothesis:
+def read_doc(path: str | Path) -> Any:
+    """The JSON document in ``path``; a :class:`HypothesisFileError` if it is not plain JSON text."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise HypothesisFileError(f"{path} is not a text file ({e})") from None
+        raise file_error(path, f"not a text file ({e})", kind=HypothesisFileError) from None
+
+    def no_constants(name: str):
+        raise file_error(path, f"hypothesis files hold plain JSON; {name} is not allowed", kind=HypothesisFileError)
+
     try:
-        doc = json.loads(text, parse_constant=_no_constants)
+        return json.loads(text, parse_constant=no_constants)
     except json.JSONDecodeError as e:
-        raise HypothesisFileError(f"{path} is not valid JSON ({e}); the file is corrupted or truncated") from None
-    return from_dict(doc, model=model, source=str(path))
-
-
-def _no_constants(name: str):
-    raise HypothesisFileError(f"hypothesis files hold plain JSON; {name} is not allowed")
-
+        raise file_error(path, f"not valid JSON ({e}); the file is corrupted or truncated",
+                         kind=HypothesisFileError) from None
