@@ -37,7 +37,7 @@ import torch
 from circuitgraph.engine.sources import source_activations
 from circuitgraph.errors import HypothesisError
 from circuitgraph.graph import Graph, config_hash
-from circuitgraph.models.backend import check_model, hook_flags
+from circuitgraph.models.backend import as_backend, check_model
 from circuitgraph.hypothesis.features import FeatureData, FeatureValues
 from circuitgraph.hypothesis.interpretation import Hypothesis
 from circuitgraph.hypothesis.nodes import input_slots, residual_order
@@ -203,12 +203,12 @@ def _clean_sources(model, graph: Graph, task, N: int, batch_size: int) -> torch.
 def _biases(model, graph: Graph, device: torch.device) -> dict[str, torch.Tensor]:
     """Constant part of each destination's input: the attention output biases written before it
     (head outputs are ``z @ W_O`` without ``b_O``; embeddings and MLP outputs are whole)."""
-    blocks, n_layers = model.blocks, graph.arch.n_layers
+    backend, n_layers = as_backend(model), graph.arch.n_layers
     zero = torch.zeros(graph.arch.d_model, device=device)
     before = [zero]
     for L in range(n_layers):
-        b = blocks[L].attn.b_O.detach() if getattr(blocks[L].attn, "b_O", None) is not None else zero
-        before.append(before[-1] + b)
+        b_O = backend.b_O(L)
+        before.append(before[-1] + (b_O.detach() if b_O is not None else zero))
     out = {}
     for d in graph.dst_names:
         # the biases of the layers whose heads write strictly before d reads (graph.names time):
@@ -314,8 +314,8 @@ class _Engine:
     def _heads(self, layer: int, jobs: list, tables: dict) -> None:
         """Evaluate every interpretation node mapped to a head of ``layer`` in shared batched
         forwards of that block, each row with its own q/k/v inputs for its own head."""
-        model, d_model = self.model, self.graph.arch.d_model
-        W_O = model.blocks[layer].attn.W_O.detach()
+        backend, d_model = as_backend(self.model), self.graph.arch.d_model
+        W_O = backend.W_O(layer).detach()
         rows_all = [(name, plan, refs, self.hyp.model_nodes[name].head, r0)
                     for name, plan, refs in jobs for r0 in range(0, len(refs), self.batch_size)]
         outs = {name: torch.empty(len(refs), self.data.seq_len, d_model, device=self.device) for name, _, refs in jobs}
@@ -358,13 +358,12 @@ class _Engine:
                 got["z"] = z[ar, :, hd]
                 raise _Stop
 
-            hooks = [(f"blocks.{layer}.hook_{c}_input", setter(c)) for c in "qkv"]
-            hooks.append((f"blocks.{layer}.attn.hook_z", grab))
+            hooks = [(backend.qkv_input_hook(layer, c), setter(c)) for c in "qkv"]
+            hooks.append((backend.z_hook(layer), grab))
             resid = torch.zeros(B, self.data.seq_len, d_model, device=self.device)
-            with hook_flags(model, split_qkv_input=True), model.hooks(fwd_hooks=hooks):
+            with backend.flags(split_qkv_input=True), backend.hooks(fwd_hooks=hooks):
                 try:
-                    model(resid, start_at_layer=layer, stop_at_layer=layer + 1,
-                          attention_mask=self._mask(torch.cat(masks)))
+                    backend.run_layers(resid, layer, layer + 1, attention_mask=self._mask(torch.cat(masks)))
                 except _Stop:
                     pass
             out = torch.einsum("bpe,bed->bpd", got["z"], W_O[hd])
@@ -378,12 +377,12 @@ class _Engine:
     @torch.no_grad()
     def _mlp(self, name: str, plan, refs, tables) -> None:
         mn = self.hyp.model_nodes[name]
-        block = self.model.blocks[mn.layer]
+        backend = as_backend(self.model)
         out = torch.empty(len(refs), self.data.seq_len, self.graph.arch.d_model, device=self.device)
         for r0 in range(0, len(refs), self.batch_size):
             rows = slice(r0, min(len(refs), r0 + self.batch_size))
             x = self._assemble(plan[mn.name], rows, tables, mn.name)
-            out[rows] = block.apply_mlp(block.ln2(x))
+            out[rows] = backend.mlp(mn.layer, x)
         tables[name] = (out, self.R)
 
     @torch.no_grad()
@@ -493,7 +492,7 @@ def scrub(model, hypothesis: Hypothesis, task, n_samples: int | None = None, see
     if not isinstance(hypothesis, Hypothesis):
         raise TypeError(f"scrub needs a Hypothesis, got {type(hypothesis).__name__}")
     graph = Graph.from_model(model, split_qkv=True)
-    h = config_hash(model.cfg)
+    h = as_backend(model).fingerprint()
     theirs = (hypothesis.model_info or {}).get("config_hash")
     if theirs is not None and theirs != h:
         raise HypothesisError(

@@ -189,6 +189,15 @@ class Backend:
         """A context manager switching on the hook points the engine reads (restored after)."""
         raise NotImplementedError
 
+    def run_layers(self, resid: torch.Tensor, start: int, stop: int,
+                   attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Blocks ``start .. stop-1`` on the residual stream ``resid [batch, pos, d_model]``."""
+        raise NotImplementedError
+
+    def mlp(self, layer: int, resid: torch.Tensor) -> torch.Tensor:
+        """Layer ``layer``'s MLP output for the residual stream it reads (norm included)."""
+        raise NotImplementedError
+
 
 _NORM_KINDS = {"LayerNorm": "layernorm", "LayerNormPre": "layernorm", "RMSNorm": "rms", "RMSNormPre": "rms",
                "Identity": "none"}
@@ -315,6 +324,14 @@ class HookedTransformerBackend(Backend):
     # running
     def hooks(self, fwd_hooks: list | None = None, bwd_hooks: list | None = None) -> Any:
         return self.model.hooks(fwd_hooks=fwd_hooks or [], bwd_hooks=bwd_hooks or [])
+
+    def run_layers(self, resid: torch.Tensor, start: int, stop: int,
+                   attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model(resid, start_at_layer=start, stop_at_layer=stop, attention_mask=attention_mask)
+
+    def mlp(self, layer: int, resid: torch.Tensor) -> torch.Tensor:
+        block = self.model.blocks[layer]
+        return block.apply_mlp(block.ln2(resid))
 
     @contextmanager
     def flags(self, split_qkv_input: bool = False) -> Iterator[None]:
