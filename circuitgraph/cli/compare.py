@@ -95,18 +95,7 @@ def compare_runs(directory: str | Path) -> list[dict]:
 
 def _columns(rows: list[dict]) -> tuple[list[str], dict[str, str]]:
     """Table columns (varying overrides first) and the overrides shared by every run."""
-    override_keys: list[str] = []
-    for r in rows:
-        for k in r:
-            if k not in DEFAULT_COLUMNS and k not in FIGURES and k not in override_keys:
-                override_keys.append(k)
-    common, varying = {}, []
-    for k in override_keys:
-        vals = {str(r.get(k)) for r in rows}
-        if len(rows) > 1 and len(vals) == 1 and all(k in r for r in rows):
-            common[k] = rows[0][k]
-        else:
-            varying.append(k)
+    common, varying = _split_overrides(rows)
     figures = [k for k in FIGURES if any(r.get(k) is not None for r in rows) or k in ALWAYS]
     if len(rows) > 1:  # a figure every run shares (same model, same task) goes above the table
         for k in COLLAPSIBLE:
@@ -117,6 +106,21 @@ def _columns(rows: list[dict]) -> tuple[list[str], dict[str, str]]:
     if "circuit.target" in varying and "target" in figures:  # the same numbers twice
         figures.remove("target")
     return [*DEFAULT_COLUMNS, *varying, *figures], common
+
+
+def _split_overrides(rows: list[dict]) -> tuple[dict, list[str]]:
+    """``(overrides every run shares, with their value; override keys that vary)``."""
+    override_keys: list[str] = []
+    for r in rows:
+        override_keys += [k for k in r if k not in DEFAULT_COLUMNS and k not in FIGURES and k not in override_keys]
+    common, varying = {}, []
+    for k in override_keys:
+        vals = {str(r.get(k)) for r in rows}
+        if len(rows) > 1 and len(vals) == 1 and all(k in r for r in rows):
+            common[k] = rows[0][k]
+        else:
+            varying.append(k)
+    return common, varying
 
 
 def _fmt(v) -> str:

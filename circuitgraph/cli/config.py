@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib.util
+import json
 import math
 import os
 import socket
@@ -34,27 +35,34 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
+from urllib.parse import urlparse
 
+import torch
+from huggingface_hub import constants as hf_constants
+from hydra import compose, initialize_config_module
+from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
+from circuitgraph.attribution import METHODS as ATTRIBUTION_METHODS
+from circuitgraph.engine.activations import ABLATIONS  # TODO(core): circuitgraph.engine
+from circuitgraph.errors import ConfigError  # re-exported: ``circuitgraph.cli.config.ConfigError``
+from circuitgraph.tasks.metrics import METRICS as METRIC_FUNCTIONS
+
 # ---------------------------------------------------------------------------------------------
-# Valid values (kept here, free of torch imports, so the checks run before anything heavy)
+# Valid values. Methods, ablations and metrics come from the modules that implement them, so a
+# new one is accepted here without a second list to update; the rest belong to the CLI.
 # ---------------------------------------------------------------------------------------------
 
-METHODS = ("eap", "eap-ig", "eap-ig-activations", "exact", "acdc")
-ABLATIONS = ("corrupted", "zero", "mean", "resample")
+METHODS = (*ATTRIBUTION_METHODS, "acdc")  # acdc searches circuits itself (circuitgraph.circuit.acdc)
+METRICS = tuple(METRIC_FUNCTIONS)
 CIRCUIT_KINDS = ("minimal", "top-n", "threshold")
 MODEL_SOURCES = ("zoo", "pretrained", "local")
 TASK_SOURCES = ("zoo", "file")
-METRICS = ("logit_diff", "prob_diff", "kl", "cross_entropy", "l2")
 DTYPES = ("float32", "float64", "bfloat16", "float16")
 TASK_FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv")
 
 ENV_HUB_OFFLINE = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-
-
-class ConfigError(ValueError):
-    """An invalid run configuration, found before any model was loaded."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -222,8 +230,6 @@ def register_configs() -> None:
 
     ``config.yaml`` lists ``base_config`` first in its defaults, so every YAML file and every
     command-line override is merged into these typed, closed nodes."""
-    from hydra.core.config_store import ConfigStore
-
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config, provider="circuitgraph")
     # Zoo entries without their own YAML file still work as ``model=<name>``.
@@ -265,27 +271,33 @@ def check_overrides(args: list[str]) -> None:
         if not key or key.startswith("hydra") or "@" in key or "/" in key:
             continue
         parts = key.split(".")
-        head = parts[0]
-        if len(parts) == 1 and (raw.startswith("+") or any((d / head).is_dir() for d in extra_dirs)):
+        if len(parts) == 1 and (raw.startswith("+") or any((d / key).is_dir() for d in extra_dirs)):
             continue  # a config group of the user's own (``+experiment=x``, ``--config-dir``)
-        if head not in TOP_LEVEL_KEYS:
-            raise ConfigError(
-                f"unknown config key {head!r} in override {arg!r}.{_suggest(head, TOP_LEVEL_KEYS)} "
-                f"Valid top-level keys: {', '.join(TOP_LEVEL_KEYS)} (the config groups are "
-                f"{', '.join(GROUP_SCHEMAS)}: pick an option with e.g. method=eap, set a field "
-                "with e.g. method.steps=10)."
-            )
-        if len(parts) >= 2 and head in GROUP_SCHEMAS:
-            valid = _fields(GROUP_SCHEMAS[head])
-            if parts[1] not in valid:
-                raise ConfigError(
-                    f"unknown key {key!r} in override {arg!r}.{_suggest(parts[1], valid)} "
-                    f"Valid keys of {head}: {', '.join(valid)}."
-                )
-            if len(parts) > 2:
-                raise ConfigError(f"{key!r} is too deep: {head}.{parts[1]} is a plain value")
-        elif len(parts) >= 2:
-            raise ConfigError(f"{head!r} is a plain value and has no key {parts[1]!r} (override {arg!r})")
+        _check_override_key(arg, key, parts)
+
+
+def _check_override_key(arg: str, key: str, parts: list[str]) -> None:
+    """One override's dotted key against the schema (``arg`` is quoted in the message)."""
+    head = parts[0]
+    if head not in TOP_LEVEL_KEYS:
+        raise ConfigError(
+            f"unknown config key {head!r} in override {arg!r}.{_suggest(head, TOP_LEVEL_KEYS)} "
+            f"Valid top-level keys: {', '.join(TOP_LEVEL_KEYS)} (the config groups are "
+            f"{', '.join(GROUP_SCHEMAS)}: pick an option with e.g. method=eap, set a field "
+            "with e.g. method.steps=10)."
+        )
+    if len(parts) < 2:
+        return
+    if head not in GROUP_SCHEMAS:
+        raise ConfigError(f"{head!r} is a plain value and has no key {parts[1]!r} (override {arg!r})")
+    valid = _fields(GROUP_SCHEMAS[head])
+    if parts[1] not in valid:
+        raise ConfigError(
+            f"unknown key {key!r} in override {arg!r}.{_suggest(parts[1], valid)} "
+            f"Valid keys of {head}: {', '.join(valid)}."
+        )
+    if len(parts) > 2:
+        raise ConfigError(f"{key!r} is too deep: {head}.{parts[1]} is a plain value")
 
 
 def _config_dirs(args: list[str]) -> list[Path]:
@@ -315,24 +327,34 @@ def check_sweep(args: list[str]) -> None:
                  and not a.lstrip("+~").startswith("hydra")]
     if any(a.startswith("+") for a in overrides):
         return
-    try:
-        from hydra.core.override_parser.overrides_parser import OverridesParser
+    split = _split_sweep(overrides)
+    if split is not None and split[1]:
+        _check_sweep_values(*split)
 
+
+def _split_sweep(overrides: list[str]) -> tuple[list[str], list[tuple[str, list[str]]]] | None:
+    """``(fixed overrides, [(swept key, its values)])``, or None when Hydra's parser cannot
+    enumerate the sweep (malformed overrides, which Hydra reports itself, or an interval sweep
+    meant for an optimising sweeper)."""
+    try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except Exception:  # Hydra reports malformed overrides itself
-        return
-    fixed, swept = [], []
+        return None
+    fixed: list[str] = []
+    swept: list[tuple[str, list[str]]] = []
     for o in parsed:
-        if o.is_sweep_override():
-            try:
-                values = list(o.sweep_string_iterator())
-            except Exception:  # e.g. an interval sweep, meant for an optimising sweeper
-                return
-            swept.append((o.get_key_element(), values))
-        else:
+        if not o.is_sweep_override():
             fixed.append(o.input_line)
-    if not swept:
-        return
+            continue
+        try:
+            swept.append((o.get_key_element(), list(o.sweep_string_iterator())))
+        except Exception:  # e.g. an interval sweep, meant for an optimising sweeper
+            return None
+    return fixed, swept
+
+
+def _check_sweep_values(fixed: list[str], swept: list[tuple[str, list[str]]]) -> None:
+    """Compose and validate each swept value, the other swept keys at their first value."""
     first = [f"{k}={v[0]}" for k, v in swept]
     for i, (key, values) in enumerate(swept):
         for v in values:
@@ -348,9 +370,7 @@ def check_sweep(args: list[str]) -> None:
                 raise ConfigError(f"in the sweep value {key}={v}: {e}") from None
 
 
-def _compose(overrides: list[str]):
-    from hydra import compose, initialize_config_module
-
+def _compose(overrides: list[str]) -> DictConfig:
     register_configs()
     with initialize_config_module(config_module="circuitgraph.cli.conf", version_base="1.3"):
         return compose("config", overrides=overrides)
@@ -390,7 +410,19 @@ def validate(cfg: DictConfig | Config, *, check_hub: bool = True) -> None:
     """Check a composed config without loading anything heavy. Raises :class:`ConfigError`."""
     if not isinstance(cfg, DictConfig):
         cfg = OmegaConf.structured(cfg)
-    # --- method, ablation, circuit
+    _check_method(cfg)
+    _choice("ablation (ablation.kind)", _get(cfg, "ablation.kind"), ABLATIONS)
+    _check_circuit(cfg)
+    _check_graph(cfg)
+    _check_run(cfg)
+    # --- model, task, and last the hub (the only check that may touch the network)
+    official = _check_model(cfg)
+    _check_task(cfg)
+    if official is not None and check_hub:
+        check_hub_access(official, cfg.model.name)
+
+
+def _check_method(cfg: DictConfig) -> None:
     _choice("method (method.name)", _get(cfg, "method.name"), METHODS)
     if cfg.method.name == "acdc" and importlib.util.find_spec("circuitgraph.circuit.acdc") is None:
         raise ConfigError("method=acdc is not available in this install of circuitgraph "
@@ -407,7 +439,9 @@ def validate(cfg: DictConfig | Config, *, check_hub: bool = True) -> None:
             raise ConfigError(f"method.threshold (ACDC's τ) must be a finite number ≥ 0, got {cfg.method.threshold}")
         if cfg.method.metric is not None:
             _choice("method.metric (ACDC's tracked metric)", cfg.method.metric, METRICS)
-    _choice("ablation (ablation.kind)", _get(cfg, "ablation.kind"), ABLATIONS)
+
+
+def _check_circuit(cfg: DictConfig) -> None:
     _choice("circuit selection (circuit.kind)", _get(cfg, "circuit.kind"), CIRCUIT_KINDS)
     c = cfg.circuit
     if c.kind == "minimal" and not (math.isfinite(c.target) and 0 < c.target <= 1.5):
@@ -421,8 +455,10 @@ def validate(cfg: DictConfig | Config, *, check_hub: bool = True) -> None:
         raise ConfigError(f"circuit.tau must be a finite number ≥ 0, got {c.tau}")
     if c.grid < 2:
         raise ConfigError(f"circuit.grid must be ≥ 2, got {c.grid}")
-    _check_graph(cfg)
-    # --- run
+
+
+def _check_run(cfg: DictConfig) -> None:
+    """Threads, device, exported files and a hypothesis file to test."""
     if cfg.threads is not None and cfg.threads < 1:
         raise ConfigError(f"threads must be ≥ 1 (or null), got {cfg.threads}")
     _check_device(cfg.device)
@@ -436,11 +472,6 @@ def validate(cfg: DictConfig | Config, *, check_hub: bool = True) -> None:
         if not path.is_file():
             raise ConfigError(f"+hypothesis={hyp}: no such file; give the path of a saved hypothesis "
                               "(Hypothesis.save, or the hypothesis.json of an earlier run)")
-    # --- model, task, and last the hub (the only check that may touch the network)
-    official = _check_model(cfg)
-    _check_task(cfg)
-    if official is not None and check_hub:
-        check_hub_access(official, cfg.model.name)
 
 
 def _check_graph(cfg: DictConfig) -> None:
@@ -469,8 +500,6 @@ def _check_device(device: str) -> None:
         if ":" in device:
             raise ConfigError(f"device {device!r}: only cuda takes an index (cuda:0)")
         return
-    import torch  # cheap once circuitgraph is imported; needed to ask about accelerators
-
     if base == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError(f"device={device} but no CUDA device is available; use device=auto or device=cpu")
@@ -490,25 +519,36 @@ def _check_task(cfg) -> None:
     if t.limit is not None and t.limit < 1:
         raise ConfigError(f"task.limit must be ≥ 1 (or null for every example), got {t.limit}")
     if t.source == "file":
-        if not t.path:
-            raise ConfigError("task=file needs task.path=FILE (a .jsonl or .csv file with columns "
-                              "clean, corrupted, answer[, wrong])")
-        p = Path(t.path).expanduser()
-        if not p.is_file():
-            raise ConfigError(f"task file {str(p)!r} does not exist (relative paths are relative to "
-                              f"the directory you ran from, {os.getcwd()!r})")
-        if p.suffix.lower() not in TASK_FILE_SUFFIXES:
-            raise ConfigError(f"task file {str(p)!r} has suffix {p.suffix!r}; use one of "
-                              f"{', '.join(TASK_FILE_SUFFIXES)}")
-    elif cfg.model.source != "zoo":
+        _check_task_file(t.path)
+    else:
+        _check_zoo_task(cfg)
+
+
+def _check_task_file(path: str | None) -> None:
+    if not path:
+        raise ConfigError("task=file needs task.path=FILE (a .jsonl or .csv file with columns "
+                          "clean, corrupted, answer[, wrong])")
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ConfigError(f"task file {str(p)!r} does not exist (relative paths are relative to "
+                          f"the directory you ran from, {os.getcwd()!r})")
+    if p.suffix.lower() not in TASK_FILE_SUFFIXES:
+        raise ConfigError(f"task file {str(p)!r} has suffix {p.suffix!r}; use one of "
+                          f"{', '.join(TASK_FILE_SUFFIXES)}")
+
+
+def _check_zoo_task(cfg: DictConfig) -> None:
+    """task=zoo: the model must be a zoo entry, and a named task one of its tasks."""
+    t = cfg.task
+    if cfg.model.source != "zoo":
         raise ConfigError(
             f"model={cfg.model.source} has no built-in tasks: give one with "
             "task=file task.path=FILE (JSONL or CSV with columns clean, corrupted, answer[, wrong]; "
             "see examples/data/)"
         )
-    elif t.path is not None:
+    if t.path is not None:
         raise ConfigError("task.path is only read with task=file; add task=file")
-    elif t.name is not None and cfg.model.source == "zoo" and cfg.model.name in _zoo_names():
+    if t.name is not None and cfg.model.name in _zoo_names():
         names = _zoo_task_names(cfg.model.name)
         if names is not None and t.name not in names:
             raise ConfigError(
@@ -519,8 +559,6 @@ def _check_task(cfg) -> None:
 
 def _zoo_task_names(model: str) -> list[str] | None:
     """Task names of a zoo entry, read from its model.json (no model is built)."""
-    import json
-
     try:
         doc = json.loads((Path(__file__).resolve().parents[1] / "zoo" / "data" / model / "model.json").read_text())
         return list(doc["tasks"])
@@ -568,10 +606,10 @@ def _check_model(cfg) -> str | None:
 
 
 def _official_name(name: str) -> str:
-    try:
-        from transformer_lens.loading_from_pretrained import get_official_model_name, make_model_alias_map
-    except ImportError:  # pragma: no cover - transformer-lens is a dependency
-        return name
+    """The hub name TransformerLens maps ``name`` to; a ConfigError naming close names if none."""
+    # transformer_lens takes seconds to import: only pretrained models pay for it, and only here
+    from transformer_lens.loading_from_pretrained import get_official_model_name, make_model_alias_map
+
     try:
         return get_official_model_name(name)
     except ValueError:
@@ -591,13 +629,8 @@ def _truthy(v: str | None) -> bool:
 
 
 def hub_cache_dir() -> Path:
-    try:
-        from huggingface_hub import constants
-
-        return Path(constants.HF_HUB_CACHE)
-    except Exception:  # pragma: no cover
-        home = os.environ.get("HF_HOME", os.path.join(os.path.expanduser("~"), ".cache", "huggingface"))
-        return Path(home) / "hub"
+    """Where the Hugging Face hub cache lives (HF_HUB_CACHE / HF_HOME, as huggingface_hub reads them)."""
+    return Path(hf_constants.HF_HUB_CACHE)
 
 
 def is_cached(repo_id: str) -> bool:
@@ -608,8 +641,6 @@ def is_cached(repo_id: str) -> bool:
 
 def hub_reachable(timeout: float = 3.0) -> tuple[bool, str]:
     """Can we open a TCP connection to the hub? (DNS and connect bounded by ``timeout``.)"""
-    from urllib.parse import urlparse
-
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
     u = urlparse(endpoint)
     host, port = u.hostname or "huggingface.co", u.port or (443 if u.scheme != "http" else 80)

@@ -28,13 +28,23 @@ import os
 import random
 import sys
 import time
+from contextlib import contextmanager
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import hydra
+import numpy as np
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+import circuitgraph as cg
+from circuitgraph import export
 from circuitgraph.atomic import atomic_write
+from circuitgraph.attribution.diagnosis import zero_score_diagnosis
+from circuitgraph.circuit import Circuit, build_circuit
 from circuitgraph.cli.config import (
     ConfigError,
     check_overrides,
@@ -43,11 +53,18 @@ from circuitgraph.cli.config import (
     to_container,
     validate,
 )
+from circuitgraph.errors import GraphError, TaskError
+from circuitgraph.evaluation import FaithfulnessCurve
+from circuitgraph.export.plots import curve_title, write_curve_png
+from circuitgraph.export.scores import SCORES_SCHEMA, read_scores, write_scores  # noqa: F401  (moved; re-exported)
+from circuitgraph.hypothesis.caveats import hypothesis_unsupported, large_scrubbing_gap, scrubbing_caveat
+from circuitgraph.models import loading
+from circuitgraph.models.loading import load_local_model  # noqa: F401  (moved from this module; re-exported)
+from circuitgraph.tasks import Task
 
 log = logging.getLogger("circuitgraph")
 
 SUMMARY_SCHEMA = "circuitgraph.run/1"
-SCORES_SCHEMA = "circuitgraph.scores/1"
 FILES = {
     "circuit": "circuit.json",
     "circuit_tensors": "circuit.safetensors",
@@ -90,9 +107,6 @@ def main(argv: list[str] | None = None) -> None:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def _hydra_main(cfg: DictConfig) -> dict:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
     hc = HydraConfig.get()
     try:
         return run(cfg, Path(hc.runtime.output_dir), overrides=list(hc.overrides.task))
@@ -111,14 +125,32 @@ def _fail(e: Exception) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# The run
+# The run: one step per stage, each timed into ``timings``
 # ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Loaded:
+    """The model and task of a run: what every step after loading reads."""
+
+    model: Any  # transformer_lens.HookedTransformer
+    entry: Any  # the zoo entry (circuitgraph.zoo.ZooModel), or None
+    label: str
+    task: Task
+    device: torch.device
+
+
+@contextmanager
+def _timed(timings: dict[str, float], key: str) -> Iterator[None]:
+    t = time.perf_counter()
+    yield
+    timings[key] = time.perf_counter() - t
 
 
 def run(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = None) -> dict:
     """Run one configuration and write its files into ``out_dir``; returns the summary dict.
 
-    Raises :class:`~circuitgraph.cli.config.ConfigError` (before loading anything) when the
+    Raises :class:`~circuitgraph.errors.ConfigError` (before loading anything) when the
     configuration is invalid."""
     t_start = time.perf_counter()
     if not isinstance(cfg, DictConfig):
@@ -126,182 +158,251 @@ def run(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = None
     validate(cfg)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-
-    import torch
-
-    import circuitgraph as cg
-    from circuitgraph.circuit import build_circuit
-
     timings: dict[str, float] = {}
+    device = prepare_torch(cfg)
+
+    with _timed(timings, "load"):
+        model, entry, model_label = load_model(cfg.model, device)
+        ld = Loaded(model, entry, model_label, load_run_task(cfg.task, model, entry), device)
+    log.info("model %s (%s) on %s; task %r: %d examples × %d tokens, metric %s", ld.label,
+             cfg.model.source, device, ld.task.name, ld.task.n_examples, ld.task.seq_len, ld.task.metric_name)
+    graph = build_graph(cfg.graph, model, entry, ld.task, device)
+    ablation = make_ablation(cfg)
+
+    circuit, selection = find_circuit(cfg, ld, graph, ablation, timings)
+    with _timed(timings, "verify"):
+        faith, search_faith, curve = verify_circuit(cfg, ld, graph, circuit, ablation)
+    circuit.metadata = {**(circuit.metadata or {}), "run": run_record(cfg, selection, device, overrides)}
+    with _timed(timings, "scrub"):
+        hypothesis, scrubbed = scrub_circuit(cfg, ld, graph, circuit)
+    target = selection_target(cfg)
+    with _timed(timings, "export"):
+        files, skipped = write_outputs(cfg, out, ld, graph, circuit, curve, hypothesis, target)
+
+    summary = build_summary(cfg, circuit, graph, ld.task, ld.label, device, selection, faith, search_faith,
+                            curve, target, timings, time.perf_counter() - t_start, files, skipped, overrides)
+    if scrubbed:
+        summary["scrubbing"] = add_scrubbing_caveat(scrubbed, cfg.ablation.kind, faith)
+    write_summary(out, summary, files)
+    report(summary, out)
+    if cfg.export.html and cfg.export.open_browser:
+        open_in_browser(out / FILES["html"])
+    return summary
+
+
+def prepare_torch(cfg: DictConfig) -> torch.device:
+    """Seed every generator and set torch's threads before anything random runs; the device."""
     _seed(cfg.seed)
     threads = resolve_threads(cfg)
     if threads:
         torch.set_num_threads(threads)
-    device = resolve_device(cfg.device)
+    return resolve_device(cfg.device)
 
-    t = time.perf_counter()
-    model, entry, model_label = load_model(cfg.model, device)
-    task = load_run_task(cfg.task, model, entry)
-    timings["load"] = time.perf_counter() - t
-    log.info("model %s (%s) on %s; task %r: %d examples × %d tokens, metric %s", model_label,
-             cfg.model.source, device, task.name, task.n_examples, task.seq_len, task.metric_name)
 
-    graph = build_graph(cfg.graph, model, entry, task, device)
-    ablation = cg.Ablation(kind=cfg.ablation.kind,
-                           seed=cfg.seed if cfg.ablation.seed is None else int(cfg.ablation.seed))
-    m, sel = cfg.method, cfg.circuit
-    bs = m.batch_size
+def make_ablation(cfg: DictConfig) -> cg.Ablation:
+    """The run's ablation; resampling is seeded with the run's seed unless ``ablation.seed`` is set."""
+    seed = cfg.seed if cfg.ablation.seed is None else int(cfg.ablation.seed)
+    return cg.Ablation(kind=cfg.ablation.kind, seed=seed)
 
-    # --- scores and selection
-    t = time.perf_counter()
-    if m.name == "acdc":
-        from circuitgraph.circuit.acdc import acdc
 
-        circuit = acdc(model, graph, task, threshold=float(m.threshold), ablation=ablation,
-                       metric=m.metric, absolute=bool(m.absolute), batch_size=bs,
-                       progress=bool(cfg.progress))
-        timings["attribute"] = time.perf_counter() - t
+def find_circuit(cfg: DictConfig, ld: Loaded, graph, ablation: cg.Ablation,
+                 timings: dict[str, float]) -> tuple[Circuit, dict]:
+    """Score the edges, then select the circuit: ``(circuit, selection record)``.
+
+    ACDC does both at once (its time is booked as ``attribute``, ``select`` is 0)."""
+    if cfg.method.name == "acdc":
+        with _timed(timings, "attribute"):
+            found = run_acdc(cfg, ld, graph, ablation)
         timings["select"] = 0.0
-        selection = {"kind": "acdc", "threshold": float(m.threshold), "metric": m.metric,
-                     "absolute": bool(m.absolute)}
-    else:
-        cg.attribute(model, graph, task, method=m.name, ablation=ablation, steps=int(m.steps),
-                     batch_size=bs, edge_batch=m.edge_batch, progress=bool(cfg.progress))
-        timings["attribute"] = time.perf_counter() - t
-        if not bool(graph.scores.abs().sum()):
-            raise ValueError(
-                f"method={m.name} scored every edge 0 on task {task.name!r} (metric "
-                f"{task.metric_name}); a gradient method sees nothing when the metric is flat at the "
-                "clean run (kl and l2 to the clean output are). Use method=exact or method=acdc, or "
-                "a metric such as logit_diff (task.metric=...)"
-            )
-        t = time.perf_counter()
-        if sel.kind == "minimal":
-            circuit = cg.minimal_circuit(model, graph, task, target=float(sel.target), method=None,
-                                         ablation=ablation, absolute=bool(sel.absolute),
-                                         grid=int(sel.grid), batch_size=bs)
-            selection = {"kind": "minimal", "target": float(sel.target), "absolute": bool(sel.absolute)}
-        else:
-            if sel.kind == "top-n":
-                mask = cg.top_n(graph, int(sel.n), absolute=bool(sel.absolute))
-                selection = {"kind": "top-n", "n": int(sel.n)}
-            else:
-                mask = cg.threshold(graph, float(sel.tau), absolute=bool(sel.absolute))
-                selection = {"kind": "threshold", "tau": float(sel.tau)}
-            selection.update(absolute=bool(sel.absolute), prune=bool(sel.prune))
-            if sel.prune:
-                mask = cg.prune(graph, mask)
-            circuit = build_circuit(graph, mask, task, ablation, selection)
-        timings["select"] = time.perf_counter() - t
+        return found
+    with _timed(timings, "attribute"):
+        attribute_edges(cfg, ld, graph, ablation)
+    with _timed(timings, "select"):
+        return select_circuit(cfg.circuit, ld, graph, ablation, cfg.method.batch_size)
 
-    # --- verification: re-measure the chosen circuit by patching, then the curve
-    t = time.perf_counter()
-    faith = float(cg.faithfulness(model, graph, task, circuit.mask, ablation, batch_size=bs))
+
+def run_acdc(cfg: DictConfig, ld: Loaded, graph, ablation: cg.Ablation) -> tuple[Circuit, dict]:
+    """ACDC's circuit (it prunes edges itself, so ``circuit.*`` is not read) and its record."""
+    m = cfg.method
+    circuit = cg.acdc(ld.model, graph, ld.task, threshold=float(m.threshold), ablation=ablation,
+                      metric=m.metric, absolute=bool(m.absolute), batch_size=m.batch_size,
+                      progress=bool(cfg.progress))
+    return circuit, {"kind": "acdc", "threshold": float(m.threshold), "metric": m.metric,
+                     "absolute": bool(m.absolute)}
+
+
+def attribute_edges(cfg: DictConfig, ld: Loaded, graph, ablation: cg.Ablation) -> None:
+    """Fill ``graph.scores``; a TaskError if every score is 0 (no ranking to select from)."""
+    m = cfg.method
+    cg.attribute(ld.model, graph, ld.task, method=m.name, ablation=ablation, steps=int(m.steps),
+                 batch_size=m.batch_size, edge_batch=m.edge_batch, progress=bool(cfg.progress))
+    problem = zero_score_diagnosis(float(graph.scores.abs().sum()), method=m.name, task_name=ld.task.name,
+                                   metric_name=ld.task.metric_name)
+    if problem:
+        raise TaskError(problem)
+
+
+def select_circuit(sel: DictConfig, ld: Loaded, graph, ablation: cg.Ablation,
+                   batch_size: int | None) -> tuple[Circuit, dict]:
+    """The circuit the ``circuit.*`` config asks for, from the scored graph."""
+    if sel.kind == "minimal":
+        circuit = cg.minimal_circuit(ld.model, graph, ld.task, target=float(sel.target), method=None,
+                                     ablation=ablation, absolute=bool(sel.absolute), grid=int(sel.grid),
+                                     batch_size=batch_size)
+        return circuit, {"kind": "minimal", "target": float(sel.target), "absolute": bool(sel.absolute)}
+    if sel.kind == "top-n":
+        mask = cg.top_n(graph, int(sel.n), absolute=bool(sel.absolute))
+        selection: dict[str, Any] = {"kind": "top-n", "n": int(sel.n)}
+    else:
+        mask = cg.threshold(graph, float(sel.tau), absolute=bool(sel.absolute))
+        selection = {"kind": "threshold", "tau": float(sel.tau)}
+    selection.update(absolute=bool(sel.absolute), prune=bool(sel.prune))
+    if sel.prune:
+        mask = cg.prune(graph, mask)
+    return build_circuit(graph, mask, ld.task, ablation, selection), selection
+
+
+def run_record(cfg: DictConfig, selection: dict, device: torch.device, overrides: list[str] | None) -> dict:
+    """How the circuit was made, stored in its metadata so circuit.json alone says it."""
+    return {"method": cfg.method.name, "selection": selection, "seed": int(cfg.seed), "device": str(device),
+            "overrides": list(overrides or [])}
+
+
+def selection_target(cfg: DictConfig) -> float | None:
+    """The faithfulness target the selection aimed at (minimal selection only)."""
+    if cfg.method.name != "acdc" and cfg.circuit.kind == "minimal":
+        return float(cfg.circuit.target)
+    return None
+
+
+def verify_circuit(cfg: DictConfig, ld: Loaded, graph, circuit: Circuit,
+                   ablation: cg.Ablation) -> tuple[float, float | None, FaithfulnessCurve | None]:
+    """Re-measure the chosen circuit by patching (the search's own figure may be an estimate),
+    then the faithfulness curve: ``(verified, search's faithfulness, curve or None)``.
+
+    The circuit's ``faithfulness`` and ``figures`` are updated in place."""
+    bs = cfg.method.batch_size
+    faith = float(cg.faithfulness(ld.model, graph, ld.task, circuit.mask, ablation, batch_size=bs))
     search_faith = circuit.faithfulness
     circuit.faithfulness = faith
     circuit.figures = dict(circuit.figures or {})
     circuit.figures["verified_faithfulness"] = faith
     curve = None
     if cfg.export.curve:
-        curve = cg.faithfulness_curve(model, graph, task, ablation, batch_size=bs)
+        curve = cg.faithfulness_curve(ld.model, graph, ld.task, ablation, batch_size=bs)
         circuit.figures.update(cpr=curve.cpr, cmd=curve.cmd, curve=curve.to_dict())
-    timings["verify"] = time.perf_counter() - t
-    circuit.metadata = dict(circuit.metadata or {})
-    circuit.metadata["run"] = {"method": m.name, "selection": selection, "seed": int(cfg.seed),
-                               "device": str(device), "overrides": list(overrides or [])}
+    return faith, search_faith, curve
 
-    # --- causal scrubbing: the circuit as a hypothesis, and any hypothesis file given
-    t = time.perf_counter()
+
+def _hypothesis_blocker(graph) -> str | None:
+    return hypothesis_unsupported(neurons=bool(graph.neurons), positions=bool(getattr(graph, "positions", None)),
+                                  features=bool(graph.node_graph.sites))
+
+
+def scrub_circuit(cfg: DictConfig, ld: Loaded, graph, circuit: Circuit) -> tuple[cg.Hypothesis | None, dict]:
+    """Causal scrubbing: the circuit as a hypothesis (when the graph allows it) and any hypothesis
+    file given with ``+hypothesis=``. Returns ``(circuit's hypothesis or None, results)``."""
     scrubbed: dict[str, Any] = {}
     hypothesis = None
-    plain = not (graph.node_graph.sites or graph.neurons or getattr(graph, "positions", None))
-    if cfg.export.hypothesis or cfg.get("hypothesis"):
-        from circuitgraph.hypothesis import Hypothesis, scrub
+    samples, seed = cfg.export.scrub_samples, int(cfg.seed)
+    if cfg.export.hypothesis and _hypothesis_blocker(graph) is None:
+        hypothesis = cg.Hypothesis.from_circuit(circuit, name=f"{ld.label} circuit ({cfg.method.name})")
+        scrubbed["circuit"] = cg.scrub(ld.model, hypothesis, ld.task, n_samples=samples, seed=seed,
+                                       warn_vacuous=False).to_dict()
+    if cfg.get("hypothesis"):
+        path = Path(str(cfg.hypothesis)).expanduser()
+        tested = cg.Hypothesis.load(path, model=ld.model)
+        scrubbed["file"] = {"path": str(path),
+                            **cg.scrub(ld.model, tested, ld.task, n_samples=samples, seed=seed).to_dict()}
+    return hypothesis, scrubbed
 
-        samples = cfg.export.scrub_samples
-        if cfg.export.hypothesis and plain:
-            hypothesis = Hypothesis.from_circuit(circuit, name=f"{model_label} circuit ({m.name})")
-            scrubbed["circuit"] = scrub(model, hypothesis, task, n_samples=samples, seed=int(cfg.seed),
-                                        warn_vacuous=False).to_dict()
-        if cfg.get("hypothesis"):
-            path = Path(str(cfg.hypothesis)).expanduser()
-            tested = Hypothesis.load(path, model=model)
-            scrubbed["file"] = {"path": str(path), **scrub(model, tested, task, n_samples=samples,
-                                                           seed=int(cfg.seed)).to_dict()}
-    timings["scrub"] = time.perf_counter() - t
 
-    # --- files (summary.json last)
-    t = time.perf_counter()
+def add_scrubbing_caveat(scrubbed: dict, ablation: str, faith: float) -> dict:
+    """``scrubbed`` with the caveat (``note``) on comparing it with the faithfulness, if one applies;
+    a warning when the two disagree by much."""
+    rec = scrubbed.get("circuit", {}).get("loss_recovered")
+    note = scrubbing_caveat(ablation, rec)
+    if note:
+        scrubbed["note"] = note
+        if large_scrubbing_gap(faith, rec):
+            log.warning("the circuit recovers %.3f of the loss under causal scrubbing but has faithfulness %.3f "
+                        "under %s ablation: %s", rec, faith, ablation, note)
+    return scrubbed
+
+
+# ---------------------------------------------------------------------------------------------
+# Files (summary.json last)
+# ---------------------------------------------------------------------------------------------
+
+
+def write_outputs(cfg: DictConfig, out: Path, ld: Loaded, graph, circuit: Circuit,
+                  curve: FaithfulnessCurve | None, hypothesis: cg.Hypothesis | None,
+                  target: float | None) -> tuple[dict[str, str], dict[str, str]]:
+    """Every file but summary.json: ``(files written, {file: why skipped})``."""
     files: dict[str, str] = {}
     skipped: dict[str, str] = {}
-    if cfg.export.hypothesis and not plain:
-        skipped["hypothesis"] = ("causal-scrubbing hypotheses cover heads and MLPs so far; this graph has "
-                                 "neuron, position or SAE nodes")
+    blocker = _hypothesis_blocker(graph) if cfg.export.hypothesis else None
+    if blocker:
+        skipped["hypothesis"] = blocker
     if hypothesis is not None:
         atomic_write(out / FILES["hypothesis"], lambda p: hypothesis.save(p))
         files["hypothesis"] = FILES["hypothesis"]
     if cfg.export.scores:
-        write_scores(out / FILES["scores"], graph, circuit, model_label)
+        write_scores(out / FILES["scores"], graph, circuit, ld.label)
         files["scores"] = FILES["scores"]
     circuit.save(out / FILES["circuit"])
     files["circuit"] = FILES["circuit"]
     files["circuit_tensors"] = FILES["circuit_tensors"]
-    target = float(sel.target) if (m.name != "acdc" and sel.kind == "minimal") else None
-    title = cfg.export.title or default_title(model_label, task.name, m.name, circuit, graph)
     if cfg.export.png and curve is not None:
-        try:
-            write_curve_png(out / FILES["png"], curve, circuit, graph,
-                            title=_png_title(model_label, task.name, m.name, curve), target=target)
-            files["png"] = FILES["png"]
-        except ImportError as e:  # matplotlib is a dependency, but keep the run's other files
-            skipped["png"] = f"matplotlib is not installed ({e}); pip install matplotlib"
-            log.warning("not writing %s: %s", FILES["png"], skipped["png"])
-    for key, writer in (("graphml", "to_graphml"), ("mib_json", "to_mib_json")):
-        if cfg.export[key]:
-            from circuitgraph import export
-
-            try:
-                atomic_write(out / FILES[key], lambda p, w=getattr(export, writer): w(circuit, p))
-                files[key] = FILES[key]
-            except ValueError as e:  # e.g. the MIB layout cannot hold an attention-only model
-                skipped[key] = str(e)
-                log.warning("not writing %s: %s", FILES[key], e)
+        _write_png(out, curve, circuit, graph, curve_title(ld.label, ld.task.name, cfg.method.name, curve),
+                   target, files, skipped)
+    _write_exchange_formats(cfg, out, circuit, files, skipped)
     if cfg.export.html:
-        from circuitgraph.export import write_html
-
-        info = None
-        if graph.node_graph.sites:  # label feature nodes with their top-activating tokens
-            from circuitgraph.sae import feature_labels
-
-            info = feature_labels(model, graph, task)
-        atomic_write(out / FILES["html"], lambda p: write_html(circuit, p, title=title, node_info=info))
+        title = cfg.export.title or default_title(ld.label, ld.task.name, cfg.method.name, circuit, graph)
+        _write_html(out, ld, graph, circuit, title)
         files["html"] = FILES["html"]
-    timings["export"] = time.perf_counter() - t
+    return files, skipped
 
-    wall = time.perf_counter() - t_start
-    summary = build_summary(cfg, circuit, graph, task, model_label, device, selection, faith,
-                            search_faith, curve, target, timings, wall, files, skipped, overrides)
-    if scrubbed:
-        summary["scrubbing"] = scrubbed
-        rec = scrubbed.get("circuit", {}).get("loss_recovered")
-        if rec is not None and cfg.ablation.kind != "resample":
-            scrubbed["note"] = (
-                "causal scrubbing computes uncovered edges on random other prompts (resampling), while this "
-                f"circuit was selected under {cfg.ablation.kind} ablation: edges that carry no clean/ablated "
-                "difference there (e.g. a query token the corrupted prompt shares) are left out, so the circuit "
-                "can recover much less under scrubbing than its faithfulness; ablation=resample selects a "
-                "circuit meant to pass scrubbing")
-            if faith - rec > 0.3:
-                log.warning("the circuit recovers %.3f of the loss under causal scrubbing but has faithfulness %.3f "
-                            "under %s ablation: %s", rec, faith, cfg.ablation.kind, scrubbed["note"])
+
+def _write_png(out: Path, curve: FaithfulnessCurve, circuit: Circuit, graph, title: str,
+               target: float | None, files: dict[str, str], skipped: dict[str, str]) -> None:
+    try:
+        write_curve_png(out / FILES["png"], curve, circuit, graph, title=title, target=target)
+        files["png"] = FILES["png"]
+    except ImportError as e:  # matplotlib is a dependency, but keep the run's other files
+        skipped["png"] = f"matplotlib is not installed ({e}); pip install matplotlib"
+        log.warning("not writing %s: %s", FILES["png"], skipped["png"])
+
+
+def _write_exchange_formats(cfg: DictConfig, out: Path, circuit: Circuit, files: dict[str, str],
+                            skipped: dict[str, str]) -> None:
+    """GraphML and MIB JSON, when asked for; a layout that cannot hold the circuit is skipped."""
+    for key, writer in (("graphml", "to_graphml"), ("mib_json", "to_mib_json")):
+        if not cfg.export[key]:
+            continue
+        try:
+            atomic_write(out / FILES[key], lambda p, w=getattr(export, writer): w(circuit, p))
+            files[key] = FILES[key]
+        except ValueError as e:  # e.g. the MIB layout cannot hold an attention-only model
+            skipped[key] = str(e)
+            log.warning("not writing %s: %s", FILES[key], e)
+
+
+def _write_html(out: Path, ld: Loaded, graph, circuit: Circuit, title: str) -> None:
+    info = None
+    if graph.node_graph.sites:  # label feature nodes with their top-activating tokens
+        # circuitgraph.sae imports transformer_lens (seconds): only SAE graphs pay for it
+        from circuitgraph.sae import feature_labels
+
+        info = feature_labels(ld.model, graph, ld.task)
+    atomic_write(out / FILES["html"], lambda p: export.write_html(circuit, p, title=title, node_info=info))
+
+
+def write_summary(out: Path, summary: dict, files: dict[str, str]) -> None:
+    """summary.json, written last: a run folder without it did not finish."""
     files["summary"] = FILES["summary"]
     summary["files"] = dict(files)
     atomic_write(out / FILES["summary"], lambda p: Path(p).write_text(json.dumps(summary, indent=1)))
-
-    report(summary, out)
-    if cfg.export.html and cfg.export.open_browser:
-        open_in_browser(out / FILES["html"])
-    return summary
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,17 +410,16 @@ def run(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = None
 # ---------------------------------------------------------------------------------------------
 
 
-def build_graph(gcfg, model, entry, task, device):
+def build_graph(gcfg: DictConfig, model, entry, task: Task, device: torch.device) -> cg.Graph:
     """The run's graph: heads and MLPs, or neurons, token positions or SAE features (``graph.*``)."""
-    import circuitgraph as cg
-
     if gcfg.saes is not None:
+        # circuitgraph.sae imports transformer_lens (seconds): only SAE graphs pay for it
         from circuitgraph.sae import load_saes, zoo_saes
 
         saes = zoo_saes(entry.name, device=device) if gcfg.saes == "zoo" else \
             load_saes(Path(str(gcfg.saes)).expanduser(), device=device)
         if not saes:
-            raise ValueError(f"graph.saes=zoo: the zoo model {entry.name!r} ships no SAEs (the induction model does)")
+            raise GraphError(f"graph.saes=zoo: the zoo model {entry.name!r} ships no SAEs (the induction model does)")
         features = int(gcfg.features) if str(gcfg.features).isdigit() else str(gcfg.features)
         graph = cg.Graph.from_model(model, split_qkv=bool(gcfg.split_qkv), saes=saes, task=task, features=features)
         log.info("SAE sites: %s", ", ".join(f"{s.hook_name} ({len(s.features)} feature nodes)" for s in graph.sites))
@@ -329,15 +429,14 @@ def build_graph(gcfg, model, entry, task, device):
     return cg.Graph.from_model(model, split_qkv=bool(gcfg.split_qkv), neurons=bool(gcfg.neurons) or None)
 
 
-def resolve_device(device: str):
-    import torch
-
+def resolve_device(device: str) -> torch.device:
+    """``auto`` → cuda when available, else cpu; anything else as given (validated already)."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
 
 
-def resolve_threads(cfg) -> int | None:
+def resolve_threads(cfg: DictConfig) -> int | None:
     """torch CPU threads: ``threads`` if set; else 1 for zoo models (tiny: thread start-up and
     contention cost more than they give, badly so on a shared machine), torch's default otherwise."""
     if cfg.threads is not None:
@@ -346,73 +445,22 @@ def resolve_threads(cfg) -> int | None:
 
 
 def _seed(seed: int) -> None:
-    import numpy as np
-    import torch
-
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
 
-def load_model(mcfg, device) -> tuple[Any, Any, str]:
-    """``(model, zoo_entry_or_None, label)`` for a model config (after :func:`validate`)."""
-    if mcfg.source == "zoo":
-        from circuitgraph import zoo
-
-        entry = zoo.load(mcfg.name, device=device)
-        return entry.model, entry, mcfg.name
-    import torch
-
-    dtype = getattr(torch, mcfg.dtype)
-    if mcfg.source == "pretrained":
-        from transformer_lens import HookedTransformer
-
-        model = HookedTransformer.from_pretrained(
-            mcfg.name, device=str(device), dtype=dtype, fold_ln=mcfg.fold_ln,
-            center_writing_weights=mcfg.center_writing_weights, center_unembed=mcfg.center_unembed)
-        model.eval()
-        return model, None, mcfg.name
-    path = Path(mcfg.path).expanduser().resolve()
-    return load_local_model(path, device, dtype, mcfg), None, (mcfg.name or path.name)
+def load_model(mcfg: DictConfig, device: torch.device) -> tuple[Any, Any, str]:
+    """``(model, zoo_entry_or_None, label)`` for a model config (after :func:`validate`); see
+    :func:`circuitgraph.models.loading.load_model`."""
+    return loading.load_model(
+        mcfg.source, name=mcfg.name, path=mcfg.path, device=device, dtype=mcfg.dtype,
+        fold_ln=bool(mcfg.fold_ln), center_writing_weights=bool(mcfg.center_writing_weights),
+        center_unembed=bool(mcfg.center_unembed))
 
 
-def load_local_model(path: Path, device, dtype, mcfg=None):
-    """A HuggingFace-format folder → ``HookedTransformer``, without touching the network.
-
-    ``HookedTransformer.from_pretrained`` insists on a name from TransformerLens' list, so this
-    does its steps directly: read the folder's config and weights with transformers, convert them
-    with TransformerLens' converters, and apply the same weight processing."""
-    from transformer_lens import HookedTransformer
-    from transformer_lens import loading_from_pretrained as loading
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    fold_ln = True if mcfg is None else bool(mcfg.fold_ln)
-    cww = True if mcfg is None else bool(mcfg.center_writing_weights)
-    cu = True if mcfg is None else bool(mcfg.center_unembed)
-    p = str(path)
-    hf = AutoModelForCausalLM.from_pretrained(p, dtype=dtype, local_files_only=True)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(p, local_files_only=True)
-    except Exception:  # a folder without tokenizer files: token-id tasks still work
-        tokenizer = None
-    cfg = loading.get_pretrained_model_config(p, hf_cfg=hf.config.to_dict(), fold_ln=fold_ln,
-                                              device=str(device), dtype=dtype)
-    cfg.tokenizer_name = None if tokenizer is None else cfg.tokenizer_name
-    state = loading.get_pretrained_state_dict(p, cfg, hf, dtype=dtype)
-    del hf
-    model = HookedTransformer(cfg, tokenizer, move_to_device=False)
-    model.load_and_process_state_dict(state, fold_ln=fold_ln, center_writing_weights=cww,
-                                      center_unembed=cu, fold_value_biases=True,
-                                      refactor_factored_attn_matrices=False)
-    model.move_model_modules_to_device()
-    model.eval()
-    return model
-
-
-def load_run_task(tcfg, model, entry):
+def load_run_task(tcfg: DictConfig, model, entry) -> Task:
     """The task of a run: a zoo task or a file, with the metric and example limit applied."""
-    import circuitgraph as cg
-
     if tcfg.source == "file":
         task = cg.load_task(Path(tcfg.path).expanduser(), model, metric=tcfg.metric or "logit_diff",
                             name=tcfg.name)
@@ -425,91 +473,16 @@ def load_run_task(tcfg, model, entry):
     return task
 
 
-def default_title(model_label: str, task_name: str, method: str, circuit, graph) -> str:
+def default_title(model_label: str, task_name: str, method: str, circuit: Circuit, graph) -> str:
+    """graph.html's title when ``export.title`` is not set: what ran, and what it found."""
     f = circuit.faithfulness
     fs = f", faithfulness {f:.3f}" if f is not None else ""
     return f"{model_label} · {task_name} · {method} · {circuit.n_edges} of {graph.n_edges} edges{fs}"
 
 
-def _png_title(model_label: str, task_name: str, method: str, curve) -> str:
-    return f"{model_label} / {task_name} / {method}:  CPR = {curve.cpr:.3f}   CMD = {curve.cmd:.3f}"
-
-
-
-def write_scores(path: Path, graph, circuit, model_label: str) -> Path:
-    """``scores.safetensors``: ``scores`` (float32), ``valid`` and ``mask`` (bool), all
-    ``[n_src, n_dst]``; the header metadata holds the node names (JSON lists) and provenance."""
-    from safetensors.torch import save_file
-
-    tensors = {
-        "scores": graph.scores.detach().float().cpu().contiguous(),
-        "valid": graph.valid.cpu().contiguous(),
-        "mask": circuit.mask.cpu().contiguous(),
-    }
-    meta = {
-        "schema": SCORES_SCHEMA,
-        "src_names": json.dumps(list(graph.src_names)),
-        "dst_names": json.dumps(list(graph.dst_names)),
-        "model": str(model_label),
-        "model_name": str(graph.model_name),
-        "config_hash": str(graph.model_hash),
-        "score_info": json.dumps(graph.score_info, default=str),
-    }
-    return atomic_write(path, lambda p: save_file(tensors, str(p), metadata=meta))
-
-
-def read_scores(path: str | Path) -> dict:
-    """Read a ``scores.safetensors``: ``{"scores", "valid", "mask", "src_names", "dst_names",
-    "metadata"}``."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        out = {k: f.get_tensor(k) for k in f.keys()}
-    out["src_names"] = json.loads(meta.get("src_names", "[]"))
-    out["dst_names"] = json.loads(meta.get("dst_names", "[]"))
-    out["metadata"] = meta
-    return out
-
-
-def write_curve_png(path: Path, curve, circuit, graph, title: str, target: float | None = None) -> Path:
-    """Plot the faithfulness curve (edges ranked by helpfulness and by |score|) with the chosen
-    circuit marked. Uses matplotlib's Agg canvas directly: no pyplot state, no display."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7.0, 4.4), dpi=120)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    x = list(curve.percents)
-    ax.plot(x, curve.signed, "o-", color="#1f77b4", label="ranked by helpfulness (CPR: area)")
-    ax.plot(x, curve.absolute, "s--", color="#ff7f0e", label="ranked by |score| (CMD: area of |1 − f|)")
-    ax.axhline(1.0, color="0.4", lw=0.8)
-    ax.axhline(0.0, color="0.7", lw=0.8)
-    if target is not None:
-        ax.axhline(target, color="#2ca02c", lw=0.8, ls=":", label=f"target {target:g}")
-    if circuit.faithfulness is not None and graph.n_edges:
-        pct = max(100.0 * circuit.n_edges / graph.n_edges, min(x))
-        ax.plot([pct], [circuit.faithfulness], "*", ms=14, color="#d62728",
-                label=f"circuit: {circuit.n_edges} edges, f = {circuit.faithfulness:.3f}")
-    ax.set_xscale("log")
-    ax.set_xlabel("edges kept (% of all edges, log scale)")
-    ax.set_ylabel("faithfulness")
-    ax.set_title(title, fontsize=10)
-    ax.grid(True, which="both", alpha=0.25)
-    ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    return atomic_write(path, lambda p: fig.savefig(str(p), format="png"))
-
-
 def build_summary(cfg, circuit, graph, task, model_label, device, selection, faith, search_faith,
                   curve, target, timings, wall, files, skipped, overrides) -> dict:
-    import torch
-
-    import circuitgraph
-
-    from importlib.metadata import PackageNotFoundError, version
-
+    """summary.json's content: the run's figures, timings, config and versions."""
     try:
         tl_version = version("transformer-lens")
     except PackageNotFoundError:  # pragma: no cover
@@ -549,7 +522,7 @@ def build_summary(cfg, circuit, graph, task, model_label, device, selection, fai
         "overrides": list(overrides or []),
         "skipped": skipped,
         "config": to_container(cfg),
-        "versions": {"circuitgraph": circuitgraph.__version__, "torch": torch.__version__,
+        "versions": {"circuitgraph": cg.__version__, "torch": torch.__version__,
                      "transformer_lens": tl_version, "python": sys.version.split()[0]},
     }
 
@@ -565,6 +538,7 @@ def _scrub_text(summary: dict) -> str:
 
 
 def report(summary: dict, out: Path) -> None:
+    """One line of figures on stdout (and in the log), and where the files are."""
     tgt = f" (target {summary['target']:g})" if summary.get("target") is not None else ""
     cpr = (f", CPR {summary['cpr']:.3f}, CMD {summary['cmd']:.3f}" if summary.get("cpr") is not None else "")
     line = (f"circuitgraph: {summary['model']} / {summary['task']} / {summary['method']}: "
@@ -586,10 +560,11 @@ def display_available() -> bool:
 
 
 def open_in_browser(path: Path) -> bool:
+    """Open ``path`` in a browser when a display exists; whether one was opened."""
     if not display_available():
         log.info("no display: not opening a browser (open %s yourself)", path)
         return False
-    import webbrowser
+    import webbrowser  # only desktop runs open a browser; headless runs never load it
 
     return bool(webbrowser.open(Path(path).resolve().as_uri()))
 

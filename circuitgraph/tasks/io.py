@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from circuitgraph.errors import TaskError
 from circuitgraph.tasks.metrics import Metric
 from circuitgraph.tasks.task import Task
 
@@ -22,24 +23,34 @@ def load_task(path: str | Path, model=None, metric: str | Metric = "logit_diff",
         raise FileNotFoundError(f"task file {path} does not exist")
     rows = _read_rows(path)
     if not rows:
-        raise ValueError(f"task file {path} has no examples")
+        raise TaskError(f"task file {path} has no examples")
     missing = [c for c in REQUIRED if c not in rows[0]]
     if missing:
-        raise ValueError(f"task file {path} lacks column(s) {missing}; it needs clean, corrupted, answer[, wrong]")
+        raise TaskError(f"task file {path} lacks column(s) {missing}; it needs clean, corrupted, answer[, wrong]")
     name = name or path.stem
-    cols = {c: [r.get(c) for r in rows] for c in ("clean", "corrupted", "answer", "wrong")}
-    if any(v is None or v == "" for v in cols["wrong"]):
-        cols["wrong"] = None
-    if any(v is None or v == "" for v in cols["answer"]):
-        cols["answer"] = None
+    cols = _columns(rows)
     if isinstance(cols["clean"][0], str) and not cols["clean"][0].lstrip().startswith("["):
         if model is None:
-            raise ValueError(f"task file {path} holds text prompts: pass model= so they can be tokenized")
+            raise TaskError(f"task file {path} holds text prompts: pass model= so they can be tokenized")
         return Task.from_strings(model, cols["clean"], cols["corrupted"], cols["answer"], cols["wrong"], metric=metric, name=name)
+    return _id_task(cols, path, model, metric, name)
+
+
+def _columns(rows: list[dict]) -> dict[str, list | None]:
+    """The four columns; ``answer`` / ``wrong`` become None when any row leaves them empty."""
+    cols: dict[str, list | None] = {c: [r.get(c) for r in rows] for c in ("clean", "corrupted", "answer", "wrong")}
+    for c in ("wrong", "answer"):
+        if any(v is None or v == "" for v in cols[c]):
+            cols[c] = None
+    return cols
+
+
+def _id_task(cols: dict[str, list | None], path: Path, model, metric: str | Metric, name: str) -> Task:
+    """A task from token-id columns (JSON lists, or strings holding them): no tokenizer needed."""
     as_ids = {k: ([_ids(x, path, i) for i, x in enumerate(v)] if v is not None else None) for k, v in cols.items()}
     lengths = {len(x) for x in as_ids["clean"]} | {len(x) for x in as_ids["corrupted"]}
     if len(lengths) != 1:
-        raise ValueError(f"task file {path}: token-id prompts must all have the same length, found lengths {sorted(lengths)}")
+        raise TaskError(f"task file {path}: token-id prompts must all have the same length, found lengths {sorted(lengths)}")
     dev = model.cfg.device if model is not None else "cpu"
 
     def t(v):
@@ -58,12 +69,12 @@ def _read_rows(path: Path) -> list[dict]:
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{i + 1} is not valid JSON ({e.msg}); each line must be one JSON object") from None
+                raise TaskError(f"{path}:{i + 1} is not valid JSON ({e.msg}); each line must be one JSON object") from None
         return rows
     if path.suffix.lower() in (".csv", ".tsv"):
         with path.open(newline="") as f:
             return list(csv.DictReader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ","))
-    raise ValueError(f"unsupported task file type {path.suffix!r}; use .jsonl or .csv")
+    raise TaskError(f"unsupported task file type {path.suffix!r}; use .jsonl, .json, .csv or .tsv")
 
 
 def _ids(x, path, i):
@@ -71,9 +82,9 @@ def _ids(x, path, i):
         try:
             x = json.loads(x)
         except json.JSONDecodeError:
-            raise ValueError(f"{path} row {i}: {x!r} is neither text (needs model=) nor a list of ids") from None
+            raise TaskError(f"{path} row {i}: {x!r} is neither text (needs model=) nor a list of ids") from None
     if isinstance(x, int):
         return x
     if not isinstance(x, list) or not all(isinstance(v, int) for v in x):
-        raise ValueError(f"{path} row {i}: expected a list of integer token ids, got {x!r}")
+        raise TaskError(f"{path} row {i}: expected a list of integer token ids, got {x!r}")
     return x

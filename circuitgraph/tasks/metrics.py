@@ -13,6 +13,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from circuitgraph.errors import TaskError
+
 Metric = Callable[[torch.Tensor, "Task"], torch.Tensor]  # noqa: F821
 
 
@@ -102,7 +104,7 @@ def resolve_metric(metric: str | Metric) -> Metric:
     try:
         return METRICS[metric]
     except KeyError:
-        raise ValueError(f"unknown metric {metric!r}; choose one of {sorted(METRICS)} or pass a callable") from None
+        raise TaskError(f"unknown metric {metric!r}; choose one of {sorted(METRICS)} or pass a callable") from None
 
 
 def checked(values: torch.Tensor, task, where: str = "") -> torch.Tensor:
@@ -112,13 +114,13 @@ def checked(values: torch.Tensor, task, where: str = "") -> torch.Tensor:
     if values.ndim == 0:
         values = values.expand(task.n_examples)
     if values.shape != (task.n_examples,):
-        raise ValueError(
+        raise TaskError(
             f"the metric must return one value per example (shape [{task.n_examples}]) or a scalar, "
             f"got shape {list(values.shape)}{where}"
         )
     if not torch.isfinite(values).all():
         bad = (~torch.isfinite(values)).nonzero()[:5, 0].tolist()
-        raise ValueError(
+        raise TaskError(
             f"the metric returned NaN or inf for examples {bad}{where}; check the answer ids and "
             "that the metric does not divide by zero or take log(0)"
         )

@@ -13,6 +13,7 @@ from typing import Sequence
 
 import torch
 
+from circuitgraph.errors import TaskError
 from circuitgraph.tasks.metrics import NEEDS_REFERENCE, Metric, checked, resolve_metric
 
 
@@ -41,29 +42,29 @@ class Task:
         self.clean = _as_tokens(self.clean, "clean")
         self.corrupted = _as_tokens(self.corrupted, "corrupted")
         if self.clean.shape[0] == 0:
-            raise ValueError(f"task {self.name!r} is empty: it needs at least one clean/corrupted pair")
+            raise TaskError(f"task {self.name!r} is empty: it needs at least one clean/corrupted pair")
         if self.clean.shape != self.corrupted.shape:
-            raise ValueError(
+            raise TaskError(
                 f"clean prompts have shape {list(self.clean.shape)} but corrupted prompts have shape "
                 f"{list(self.corrupted.shape)}: they must pair up example by example with equal token "
                 "lengths. Pad both to the same length and pass attention_mask (Task.from_strings does this)."
             )
         if self.clean.device != self.corrupted.device:
-            raise ValueError("clean and corrupted tokens are on different devices; move both with task.to(device)")
+            raise TaskError("clean and corrupted tokens are on different devices; move both with task.to(device)")
         B, P = self.clean.shape
         if self.attention_mask is not None:
             self.attention_mask = torch.as_tensor(self.attention_mask, device=self.clean.device).long()
             if self.attention_mask.shape != (B, P):
-                raise ValueError(f"attention_mask must have shape {[B, P]}, got {list(self.attention_mask.shape)}")
+                raise TaskError(f"attention_mask must have shape {[B, P]}, got {list(self.attention_mask.shape)}")
             if (self.attention_mask.sum(1) == 0).any():
-                raise ValueError("attention_mask has an example with no real tokens")
+                raise TaskError("attention_mask has an example with no real tokens")
         for nm in ("answer", "wrong"):
             ids = getattr(self, nm)
             if ids is None:
                 continue
             ids = _as_tokens(ids, nm, allow_1d=True)
             if ids.shape not in ((B,), (B, P)):
-                raise ValueError(
+                raise TaskError(
                     f"{nm} must have shape [{B}] (one id per example) or [{B}, {P}] (one per position), "
                     f"got {list(ids.shape)}"
                 )
@@ -72,7 +73,7 @@ class Task:
         self.read_owner = self.read_mask.nonzero()[:, 0]  # [n_read] example of each read position
         self.read_counts = self.read_mask.sum(1)  # [batch]
         if self.metric in ("logit_diff", "prob_diff", "cross_entropy") and self.answer is None:
-            raise ValueError(f"metric {self.metric!r} needs answer token ids; pass answer=…")
+            raise TaskError(f"metric {self.metric!r} needs answer token ids; pass answer=…")
         self._metric_fn = resolve_metric(self.metric)
 
     # ------------------------------------------------------------------ construction helpers
@@ -86,16 +87,16 @@ class Task:
         rp = torch.as_tensor(rp, device=dev)
         if rp.dtype == torch.bool:
             if rp.shape != (B, P):
-                raise ValueError(f"a boolean read_positions mask must have shape {[B, P]}, got {list(rp.shape)}")
+                raise TaskError(f"a boolean read_positions mask must have shape {[B, P]}, got {list(rp.shape)}")
             if (rp.sum(1) == 0).any():
-                raise ValueError("read_positions mask has an example with no position to read")
+                raise TaskError("read_positions mask has an example with no position to read")
             return rp
         rp = rp.long()
         if rp.shape != (B,):
-            raise ValueError(f"read_positions must be [{B}] positions or a [{B}, {P}] bool mask, got {list(rp.shape)}")
+            raise TaskError(f"read_positions must be [{B}] positions or a [{B}, {P}] bool mask, got {list(rp.shape)}")
         rp = torch.where(rp < 0, rp + P, rp)
         if ((rp < 0) | (rp >= P)).any():
-            raise ValueError(f"read_positions must lie in [0, {P}), got {rp.min().item()}..{rp.max().item()}")
+            raise TaskError(f"read_positions must lie in [0, {P}), got {rp.min().item()}..{rp.max().item()}")
         mask = torch.zeros(B, P, dtype=torch.bool, device=dev)
         mask[torch.arange(B, device=dev), rp] = True
         return mask
@@ -115,15 +116,15 @@ class Task:
         """Tokenize prompt strings with the model's tokenizer, right-padding to a common length.
         Each answer must be a single token (``" Mary"`` usually is, with its leading space)."""
         if model.tokenizer is None:
-            raise ValueError("this model has no tokenizer: pass token ids (Task(clean=tensor, …)) instead of strings")
+            raise TaskError("this model has no tokenizer: pass token ids (Task(clean=tensor, …)) instead of strings")
         if len(clean) != len(corrupted):
-            raise ValueError(f"{len(clean)} clean prompts but {len(corrupted)} corrupted prompts; they must pair up")
+            raise TaskError(f"{len(clean)} clean prompts but {len(corrupted)} corrupted prompts; they must pair up")
         toks_c = [model.to_tokens(s, prepend_bos=prepend_bos)[0] for s in clean]
         toks_x = [model.to_tokens(s, prepend_bos=prepend_bos)[0] for s in corrupted]
         bad = [i for i, (a, b) in enumerate(zip(toks_c, toks_x)) if len(a) != len(b)]
         if bad:
             i = bad[0]
-            raise ValueError(
+            raise TaskError(
                 f"example {i}: clean prompt has {len(toks_c[i])} tokens but corrupted has {len(toks_x[i])} "
                 f"({len(bad)} such pairs). Patching is position by position, so each corrupted prompt must "
                 "tokenize to the same length as its clean prompt; rephrase it with the same token count."
@@ -144,7 +145,7 @@ class Task:
             for w in words:
                 t = model.to_tokens(w, prepend_bos=False)[0]
                 if len(t) != 1:
-                    raise ValueError(f"answer {w!r} is {len(t)} tokens; answers must be single tokens")
+                    raise TaskError(f"answer {w!r} is {len(t)} tokens; answers must be single tokens")
                 ids.append(int(t[0]))
             return torch.tensor(ids)
 
@@ -212,23 +213,23 @@ class Task:
         cfg = model.cfg
         dev = _model_device(model)
         if self.device.type != dev.type:
-            raise ValueError(
+            raise TaskError(
                 f"the task's tensors are on {self.device} but the model is on {dev}; "
                 f"move the task with task = task.to({str(dev)!r})"
             )
         for nm in ("clean", "corrupted"):
             t = getattr(self, nm)
             if int(t.max()) >= cfg.d_vocab or int(t.min()) < 0:
-                raise ValueError(f"{nm} token ids must lie in [0, {cfg.d_vocab}) for this model; got {int(t.min())}..{int(t.max())}")
+                raise TaskError(f"{nm} token ids must lie in [0, {cfg.d_vocab}) for this model; got {int(t.min())}..{int(t.max())}")
         if self.seq_len > cfg.n_ctx:
-            raise ValueError(f"prompts have {self.seq_len} tokens but the model's context is {cfg.n_ctx}")
+            raise TaskError(f"prompts have {self.seq_len} tokens but the model's context is {cfg.n_ctx}")
         v_out = cfg.d_vocab_out if cfg.d_vocab_out and cfg.d_vocab_out > 0 else cfg.d_vocab
         for nm in ("answer", "wrong"):
             ids = getattr(self, nm)
             if ids is not None and ids.ndim == 2:
                 ids = ids[self.read_mask]  # per-position ids: only the positions read must be valid
             if ids is not None and (int(ids.max()) >= v_out or int(ids.min()) < 0):
-                raise ValueError(
+                raise TaskError(
                     f"{nm} ids must be output-vocabulary indices in [0, {v_out}); got {int(ids.min())}..{int(ids.max())}"
                 )
 
@@ -259,7 +260,7 @@ def _as_tokens(x, name: str, allow_1d: bool = False) -> torch.Tensor:
         raise TypeError(f"{name} must hold integer token ids, got dtype {t.dtype}; use .long()")
     if t.ndim != 2 and not (allow_1d and t.ndim == 1):
         want = "[batch] or [batch, pos]" if allow_1d else "[batch, pos]"
-        raise ValueError(f"{name} must have shape {want}, got {list(t.shape)}")
+        raise TaskError(f"{name} must have shape {want}, got {list(t.shape)}")
     return t.long()
 
 

@@ -24,15 +24,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
+
+from circuitgraph.engine.activations import ABLATIONS  # TODO(core): circuitgraph.engine
+from circuitgraph.errors import CircuitGraphError, FileFormatError, file_error
+from circuitgraph.graph import Graph
+from circuitgraph.tasks import METRICS, Task
 
 SCHEMA = "circuitgraph.zoo/1"
 DATA_DIR = Path(__file__).resolve().parent / "data"
 MODEL_JSON = "model.json"
 WEIGHTS = "model.safetensors"
 
-ABLATIONS = ("corrupted", "resample", "zero", "mean")
 LEVELS = ("edge", "head")
-METRICS = ("logit_diff", "prob_diff", "kl", "cross_entropy", "l2")
 _TOP_KEYS = ("schema", "name", "description", "config", "encoding", "tasks", "ground_truth")
 _TASK_KEYS = ("clean", "corrupted", "answer", "metric")
 _GT_KEYS = ("ablation", "task", "level", "edges", "nodes")
@@ -41,8 +45,9 @@ _GT_KEYS = ("ablation", "task", "level", "edges", "nodes")
 _REGENERATE = {"induction": "python scripts/zoo/train_induction.py"}
 
 
-class ZooLookupError(KeyError, ValueError):
-    """An unknown zoo entry or ground-truth convention (a ``KeyError`` and a ``ValueError``).
+class ZooLookupError(CircuitGraphError, KeyError, ValueError):
+    """An unknown zoo entry or ground-truth convention (a ``KeyError`` and a ``ValueError``, as
+    callers of a mapping-like lookup expect either).
 
     ``str()`` gives the plain message (``KeyError`` would wrap it in quotes)."""
 
@@ -145,9 +150,10 @@ def load(name: str, device: str | torch.device | None = None) -> ZooModel:
         )
     entry = load_path(DATA_DIR / name, device=device)
     if entry.name != name:
-        raise ValueError(
+        raise file_error(
+            entry.path / MODEL_JSON,
             f"malformed zoo entry: folder {name!r} holds a model.json whose name is "
-            f"{entry.name!r}; the folder and the name must agree"
+            f"{entry.name!r}; the folder and the name must agree",
         )
     return entry
 
@@ -198,51 +204,48 @@ def _default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _bad(json_path: Path, msg: str) -> ValueError:
-    return ValueError(f"malformed zoo file {str(json_path)!r}: {msg}")
-
-
 def _read_json(json_path: Path) -> dict:
     try:
         with open(json_path, encoding="utf-8") as f:
             doc = json.load(f)
     except json.JSONDecodeError as e:
-        raise _bad(json_path, f"not valid JSON ({e}). Restore it from version control or "
-                              "regenerate it with its script under scripts/zoo/.") from None
+        raise file_error(json_path, f"not valid JSON ({e}). Restore it from version control or "
+                                    "regenerate it with its script under scripts/zoo/.") from None
     if not isinstance(doc, dict):
-        raise _bad(json_path, f"the top level must be a JSON object, got {type(doc).__name__}")
+        raise file_error(json_path, f"the top level must be a JSON object, got {type(doc).__name__}")
     schema = doc.get("schema")
     if schema != SCHEMA:
-        raise _bad(json_path, f"schema is {schema!r} but this version of circuitgraph reads "
-                              f"{SCHEMA!r}; regenerate the entry or upgrade circuitgraph")
+        raise file_error(json_path, f"schema is {schema!r} but this version of circuitgraph reads "
+                                    f"{SCHEMA!r}; regenerate the entry or upgrade circuitgraph")
     missing = [k for k in _TOP_KEYS if k not in doc]
     if missing:
-        raise _bad(json_path, f"missing top-level key(s) {missing}; a {SCHEMA} file needs "
-                              f"{builtins.list(_TOP_KEYS)}")
+        raise file_error(json_path, f"missing top-level key(s) {missing}; a {SCHEMA} file needs "
+                                    f"{builtins.list(_TOP_KEYS)}")
     for k, typ in (("name", str), ("config", dict), ("encoding", dict), ("tasks", dict),
                    ("ground_truth", dict)):
         if not isinstance(doc[k], typ):
-            raise _bad(json_path, f"{k!r} must be a JSON {'string' if typ is str else 'object'}, "
-                                  f"got {type(doc[k]).__name__}")
+            raise file_error(json_path, f"{k!r} must be a JSON {'string' if typ is str else 'object'}, "
+                                        f"got {type(doc[k]).__name__}")
     return doc
 
 
 def _build_model(config: dict, json_path: Path, device: torch.device):
+    # transformer_lens takes seconds to import: only pay for it when a model is built
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
     for k in ("dtype", "device"):
         if k in config:
-            raise _bad(json_path, f"config must not contain {k!r} (the loader chooses it); "
-                                  "remove the key")
+            raise file_error(json_path, f"config must not contain {k!r} (the loader chooses it); "
+                                        "remove the key")
     fields = {f.name for f in dataclasses.fields(HookedTransformerConfig)}
     unknown = sorted(set(config) - fields)
     if unknown:
-        raise _bad(json_path, f"config has key(s) {unknown} that HookedTransformerConfig does "
-                              "not accept")
+        raise file_error(json_path, f"config has key(s) {unknown} that HookedTransformerConfig does "
+                                    "not accept")
     try:
         cfg = HookedTransformerConfig(**config, device=str(device), dtype=torch.float32)
     except Exception as e:  # the config's own validation (inconsistent sizes etc.)
-        raise _bad(json_path, f"config is not a valid HookedTransformerConfig: {e}") from e
+        raise file_error(json_path, f"config is not a valid HookedTransformerConfig: {e}") from e
     return HookedTransformer(cfg, move_to_device=True)
 
 
@@ -253,15 +256,13 @@ def _regenerate_hint(name: str, path: Path) -> str:
 
 
 def _read_weights(weights_path: Path, name: str) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
     try:
         state = load_file(str(weights_path), device="cpu")
     except Exception as e:  # safetensors raises its own error type for truncated/garbled files
-        raise ValueError(
-            f"the weight file {str(weights_path)!r} of zoo model {name!r} is corrupted or "
-            f"truncated and cannot be read ({type(e).__name__}: {e}). "
-            + _regenerate_hint(name, weights_path)
+        raise file_error(
+            weights_path,
+            f"the weight file of zoo model {name!r} is corrupted or truncated and cannot be read "
+            f"({type(e).__name__}: {e}). " + _regenerate_hint(name, weights_path),
         ) from None
     return state
 
@@ -270,16 +271,17 @@ def _load_state(model, state: dict, weights_path: Path, name: str) -> None:
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise ValueError(
-            f"the weights in {str(weights_path)!r} do not match the config in model.json of zoo "
-            f"model {name!r} (missing, unexpected or mis-shaped tensors): {e}. "
-            + _regenerate_hint(name, weights_path)
+        raise file_error(
+            weights_path,
+            f"the weights do not match the config in model.json of zoo model {name!r} (missing, "
+            f"unexpected or mis-shaped tensors): {e}. " + _regenerate_hint(name, weights_path),
         ) from None
     bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
     if bad:
-        raise ValueError(
-            f"the weight file {str(weights_path)!r} of zoo model {name!r} holds non-finite "
-            f"values in {bad[:5]}: it is corrupted. " + _regenerate_hint(name, weights_path)
+        raise file_error(
+            weights_path,
+            f"the weight file of zoo model {name!r} holds non-finite values in {bad[:5]}: it is "
+            "corrupted. " + _regenerate_hint(name, weights_path),
         )
 
 
@@ -287,21 +289,20 @@ def _tensor(json_path: Path, where: str, value, dtype) -> torch.Tensor:
     try:
         return torch.tensor(value, dtype=dtype)
     except (TypeError, ValueError, RuntimeError) as e:
-        raise _bad(json_path, f"{where} must be a rectangular list of "
-                              f"{'booleans' if dtype is torch.bool else 'integers'} ({e})") from None
+        raise file_error(json_path, f"{where} must be a rectangular list of "
+                                    f"{'booleans' if dtype is torch.bool else 'integers'} ({e})") from None
 
 
 def _make_task(name: str, spec: dict, json_path: Path, device: torch.device):
-    from circuitgraph.tasks import Task
-
     if not isinstance(spec, dict):
-        raise _bad(json_path, f"task {name!r} must be an object")
+        raise file_error(json_path, f"task {name!r} must be an object")
     missing = [k for k in _TASK_KEYS if k not in spec]
     if missing:
-        raise _bad(json_path, f"task {name!r} is missing key(s) {missing}")
+        raise file_error(json_path, f"task {name!r} is missing key(s) {missing}")
     metric = spec["metric"]
     if metric not in METRICS:
-        raise _bad(json_path, f"task {name!r} has metric {metric!r}; expected one of {METRICS}")
+        raise file_error(json_path, f"task {name!r} has metric {metric!r}; expected one of "
+                                    f"{builtins.list(METRICS)}")
     where = f"task {name!r}"
     clean = _tensor(json_path, f"{where} clean", spec["clean"], torch.long)
     corrupted = _tensor(json_path, f"{where} corrupted", spec["corrupted"], torch.long)
@@ -317,46 +318,46 @@ def _make_task(name: str, spec: dict, json_path: Path, device: torch.device):
         task = Task(clean=clean, corrupted=corrupted, answer=answer, wrong=wrong,
                     read_positions=rp, metric=metric, name=name)
     except (TypeError, ValueError) as e:
-        raise _bad(json_path, f"{where} is inconsistent: {e}") from None
+        raise file_error(json_path, f"{where} is inconsistent: {e}") from None
     return task.to(device) if device.type != "cpu" else task
 
 
 def _pairs(json_path: Path, conv: str, edges) -> frozenset[tuple[str, str]]:
     out = set()
     if not isinstance(edges, builtins.list):
-        raise _bad(json_path, f"ground truth {conv!r}: edges must be a list of [src, dst] pairs")
+        raise file_error(json_path, f"ground truth {conv!r}: edges must be a list of [src, dst] pairs")
     for e in edges:
         if isinstance(e, str) and "->" in e:
             e = e.split("->", 1)
         if not (isinstance(e, (builtins.list, tuple)) and len(e) == 2
                 and all(isinstance(x, str) for x in e)):
-            raise _bad(json_path, f"ground truth {conv!r}: edge {e!r} is not a [src, dst] pair "
-                                  "of node names")
+            raise file_error(json_path, f"ground truth {conv!r}: edge {e!r} is not a [src, dst] pair "
+                                        "of node names")
         out.add((e[0], e[1]))
     return frozenset(out)
 
 
 def _make_ground_truth(conv: str, spec: dict, json_path: Path, tasks: dict) -> GroundTruth:
     if not isinstance(spec, dict):
-        raise _bad(json_path, f"ground truth {conv!r} must be an object")
+        raise file_error(json_path, f"ground truth {conv!r} must be an object")
     missing = [k for k in _GT_KEYS if k not in spec]
     if missing:
-        raise _bad(json_path, f"ground truth {conv!r} is missing key(s) {missing}")
+        raise file_error(json_path, f"ground truth {conv!r} is missing key(s) {missing}")
     if spec["ablation"] not in ABLATIONS:
-        raise _bad(json_path, f"ground truth {conv!r} has ablation {spec['ablation']!r}; "
-                              f"expected one of {ABLATIONS}")
+        raise file_error(json_path, f"ground truth {conv!r} has ablation {spec['ablation']!r}; "
+                                    f"expected one of {builtins.list(ABLATIONS)}")
     if spec["level"] not in LEVELS:
-        raise _bad(json_path, f"ground truth {conv!r} has level {spec['level']!r}; expected one "
-                              f"of {LEVELS}")
+        raise file_error(json_path, f"ground truth {conv!r} has level {spec['level']!r}; expected one "
+                                    f"of {LEVELS}")
     if spec["task"] not in tasks:
-        raise _bad(json_path, f"ground truth {conv!r} refers to task {spec['task']!r}, which is "
-                              f"not among the file's tasks {builtins.list(tasks)}")
+        raise file_error(json_path, f"ground truth {conv!r} refers to task {spec['task']!r}, which is "
+                                    f"not among the file's tasks {builtins.list(tasks)}")
     nodes = spec["nodes"]
     if not isinstance(nodes, builtins.list) or not all(isinstance(n, str) for n in nodes):
-        raise _bad(json_path, f"ground truth {conv!r}: nodes must be a list of node names")
+        raise file_error(json_path, f"ground truth {conv!r}: nodes must be a list of node names")
     evidence = spec.get("evidence") or {}
     if not isinstance(evidence, dict):
-        raise _bad(json_path, f"ground truth {conv!r}: evidence must be an object")
+        raise file_error(json_path, f"ground truth {conv!r}: evidence must be an object")
     return GroundTruth(
         convention=conv,
         ablation=spec["ablation"],
@@ -371,18 +372,17 @@ def _make_ground_truth(conv: str, spec: dict, json_path: Path, tasks: dict) -> G
 
 def _validate_nodes(model, ground_truth: dict, json_path: Path) -> None:
     """Every node and edge of every ground truth must exist in the model's graph."""
-    from circuitgraph.graph import Graph
-
     g = Graph.from_model(model)
     srcs, dsts = builtins.list(g.src_names), builtins.list(g.dst_names)
     known = set(srcs) | set(dsts)
 
-    def unknown(conv: str, node: str, role: str, valid: list[str]) -> ValueError:
+    def unknown(conv: str, node: str, role: str, valid: list[str]) -> FileFormatError:
         sample = ", ".join(valid[:6]) + (", …" if len(valid) > 6 else "")
-        return ValueError(
-            f"ground truth {conv!r} in {str(json_path)!r} names {role} {node!r}, which does not "
-            f"exist in this model's graph; valid {role} names: {sample} ({len(valid)} in all). "
-            "Fix the node name in model.json."
+        return file_error(
+            json_path,
+            f"ground truth {conv!r} names {role} {node!r}, which does not exist in this model's "
+            f"graph; valid {role} names: {sample} ({len(valid)} in all). Fix the node name in "
+            "model.json.",
         )
 
     for conv, gt in ground_truth.items():
@@ -395,8 +395,9 @@ def _validate_nodes(model, ground_truth: dict, json_path: Path) -> None:
             if d not in g.dst_index:
                 raise unknown(conv, d, "destination node", dsts)
             if not g.has_edge(s, d):
-                raise ValueError(
-                    f"ground truth {conv!r} in {str(json_path)!r} has edge {s}->{d}, which is not "
-                    f"an edge of this model's graph ({d} reads the residual stream before {s} "
-                    "writes to it). Fix the edge in model.json."
+                raise file_error(
+                    json_path,
+                    f"ground truth {conv!r} has edge {s}->{d}, which is not an edge of this "
+                    f"model's graph ({d} reads the residual stream before {s} writes to it). Fix "
+                    "the edge in model.json.",
                 )
