@@ -3,7 +3,7 @@ no import cycle, and a function-local import is only for an optional dependency,
 
 The layers, lowest first (docs/architecture.md draws them)::
 
-    errors, atomic → tasks → models → graph → zoo → engine → attribution → sae → circuit →
+    errors, atomic → tasks → models → graph → engine → zoo → attribution → sae → circuit →
     evaluation → hypothesis → export → cli
 """
 
@@ -16,7 +16,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "circuitgraph"
 LAYERS = [
-    ("errors", "atomic"), ("tasks",), ("models",), ("graph",), ("zoo",), ("engine",), ("attribution",), ("sae",),
+    ("errors", "atomic"), ("tasks",), ("models",), ("graph",), ("engine",), ("zoo",), ("attribution",), ("sae",),
     ("circuit",), ("evaluation",), ("hypothesis",), ("export",), ("cli",),
 ]
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
@@ -158,15 +158,16 @@ def test_function_local_imports_are_optional_dependencies_with_a_reason(module):
     lines = path.read_text().splitlines()
     tree = ast.parse("\n".join(lines))
     bad = []
-    for f in ast.walk(tree):
-        if not isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            continue
-        for node in ast.walk(f):
-            if not isinstance(node, (ast.Import, ast.ImportFrom)):
-                continue
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or "."]
-            roots = {n.split(".")[0] for n in names}
-            explained = any("#" in lines[i] for i in range(max(0, node.lineno - 2), node.end_lineno or node.lineno))
-            if not roots <= OPTIONAL or not explained:
-                bad.append(f"line {node.lineno}: {', '.join(names)}")
+    local = sorted({(n.lineno, n.end_lineno or n.lineno, n) for f in ast.walk(tree)
+                    if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+                    for n in ast.walk(f) if isinstance(n, (ast.Import, ast.ImportFrom))}, key=lambda t: t[0])
+    explained_until = -1  # last line of a run of consecutive imports that a comment explains
+    for start, end, node in local:
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or "."]
+        roots = {n.split(".")[0] for n in names}
+        # a comment on the statement or the line above it; or the statement continues an explained run
+        explained = any("#" in lines[i] for i in range(max(0, start - 2), end)) or explained_until == start - 1
+        explained_until = end if explained else -1
+        if not roots <= OPTIONAL or not explained:
+            bad.append(f"line {start}: {', '.join(names)}")
     assert bad == [], f"{module}: function-local imports must be optional dependencies with a comment"

@@ -45,7 +45,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from circuitgraph.attribution import METHODS as ATTRIBUTION_METHODS
-from circuitgraph.engine.activations import ABLATIONS  # TODO(core): circuitgraph.engine
+from circuitgraph.engine import ABLATIONS
 from circuitgraph.errors import ConfigError  # re-exported: ``circuitgraph.cli.config.ConfigError``
 from circuitgraph.tasks.metrics import METRICS as METRIC_FUNCTIONS
 

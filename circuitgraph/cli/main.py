@@ -41,7 +41,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 import circuitgraph as cg
-from circuitgraph import export
+from circuitgraph import export, zoo
 from circuitgraph.atomic import atomic_write
 from circuitgraph.attribution.diagnosis import zero_score_diagnosis
 from circuitgraph.circuit import Circuit, build_circuit
@@ -60,6 +60,7 @@ from circuitgraph.export.scores import SCORES_SCHEMA, read_scores, write_scores 
 from circuitgraph.hypothesis.caveats import hypothesis_unsupported, large_scrubbing_gap, scrubbing_caveat
 from circuitgraph.models import loading
 from circuitgraph.models.loading import load_local_model  # noqa: F401  (moved from this module; re-exported)
+from circuitgraph.sae import feature_labels, load_saes, zoo_saes
 from circuitgraph.tasks import Task
 
 log = logging.getLogger("circuitgraph")
@@ -391,9 +392,6 @@ def _write_exchange_formats(cfg: DictConfig, out: Path, circuit: Circuit, files:
 def _write_html(out: Path, ld: Loaded, graph, circuit: Circuit, title: str) -> None:
     info = None
     if graph.node_graph.sites:  # label feature nodes with their top-activating tokens
-        # circuitgraph.sae imports transformer_lens (seconds): only SAE graphs pay for it
-        from circuitgraph.sae import feature_labels
-
         info = feature_labels(ld.model, graph, ld.task)
     atomic_write(out / FILES["html"], lambda p: export.write_html(circuit, p, title=title, node_info=info))
 
@@ -413,15 +411,12 @@ def write_summary(out: Path, summary: dict, files: dict[str, str]) -> None:
 def build_graph(gcfg: DictConfig, model, entry, task: Task, device: torch.device) -> cg.Graph:
     """The run's graph: heads and MLPs, or neurons, token positions or SAE features (``graph.*``)."""
     if gcfg.saes is not None:
-        # circuitgraph.sae imports transformer_lens (seconds): only SAE graphs pay for it
-        from circuitgraph.sae import load_saes, zoo_saes
-
         saes = zoo_saes(entry.name, device=device) if gcfg.saes == "zoo" else \
             load_saes(Path(str(gcfg.saes)).expanduser(), device=device)
         if not saes:
             raise GraphError(f"graph.saes=zoo: the zoo model {entry.name!r} ships no SAEs (the induction model does)")
         features = int(gcfg.features) if str(gcfg.features).isdigit() else str(gcfg.features)
-        graph = cg.Graph.from_model(model, split_qkv=bool(gcfg.split_qkv), saes=saes, task=task, features=features)
+        graph = cg.feature_graph(model, saes, task, features=features, split_qkv=bool(gcfg.split_qkv))
         log.info("SAE sites: %s", ", ".join(f"{s.hook_name} ({len(s.features)} feature nodes)" for s in graph.sites))
         return graph
     if gcfg.positions:
@@ -451,12 +446,19 @@ def _seed(seed: int) -> None:
 
 
 def load_model(mcfg: DictConfig, device: torch.device) -> tuple[Any, Any, str]:
-    """``(model, zoo_entry_or_None, label)`` for a model config (after :func:`validate`); see
-    :func:`circuitgraph.models.loading.load_model`."""
-    return loading.load_model(
-        mcfg.source, name=mcfg.name, path=mcfg.path, device=device, dtype=mcfg.dtype,
-        fold_ln=bool(mcfg.fold_ln), center_writing_weights=bool(mcfg.center_writing_weights),
-        center_unembed=bool(mcfg.center_unembed))
+    """``(model, zoo_entry_or_None, label)`` for a model config (after :func:`validate`): a zoo
+    entry as shipped, or a pretrained / local model with the config's dtype and weight processing.
+    The label is the name, or for a local folder its name by default."""
+    if mcfg.source == "zoo":
+        entry = zoo.load(mcfg.name, device=device)
+        return entry.model, entry, mcfg.name
+    dtype = getattr(torch, mcfg.dtype)
+    processing = dict(fold_ln=bool(mcfg.fold_ln), center_writing_weights=bool(mcfg.center_writing_weights),
+                      center_unembed=bool(mcfg.center_unembed))
+    if mcfg.source == "pretrained":
+        return loading.load_pretrained(mcfg.name, device, dtype, **processing), None, mcfg.name
+    folder = Path(mcfg.path).expanduser().resolve()
+    return loading.load_local_model(folder, device, dtype, **processing), None, (mcfg.name or folder.name)
 
 
 def load_run_task(tcfg: DictConfig, model, entry) -> Task:

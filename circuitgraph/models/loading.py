@@ -1,5 +1,5 @@
-"""Loading the model to analyse: a zoo entry, a TransformerLens pretrained name, or a
-HuggingFace-format folder on disk (no network).
+"""Loading a model to analyse from outside the package: a TransformerLens pretrained name, or a
+HuggingFace-format folder on disk (no network). (Zoo models load with :func:`circuitgraph.zoo.load`.)
 
 transformer_lens and transformers are imported inside the loaders: importing them takes seconds,
 and code that only checks a configuration or reads result files should not pay for it.
@@ -12,36 +12,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from circuitgraph import zoo
-from circuitgraph.errors import ConfigError
 
 if TYPE_CHECKING:  # annotations only: the import itself is heavy
     from transformer_lens import HookedTransformer
-
-MODEL_SOURCES = ("zoo", "pretrained", "local")
-
-
-def load_model(source: str, *, name: str | None = None, path: str | Path | None = None,
-               device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32",
-               fold_ln: bool = True, center_writing_weights: bool = True,
-               center_unembed: bool = True) -> tuple[HookedTransformer, zoo.ZooModel | None, str]:
-    """``(model, zoo_entry_or_None, label)``: one call for the three places a model comes from,
-    so that a caller (the CLI, a script) picks the source by name instead of by code path.
-
-    ``dtype`` and the weight-processing flags apply to pretrained and local models; a zoo entry
-    is loaded as shipped. The label is ``name``, or for a local folder its name by default."""
-    if source == "zoo":
-        entry = zoo.load(name, device=device)
-        return entry.model, entry, name
-    processing = dict(fold_ln=fold_ln, center_writing_weights=center_writing_weights,
-                      center_unembed=center_unembed)
-    dt = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-    if source == "pretrained":
-        return load_pretrained(name, device, dt, **processing), None, name
-    if source == "local":
-        folder = Path(path).expanduser().resolve()
-        return load_local_model(folder, device, dt, **processing), None, (name or folder.name)
-    raise ConfigError(f"unknown model source {source!r}; choose one of {', '.join(MODEL_SOURCES)}")
 
 
 def load_pretrained(name: str, device: str | torch.device, dtype: torch.dtype, *, fold_ln: bool = True,

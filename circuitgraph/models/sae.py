@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from circuitgraph.atomic import atomic_write
@@ -278,9 +280,6 @@ def load_sae(folder: str | Path, device: str | torch.device | None = None) -> SA
 
     SAELens itself is not needed.  ``device`` defaults to CPU (the ``device`` key of the config is
     ignored: it records where the SAE was trained)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     folder = Path(folder)
     cfg_path, w_path = folder / CFG_FILE, folder / WEIGHTS_FILE
     if not folder.is_dir():
@@ -304,8 +303,6 @@ def load_sae(folder: str | Path, device: str | torch.device | None = None) -> SA
 
 def save_sae(sae: SAE, folder: str | Path) -> Path:
     """Write ``sae`` to ``folder`` in the SAELens format, each file atomically."""
-    from safetensors.torch import save_file
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     names = ["W_enc", "b_enc", "W_dec", "b_dec"] + (["threshold"] if sae.threshold is not None else [])

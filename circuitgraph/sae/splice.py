@@ -25,17 +25,23 @@ unedited features), ``sae.hook_sae_acts`` (feature activations) and ``sae.hook_s
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
-from transformer_lens.hook_points import HookPoint
 
 from circuitgraph.models.backend import as_backend
 from circuitgraph.models.sae import SAE, as_sae_list, is_z_hook, validate
+
+if TYPE_CHECKING:
+    from transformer_lens.hook_points import HookPoint
 
 __all__ = ["Splice", "splice", "splice_hooks"]
 
 
 def _ensure_sae_hooks(sae: SAE) -> None:
     """Give ``sae`` its hook points (idempotent; they are plain HookPoint modules)."""
+    from transformer_lens.hook_points import HookPoint  # heavy (seconds): only when a splice is built
+
     for name in ("hook_sae_input", "hook_sae_acts", "hook_sae_recon", "hook_sae_error"):
         if not isinstance(getattr(sae, name, None), HookPoint):
             hp = HookPoint()

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from circuitgraph.engine.activations import ABLATIONS  # TODO(core): circuitgraph.engine
+from circuitgraph.engine import ABLATIONS
 from circuitgraph.errors import CircuitGraphError, FileFormatError, file_error
 from circuitgraph.graph import Graph
 from circuitgraph.tasks import METRICS, Task
