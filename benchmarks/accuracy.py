@@ -51,6 +51,8 @@ def parse_method(spec: str, steps: int) -> tuple[str, int]:
     if name not in METHODS:
         raise SystemExit(f"unknown method {name!r}; choose from {METHODS} (eap-ig may carry ':steps')")
     return name, int(n) if n else steps
+
+
 NOISE = 1e-6  # relative |score| floor of the "floored" AUC column
 
 
@@ -117,8 +119,15 @@ def evaluate_method(entry, conv, gt, spec, args) -> dict:
     model = entry.model
     task = entry.tasks[gt.task]
     graph = cg.Graph.from_model(model)
-    row = {"model": entry.name, "convention": conv, "ablation": gt.ablation, "metric": task.metric_name,
-           "method": label, "n_gt_edges": len(gt.edges), "n_edges": graph.n_edges}
+    row = {
+        "model": entry.name,
+        "convention": conv,
+        "ablation": gt.ablation,
+        "metric": task.metric_name,
+        "method": label,
+        "n_gt_edges": len(gt.edges),
+        "n_edges": graph.n_edges,
+    }
     has_edges = bool(gt.edges)
     head_named = any(d not in graph.dst_index for _, d in gt.edges)
     levels = (["edge"] if has_edges and not head_named else []) + (["head"] if has_edges else []) + ["node"]
@@ -133,9 +142,12 @@ def evaluate_method(entry, conv, gt, spec, args) -> dict:
         t0 = time.perf_counter()
         circuits = acdc_sweep(model, graph, task, taus, ablation=gt.ablation, metric=metric, progress=False)
         row["seconds"] = time.perf_counter() - t0
-        row["acdc"] = {"metric": metric or task.metric_name, "thresholds": taus,
-                       "n_edges": [c.n_edges for c in circuits],
-                       "faithfulness": [c.faithfulness for c in circuits]}
+        row["acdc"] = {
+            "metric": metric or task.metric_name,
+            "thresholds": taus,
+            "n_edges": [c.n_edges for c in circuits],
+            "faithfulness": [c.faithfulness for c in circuits],
+        }
         for lv in levels:
             rocs[lv] = edge_roc(graph, circuits, gt, level=lv)
         rank = survival_rank(graph, circuits)
@@ -182,12 +194,16 @@ def evaluate_method(entry, conv, gt, spec, args) -> dict:
 
 
 def diagnostic_table(rows) -> str:
-    out = ["| model | ground truth | GT edges without a single-edge effect | method | edge AUC | edge AUC without them, noise floored |",
-           "|---|---|---|---|---|---|"]
+    out = [
+        "| model | ground truth | GT edges without a single-edge effect | method | edge AUC | edge AUC without them, noise floored |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
         if "auc_edge_detectable" in r:
-            out.append(f"| {r['model']} | {r['convention']} | {r['n_undetectable']} of {r['n_gt_edges']} | {r['method']} | "
-                       f"{fmt(r['auc_edge'])} | {fmt(r['auc_edge_detectable'])} |")
+            out.append(
+                f"| {r['model']} | {r['convention']} | {r['n_undetectable']} of {r['n_gt_edges']} | {r['method']} | "
+                f"{fmt(r['auc_edge'])} | {fmt(r['auc_edge_detectable'])} |"
+            )
     return "\n".join(out) if len(out) > 2 else ""
 
 
@@ -198,9 +214,11 @@ def fmt(x, nd=3) -> str:
 
 
 def table(rows) -> str:
-    out = ["| model | ground truth (ablation, metric) | method | edge AUC | edge AUC, noise floored | head AUC | "
-           "node AUC | R-prec | CPR ↑ | CMD ↓ | time s |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    out = [
+        "| model | ground truth (ablation, metric) | method | edge AUC | edge AUC, noise floored | head AUC | "
+        "node AUC | R-prec | CPR ↑ | CMD ↓ | time s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         out.append(
             f"| {r['model']} | {r['convention']} ({r['ablation']}, {r['metric']}) | {r['method']} | "
@@ -220,11 +238,15 @@ def summary(rows) -> list[str]:
             if not (a >= 0.99):
                 lines.append(f"- {r['model']} / {r['convention']} / {r['method']}: edge AUC {fmt(a)} < 0.99")
             elif not (f >= 0.99):
-                lines.append(f"- {r['model']} / {r['convention']} / {r['method']}: edge AUC {fmt(a)}, but only "
-                             f"{fmt(f)} once scores below 1e-6 × max are treated as 0 (float noise)")
+                lines.append(
+                    f"- {r['model']} / {r['convention']} / {r['method']}: edge AUC {fmt(a)}, but only "
+                    f"{fmt(f)} once scores below 1e-6 × max are treated as 0 (float noise)"
+                )
         if r["model"] == "induction" and r["method"].startswith("eap-ig") and not (r["r_precision"] >= 1.0):
-            lines.append(f"- induction / {r['convention']} / {r['method']}: the top-|GT| items are not all ground truth "
-                         f"(R-precision {fmt(r['r_precision'], 2)})")
+            lines.append(
+                f"- induction / {r['convention']} / {r['method']}: the top-|GT| items are not all ground truth "
+                f"(R-precision {fmt(r['r_precision'], 2)})"
+            )
     return lines
 
 
@@ -324,17 +346,25 @@ def plot(rows, path: Path) -> None:
             if math.isnan(roc["auc"]):
                 continue
             base = r["method"].split(" ")[0]
-            style = dict(marker="o" if base == "acdc" else None, markersize=3,
-                         ls=":" if "100 steps" in r["method"] else "-")
-            ax.plot(roc["fpr"], roc["tpr"], color=colors.get(base, "tab:gray"), lw=1.4, alpha=0.85,
-                    label=f"{r['method']} {roc['auc']:.3f}", **style)
+            style = dict(
+                marker="o" if base == "acdc" else None, markersize=3, ls=":" if "100 steps" in r["method"] else "-"
+            )
+            ax.plot(
+                roc["fpr"],
+                roc["tpr"],
+                color=colors.get(base, "tab:gray"),
+                lw=1.4,
+                alpha=0.85,
+                label=f"{r['method']} {roc['auc']:.3f}",
+                **style,
+            )
         ax.plot([0, 1], [0, 1], color="0.8", lw=0.8, ls="--")
         ax.set_title(f"{model} / {conv} ({level})", fontsize=8)
         ax.set_xlim(-0.02, 1.02)
         ax.set_ylim(-0.02, 1.02)
         ax.tick_params(labelsize=7)
         ax.legend(fontsize=6, loc="lower right")
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     fig.supxlabel("false positive rate", fontsize=9)
     fig.supylabel("true positive rate", fontsize=9)
@@ -346,8 +376,12 @@ def plot(rows, path: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", nargs="*", default=None, help="zoo entries (default: all)")
-    ap.add_argument("--methods", nargs="*", default=list(DEFAULT_METHODS),
-                    help="eap, eap-ig[:steps], exact, acdc (default: %(default)s)")
+    ap.add_argument(
+        "--methods",
+        nargs="*",
+        default=list(DEFAULT_METHODS),
+        help="eap, eap-ig[:steps], exact, acdc (default: %(default)s)",
+    )
     ap.add_argument("--steps", type=int, default=10, help="EAP-IG steps when a method names none")
     ap.add_argument("--acdc-thresholds", type=int, default=10, help="ACDC sweep size (log-spaced)")
     ap.add_argument("--threads", type=int, default=1)
@@ -367,33 +401,45 @@ def main() -> None:
             for method in args.methods:
                 r = evaluate_method(entry, conv, gt, method, args)
                 rows.append(r)
-                print(f"{name:20s} {conv:10s} {method:7s} edge {fmt(r['auc_edge'])} (floored {fmt(r['auc_edge_floored'])}) "
-                      f"head {fmt(r['auc_head'])} node {fmt(r['auc_node'])} R-prec {fmt(r['r_precision'], 2)} "
-                      f"CPR {fmt(r['cpr'])} CMD {fmt(r['cmd'])} {r['seconds']:.2f}s", flush=True)
+                print(
+                    f"{name:20s} {conv:10s} {method:7s} edge {fmt(r['auc_edge'])} (floored {fmt(r['auc_edge_floored'])}) "
+                    f"head {fmt(r['auc_head'])} node {fmt(r['auc_node'])} R-prec {fmt(r['r_precision'], 2)} "
+                    f"CPR {fmt(r['cpr'])} CMD {fmt(r['cmd'])} {r['seconds']:.2f}s",
+                    flush=True,
+                )
     total = time.perf_counter() - t_all
     print(f"total {total:.1f}s")
     cmd = "python benchmarks/accuracy.py " + " ".join(sys.argv[1:])
     findings = summary(rows)
-    text = "\n".join([
-        SECTION, "",
-        f"Command: `.venv/bin/{cmd.strip()}` ({datetime.date.today()}, {platform.machine()} CPU, "
-        f"{args.threads} thread, load average {os.getloadavg()[0]:.1f}; whole run {total:.0f} s). "
-        f"EAP-IG runs with the step counts named in its rows; ACDC sweeps {args.acdc_thresholds} thresholds log-spaced over "
-        "10⁻⁴…1 × the loss gap between the empty circuit and the full model. Figure: `benchmarks/roc.png` "
-        "(each panel at the finest level its ground truth has).", "",
-        table(rows), "",
-        "Rows below the issue's expectations (exact and EAP-IG edge AUC ≥ 0.99 on tracr; EAP-IG ranking the "
-        "induction ground truth at the top):", "",
-        *(findings or ["- none"]), "",
-        "Diagnostic (not a headline figure): the zoo's structural `rasp_graph` ground truths keep every edge "
-        "of the compiled RASP program, including edges the zoo itself lists under "
-        "`evidence.no_single_edge_effect_on_task` (zero-ablating them alone leaves the output unchanged on "
-        "this dataset; the effect-based `zero` convention leaves them out). Any method that scores an edge by "
-        "the effect of removing it ties them with the true negatives. Dropping those edges from the items "
-        "(neither positive nor negative) gives:", "",
-        diagnostic_table(rows), "",
-        NOTES,
-    ])
+    text = "\n".join(
+        [
+            SECTION,
+            "",
+            f"Command: `.venv/bin/{cmd.strip()}` ({datetime.date.today()}, {platform.machine()} CPU, "
+            f"{args.threads} thread, load average {os.getloadavg()[0]:.1f}; whole run {total:.0f} s). "
+            f"EAP-IG runs with the step counts named in its rows; ACDC sweeps {args.acdc_thresholds} thresholds log-spaced over "
+            "10⁻⁴…1 × the loss gap between the empty circuit and the full model. Figure: `benchmarks/roc.png` "
+            "(each panel at the finest level its ground truth has).",
+            "",
+            table(rows),
+            "",
+            "Rows below the issue's expectations (exact and EAP-IG edge AUC ≥ 0.99 on tracr; EAP-IG ranking the "
+            "induction ground truth at the top):",
+            "",
+            *(findings or ["- none"]),
+            "",
+            "Diagnostic (not a headline figure): the zoo's structural `rasp_graph` ground truths keep every edge "
+            "of the compiled RASP program, including edges the zoo itself lists under "
+            "`evidence.no_single_edge_effect_on_task` (zero-ablating them alone leaves the output unchanged on "
+            "this dataset; the effect-based `zero` convention leaves them out). Any method that scores an edge by "
+            "the effect of removing it ties them with the true negatives. Dropping those edges from the items "
+            "(neither positive nor negative) gives:",
+            "",
+            diagnostic_table(rows),
+            "",
+            NOTES,
+        ]
+    )
     if args.write:
         write_section(HERE / "RESULTS.md", text)
     else:

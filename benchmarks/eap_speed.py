@@ -41,9 +41,19 @@ def main() -> None:
 
     import circuitgraph as cg
 
-    cfg = HookedTransformerConfig(n_layers=12, d_model=768, n_heads=12, d_head=64, d_mlp=3072, n_ctx=1024,
-                                  d_vocab=50257, act_fn="gelu_new", normalization_type="LN",
-                                  device=args.device, seed=0)
+    cfg = HookedTransformerConfig(
+        n_layers=12,
+        d_model=768,
+        n_heads=12,
+        d_head=64,
+        d_mlp=3072,
+        n_ctx=1024,
+        d_vocab=50257,
+        act_fn="gelu_new",
+        normalization_type="LN",
+        device=args.device,
+        seed=0,
+    )
     model = HookedTransformer(cfg).eval()
     g = torch.Generator().manual_seed(0)
     clean = torch.randint(0, cfg.d_vocab, (args.batch, args.seq), generator=g).to(args.device)
@@ -95,8 +105,11 @@ def main() -> None:
         eaps.append(eap())
         floors_w.append(floor(True))
     f, e, fw = statistics.median(floors), statistics.median(eaps), statistics.median(floors_w)
-    print(f"device={args.device} threads={args.threads} batch={args.batch}x{args.seq} edges={graph.n_edges} "
-          f"method={args.method} repeats={args.repeats}", file=sys.stderr)
+    print(
+        f"device={args.device} threads={args.threads} batch={args.batch}x{args.seq} edges={graph.n_edges} "
+        f"method={args.method} repeats={args.repeats}",
+        file=sys.stderr,
+    )
     print(f"floor_with_weight_grads_s={fw:.3f} (for reference)", file=sys.stderr)
     print(f"eap_s={e:.3f} floor_s={f:.3f} ratio_to_floor={e / f:.3f} peak_rss_gb={peak_rss_gb():.2f}")
 

@@ -84,16 +84,38 @@ def mean_l0(model, saes: list, task) -> list[float]:
     return [round(float(torch.cat(counts[s.hook_name]).mean()), 1) for s in saes]
 
 
-def run_one(granularity: str, features: str, l0: float, spread: float, device: str, threads: int, batch: int,
-            seq: int, eap_batch: int | None, scores_dtype: str = "float32", patch: bool = False) -> dict:
+def run_one(
+    granularity: str,
+    features: str,
+    l0: float,
+    spread: float,
+    device: str,
+    threads: int,
+    batch: int,
+    seq: int,
+    eap_batch: int | None,
+    scores_dtype: str = "float32",
+    patch: bool = False,
+) -> dict:
     torch.set_num_threads(threads)
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
     import circuitgraph as cg
     from circuitgraph.engine.batching import auto_batch_size
 
-    cfg = HookedTransformerConfig(n_layers=12, d_model=768, n_heads=12, d_head=64, d_mlp=3072, n_ctx=1024,
-                                  d_vocab=50257, act_fn="gelu_new", normalization_type="LN", device=device, seed=0)
+    cfg = HookedTransformerConfig(
+        n_layers=12,
+        d_model=768,
+        n_heads=12,
+        d_head=64,
+        d_mlp=3072,
+        n_ctx=1024,
+        d_vocab=50257,
+        act_fn="gelu_new",
+        normalization_type="LN",
+        device=device,
+        seed=0,
+    )
     model = HookedTransformer(cfg).eval()
     g = torch.Generator().manual_seed(0)
     clean = torch.randint(0, cfg.d_vocab, (batch, seq), generator=g).to(device)
@@ -109,8 +131,15 @@ def run_one(granularity: str, features: str, l0: float, spread: float, device: s
         graph = cg.Graph.from_model(model, neurons=(granularity == "neurons") or None)
     build_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    cg.attribute(model, graph, task, method="eap", batch_size=eap_batch, progress=False,
-                 scores_dtype=getattr(torch, scores_dtype))
+    cg.attribute(
+        model,
+        graph,
+        task,
+        method="eap",
+        batch_size=eap_batch,
+        progress=False,
+        scores_dtype=getattr(torch, scores_dtype),
+    )
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     eap_s = time.perf_counter() - t0
@@ -119,45 +148,104 @@ def run_one(granularity: str, features: str, l0: float, spread: float, device: s
         t0 = time.perf_counter()
         faith = cg.faithfulness(model, graph, task, cg.top_n(graph, 1000))
         patched = {"patch_s": round(time.perf_counter() - t0, 2), "top1000_faithfulness": round(faith, 4)}
-    out = {"granularity": granularity, "nodes": graph.n_src + 1, "sources": graph.n_src, "destinations": graph.n_dst,
-           "edges": graph.n_edges, "build_s": round(build_s, 2), "eap_s": round(eap_s, 2),
-           **patched, "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 2),
-           "batch": f"{batch}x{seq}", "eap_batch": eap_batch or auto_batch_size(graph, task, lowrank=True),
-           "scores_dtype": scores_dtype, "device": device, "threads": threads}
+    out = {
+        "granularity": granularity,
+        "nodes": graph.n_src + 1,
+        "sources": graph.n_src,
+        "destinations": graph.n_dst,
+        "edges": graph.n_edges,
+        "build_s": round(build_s, 2),
+        "eap_s": round(eap_s, 2),
+        **patched,
+        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 2),
+        "batch": f"{batch}x{seq}",
+        "eap_batch": eap_batch or auto_batch_size(graph, task, lowrank=True),
+        "scores_dtype": scores_dtype,
+        "device": device,
+        "threads": threads,
+    }
     if saes:
         sizes = [len(site.features) for site in graph.sites]
-        out.update(features=features, n_features=sum(sizes), site_features="/".join(map(str, sizes)),
-                   l0="/".join(map(str, mean_l0(model, saes, task))))
+        out.update(
+            features=features,
+            n_features=sum(sizes),
+            site_features="/".join(map(str, sizes)),
+            l0="/".join(map(str, mean_l0(model, saes, task))),
+        )
     return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--granularity", nargs="+", default=["nodes", "neurons", "sae"],
-                    choices=["nodes", "neurons", "sae"])
-    ap.add_argument("--features", nargs="+", default=["active", "2048"],
-                    help="sae only: which features become nodes ('active', 'all' or k per site); one run each")
+    ap.add_argument(
+        "--granularity", nargs="+", default=["nodes", "neurons", "sae"], choices=["nodes", "neurons", "sae"]
+    )
+    ap.add_argument(
+        "--features",
+        nargs="+",
+        default=["active", "2048"],
+        help="sae only: which features become nodes ('active', 'all' or k per site); one run each",
+    )
     ap.add_argument("--l0", type=float, default=32.0, help="sae only: target mean active features per token")
-    ap.add_argument("--spread", type=float, default=0.75,
-                    help="sae only: σ of log10 feature firing frequency (0: every feature fires equally often)")
+    ap.add_argument(
+        "--spread",
+        type=float,
+        default=0.75,
+        help="sae only: σ of log10 feature firing frequency (0: every feature fires equally often)",
+    )
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=16)
     ap.add_argument("--eap-batch", type=int, help="examples per EAP chunk (default: the engine's auto_batch_size)")
-    ap.add_argument("--scores-dtype", default="float32", choices=["float32", "bfloat16"],
-                    help="dtype of the [n_src, n_dst] score matrix (bfloat16 halves it)")
-    ap.add_argument("--patch", action="store_true",
-                    help="also measure the top 1,000 edges' faithfulness by patched forwards (patch_s)")
+    ap.add_argument(
+        "--scores-dtype",
+        default="float32",
+        choices=["float32", "bfloat16"],
+        help="dtype of the [n_src, n_dst] score matrix (bfloat16 halves it)",
+    )
+    ap.add_argument(
+        "--patch",
+        action="store_true",
+        help="also measure the top 1,000 edges' faithfulness by patched forwards (patch_s)",
+    )
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        print(json.dumps(run_one(args.one, args.features[0], args.l0, args.spread, args.device, args.threads,
-                                 args.batch, args.seq, args.eap_batch, args.scores_dtype, args.patch)))
+        print(
+            json.dumps(
+                run_one(
+                    args.one,
+                    args.features[0],
+                    args.l0,
+                    args.spread,
+                    args.device,
+                    args.threads,
+                    args.batch,
+                    args.seq,
+                    args.eap_batch,
+                    args.scores_dtype,
+                    args.patch,
+                )
+            )
+        )
         return
-    common = ["--l0", str(args.l0), "--spread", str(args.spread), "--device", args.device,
-              "--threads", str(args.threads), "--batch", str(args.batch), "--seq", str(args.seq),
-              "--scores-dtype", args.scores_dtype] + (["--patch"] if args.patch else [])
+    common = [
+        "--l0",
+        str(args.l0),
+        "--spread",
+        str(args.spread),
+        "--device",
+        args.device,
+        "--threads",
+        str(args.threads),
+        "--batch",
+        str(args.batch),
+        "--seq",
+        str(args.seq),
+        "--scores-dtype",
+        args.scores_dtype,
+    ] + (["--patch"] if args.patch else [])
     common += ["--eap-batch", str(args.eap_batch)] if args.eap_batch else []
     for gran, features in [(g, f) for g in args.granularity for f in (args.features if g == "sae" else [None])]:
         extra = ["--features", features] if features else []

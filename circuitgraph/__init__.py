@@ -1,9 +1,9 @@
 """circuitgraph: causal-graph circuit discovery for TransformerLens models.
 
-    g = Graph.from_model(model)
-    attribute(model, g, task, method="eap-ig")
-    c = minimal_circuit(model, g, task, target=0.9)
-    c.save("circuit.json"); Circuit.load("circuit.json", model)
+g = Graph.from_model(model)
+attribute(model, g, task, method="eap-ig")
+c = minimal_circuit(model, g, task, target=0.9)
+c.save("circuit.json"); Circuit.load("circuit.json", model)
 """
 
 import warnings
@@ -24,6 +24,28 @@ from circuitgraph.tasks import Task, load_task  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = [
-    "Graph", "PositionalGraph", "feature_graph", "top_neurons", "CircuitGraphError", "Task", "write_html", "Hypothesis", "Interpretation", "Correspondence", "scrub", "load_task", "attribute", "METHODS", "Ablation", "Circuit", "minimal_circuit", "acdc",
-    "top_n", "threshold", "prune", "evaluate", "faithfulness", "faithfulness_curve",
+    "Graph",
+    "PositionalGraph",
+    "feature_graph",
+    "top_neurons",
+    "CircuitGraphError",
+    "Task",
+    "write_html",
+    "Hypothesis",
+    "Interpretation",
+    "Correspondence",
+    "scrub",
+    "load_task",
+    "attribute",
+    "METHODS",
+    "Ablation",
+    "Circuit",
+    "minimal_circuit",
+    "acdc",
+    "top_n",
+    "threshold",
+    "prune",
+    "evaluate",
+    "faithfulness",
+    "faithfulness_curve",
 ]

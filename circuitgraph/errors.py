@@ -44,6 +44,12 @@ def file_error(source: str | Path, msg: str, kind: type[FileFormatError] = FileF
 
 
 __all__ = [
-    "CircuitGraphError", "ConfigError", "TaskError", "GraphError", "ModelUnsupportedError",
-    "FileFormatError", "HypothesisError", "file_error",
+    "CircuitGraphError",
+    "ConfigError",
+    "TaskError",
+    "GraphError",
+    "ModelUnsupportedError",
+    "FileFormatError",
+    "HypothesisError",
+    "file_error",
 ]

@@ -35,8 +35,16 @@ def main() -> None:
     a = ap.parse_args()
     out = Path(a.out) if a.out else Path(tempfile.mkdtemp(prefix="circuitgraph-sweep-"))
 
-    cmd = [sys.executable, "-m", "circuitgraph", "-m", f"method={a.methods}",
-           f"circuit.target={a.targets}", f"hydra.sweep.dir={out}", "progress=false"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "circuitgraph",
+        "-m",
+        f"method={a.methods}",
+        f"circuit.target={a.targets}",
+        f"hydra.sweep.dir={out}",
+        "progress=false",
+    ]
     if a.quick:
         cmd += ["task.limit=16", "export=minimal"]
     if a.parallel:
@@ -47,12 +55,23 @@ def main() -> None:
     rows = compare_runs(out)
     print()
     print(format_table(rows, sort="faithfulness"))
-    best = min((r for r in rows if r["status"] == "ok" and r["faithfulness"] is not None
-                and r["target"] is not None and r["faithfulness"] >= r["target"]),
-               key=lambda r: r["edges_kept"], default=None)
+    best = min(
+        (
+            r
+            for r in rows
+            if r["status"] == "ok"
+            and r["faithfulness"] is not None
+            and r["target"] is not None
+            and r["faithfulness"] >= r["target"]
+        ),
+        key=lambda r: r["edges_kept"],
+        default=None,
+    )
     if best:
-        print(f"\nsmallest circuit that reached its target: run {best['run']} "
-              f"({best['method']}, {best['edges_kept']} edges, faithfulness {best['faithfulness']:.3f})")
+        print(
+            f"\nsmallest circuit that reached its target: run {best['run']} "
+            f"({best['method']}, {best['edges_kept']} edges, faithfulness {best['faithfulness']:.3f})"
+        )
 
 
 if __name__ == "__main__":

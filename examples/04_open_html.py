@@ -40,7 +40,9 @@ def main() -> None:
     circuit = cg.minimal_circuit(model, graph, task, target=0.9, method="eap")
 
     out = Path(a.out) if a.out else Path(tempfile.mkdtemp(prefix="circuitgraph-html-")) / "graph.html"
-    path = write_html(circuit, out, title=f"{entry.name}: {circuit.n_edges} edges, faithfulness {circuit.faithfulness:.3f}")
+    path = write_html(
+        circuit, out, title=f"{entry.name}: {circuit.n_edges} edges, faithfulness {circuit.faithfulness:.3f}"
+    )
     print(f"graph.html: {Path(path).resolve()}")
     if not a.no_browser and display_available():
         webbrowser.open(Path(path).resolve().as_uri())

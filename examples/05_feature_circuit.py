@@ -53,14 +53,20 @@ def main() -> None:
     for i in into_k.topk(5).indices.tolist():
         name = graph.src_names[i]
         top = labels.get(name, {}).get("top_tokens", [])[:3]
-        print(f"  {name:22s} score {graph.scores[i, graph.dst('a1.h3.k')]:+.3f}  top tokens:",
-              ", ".join(f"{t['context']} ({t['activation']:.2f})" for t in top) or "-")
+        print(
+            f"  {name:22s} score {graph.scores[i, graph.dst('a1.h3.k')]:+.3f}  top tokens:",
+            ", ".join(f"{t['context']} ({t['activation']:.2f})" for t in top) or "-",
+        )
 
     out = Path(a.out) if a.out else Path(tempfile.mkdtemp(prefix="circuitgraph-features-"))
     out.mkdir(parents=True, exist_ok=True)
     circuit.save(out / "circuit.json")
-    html = write_html(circuit, out / "graph.html", node_info=labels,
-                      title=f"induction + SAEs: {circuit.n_edges} edges, faithfulness {again:.3f}")
+    html = write_html(
+        circuit,
+        out / "graph.html",
+        node_info=labels,
+        title=f"induction + SAEs: {circuit.n_edges} edges, faithfulness {again:.3f}",
+    )
     print(f"circuit.json: {(out / 'circuit.json').resolve()}")
     print(f"graph.html: {Path(html).resolve()}")
 

@@ -10,8 +10,19 @@ torch.set_num_threads(1)
 
 
 def tiny_model(seed: int = 0, **overrides) -> HookedTransformer:
-    cfg = dict(n_layers=2, d_model=16, n_ctx=12, d_head=4, n_heads=3, d_vocab=23, act_fn="gelu",
-               d_mlp=32, seed=seed, normalization_type="LN", device="cpu")
+    cfg = dict(
+        n_layers=2,
+        d_model=16,
+        n_ctx=12,
+        d_head=4,
+        n_heads=3,
+        d_vocab=23,
+        act_fn="gelu",
+        d_mlp=32,
+        seed=seed,
+        normalization_type="LN",
+        device="cpu",
+    )
     cfg.update(overrides)
     model = HookedTransformer(HookedTransformerConfig(**cfg))
     # Random init leaves LN weights at 1 and biases at 0; perturb them so the tests exercise them.

@@ -61,10 +61,21 @@ def test_zero_ablation_absolute_rule(setup):
     model, task = setup
     graph = Graph.from_model(model)
     c = acdc(model, graph, task, threshold=0.1, ablation="zero", metric=None, absolute=True, progress=False)
-    assert torch.equal(c.mask, strict_acdc(model, graph, task, 0.1, metric=None, sign=-1.0, ablation="zero", absolute=True))
+    assert torch.equal(
+        c.mask, strict_acdc(model, graph, task, 0.1, metric=None, sign=-1.0, ablation="zero", absolute=True)
+    )
     assert c.metadata["ablation"]["kind"] == "zero"
-    raw = acdc(model, graph, task, threshold=0.1, ablation="zero", metric=None, absolute=True,
-               prune_result=False, progress=False)
+    raw = acdc(
+        model,
+        graph,
+        task,
+        threshold=0.1,
+        ablation="zero",
+        metric=None,
+        absolute=True,
+        prune_result=False,
+        progress=False,
+    )
     assert torch.equal(prune(graph, raw.mask), c.mask)
     assert raw.n_edges == c.n_edges + c.figures["edges_dropped_by_prune"]
 
@@ -119,8 +130,19 @@ def planted_model() -> HookedTransformer:
     ignores them). Only a0.h0 reaches the output: it averages the visible token embedding over
     the prefix (uniform attention: W_Q = W_K = 0) and writes it back to the visible dims. a0.h1
     writes hidden dims, a1.h0 reads and writes hidden dims, a1.h1 has W_O = 0."""
-    cfg = HookedTransformerConfig(n_layers=2, d_model=8, d_head=4, n_heads=2, d_vocab=10, n_ctx=8,
-                                  attn_only=True, normalization_type=None, act_fn="relu", seed=0, device="cpu")
+    cfg = HookedTransformerConfig(
+        n_layers=2,
+        d_model=8,
+        d_head=4,
+        n_heads=2,
+        d_vocab=10,
+        n_ctx=8,
+        attn_only=True,
+        normalization_type=None,
+        act_fn="relu",
+        seed=0,
+        device="cpu",
+    )
     m = HookedTransformer(cfg)
     g = torch.Generator().manual_seed(0)
     eye = torch.eye(4)
@@ -150,7 +172,8 @@ def test_recovers_a_planted_circuit():
     assert c.faithfulness == pytest.approx(1.0, abs=1e-4)
     # a1.* and a0.h1 lose their way to the logits, so their inputs are pruned without a test
     assert c.figures["edges_pruned_untested"] == sum(
-        int(graph.valid[:, graph.dst(f"a{L}.h{h}.{x}")].sum()) for L, h in [(1, 0), (1, 1), (0, 1)] for x in "qkv")
+        int(graph.valid[:, graph.dst(f"a{L}.h{h}.{x}")].sum()) for L, h in [(1, 0), (1, 1), (0, 1)] for x in "qkv"
+    )
 
 
 def test_bad_threshold(setup):

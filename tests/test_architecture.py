@@ -16,13 +16,34 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "circuitgraph"
 LAYERS = [
-    ("errors", "atomic"), ("tasks",), ("models",), ("graph",), ("engine",), ("zoo",), ("attribution",), ("sae",),
-    ("circuit",), ("evaluation",), ("hypothesis",), ("export",), ("cli",),
+    ("errors", "atomic"),
+    ("tasks",),
+    ("models",),
+    ("graph",),
+    ("engine",),
+    ("zoo",),
+    ("attribution",),
+    ("sae",),
+    ("circuit",),
+    ("evaluation",),
+    ("hypothesis",),
+    ("export",),
+    ("cli",),
 ]
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 # Third-party modules a function may import lazily: optional extras, or heavy and rarely needed.
-OPTIONAL = {"matplotlib", "sae_lens", "hydra_plugins", "submitit", "ray", "webbrowser", "pyvis", "transformer_lens",
-            "transformers", "tokenizers"}
+OPTIONAL = {
+    "matplotlib",
+    "sae_lens",
+    "hydra_plugins",
+    "submitit",
+    "ray",
+    "webbrowser",
+    "pyvis",
+    "transformer_lens",
+    "transformers",
+    "tokenizers",
+}
 
 
 def _modules() -> dict[str, Path]:
@@ -55,8 +76,13 @@ def _imports() -> dict[str, list[tuple[str, ast.stmt, bool]]]:
     out: dict[str, list[tuple[str, ast.stmt, bool]]] = {}
     for module, path in MODULES.items():
         tree = ast.parse(path.read_text(), str(path))
-        local = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
-                 for n in ast.walk(f) if isinstance(n, (ast.Import, ast.ImportFrom))}
+        local = {
+            id(n)
+            for f in ast.walk(tree)
+            if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+            for n in ast.walk(f)
+            if isinstance(n, (ast.Import, ast.ImportFrom))
+        }
         found = []
         for node in ast.walk(tree):
             if isinstance(node, (ast.Import, ast.ImportFrom)):
@@ -158,9 +184,16 @@ def test_function_local_imports_are_optional_dependencies_with_a_reason(module):
     lines = path.read_text().splitlines()
     tree = ast.parse("\n".join(lines))
     bad = []
-    local = sorted({(n.lineno, n.end_lineno or n.lineno, n) for f in ast.walk(tree)
-                    if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
-                    for n in ast.walk(f) if isinstance(n, (ast.Import, ast.ImportFrom))}, key=lambda t: t[0])
+    local = sorted(
+        {
+            (n.lineno, n.end_lineno or n.lineno, n)
+            for f in ast.walk(tree)
+            if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+            for n in ast.walk(f)
+            if isinstance(n, (ast.Import, ast.ImportFrom))
+        },
+        key=lambda t: t[0],
+    )
     explained_until = -1  # last line of a run of consecutive imports that a comment explains
     for start, end, node in local:
         names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or "."]

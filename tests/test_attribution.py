@@ -19,6 +19,7 @@ def naive_eap(model, graph, task):
     """EAP edge by edge from TransformerLens's own split-input hooks and autograd (slow, obvious)."""
     set_flags(model, True)
     try:
+
         def sources(tokens):
             _, cache = model.run_with_cache(tokens)
             out = {"input": cache["blocks.0.hook_resid_pre"]}
@@ -35,10 +36,13 @@ def naive_eap(model, graph, task):
         def keep(name):
             def hook(g, hook):
                 grads[name] = g.detach()
+
             return hook
 
         bwd = [(f"blocks.{L}.hook_{x}_input", keep(f"{L}{x}")) for L in range(model.cfg.n_layers) for x in "qkv"]
-        bwd += [(f"blocks.{L}.hook_mlp_in", keep(f"{L}m")) for L in range(model.cfg.n_layers) if not model.cfg.attn_only]
+        bwd += [
+            (f"blocks.{L}.hook_mlp_in", keep(f"{L}m")) for L in range(model.cfg.n_layers) if not model.cfg.attn_only
+        ]
         bwd += [(f"blocks.{model.cfg.n_layers - 1}.hook_resid_post", keep("logits"))]
         with model.hooks(bwd_hooks=bwd):
             task.score(model(task.clean)).mean().backward()
@@ -58,15 +62,18 @@ def naive_eap(model, graph, task):
         set_flags(model, False)
 
 
-@pytest.mark.parametrize("overrides", [
-    {},
-    {"normalization_type": "LNPre"},
-    {"normalization_type": "RMS"},
-    {"normalization_type": None},
-    {"attn_only": True},
-    {"positional_embedding_type": "rotary", "rotary_dim": 4},
-    {"attention_dir": "bidirectional"},
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"normalization_type": "LNPre"},
+        {"normalization_type": "RMS"},
+        {"normalization_type": None},
+        {"attn_only": True},
+        {"positional_embedding_type": "rotary", "rotary_dim": 4},
+        {"attention_dir": "bidirectional"},
+    ],
+)
 def test_eap_matches_naive_autograd(overrides):
     model = tiny_model(**overrides)
     task = tiny_task(model)

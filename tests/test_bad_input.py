@@ -9,7 +9,11 @@ from circuitgraph import Graph, Task, attribute, load_task
 
 def test_mismatched_clean_corrupted_lengths():
     with pytest.raises(ValueError, match="pair up example by example"):
-        Task(clean=torch.zeros(3, 5, dtype=torch.long), corrupted=torch.zeros(3, 6, dtype=torch.long), answer=torch.zeros(3, dtype=torch.long))
+        Task(
+            clean=torch.zeros(3, 5, dtype=torch.long),
+            corrupted=torch.zeros(3, 6, dtype=torch.long),
+            answer=torch.zeros(3, dtype=torch.long),
+        )
 
 
 def test_empty_task():
@@ -92,14 +96,18 @@ def test_task_file_errors(tmp_path):
     with pytest.raises(ValueError, match="lacks column"):
         load_task(p)
     q = tmp_path / "t.csv"
-    q.write_text("clean,corrupted,answer,wrong\n\"[1,2,3]\",\"[3,2,1]\",4,5\n")
+    q.write_text('clean,corrupted,answer,wrong\n"[1,2,3]","[3,2,1]",4,5\n')
     t = load_task(q)
     assert t.clean.tolist() == [[1, 2, 3]] and t.answer.tolist() == [4]
 
 
 def test_padded_prompts_read_at_their_own_last_token():
-    model = tiny_model()
     clean = torch.tensor([[1, 2, 3, 0], [4, 5, 6, 7]])
-    t = Task(clean=clean, corrupted=clean.flip(1), answer=torch.tensor([1, 2]), wrong=torch.tensor([3, 4]),
-             attention_mask=torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]]))
+    t = Task(
+        clean=clean,
+        corrupted=clean.flip(1),
+        answer=torch.tensor([1, 2]),
+        wrong=torch.tensor([3, 4]),
+        attention_mask=torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]]),
+    )
     assert t.read_mask.nonzero().tolist() == [[0, 2], [1, 3]]

@@ -79,8 +79,16 @@ def test_default_run_writes_every_file(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert f"graph.html: {(out / 'graph.html').resolve()}" in printed
 
-    for f in ("circuit.json", "circuit.safetensors", "scores.safetensors", "graph.html",
-              "faithfulness.png", "summary.json", ".hydra/config.yaml", ".hydra/overrides.yaml"):
+    for f in (
+        "circuit.json",
+        "circuit.safetensors",
+        "scores.safetensors",
+        "graph.html",
+        "faithfulness.png",
+        "summary.json",
+        ".hydra/config.yaml",
+        ".hydra/overrides.yaml",
+    ):
         assert (out / f).is_file(), f
     assert leftovers(out) == []
 
@@ -129,8 +137,9 @@ def test_default_run_writes_every_file(tmp_path, capsys):
 
 def test_multirun_two_methods_and_compare_table(tmp_path, capsys):
     sweep = tmp_path / "sweep"
-    cli.main(["-m", "method=eap,eap-ig", f"hydra.sweep.dir={sweep}", "task.limit=8",
-              "export=minimal", "progress=false"])
+    cli.main(
+        ["-m", "method=eap,eap-ig", f"hydra.sweep.dir={sweep}", "task.limit=8", "export=minimal", "progress=false"]
+    )
     runs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
     assert runs == ["0", "1"]
     for r in runs:
@@ -157,23 +166,26 @@ def test_multirun_two_methods_and_compare_table(tmp_path, capsys):
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("args, code, needles", [
-    (["method=eapx"], 1, ["method/eapx", "eap-ig", "exact", "acdc"]),  # Hydra lists the options
-    (["method.name=eapx"], 2, ["unknown method", "eap-ig", "exact", "acdc"]),
-    (["circuit.taget=0.8"], 2, ["circuit.taget", "Did you mean 'target'", "Valid keys of circuit"]),
-    (["sed=3"], 2, ["'sed'", "Did you mean 'seed'", "Valid top-level keys"]),
-    (["circuit.target=-0.5"], 2, ["circuit.target", "-0.5"]),
-    (["model=tracr_revers"], 1, ["model/tracr_revers", "tracr_reverse"]),
-    (["model=zoo", "model.name=inductoin"], 2, ["unknown zoo model", "Did you mean 'induction'"]),
-    (["task.name=nope"], 2, ["no task 'nope'", "induction"]),
-    (["model=pretrained"], 2, ["model.name"]),
-    (["model=pretrained", "model.name=gpt2"], 2, ["task=file"]),  # no built-in task
-    (["device=cuda:7"] if not torch.cuda.is_available() else ["device=tpu"], 2, ["device"]),
-    (["graph.neurons=true", "graph.saes=zoo"], 2, ["graph.neurons and graph.saes", "cannot be combined"]),
-    (["graph.saes=/no/such/folder"], 2, ["graph.saes=/no/such/folder", "no such folder"]),
-    (["graph.saes=zoo", "graph.features=most"], 2, ["graph.features", "active, all"]),
-    (["graph.saes=zoo", "method=eap-ig-activations"], 2, ["eap-ig-activations", "method=eap-ig"]),
-])
+@pytest.mark.parametrize(
+    "args, code, needles",
+    [
+        (["method=eapx"], 1, ["method/eapx", "eap-ig", "exact", "acdc"]),  # Hydra lists the options
+        (["method.name=eapx"], 2, ["unknown method", "eap-ig", "exact", "acdc"]),
+        (["circuit.taget=0.8"], 2, ["circuit.taget", "Did you mean 'target'", "Valid keys of circuit"]),
+        (["sed=3"], 2, ["'sed'", "Did you mean 'seed'", "Valid top-level keys"]),
+        (["circuit.target=-0.5"], 2, ["circuit.target", "-0.5"]),
+        (["model=tracr_revers"], 1, ["model/tracr_revers", "tracr_reverse"]),
+        (["model=zoo", "model.name=inductoin"], 2, ["unknown zoo model", "Did you mean 'induction'"]),
+        (["task.name=nope"], 2, ["no task 'nope'", "induction"]),
+        (["model=pretrained"], 2, ["model.name"]),
+        (["model=pretrained", "model.name=gpt2"], 2, ["task=file"]),  # no built-in task
+        (["device=cuda:7"] if not torch.cuda.is_available() else ["device=tpu"], 2, ["device"]),
+        (["graph.neurons=true", "graph.saes=zoo"], 2, ["graph.neurons and graph.saes", "cannot be combined"]),
+        (["graph.saes=/no/such/folder"], 2, ["graph.saes=/no/such/folder", "no such folder"]),
+        (["graph.saes=zoo", "graph.features=most"], 2, ["graph.features", "active, all"]),
+        (["graph.saes=zoo", "method=eap-ig-activations"], 2, ["eap-ig-activations", "method=eap-ig"]),
+    ],
+)
 def test_invalid_config_fails_fast(args, code, needles, tmp_path, capsys, no_model_loading):
     out = tmp_path / "run"
     with pytest.raises(SystemExit) as e:
@@ -185,10 +197,13 @@ def test_invalid_config_fails_fast(args, code, needles, tmp_path, capsys, no_mod
     assert not (out / "circuit.json").exists() and not (out / "summary.json").exists()
 
 
-@pytest.mark.parametrize("sweep, needles", [
-    (["circuit.target=0.9,-1"], ["circuit.target=-1", "(0, 1.5]"]),
-    (["method=eap,foo"], ["method=foo", "Available options in 'method'"]),
-])
+@pytest.mark.parametrize(
+    "sweep, needles",
+    [
+        (["circuit.target=0.9,-1"], ["circuit.target=-1", "(0, 1.5]"]),
+        (["method=eap,foo"], ["method=foo", "Available options in 'method'"]),
+    ],
+)
 def test_invalid_sweep_value_fails_before_the_first_job(sweep, needles, tmp_path, capsys, no_model_loading):
     with pytest.raises(SystemExit) as e:
         cli.main(["-m", f"hydra.sweep.dir={tmp_path / 'sweep'}", *sweep])
@@ -203,17 +218,36 @@ def test_hub_model_offline_fails_fast_with_instructions(tmp_path, capsys, no_mod
     task = tmp_path / "t.jsonl"
     task.write_text(json.dumps({"clean": "a b", "corrupted": "c d", "answer": " e"}) + "\n")
     with pytest.raises(SystemExit) as e:
-        cli.main([f"hydra.run.dir={tmp_path / 'run'}", "model=pretrained", "model.name=gpt2",
-                  "task=file", f"task.path={task}"])
+        cli.main(
+            [
+                f"hydra.run.dir={tmp_path / 'run'}",
+                "model=pretrained",
+                "model.name=gpt2",
+                "task=file",
+                f"task.path={task}",
+            ]
+        )
     assert e.value.code == 2
     err = capsys.readouterr().err
-    for n in ("gpt2", "not in the local Hugging Face cache", "HF_HUB_OFFLINE", "model=induction",
-              "model=local model.path=DIR"):
+    for n in (
+        "gpt2",
+        "not in the local Hugging Face cache",
+        "HF_HUB_OFFLINE",
+        "model=induction",
+        "model=local model.path=DIR",
+    ):
         assert n in err, (n, err)
     # an unknown name is refused without looking at the hub at all
     with pytest.raises(SystemExit):
-        cli.main([f"hydra.run.dir={tmp_path / 'run'}", "model=pretrained", "model.name=gtp2",
-                  "task=file", f"task.path={task}"])
+        cli.main(
+            [
+                f"hydra.run.dir={tmp_path / 'run'}",
+                "model=pretrained",
+                "model.name=gtp2",
+                "task=file",
+                f"task.path={task}",
+            ]
+        )
     assert "not a TransformerLens model name" in capsys.readouterr().err
     # once the model is in the cache the check passes (loading would then read the cache)
     (offline_hub / "models--openai-community--gpt2" / "snapshots" / "abc").mkdir(parents=True)
@@ -222,8 +256,9 @@ def test_hub_model_offline_fails_fast_with_instructions(tmp_path, capsys, no_mod
 
 
 def test_cli_subprocess_exit_code_and_message():
-    r = subprocess.run([sys.executable, "-m", "circuitgraph", "method.stesp=3"], cwd=REPO,
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "circuitgraph", "method.stesp=3"], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 2
     assert "Did you mean 'steps'" in r.stderr and "Valid keys of method" in r.stderr
 
@@ -252,8 +287,18 @@ def test_every_shipped_option_composes_and_validates(tmp_path):
 
 
 def test_check_overrides_leaves_hydra_and_user_groups_alone(tmp_path):
-    check_overrides(["-m", "hydra.run.dir=x", "hydra/launcher=joblib", "method=eap,exact",
-                     "circuit.target=0.8,0.9", "+experiment=mine", "--cfg", "job"])
+    check_overrides(
+        [
+            "-m",
+            "hydra.run.dir=x",
+            "hydra/launcher=joblib",
+            "method=eap,exact",
+            "circuit.target=0.8,0.9",
+            "+experiment=mine",
+            "--cfg",
+            "job",
+        ]
+    )
     (tmp_path / "experiment").mkdir()
     check_overrides(["--config-dir", str(tmp_path), "experiment=mine"])
     with pytest.raises(ConfigError, match="experiment"):
@@ -316,8 +361,11 @@ def test_local_hf_folder_with_jsonl_task(tmp_path):
 
     torch.manual_seed(0)
     # n_ctx: TransformerLens' GPT-2 converter reads it (hub configs of GPT-2 carry it)
-    hf = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=31, n_positions=16,
-                                    n_ctx=16, bos_token_id=0, eos_token_id=0)).eval()
+    hf = GPT2LMHeadModel(
+        GPT2Config(
+            n_layer=1, n_embd=16, n_head=2, vocab_size=31, n_positions=16, n_ctx=16, bos_token_id=0, eos_token_id=0
+        )
+    ).eval()
     hf.save_pretrained(tmp_path / "tiny-gpt2")
     task = tmp_path / "ids.jsonl"
     g = torch.Generator().manual_seed(1)
@@ -326,9 +374,18 @@ def test_local_hf_folder_with_jsonl_task(tmp_path):
             clean, corr = torch.randint(0, 31, (2, 7), generator=g).tolist()
             f.write(json.dumps({"clean": clean, "corrupted": corr, "answer": clean[-1], "wrong": corr[-1]}) + "\n")
     out = tmp_path / "run"
-    cfg = compose_cfg("model=local", f"model.path={tmp_path / 'tiny-gpt2'}", "task=file",
-                      f"task.path={task}", "method=eap", "circuit=top-n", "circuit.n=5",
-                      "export.html=false", "export.png=false", "progress=false")
+    cfg = compose_cfg(
+        "model=local",
+        f"model.path={tmp_path / 'tiny-gpt2'}",
+        "task=file",
+        f"task.path={task}",
+        "method=eap",
+        "circuit=top-n",
+        "circuit.n=5",
+        "export.html=false",
+        "export.png=false",
+        "progress=false",
+    )
     s = cli.run(cfg, out)
     assert s["model"] == "tiny-gpt2" and s["model_source"] == "local" and s["task"] == "ids"
     assert s["selection"]["kind"] == "top-n" and 0 < s["edges_kept"] <= 5
@@ -344,20 +401,35 @@ def test_local_hf_folder_with_jsonl_task(tmp_path):
 
 def test_acdc_and_threshold_selection(tmp_path):
     out = tmp_path / "acdc"
-    s = cli.run(compose_cfg("method=acdc", "method.threshold=0.05", "task.limit=8",
-                            "export=minimal", "progress=false"), out)
+    s = cli.run(
+        compose_cfg("method=acdc", "method.threshold=0.05", "task.limit=8", "export=minimal", "progress=false"), out
+    )
     assert s["method"] == "acdc" and s["selection"]["kind"] == "acdc" and s["edges_kept"] > 0
-    s = cli.run(compose_cfg("method=eap", "circuit=threshold", "circuit.tau=0.0", "task.limit=8",
-                            "export=minimal", "progress=false"), tmp_path / "thr")
+    s = cli.run(
+        compose_cfg(
+            "method=eap", "circuit=threshold", "circuit.tau=0.0", "task.limit=8", "export=minimal", "progress=false"
+        ),
+        tmp_path / "thr",
+    )
     assert s["selection"] == {"kind": "threshold", "tau": 0.0, "absolute": True, "prune": True}
 
 
 def test_sae_feature_graph_run(tmp_path):
     """graph.saes=zoo: feature nodes from the shipped SAEs, the circuit re-measured, HTML labels,
     the hypothesis step skipped with a reason rather than failing."""
-    s = cli.run(compose_cfg("graph.saes=zoo", "graph.features=24", "method=eap", "task.limit=8",
-                            "circuit.target=0.7", "export.curve=false", "export.png=false", "progress=false"),
-                tmp_path / "sae")
+    s = cli.run(
+        compose_cfg(
+            "graph.saes=zoo",
+            "graph.features=24",
+            "method=eap",
+            "task.limit=8",
+            "circuit.target=0.7",
+            "export.curve=false",
+            "export.png=false",
+            "progress=false",
+        ),
+        tmp_path / "sae",
+    )
     assert s["graph"]["sae_sites"] == {"blocks.0.hook_attn_out": 24, "blocks.1.hook_resid_pre": 24}
     assert s["reached_target"] and "hypothesis" in s["skipped"]
     circuit = cg.Circuit.load(tmp_path / "sae" / "circuit.json")
@@ -367,8 +439,18 @@ def test_sae_feature_graph_run(tmp_path):
 
 
 def test_positions_graph_run(tmp_path):
-    s = cli.run(compose_cfg("graph.positions=true", "method=eap", "task.limit=8", "circuit=top-n",
-                            "circuit.n=40", "export=minimal", "progress=false"), tmp_path / "pos")
+    s = cli.run(
+        compose_cfg(
+            "graph.positions=true",
+            "method=eap",
+            "task.limit=8",
+            "circuit=top-n",
+            "circuit.n=40",
+            "export=minimal",
+            "progress=false",
+        ),
+        tmp_path / "pos",
+    )
     assert s["graph"]["positions"] == 40 and s["edges_kept"] > 0
 
 
@@ -391,10 +473,23 @@ def test_config_files_are_valid_yaml():
 
 def test_hypothesis_file_is_tested(tmp_path):
     """+hypothesis=path.json scrubs a saved hypothesis against the run's model and task."""
-    cli.main([f"hydra.run.dir={tmp_path / 'a'}", "progress=false", "ablation=resample", "export=minimal",
-              "export.hypothesis=true"])
-    cli.main([f"hydra.run.dir={tmp_path / 'b'}", "progress=false", "export=minimal",
-              f"+hypothesis={tmp_path / 'a' / 'hypothesis.json'}"])
+    cli.main(
+        [
+            f"hydra.run.dir={tmp_path / 'a'}",
+            "progress=false",
+            "ablation=resample",
+            "export=minimal",
+            "export.hypothesis=true",
+        ]
+    )
+    cli.main(
+        [
+            f"hydra.run.dir={tmp_path / 'b'}",
+            "progress=false",
+            "export=minimal",
+            f"+hypothesis={tmp_path / 'a' / 'hypothesis.json'}",
+        ]
+    )
     first = json.loads((tmp_path / "a" / "summary.json").read_text())
     second = json.loads((tmp_path / "b" / "summary.json").read_text())
     got = second["scrubbing"]["file"]

@@ -17,16 +17,20 @@ EXAMPLES = REPO / "examples"
 def run_example(*args: str, timeout: int = 240) -> str:
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1")
-    r = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True,
-                       timeout=timeout)
+    r = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     assert r.returncode == 0, f"{args[0]} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     return r.stdout
 
 
 def test_every_example_is_tested():
     scripts = sorted(p.name for p in EXAMPLES.glob("*.py"))
-    assert scripts == ["01_python_api.py", "02_custom_task_jsonl.py", "03_sweep.py", "04_open_html.py",
-                       "05_feature_circuit.py"]
+    assert scripts == [
+        "01_python_api.py",
+        "02_custom_task_jsonl.py",
+        "03_sweep.py",
+        "04_open_html.py",
+        "05_feature_circuit.py",
+    ]
 
 
 def test_01_python_api(tmp_path):
@@ -49,8 +53,16 @@ def test_task_file_matches_its_generator(tmp_path):
 
 
 def test_03_sweep(tmp_path):
-    out = run_example("examples/03_sweep.py", "--quick", "--out", str(tmp_path / "sweep"),
-                      "--methods", "eap,eap-ig", "--targets", "0.9")
+    out = run_example(
+        "examples/03_sweep.py",
+        "--quick",
+        "--out",
+        str(tmp_path / "sweep"),
+        "--methods",
+        "eap,eap-ig",
+        "--targets",
+        "0.9",
+    )
     assert "| run | status |" in out and "| eap |" in out and "| eap-ig |" in out
     assert sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir()) == ["0", "1"]
 

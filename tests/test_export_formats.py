@@ -19,25 +19,49 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from circuitgraph import Circuit, Graph
-from circuitgraph.graph import Architecture
 from circuitgraph.export import from_graphml, from_mib_json, to_graphml, to_mib_json
+from circuitgraph.graph import Architecture
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # Graph shapes to draw from: (n_layers, n_heads, has_mlp, split_qkv[, neurons])
-SHAPES = [(1, 1, True, True), (2, 3, True, True), (3, 2, True, True), (2, 2, False, True), (2, 2, True, False),
-          (1, 3, False, False), (2, 2, True, True, {0: [1, 3]}), (1, 2, True, False, {0: None})]
+SHAPES = [
+    (1, 1, True, True),
+    (2, 3, True, True),
+    (3, 2, True, True),
+    (2, 2, False, True),
+    (2, 2, True, False),
+    (1, 3, False, False),
+    (2, 2, True, True, {0: [1, 3]}),
+    (1, 2, True, False, {0: None}),
+]
 MIB_SHAPES = [s for s in SHAPES if s[2] and s[3] and len(s) == 4]
 
-SPECIAL = [0.0, -0.0, 1e-45, -1e-45, 1.1754944e-38, -3.4028235e38, 3.4028235e38, 1e-30, -7.5e-8,
-           float("inf"), float("-inf")]
+SPECIAL = [
+    0.0,
+    -0.0,
+    1e-45,
+    -1e-45,
+    1.1754944e-38,
+    -3.4028235e38,
+    3.4028235e38,
+    1e-30,
+    -7.5e-8,
+    float("inf"),
+    float("-inf"),
+]
 score_values = st.one_of(st.floats(width=32, allow_nan=False), st.sampled_from(SPECIAL))
 
 
 def _graph(shape, name: str = "tiny", model_hash: str = "abcdef0123456789") -> Graph:
     L, H, mlp, split, *neurons = shape
-    return Graph(Architecture(L, H, mlp, 16, 8 if mlp else 0), split_qkv=split, model_name=name,
-                 model_hash=model_hash, neurons=neurons[0] if neurons else None)
+    return Graph(
+        Architecture(L, H, mlp, 16, 8 if mlp else 0),
+        split_qkv=split,
+        model_name=name,
+        model_hash=model_hash,
+        neurons=neurons[0] if neurons else None,
+    )
 
 
 def _shape(g: Graph) -> tuple:
@@ -59,8 +83,11 @@ def circuits(draw, shapes=SHAPES):
     mask[idx[:, 0], idx[:, 1]] = torch.tensor(keep, dtype=torch.bool)
     graph.scores = scores
     faith = draw(st.one_of(st.none(), st.floats(allow_nan=False, allow_infinity=False)))
-    meta = {"task": draw(st.text(max_size=12)), "selection": {"kind": "top_n", "top_n": int(mask.sum())},
-            "attribution": {"method": draw(st.sampled_from(["eap", "eap-ig", "exact"])), "steps": 5}}
+    meta = {
+        "task": draw(st.text(max_size=12)),
+        "selection": {"kind": "top_n", "top_n": int(mask.sum())},
+        "attribution": {"method": draw(st.sampled_from(["eap", "eap-ig", "exact"])), "steps": 5},
+    }
     return Circuit(graph, mask, metadata=meta, faithfulness=faith, figures={"n": draw(st.integers(0, 10**6))})
 
 
@@ -101,10 +128,22 @@ def test_graphml_roundtrip_is_exact(c):
 
 
 @SETTINGS
-@given(circuits(), st.dictionaries(st.text(max_size=8), st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
-    max_leaves=8), max_size=4))
+@given(
+    circuits(),
+    st.dictionaries(
+        st.text(max_size=8),
+        st.recursive(
+            st.none()
+            | st.booleans()
+            | st.integers()
+            | st.floats(allow_nan=False, allow_infinity=False)
+            | st.text(max_size=8),
+            lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+            max_leaves=8,
+        ),
+        max_size=4,
+    ),
+)
 def test_circuit_json_roundtrip_is_exact(c, extra):
     c.metadata.update(extra)
     with tempfile.TemporaryDirectory() as d:
@@ -129,7 +168,9 @@ def test_graphml_only_circuit_edges(tmp_path):
 def test_graph_with_mask_and_model_are_accepted(tmp_path):
     model = tiny_model()
     graph = Graph.from_model(model)
-    graph.scores = torch.randn(graph.valid.shape, generator=torch.Generator().manual_seed(0)).masked_fill(~graph.valid, 0)
+    graph.scores = torch.randn(graph.valid.shape, generator=torch.Generator().manual_seed(0)).masked_fill(
+        ~graph.valid, 0
+    )
     mask = graph.scores.abs() > 1.0
     path = to_mib_json(graph, tmp_path / "g.json", mask=mask)
     back = from_mib_json(path, model)  # a HookedTransformer is compiled to its graph
@@ -176,13 +217,27 @@ def test_mib_layout_matches_eap_ig(tmp_path):
 def test_reads_a_hand_written_eap_ig_file(tmp_path):
     """A file in the layout EAP-IG writes, without our extra 'circuitgraph' block; also the older
     layout with bare booleans for nodes."""
-    edges = {"input->a0.h0<q>": 0.5, "input->a0.h0<k>": -0.25, "input->a0.h0<v>": 1e-7, "input->m0": -2.0,
-             "a0.h0->m0": 0.0, "input->logits": 3.0, "a0.h0->logits": -1.5, "m0->logits": 0.125}
+    edges = {
+        "input->a0.h0<q>": 0.5,
+        "input->a0.h0<k>": -0.25,
+        "input->a0.h0<v>": 1e-7,
+        "input->m0": -2.0,
+        "a0.h0->m0": 0.0,
+        "input->logits": 3.0,
+        "a0.h0->logits": -1.5,
+        "m0->logits": 0.125,
+    }
     kept = {"input->a0.h0<k>", "a0.h0->logits", "input->m0", "m0->logits"}
-    doc = {"cfg": {"n_layers": 1, "n_heads": 1, "parallel_attn_mlp": False, "d_model": 8},
-           "nodes": {"input": {"in_graph": True}, "a0.h0": {"in_graph": True}, "m0": {"in_graph": True},
-                     "logits": {"in_graph": True}},
-           "edges": {k: {"score": v, "in_graph": k in kept} for k, v in edges.items()}}
+    doc = {
+        "cfg": {"n_layers": 1, "n_heads": 1, "parallel_attn_mlp": False, "d_model": 8},
+        "nodes": {
+            "input": {"in_graph": True},
+            "a0.h0": {"in_graph": True},
+            "m0": {"in_graph": True},
+            "logits": {"in_graph": True},
+        },
+        "edges": {k: {"score": v, "in_graph": k in kept} for k, v in edges.items()},
+    }
     for nodes in (doc["nodes"], {k: True for k in doc["nodes"]}):
         path = tmp_path / "eap.json"
         path.write_text(json.dumps({**doc, "nodes": nodes}))
@@ -204,27 +259,51 @@ def _good_doc(tmp_path) -> dict:
     return json.loads(to_mib_json(_example(), tmp_path / "good.json").read_text())
 
 
-@pytest.mark.parametrize("mutate, message", [
-    (lambda d: "{not json", "not valid JSON"),
-    (lambda d: [1, 2], "top level is a list"),
-    (lambda d: {k: v for k, v in d.items() if k != "edges"}, "lacks the key.*'edges'"),
-    (lambda d: {**d, "cfg": {**d["cfg"], "n_layers": 3}}, "3 layers × 3 heads.*graph has 2 layers × 3 heads"),
-    (lambda d: {**d, "cfg": {**d["cfg"], "n_heads": "3"}}, "cfg.n_heads must be a positive integer"),
-    (lambda d: {**d, "cfg": {**d["cfg"], "parallel_attn_mlp": True}}, "parallel attention/MLP"),
-    (lambda d: {**d, "cfg": {**d["cfg"], "d_model": 32}}, "d_model=32"),
-    (lambda d: {**d, "edges": {**d["edges"], "a9.h0->logits": {"score": 1.0, "in_graph": True}}}, "unknown node 'a9.h0'"),
-    (lambda d: {**d, "edges": {**d["edges"], "a1.h0->a0.h1<q>": {"score": 1.0, "in_graph": True}}}, "reads the residual stream before"),
-    (lambda d: {**d, "edges": {**d["edges"], "input->a1.h0": {"score": 1.0, "in_graph": True}}}, "must name its input"),
-    (lambda d: {**d, "edges": {**d["edges"], "input->m1<q>": {"score": 1.0, "in_graph": True}}}, "not an attention head"),
-    (lambda d: {**d, "edges": {**d["edges"], "input-m1": {"score": 1.0, "in_graph": True}}}, "malformed edge name"),
-    (lambda d: {**d, "edges": {**d["edges"], "input->m1": {"score": "big", "in_graph": True}}}, "score must be a number"),
-    (lambda d: {**d, "edges": {**d["edges"], "input->m1": {"score": 1.0, "in_graph": "yes"}}}, "in_graph must be true or false"),
-    (lambda d: {**d, "edges": {**d["edges"], "input->m1": 0.5}}, "must map to an object with 'in_graph'"),
-    (lambda d: {**d, "edges": {k: v for k, v in d["edges"].items() if k != "m0->logits"}}, "lists 74 of the graph's 75 edges; missing 'm0->logits'"),
-    (lambda d: {**d, "nodes": {**d["nodes"], "x7": {"in_graph": True}}}, "unknown node name"),
-    (lambda d: {**d, "nodes": {**d["nodes"], "m0": {"in_graph": True, "neurons": [True, False]}}}, "neuron-level"),
-    (lambda d: {**d, "circuitgraph": {**d["circuitgraph"], "config_hash": "ffffffffffffffff"}}, "different model"),
-])
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda d: "{not json", "not valid JSON"),
+        (lambda d: [1, 2], "top level is a list"),
+        (lambda d: {k: v for k, v in d.items() if k != "edges"}, "lacks the key.*'edges'"),
+        (lambda d: {**d, "cfg": {**d["cfg"], "n_layers": 3}}, "3 layers × 3 heads.*graph has 2 layers × 3 heads"),
+        (lambda d: {**d, "cfg": {**d["cfg"], "n_heads": "3"}}, "cfg.n_heads must be a positive integer"),
+        (lambda d: {**d, "cfg": {**d["cfg"], "parallel_attn_mlp": True}}, "parallel attention/MLP"),
+        (lambda d: {**d, "cfg": {**d["cfg"], "d_model": 32}}, "d_model=32"),
+        (
+            lambda d: {**d, "edges": {**d["edges"], "a9.h0->logits": {"score": 1.0, "in_graph": True}}},
+            "unknown node 'a9.h0'",
+        ),
+        (
+            lambda d: {**d, "edges": {**d["edges"], "a1.h0->a0.h1<q>": {"score": 1.0, "in_graph": True}}},
+            "reads the residual stream before",
+        ),
+        (
+            lambda d: {**d, "edges": {**d["edges"], "input->a1.h0": {"score": 1.0, "in_graph": True}}},
+            "must name its input",
+        ),
+        (
+            lambda d: {**d, "edges": {**d["edges"], "input->m1<q>": {"score": 1.0, "in_graph": True}}},
+            "not an attention head",
+        ),
+        (lambda d: {**d, "edges": {**d["edges"], "input-m1": {"score": 1.0, "in_graph": True}}}, "malformed edge name"),
+        (
+            lambda d: {**d, "edges": {**d["edges"], "input->m1": {"score": "big", "in_graph": True}}},
+            "score must be a number",
+        ),
+        (
+            lambda d: {**d, "edges": {**d["edges"], "input->m1": {"score": 1.0, "in_graph": "yes"}}},
+            "in_graph must be true or false",
+        ),
+        (lambda d: {**d, "edges": {**d["edges"], "input->m1": 0.5}}, "must map to an object with 'in_graph'"),
+        (
+            lambda d: {**d, "edges": {k: v for k, v in d["edges"].items() if k != "m0->logits"}},
+            "lists 74 of the graph's 75 edges; missing 'm0->logits'",
+        ),
+        (lambda d: {**d, "nodes": {**d["nodes"], "x7": {"in_graph": True}}}, "unknown node name"),
+        (lambda d: {**d, "nodes": {**d["nodes"], "m0": {"in_graph": True, "neurons": [True, False]}}}, "neuron-level"),
+        (lambda d: {**d, "circuitgraph": {**d["circuitgraph"], "config_hash": "ffffffffffffffff"}}, "different model"),
+    ],
+)
 def test_malformed_mib_files_raise_clear_errors(tmp_path, mutate, message):
     path = _write(tmp_path, mutate(_good_doc(tmp_path)))
     with pytest.raises(ValueError, match=message):
@@ -251,13 +330,16 @@ def test_mib_refuses_graphs_it_cannot_express(tmp_path):
         to_mib_json("circuit", tmp_path / "d.json")
 
 
-@pytest.mark.parametrize("other, message", [
-    ((3, 3, True, True), "2 layers × 3 heads in the file, 3 × 3 in the graph"),
-    ((2, 4, True, True), "2 layers × 3 heads in the file, 2 × 4 in the graph"),
-    ((2, 3, False, True), "MLPs present in the file, absent in the graph"),
-    ((2, 3, True, False), "split_qkv=True in the file, split_qkv=False in the graph"),
-    ((2, 3, True, True, {1: [0, 5]}), r"neuron nodes none in the file, \{1: 2 neurons\} in the graph"),
-])
+@pytest.mark.parametrize(
+    "other, message",
+    [
+        ((3, 3, True, True), "2 layers × 3 heads in the file, 3 × 3 in the graph"),
+        ((2, 4, True, True), "2 layers × 3 heads in the file, 2 × 4 in the graph"),
+        ((2, 3, False, True), "MLPs present in the file, absent in the graph"),
+        ((2, 3, True, False), "split_qkv=True in the file, split_qkv=False in the graph"),
+        ((2, 3, True, True, {1: [0, 5]}), r"neuron nodes none in the file, \{1: 2 neurons\} in the graph"),
+    ],
+)
 def test_graphml_from_another_graph_shape_is_refused(tmp_path, other, message):
     path = to_graphml(_example(), tmp_path / "c.graphml")
     with pytest.raises(ValueError, match=message):
@@ -275,13 +357,15 @@ def test_graphml_bad_files(tmp_path):
     with pytest.raises(ValueError, match="different model"):
         from_graphml(to_graphml(_example(), tmp_path / "h.graphml"), _graph((2, 3, True, True), model_hash="0" * 16))
     # an edge the graph does not have (a1.h0 cannot feed a0.h1)
-    bad = good.replace('<edge source="input" target="a0.h1" id="a0.h1.q">', '<edge source="a1.h0" target="a0.h1" id="a0.h1.q">', 1)
+    bad = good.replace(
+        '<edge source="input" target="a0.h1" id="a0.h1.q">', '<edge source="a1.h0" target="a0.h1" id="a0.h1.q">', 1
+    )
     assert bad != good
     with pytest.raises(ValueError, match="a1.h0->a0.h1.q does not exist"):
         from_graphml(_write(tmp_path, bad, "e.graphml"))
     # a dropped edge: the file claims to hold them all
     start = good.index('<edge source="m1" target="logits"')
-    truncated = good[:start] + good[good.index("</edge>", start) + len("</edge>"):]
+    truncated = good[:start] + good[good.index("</edge>", start) + len("</edge>") :]
     with pytest.raises(ValueError, match="74 of the graph's 75 edges"):
         from_graphml(_write(tmp_path, truncated, "t.graphml"))
     with pytest.raises(FileNotFoundError):

@@ -104,8 +104,10 @@ def test_long_columns_wrap_into_sub_columns():
     from circuitgraph.graph import Architecture
     from circuitgraph.graph.sites import make_site
 
-    g = Graph(Architecture(n_layers=2, n_heads=4, has_mlp=False, d_model=64),
-              sites=[make_site("blocks.1.hook_resid_pre", 512, range(300))])
+    g = Graph(
+        Architecture(n_layers=2, n_heads=4, has_mlp=False, d_model=64),
+        sites=[make_site("blocks.1.hook_resid_pre", 512, range(300))],
+    )
     shown = ["input", "a0.h1", "a1.h3", "logits"] + [f"resid_pre1.f{i}" for i in range(0, 300, 2)]
     pos = _layout(g, shown)
     feats = [pos[n] for n in shown if ".f" in n]
@@ -120,7 +122,15 @@ def test_html_positions_are_fixed_and_layered(tmp_path):
     text, data = path.read_text(encoding="utf-8"), _page_data(path)
     pos = {n["id"]: (n["x"], n["y"]) for n in data["nodes"]}
     assert data["options"]["physics"]["enabled"] is False
-    assert pos["input"][0] < pos["a0.h0"][0] == pos["a0.h2"][0] < pos["m0"][0] < pos["a1.h0"][0] < pos["m1"][0] < pos["logits"][0]
+    assert (
+        pos["input"][0]
+        < pos["a0.h0"][0]
+        == pos["a0.h2"][0]
+        < pos["m0"][0]
+        < pos["a1.h0"][0]
+        < pos["m1"][0]
+        < pos["logits"][0]
+    )
     assert pos["a0.h0"][1] < pos["a0.h1"][1] < pos["a0.h2"][1]
     # the same page twice is byte-identical (no jitter, no random ids)
     again = write_html(c, tmp_path / "c2.html", show_all_nodes=True).read_text(encoding="utf-8")
@@ -178,13 +188,32 @@ class _DevTools:
             os.dup2(a, 3)
             os.dup2(b, 4)
 
-        args = [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--disable-extensions", "--no-first-run", "--no-default-browser-check", "--hide-scrollbars",
-                "--remote-debugging-pipe", f"--user-data-dir={profile}", "about:blank"]
-        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, preexec_fn=_fds, close_fds=False,
-                                     start_new_session=True)
+        args = [
+            binary,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-extensions",
+            "--no-first-run",
+            "--no-default-browser-check",
+            "--hide-scrollbars",
+            "--remote-debugging-pipe",
+            f"--user-data-dir={profile}",
+            "about:blank",
+        ]
+        self.proc = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=_fds,
+            close_fds=False,
+            start_new_session=True,
+        )
         os.close(to_chrome_r)
         os.close(from_chrome_w)
         self._buf = b""
@@ -266,8 +295,11 @@ def _page(html_path: Path, profile: Path):
     try:
         target = dt.call("Target.createTarget", {"url": "about:blank"})["targetId"]
         session = dt.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
-        dt.call("Emulation.setDeviceMetricsOverride",
-                {"width": 1200, "height": 800, "deviceScaleFactor": 1, "mobile": False}, session)
+        dt.call(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": 1200, "height": 800, "deviceScaleFactor": 1, "mobile": False},
+            session,
+        )
         dt.call("Page.enable", session=session)
         dt.call("Page.navigate", {"url": html_path.resolve().as_uri()}, session)
         counts = _evaluate(dt, session, _WAIT_AND_COUNT, timeout=40)
@@ -278,8 +310,12 @@ def _page(html_path: Path, profile: Path):
 
 
 def _evaluate(dt: _DevTools, session: str, expression: str, timeout: float = 30):
-    res = dt.call("Runtime.evaluate", {"expression": expression, "awaitPromise": True, "returnByValue": True},
-                  session, timeout=timeout)
+    res = dt.call(
+        "Runtime.evaluate",
+        {"expression": expression, "awaitPromise": True, "returnByValue": True},
+        session,
+        timeout=timeout,
+    )
     if "exceptionDetails" in res:
         raise AssertionError(f"page script failed: {res['exceptionDetails']}")
     return json.loads(res["result"]["value"])
@@ -293,15 +329,22 @@ def _screenshot(dt: _DevTools, session: str, png_path: Path) -> None:
 
 def _hover(dt: _DevTools, session: str, node: str) -> dict:
     """Move the mouse onto ``node`` and return the tooltip's text and visibility."""
-    xy = _evaluate(dt, session, f"""(function () {{
+    xy = _evaluate(
+        dt,
+        session,
+        f"""(function () {{
         var net = window.circuitgraph.network, p = net.canvasToDOM(net.getPositions([{node!r}])[{node!r}]);
         var r = document.getElementById("cg-network").getBoundingClientRect();
         return JSON.stringify([r.left + p.x, r.top + p.y]);
-    }})()""")
+    }})()""",
+    )
     for dx in (8, 0):  # two moves, so that vis sees the pointer arrive
         dt.call("Input.dispatchMouseEvent", {"type": "mouseMoved", "x": xy[0] + dx, "y": xy[1]}, session)
         time.sleep(0.1)
-    return _evaluate(dt, session, """new Promise(function (resolve) {
+    return _evaluate(
+        dt,
+        session,
+        """new Promise(function (resolve) {
         var t0 = Date.now();
         (function poll() {
             var t = document.querySelector("div.vis-tooltip");
@@ -310,7 +353,8 @@ def _hover(dt: _DevTools, session: str, node: str) -> dict:
                 resolve(JSON.stringify(t ? {text: t.innerText, visible: getComputedStyle(t).visibility} : null));
             } else { setTimeout(poll, 50); }
         })();
-    })""")
+    })""",
+    )
 
 
 @pytest.mark.parametrize("show_all", [False, True], ids=["circuit-nodes", "all-nodes"])
@@ -323,8 +367,16 @@ def test_browser_renders_the_circuit(tmp_path, show_all):
     with _page(html_path, tmp_path / "profile") as (dt, session, counts):
         _screenshot(dt, session, ARTIFACTS / f"{name}.png")
         n_nodes = _expected_nodes(c, show_all)
-        assert counts["nodes"] == counts["dataset_nodes"] == counts["drawn_nodes"] == counts["status"]["nodes"] == n_nodes
-        assert counts["edges"] == counts["dataset_edges"] == counts["drawn_edges"] == counts["status"]["edges"] == c.n_edges
+        assert (
+            counts["nodes"] == counts["dataset_nodes"] == counts["drawn_nodes"] == counts["status"]["nodes"] == n_nodes
+        )
+        assert (
+            counts["edges"]
+            == counts["dataset_edges"]
+            == counts["drawn_edges"]
+            == counts["status"]["edges"]
+            == c.n_edges
+        )
         assert sorted(counts["ids"]) == sorted(c.graph.edge_names(c.mask))
         assert counts["canvas"] >= 900  # the canvas really has the page's width
 
@@ -335,12 +387,16 @@ def test_browser_renders_the_circuit(tmp_path, show_all):
         if not show_all:
             _screenshot(dt, session, ARTIFACTS / "viewer_tooltip.png")
 
-        filtered = _evaluate(dt, session, f"""(function () {{
+        filtered = _evaluate(
+            dt,
+            session,
+            f"""(function () {{
             window.circuitgraph.setThreshold({third!r});
             return JSON.stringify({{visible: window.circuitgraph.edgesView.length,
                                    drawn: window.circuitgraph.network.body.edgeIndices.length,
                                    label: document.getElementById("cg-shown").textContent}});
-        }})()""")
+        }})()""",
+        )
         assert filtered["visible"] == filtered["drawn"] == 3
         assert filtered["label"] == f"showing 3 of {c.n_edges} edges"
 

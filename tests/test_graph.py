@@ -11,8 +11,18 @@ from circuitgraph.graph import UnsupportedModelError
 
 @pytest.fixture(scope="module")
 def gpt2_shape():
-    cfg = HookedTransformerConfig(n_layers=12, d_model=768, n_heads=12, d_head=64, d_mlp=3072, n_ctx=64,
-                                  d_vocab=50257, act_fn="gelu_new", normalization_type="LN", device="cpu")
+    cfg = HookedTransformerConfig(
+        n_layers=12,
+        d_model=768,
+        n_heads=12,
+        d_head=64,
+        d_mlp=3072,
+        n_ctx=64,
+        d_vocab=50257,
+        act_fn="gelu_new",
+        normalization_type="LN",
+        device="cpu",
+    )
     return HookedTransformer(cfg)
 
 

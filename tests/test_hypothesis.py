@@ -8,6 +8,7 @@ import string
 
 import pytest
 import torch
+from conftest import tiny_model
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -32,16 +33,26 @@ from circuitgraph.hypothesis import (
     whole_input,
 )
 from circuitgraph.hypothesis.render import layout
-from conftest import tiny_model
 
 
 def induction_like(model=None, prev="a0.h1", ind="a1.h2") -> Hypothesis:
     prev_n = Interpretation("prev_token", token_at(-1), [Interpretation("emb_prev", token_at(0))])
-    ind_n = Interpretation("induction", next_after_previous_occurrence(),
-                           [Interpretation("cur", token_at(0)), prev_n, Interpretation("copied", token_at(0))])
-    corr = Correspondence({"output": "logits", "induction": ind, "prev_token": prev, "emb_prev": "input",
-                           "cur": "input", "copied": "input"},
-                          restrict={"cur": "q", "prev_token": "k", "copied": "v", "emb_prev": "v"})
+    ind_n = Interpretation(
+        "induction",
+        next_after_previous_occurrence(),
+        [Interpretation("cur", token_at(0)), prev_n, Interpretation("copied", token_at(0))],
+    )
+    corr = Correspondence(
+        {
+            "output": "logits",
+            "induction": ind,
+            "prev_token": prev,
+            "emb_prev": "input",
+            "cur": "input",
+            "copied": "input",
+        },
+        restrict={"cur": "q", "prev_token": "k", "copied": "v", "emb_prev": "v"},
+    )
     return Hypothesis(Interpretation("output", answer_label(), [ind_n]), corr, model=model, name="induction")
 
 
@@ -56,8 +67,13 @@ def model2():
 def test_build_and_describe(model2):
     h = induction_like(model2)
     assert list(h.nodes) == ["output", "induction", "cur", "prev_token", "emb_prev", "copied"]
-    assert h.covered_edges() == ["a0.h1->a1.h2.k", "a1.h2->logits", "input->a0.h1.v", "input->a1.h2.q",
-                                 "input->a1.h2.v"]
+    assert h.covered_edges() == [
+        "a0.h1->a1.h2.k",
+        "a1.h2->logits",
+        "input->a0.h1.v",
+        "input->a1.h2.q",
+        "input->a1.h2.v",
+    ]
     text = h.describe()
     assert "prev_token [a0.h1 via k] token_at(-1)" in text
     assert h.model_info["config_hash"] and h.model_info["n_layers"] == 2
@@ -146,7 +162,9 @@ def test_unknown_model_node(model2):
         Correspondence({"x": "attn1.head2"})
     attn_only = tiny_model(0, attn_only=True)
     with pytest.raises(HypothesisError, match="no node 'm0'.*attention-only"):
-        Hypothesis(Interpretation("out", None, [Interpretation("mlp")]), {"out": "logits", "mlp": "m0"}, model=attn_only)
+        Hypothesis(
+            Interpretation("out", None, [Interpretation("mlp")]), {"out": "logits", "mlp": "m0"}, model=attn_only
+        )
 
 
 def test_cycle_in_interpretation():
@@ -159,14 +177,17 @@ def test_cycle_in_interpretation():
         Hypothesis(root, {"out": "logits", "a": "a1.h0", "b": "a0.h0", "c": "input"})
 
 
-@pytest.mark.parametrize("mapping, restrict, message", [
-    ({"out": "a1.h0", "x": "input"}, None, "root of a hypothesis is the model's output"),
-    ({"out": "logits", "x": "logits"}, None, "only the root may map to 'logits'"),
-    ({"out": "logits"}, None, r"\['x'\] have no model node"),
-    ({"out": "logits", "x": "input", "y": "a0.h0"}, None, "not nodes of the interpretation"),
-    ({"out": "logits", "x": "a1.h0.k"}, None, "feeds only that head"),
-    ({"out": "logits", "x": "input"}, {"x": "k"}, "single input"),
-])
+@pytest.mark.parametrize(
+    "mapping, restrict, message",
+    [
+        ({"out": "a1.h0", "x": "input"}, None, "root of a hypothesis is the model's output"),
+        ({"out": "logits", "x": "logits"}, None, "only the root may map to 'logits'"),
+        ({"out": "logits"}, None, r"\['x'\] have no model node"),
+        ({"out": "logits", "x": "input", "y": "a0.h0"}, None, "not nodes of the interpretation"),
+        ({"out": "logits", "x": "a1.h0.k"}, None, "feeds only that head"),
+        ({"out": "logits", "x": "input"}, {"x": "k"}, "single input"),
+    ],
+)
 def test_bad_correspondence(mapping, restrict, message):
     root = Interpretation("out", None, [Interpretation("x")])
     with pytest.raises(HypothesisError, match=message):
@@ -175,8 +196,10 @@ def test_bad_correspondence(mapping, restrict, message):
 
 def test_bad_edges():
     def two_level(parent, child):
-        return Hypothesis(Interpretation("out", None, [Interpretation("p", None, [Interpretation("c")])]),
-                          {"out": "logits", "p": parent, "c": child})
+        return Hypothesis(
+            Interpretation("out", None, [Interpretation("p", None, [Interpretation("c")])]),
+            {"out": "logits", "p": parent, "c": child},
+        )
 
     with pytest.raises(HypothesisError, match="reads the residual stream before a1.h0 writes"):
         two_level("a1.h1", "a1.h0")
@@ -187,8 +210,12 @@ def test_bad_edges():
     root = Interpretation("out", None, [Interpretation("p", None, [Interpretation("c1"), Interpretation("c2")])])
     with pytest.raises(HypothesisError, match="covered twice"):
         Hypothesis(root, {"out": "logits", "p": "a1.h0", "c1": "input", "c2": "input"})
-    ok = Hypothesis(root, Correspondence({"out": "logits", "p": "a1.h0", "c1": "input", "c2": "input"},
-                                         restrict={"c1": "qk", "c2": ["v"]}))
+    ok = Hypothesis(
+        root,
+        Correspondence(
+            {"out": "logits", "p": "a1.h0", "c1": "input", "c2": "input"}, restrict={"c1": "qk", "c2": ["v"]}
+        ),
+    )
     assert "input->a1.h0.v" in ok.covered_edges()
     with pytest.raises(HypothesisError, match="non-empty selection"):
         Correspondence({}, restrict={"c1": "x"})
@@ -260,8 +287,14 @@ def test_unsaveable_and_malformed(tmp_path):
         ({**good, "schema": "circuitgraph.circuit/1"}, "not a circuitgraph hypothesis"),
         ({**good, "root": "nope"}, "root 'nope' is not among the nodes"),
         ({**good, "nodes": good["nodes"] + [good["nodes"][1]]}, "appears twice"),
-        ({**good, "nodes": good["nodes"] + [{"name": "orphan", "feature": {"fn": "constant", "args": {}}}],
-          "correspondence": {**good["correspondence"], "orphan": "input"}}, "not reachable"),
+        (
+            {
+                **good,
+                "nodes": good["nodes"] + [{"name": "orphan", "feature": {"fn": "constant", "args": {}}}],
+                "correspondence": {**good["correspondence"], "orphan": "input"},
+            },
+            "not reachable",
+        ),
         ({**good, "correspondence": {**good["correspondence"], "induction": 3}}, "model node names"),
         ({k: v for k, v in good.items() if k != "nodes"}, "missing key"),
     ]
@@ -281,7 +314,10 @@ _features = st.one_of(
     st.sampled_from([whole_input(), constant(), answer_label(), next_after_previous_occurrence(), seq_length()]),
 )
 _json = st.recursive(
-    st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=False, allow_infinity=False)
+    st.none()
+    | st.booleans()
+    | st.integers(-(10**6), 10**6)
+    | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=8),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
     max_leaves=8,
@@ -334,11 +370,22 @@ def hypotheses(draw) -> Hypothesis:
     reach = _collect(root)
     corr.mapping = {k: v for k, v in corr.mapping.items() if k in reach}
     corr.restrictions = {k: v for k, v in corr.restrictions.items() if k[0] in reach and k[1] in reach}
-    h = Hypothesis(root, corr, name=draw(_names), description=draw(st.text(max_size=10)),
-                   metadata=draw(st.dictionaries(st.text(max_size=5), _json, max_size=3)))
+    h = Hypothesis(
+        root,
+        corr,
+        name=draw(_names),
+        description=draw(st.text(max_size=10)),
+        metadata=draw(st.dictionaries(st.text(max_size=5), _json, max_size=3)),
+    )
     if draw(st.booleans()):
-        h.model_info = {"name": "m", "config_hash": draw(st.text(alphabet="0123456789abcdef", min_size=16, max_size=16)),
-                        "n_layers": 3, "n_heads": 4, "has_mlp": False, "d_model": 8}
+        h.model_info = {
+            "name": "m",
+            "config_hash": draw(st.text(alphabet="0123456789abcdef", min_size=16, max_size=16)),
+            "n_layers": 3,
+            "n_heads": 4,
+            "has_mlp": False,
+            "d_model": 8,
+        }
     return h
 
 
@@ -361,7 +408,9 @@ def test_roundtrip_property(h):
     assert list(back.nodes) == list(h.nodes) and back.edges() == h.edges()
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
 @given(hypotheses())
 def test_roundtrip_property_files(tmp_path, h):
     path = h.save(tmp_path / "h.json")
@@ -379,7 +428,12 @@ def test_html_is_offline_and_shows_both_graphs(tmp_path, model2):
     assert "<script src=" not in page and "https://" not in page.split("<script>")[0]
     nodes, edges = layout(h)
     ids = {n["id"] for n in nodes}
-    assert {f"interp:{n}" for n in h.nodes} <= ids and {"model:a0.h1", "model:a1.h2", "model:input", "model:logits"} <= ids
+    assert {f"interp:{n}" for n in h.nodes} <= ids and {
+        "model:a0.h1",
+        "model:a1.h2",
+        "model:input",
+        "model:logits",
+    } <= ids
     kinds = {e["id"].split(":")[0] for e in edges}
     assert kinds == {"map", "interp", "cover"}
     pos = {n["id"]: (n["x"], n["y"]) for n in nodes}

@@ -7,15 +7,14 @@ import warnings
 
 import pytest
 import torch
+from conftest import tiny_model, tiny_task
 
 from circuitgraph.graph import Graph
-from circuitgraph.models.backend import hook_flags
 from circuitgraph.hypothesis import (
     Correspondence,
     FeatureData,
     Hypothesis,
     HypothesisError,
-    Interpretation as I,
     VacuousHypothesisWarning,
     constant,
     feature,
@@ -24,8 +23,11 @@ from circuitgraph.hypothesis import (
     token_at,
     unregister_feature,
 )
+from circuitgraph.hypothesis import (
+    Interpretation as I,
+)
+from circuitgraph.models.backend import hook_flags
 from circuitgraph.tasks import Task
-from conftest import tiny_model, tiny_task
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -56,8 +58,14 @@ def small_vocab_task(model, n=24, seq=6, seed=0, padded=False):
     if padded:
         lengths = torch.randint(3, seq + 1, (n,), generator=g)
         mask = (torch.arange(seq)[None] < lengths[:, None]).long()
-    return Task(clean=clean, corrupted=clean.roll(1, 0), answer=answer, metric="cross_entropy", name="small",
-                attention_mask=mask)
+    return Task(
+        clean=clean,
+        corrupted=clean.roll(1, 0),
+        answer=answer,
+        metric="cross_entropy",
+        name="small",
+        attention_mask=mask,
+    )
 
 
 def planted_hypothesis(model) -> Hypothesis:
@@ -67,19 +75,35 @@ def planted_hypothesis(model) -> Hypothesis:
     late = I("late", "planted_pair_parity", [I("late_q", "planted_pair_parity"), prev])
     mlp = I("mlp", "planted_pos_mod3", [I("mlp_in", constant())])
     out = I("output", None, [late, mlp, I("direct", token_at(0))])
-    corr = Correspondence({"output": "logits", "late": "a1.h0", "late_q": "input", "early": "a0.h1",
-                           "early_v": "input", "mlp": "m0", "mlp_in": "input", "direct": "input"},
-                          restrict={"late_q": "q", "early": "k", "early_v": "v"})
+    corr = Correspondence(
+        {
+            "output": "logits",
+            "late": "a1.h0",
+            "late_q": "input",
+            "early": "a0.h1",
+            "early_v": "input",
+            "mlp": "m0",
+            "mlp_in": "input",
+            "direct": "input",
+        },
+        restrict={"late_q": "q", "early": "k", "early_v": "v"},
+    )
     return Hypothesis(out, corr, model=model, name="planted")
 
 
 # ------------------------------------------------------------------------------------ sanity bounds
 
 
-@pytest.mark.parametrize("overrides, padded", [
-    ({}, False), ({"attn_only": True}, False), ({"normalization_type": None}, False),
-    ({"normalization_type": "RMS", "n_layers": 3}, False), ({}, True),
-])
+@pytest.mark.parametrize(
+    "overrides, padded",
+    [
+        ({}, False),
+        ({"attn_only": True}, False),
+        ({"normalization_type": None}, False),
+        ({"normalization_type": "RMS", "n_layers": 3}, False),
+        ({}, True),
+    ],
+)
 def test_identity_recovers_model_and_empty_recovers_nothing(overrides, padded):
     model = tiny_model(1, **overrides)
     task = small_vocab_task(model, padded=padded) if padded else tiny_task(model, n=16, seq=7, metric="cross_entropy")
@@ -179,15 +203,22 @@ def _reference_scores(model, h: Hypothesis, task, res) -> torch.Tensor:
         recs = draws[(node, d)]
         if len(recs) == 1 and recs[0].child is not None and h.model_nodes[recs[0].child].kind == "slot":
             r = recs[0]
-            return torch.stack([value(r.child, int(r.sampled[row, p if r.positional else 0]))[p]
-                                for p in range(task.seq_len)])
+            return torch.stack(
+                [value(r.child, int(r.sampled[row, p if r.positional else 0]))[p] for p in range(task.seq_len)]
+            )
         x = live(d, ref).clone()
         for r in recs:
             s = g.src_index[r.source]
-            chosen = torch.stack([
-                (A[s, int(r.sampled[row, 0])][p] if r.child is None
-                 else value(r.child, int(r.sampled[row, p if r.positional else 0]))[p])
-                for p in range(task.seq_len)])
+            chosen = torch.stack(
+                [
+                    (
+                        A[s, int(r.sampled[row, 0])][p]
+                        if r.child is None
+                        else value(r.child, int(r.sampled[row, p if r.positional else 0]))[p]
+                    )
+                    for p in range(task.seq_len)
+                ]
+            )
             x += chosen - A[s, ref]
         return x
 
@@ -211,6 +242,7 @@ def _reference_scores(model, h: Hypothesis, task, res) -> torch.Tensor:
                     t = t.clone()
                     t[0, :, mn.head] = ins[c]
                     return t
+
                 return hook
 
             def grab(z, hook):
@@ -219,7 +251,7 @@ def _reference_scores(model, h: Hypothesis, task, res) -> torch.Tensor:
             hooks = [(f"blocks.{mn.layer}.hook_{c}_input", setter(c)) for c in "qkv"]
             hooks.append((f"blocks.{mn.layer}.attn.hook_z", grab))
             with hook_flags(model, split_qkv_input=True):
-                model.run_with_hooks(task.clean[x:x + 1], fwd_hooks=hooks)
+                model.run_with_hooks(task.clean[x : x + 1], fwd_hooks=hooks)
             out = got["z"] @ model.blocks[mn.layer].attn.W_O[mn.head]
         memo[(node, x)] = out
         return out
@@ -242,9 +274,20 @@ def test_engine_matches_rowwise_reference(with_slot_node):
     if with_slot_node:  # explain a1.h0's key input as a node of its own
         keys = I("late_keys", "planted_pos_mod3", [I("keys_from_early", "planted_pos_mod3")])
         late = I("late", "planted_pair_parity", [I("late_q", "planted_pair_parity"), keys])
-        h = Hypothesis(I("output", None, [late]),
-                       Correspondence({"output": "logits", "late": "a1.h0", "late_q": "input", "late_keys": "a1.h0.k",
-                                       "keys_from_early": "a0.h1"}, restrict={"late_q": "q"}), model=model)
+        h = Hypothesis(
+            I("output", None, [late]),
+            Correspondence(
+                {
+                    "output": "logits",
+                    "late": "a1.h0",
+                    "late_q": "input",
+                    "late_keys": "a1.h0.k",
+                    "keys_from_early": "a0.h1",
+                },
+                restrict={"late_q": "q"},
+            ),
+            model=model,
+        )
     with torch.no_grad():
         res = scrub(model, h, task, seed=4, n_samples=12, trace=True, warn_vacuous=False)
         ref = _reference_scores(model, h, task, res)

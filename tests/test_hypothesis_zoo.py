@@ -10,7 +10,6 @@ from circuitgraph import zoo
 from circuitgraph.hypothesis import (
     Correspondence,
     Hypothesis,
-    Interpretation as I,
     VacuousHypothesisWarning,
     answer_label,
     constant,
@@ -20,6 +19,9 @@ from circuitgraph.hypothesis import (
     seq_length,
     token_at,
     unregister_feature,
+)
+from circuitgraph.hypothesis import (
+    Interpretation as I,
 )
 from circuitgraph.tasks import Task
 
@@ -60,27 +62,38 @@ def induction_task(encoding: dict, n: int, seed: int) -> Task:
     g = torch.Generator().manual_seed(seed)
     period = torch.randint(lo, hi + 1, (n,), generator=g)
     start = 1 + (torch.rand(n, generator=g) * (P - 2 * period)).long()
-    body = torch.argsort(torch.rand(n, V - 1, generator=g), dim=1)[:, :P - 1] + 1
+    body = torch.argsort(torch.rand(n, V - 1, generator=g), dim=1)[:, : P - 1] + 1
     toks = torch.cat([torch.full((n, 1), encoding["bos"]), body], 1)
     pos = torch.arange(P)[None]
     s, p = start[:, None], period[:, None]
     toks = torch.where((pos >= s + p) & (pos < s + 2 * p), toks.gather(1, (pos - p).clamp(min=0)), toks)
     read = start + period + (torch.rand(n, generator=g) * (period - 1)).long()
     answer = toks[torch.arange(n), read + 1]
-    return Task(clean=toks, corrupted=toks, answer=answer, read_positions=read, metric="cross_entropy",
-                name="induction-fresh")
+    return Task(
+        clean=toks, corrupted=toks, answer=answer, read_positions=read, metric="cross_entropy", name="induction-fresh"
+    )
 
 
 def induction_hypothesis(model, prev: str, ind: str, name: str = "induction") -> Hypothesis:
     """The previous-token head copies the previous token; the induction head's key reads it, its
     query reads the current token, its value the token to predict."""
     prev_n = I("prev_token", token_at(-1), [I("emb_prev", token_at(0))])
-    ind_n = I("induction", next_after_previous_occurrence(),
-              [I("cur_token", token_at(0)), prev_n, I("copied_token", token_at(0))])
+    ind_n = I(
+        "induction",
+        next_after_previous_occurrence(),
+        [I("cur_token", token_at(0)), prev_n, I("copied_token", token_at(0))],
+    )
     corr = Correspondence(
-        {"output": "logits", "induction": ind, "prev_token": prev, "emb_prev": "input", "cur_token": "input",
-         "copied_token": "input"},
-        restrict={"cur_token": "q", "prev_token": "k", "copied_token": "v", "emb_prev": "v"})
+        {
+            "output": "logits",
+            "induction": ind,
+            "prev_token": prev,
+            "emb_prev": "input",
+            "cur_token": "input",
+            "copied_token": "input",
+        },
+        restrict={"cur_token": "q", "prev_token": "k", "copied_token": "v", "emb_prev": "v"},
+    )
     return Hypothesis(I("output", answer_label(), [ind_n]), corr, model=model, name=name)
 
 
@@ -112,8 +125,12 @@ def test_induction_ground_truth_circuit_as_hypothesis(induction):
     gt = entry.ground_truth_for("resample")
     g = Graph.from_model(model)
     circuit = Circuit(g, g.mask_from_edges(gt.edge_names))
-    res = scrub(model, Hypothesis.from_circuit(circuit, name="ground-truth circuit"),
-                induction_task(entry.encoding, n=256, seed=3), seed=0)
+    res = scrub(
+        model,
+        Hypothesis.from_circuit(circuit, name="ground-truth circuit"),
+        induction_task(entry.encoding, n=256, seed=3),
+        seed=0,
+    )
     print(res)
     assert res.loss_recovered >= 0.9
 
@@ -169,10 +186,21 @@ def reverse_hypothesis(model, padded: bool) -> Hypothesis:
     opp1 = I("opp_idx_minus_1", "tracr_opp_index", [opp])
     rev = I("reverse", "tracr_reverse_output", [opp1, I("indices", pos), I("tokens", token_at(0))])
     corr = Correspondence(
-        {"output": "logits", "reverse": "a3.h0", "opp_idx_minus_1": "m2", "opp_idx": "m1", "length": "m0",
-         "selector_width_attn": "a0.h0", "bos": "input", "bos_m0": "input", "indices_m1": "input",
-         "indices": "input", "tokens": "input"},
-        restrict={"opp_idx_minus_1": "q", "indices": "k", "tokens": "v"})
+        {
+            "output": "logits",
+            "reverse": "a3.h0",
+            "opp_idx_minus_1": "m2",
+            "opp_idx": "m1",
+            "length": "m0",
+            "selector_width_attn": "a0.h0",
+            "bos": "input",
+            "bos_m0": "input",
+            "indices_m1": "input",
+            "indices": "input",
+            "tokens": "input",
+        },
+        restrict={"opp_idx_minus_1": "q", "indices": "k", "tokens": "v"},
+    )
     return Hypothesis(I("output", answer_label(), [rev]), corr, model=model, name="tracr reverse (RASP)")
 
 
@@ -185,8 +213,14 @@ def test_tracr_reverse_rasp_hypothesis(tracr_reverse):
     entry = tracr_reverse
     model, zt = entry.model, entry.task()
     # answers are -1 at the unread BOS position, which Task.check_model rejects; they are never read
-    task = Task(clean=zt.clean, corrupted=zt.corrupted, answer=zt.answer.clamp(min=0), read_positions=zt.read_mask,
-                metric=zt.metric, name=zt.name)
+    task = Task(
+        clean=zt.clean,
+        corrupted=zt.corrupted,
+        answer=zt.answer.clamp(min=0),
+        read_positions=zt.read_mask,
+        metric=zt.metric,
+        name=zt.name,
+    )
     h = reverse_hypothesis(model, padded=False)
     res = scrub(model, h, task, seed=0, n_samples=200)
     no_tokens = scrub(model, h.without("tokens"), task, seed=0, n_samples=200)
@@ -205,10 +239,17 @@ def reverse_task_with_lengths(entry, n: int, seed: int) -> Task:
     answer = torch.zeros(n, P, dtype=torch.long)
     for i, L in enumerate(lengths.tolist()):
         body = torch.randint(0, len(enc["output_vocab"]), (L,), generator=g)
-        toks[i, 0], toks[i, 1:L + 1], answer[i, 1:L + 1] = enc["bos_id"], body, body.flip(0)
+        toks[i, 0], toks[i, 1 : L + 1], answer[i, 1 : L + 1] = enc["bos_id"], body, body.flip(0)
     mask = (torch.arange(P)[None] <= lengths[:, None]).long()
-    return Task(clean=toks, corrupted=toks, answer=answer, read_positions=mask.bool() & (torch.arange(P) > 0),
-                attention_mask=mask, metric="kl", name="reverse-lengths")
+    return Task(
+        clean=toks,
+        corrupted=toks,
+        answer=answer,
+        read_positions=mask.bool() & (torch.arange(P) > 0),
+        attention_mask=mask,
+        metric="kl",
+        name="reverse-lengths",
+    )
 
 
 def test_tracr_reverse_every_rasp_node_matters_when_lengths_vary(tracr_reverse):

@@ -12,6 +12,7 @@ from circuitgraph.engine.patching import patched_logits
 
 def fold(g_fine, g_node, scores):
     """Sum a neuron-level score matrix back to MLP-level nodes."""
+
     def base(n):
         return n.split(".n")[0].replace(".rest", "") if n.startswith("m") else n
 
@@ -87,8 +88,13 @@ def test_neuron_to_neuron_scores_match_naive_autograd():
         return x
 
     try:
-        with model.hooks(fwd_hooks=[("blocks.1.hook_mlp_in", keep_x), ("blocks.1.mlp.hook_pre", own_inputs),
-                                    ("blocks.0.mlp.hook_post", keep_post)]):
+        with model.hooks(
+            fwd_hooks=[
+                ("blocks.1.hook_mlp_in", keep_x),
+                ("blocks.1.mlp.hook_pre", own_inputs),
+                ("blocks.0.mlp.hook_post", keep_post),
+            ]
+        ):
             task.score(model(task.clean)).mean().backward()
     finally:
         model.set_use_hook_mlp_in(False)

@@ -82,8 +82,13 @@ def test_positions_need_one_template_length():
     gp = PositionalGraph.from_model(model, positions=6)
     with pytest.raises(ValueError, match="positions need prompts of one template length"):
         cg.attribute(model, gp, task, progress=False)
-    padded = cg.Task(clean=task.clean, corrupted=task.corrupted, answer=task.answer, wrong=task.wrong,
-                     attention_mask=torch.ones_like(task.clean).index_fill_(1, torch.tensor([6]), 0))
+    padded = cg.Task(
+        clean=task.clean,
+        corrupted=task.corrupted,
+        answer=task.answer,
+        wrong=task.wrong,
+        attention_mask=torch.ones_like(task.clean).index_fill_(1, torch.tensor([6]), 0),
+    )
     with pytest.raises(ValueError, match="with padding"):
         cg.attribute(model, PositionalGraph.from_model(model, positions=7), padded, progress=False)
 

@@ -15,8 +15,18 @@ torch.set_num_threads(1)
 
 
 def _ln_model(dtype):
-    cfg = HookedTransformerConfig(n_layers=2, d_model=32, n_heads=4, d_head=8, d_mlp=64, d_vocab=40, n_ctx=8,
-                                  act_fn="gelu", normalization_type="LN", seed=0)
+    cfg = HookedTransformerConfig(
+        n_layers=2,
+        d_model=32,
+        n_heads=4,
+        d_head=8,
+        d_mlp=64,
+        d_vocab=40,
+        n_ctx=8,
+        act_fn="gelu",
+        normalization_type="LN",
+        seed=0,
+    )
     return HookedTransformer(cfg).to(dtype)
 
 

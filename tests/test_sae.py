@@ -62,8 +62,12 @@ def write_folder(folder: Path, cfg: dict, state: dict) -> Path:
 
 def weights(d_in, d_sae, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return {"W_enc": torch.randn(d_in, d_sae, generator=g), "b_enc": torch.randn(d_sae, generator=g),
-            "W_dec": torch.randn(d_sae, d_in, generator=g), "b_dec": torch.randn(d_in, generator=g)}
+    return {
+        "W_enc": torch.randn(d_in, d_sae, generator=g),
+        "b_enc": torch.randn(d_sae, generator=g),
+        "W_dec": torch.randn(d_sae, d_in, generator=g),
+        "b_dec": torch.randn(d_in, generator=g),
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -224,8 +228,11 @@ def test_splice_d_in_mismatch(entry):
 
 
 def test_splice_unknown_hook(entry):
-    with pytest.raises(ValueError, match=r"blocks\.7\.hook_resid_pre.*valid hook names include.*"
-                                         r"blocks\.0\.hook_resid_pre"):
+    with pytest.raises(
+        ValueError,
+        match=r"blocks\.7\.hook_resid_pre.*valid hook names include.*"
+        r"blocks\.0\.hook_resid_pre",
+    ):
         splice(entry.model, [random_sae(64, 8, "blocks.7.hook_resid_pre")])
 
 
@@ -270,13 +277,18 @@ def test_load_bad_config(tmp_path):
     with pytest.raises(ValueError, match="hook_name"):
         load_sae(folder)
     for arch in ("gated", "topk"):
-        folder = write_folder(tmp_path / arch, {"d_in": 4, "d_sae": 8, "hook_name": RESID,
-                                                "architecture": arch}, st_)
-        with pytest.raises(ValueError, match=rf"unsupported SAE architecture '{arch}'.*"
-                                             r"supported: standard, jumprelu"):
+        folder = write_folder(tmp_path / arch, {"d_in": 4, "d_sae": 8, "hook_name": RESID, "architecture": arch}, st_)
+        with pytest.raises(
+            ValueError,
+            match=rf"unsupported SAE architecture '{arch}'.*"
+            r"supported: standard, jumprelu",
+        ):
             load_sae(folder)
-    folder = write_folder(tmp_path / "n", {"d_in": 4, "d_sae": 8, "hook_name": RESID,
-                                           "normalize_activations": "expected_average_only_in"}, st_)
+    folder = write_folder(
+        tmp_path / "n",
+        {"d_in": 4, "d_sae": 8, "hook_name": RESID, "normalize_activations": "expected_average_only_in"},
+        st_,
+    )
     with pytest.raises(ValueError, match="normalize_activations"):
         load_sae(folder)
     (tmp_path / "j").mkdir()
@@ -300,11 +312,15 @@ def test_encode_width_check():
 # ---------------------------------------------------------------------------------------------
 
 
-@settings(max_examples=25, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow])
-@given(d_in=st.integers(1, 8), d_sae=st.integers(1, 16), seed=st.integers(0, 2**16),
-       arch=st.sampled_from(["standard", "jumprelu"]), apply_b_dec=st.booleans(),
-       hook=st.sampled_from([RESID, ATTN, "blocks.0.hook_mlp_out", "blocks.0.attn.hook_z"]))
+@settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    d_in=st.integers(1, 8),
+    d_sae=st.integers(1, 16),
+    seed=st.integers(0, 2**16),
+    arch=st.sampled_from(["standard", "jumprelu"]),
+    apply_b_dec=st.booleans(),
+    hook=st.sampled_from([RESID, ATTN, "blocks.0.hook_mlp_out", "blocks.0.attn.hook_z"]),
+)
 def test_save_load_round_trip(d_in, d_sae, seed, arch, apply_b_dec, hook):
     sae = random_sae(d_in, d_sae, hook, seed, arch, apply_b_dec)
     sae.cfg = {"note": "extra keys survive", "evaluation": {"x": 1.5}}
@@ -323,28 +339,59 @@ def test_save_load_round_trip(d_in, d_sae, seed, arch, apply_b_dec, hook):
 
 # a config as SAELens 3-5 writes it (flat keys, many training-only extras)
 SAELENS_FLAT = {
-    "architecture": "standard", "d_in": 5, "d_sae": 12, "dtype": "float32", "device": "cuda",
-    "model_name": "some-model", "hook_name": "blocks.0.hook_mlp_out", "hook_layer": 0,
-    "hook_head_index": None, "activation_fn_str": "relu", "activation_fn_kwargs": {},
-    "apply_b_dec_to_input": True, "finetuning_scaling_factor": False,
-    "sae_lens_training_version": "3.20.3", "prepend_bos": True, "context_size": 128,
-    "normalize_activations": "none", "neuronpedia_id": None, "l1_coefficient": 5,
-    "lp_norm": 1.0, "use_ghost_grads": False, "normalize_sae_decoder": False,
+    "architecture": "standard",
+    "d_in": 5,
+    "d_sae": 12,
+    "dtype": "float32",
+    "device": "cuda",
+    "model_name": "some-model",
+    "hook_name": "blocks.0.hook_mlp_out",
+    "hook_layer": 0,
+    "hook_head_index": None,
+    "activation_fn_str": "relu",
+    "activation_fn_kwargs": {},
+    "apply_b_dec_to_input": True,
+    "finetuning_scaling_factor": False,
+    "sae_lens_training_version": "3.20.3",
+    "prepend_bos": True,
+    "context_size": 128,
+    "normalize_activations": "none",
+    "neuronpedia_id": None,
+    "l1_coefficient": 5,
+    "lp_norm": 1.0,
+    "use_ghost_grads": False,
+    "normalize_sae_decoder": False,
 }
 # SAELens 6: hook_name under "metadata"
 SAELENS_V6 = {
-    "d_in": 5, "d_sae": 12, "dtype": "float32", "device": "cpu", "apply_b_dec_to_input": False,
-    "normalize_activations": "none", "reshape_activations": "none",
-    "metadata": {"sae_lens_version": "6.5.3", "hook_name": "blocks.0.hook_mlp_out",
-                 "hook_head_index": None, "model_name": "m", "context_size": 512},
-    "l1_coefficient": 5, "architecture": "standard",
+    "d_in": 5,
+    "d_sae": 12,
+    "dtype": "float32",
+    "device": "cpu",
+    "apply_b_dec_to_input": False,
+    "normalize_activations": "none",
+    "reshape_activations": "none",
+    "metadata": {
+        "sae_lens_version": "6.5.3",
+        "hook_name": "blocks.0.hook_mlp_out",
+        "hook_head_index": None,
+        "model_name": "m",
+        "context_size": 512,
+    },
+    "l1_coefficient": 5,
+    "architecture": "standard",
 }
 
 
-@pytest.mark.parametrize("cfg", [SAELENS_FLAT, SAELENS_V6,
-                                 {**{k: v for k, v in SAELENS_FLAT.items() if k != "hook_name"},
-                                  "hook_point": "blocks.0.hook_mlp_out"}],
-                         ids=["flat", "v6", "hook_point"])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        SAELENS_FLAT,
+        SAELENS_V6,
+        {**{k: v for k, v in SAELENS_FLAT.items() if k != "hook_name"}, "hook_point": "blocks.0.hook_mlp_out"},
+    ],
+    ids=["flat", "v6", "hook_point"],
+)
 def test_loads_saelens_format(tmp_path, cfg):
     st_ = weights(5, 12, seed=7)
     sae = load_sae(write_folder(tmp_path / "s", cfg, st_))
@@ -363,38 +410,50 @@ def test_loads_saelens_format(tmp_path, cfg):
 def test_jumprelu_threshold(tmp_path):
     st_ = weights(3, 4, seed=2)
     st_["threshold"] = torch.tensor([0.0, 0.5, 100.0, 0.2])
-    sae = load_sae(write_folder(tmp_path / "s", {"d_in": 3, "d_sae": 4, "hook_name": RESID,
-                                                 "architecture": "jumprelu"}, st_))
+    sae = load_sae(
+        write_folder(tmp_path / "s", {"d_in": 3, "d_sae": 4, "hook_name": RESID, "architecture": "jumprelu"}, st_)
+    )
     x = torch.randn(50, 3, generator=torch.Generator().manual_seed(0))
     pre = (x - st_["b_dec"]) @ st_["W_enc"] + st_["b_enc"]
     assert torch.equal(sae.encode(x), pre * (pre > st_["threshold"]) * (pre > 0))
     assert (sae.encode(x)[:, 2] == 0).all()
     del st_["threshold"]
     with pytest.raises(ValueError, match="threshold"):
-        load_sae(write_folder(tmp_path / "t", {"d_in": 3, "d_sae": 4, "hook_name": RESID,
-                                               "architecture": "jumprelu"}, st_))
+        load_sae(
+            write_folder(tmp_path / "t", {"d_in": 3, "d_sae": 4, "hook_name": RESID, "architecture": "jumprelu"}, st_)
+        )
 
 
 def test_from_sae_lens_stand_in():
     st_ = weights(5, 12, seed=4)
     # SAELens 6 style: a cfg object with a metadata object and an architecture() method
     meta = types.SimpleNamespace(hook_name=RESID, hook_head_index=None)
-    cfg = types.SimpleNamespace(d_in=5, d_sae=12, dtype="torch.float32", apply_b_dec_to_input=True,
-                                normalize_activations="none", metadata=meta,
-                                architecture=lambda: "standard")
+    cfg = types.SimpleNamespace(
+        d_in=5,
+        d_sae=12,
+        dtype="torch.float32",
+        apply_b_dec_to_input=True,
+        normalize_activations="none",
+        metadata=meta,
+        architecture=lambda: "standard",
+    )
     obj = types.SimpleNamespace(cfg=cfg, **{k: torch.nn.Parameter(v) for k, v in st_.items()})
     sae = from_sae_lens(obj)
     assert sae.hook_name == RESID and sae.architecture == "standard"
     assert torch.equal(sae.W_enc, st_["W_enc"]) and torch.equal(sae.b_dec, st_["b_dec"])
     # older style: a dict-like cfg with hook_name at top level; JumpReLU via threshold
     obj2 = types.SimpleNamespace(
-        cfg=types.SimpleNamespace(to_dict=lambda: {"d_in": 5, "d_sae": 12, "hook_name": ATTN,
-                                                   "architecture": "jumprelu"}),
-        threshold=torch.ones(12), **st_)
+        cfg=types.SimpleNamespace(
+            to_dict=lambda: {"d_in": 5, "d_sae": 12, "hook_name": ATTN, "architecture": "jumprelu"}
+        ),
+        threshold=torch.ones(12),
+        **st_,
+    )
     sae2 = from_sae_lens(obj2)
     assert sae2.architecture == "jumprelu" and torch.equal(sae2.threshold, torch.ones(12))
-    bad = types.SimpleNamespace(cfg={"d_in": 5, "d_sae": 12, "hook_name": RESID},
-                                **{k: v for k, v in st_.items() if k != "W_enc"})
+    bad = types.SimpleNamespace(
+        cfg={"d_in": 5, "d_sae": 12, "hook_name": RESID}, **{k: v for k, v in st_.items() if k != "W_enc"}
+    )
     with pytest.raises(ValueError, match="W_enc"):
         from_sae_lens(bad)
 

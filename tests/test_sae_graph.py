@@ -10,8 +10,8 @@ from circuitgraph import zoo
 from circuitgraph.attribution import attribute
 from circuitgraph.engine import Ablation, source_activations
 from circuitgraph.engine.patching import patched_logits, tiled
-from circuitgraph.graph import Graph, node_kind
 from circuitgraph.errors import CircuitGraphError
+from circuitgraph.graph import Graph, node_kind
 from circuitgraph.sae import SAE, feature_graph, splice, zoo_saes
 from circuitgraph.tasks import Task
 
@@ -52,7 +52,9 @@ def run(model, graph, task, keep, ablation="corrupted"):
 def test_sites_cut_the_residual_stream(graph):
     names = graph.src_names
     assert [s.name for s in graph.sites] == ["attn_out0", "resid_pre1"]
-    assert names.index("attn_out0.err") < names.index("resid_pre1.f%d" % graph.sites[1].features[0]) < names.index("a1.h0")
+    assert (
+        names.index("attn_out0.err") < names.index(f"resid_pre1.f{graph.sites[1].features[0]}") < names.index("a1.h0")
+    )
     # the attn_out site reads only its layer's heads
     assert graph.upstream("attn_out0") == slice(1, 5)
     # the residual site reads the input and the attn_out site's nodes, not the heads it replaced
@@ -60,7 +62,9 @@ def test_sites_cut_the_residual_stream(graph):
     assert up[0] == "input" and all(n.startswith("attn_out0.") for n in up[1:])
     assert not any(n.startswith("a0.h") for n in up)
     # layer 1 reads only the residual site; logits read it and layer 1's heads
-    assert {names[i].split(".")[0] for i in range(graph.upstream("attn1").start, graph.upstream("attn1").stop)} == {"resid_pre1"}
+    assert {names[i].split(".")[0] for i in range(graph.upstream("attn1").start, graph.upstream("attn1").stop)} == {
+        "resid_pre1"
+    }
     assert not graph.has_edge("input", "a1.h3.k") and not graph.has_edge("a0.h1", "logits")
     assert graph.has_edge("resid_pre1.err", "a1.h3.k") and graph.has_edge("a0.h1", "attn_out0.err")
     assert node_kind("attn_out0.f3") == "feature" and node_kind("resid_pre1.err") == "sae_error"
@@ -154,11 +158,17 @@ def test_eap_sums_match_the_plain_graph(entry, task, graph):
     heads0 = [plain.src(f"a0.h{h}") for h in range(4)]
     after = [j for j, n in enumerate(plain.dst_names) if n.startswith("a1") or n == "logits"]
     site_cols = graph.dst_slices()["resid_pre1"]
-    torch.testing.assert_close(se[graph.src("input"), site_cols].sum(), sp[plain.src("input"), after].sum(), rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(se[graph.src_slices()["attn_out0"], site_cols].sum(), sp[heads0][:, after].sum(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        se[graph.src("input"), site_cols].sum(), sp[plain.src("input"), after].sum(), rtol=1e-4, atol=1e-5
+    )
+    torch.testing.assert_close(
+        se[graph.src_slices()["attn_out0"], site_cols].sum(), sp[heads0][:, after].sum(), rtol=1e-4, atol=1e-5
+    )
     rows = graph.src_slices()["resid_pre1"]
     for v in ("a1.h3.k", "a1.h3.q", "a1.h2.v", "logits"):
-        torch.testing.assert_close(se[rows, graph.dst(v)].sum(), sp[[0] + heads0, plain.dst(v)].sum(), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(
+            se[rows, graph.dst(v)].sum(), sp[[0] + heads0, plain.dst(v)].sum(), rtol=1e-4, atol=1e-5
+        )
 
 
 def _random_sae(hook: str, d: int, d_sae: int, seed: int) -> SAE:
@@ -176,15 +186,23 @@ def _fd_check(model, graph, task, n_edges: int, eps: float = 1e-6) -> float:
     """EAP scores vs the finite-difference derivative of the *patched* metric along (ablated − clean):
     the two must agree for every kind of edge (worst relative error returned)."""
     scores = attribute(model, graph, task, method="eap", progress=False).clone()
-    A = Ablation("corrupted").prepare(model, graph, task).activations(model, graph, task, slice(0, task.n_examples), task)
+    A = (
+        Ablation("corrupted")
+        .prepare(model, graph, task)
+        .activations(model, graph, task, slice(0, task.n_examples), task)
+    )
     C = source_activations(model, graph, task, task.clean)
     near = C + eps * (A - C)
     task.prepare(model)
     m0 = task.score(patched_logits(model, graph, task, near, graph.valid)).mean()
     gen = torch.Generator().manual_seed(0)
     edges, live = graph.valid.nonzero(), (scores.abs() > 1e-6).nonzero()  # features are sparse: half from
-    pick = torch.cat([live[torch.randperm(len(live), generator=gen)[:n_edges // 2]],  # the non-zero edges
-                      edges[torch.randperm(len(edges), generator=gen)[:n_edges - n_edges // 2]]])
+    pick = torch.cat(
+        [
+            live[torch.randperm(len(live), generator=gen)[: n_edges // 2]],  # the non-zero edges
+            edges[torch.randperm(len(edges), generator=gen)[: n_edges - n_edges // 2]],
+        ]
+    )
     keep = graph.valid.expand(len(pick), -1, -1).clone()
     keep[torch.arange(len(pick)), pick[:, 0], pick[:, 1]] = False
     vals = tiled(task, len(pick)).score(patched_logits(model, graph, task, near, keep)).view(len(pick), -1).mean(1)
@@ -197,11 +215,27 @@ def _fd_check(model, graph, task, n_edges: int, eps: float = 1e-6) -> float:
 def test_eap_equals_patching_derivative_on_every_site_kind():
     """Random LN model with GELU MLPs, SAEs at all five site kinds (some features left to ``rest``),
     float64: EAP edge scores equal d/dε of the patched metric."""
-    cfg = HookedTransformerConfig(n_layers=2, d_model=16, n_heads=2, d_head=8, d_mlp=32, d_vocab=20, n_ctx=8,
-                                  act_fn="gelu", normalization_type="LN", dtype=torch.float64, seed=0)
+    cfg = HookedTransformerConfig(
+        n_layers=2,
+        d_model=16,
+        n_heads=2,
+        d_head=8,
+        d_mlp=32,
+        d_vocab=20,
+        n_ctx=8,
+        act_fn="gelu",
+        normalization_type="LN",
+        dtype=torch.float64,
+        seed=0,
+    )
     model = HookedTransformer(cfg)
-    hooks = ["blocks.0.hook_resid_pre", "blocks.0.hook_mlp_out", "blocks.0.hook_resid_post",
-             "blocks.1.hook_attn_out", "blocks.1.hook_resid_mid"]
+    hooks = [
+        "blocks.0.hook_resid_pre",
+        "blocks.0.hook_mlp_out",
+        "blocks.0.hook_resid_post",
+        "blocks.1.hook_attn_out",
+        "blocks.1.hook_resid_mid",
+    ]
     saes = [_random_sae(h, 16, 24, seed=i) for i, h in enumerate(hooks)]
     g = torch.Generator().manual_seed(1)
     clean, corrupted = torch.randint(0, 20, (4, 6), generator=g), torch.randint(0, 20, (4, 6), generator=g)
@@ -221,8 +255,9 @@ def test_eap_equals_patching_derivative_on_the_zoo_saes(entry, saes):
             s.load_state_dict({n: p.double() for n, p in saes[k].state_dict().items()})
         task = entry.task("induction").select(slice(0, 2))
         active = feature_graph(model, s64, task)
-        graph = Graph.from_model(model, saes=s64, features={h: site.features[::3] for h, site in
-                                                            ((s.hook_name, s) for s in active.sites)})
+        graph = Graph.from_model(
+            model, saes=s64, features={h: site.features[::3] for h, site in ((s.hook_name, s) for s in active.sites)}
+        )
         assert _fd_check(model, graph, task, n_edges=64) < 1e-3
     finally:
         entry.model.to(torch.float32)
@@ -278,7 +313,7 @@ def test_top_k_features_are_the_largest_node_attributions(entry, saes, task):
     scores = attribute(model, full, task, method="eap", progress=False)
     for site in chosen.sites:
         rows = full.src_slices()[site.name]
-        node = scores[rows.start:rows.start + site.d_sae].sum(1).abs()  # features first, in id order
+        node = scores[rows.start : rows.start + site.d_sae].sum(1).abs()  # features first, in id order
         assert set(site.features) == set(node.topk(12).indices.tolist())
         assert len(site.features) == 12 and site.features != tuple(range(12))
 
@@ -290,8 +325,14 @@ def test_sites_with_padding_half_precision_saes_and_zero_ablation(entry, saes):
     base = entry.task("induction").select(slice(0, 4))
     mask = torch.ones_like(base.clean)
     mask[:2, -5:] = 0
-    task = Task(clean=base.clean, corrupted=base.corrupted, answer=base.answer, wrong=base.wrong,
-                attention_mask=mask, read_positions=mask.sum(1) - 1)
+    task = Task(
+        clean=base.clean,
+        corrupted=base.corrupted,
+        answer=base.answer,
+        wrong=base.wrong,
+        attention_mask=mask,
+        read_positions=mask.sum(1) - 1,
+    )
     half = {k: SAE(v.d_in, v.d_sae, k, dtype=torch.bfloat16) for k, v in saes.items()}
     for k, h in half.items():
         h.load_state_dict({n: p.to(torch.bfloat16) for n, p in saes[k].state_dict().items()})
@@ -338,8 +379,14 @@ def test_sae_circuits_save_export_and_refuse_what_they_cannot_be(entry, saes, ta
 def _transcoder(layer: int, reads: str, seed: int) -> SAE:
     """A random transcoder from layer ``layer``'s MLP input (``reads``) to its output."""
     sae = _random_sae(f"blocks.{layer}.{reads}", 16, 24, seed)
-    tc = SAE(16, 24, f"blocks.{layer}.{reads}", dtype=torch.float64, apply_b_dec_to_input=False,
-             hook_name_out=f"blocks.{layer}.hook_mlp_out")
+    tc = SAE(
+        16,
+        24,
+        f"blocks.{layer}.{reads}",
+        dtype=torch.float64,
+        apply_b_dec_to_input=False,
+        hook_name_out=f"blocks.{layer}.hook_mlp_out",
+    )
     tc.load_state_dict(sae.state_dict())
     return tc
 
@@ -351,8 +398,19 @@ def test_transcoders_replace_mlps_exactly(tmp_path):
     from circuitgraph.models.backend import hook_flags
     from circuitgraph.sae import load_sae, save_sae
 
-    cfg = HookedTransformerConfig(n_layers=2, d_model=16, n_heads=2, d_head=8, d_mlp=32, d_vocab=20, n_ctx=8,
-                                  act_fn="gelu", normalization_type="LN", dtype=torch.float64, seed=0)
+    cfg = HookedTransformerConfig(
+        n_layers=2,
+        d_model=16,
+        n_heads=2,
+        d_head=8,
+        d_mlp=32,
+        d_vocab=20,
+        n_ctx=8,
+        act_fn="gelu",
+        normalization_type="LN",
+        dtype=torch.float64,
+        seed=0,
+    )
     model = HookedTransformer(cfg)
     g = torch.Generator().manual_seed(2)
     with torch.no_grad():  # an unfolded ln2: hook_normalized (what the transcoder reads) is before w, b
@@ -390,13 +448,24 @@ def test_transcoders_replace_mlps_exactly(tmp_path):
 
 
 def test_bad_transcoders():
-    cfg = HookedTransformerConfig(n_layers=2, d_model=16, n_heads=2, d_head=8, d_mlp=32, d_vocab=20, n_ctx=8,
-                                  act_fn="gelu", normalization_type="LN", seed=0)
+    cfg = HookedTransformerConfig(
+        n_layers=2,
+        d_model=16,
+        n_heads=2,
+        d_head=8,
+        d_mlp=32,
+        d_vocab=20,
+        n_ctx=8,
+        act_fn="gelu",
+        normalization_type="LN",
+        seed=0,
+    )
     model = HookedTransformer(cfg)
     with pytest.raises(ValueError, match="apply_b_dec_to_input must be false"):
         SAE(16, 8, "blocks.0.ln2.hook_normalized", hook_name_out="blocks.0.hook_mlp_out")
-    wrong_layer = SAE(16, 8, "blocks.0.ln2.hook_normalized", apply_b_dec_to_input=False,
-                      hook_name_out="blocks.1.hook_mlp_out")
+    wrong_layer = SAE(
+        16, 8, "blocks.0.ln2.hook_normalized", apply_b_dec_to_input=False, hook_name_out="blocks.1.hook_mlp_out"
+    )
     with pytest.raises(ValueError, match="same layer"):
         Graph.from_model(model, saes=[wrong_layer], features="all")
     tc = SAE(16, 8, "blocks.0.ln2.hook_normalized", apply_b_dec_to_input=False, hook_name_out="blocks.0.hook_mlp_out")

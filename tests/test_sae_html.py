@@ -43,8 +43,15 @@ def padded(setup):
     B, P = task.clean.shape
     lengths = P - 8 - (torch.arange(B) % 13)
     mask = (torch.arange(P)[None, :] < lengths[:, None]).long()
-    t = cg.Task(clean=task.clean, corrupted=task.corrupted, answer=task.answer, wrong=task.wrong,
-                metric=task.metric, name="padded", attention_mask=mask)
+    t = cg.Task(
+        clean=task.clean,
+        corrupted=task.corrupted,
+        answer=task.answer,
+        wrong=task.wrong,
+        metric=task.metric,
+        name="padded",
+        attention_mask=mask,
+    )
     return model, graph, t
 
 
@@ -93,7 +100,7 @@ def test_labels_cover_every_feature_and_match_the_activations(setup):
             assert float(acts[e, p]) == pytest.approx(t["activation"], rel=1e-5, abs=1e-6)
             row = task.clean[e].tolist()
             assert t["token"] == str(row[p])
-            prev = " ".join(str(x) for x in row[max(p - 3, 0):p])
+            prev = " ".join(str(x) for x in row[max(p - 3, 0) : p])
             assert t["context"] == ("… " if p > 3 else "") + (prev + " " if prev else "") + f"[{row[p]}]"
         checked += bool(tops)
     assert checked > len(features) // 2  # most features fire on the clean prompts
@@ -109,7 +116,9 @@ def test_batching_and_decode(setup):
         if a["kind"] != "feature":
             assert a == b
             continue
-        assert [t["activation"] for t in a["top_tokens"]] == pytest.approx([t["activation"] for t in b["top_tokens"]], rel=1e-5)
+        assert [t["activation"] for t in a["top_tokens"]] == pytest.approx(
+            [t["activation"] for t in b["top_tokens"]], rel=1e-5
+        )
         for x in b["top_tokens"]:
             assert x["token"] == f"t{int(task.clean[x['example'], x['position']])}"
             assert x["context"].endswith(f"[{x['token']}]")

@@ -161,8 +161,7 @@ def test_k_composition(entry, heldin):
     tokens, mask = heldin
     model = entry.model
     prev, ind = _circuit_heads(entry)
-    acc = {kind: _accuracy(model, tokens, mask, _remove_path(model, prev, ind, kind), split_qkv=True)
-           for kind in "qkv"}
+    acc = {kind: _accuracy(model, tokens, mask, _remove_path(model, prev, ind, kind), split_qkv=True) for kind in "qkv"}
     assert acc["k"] < 0.5, acc
     assert acc["q"] > 0.9 and acc["v"] > 0.9, acc
 

@@ -47,7 +47,7 @@ def zoo_model(request):
 
 
 def test_zoo_present():
-    names = {p.name[len("tracr_"):] for p in MODEL_DIRS}
+    names = {p.name[len("tracr_") :] for p in MODEL_DIRS}
     assert REQUIRED_PROGRAMS <= names, REQUIRED_PROGRAMS - names
     assert len(names) >= 6
 
@@ -110,7 +110,7 @@ def test_tasks(zoo_model):
     cfg = doc["config"]
     categorical = doc["encoding"]["categorical_output"]
     assert doc["tasks"]
-    for name, task in doc["tasks"].items():
+    for task in doc["tasks"].values():
         clean, corrupted = task["clean"], task["corrupted"]
         assert len(clean) == len(corrupted) > 0
         lengths = {len(x) for x in clean + corrupted}

@@ -58,15 +58,21 @@ def attribute(
     Returns the ``[n_src, n_dst]`` score tensor.
     """
     if method not in METHODS:
-        raise ConfigError(f"unknown attribution method {method!r}; choose one of {list(METHODS)} (acdc lives in circuitgraph.circuit.acdc)")
+        raise ConfigError(
+            f"unknown attribution method {method!r}; choose one of {list(METHODS)} (acdc lives in circuitgraph.circuit.acdc)"
+        )
     if steps < 1:
         raise ConfigError(f"steps must be ≥ 1, got {steps}")
     if not (isinstance(scores_dtype, torch.dtype) and scores_dtype.is_floating_point):
-        raise ConfigError(f"scores_dtype must be a floating-point torch dtype (float32, bfloat16, ...), got {scores_dtype!r}")
+        raise ConfigError(
+            f"scores_dtype must be a floating-point torch dtype (float32, bfloat16, ...), got {scores_dtype!r}"
+        )
     backend = check_model(model)
     check_graph(model, graph, task)
     if method == "eap-ig-activations" and graph.node_graph.sites:
-        raise ConfigError("eap-ig-activations does not interpolate SAE features yet; use method='eap-ig' on graphs with SAE sites")
+        raise ConfigError(
+            "eap-ig-activations does not interpolate SAE features yet; use method='eap-ig' on graphs with SAE sites"
+        )
     task.check_model(model)
     task.prepare(model)
     abl = Ablation.coerce(ablation).prepare(model, graph, task)
@@ -96,15 +102,23 @@ def attribute(
             for k in range(steps):
                 alpha = (k + 0.5) / steps  # midpoint rule: second-order accurate in 1/steps
                 x = ablated["input"] + alpha * (clean["input"] - ablated["input"])
-                extra = _interpolate_sources(backend, graph, clean, ablated, alpha) if method == "eap-ig-activations" else None
+                extra = (
+                    _interpolate_sources(backend, graph, clean, ablated, alpha)
+                    if method == "eap-ig-activations"
+                    else None
+                )
                 grads, _ = forward_backward(model, graph, chunk, input_override=x, extra_fwd=extra)
                 contract(graph, deltas, grads, scores, weight / steps)
                 bar.update(1)
         bar.close()
     # (contractions only ever write upstream-source × destination blocks, so invalid entries stay 0)
     graph.score_info = {
-        "method": method, "ablation": abl.to_dict(), "steps": steps if method.startswith("eap-ig") else None,
-        "task": task.name, "metric": task.metric_name, "n_examples": task.n_examples,
+        "method": method,
+        "ablation": abl.to_dict(),
+        "steps": steps if method.startswith("eap-ig") else None,
+        "task": task.name,
+        "metric": task.metric_name,
+        "n_examples": task.n_examples,
         "seconds": time.perf_counter() - t0,
     }
     return scores
@@ -126,8 +140,16 @@ def _interpolate_sources(backend: Backend, graph: Graph, clean: dict, ablated: d
     return hooks
 
 
-def _exact(model: Any, graph: Graph, task: Any, abl: Ablation, batch_size: int, scores: torch.Tensor,
-           edge_batch: int | None, progress: bool) -> None:
+def _exact(
+    model: Any,
+    graph: Graph,
+    task: Any,
+    abl: Ablation,
+    batch_size: int,
+    scores: torch.Tensor,
+    edge_batch: int | None,
+    progress: bool,
+) -> None:
     """True single-edge ablation effects, K edges per batched patched forward."""
     run = CircuitEvaluator(model, graph, task, abl, batch_size=batch_size, mask_batch=edge_batch)
     edges = graph.valid.nonzero()  # [E, 2]
@@ -136,7 +158,7 @@ def _exact(model: Any, graph: Graph, task: Any, abl: Ablation, batch_size: int, 
     K = max(1, min(E, run.mask_batch))
     bar = tqdm(total=E, desc="exact", disable=not progress, delay=2.0, leave=False)
     for start in range(0, E, K):
-        e = edges[start:start + K]
+        e = edges[start : start + K]
         k = e.shape[0]
         keep = graph.valid.expand(k, -1, -1).clone()
         keep[torch.arange(k), e[:, 0], e[:, 1]] = False

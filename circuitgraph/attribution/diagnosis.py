@@ -7,8 +7,7 @@ values, so any caller (the CLI, a notebook, a sweep script) can give the same ex
 from __future__ import annotations
 
 
-def zero_score_diagnosis(total_abs_score: float, *, method: str, task_name: str,
-                         metric_name: str) -> str | None:
+def zero_score_diagnosis(total_abs_score: float, *, method: str, task_name: str, metric_name: str) -> str | None:
     """Why every edge scored 0, and what to do instead; None when some edge scored.
 
     ``total_abs_score`` is the sum of ``|score|`` over the graph. All-zero scores usually mean a

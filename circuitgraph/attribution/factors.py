@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
+from circuitgraph.engine.tensors import LowRankSources
+
 
 @dataclass
 class DenseReaders:
@@ -84,7 +86,7 @@ def dense_scores(D: torch.Tensor, readers, row_sums: torch.Tensor | None = None)
         g = readers.g.reshape(readers.n, -1).T  # [BP, n_j]
         flat = D.reshape(n_u, -1, D.shape[-1])
         step = max(1, int(2.5e7 // max(1, flat.shape[1] * readers.n)))
-        acc = torch.cat([(flat[i:i + step] @ readers.enc.T).mul_(g).sum(1) for i in range(0, n_u, step)])
+        acc = torch.cat([(flat[i : i + step] @ readers.enc.T).mul_(g).sum(1) for i in range(0, n_u, step)])
         centre, radial = readers.terms()
         xhat = readers.xhat
     if centre is not None:

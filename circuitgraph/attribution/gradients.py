@@ -11,8 +11,9 @@ from ``hook_mlp_in`` and the last ``hook_resid_post``.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -49,7 +50,8 @@ class DestinationGradients:
             if L in graph.neurons:
                 bwd.append((bk.mlp_pre_hook(L), store_hook(self.grad, f"pre{L}")))
             reads_ln2 = L in graph.neurons or any(
-                s.kind == "transcoder" and s.layer == L and s.normalized for s in graph.sites)
+                s.kind == "transcoder" and s.layer == L and s.normalized for s in graph.sites
+            )
             if reads_ln2 and bk.norm_kind(L, 2) != "none":  # neurons and transcoders read through ln2: its Jacobian
                 fwd.append((bk.norm_hook(L, 2, "scale"), store_hook(self.fwd, f"scale2_{L}")))
                 fwd.append((bk.norm_hook(L, 2, "normalized"), store_hook(self.fwd, f"norm2_{L}")))
@@ -97,7 +99,7 @@ class DestinationGradients:
                 g = g / scale[..., None]
             # g' = (w ⊙ W g) / σ per head, written straight into G (no concatenation)
             gh = g.permute(2, 0, 1, 3).reshape(H, B * P, -1)
-            rows = G[i * H:(i + 1) * H] if split else G
+            rows = G[i * H : (i + 1) * H] if split else G
             if split:
                 torch.bmm(gh, W.transpose(1, 2), out=rows.view(H, B * P, d))
             else:
@@ -133,13 +135,21 @@ class DestinationGradients:
         ids = torch.tensor(site.features, dtype=torch.long, device=grad_pre.device)
         enc = frozen(site_sae(self.graph, site).W_enc)[:, ids].T
         total = self.grad[f"feat_in:{site.name}"] if site.has_rest else None
-        out = self._through_ln2(site.layer, grad_pre[..., ids].permute(2, 0, 1), enc, total, site.normalized,
-                                gain=False)  # (hook_normalized is before ln2's gain)
+        out = self._through_ln2(
+            site.layer, grad_pre[..., ids].permute(2, 0, 1), enc, total, site.normalized, gain=False
+        )  # (hook_normalized is before ln2's gain)
         k = len(site.node_names())
         return out + [(slice(k - 1, k), DenseReaders(self.grad[f"err_in:{site.name}"][None]))]
 
-    def _through_ln2(self, L: int, g: torch.Tensor, enc: torch.Tensor, total: torch.Tensor | None,
-                     normalized: bool, gain: bool = True) -> list:
+    def _through_ln2(
+        self,
+        L: int,
+        g: torch.Tensor,
+        enc: torch.Tensor,
+        total: torch.Tensor | None,
+        normalized: bool,
+        gain: bool = True,
+    ) -> list:
         """Low-rank readers ``g [n, B, P]`` along ``enc [n, d]`` (behind ``ln2``'s normalisation
         when ``normalized``, and its gain when ``gain``), plus a dense reader for everything else
         that reads the same input when ``total`` (its full input gradient) is given."""
@@ -170,7 +180,7 @@ class DestinationGradients:
 def _group(name: str) -> tuple[str, int]:
     """A destination group of the graph (``attn3``, ``mlp3``) → ``("attn", 3)``."""
     kind = "attn" if name.startswith("attn") else "mlp"
-    return kind, int(name[len(kind):])
+    return kind, int(name[len(kind) :])
 
 
 def site_readers(graph: Graph, grads: dict, site: Site) -> list:
@@ -208,8 +218,14 @@ def frozen_params(*modules: nn.Module) -> Iterator[None]:
             p.requires_grad_(f)
 
 
-def forward_backward(model: Any, graph: Graph, task: Any, input_override: torch.Tensor | None = None,
-                     capture_sources: dict | None = None, extra_fwd: list | None = None) -> tuple[DestinationGradients, torch.Tensor]:
+def forward_backward(
+    model: Any,
+    graph: Graph,
+    task: Any,
+    input_override: torch.Tensor | None = None,
+    capture_sources: dict | None = None,
+    extra_fwd: list | None = None,
+) -> tuple[DestinationGradients, torch.Tensor]:
     """One forward of the clean prompts and one backward of the mean metric.
 
     ``input_override`` replaces the embedding (``blocks.0.hook_resid_pre``), e.g. with an
@@ -224,19 +240,28 @@ def forward_backward(model: Any, graph: Graph, task: Any, input_override: torch.
         x = (input_override if input_override is not None else x).detach()
         return x.requires_grad_(True)
 
-    fwd = [(bk.embed_hook(), leaf_input)] + fwd + (source_hooks(model, graph, capture_sources, sites=False) if capture_sources is not None else []) \
-        + (extra_fwd or []) + site_hooks(model, graph, capture_sources, dg.grad)  # sites last at their hook point
-    with torch.enable_grad(), frozen_params(model, *graph.node_graph.saes.values()), bk.flags(split_qkv_input=False), \
-            bk.hooks(fwd_hooks=fwd, bwd_hooks=bwd):
+    fwd = (
+        [(bk.embed_hook(), leaf_input)]
+        + fwd
+        + (source_hooks(model, graph, capture_sources, sites=False) if capture_sources is not None else [])
+        + (extra_fwd or [])
+        + site_hooks(model, graph, capture_sources, dg.grad)
+    )  # sites last at their hook point
+    with (
+        torch.enable_grad(),
+        frozen_params(model, *graph.node_graph.saes.values()),
+        bk.flags(split_qkv_input=False),
+        bk.hooks(fwd_hooks=fwd, bwd_hooks=bwd),
+    ):
         logits = task.run(model, task.clean)
         values = task.score(logits, " during attribution")
         values.mean().backward()
     return dg, values.detach()
 
 
-
-
-def contract(graph: Graph, deltas: SourceDeltas, grads: DestinationGradients, out: torch.Tensor, weight: float = 1.0) -> None:
+def contract(
+    graph: Graph, deltas: SourceDeltas, grads: DestinationGradients, out: torch.Tensor, weight: float = 1.0
+) -> None:
     """``out[u, v] += weight · Σ_{batch,pos,d} delta_u · ∂m/∂in_v`` for every valid edge: per
     destination group, one matmul over the dense sources upstream of it plus one factored
     product per upstream low-rank block (neurons, SAE features)."""
@@ -261,8 +286,9 @@ def contract(graph: Graph, deltas: SourceDeltas, grads: DestinationGradients, ou
                 out[block.rows, c] += weight * lowrank_scores(block, readers).to(out.dtype)
 
 
-def _contract_per_position(graph: Graph, D: torch.Tensor, row_sums: torch.Tensor, grads: DestinationGradients,
-                           out: torch.Tensor, weight: float) -> None:
+def _contract_per_position(
+    graph: Graph, D: torch.Tensor, row_sums: torch.Tensor, grads: DestinationGradients, out: torch.Tensor, weight: float
+) -> None:
     """The same contraction without summing over positions: scores ``[u, v, p]`` written into the
     position diagonal of a :class:`PositionalGraph`'s score matrix."""
     diag = graph.diagonal(out)  # [n_src, n_dst, P] view

@@ -13,7 +13,8 @@ contribute nothing to either run, so ``features="active"`` (default) makes only 
 
 from __future__ import annotations
 
-from typing import Any, Hashable, Iterable, Mapping, TypeVar
+from collections.abc import Hashable, Iterable, Mapping
+from typing import Any, TypeVar
 
 import torch
 
@@ -55,9 +56,13 @@ def neuron_attribution(model: Any, task: Any, ablation: str = "corrupted") -> di
             task.run(model, task.corrupted)
     clean: dict[str, torch.Tensor] = {}
     grads: dict[str, torch.Tensor] = {}
-    with torch.enable_grad(), frozen_params(model), bk.hooks(
-        fwd_hooks=[(bk.embed_hook(), _leaf)] + [(n, store_hook(clean, n)) for n in names],
-        bwd_hooks=[(n, store_hook(grads, n)) for n in names],
+    with (
+        torch.enable_grad(),
+        frozen_params(model),
+        bk.hooks(
+            fwd_hooks=[(bk.embed_hook(), _leaf)] + [(n, store_hook(clean, n)) for n in names],
+            bwd_hooks=[(n, store_hook(grads, n)) for n in names],
+        ),
     ):
         task.score(task.run(model, task.clean), " during neuron attribution").mean().backward()
     out = {}
@@ -67,8 +72,9 @@ def neuron_attribution(model: Any, task: Any, ablation: str = "corrupted") -> di
     return out
 
 
-def top_neurons(model: Any, task: Any, k: int, ablation: str = "corrupted",
-                layers: list[int] | None = None) -> dict[int, list[int]]:
+def top_neurons(
+    model: Any, task: Any, k: int, ablation: str = "corrupted", layers: list[int] | None = None
+) -> dict[int, list[int]]:
     """The ``k`` neurons per layer with the largest |attribution|: pass the result to
     ``Graph.from_model(model, neurons=...)``."""
     if k < 1:
@@ -90,8 +96,12 @@ def feature_attribution(model: Any, saes: Any, task: Any) -> dict[str, torch.Ten
         corrupted = raw_sources(model, graph, chunk, chunk.corrupted)
         clean: dict[str, torch.Tensor] = {}
         grads: dict[str, torch.Tensor] = {}
-        with torch.enable_grad(), frozen_params(model, *graph.saes.values()), bk.flags(), \
-                bk.hooks(fwd_hooks=[(bk.embed_hook(), _leaf)] + site_hooks(model, graph, clean, grads, act_grads=True)):
+        with (
+            torch.enable_grad(),
+            frozen_params(model, *graph.saes.values()),
+            bk.flags(),
+            bk.hooks(fwd_hooks=[(bk.embed_hook(), _leaf)] + site_hooks(model, graph, clean, grads, act_grads=True)),
+        ):
             values = chunk.score(chunk.run(model, chunk.clean), " while choosing SAE features")
             values.mean().backward()
         for s in graph.sites:
@@ -115,8 +125,13 @@ def active_features(model: Any, saes: Any, task: Any) -> dict[str, list[int]]:
     return {s.hook_name: seen[s.name].nonzero()[:, 0].tolist() for s in probe.sites}
 
 
-def feature_graph(model: Any, saes: Any, task: Any = None,
-                  features: str | int | Mapping[str, Iterable[int]] = "active", split_qkv: bool = True) -> Graph:
+def feature_graph(
+    model: Any,
+    saes: Any,
+    task: Any = None,
+    features: str | int | Mapping[str, Iterable[int]] = "active",
+    split_qkv: bool = True,
+) -> Graph:
     """A graph of ``model`` with an SAE site per SAE in ``saes`` (one, a list or a
     ``{hook_name: SAE}`` dict), the SAEs attached.
 

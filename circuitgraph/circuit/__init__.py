@@ -6,4 +6,15 @@ from circuitgraph.circuit.circuit import SCHEMA, Circuit, CircuitFileError
 from circuitgraph.circuit.minimal import build_circuit, minimal_circuit
 from circuitgraph.circuit.selection import prune, threshold, top_n
 
-__all__ = ["acdc", "acdc_sweep", "Circuit", "CircuitFileError", "SCHEMA", "minimal_circuit", "build_circuit", "top_n", "threshold", "prune"]
+__all__ = [
+    "acdc",
+    "acdc_sweep",
+    "Circuit",
+    "CircuitFileError",
+    "SCHEMA",
+    "minimal_circuit",
+    "build_circuit",
+    "top_n",
+    "threshold",
+    "prune",
+]

@@ -165,8 +165,9 @@ class _Runner:
         self.metric_name = self.metric_task.metric_name
         self.sign = 1.0 if self.metric_name in LOWER_IS_BETTER else -1.0  # loss = sign * metric
         # every chunk's ablated activations stay cached: ACDC evaluates hundreds of circuits
-        self.evaluator = CircuitEvaluator(model, graph, self.metric_task, ablation, batch_size, mask_batch,
-                                          cache_bytes=float("inf"))
+        self.evaluator = CircuitEvaluator(
+            model, graph, self.metric_task, ablation, batch_size, mask_batch, cache_bytes=float("inf")
+        )
         self._args = (ablation, batch_size, mask_batch)
         self._task_runner: _Runner | None = None
         self._baselines: tuple[float, float] | None = None
@@ -184,7 +185,7 @@ class _Runner:
     def ablation(self) -> Ablation:
         return self.evaluator.ablation
 
-    def task_metric(self) -> "_Runner":
+    def task_metric(self) -> _Runner:
         """A runner for the task's own metric (self when ACDC already tracks it)."""
         if self.metric_task is self.task:
             return self
@@ -205,7 +206,9 @@ class _Runner:
         return self.evaluator(masks)
 
 
-def _acdc(run: _Runner, tau: float, absolute: bool, progress: bool, prune_result: bool = True) -> Circuit:
+# One algorithm: the speculative passes share the mask, the running metric and the estimates
+# across iterations; split into functions, that state would travel through every call.
+def _acdc(run: _Runner, tau: float, absolute: bool, progress: bool, prune_result: bool = True) -> Circuit:  # noqa: C901
     if not math.isfinite(tau):
         raise ConfigError(f"the ACDC threshold must be a finite number, got {tau}")
     graph = run.graph
@@ -285,8 +288,13 @@ def _acdc(run: _Runner, tau: float, absolute: bool, progress: bool, prune_result
     final = prune(graph, mask) if prune_result else mask
     graph.scores = scores
     info = {
-        "method": "acdc", "threshold": tau, "absolute": absolute, "metric": run.metric_name,
-        "ablation": run.ablation.to_dict(), "task": run.task.name, "n_examples": run.task.n_examples,
+        "method": "acdc",
+        "threshold": tau,
+        "absolute": absolute,
+        "metric": run.metric_name,
+        "ablation": run.ablation.to_dict(),
+        "task": run.task.name,
+        "n_examples": run.task.n_examples,
         "score": "metric change when the edge was removed from the circuit at the time ACDC decided it",
     }
     graph.score_info = info
@@ -294,15 +302,27 @@ def _acdc(run: _Runner, tau: float, absolute: bool, progress: bool, prune_result
     if n_lost:  # pruning changed the circuit: measure what ACDC actually ends with
         current = float(run(final[None])[0])
     n_evaluated = run.n_circuits - n_before
-    c = build_circuit(graph, final, run.task, run.ablation,
-                      {"kind": "acdc", "threshold": tau, "absolute": absolute, "metric": run.metric_name})
+    c = build_circuit(
+        graph,
+        final,
+        run.task,
+        run.ablation,
+        {"kind": "acdc", "threshold": tau, "absolute": absolute, "metric": run.metric_name},
+    )
     c.metadata["attribution"] = dict(info)
     c.faithfulness = _faithfulness(run, final)
     c.figures = {
-        "faithfulness": c.faithfulness, "acdc_metric": current, "acdc_metric_full": full_value,
-        "n_edges": c.n_edges, "n_edges_total": graph.n_edges, "edges_tested": tested,
-        "edges_pruned_untested": untested, "edges_dropped_by_prune": n_lost, "mispredictions": mispredicted,
-        "rounds": rounds, "circuits_evaluated": n_evaluated,
+        "faithfulness": c.faithfulness,
+        "acdc_metric": current,
+        "acdc_metric_full": full_value,
+        "n_edges": c.n_edges,
+        "n_edges_total": graph.n_edges,
+        "edges_tested": tested,
+        "edges_pruned_untested": untested,
+        "edges_dropped_by_prune": n_lost,
+        "mispredictions": mispredicted,
+        "rounds": rounds,
+        "circuits_evaluated": n_evaluated,
         "seconds": time.perf_counter() - t0,
     }
     return c

@@ -101,8 +101,10 @@ class Circuit:
         if path.suffix != ".json":
             path = path.with_suffix(".json")
         path.parent.mkdir(parents=True, exist_ok=True)
-        tensors = {"scores": self.graph.scores.detach().float().cpu().contiguous(),
-                   "mask": self.mask.cpu().contiguous()}
+        tensors = {
+            "scores": self.graph.scores.detach().float().cpu().contiguous(),
+            "mask": self.mask.cpu().contiguous(),
+        }
         st_path = path.with_suffix(".safetensors")
         atomic_write(st_path, lambda p: save_file(tensors, str(p), metadata={"schema": SCHEMA}))
         doc = self.to_dict()
@@ -111,7 +113,7 @@ class Circuit:
         return path
 
     @classmethod
-    def load(cls, path: str | Path, model=None) -> "Circuit":
+    def load(cls, path: str | Path, model=None) -> Circuit:
         """Read a saved circuit. With ``model``, refuse a circuit found on a different model."""
         path = Path(path)
         try:
@@ -119,9 +121,13 @@ class Circuit:
         except FileNotFoundError:
             raise
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise CircuitFileError(f"{path} is not valid circuit JSON ({e}); the file is corrupted or truncated") from None
+            raise CircuitFileError(
+                f"{path} is not valid circuit JSON ({e}); the file is corrupted or truncated"
+            ) from None
         if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
-            raise CircuitFileError(f"{path} is not a circuitgraph circuit (schema {doc.get('schema') if isinstance(doc, dict) else None!r}, expected {SCHEMA!r})")
+            raise CircuitFileError(
+                f"{path} is not a circuitgraph circuit (schema {doc.get('schema') if isinstance(doc, dict) else None!r}, expected {SCHEMA!r})"
+            )
         try:
             graph = Graph.from_spec(doc["model"])
         except (KeyError, TypeError, ValueError) as e:
@@ -141,12 +147,24 @@ class Circuit:
             raise CircuitFileError(f"{st} is missing; a circuit needs both its .json and .safetensors files") from None
         except (SafetensorError, OSError, ValueError) as e:
             raise CircuitFileError(f"{st} is corrupted or truncated ({e}); re-save the circuit") from None
-        if t.get("scores") is None or t["scores"].shape != graph.valid.shape or t.get("mask") is None or t["mask"].shape != graph.valid.shape:
+        if (
+            t.get("scores") is None
+            or t["scores"].shape != graph.valid.shape
+            or t.get("mask") is None
+            or t["mask"].shape != graph.valid.shape
+        ):
             raise CircuitFileError(f"{st} does not hold [{graph.n_src}, {graph.n_dst}] scores and mask for this graph")
         graph.scores = t["scores"].to(graph.valid.device)
         graph.score_info = doc.get("metadata", {}).get("attribution", {})
-        c = cls(graph, t["mask"].bool(), metadata=doc.get("metadata", {}), faithfulness=doc.get("faithfulness"),
-                figures=doc.get("figures", {}))
+        c = cls(
+            graph,
+            t["mask"].bool(),
+            metadata=doc.get("metadata", {}),
+            faithfulness=doc.get("faithfulness"),
+            figures=doc.get("figures", {}),
+        )
         if c.n_edges != doc.get("n_edges", c.n_edges):
-            raise CircuitFileError(f"{path} says {doc.get('n_edges')} edges but its tensors hold {c.n_edges}; the pair is inconsistent")
+            raise CircuitFileError(
+                f"{path} says {doc.get('n_edges')} edges but its tensors hold {c.n_edges}; the pair is inconsistent"
+            )
         return c

@@ -20,11 +20,15 @@ from circuitgraph.errors import ConfigError
 from circuitgraph.graph import Graph
 
 
-def build_circuit(graph: Graph, mask: torch.Tensor, task=None, ablation="corrupted", selection: dict | None = None) -> Circuit:
+def build_circuit(
+    graph: Graph, mask: torch.Tensor, task=None, ablation="corrupted", selection: dict | None = None
+) -> Circuit:
     """Wrap a mask with provenance metadata."""
     meta = {
-        "model": graph.model_name, "config_hash": graph.model_hash,
-        "task": getattr(task, "name", None), "metric": getattr(task, "metric_name", None),
+        "model": graph.model_name,
+        "config_hash": graph.model_hash,
+        "task": getattr(task, "name", None),
+        "metric": getattr(task, "metric_name", None),
         "attribution": graph.score_info,
         "ablation": Ablation.coerce(ablation).to_dict(),
         "selection": selection or {},
@@ -85,8 +89,13 @@ def minimal_circuit(
     c = build_circuit(graph, mask, task, abl, {"kind": "minimal", "target": target, "top_n": n, "absolute": absolute})
     c.faithfulness = f
     c.figures = {
-        "faithfulness": f, "reached_target": f >= target, "metric_full": base.full, "metric_empty": base.empty,
-        "n_edges": c.n_edges, "top_n": n, "search": {str(k): v for k, v in sorted(trace.items())},
+        "faithfulness": f,
+        "reached_target": f >= target,
+        "metric_full": base.full,
+        "metric_empty": base.empty,
+        "n_edges": c.n_edges,
+        "top_n": n,
+        "search": {str(k): v for k, v in sorted(trace.items())},
         "seconds": time.perf_counter() - t0,
     }
     return c

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import torch
 
-from circuitgraph.graph import Graph
 from circuitgraph.errors import ConfigError
+from circuitgraph.graph import Graph
 
 
 def ranking(graph: Graph, absolute: bool = True, scores: torch.Tensor | None = None) -> torch.Tensor:
@@ -35,7 +35,7 @@ def _largest(r: torch.Tensor, k: int, block: int = 1 << 24) -> torch.Tensor:
     if k == 0:
         return mask
     step = max(1, block // max(C, 1))
-    blocks = [r[i:i + step] for i in range(0, R, step)]
+    blocks = [r[i : i + step] for i in range(0, R, step)]
 
     def count(t: float) -> int:  # entries ≥ t, a block at a time (no copy of r)
         return sum(int(torch.count_nonzero(b >= t)) for b in blocks)
@@ -60,13 +60,13 @@ def _largest(r: torch.Tensor, k: int, block: int = 1 << 24) -> torch.Tensor:
         # t* is the smallest entry ≥ lo (exactly k of them, or none strictly between lo and hi)
         kth = min(float(b[b >= lo].min()) for b in blocks if bool((b >= lo).any()))
     for i, b in zip(range(0, R, step), blocks):  # everything above it, then ties in row order
-        mask[i:i + step] = b > kth
+        mask[i : i + step] = b > kth
     need = k - int(torch.count_nonzero(mask))  # (a bool .sum() would make an int64 copy)
     for i, b in zip(range(0, R, step), blocks):  # (per block: a whole-matrix compare upcasts bf16)
         if need <= 0:
             break
         ties = (b == kth).flatten().nonzero()[:need, 0]
-        mask[i:i + step].view(-1)[ties] = True
+        mask[i : i + step].view(-1)[ties] = True
         need -= len(ties)
     return mask
 

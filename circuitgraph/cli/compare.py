@@ -19,8 +19,18 @@ from pathlib import Path
 import yaml
 
 # Figures copied from summary.json into a row, in table order.
-FIGURES = ("method", "model", "task", "edges_kept", "edges_total", "faithfulness", "target",
-           "cpr", "cmd", "wall_time_s")
+FIGURES = (
+    "method",
+    "model",
+    "task",
+    "edges_kept",
+    "edges_total",
+    "faithfulness",
+    "target",
+    "cpr",
+    "cmd",
+    "wall_time_s",
+)
 DEFAULT_COLUMNS = ("run", "status")
 ALWAYS = ("edges_kept", "faithfulness")  # shown even when no run finished
 COLLAPSIBLE = ("model", "task", "edges_total")  # moved above the table when every run shares them
@@ -33,8 +43,14 @@ def _is_run_dir(p: Path) -> bool:
 def _run_dirs(root: Path) -> list[Path]:
     if _is_run_dir(root):
         return [root]
-    found = [p for p in root.rglob("*") if p.is_dir() and not p.name.startswith(".") and _is_run_dir(p)
-             and not any(part.startswith(".") for part in p.relative_to(root).parts)]
+    found = [
+        p
+        for p in root.rglob("*")
+        if p.is_dir()
+        and not p.name.startswith(".")
+        and _is_run_dir(p)
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    ]
 
     def key(p: Path):
         rel = p.relative_to(root).parts
@@ -69,7 +85,9 @@ def compare_runs(directory: str | Path) -> list[dict]:
     ``wall_time_s``. Rows are in job order."""
     root = Path(directory)
     if not root.is_dir():
-        raise FileNotFoundError(f"{root} is not a directory; pass a sweep folder such as outputs/multirun/<date>/<time>")
+        raise FileNotFoundError(
+            f"{root} is not a directory; pass a sweep folder such as outputs/multirun/<date>/<time>"
+        )
     rows = []
     for run in _run_dirs(root):
         rel = run.relative_to(root).as_posix() if run != root else "."
@@ -141,7 +159,10 @@ def format_table(rows: list[dict], columns: list[str] | None = None, sort: str |
     if columns:
         cols = list(columns)
     if sort:
-        rows = sorted(rows, key=lambda r: (r.get(sort) is None, r.get(sort) if not isinstance(r.get(sort), str) else str(r.get(sort))))
+        rows = sorted(
+            rows,
+            key=lambda r: (r.get(sort) is None, r.get(sort) if not isinstance(r.get(sort), str) else str(r.get(sort))),
+        )
     lines = []
     if common and not columns:
         lines.append("common: " + " ".join(f"{k}={v}" for k, v in common.items()))
@@ -165,7 +186,8 @@ def latest_sweep(base: str | Path = "outputs/multirun") -> Path | None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="circuitgraph-compare",
-        description="Tabulate the runs of a circuitgraph sweep (python -m circuitgraph -m ...).")
+        description="Tabulate the runs of a circuitgraph sweep (python -m circuitgraph -m ...).",
+    )
     ap.add_argument("directory", nargs="?", help="sweep folder (default: the newest under outputs/multirun)")
     ap.add_argument("--sort", help="sort rows by this column (e.g. faithfulness, edges_kept)")
     ap.add_argument("--columns", help="comma-separated columns to show (default: varying overrides + figures)")
@@ -181,7 +203,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"circuitgraph-compare: {e}", file=sys.stderr)
         return 2
     if not rows:
-        print(f"circuitgraph-compare: no runs (folders with summary.json or .hydra/) under {directory}", file=sys.stderr)
+        print(
+            f"circuitgraph-compare: no runs (folders with summary.json or .hydra/) under {directory}", file=sys.stderr
+        )
         return 1
     cols = [c.strip() for c in a.columns.split(",")] if a.columns else None
     if a.format == "json":

@@ -34,7 +34,7 @@ import socket
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 from urllib.parse import urlparse
 
 import torch
@@ -84,8 +84,8 @@ class ModelConfig:
     """
 
     source: str = "zoo"
-    name: Optional[str] = None
-    path: Optional[str] = None
+    name: str | None = None
+    path: str | None = None
     dtype: str = "float32"
     fold_ln: bool = True
     center_writing_weights: bool = True
@@ -105,10 +105,10 @@ class TaskConfig:
     """
 
     source: str = "zoo"
-    name: Optional[str] = None
-    path: Optional[str] = None
-    metric: Optional[str] = None
-    limit: Optional[int] = None
+    name: str | None = None
+    path: str | None = None
+    metric: str | None = None
+    limit: int | None = None
 
 
 @dataclass
@@ -126,10 +126,10 @@ class MethodConfig:
 
     name: str = "eap-ig"
     steps: int = 5
-    batch_size: Optional[int] = None
-    edge_batch: Optional[int] = None
+    batch_size: int | None = None
+    edge_batch: int | None = None
     threshold: float = 0.01
-    metric: Optional[str] = "kl"
+    metric: str | None = "kl"
     absolute: bool = False
 
 
@@ -139,7 +139,7 @@ class AblationConfig:
     derangement; default the run's seed)."""
 
     kind: str = "corrupted"
-    seed: Optional[int] = None
+    seed: int | None = None
 
 
 @dataclass
@@ -181,7 +181,7 @@ class GraphConfig:
     split_qkv: bool = True
     neurons: bool = False
     positions: bool = False
-    saes: Optional[str] = None
+    saes: str | None = None
     features: str = "active"
 
 
@@ -195,10 +195,10 @@ class ExportConfig:
     curve: bool = True  # measure the faithfulness curve, CPR and CMD (needed for png)
     graphml: bool = False  # circuit.graphml
     mib_json: bool = False  # circuit.mib.json (EAP-IG / MIB layout)
-    title: Optional[str] = None  # title of graph.html (default: model · task · method · figures)
+    title: str | None = None  # title of graph.html (default: model · task · method · figures)
     open_browser: bool = False  # open graph.html when a display is available
     hypothesis: bool = True  # hypothesis.json: the circuit as a causal-scrubbing hypothesis, scrubbed
-    scrub_samples: Optional[int] = None  # root samples for scrubbing (null: one per example)
+    scrub_samples: int | None = None  # root samples for scrubbing (null: one per example)
 
 
 @dataclass
@@ -214,13 +214,18 @@ class Config:
     export: ExportConfig = field(default_factory=ExportConfig)
     device: str = "auto"
     seed: int = 0
-    threads: Optional[int] = None  # torch CPU threads; null: 1 for zoo models, else torch's default
+    threads: int | None = None  # torch CPU threads; null: 1 for zoo models, else torch's default
     progress: bool = True  # progress bars for long stages
 
 
 GROUP_SCHEMAS: dict[str, type] = {
-    "model": ModelConfig, "task": TaskConfig, "method": MethodConfig, "ablation": AblationConfig,
-    "circuit": CircuitConfig, "graph": GraphConfig, "export": ExportConfig,
+    "model": ModelConfig,
+    "task": TaskConfig,
+    "method": MethodConfig,
+    "ablation": AblationConfig,
+    "circuit": CircuitConfig,
+    "graph": GraphConfig,
+    "export": ExportConfig,
 }
 TOP_LEVEL_KEYS = tuple(f.name for f in dataclasses.fields(Config))
 
@@ -235,8 +240,7 @@ def register_configs() -> None:
     # Zoo entries without their own YAML file still work as ``model=<name>``.
     for name in _zoo_names():
         if not (CONF_DIR / "model" / f"{name}.yaml").exists():
-            cs.store(group="model", name=name, node=ModelConfig(source="zoo", name=name),
-                     provider="circuitgraph.zoo")
+            cs.store(group="model", name=name, node=ModelConfig(source="zoo", name=name), provider="circuitgraph.zoo")
 
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
@@ -320,11 +324,9 @@ def check_sweep(args: list[str]) -> None:
     ``+group=...``, the sweeper's own params) are left to the per-job check."""
     if not any(a in ("-m", "--multirun") for a in args):
         return
-    if any(a.startswith(("--config-dir", "-cd", "--config-name", "-cn", "--config-path", "-cp"))
-           for a in args):
+    if any(a.startswith(("--config-dir", "-cd", "--config-name", "-cn", "--config-path", "-cp")) for a in args):
         return
-    overrides = [a for a in args if not a.startswith("-") and "=" in a
-                 and not a.lstrip("+~").startswith("hydra")]
+    overrides = [a for a in args if not a.startswith("-") and "=" in a and not a.lstrip("+~").startswith("hydra")]
     if any(a.startswith("+") for a in overrides):
         return
     split = _split_sweep(overrides)
@@ -358,7 +360,7 @@ def _check_sweep_values(fixed: list[str], swept: list[tuple[str, list[str]]]) ->
     first = [f"{k}={v[0]}" for k, v in swept]
     for i, (key, values) in enumerate(swept):
         for v in values:
-            trial = fixed + first[:i] + [f"{key}={v}"] + first[i + 1:]
+            trial = fixed + first[:i] + [f"{key}={v}"] + first[i + 1 :]
             try:
                 cfg = _compose(trial)
             except Exception as e:  # e.g. method=foo: the job would fail to compose
@@ -383,9 +385,7 @@ def _compose(overrides: list[str]) -> DictConfig:
 
 def _choice(what: str, value, valid) -> None:
     if value not in valid:
-        raise ConfigError(
-            f"unknown {what} {value!r}.{_suggest(str(value), valid)} Valid choices: {', '.join(valid)}."
-        )
+        raise ConfigError(f"unknown {what} {value!r}.{_suggest(str(value), valid)} Valid choices: {', '.join(valid)}.")
 
 
 def _zoo_names() -> list[str]:
@@ -393,8 +393,11 @@ def _zoo_names() -> list[str]:
     root = Path(__file__).resolve().parents[1] / "zoo" / "data"
     if not root.is_dir():
         return []
-    return sorted(p.name for p in root.iterdir()
-                  if p.is_dir() and (p / "model.json").is_file() and (p / "model.safetensors").is_file())
+    return sorted(
+        p.name
+        for p in root.iterdir()
+        if p.is_dir() and (p / "model.json").is_file() and (p / "model.safetensors").is_file()
+    )
 
 
 def _get(cfg, dotted: str):
@@ -425,9 +428,11 @@ def validate(cfg: DictConfig | Config, *, check_hub: bool = True) -> None:
 def _check_method(cfg: DictConfig) -> None:
     _choice("method (method.name)", _get(cfg, "method.name"), METHODS)
     if cfg.method.name == "acdc" and importlib.util.find_spec("circuitgraph.circuit.acdc") is None:
-        raise ConfigError("method=acdc is not available in this install of circuitgraph "
-                          "(circuitgraph.circuit.acdc is missing); choose one of "
-                          f"{', '.join(m for m in METHODS if m != 'acdc')}")
+        raise ConfigError(
+            "method=acdc is not available in this install of circuitgraph "
+            "(circuitgraph.circuit.acdc is missing); choose one of "
+            f"{', '.join(m for m in METHODS if m != 'acdc')}"
+        )
     if cfg.method.steps < 1:
         raise ConfigError(f"method.steps must be ≥ 1, got {cfg.method.steps}")
     for k in ("batch_size", "edge_batch"):
@@ -446,8 +451,7 @@ def _check_circuit(cfg: DictConfig) -> None:
     c = cfg.circuit
     if c.kind == "minimal" and not (math.isfinite(c.target) and 0 < c.target <= 1.5):
         raise ConfigError(
-            f"circuit.target must be a faithfulness in (0, 1.5] (e.g. 0.9 = 90% of the model's "
-            f"effect), got {c.target}"
+            f"circuit.target must be a faithfulness in (0, 1.5] (e.g. 0.9 = 90% of the model's effect), got {c.target}"
         )
     if c.kind == "top-n" and c.n < 1:
         raise ConfigError(f"circuit.n must be ≥ 1, got {c.n}")
@@ -470,8 +474,10 @@ def _check_run(cfg: DictConfig) -> None:
     if hyp is not None:
         path = Path(str(hyp)).expanduser()
         if not path.is_file():
-            raise ConfigError(f"+hypothesis={hyp}: no such file; give the path of a saved hypothesis "
-                              "(Hypothesis.save, or the hypothesis.json of an earlier run)")
+            raise ConfigError(
+                f"+hypothesis={hyp}: no such file; give the path of a saved hypothesis "
+                "(Hypothesis.save, or the hypothesis.json of an earlier run)"
+            )
 
 
 def _check_graph(cfg: DictConfig) -> None:
@@ -482,11 +488,15 @@ def _check_graph(cfg: DictConfig) -> None:
     if g.saes is not None:
         if g.saes == "zoo":
             if cfg.model.source != "zoo":
-                raise ConfigError("graph.saes=zoo uses the SAEs shipped with a zoo model, but model.source is "
-                                  f"{cfg.model.source!r}; give graph.saes=<folder of SAELens-format SAEs>")
+                raise ConfigError(
+                    "graph.saes=zoo uses the SAEs shipped with a zoo model, but model.source is "
+                    f"{cfg.model.source!r}; give graph.saes=<folder of SAELens-format SAEs>"
+                )
         elif not Path(str(g.saes)).expanduser().is_dir():
-            raise ConfigError(f"graph.saes={g.saes}: no such folder; give 'zoo' or a folder holding cfg.json + "
-                              "sae_weights.safetensors (or one such folder per hook point)")
+            raise ConfigError(
+                f"graph.saes={g.saes}: no such folder; give 'zoo' or a folder holding cfg.json + "
+                "sae_weights.safetensors (or one such folder per hook point)"
+            )
     if not (g.features in ("active", "all") or str(g.features).isdigit()):
         raise ConfigError(f"graph.features must be active, all or a number of features per site, got {g.features!r}")
     if cfg.method.name == "eap-ig-activations" and g.saes is not None:
@@ -526,15 +536,17 @@ def _check_task(cfg) -> None:
 
 def _check_task_file(path: str | None) -> None:
     if not path:
-        raise ConfigError("task=file needs task.path=FILE (a .jsonl or .csv file with columns "
-                          "clean, corrupted, answer[, wrong])")
+        raise ConfigError(
+            "task=file needs task.path=FILE (a .jsonl or .csv file with columns clean, corrupted, answer[, wrong])"
+        )
     p = Path(path).expanduser()
     if not p.is_file():
-        raise ConfigError(f"task file {str(p)!r} does not exist (relative paths are relative to "
-                          f"the directory you ran from, {os.getcwd()!r})")
+        raise ConfigError(
+            f"task file {str(p)!r} does not exist (relative paths are relative to "
+            f"the directory you ran from, {os.getcwd()!r})"
+        )
     if p.suffix.lower() not in TASK_FILE_SUFFIXES:
-        raise ConfigError(f"task file {str(p)!r} has suffix {p.suffix!r}; use one of "
-                          f"{', '.join(TASK_FILE_SUFFIXES)}")
+        raise ConfigError(f"task file {str(p)!r} has suffix {p.suffix!r}; use one of {', '.join(TASK_FILE_SUFFIXES)}")
 
 
 def _check_zoo_task(cfg: DictConfig) -> None:
@@ -587,8 +599,10 @@ def _check_model(cfg) -> str | None:
     if m.source == "local":
         path = m.path if not OmegaConf.is_missing(m, "path") else None
         if not path:
-            raise ConfigError("model=local needs model.path=DIR, a HuggingFace-format folder "
-                              "(config.json plus model.safetensors or pytorch_model.bin)")
+            raise ConfigError(
+                "model=local needs model.path=DIR, a HuggingFace-format folder "
+                "(config.json plus model.safetensors or pytorch_model.bin)"
+            )
         p = Path(path).expanduser()
         if not (p / "config.json").is_file():
             raise ConfigError(
@@ -670,7 +684,7 @@ def check_hub_access(repo_id: str, asked: str | None = None) -> None:
         "What to do: (1) use a model shipped with circuitgraph, e.g. model=induction or "
         f"model=tracr_reverse (all: {', '.join(_zoo_names())}); (2) load a HuggingFace-format "
         "folder you already have with model=local model.path=DIR; or (3) on a machine with "
-        f"network, run `python -c \"from transformer_lens import HookedTransformer; "
+        f'network, run `python -c "from transformer_lens import HookedTransformer; '
         f"HookedTransformer.from_pretrained('{asked}')\"` and copy its Hugging Face cache "
         f"(HF_HOME, here {str(hub_cache_dir())!r}) to this machine; with HF_HUB_OFFLINE=1 "
         "circuitgraph and transformers then load from that cache without touching the network."

@@ -22,16 +22,18 @@ interrupted run never leaves a half-written file.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
 import random
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import hydra
 import numpy as np
@@ -115,8 +117,10 @@ def _hydra_main(cfg: DictConfig) -> dict:
         if hc.mode == RunMode.RUN:
             _fail(e)
         # in a sweep, say it plainly, then let the launcher record the failed job
-        print(f"circuitgraph: configuration error in job {hc.job.num} "
-              f"({' '.join(hc.overrides.task)}): {e}", file=sys.stderr)
+        print(
+            f"circuitgraph: configuration error in job {hc.job.num} ({' '.join(hc.overrides.task)}): {e}",
+            file=sys.stderr,
+        )
         raise
 
 
@@ -165,8 +169,16 @@ def run(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = None
     with _timed(timings, "load"):
         model, entry, model_label = load_model(cfg.model, device)
         ld = Loaded(model, entry, model_label, load_run_task(cfg.task, model, entry), device)
-    log.info("model %s (%s) on %s; task %r: %d examples × %d tokens, metric %s", ld.label,
-             cfg.model.source, device, ld.task.name, ld.task.n_examples, ld.task.seq_len, ld.task.metric_name)
+    log.info(
+        "model %s (%s) on %s; task %r: %d examples × %d tokens, metric %s",
+        ld.label,
+        cfg.model.source,
+        device,
+        ld.task.name,
+        ld.task.n_examples,
+        ld.task.seq_len,
+        ld.task.metric_name,
+    )
     graph = build_graph(cfg.graph, model, entry, ld.task, device)
     ablation = make_ablation(cfg)
 
@@ -180,8 +192,24 @@ def run(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = None
     with _timed(timings, "export"):
         files, skipped = write_outputs(cfg, out, ld, graph, circuit, curve, hypothesis, target)
 
-    summary = build_summary(cfg, circuit, graph, ld.task, ld.label, device, selection, faith, search_faith,
-                            curve, target, timings, time.perf_counter() - t_start, files, skipped, overrides)
+    summary = build_summary(
+        cfg,
+        circuit,
+        graph,
+        ld.task,
+        ld.label,
+        device,
+        selection,
+        faith,
+        search_faith,
+        curve,
+        target,
+        timings,
+        time.perf_counter() - t_start,
+        files,
+        skipped,
+        overrides,
+    )
     if scrubbed:
         summary["scrubbing"] = add_scrubbing_caveat(scrubbed, cfg.ablation.kind, faith)
     write_summary(out, summary, files)
@@ -206,8 +234,9 @@ def make_ablation(cfg: DictConfig) -> cg.Ablation:
     return cg.Ablation(kind=cfg.ablation.kind, seed=seed)
 
 
-def find_circuit(cfg: DictConfig, ld: Loaded, graph, ablation: cg.Ablation,
-                 timings: dict[str, float]) -> tuple[Circuit, dict]:
+def find_circuit(
+    cfg: DictConfig, ld: Loaded, graph, ablation: cg.Ablation, timings: dict[str, float]
+) -> tuple[Circuit, dict]:
     """Score the edges, then select the circuit: ``(circuit, selection record)``.
 
     ACDC does both at once (its time is booked as ``attribute``, ``select`` is 0)."""
@@ -225,31 +254,57 @@ def find_circuit(cfg: DictConfig, ld: Loaded, graph, ablation: cg.Ablation,
 def run_acdc(cfg: DictConfig, ld: Loaded, graph, ablation: cg.Ablation) -> tuple[Circuit, dict]:
     """ACDC's circuit (it prunes edges itself, so ``circuit.*`` is not read) and its record."""
     m = cfg.method
-    circuit = cg.acdc(ld.model, graph, ld.task, threshold=float(m.threshold), ablation=ablation,
-                      metric=m.metric, absolute=bool(m.absolute), batch_size=m.batch_size,
-                      progress=bool(cfg.progress))
-    return circuit, {"kind": "acdc", "threshold": float(m.threshold), "metric": m.metric,
-                     "absolute": bool(m.absolute)}
+    circuit = cg.acdc(
+        ld.model,
+        graph,
+        ld.task,
+        threshold=float(m.threshold),
+        ablation=ablation,
+        metric=m.metric,
+        absolute=bool(m.absolute),
+        batch_size=m.batch_size,
+        progress=bool(cfg.progress),
+    )
+    return circuit, {"kind": "acdc", "threshold": float(m.threshold), "metric": m.metric, "absolute": bool(m.absolute)}
 
 
 def attribute_edges(cfg: DictConfig, ld: Loaded, graph, ablation: cg.Ablation) -> None:
     """Fill ``graph.scores``; a TaskError if every score is 0 (no ranking to select from)."""
     m = cfg.method
-    cg.attribute(ld.model, graph, ld.task, method=m.name, ablation=ablation, steps=int(m.steps),
-                 batch_size=m.batch_size, edge_batch=m.edge_batch, progress=bool(cfg.progress))
-    problem = zero_score_diagnosis(float(graph.scores.abs().sum()), method=m.name, task_name=ld.task.name,
-                                   metric_name=ld.task.metric_name)
+    cg.attribute(
+        ld.model,
+        graph,
+        ld.task,
+        method=m.name,
+        ablation=ablation,
+        steps=int(m.steps),
+        batch_size=m.batch_size,
+        edge_batch=m.edge_batch,
+        progress=bool(cfg.progress),
+    )
+    problem = zero_score_diagnosis(
+        float(graph.scores.abs().sum()), method=m.name, task_name=ld.task.name, metric_name=ld.task.metric_name
+    )
     if problem:
         raise TaskError(problem)
 
 
-def select_circuit(sel: DictConfig, ld: Loaded, graph, ablation: cg.Ablation,
-                   batch_size: int | None) -> tuple[Circuit, dict]:
+def select_circuit(
+    sel: DictConfig, ld: Loaded, graph, ablation: cg.Ablation, batch_size: int | None
+) -> tuple[Circuit, dict]:
     """The circuit the ``circuit.*`` config asks for, from the scored graph."""
     if sel.kind == "minimal":
-        circuit = cg.minimal_circuit(ld.model, graph, ld.task, target=float(sel.target), method=None,
-                                     ablation=ablation, absolute=bool(sel.absolute), grid=int(sel.grid),
-                                     batch_size=batch_size)
+        circuit = cg.minimal_circuit(
+            ld.model,
+            graph,
+            ld.task,
+            target=float(sel.target),
+            method=None,
+            ablation=ablation,
+            absolute=bool(sel.absolute),
+            grid=int(sel.grid),
+            batch_size=batch_size,
+        )
         return circuit, {"kind": "minimal", "target": float(sel.target), "absolute": bool(sel.absolute)}
     if sel.kind == "top-n":
         mask = cg.top_n(graph, int(sel.n), absolute=bool(sel.absolute))
@@ -265,8 +320,13 @@ def select_circuit(sel: DictConfig, ld: Loaded, graph, ablation: cg.Ablation,
 
 def run_record(cfg: DictConfig, selection: dict, device: torch.device, overrides: list[str] | None) -> dict:
     """How the circuit was made, stored in its metadata so circuit.json alone says it."""
-    return {"method": cfg.method.name, "selection": selection, "seed": int(cfg.seed), "device": str(device),
-            "overrides": list(overrides or [])}
+    return {
+        "method": cfg.method.name,
+        "selection": selection,
+        "seed": int(cfg.seed),
+        "device": str(device),
+        "overrides": list(overrides or []),
+    }
 
 
 def selection_target(cfg: DictConfig) -> float | None:
@@ -276,8 +336,9 @@ def selection_target(cfg: DictConfig) -> float | None:
     return None
 
 
-def verify_circuit(cfg: DictConfig, ld: Loaded, graph, circuit: Circuit,
-                   ablation: cg.Ablation) -> tuple[float, float | None, FaithfulnessCurve | None]:
+def verify_circuit(
+    cfg: DictConfig, ld: Loaded, graph, circuit: Circuit, ablation: cg.Ablation
+) -> tuple[float, float | None, FaithfulnessCurve | None]:
     """Re-measure the chosen circuit by patching (the search's own figure may be an estimate),
     then the faithfulness curve: ``(verified, search's faithfulness, curve or None)``.
 
@@ -296,8 +357,11 @@ def verify_circuit(cfg: DictConfig, ld: Loaded, graph, circuit: Circuit,
 
 
 def _hypothesis_blocker(graph) -> str | None:
-    return hypothesis_unsupported(neurons=bool(graph.neurons), positions=bool(getattr(graph, "positions", None)),
-                                  features=bool(graph.node_graph.sites))
+    return hypothesis_unsupported(
+        neurons=bool(graph.neurons),
+        positions=bool(getattr(graph, "positions", None)),
+        features=bool(graph.node_graph.sites),
+    )
 
 
 def scrub_circuit(cfg: DictConfig, ld: Loaded, graph, circuit: Circuit) -> tuple[cg.Hypothesis | None, dict]:
@@ -308,13 +372,16 @@ def scrub_circuit(cfg: DictConfig, ld: Loaded, graph, circuit: Circuit) -> tuple
     samples, seed = cfg.export.scrub_samples, int(cfg.seed)
     if cfg.export.hypothesis and _hypothesis_blocker(graph) is None:
         hypothesis = cg.Hypothesis.from_circuit(circuit, name=f"{ld.label} circuit ({cfg.method.name})")
-        scrubbed["circuit"] = cg.scrub(ld.model, hypothesis, ld.task, n_samples=samples, seed=seed,
-                                       warn_vacuous=False).to_dict()
+        scrubbed["circuit"] = cg.scrub(
+            ld.model, hypothesis, ld.task, n_samples=samples, seed=seed, warn_vacuous=False
+        ).to_dict()
     if cfg.get("hypothesis"):
         path = Path(str(cfg.hypothesis)).expanduser()
         tested = cg.Hypothesis.load(path, model=ld.model)
-        scrubbed["file"] = {"path": str(path),
-                            **cg.scrub(ld.model, tested, ld.task, n_samples=samples, seed=seed).to_dict()}
+        scrubbed["file"] = {
+            "path": str(path),
+            **cg.scrub(ld.model, tested, ld.task, n_samples=samples, seed=seed).to_dict(),
+        }
     return hypothesis, scrubbed
 
 
@@ -326,8 +393,14 @@ def add_scrubbing_caveat(scrubbed: dict, ablation: str, faith: float) -> dict:
     if note:
         scrubbed["note"] = note
         if large_scrubbing_gap(faith, rec):
-            log.warning("the circuit recovers %.3f of the loss under causal scrubbing but has faithfulness %.3f "
-                        "under %s ablation: %s", rec, faith, ablation, note)
+            log.warning(
+                "the circuit recovers %.3f of the loss under causal scrubbing but has faithfulness %.3f "
+                "under %s ablation: %s",
+                rec,
+                faith,
+                ablation,
+                note,
+            )
     return scrubbed
 
 
@@ -336,9 +409,16 @@ def add_scrubbing_caveat(scrubbed: dict, ablation: str, faith: float) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
-def write_outputs(cfg: DictConfig, out: Path, ld: Loaded, graph, circuit: Circuit,
-                  curve: FaithfulnessCurve | None, hypothesis: cg.Hypothesis | None,
-                  target: float | None) -> tuple[dict[str, str], dict[str, str]]:
+def write_outputs(
+    cfg: DictConfig,
+    out: Path,
+    ld: Loaded,
+    graph,
+    circuit: Circuit,
+    curve: FaithfulnessCurve | None,
+    hypothesis: cg.Hypothesis | None,
+    target: float | None,
+) -> tuple[dict[str, str], dict[str, str]]:
     """Every file but summary.json: ``(files written, {file: why skipped})``."""
     files: dict[str, str] = {}
     skipped: dict[str, str] = {}
@@ -355,8 +435,16 @@ def write_outputs(cfg: DictConfig, out: Path, ld: Loaded, graph, circuit: Circui
     files["circuit"] = FILES["circuit"]
     files["circuit_tensors"] = FILES["circuit_tensors"]
     if cfg.export.png and curve is not None:
-        _write_png(out, curve, circuit, graph, curve_title(ld.label, ld.task.name, cfg.method.name, curve),
-                   target, files, skipped)
+        _write_png(
+            out,
+            curve,
+            circuit,
+            graph,
+            curve_title(ld.label, ld.task.name, cfg.method.name, curve),
+            target,
+            files,
+            skipped,
+        )
     _write_exchange_formats(cfg, out, circuit, files, skipped)
     if cfg.export.html:
         title = cfg.export.title or default_title(ld.label, ld.task.name, cfg.method.name, circuit, graph)
@@ -365,8 +453,16 @@ def write_outputs(cfg: DictConfig, out: Path, ld: Loaded, graph, circuit: Circui
     return files, skipped
 
 
-def _write_png(out: Path, curve: FaithfulnessCurve, circuit: Circuit, graph, title: str,
-               target: float | None, files: dict[str, str], skipped: dict[str, str]) -> None:
+def _write_png(
+    out: Path,
+    curve: FaithfulnessCurve,
+    circuit: Circuit,
+    graph,
+    title: str,
+    target: float | None,
+    files: dict[str, str],
+    skipped: dict[str, str],
+) -> None:
     try:
         write_curve_png(out / FILES["png"], curve, circuit, graph, title=title, target=target)
         files["png"] = FILES["png"]
@@ -375,14 +471,15 @@ def _write_png(out: Path, curve: FaithfulnessCurve, circuit: Circuit, graph, tit
         log.warning("not writing %s: %s", FILES["png"], skipped["png"])
 
 
-def _write_exchange_formats(cfg: DictConfig, out: Path, circuit: Circuit, files: dict[str, str],
-                            skipped: dict[str, str]) -> None:
+def _write_exchange_formats(
+    cfg: DictConfig, out: Path, circuit: Circuit, files: dict[str, str], skipped: dict[str, str]
+) -> None:
     """GraphML and MIB JSON, when asked for; a layout that cannot hold the circuit is skipped."""
     for key, writer in (("graphml", "to_graphml"), ("mib_json", "to_mib_json")):
         if not cfg.export[key]:
             continue
         try:
-            atomic_write(out / FILES[key], lambda p, w=getattr(export, writer): w(circuit, p))
+            atomic_write(out / FILES[key], functools.partial(getattr(export, writer), circuit))
             files[key] = FILES[key]
         except ValueError as e:  # e.g. the MIB layout cannot hold an attention-only model
             skipped[key] = str(e)
@@ -411,8 +508,11 @@ def write_summary(out: Path, summary: dict, files: dict[str, str]) -> None:
 def build_graph(gcfg: DictConfig, model, entry, task: Task, device: torch.device) -> cg.Graph:
     """The run's graph: heads and MLPs, or neurons, token positions or SAE features (``graph.*``)."""
     if gcfg.saes is not None:
-        saes = zoo_saes(entry.name, device=device) if gcfg.saes == "zoo" else \
-            load_saes(Path(str(gcfg.saes)).expanduser(), device=device)
+        saes = (
+            zoo_saes(entry.name, device=device)
+            if gcfg.saes == "zoo"
+            else load_saes(Path(str(gcfg.saes)).expanduser(), device=device)
+        )
         if not saes:
             raise GraphError(f"graph.saes=zoo: the zoo model {entry.name!r} ships no SAEs (the induction model does)")
         features = int(gcfg.features) if str(gcfg.features).isdigit() else str(gcfg.features)
@@ -453,8 +553,11 @@ def load_model(mcfg: DictConfig, device: torch.device) -> tuple[Any, Any, str]:
         entry = zoo.load(mcfg.name, device=device)
         return entry.model, entry, mcfg.name
     dtype = getattr(torch, mcfg.dtype)
-    processing = dict(fold_ln=bool(mcfg.fold_ln), center_writing_weights=bool(mcfg.center_writing_weights),
-                      center_unembed=bool(mcfg.center_unembed))
+    processing = dict(
+        fold_ln=bool(mcfg.fold_ln),
+        center_writing_weights=bool(mcfg.center_writing_weights),
+        center_unembed=bool(mcfg.center_unembed),
+    )
     if mcfg.source == "pretrained":
         return loading.load_pretrained(mcfg.name, device, dtype, **processing), None, mcfg.name
     folder = Path(mcfg.path).expanduser().resolve()
@@ -464,8 +567,7 @@ def load_model(mcfg: DictConfig, device: torch.device) -> tuple[Any, Any, str]:
 def load_run_task(tcfg: DictConfig, model, entry) -> Task:
     """The task of a run: a zoo task or a file, with the metric and example limit applied."""
     if tcfg.source == "file":
-        task = cg.load_task(Path(tcfg.path).expanduser(), model, metric=tcfg.metric or "logit_diff",
-                            name=tcfg.name)
+        task = cg.load_task(Path(tcfg.path).expanduser(), model, metric=tcfg.metric or "logit_diff", name=tcfg.name)
     else:
         task = entry.task(tcfg.name)
         if tcfg.metric is not None and tcfg.metric != task.metric_name:
@@ -482,8 +584,24 @@ def default_title(model_label: str, task_name: str, method: str, circuit: Circui
     return f"{model_label} · {task_name} · {method} · {circuit.n_edges} of {graph.n_edges} edges{fs}"
 
 
-def build_summary(cfg, circuit, graph, task, model_label, device, selection, faith, search_faith,
-                  curve, target, timings, wall, files, skipped, overrides) -> dict:
+def build_summary(
+    cfg,
+    circuit,
+    graph,
+    task,
+    model_label,
+    device,
+    selection,
+    faith,
+    search_faith,
+    curve,
+    target,
+    timings,
+    wall,
+    files,
+    skipped,
+    overrides,
+) -> dict:
     """summary.json's content: the run's figures, timings, config and versions."""
     try:
         tl_version = version("transformer-lens")
@@ -506,9 +624,14 @@ def build_summary(cfg, circuit, graph, task, model_label, device, selection, fai
         "edges_total": graph.n_edges,
         "fraction_kept": circuit.n_edges / graph.n_edges if graph.n_edges else 0.0,
         "nodes": len(circuit.nodes()),
-        "graph": {"sources": graph.n_src, "destinations": graph.n_dst, "split_qkv": graph.split_qkv,
-                  "neuron_layers": sorted(graph.neurons), "positions": getattr(graph, "positions", None),
-                  "sae_sites": {s.hook_name: len(s.features) for s in graph.node_graph.sites}},
+        "graph": {
+            "sources": graph.n_src,
+            "destinations": graph.n_dst,
+            "split_qkv": graph.split_qkv,
+            "neuron_layers": sorted(graph.neurons),
+            "positions": getattr(graph, "positions", None),
+            "sae_sites": {s.hook_name: len(s.features) for s in graph.node_graph.sites},
+        },
         "faithfulness": faith,
         "search_faithfulness": search_faith,
         "target": target,
@@ -524,8 +647,12 @@ def build_summary(cfg, circuit, graph, task, model_label, device, selection, fai
         "overrides": list(overrides or []),
         "skipped": skipped,
         "config": to_container(cfg),
-        "versions": {"circuitgraph": cg.__version__, "torch": torch.__version__,
-                     "transformer_lens": tl_version, "python": sys.version.split()[0]},
+        "versions": {
+            "circuitgraph": cg.__version__,
+            "torch": torch.__version__,
+            "transformer_lens": tl_version,
+            "python": sys.version.split()[0],
+        },
     }
 
 
@@ -534,19 +661,23 @@ def _scrub_text(summary: dict) -> str:
     for key, label in (("circuit", "circuit"), ("file", "hypothesis file")):
         r = summary.get("scrubbing", {}).get(key)
         if r:
-            parts.append(f"{label} recovers {r['loss_recovered']:.3f} of the loss "
-                         f"[{r['ci'][0]:.3f}, {r['ci'][1]:.3f}] under scrubbing")
+            parts.append(
+                f"{label} recovers {r['loss_recovered']:.3f} of the loss "
+                f"[{r['ci'][0]:.3f}, {r['ci'][1]:.3f}] under scrubbing"
+            )
     return (", " + ", ".join(parts)) if parts else ""
 
 
 def report(summary: dict, out: Path) -> None:
     """One line of figures on stdout (and in the log), and where the files are."""
     tgt = f" (target {summary['target']:g})" if summary.get("target") is not None else ""
-    cpr = (f", CPR {summary['cpr']:.3f}, CMD {summary['cmd']:.3f}" if summary.get("cpr") is not None else "")
-    line = (f"circuitgraph: {summary['model']} / {summary['task']} / {summary['method']}: "
-            f"{summary['edges_kept']} of {summary['edges_total']} edges, faithfulness "
-            f"{summary['faithfulness']:.3f}{tgt}{cpr}{_scrub_text(summary)}; "
-            f"{summary['wall_time_s']:.1f} s on {summary['device']}")
+    cpr = f", CPR {summary['cpr']:.3f}, CMD {summary['cmd']:.3f}" if summary.get("cpr") is not None else ""
+    line = (
+        f"circuitgraph: {summary['model']} / {summary['task']} / {summary['method']}: "
+        f"{summary['edges_kept']} of {summary['edges_total']} edges, faithfulness "
+        f"{summary['faithfulness']:.3f}{tgt}{cpr}{_scrub_text(summary)}; "
+        f"{summary['wall_time_s']:.1f} s on {summary['device']}"
+    )
     log.info(line)
     print(line)
     print(f"run directory: {out.resolve()}")

@@ -7,4 +7,12 @@ from circuitgraph.engine.evaluator import Baselines, CircuitEvaluator
 from circuitgraph.engine.patching import patched_logits
 from circuitgraph.engine.sources import raw_sources, source_activations
 
-__all__ = ["ABLATIONS", "Ablation", "Baselines", "CircuitEvaluator", "patched_logits", "raw_sources", "source_activations"]
+__all__ = [
+    "ABLATIONS",
+    "Ablation",
+    "Baselines",
+    "CircuitEvaluator",
+    "patched_logits",
+    "raw_sources",
+    "source_activations",
+]

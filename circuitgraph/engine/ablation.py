@@ -48,13 +48,15 @@ class Ablation:
             mask = task.attention_mask if self.reference is None else None
             total, count = {}, None
             for i in range(0, ref.shape[0], 64):
-                m = mask[i:i + 64] if mask is not None else torch.ones(ref[i:i + 64].shape, device=ref.device)
-                raw = raw_sources(model, graph, _Plain(mask[i:i + 64] if mask is not None else None), ref[i:i + 64])
+                m = mask[i : i + 64] if mask is not None else torch.ones(ref[i : i + 64].shape, device=ref.device)
+                raw = raw_sources(model, graph, _Plain(mask[i : i + 64] if mask is not None else None), ref[i : i + 64])
                 for k, v in raw.items():
                     w = m.to(v.dtype).view(*m.shape, *([1] * (v.ndim - 2)))
                     total[k] = total.get(k, 0) + (v * w).sum(0)  # [pos, ...]
                 count = m.sum(0) if count is None else count + m.sum(0)
-            self._mean = {k: v / count.clamp(min=1).to(v.dtype).view(-1, *([1] * (v.ndim - 1))) for k, v in total.items()}
+            self._mean = {
+                k: v / count.clamp(min=1).to(v.dtype).view(-1, *([1] * (v.ndim - 1))) for k, v in total.items()
+            }
         if self.kind == "resample" and self._perm is None:
             n = task.n_examples
             if n < 2:
@@ -64,8 +66,9 @@ class Ablation:
             self._perm = ((torch.arange(n) + shift) % n).to(task.device)  # never maps an example to itself
         return self
 
-    def activations(self, model: Any, graph: Graph, task: Any, idx: slice | torch.Tensor, chunk: Any,
-                    compact: bool = False) -> torch.Tensor | CompactSources:
+    def activations(
+        self, model: Any, graph: Graph, task: Any, idx: slice | torch.Tensor, chunk: Any, compact: bool = False
+    ) -> torch.Tensor | CompactSources:
         """Ablated source activations ``[n_src, batch, pos, d]`` for examples ``idx`` of ``task``
         (``chunk`` is ``task.select(idx)``); ``compact``: SAE features as coefficients."""
         return stack_sources(model, graph, self.raw(model, graph, task, idx, chunk), compact=compact)
@@ -81,7 +84,12 @@ class Ablation:
             like = raw_sources(model, graph, _Plain(None), chunk.clean[:1, :1])  # shapes and dtypes only
             return {k: torch.zeros((B, P, *v.shape[2:]), dtype=v.dtype, device=v.device) for k, v in like.items()}
         partner = self._perm[idx]
-        return raw_sources(model, graph, _Plain(task.attention_mask[partner] if task.attention_mask is not None else None), task.clean[partner])
+        return raw_sources(
+            model,
+            graph,
+            _Plain(task.attention_mask[partner] if task.attention_mask is not None else None),
+            task.clean[partner],
+        )
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "seed": self.seed, "reference": "custom" if self.reference is not None else None}
@@ -97,5 +105,3 @@ class _Plain:
         if self.attention_mask is not None:
             kw["attention_mask"] = self.attention_mask
         return model(tokens, **kw)
-
-

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from circuitgraph.engine.sites import site_sae
 from circuitgraph.errors import GraphError, TaskError
@@ -25,7 +26,9 @@ def auto_batch_size(graph: Graph, task: Any, budget_bytes: float = 1.5e9, lowran
     ``lowrank``: attribution, where neurons and SAE features are a scalar per position (their
     direction is shared), so only the other rows cost a d-vector."""
     node, d = graph.node_graph, graph.arch.d_model
-    n_lowrank = (sum(len(ids) for ids in node.neurons.values()) + sum(len(s.features) for s in node.sites)) if lowrank else 0
+    n_lowrank = (
+        (sum(len(ids) for ids in node.neurons.values()) + sum(len(s.features) for s in node.sites)) if lowrank else 0
+    )
     per_position = (node.n_src - n_lowrank) * d + n_lowrank
     per_position += sum(s.d_sae + d for s in node.sites)  # each site's activations and error, per run
     per_example = per_position * task.seq_len * 4 * 3

@@ -40,7 +40,10 @@ class LiveDeltas:
             if isinstance(ablated, CompactSources):
                 coef = ablated.coefs[site.name]
             else:  # dense ablated feature rows hold coef · W[i]: read the coefficients back off them
-                coef = torch.einsum("ibpd,id->ibp", ablated[start:start + n], W) / (W * W).sum(1).clamp_min(1e-30)[:, None, None]
+                coef = (
+                    torch.einsum("ibpd,id->ibp", ablated[start : start + n], W)
+                    / (W * W).sum(1).clamp_min(1e-30)[:, None, None]
+                )
             self.blocks[site.name] = (start, W, coef)
         self.is_dense = dense
         self.pos = torch.cumsum(dense, 0) - 1  # row → index among the dense rows
@@ -54,8 +57,8 @@ class LiveDeltas:
         """Live activations ``[n, K, B, P, d]`` (or anything reshaping to it) of dense rows ``rows``."""
         at = int(self.pos[rows.start])
         n = rows.stop - rows.start
-        ref = self.ablated[rows] if self.ablated_dense is None else self.ablated_dense[at:at + n]
-        self.dense[at:at + n] = live.reshape(n, self.K, self.B, self.P, self.d) - ref[:, None]
+        ref = self.ablated[rows] if self.ablated_dense is None else self.ablated_dense[at : at + n]
+        self.dense[at : at + n] = live.reshape(n, self.K, self.B, self.P, self.d) - ref[:, None]
 
     def record_features(self, site_name: str, coef: torch.Tensor) -> None:
         """Live coefficients ``[n, K, B, P]`` of a site's feature nodes."""

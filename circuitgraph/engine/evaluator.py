@@ -6,8 +6,9 @@ scores) is a call of one :class:`CircuitEvaluator`, so ablations are prepared on
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -30,9 +31,17 @@ class CircuitEvaluator:
     ``"auto"`` does so on an accelerator when the cache would take over a quarter of its free
     memory."""
 
-    def __init__(self, model: Any, graph: Graph, task: Any, ablation: str | Ablation = "corrupted",
-                 batch_size: int | None = None, mask_batch: int | None = None, cache_bytes: float = 2e9,
-                 offload: bool | str = "auto") -> None:
+    def __init__(
+        self,
+        model: Any,
+        graph: Graph,
+        task: Any,
+        ablation: str | Ablation = "corrupted",
+        batch_size: int | None = None,
+        mask_batch: int | None = None,
+        cache_bytes: float = 2e9,
+        offload: bool | str = "auto",
+    ) -> None:
         check_graph(model, graph, task)
         task.check_model(model)
         task.prepare(model)
@@ -66,16 +75,22 @@ class CircuitEvaluator:
     def __call__(self, masks: torch.Tensor, progress: bool = False) -> torch.Tensor:
         """``masks [K, n_src, n_dst]`` → mean metric per circuit ``[K]`` (float64, on CPU)."""
         out = torch.zeros(masks.shape[0], dtype=torch.float64)
-        bar = tqdm(total=len(self.chunks) * masks.shape[0], desc="evaluate", unit="circuit", disable=not progress,
-                   delay=2.0, leave=False)
+        bar = tqdm(
+            total=len(self.chunks) * masks.shape[0],
+            desc="evaluate",
+            unit="circuit",
+            disable=not progress,
+            delay=2.0,
+            leave=False,
+        )
         for i, (_, chunk, weight) in enumerate(self.chunks):
             ablated = self._ablated(i)
             for s in range(0, masks.shape[0], self.mask_batch):
-                m = masks[s:s + self.mask_batch].to(self.graph.valid.device)
+                m = masks[s : s + self.mask_batch].to(self.graph.valid.device)
                 k = m.shape[0]
                 logits = patched_logits(self.model, self.graph, chunk, ablated, m)
                 values = tiled(chunk, k).score(logits, " during evaluation").view(k, chunk.n_examples)
-                out[s:s + k] += weight * values.double().mean(1).cpu()
+                out[s : s + k] += weight * values.double().mean(1).cpu()
                 bar.update(k)
         bar.close()
         self.n_circuits += masks.shape[0]
@@ -85,8 +100,10 @@ class CircuitEvaluator:
         """Mean metric of the circuits that ``builders`` (callables returning a mask) make, built a
         batch at a time: at neuron or feature scale each ``[n_src, n_dst]`` mask is over a
         gigabyte, so a whole grid of them is never held at once."""
-        out = [self(torch.stack([b() for b in builders[i:i + self.mask_batch]]))
-               for i in range(0, len(builders), self.mask_batch)]
+        out = [
+            self(torch.stack([b() for b in builders[i : i + self.mask_batch]]))
+            for i in range(0, len(builders), self.mask_batch)
+        ]
         return torch.cat(out)
 
     def baselines(self) -> Baselines:

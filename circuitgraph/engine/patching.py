@@ -13,7 +13,8 @@ examples are tiled K times), which is how exact patching, faithfulness curves an
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -25,7 +26,9 @@ from circuitgraph.graph import Graph
 from circuitgraph.models.backend import Backend, as_backend
 
 
-def patch_hooks(model: Any, graph: Graph, ablated: torch.Tensor | CompactSources, keep: torch.Tensor) -> list:
+# One hook list in forward order: the per-layer closures share the removal tensor and the live
+# deltas, and reading it top to bottom is reading the patched forward pass.
+def patch_hooks(model: Any, graph: Graph, ablated: torch.Tensor | CompactSources, keep: torch.Tensor) -> list:  # noqa: C901
     """Forward hooks implementing the patched run for ``keep [K, n_src, n_dst]`` (True = edge
     kept) given ``ablated [n_src, batch, pos, d]`` (or :class:`CompactSources`). Needs ``use_split_qkv_input`` and
     ``use_hook_mlp_in`` (see :func:`patched_logits`)."""
@@ -107,8 +110,16 @@ def patch_hooks(model: Any, graph: Graph, ablated: torch.Tensor | CompactSources
     return hooks
 
 
-def _neuron_hooks(bk: Backend, graph: Graph, L: int, removed: torch.Tensor, deltas: LiveDeltas,
-                  subtract: Callable, K: int, up: slice | torch.Tensor) -> list:
+def _neuron_hooks(
+    bk: Backend,
+    graph: Graph,
+    L: int,
+    removed: torch.Tensor,
+    deltas: LiveDeltas,
+    subtract: Callable,
+    K: int,
+    up: slice | torch.Tensor,
+) -> list:
     """Patching for a layer split into neurons.
 
     Sources: each selected neuron writes ``post_i · W_out[i]``; ``rest`` writes the remainder of
@@ -136,7 +147,7 @@ def _neuron_hooks(bk: Backend, graph: Graph, L: int, removed: torch.Tensor, delt
         if h is not None:
             hooks.append((bk.mlp_in_hook(L), h))
 
-    r = removed[:, up, cols.start:cols.start + n].to(deltas.dense.dtype)  # [K, n_up, n]
+    r = removed[:, up, cols.start : cols.start + n].to(deltas.dense.dtype)  # [K, n_up, n]
     patched = r.any(0).any(0).nonzero()[:, 0]  # neurons with some removed in-edge
     if len(patched):
         rp = r[:, :, patched]
@@ -168,8 +179,9 @@ def _neuron_hooks(bk: Backend, graph: Graph, L: int, removed: torch.Tensor, delt
 
 
 @torch.no_grad()
-def patched_logits(model: Any, graph: Graph, task: Any, ablated: torch.Tensor | CompactSources,
-                   keep: torch.Tensor) -> torch.Tensor:
+def patched_logits(
+    model: Any, graph: Graph, task: Any, ablated: torch.Tensor | CompactSources, keep: torch.Tensor
+) -> torch.Tensor:
     """Logits ``[K * batch, pos, vocab]`` of the clean prompts with the edges outside each of the
     K masks ablated. ``keep`` is ``[n_src, n_dst]`` or ``[K, n_src, n_dst]`` bool."""
     if keep.ndim == 2:

@@ -33,7 +33,8 @@ def site_sae(graph: Graph, site: Site) -> Any:
     if sae is None:
         raise GraphError(
             f"this graph has an SAE site at {site.hook_name} but no SAE attached there; call "
-            "graph.attach_saes([...]) with the SAEs it was built with (e.g. circuitgraph.sae.zoo_saes(...))")
+            "graph.attach_saes([...]) with the SAEs it was built with (e.g. circuitgraph.sae.zoo_saes(...))"
+        )
     return sae
 
 
@@ -167,7 +168,11 @@ def site_deltas(graph: Graph, diff: dict, site: Site, start: int):
     W_dec = frozen(sae.W_dec)
     ids = feature_ids(site, acts.device)
     n = len(ids)
-    block = LowRankSources(torch.arange(start, start + n, device=acts.device), acts[..., ids].permute(2, 0, 1), W_dec[ids]) if n else None
+    block = (
+        LowRankSources(torch.arange(start, start + n, device=acts.device), acts[..., ids].permute(2, 0, 1), W_dec[ids])
+        if n
+        else None
+    )
     rows, dense = [], []
     if site.has_rest:
         un = other_features(site, acts.device)
@@ -201,7 +206,7 @@ class _SitePatch:
         self.un = other_features(site, device) if site.has_rest else None
         r = removed[:, self.up, graph.dst_slices()[site.name]].to(deltas.dense.dtype)  # [K, n_up, n_nodes]
         self.r_feat = r[..., :n]
-        self.r_rest = r[..., n:n + 1] if site.has_rest and bool(r[..., n].any()) else None
+        self.r_rest = r[..., n : n + 1] if site.has_rest and bool(r[..., n].any()) else None
         self.r_err = r[..., -1:] if bool(r[..., -1].any()) else None
         self.W_enc, self.W_dec, self.b_dec = frozen(self.sae.W_enc), frozen(self.sae.W_dec), frozen(self.sae.b_dec)
         self.shape = (deltas.K, deltas.B, deltas.P, deltas.d)
@@ -215,8 +220,15 @@ class _SitePatch:
         """``x [K, B, P, d]`` minus the removed deltas of one node (``r [K, n_up, 1]``; None: none)."""
         return x if r is None else x - self.deltas.removed_sum(r, self.up)[..., 0, :].to(x.dtype)
 
-    def finish(self, site_name: str, acts: torch.Tensor, rest_acts: torch.Tensor | None, err: torch.Tensor,
-               out_shape, out_dtype) -> torch.Tensor:
+    def finish(
+        self,
+        site_name: str,
+        acts: torch.Tensor,
+        rest_acts: torch.Tensor | None,
+        err: torch.Tensor,
+        out_shape,
+        out_dtype,
+    ) -> torch.Tensor:
         """Record the site's live nodes (feature coefficients, dense rest and err) and return its output."""
         feats = frozen(acts[..., self.ids])  # [K, B, P, n]
         err = frozen(err)
@@ -253,7 +265,9 @@ def _transcoder_patch_hooks(model, graph: Graph, site: Site, removed, deltas) ->
         if len(patched):
             own = x[..., None, :] - deltas.removed_sum(r_patched, sp.up).to(x.dtype)  # [K, B, P, n_p, d]
             normed = frozen(norm(own.reshape(K * B, P, len(patched), d))).reshape(K, B, P, len(patched), d)
-            pre[..., ids[patched]] = torch.einsum("kbpjd,dj->kbpj", normed, sp.W_enc[:, ids[patched]]) + b_enc[ids[patched]]
+            pre[..., ids[patched]] = (
+                torch.einsum("kbpjd,dj->kbpj", normed, sp.W_enc[:, ids[patched]]) + b_enc[ids[patched]]
+            )
         acts = sae.activation(pre)
         rest = None
         if site.has_rest:
@@ -296,5 +310,5 @@ def feature_rows(graph: Graph) -> torch.Tensor:
     out = torch.zeros(graph.n_src, dtype=torch.bool)
     for site in graph.sites:
         start = graph.src_slices()[site.name].start
-        out[start:start + len(site.features)] = True
+        out[start : start + len(site.features)] = True
     return out

@@ -34,8 +34,9 @@ def source_hooks(model: Any, graph: Graph, buf: dict, sites: bool = True) -> lis
     return hooks + (site_hooks(model, graph, buf) if sites else [])
 
 
-def stack_sources(model: Any, graph: Graph, buf: dict, out: torch.Tensor | None = None,
-                  compact: bool = False) -> torch.Tensor | CompactSources:
+def stack_sources(
+    model: Any, graph: Graph, buf: dict, out: torch.Tensor | None = None, compact: bool = False
+) -> torch.Tensor | CompactSources:
     """Raw captures → ``[n_src, batch, pos, d_model]`` (heads projected through ``W_O``, neurons
     through their ``W_out`` rows). Dense: for patching and small graphs; attribution at neuron
     scale uses :func:`source_deltas`, which keeps neurons low-rank. With ``compact`` (and SAE
@@ -55,6 +56,7 @@ def stack_sources(model: Any, graph: Graph, buf: dict, out: torch.Tensor | None 
 
         out = torch.empty(int((~is_feature).sum()), B, P, d, dtype=x0.dtype, device=x0.device)
     else:
+
         def at(rows: slice) -> slice:
             return rows
 
@@ -72,7 +74,7 @@ def stack_sources(model: Any, graph: Graph, buf: dict, out: torch.Tensor | None 
             continue
         post, W_out = _neuron_parts(model, graph, buf, L)
         n = post.shape[-1]
-        out[rows.start:rows.start + n] = torch.einsum("bpi,id->ibpd", post, W_out)
+        out[rows.start : rows.start + n] = torch.einsum("bpi,id->ibpd", post, W_out)
         if graph.has_rest(L):
             out[rows.start + n] = buf[f"mlp{L}"] - post @ W_out
     if not graph.sites:
@@ -81,8 +83,9 @@ def stack_sources(model: Any, graph: Graph, buf: dict, out: torch.Tensor | None 
         site_sources(graph, buf, site, out[at(slices[site.name])], features=not compact)
     if not compact:
         return out
-    return CompactSources(out, {site.name: site_coefficients(graph, buf, site) for site in graph.sites if site.features},
-                          graph.n_src)
+    return CompactSources(
+        out, {site.name: site_coefficients(graph, buf, site) for site in graph.sites if site.features}, graph.n_src
+    )
 
 
 def _neuron_parts(model: Any, graph: Graph, buf: dict, L: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -97,7 +100,9 @@ def source_deltas(model: Any, graph: Graph, diff: dict) -> SourceDeltas:
     bk = as_backend(model)
     graph = graph.node_graph
     if not graph.neurons and not graph.sites:
-        return SourceDeltas(stack_sources(model, graph, diff), torch.arange(graph.n_src, device=diff["input"].device), [])
+        return SourceDeltas(
+            stack_sources(model, graph, diff), torch.arange(graph.n_src, device=diff["input"].device), []
+        )
     x0 = diff["input"]
     slices = graph.src_slices()
     dense, rows, lowrank = [x0[None]], [0], []
@@ -114,7 +119,9 @@ def source_deltas(model: Any, graph: Graph, diff: dict) -> SourceDeltas:
             continue
         post, W_out = _neuron_parts(model, graph, diff, L)
         n = post.shape[-1]
-        lowrank.append(LowRankSources(torch.arange(m.start, m.start + n, device=x0.device), post.permute(2, 0, 1), W_out))
+        lowrank.append(
+            LowRankSources(torch.arange(m.start, m.start + n, device=x0.device), post.permute(2, 0, 1), W_out)
+        )
         if graph.has_rest(L):
             dense.append((diff[f"mlp{L}"] - post @ W_out)[None])
             rows.append(m.start + n)
@@ -151,5 +158,3 @@ def source_activations(model: Any, graph: Graph, task: Any, tokens: torch.Tensor
 def raw_difference(a: dict, b: dict) -> dict:
     """``a − b`` capture by capture (heads stay in z space: W_O is applied once, afterwards)."""
     return {k: a[k] - b[k] for k in a}
-
-

@@ -4,7 +4,6 @@ as compactly as their readers allow (dense d-vectors, or a coefficient times a f
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
 
 import torch
 
@@ -73,8 +72,10 @@ class CompactSources:
     def device(self) -> torch.device:
         return self.dense.device
 
-    def to(self, *args, **kw) -> "CompactSources":
-        return CompactSources(self.dense.to(*args, **kw), {k: v.to(*args, **kw) for k, v in self.coefs.items()}, self.n_src)
+    def to(self, *args, **kw) -> CompactSources:
+        return CompactSources(
+            self.dense.to(*args, **kw), {k: v.to(*args, **kw) for k, v in self.coefs.items()}, self.n_src
+        )
 
-    def pin_memory(self) -> "CompactSources":
+    def pin_memory(self) -> CompactSources:
         return CompactSources(self.dense.pin_memory(), {k: v.pin_memory() for k, v in self.coefs.items()}, self.n_src)

@@ -4,8 +4,24 @@ and ROC curves against ground truth. (The batched evaluator itself is
 
 from circuitgraph.engine.evaluator import Baselines, CircuitEvaluator
 from circuitgraph.evaluation.faithfulness import (
-    CURVE_PERCENTS, FaithfulnessCurve, baselines, evaluate, faithfulness, faithfulness_curve,
+    CURVE_PERCENTS,
+    FaithfulnessCurve,
+    baselines,
+    evaluate,
+    faithfulness,
+    faithfulness_curve,
 )
 from circuitgraph.evaluation.roc import edge_roc, roc_auc
 
-__all__ = ["roc_auc", "edge_roc", "CircuitEvaluator", "evaluate", "faithfulness", "faithfulness_curve", "baselines", "Baselines", "FaithfulnessCurve", "CURVE_PERCENTS"]
+__all__ = [
+    "roc_auc",
+    "edge_roc",
+    "CircuitEvaluator",
+    "evaluate",
+    "faithfulness",
+    "faithfulness_curve",
+    "baselines",
+    "Baselines",
+    "FaithfulnessCurve",
+    "CURVE_PERCENTS",
+]

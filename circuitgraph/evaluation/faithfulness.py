@@ -22,8 +22,16 @@ from circuitgraph.tasks.metrics import LOWER_IS_BETTER
 CURVE_PERCENTS = (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100)
 
 
-def evaluate(model, graph: Graph, task, masks: torch.Tensor, ablation: str | Ablation = "corrupted",
-             batch_size: int | None = None, mask_batch: int | None = None, progress: bool = True) -> torch.Tensor:
+def evaluate(
+    model,
+    graph: Graph,
+    task,
+    masks: torch.Tensor,
+    ablation: str | Ablation = "corrupted",
+    batch_size: int | None = None,
+    mask_batch: int | None = None,
+    progress: bool = True,
+) -> torch.Tensor:
     """Mean metric of the model restricted to each circuit: ``masks [K, n_src, n_dst]`` (or one
     ``[n_src, n_dst]`` mask) → ``[K]`` (or a scalar)."""
     single = masks.ndim == 2
@@ -33,8 +41,14 @@ def evaluate(model, graph: Graph, task, masks: torch.Tensor, ablation: str | Abl
     return out[0] if single else out
 
 
-def baselines(model, graph: Graph, task, ablation: str | Ablation = "corrupted",
-              batch_size: int | None = None, mask_batch: int | None = None) -> Baselines:
+def baselines(
+    model,
+    graph: Graph,
+    task,
+    ablation: str | Ablation = "corrupted",
+    batch_size: int | None = None,
+    mask_batch: int | None = None,
+) -> Baselines:
     """Metric of the full model and of the empty circuit (one batched patched forward)."""
     return CircuitEvaluator(model, graph, task, ablation, batch_size, mask_batch, cache_bytes=0).baselines()
 
@@ -61,8 +75,15 @@ class FaithfulnessCurve:
         return dict(self.__dict__)
 
 
-def faithfulness_curve(model, graph: Graph, task, ablation: str | Ablation = "corrupted",
-                       percents=CURVE_PERCENTS, scores: torch.Tensor | None = None, **kw) -> FaithfulnessCurve:
+def faithfulness_curve(
+    model,
+    graph: Graph,
+    task,
+    ablation: str | Ablation = "corrupted",
+    percents=CURVE_PERCENTS,
+    scores: torch.Tensor | None = None,
+    **kw,
+) -> FaithfulnessCurve:
     """Faithfulness at MIB's edge fractions, with CPR and CMD as MIB defines them (areas over the
     fraction of edges in [0, 1], trapezoid rule)."""
     scores = graph.scores if scores is None else scores
@@ -80,8 +101,10 @@ def faithfulness_curve(model, graph: Graph, task, ablation: str | Ablation = "co
     n = len(percents)
     base = Baselines(full=float(v[-2]), empty=float(v[-1]))
     f = base.faithfulness(v[:-2]).cpu()
-    signed, absolute = f[:n], f[n:2 * n]
+    signed, absolute = f[:n], f[n : 2 * n]
     x = torch.tensor(percents, dtype=torch.float64) / 100
     cpr = float(torch.trapezoid(signed.double(), x))
     cmd = float(torch.trapezoid((1 - absolute.double()).abs(), x))
-    return FaithfulnessCurve(list(map(float, percents)), signed.tolist(), absolute.tolist(), cpr, cmd, base.full, base.empty)
+    return FaithfulnessCurve(
+        list(map(float, percents)), signed.tolist(), absolute.tolist(), cpr, cmd, base.full, base.empty
+    )

@@ -28,8 +28,8 @@ Three levels (:func:`edge_roc`):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 
@@ -238,8 +238,9 @@ def _gt_nodes(gt) -> set[str]:
     return set(getattr(gt, "nodes", ()) or ())
 
 
-def _gt_labels(graph: Graph, gt: set[tuple[str, str]], level: str, names: list[str],
-               extra_nodes: set[str] = frozenset()) -> torch.Tensor:
+def _gt_labels(
+    graph: Graph, gt: set[tuple[str, str]], level: str, names: list[str], extra_nodes: set[str] = frozenset()
+) -> torch.Tensor:
     heads_only = {d for _, d in gt if d not in graph.dst_index}
     for s, d in gt:
         if s not in graph.src_index:

@@ -188,20 +188,34 @@ def to_mib_json(circuit, path: str | Path, *, scores: bool = True, mask: torch.T
     edges = {}
     for i, j in _mib_edge_order(g):
         src, dst = g.src_names[i], g.dst_names[j]
-        info = {"score": score_rows[i][j], "in_graph": bool(mask_rows[i][j])} if scores else {"in_graph": bool(mask_rows[i][j])}
+        info = (
+            {"score": score_rows[i][j], "in_graph": bool(mask_rows[i][j])}
+            if scores
+            else {"in_graph": bool(mask_rows[i][j])}
+        )
         edges[_mib_edge_name(src, dst)] = info
         if mask_rows[i][j]:
             used.update((src, dst_node(dst)))
     nodes = {name: {"in_graph": name in used} for name in g.src_names}
     nodes["logits"] = {"in_graph": True}  # EAP-IG's logits node is always in the graph
     doc = {
-        "cfg": {"n_layers": g.arch.n_layers, "n_heads": g.arch.n_heads, "parallel_attn_mlp": False,
-                "d_model": g.arch.d_model},
+        "cfg": {
+            "n_layers": g.arch.n_layers,
+            "n_heads": g.arch.n_heads,
+            "parallel_attn_mlp": False,
+            "d_model": g.arch.d_model,
+        },
         "nodes": nodes,
         "edges": edges,
-        "circuitgraph": {"schema": MIB_SCHEMA, "model": g.model_name, "config_hash": g.model_hash,
-                         "metadata": c.metadata, "faithfulness": c.faithfulness, "figures": c.figures,
-                         "n_edges": c.n_edges},
+        "circuitgraph": {
+            "schema": MIB_SCHEMA,
+            "model": g.model_name,
+            "config_hash": g.model_hash,
+            "metadata": c.metadata,
+            "faithfulness": c.faithfulness,
+            "figures": c.figures,
+            "n_edges": c.n_edges,
+        },
     }
     text = json.dumps(doc, default=_jsonable)
     atomic_write(path, lambda p: p.write_text(text))
@@ -250,9 +264,13 @@ def from_mib_json(path: str | Path, graph=None, *, strict: bool = True) -> Circu
     meta["imported_from"] = {"format": "eap-ig/mib json", "path": str(path)}
     out.score_info = meta.get("attribution", {}) if isinstance(meta.get("attribution"), dict) else {}
     faith = extra.get("faithfulness")
-    return Circuit(out, mask.to(out.device), metadata=meta,
-                   faithfulness=float(faith) if isinstance(faith, (int, float)) and not isinstance(faith, bool) else None,
-                   figures=extra.get("figures") if isinstance(extra.get("figures"), dict) else {})
+    return Circuit(
+        out,
+        mask.to(out.device),
+        metadata=meta,
+        faithfulness=float(faith) if isinstance(faith, (int, float)) and not isinstance(faith, bool) else None,
+        figures=extra.get("figures") if isinstance(extra.get("figures"), dict) else {},
+    )
 
 
 def _mib_cfg(doc: dict, path: Path) -> dict:
@@ -260,8 +278,10 @@ def _mib_cfg(doc: dict, path: Path) -> dict:
     d_model if any; and ``nodes`` / ``edges`` are objects."""
     missing = [k for k in ("cfg", "nodes", "edges") if k not in doc]
     if missing:
-        raise file_error(path, f"not an EAP-IG/MIB graph file: it lacks the key(s) {_few(missing)} "
-                               "(expected 'cfg', 'nodes' and 'edges')")
+        raise file_error(
+            path,
+            f"not an EAP-IG/MIB graph file: it lacks the key(s) {_few(missing)} (expected 'cfg', 'nodes' and 'edges')",
+        )
     cfg = doc["cfg"]
     if not isinstance(cfg, dict):
         raise file_error(path, "'cfg' must be an object with n_layers, n_heads, parallel_attn_mlp, d_model")
@@ -270,8 +290,11 @@ def _mib_cfg(doc: dict, path: Path) -> dict:
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise file_error(path, f"cfg.{key} must be a positive integer, got {v!r}")
     if cfg.get("parallel_attn_mlp"):
-        raise file_error(path, "the file describes a parallel attention/MLP model (cfg.parallel_attn_mlp is true), "
-                               "which circuitgraph's graph does not support")
+        raise file_error(
+            path,
+            "the file describes a parallel attention/MLP model (cfg.parallel_attn_mlp is true), "
+            "which circuitgraph's graph does not support",
+        )
     d_model = cfg.get("d_model")
     if d_model is not None and (isinstance(d_model, bool) or not isinstance(d_model, int)):
         raise file_error(path, f"cfg.d_model must be an integer, got {d_model!r}")
@@ -289,11 +312,16 @@ def _mib_graph(graph: Graph | None, cfg: dict, extra: dict, path: Path) -> Graph
     a = graph.arch
     if (cfg["n_layers"], cfg["n_heads"]) != (a.n_layers, a.n_heads):
         raise file_error(
-            path, f"the file is for a model with {cfg['n_layers']} layers × {cfg['n_heads']} heads, but the graph has "
-                  f"{a.n_layers} layers × {a.n_heads} heads; pass the graph of the model the file was made for")
+            path,
+            f"the file is for a model with {cfg['n_layers']} layers × {cfg['n_heads']} heads, but the graph has "
+            f"{a.n_layers} layers × {a.n_heads} heads; pass the graph of the model the file was made for",
+        )
     if d_model is not None and a.d_model and d_model != a.d_model:
-        raise file_error(path, f"the file is for a model with d_model={d_model}, but the graph's model has d_model={a.d_model}; "
-                               "pass the graph of the model the file was made for")
+        raise file_error(
+            path,
+            f"the file is for a model with d_model={d_model}, but the graph's model has d_model={a.d_model}; "
+            "pass the graph of the model the file was made for",
+        )
     _check_hash(str(extra.get("config_hash") or ""), graph, path)
     return graph
 
@@ -301,8 +329,10 @@ def _mib_graph(graph: Graph | None, cfg: dict, extra: dict, path: Path) -> Graph
 def _check_hash(file_hash: str, graph: Graph, path: Path) -> None:
     if file_hash and graph.model_hash and file_hash != graph.model_hash:
         raise file_error(
-            path, f"the file was written for a different model (config hash {file_hash}, this graph's is "
-                  f"{graph.model_hash}); import it with the graph of the model it was found on")
+            path,
+            f"the file was written for a different model (config hash {file_hash}, this graph's is "
+            f"{graph.model_hash}); import it with the graph of the model it was found on",
+        )
 
 
 def _check_mib_nodes(nodes: dict, graph: Graph, path: Path) -> None:
@@ -311,8 +341,11 @@ def _check_mib_nodes(nodes: dict, graph: Graph, path: Path) -> None:
     a = graph.arch
     unknown = [n for n in nodes if n not in set(graph.src_names) | {"logits"}]
     if unknown:
-        raise file_error(path, f"unknown node name(s) {_few(unknown)} for a {a.n_layers}-layer, "
-                               f"{a.n_heads}-head model (nodes look like 'input', 'a0.h1', 'm0', 'logits')")
+        raise file_error(
+            path,
+            f"unknown node name(s) {_few(unknown)} for a {a.n_layers}-layer, "
+            f"{a.n_heads}-head model (nodes look like 'input', 'a0.h1', 'm0', 'logits')",
+        )
     for name, entry in nodes.items():
         if not isinstance(entry, dict):
             _check_bool(entry, f"nodes[{name!r}]", path)
@@ -322,8 +355,11 @@ def _check_mib_nodes(nodes: dict, graph: Graph, path: Path) -> None:
         _check_bool(entry["in_graph"], f"nodes[{name!r}].in_graph", path)
         neurons = entry.get("neurons")
         if neurons is not None and not (isinstance(neurons, list) and all(x is True or x == 1 for x in neurons)):
-            raise file_error(path, f"node {name!r} has a neuron-level mask ('neurons'); neuron-level "
-                                   "circuits are not supported, only edge-level ones")
+            raise file_error(
+                path,
+                f"node {name!r} has a neuron-level mask ('neurons'); neuron-level "
+                "circuits are not supported, only edge-level ones",
+            )
 
 
 def _mib_edges(edges: dict, graph: Graph, path: Path, strict: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -335,17 +371,23 @@ def _mib_edges(edges: dict, graph: Graph, path: Path, strict: bool) -> tuple[tor
     for name, info in edges.items():
         i, j = _mib_edge_index(name, graph, path)
         if not isinstance(info, dict) or "in_graph" not in info:
-            raise file_error(path, f"edge {name!r} must map to an object with 'in_graph' (and usually 'score'), "
-                                   f"got {info!r}")
+            raise file_error(
+                path, f"edge {name!r} must map to an object with 'in_graph' (and usually 'score'), got {info!r}"
+            )
         mask[i][j] = _check_bool(info["in_graph"], f"edges[{name!r}].in_graph", path)
         if info.get("score") is not None:
             scores[i][j] = _check_float(info["score"], f"edges[{name!r}].score", path)
         seen[i, j] = True
     if strict and int(seen.sum()) != graph.n_edges:
-        absent = [_mib_edge_name(graph.src_names[i], graph.dst_names[j])
-                  for i, j in (graph.valid.cpu() & ~seen).nonzero().tolist()]
-        raise file_error(path, f"the file lists {int(seen.sum())} of the graph's {graph.n_edges} edges; missing {_few(absent)}. "
-                               "EAP-IG writes every edge; pass strict=False to read absent edges as not in the circuit")
+        absent = [
+            _mib_edge_name(graph.src_names[i], graph.dst_names[j])
+            for i, j in (graph.valid.cpu() & ~seen).nonzero().tolist()
+        ]
+        raise file_error(
+            path,
+            f"the file lists {int(seen.sum())} of the graph's {graph.n_edges} edges; missing {_few(absent)}. "
+            "EAP-IG writes every edge; pass strict=False to read absent edges as not in the circuit",
+        )
     return torch.tensor(scores, dtype=torch.float32), torch.tensor(mask, dtype=torch.bool)
 
 
@@ -353,8 +395,9 @@ def _mib_edge_index(name, graph: Graph, path: Path) -> tuple[int, int]:
     """The graph's ``(src, dst)`` indices of an EAP-IG edge name (``a0.h1->a1.h2<k>``)."""
     m = _MIB_EDGE.match(name) if isinstance(name, str) else None
     if m is None:
-        raise file_error(path, f"malformed edge name {name!r}; EAP-IG edges look like "
-                               "'a0.h1->a1.h2<k>', 'input->m0' or 'm1->logits'")
+        raise file_error(
+            path, f"malformed edge name {name!r}; EAP-IG edges look like 'a0.h1->a1.h2<k>', 'input->m0' or 'm1->logits'"
+        )
     src, node, qkv = m.group("src"), m.group("dst"), m.group("qkv")
     if node_kind(node) == "head" and not qkv:
         raise file_error(path, f"edge {name!r} into attention head {node} must name its input, e.g. '{src}->{node}<q>'")
@@ -365,7 +408,9 @@ def _mib_edge_index(name, graph: Graph, path: Path) -> tuple[int, int]:
         bad = src if i is None else node if j is None else None
         why = f"unknown node {bad!r}" if bad else f"{node} reads the residual stream before {src} writes it"
         a = graph.arch
-        raise file_error(path, f"edge {name!r} does not exist in this {a.n_layers}-layer, {a.n_heads}-head graph ({why})")
+        raise file_error(
+            path, f"edge {name!r} does not exist in this {a.n_layers}-layer, {a.n_heads}-head graph ({why})"
+        )
     return i, j
 
 
@@ -382,18 +427,28 @@ def to_graphml(circuit, path: str | Path, *, all_edges: bool = True, mask: torch
     path.parent.mkdir(parents=True, exist_ok=True)
     score_rows, mask_rows = _score_rows(c)
     G = nx.MultiDiGraph()
-    G.graph.update({
-        "schema": GRAPHML_SCHEMA, "model": g.model_name, "config_hash": g.model_hash,
-        "n_layers": g.arch.n_layers, "n_heads": g.arch.n_heads, "has_mlp": g.arch.has_mlp,
-        "d_model": g.arch.d_model, "d_mlp": g.arch.d_mlp, "split_qkv": g.split_qkv,
-        "neurons": json.dumps({str(k): v for k, v in sorted(g.neurons.items())}),
-        "sites": json.dumps([site.to_dict() for site in g.sites]),
-        "positions": int(getattr(g, "positions", None) or 0), "causal": bool(getattr(g, "causal", True)),
-        "n_edges": c.n_edges,
-        "n_edges_total": g.n_edges, "all_edges": all_edges,
-        "metadata": json.dumps(c.metadata, default=_jsonable),
-        "figures": json.dumps(c.figures, default=_jsonable),
-    })
+    G.graph.update(
+        {
+            "schema": GRAPHML_SCHEMA,
+            "model": g.model_name,
+            "config_hash": g.model_hash,
+            "n_layers": g.arch.n_layers,
+            "n_heads": g.arch.n_heads,
+            "has_mlp": g.arch.has_mlp,
+            "d_model": g.arch.d_model,
+            "d_mlp": g.arch.d_mlp,
+            "split_qkv": g.split_qkv,
+            "neurons": json.dumps({str(k): v for k, v in sorted(g.neurons.items())}),
+            "sites": json.dumps([site.to_dict() for site in g.sites]),
+            "positions": int(getattr(g, "positions", None) or 0),
+            "causal": bool(getattr(g, "causal", True)),
+            "n_edges": c.n_edges,
+            "n_edges_total": g.n_edges,
+            "all_edges": all_edges,
+            "metadata": json.dumps(c.metadata, default=_jsonable),
+            "figures": json.dumps(c.figures, default=_jsonable),
+        }
+    )
     if c.faithfulness is not None:
         G.graph["faithfulness"] = float(c.faithfulness)
     touched = c.nodes()
@@ -406,8 +461,15 @@ def to_graphml(circuit, path: str | Path, *, all_edges: bool = True, mask: torch
             continue
         src, dst = g.src_names[i], g.dst_names[j]
         node = dst_node(dst)
-        G.add_edge(src, node, key=dst, dst=dst, qkv=dst[-1] if node != dst else "",
-                   score=float(score_rows[i][j]), in_circuit=bool(mask_rows[i][j]))
+        G.add_edge(
+            src,
+            node,
+            key=dst,
+            dst=dst,
+            qkv=dst[-1] if node != dst else "",
+            score=float(score_rows[i][j]),
+            in_circuit=bool(mask_rows[i][j]),
+        )
     atomic_write(path, lambda p: nx.write_graphml(G, p))
     return path
 
@@ -433,8 +495,11 @@ def from_graphml(path: str | Path, graph=None) -> Circuit:
     _check_hash(str(attrs.get("config_hash", "") or ""), graph, path)
     scores, mask, n_seen = _graphml_edges(G, graph, path)
     if bool(attrs.get("all_edges", True)) and n_seen != graph.n_edges:
-        raise file_error(path, f"the file holds {n_seen} of the graph's {graph.n_edges} edges but says it holds all "
-                               "of them; the file is truncated or was edited")
+        raise file_error(
+            path,
+            f"the file holds {n_seen} of the graph's {graph.n_edges} edges but says it holds all "
+            "of them; the file is truncated or was edited",
+        )
 
     out = _blank_like(graph)
     out.scores = scores.to(out.device)
@@ -444,8 +509,13 @@ def from_graphml(path: str | Path, graph=None) -> Circuit:
     out.score_info = meta.get("attribution", {}) if isinstance(meta.get("attribution"), dict) else {}
     faith = attrs.get("faithfulness")
     faith = None if faith is None else float(faith)
-    return Circuit(out, mask.to(out.device), metadata=meta, faithfulness=faith,
-                   figures=_loads_dict(attrs.get("figures"), "figures", path))
+    return Circuit(
+        out,
+        mask.to(out.device),
+        metadata=meta,
+        faithfulness=faith,
+        figures=_loads_dict(attrs.get("figures"), "figures", path),
+    )
 
 
 def _read_graphml(path: Path) -> nx.MultiDiGraph:
@@ -458,8 +528,11 @@ def _read_graphml(path: Path) -> nx.MultiDiGraph:
         raise file_error(path, f"not a readable GraphML file ({type(e).__name__}: {e})") from None
     schema = G.graph.get("schema")
     if schema != GRAPHML_SCHEMA:
-        raise file_error(path, f"not a circuitgraph GraphML file (graph attribute 'schema' is {schema!r}, "
-                               f"expected {GRAPHML_SCHEMA!r}); write it with to_graphml")
+        raise file_error(
+            path,
+            f"not a circuitgraph GraphML file (graph attribute 'schema' is {schema!r}, "
+            f"expected {GRAPHML_SCHEMA!r}); write it with to_graphml",
+        )
     return G
 
 
@@ -468,11 +541,17 @@ def _graphml_spec(attrs: dict, path: Path) -> tuple[dict, list[Site]]:
     try:
         sites = [Site.from_dict(d) for d in json.loads(attrs.get("sites") or "[]")]
         spec = {
-            "name": attrs.get("model", ""), "config_hash": attrs.get("config_hash", ""),
-            "n_layers": int(attrs["n_layers"]), "n_heads": int(attrs["n_heads"]), "has_mlp": bool(attrs["has_mlp"]),
-            "d_model": int(attrs["d_model"]), "d_mlp": int(attrs.get("d_mlp", 0)), "split_qkv": bool(attrs["split_qkv"]),
+            "name": attrs.get("model", ""),
+            "config_hash": attrs.get("config_hash", ""),
+            "n_layers": int(attrs["n_layers"]),
+            "n_heads": int(attrs["n_heads"]),
+            "has_mlp": bool(attrs["has_mlp"]),
+            "d_model": int(attrs["d_model"]),
+            "d_mlp": int(attrs.get("d_mlp", 0)),
+            "split_qkv": bool(attrs["split_qkv"]),
             "neurons": {int(k): v for k, v in _loads_dict(attrs.get("neurons"), "neurons", path).items()},
-            "positions": int(attrs.get("positions", 0) or 0) or None, "causal": bool(attrs.get("causal", True)),
+            "positions": int(attrs.get("positions", 0) or 0) or None,
+            "causal": bool(attrs.get("causal", True)),
             "sites": [site.to_dict() for site in sites],
         }
         Architecture(spec["n_layers"], spec["n_heads"], spec["has_mlp"], spec["d_model"], spec["d_mlp"])
@@ -496,23 +575,40 @@ def _check_graphml_fits(spec: dict, sites: list[Site], graph: Graph, path: Path)
 
     positions = getattr(graph, "positions", None)
     checks = [
-        ((spec["n_layers"], spec["n_heads"]) != (a.n_layers, a.n_heads),
-         f"{spec['n_layers']} layers × {spec['n_heads']} heads in the file, {a.n_layers} × {a.n_heads} in the graph"),
-        (spec["has_mlp"] != a.has_mlp, f"MLPs {present(spec['has_mlp'])} in the file, {present(a.has_mlp)} in the graph"),
+        (
+            (spec["n_layers"], spec["n_heads"]) != (a.n_layers, a.n_heads),
+            f"{spec['n_layers']} layers × {spec['n_heads']} heads in the file, {a.n_layers} × {a.n_heads} in the graph",
+        ),
+        (
+            spec["has_mlp"] != a.has_mlp,
+            f"MLPs {present(spec['has_mlp'])} in the file, {present(a.has_mlp)} in the graph",
+        ),
         (spec["d_model"] != a.d_model, f"d_model {spec['d_model']} in the file, {a.d_model} in the graph"),
-        (spec["split_qkv"] != graph.split_qkv,
-         f"split_qkv={spec['split_qkv']} in the file, split_qkv={graph.split_qkv} in the graph"),
-        (spec["neurons"] != graph.neurons,
-         f"neuron nodes {show_neurons(spec['neurons'])} in the file, {show_neurons(graph.neurons)} in the graph"),
-        (sites != list(graph.node_graph.sites),
-         f"SAE sites {show_sites(sites)} in the file, {show_sites(graph.node_graph.sites)} in the graph"),
-        (spec["positions"] != positions,
-         f"{spec['positions'] or 'no'} token positions in the file, {positions or 'no'} in the graph"),
+        (
+            spec["split_qkv"] != graph.split_qkv,
+            f"split_qkv={spec['split_qkv']} in the file, split_qkv={graph.split_qkv} in the graph",
+        ),
+        (
+            spec["neurons"] != graph.neurons,
+            f"neuron nodes {show_neurons(spec['neurons'])} in the file, {show_neurons(graph.neurons)} in the graph",
+        ),
+        (
+            sites != list(graph.node_graph.sites),
+            f"SAE sites {show_sites(sites)} in the file, {show_sites(graph.node_graph.sites)} in the graph",
+        ),
+        (
+            spec["positions"] != positions,
+            f"{spec['positions'] or 'no'} token positions in the file, {positions or 'no'} in the graph",
+        ),
     ]
     problems = [msg for differs, msg in checks if differs]
     if problems:
-        raise file_error(path, "the file was written for a different graph: " + "; ".join(problems)
-                         + ". Import it with the graph of the model it was made for")
+        raise file_error(
+            path,
+            "the file was written for a different graph: "
+            + "; ".join(problems)
+            + ". Import it with the graph of the model it was made for",
+        )
 
 
 def _graphml_edges(G: nx.MultiDiGraph, graph: Graph, path: Path) -> tuple[torch.Tensor, torch.Tensor, int]:

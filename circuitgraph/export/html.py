@@ -55,6 +55,8 @@ X_STEP, X_MIN, Y_STEP, MAX_WIDTH = 190, 120, 72, 1400
 MAX_SLOTS = 48  # columns with more nodes than this are laid out with their shown nodes only,
 WRAP_ROWS = 24  # in sub-columns of at most this many rows
 LABEL_TOKENS = 2  # distinct top-activating tokens shown under a feature node's name
+
+
 def _inline(text: str, tag: str) -> str:
     # A literal "</script" (or "</style") inside the inlined text would end the element early, and
     # "<!--" inside a script can switch the HTML parser into its escaped state; neutralise both
@@ -105,7 +107,9 @@ def _node_info(info: dict, lines: list[str]) -> tuple[str | None, dict]:
     if feature is not None:
         data["feature"] = int(feature)
     if site is not None or feature is not None:
-        lines.append("SAE " + (str(site) if site is not None else "") + (f", feature {feature}" if feature is not None else ""))
+        lines.append(
+            "SAE " + (str(site) if site is not None else "") + (f", feature {feature}" if feature is not None else "")
+        )
     if info.get("description"):
         data["description"] = str(info["description"])
         lines.append(str(info["description"]))
@@ -121,7 +125,9 @@ def _node_info(info: dict, lines: list[str]) -> tuple[str | None, dict]:
             lines.append("top activating tokens (activation, example:position, context):")
             for t in tops:
                 where = f"{t.get('example', '?')}:{t.get('position', '?')}"
-                lines.append(f"  {_fmt(float(t.get('activation', math.nan))):>8}  {where:>7}  {t.get('context', t.get('token', ''))}")
+                lines.append(
+                    f"  {_fmt(float(t.get('activation', math.nan))):>8}  {where:>7}  {t.get('context', t.get('token', ''))}"
+                )
             distinct = list(dict.fromkeys(str(t.get("token", "")) for t in tops))  # a token once
             label = " ".join(repr(tok) for tok in distinct[:LABEL_TOKENS])
         else:
@@ -179,15 +185,23 @@ def _describe(circuit, graph: Graph) -> dict:
     }
     selection = meta.get("selection") if isinstance(meta.get("selection"), dict) else {}
     if selection.get("kind"):
-        info["selection"] = str(selection["kind"]) + (f" (target {selection['target']})" if "target" in selection else "")
+        info["selection"] = str(selection["kind"]) + (
+            f" (target {selection['target']})" if "target" in selection else ""
+        )
     faith = getattr(circuit, "faithfulness", None)
     info["faithfulness"] = None if faith is None else float(faith)
     return info
 
 
 # ------------------------------------------------------------------------------------ main
-def write_html(circuit, path: str | Path, title: str | None = None, show_all_nodes: bool = False,
-               mask: torch.Tensor | None = None, node_info: dict[str, dict] | None = None) -> Path:
+def write_html(
+    circuit,
+    path: str | Path,
+    title: str | None = None,
+    show_all_nodes: bool = False,
+    mask: torch.Tensor | None = None,
+    node_info: dict[str, dict] | None = None,
+) -> Path:
     """Write an interactive, self-contained HTML view of ``circuit`` to ``path``.
 
     ``circuit`` is a :class:`~circuitgraph.circuit.Circuit`, or a :class:`~circuitgraph.graph.Graph`
@@ -234,7 +248,9 @@ def _records(items: list[dict]) -> list[dict]:
 
 def _title(info: dict) -> str:
     """The default title: ``"ioi circuit in gpt2"``, or just ``"Circuit"``."""
-    return (f"{info['task']} circuit" if info["task"] else "Circuit") + (f" in {info['model']}" if info["model"] else "")
+    return (f"{info['task']} circuit" if info["task"] else "Circuit") + (
+        f" in {info['model']}" if info["model"] else ""
+    )
 
 
 # vis-network options of the page: fixed layout, no physics, hover tooltips
@@ -242,13 +258,28 @@ _OPTIONS = {
     "autoResize": True,
     "physics": {"enabled": False},
     "layout": {"improvedLayout": False, "randomSeed": 0},
-    "interaction": {"hover": True, "tooltipDelay": 60, "dragNodes": True, "zoomView": True,
-                    "navigationButtons": False, "keyboard": False},
-    "nodes": {"shape": "box", "margin": 7, "borderWidth": 1, "borderWidthSelected": 2,
-              "font": {"face": "monospace", "size": 15}},
-    "edges": {"arrows": {"to": {"enabled": True, "scaleFactor": 0.45}}, "arrowStrikethrough": False,
-              "font": {"size": 11, "align": "middle", "strokeWidth": 3, "strokeColor": "#ffffff", "color": "#333333"},
-              "selectionWidth": 1.5, "hoverWidth": 0.8},
+    "interaction": {
+        "hover": True,
+        "tooltipDelay": 60,
+        "dragNodes": True,
+        "zoomView": True,
+        "navigationButtons": False,
+        "keyboard": False,
+    },
+    "nodes": {
+        "shape": "box",
+        "margin": 7,
+        "borderWidth": 1,
+        "borderWidthSelected": 2,
+        "font": {"face": "monospace", "size": 15},
+    },
+    "edges": {
+        "arrows": {"to": {"enabled": True, "scaleFactor": 0.45}},
+        "arrowStrikethrough": False,
+        "font": {"size": 11, "align": "middle", "strokeWidth": 3, "strokeColor": "#ffffff", "color": "#333333"},
+        "selectionWidth": 1.5,
+        "hoverWidth": 0.8,
+    },
 }
 
 
@@ -278,10 +309,11 @@ class _Edges:
     max_abs: float
 
     @classmethod
-    def of(cls, graph: Graph, m: torch.Tensor) -> "_Edges":
+    def of(cls, graph: Graph, m: torch.Tensor) -> _Edges:
         scores = graph.scores.detach().float().cpu()[m].tolist()  # row-major, like nonzero()
-        return cls(m.nonzero().tolist(), scores, _rank(scores),
-                   max((abs(s) for s in scores if math.isfinite(s)), default=0.0))
+        return cls(
+            m.nonzero().tolist(), scores, _rank(scores), max((abs(s) for s in scores if math.isfinite(s)), default=0.0)
+        )
 
     @property
     def n(self) -> int:
@@ -308,8 +340,15 @@ def _node_look(style: dict, in_circuit: bool) -> tuple[dict, dict]:
     """vis ``color`` and ``font`` of a node: its kind's colour, or faded when outside the circuit."""
     c = _IN_COLOR if in_circuit else _OUT_COLOR
     bg = style["color"] if in_circuit else c["background"]
-    return ({"background": bg, "border": c["border"], "highlight": {"background": bg, "border": c["highlight"]},
-             "hover": {"background": bg, "border": c["highlight"]}}, {"color": c["font"]})
+    return (
+        {
+            "background": bg,
+            "border": c["border"],
+            "highlight": {"background": bg, "border": c["highlight"]},
+            "hover": {"background": bg, "border": c["highlight"]},
+        },
+        {"color": c["font"]},
+    )
 
 
 def _add_nodes(net, graph: Graph, shown: list[str], touched: dict[str, dict], node_info: dict) -> list[str]:
@@ -335,9 +374,21 @@ def _add_nodes(net, graph: Graph, shown: list[str], touched: dict[str, dict], no
         label, extra = _node_info(node_info[n], lines) if isinstance(node_info.get(n), dict) else (None, {})
         color, font = _node_look(style, bool(t))
         x, y = pos[n]
-        net.add_node(n, label=n if label is None else f"{n}\n{label}", x=x, y=y, color=color, font=font,
-                     title="\n".join(lines), shape="box", physics=False, kind=kind, layer=layer,
-                     inCircuit=bool(t), **extra)
+        net.add_node(
+            n,
+            label=n if label is None else f"{n}\n{label}",
+            x=x,
+            y=y,
+            color=color,
+            font=font,
+            title="\n".join(lines),
+            shape="box",
+            physics=False,
+            kind=kind,
+            layer=layer,
+            inCircuit=bool(t),
+            **extra,
+        )
     return kinds_present
 
 
@@ -360,17 +411,36 @@ def _add_edges(net, graph: Graph, edges: _Edges) -> None:
         # nodes in between; a head's q / k / v edges from one source bend differently to stay apart.
         span = max((dst_time[j] - src_time[i]) / 4, 1)  # in layers / 2 (graph time is 1/8 layer)
         bend = min(0.08 + 0.05 * (span - 1), 0.45)
-        smooth = {"enabled": True, "type": "curvedCCW" if qkv == "q" else "curvedCW",
-                  "roundness": round(bend + (0.18 if qkv == "v" else 0.0), 3)}
-        net.add_edge(src, node, id=f"{src}->{dst}", label=qkv or None, title=tip, width=width,
-                     color={"color": colour, "highlight": colour, "hover": colour, "opacity": 0.85},
-                     smooth=smooth, score=s, absScore=a, rank=edges.ranks[k], qkv=qkv)
+        smooth = {
+            "enabled": True,
+            "type": "curvedCCW" if qkv == "q" else "curvedCW",
+            "roundness": round(bend + (0.18 if qkv == "v" else 0.0), 3),
+        }
+        net.add_edge(
+            src,
+            node,
+            id=f"{src}->{dst}",
+            label=qkv or None,
+            title=tip,
+            width=width,
+            color={"color": colour, "highlight": colour, "hover": colour, "opacity": 0.85},
+            smooth=smooth,
+            score=s,
+            absScore=a,
+            rank=edges.ranks[k],
+            qkv=qkv,
+        )
 
 
 def _header_html(info: dict) -> str:
     parts = []
-    for key, label in (("model", "model"), ("task", "task"), ("metric", "metric"), ("method", "method"),
-                       ("selection", "selection")):
+    for key, label in (
+        ("model", "model"),
+        ("task", "task"),
+        ("metric", "metric"),
+        ("method", "method"),
+        ("selection", "selection"),
+    ):
         if info.get(key):
             parts.append(f"<span><b>{label}</b> {html.escape(str(info[key]))}</span>")
     if info.get("faithfulness") is not None:
@@ -385,9 +455,13 @@ def _legend_html(kinds: list[str], faded: bool) -> str:
     for k in kinds:
         st = _style(k)
         label = st["label"] if k in KIND_STYLES else k
-        rows.append(f'<div class="row"><span class="sw" style="background:{st["color"]}"></span>{html.escape(label)}</div>')
+        rows.append(
+            f'<div class="row"><span class="sw" style="background:{st["color"]}"></span>{html.escape(label)}</div>'
+        )
     if faded:
-        rows.append('<div class="row"><span class="sw" style="background:#f4f4f4;border-color:#c8c8c8"></span>not in the circuit</div>')
+        rows.append(
+            '<div class="row"><span class="sw" style="background:#f4f4f4;border-color:#c8c8c8"></span>not in the circuit</div>'
+        )
     rows.append(f'<div class="row"><span class="ln" style="background:{POSITIVE}"></span>positive score</div>')
     rows.append(f'<div class="row"><span class="ln" style="background:{NEGATIVE}"></span>negative score</div>')
     rows.append('<div class="row note">width ∝ |score|</div>')
@@ -524,7 +598,13 @@ def _page(title: str, info: dict, kinds: list[str], faded: bool, payload: dict) 
     # The payload is a JavaScript expression (not parsed as JSON), so NaN / Infinity are fine.
     data = json.dumps(payload, ensure_ascii=False, default=str)
     data = data.replace("</", "<\\/").replace("<!--", "<\\!--")
-    values = {"TITLE": html.escape(title), "META": _header_html(info), "LEGEND": _legend_html(kinds, faded),
-              "DATA": data, "VIS_CSS": _inline(css, "style"), "VIS_JS": _inline(js, "script")}
+    values = {
+        "TITLE": html.escape(title),
+        "META": _header_html(info),
+        "LEGEND": _legend_html(kinds, faded),
+        "DATA": data,
+        "VIS_CSS": _inline(css, "style"),
+        "VIS_JS": _inline(js, "script"),
+    }
     # one pass, so that text inside the inserted values is never itself substituted
     return re.sub(r"@@([A-Z_]+)@@", lambda mt: values[mt.group(1)], _TEMPLATE)

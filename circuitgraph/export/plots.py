@@ -18,8 +18,9 @@ def curve_title(model_label: str, task_name: str, method: str, curve: Faithfulne
     return f"{model_label} / {task_name} / {method}:  CPR = {curve.cpr:.3f}   CMD = {curve.cmd:.3f}"
 
 
-def write_curve_png(path: str | Path, curve: FaithfulnessCurve, circuit: Circuit, graph: Graph,
-                    title: str, target: float | None = None) -> Path:
+def write_curve_png(
+    path: str | Path, curve: FaithfulnessCurve, circuit: Circuit, graph: Graph, title: str, target: float | None = None
+) -> Path:
     """Plot the faithfulness curve (edges ranked by helpfulness and by |score|) with the chosen
     circuit marked, so one picture shows how far the circuit is from the best of its size.
 
@@ -41,8 +42,14 @@ def write_curve_png(path: str | Path, curve: FaithfulnessCurve, circuit: Circuit
         ax.axhline(target, color="#2ca02c", lw=0.8, ls=":", label=f"target {target:g}")
     if circuit.faithfulness is not None and graph.n_edges:
         pct = max(100.0 * circuit.n_edges / graph.n_edges, min(x))
-        ax.plot([pct], [circuit.faithfulness], "*", ms=14, color="#d62728",
-                label=f"circuit: {circuit.n_edges} edges, f = {circuit.faithfulness:.3f}")
+        ax.plot(
+            [pct],
+            [circuit.faithfulness],
+            "*",
+            ms=14,
+            color="#d62728",
+            label=f"circuit: {circuit.n_edges} edges, f = {circuit.faithfulness:.3f}",
+        )
     ax.set_xscale("log")
     ax.set_xlabel("edges kept (% of all edges, log scale)")
     ax.set_ylabel("faithfulness")

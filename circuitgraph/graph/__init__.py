@@ -7,6 +7,17 @@ from circuitgraph.graph.sites import Site, make_site, site_node
 from circuitgraph.models.backend import Architecture, UnsupportedModelError, check_model, config_hash
 
 __all__ = [
-    "Graph", "PositionalGraph", "Architecture", "config_hash", "node_kind", "dst_node", "parse_node", "NodeName",
-    "Site", "make_site", "site_node", "check_model", "UnsupportedModelError",
+    "Graph",
+    "PositionalGraph",
+    "Architecture",
+    "config_hash",
+    "node_kind",
+    "dst_node",
+    "parse_node",
+    "NodeName",
+    "Site",
+    "make_site",
+    "site_node",
+    "check_model",
+    "UnsupportedModelError",
 ]

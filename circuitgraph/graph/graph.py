@@ -17,7 +17,8 @@ An edge is written ``"src->dst"``, e.g. ``"a0.h1->a1.h2.k"``.
 from __future__ import annotations
 
 import difflib
-from typing import Any, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 
 import networkx as nx
 import torch
@@ -25,7 +26,7 @@ import torch
 from circuitgraph.errors import GraphError
 from circuitgraph.graph.names import HEAD_TIME, MLP_TIME, QKV, dst_node, node_kind, parse_node
 from circuitgraph.graph.sites import Site, check_sites, make_site
-from circuitgraph.models.backend import Architecture, check_model, config_hash
+from circuitgraph.models.backend import Architecture, check_model
 from circuitgraph.models.sae import as_sae_list, validate
 
 
@@ -59,8 +60,14 @@ class Graph:
         neurons: dict[int, list[int] | None] | None = None,
         sites: list[Site] | None = None,
     ) -> None:
-        self._describe(arch, split_qkv, model_name, model_hash, _normalise_neurons(neurons, arch),
-                       check_sites(list(sites or []), arch.n_layers, arch.has_mlp))
+        self._describe(
+            arch,
+            split_qkv,
+            model_name,
+            model_hash,
+            _normalise_neurons(neurons, arch),
+            check_sites(list(sites or []), arch.n_layers, arch.has_mlp),
+        )
         if self.sites and self.neurons:
             raise GraphError("a graph with SAE sites and neuron nodes is not supported yet; use one or the other")
         L, H = arch.n_layers, arch.n_heads
@@ -72,8 +79,11 @@ class Graph:
         for layer in range(L):
             t = 8 * layer
             src += [(f"a{layer}.h{h}", t + HEAD_TIME, layer, f"attn{layer}") for h in range(H)]
-            dst += [(f"a{layer}.h{h}.{c}" if c else f"a{layer}.h{h}", t + HEAD_TIME, layer, f"attn{layer}")
-                    for c in letters for h in range(H)]
+            dst += [
+                (f"a{layer}.h{h}.{c}" if c else f"a{layer}.h{h}", t + HEAD_TIME, layer, f"attn{layer}")
+                for c in letters
+                for h in range(H)
+            ]
             for name in self.mlp_node_names(layer):
                 src.append((name, t + MLP_TIME, layer, f"mlp{layer}"))
                 dst.append((name, t + MLP_TIME, layer, f"mlp{layer}"))
@@ -100,8 +110,15 @@ class Graph:
         self._set_tables(src_names, dst_names, torch.tensor(src_layer), self._edges(), node_dsts, device)
         self._layout()
 
-    def _describe(self, arch: Architecture, split_qkv: bool, model_name: str, model_hash: str,
-                  neurons: dict[int, list[int]], sites: list[Site]) -> None:
+    def _describe(
+        self,
+        arch: Architecture,
+        split_qkv: bool,
+        model_name: str,
+        model_hash: str,
+        neurons: dict[int, list[int]],
+        sites: list[Site],
+    ) -> None:
         """What the graph is of: the model's shape and which nodes it splits (shared by every graph)."""
         self.arch = arch
         self.split_qkv = split_qkv
@@ -110,8 +127,15 @@ class Graph:
         self.neurons = neurons
         self.sites = sites
 
-    def _set_tables(self, src_names: list[str], dst_names: list[str], src_layer: torch.Tensor, valid: torch.Tensor,
-                    node_dsts: list[torch.Tensor], device: torch.device | str) -> None:
+    def _set_tables(
+        self,
+        src_names: list[str],
+        dst_names: list[str],
+        src_layer: torch.Tensor,
+        valid: torch.Tensor,
+        node_dsts: list[torch.Tensor],
+        device: torch.device | str,
+    ) -> None:
         """Names, indices, the edge table and the (empty) results: the second step of every graph."""
         self.src_names: list[str] = src_names
         self.dst_names: list[str] = dst_names
@@ -129,8 +153,15 @@ class Graph:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_model(cls, model: Any, split_qkv: bool = True, neurons: bool | dict | None = None, saes: Any = None,
-                   features: str | int | Mapping[str, Iterable[int]] = "all", task: Any = None) -> Graph:
+    def from_model(
+        cls,
+        model: Any,
+        split_qkv: bool = True,
+        neurons: bool | dict | None = None,
+        saes: Any = None,
+        features: str | int | Mapping[str, Iterable[int]] = "all",
+        task: Any = None,
+    ) -> Graph:
         """Compile a model into its edge graph (refusing architectures whose residual stream does
         not decompose as heads + MLPs). ``neurons=True`` splits every MLP into its neurons; a dict
         ``{layer: [ids] | None}`` splits only those. ``saes`` adds an SAE site per SAE, whose
@@ -147,8 +178,15 @@ class Graph:
             sites = _sites_for(model, saes, features)
         if neurons is True:
             neurons = {layer: None for layer in range(cfg.n_layers)}
-        graph = cls(backend.architecture(), split_qkv=split_qkv, device=cfg.device or "cpu", model_name=backend.name,
-                    model_hash=backend.fingerprint(), neurons=neurons or None, sites=sites)
+        graph = cls(
+            backend.architecture(),
+            split_qkv=split_qkv,
+            device=cfg.device or "cpu",
+            model_name=backend.name,
+            model_hash=backend.fingerprint(),
+            neurons=neurons or None,
+            sites=sites,
+        )
         return graph.attach_saes(saes) if saes is not None else graph
 
     def attach_saes(self, saes: Any) -> Graph:
@@ -163,7 +201,8 @@ class Graph:
                 raise GraphError(
                     f"the SAE for {site.hook_name} has d_in={sae.d_in}, d_sae={sae.d_sae}, hook_name_out={sae.hook_name_out}, "
                     f"but the graph's site expects d_in={self.arch.d_model}, d_sae={site.d_sae}, "
-                    f"hook_name_out={site.hook_name_out}: it is not the SAE the graph was built with")
+                    f"hook_name_out={site.hook_name_out}: it is not the SAE the graph was built with"
+                )
             self.saes[site.hook_name] = sae
         return self
 
@@ -220,11 +259,17 @@ class Graph:
         """A JSON-able description from which :meth:`from_spec` rebuilds this graph (scores aside):
         what circuit files store about their model."""
         return {
-            "name": self.model_name, "config_hash": self.model_hash, "n_layers": self.arch.n_layers,
-            "n_heads": self.arch.n_heads, "has_mlp": self.arch.has_mlp, "d_model": self.arch.d_model,
-            "d_mlp": self.arch.d_mlp, "split_qkv": self.split_qkv,
+            "name": self.model_name,
+            "config_hash": self.model_hash,
+            "n_layers": self.arch.n_layers,
+            "n_heads": self.arch.n_heads,
+            "has_mlp": self.arch.has_mlp,
+            "d_model": self.arch.d_model,
+            "d_mlp": self.arch.d_mlp,
+            "split_qkv": self.split_qkv,
             "neurons": {str(k): v for k, v in sorted(self.neurons.items())},
-            "positions": self.positions, "causal": self.causal,
+            "positions": self.positions,
+            "causal": self.causal,
             "sites": [site.to_dict() for site in self.sites],
         }
 
@@ -232,12 +277,23 @@ class Graph:
     def from_spec(spec: dict, device: torch.device | str = "cpu") -> Graph:
         """Rebuild a graph (a :class:`PositionalGraph` when the spec has positions). Raises
         ``KeyError``/``TypeError``/``ValueError`` on a malformed spec."""
-        arch = Architecture(int(spec["n_layers"]), int(spec["n_heads"]), bool(spec["has_mlp"]),
-                            int(spec["d_model"]), int(spec.get("d_mlp") or 0))
+        arch = Architecture(
+            int(spec["n_layers"]),
+            int(spec["n_heads"]),
+            bool(spec["has_mlp"]),
+            int(spec["d_model"]),
+            int(spec.get("d_mlp") or 0),
+        )
         neurons = {int(k): v for k, v in (spec.get("neurons") or {}).items()}
-        graph = Graph(arch, split_qkv=bool(spec["split_qkv"]), device=device, model_name=str(spec.get("name") or ""),
-                      model_hash=str(spec.get("config_hash") or ""), neurons=neurons or None,
-                      sites=[Site.from_dict(d) for d in spec.get("sites") or []])
+        graph = Graph(
+            arch,
+            split_qkv=bool(spec["split_qkv"]),
+            device=device,
+            model_name=str(spec.get("name") or ""),
+            model_hash=str(spec.get("config_hash") or ""),
+            neurons=neurons or None,
+            sites=[Site.from_dict(d) for d in spec.get("sites") or []],
+        )
         if spec.get("positions"):
             return PositionalGraph(graph, int(spec["positions"]), causal=bool(spec.get("causal", True)))
         return graph
@@ -284,9 +340,7 @@ class Graph:
             s, d = name_or_pair
         i, j = self.src(s), self.dst(d)
         if not bool(self.valid[i, j]):
-            raise KeyError(
-                f"there is no edge {s}->{d}: {d} reads the residual stream before {s} writes to it"
-            )
+            raise KeyError(f"there is no edge {s}->{d}: {d} reads the residual stream before {s} writes to it")
         return i, j
 
     def has_edge(self, src: str, dst: str) -> bool:
@@ -326,7 +380,7 @@ class Graph:
         return torch.tensor([self.src_index["input"]])
 
     @property
-    def node_graph(self) -> "Graph":
+    def node_graph(self) -> Graph:
         """The position-free graph the engine computes on (itself, unless position-resolved)."""
         return self
 
@@ -356,7 +410,7 @@ class Graph:
             g.add_edge(self.src_names[i], node, **attrs)
         return g
 
-    def to(self, device: torch.device | str) -> "Graph":
+    def to(self, device: torch.device | str) -> Graph:
         self.device = torch.device(device)
         self.valid = self.valid.to(device)
         if self._scores is not None:
@@ -481,15 +535,17 @@ def _sites_for(model: Any, saes: list, features: Any) -> list[Site]:
     if isinstance(features, Mapping):
         unknown = set(features) - {s.hook_name for s in saes}
         if unknown:
-            raise GraphError(f"features given for {sorted(unknown)}, which have no SAE; SAEs are at "
-                             f"{[s.hook_name for s in saes]}")
+            raise GraphError(
+                f"features given for {sorted(unknown)}, which have no SAE; SAEs are at {[s.hook_name for s in saes]}"
+            )
         chosen = {s.hook_name: list(features.get(s.hook_name, [])) for s in saes}
     elif features == "all":
         chosen = {s.hook_name: list(range(s.d_sae)) for s in saes}
     elif features == "active" or isinstance(features, int):
         raise GraphError(
             f"features={features!r} chooses features by running the model on a task; a graph is a description "
-            "and never runs the model: use circuitgraph.feature_graph(model, saes, task, features=...) instead")
+            "and never runs the model: use circuitgraph.feature_graph(model, saes, task, features=...) instead"
+        )
     else:
         raise GraphError(f"features must be 'active', 'all', an int k or {{hook_name: [ids]}}, got {features!r}")
     return [make_site(s.hook_name, s.d_sae, chosen[s.hook_name], s.hook_name_out) for s in saes]
@@ -531,7 +587,7 @@ class PositionalGraph(Graph):
         # node u@p reads: q (and MLP / logits inputs) at p; k and v at every position it attends to
         self.dst_owner = torch.tensor([-1] * (base.n_dst * P))  # not unique with positions; use node_dsts
         node_dsts = []
-        for s, name in enumerate(base.src_names):
+        for s in range(base.n_src):
             own = base.node_dsts[s].tolist()
             for p in range(P):
                 cols = []
@@ -543,9 +599,14 @@ class PositionalGraph(Graph):
                     else:
                         cols.append(j * P + p)
                 node_dsts.append(torch.tensor(sorted(cols), dtype=torch.long))
-        self._set_tables([f"{n}@{p}" for n in base.src_names for p in range(P)],
-                         [f"{n}@{p}" for n in base.dst_names for p in range(P)],
-                         base.src_layer.repeat_interleave(P), valid, node_dsts, base.device)
+        self._set_tables(
+            [f"{n}@{p}" for n in base.src_names for p in range(P)],
+            [f"{n}@{p}" for n in base.dst_names for p in range(P)],
+            base.src_layer.repeat_interleave(P),
+            valid,
+            node_dsts,
+            base.device,
+        )
 
     @classmethod
     def from_model(cls, model: Any, positions: int, split_qkv: bool = True) -> PositionalGraph:  # type: ignore[override]
@@ -593,5 +654,7 @@ class PositionalGraph(Graph):
         return self
 
     def __repr__(self) -> str:
-        return (f"PositionalGraph({self.model_name or 'model'}: {self.base.n_src} sources × {self.positions} positions, "
-                f"{self.n_edges} edges, split_qkv={self.split_qkv})")
+        return (
+            f"PositionalGraph({self.model_name or 'model'}: {self.base.n_src} sources × {self.positions} positions, "
+            f"{self.n_edges} edges, split_qkv={self.split_qkv})"
+        )

@@ -109,9 +109,14 @@ def parse(name: str) -> NodeName | None:
         if m:
             g = m.groupdict()
             return NodeName(
-                name=name, kind=kind, layer=int(g.get("layer") or -1),
-                head=_int(g.get("head")), slot=g.get("slot"), index=_int(g.get("index")),
-                site=g.get("site"), position=int(pos) if at else None,
+                name=name,
+                kind=kind,
+                layer=int(g.get("layer") or -1),
+                head=_int(g.get("head")),
+                slot=g.get("slot"),
+                index=_int(g.get("index")),
+                site=g.get("site"),
+                position=int(pos) if at else None,
             )
     return None
 
@@ -122,7 +127,8 @@ def parse_node(name: str) -> NodeName:
     if node is None:
         raise KeyError(
             f"{name!r} is not a node name; node names look like input, a1.h2, a1.h2.k, m3, m3.n17, "
-            f"resid_pre1.f12, resid_pre1.err or logits, optionally with @position")
+            f"resid_pre1.f12, resid_pre1.err or logits, optionally with @position"
+        )
     return node
 
 

@@ -82,7 +82,7 @@ class Site:
         return out | ({"hook_name_out": self.hook_name_out} if self.hook_name_out else {})
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Site":
+    def from_dict(cls, d: dict) -> Site:
         return make_site(str(d["hook_name"]), int(d["d_sae"]), d["features"], d.get("hook_name_out"))
 
 
@@ -93,7 +93,8 @@ def parse_hook(hook_name: str) -> tuple[int, str]:
         raise GraphError(
             f"SAE sites must be at a residual-stream or layer-output hook point "
             f"(blocks.L.hook_{{{','.join(SITE_KINDS)}}}), got {hook_name!r}; SAEs on other hook points "
-            "(hook_z, mlp.hook_post, ...) can be spliced with circuitgraph.sae.splice but are not graph nodes yet")
+            "(hook_z, mlp.hook_post, ...) can be spliced with circuitgraph.sae.splice but are not graph nodes yet"
+        )
     return int(m.group(1)), m.group(2)
 
 
@@ -105,7 +106,8 @@ def make_site(hook_name: str, d_sae: int, features, hook_name_out: str | None = 
         if not m or hook_name_out != f"blocks.{m.group(1)}.hook_mlp_out":
             raise GraphError(
                 f"a transcoder graph site must read blocks.L.ln2.hook_normalized (or hook_mlp_in / hook_resid_mid) "
-                f"and write blocks.L.hook_mlp_out of the same layer, got {hook_name} → {hook_name_out}")
+                f"and write blocks.L.hook_mlp_out of the same layer, got {hook_name} → {hook_name_out}"
+            )
     ids = sorted({int(i) for i in features})
     bad = [i for i in ids if not 0 <= i < d_sae]
     if bad:
@@ -123,18 +125,25 @@ def check_sites(sites: list[Site], n_layers: int, has_mlp: bool) -> list[Site]:
         if s.kind == "transcoder" and not has_mlp:
             raise GraphError(f"transcoder at {s.hook_name}: this model has no MLPs (attn_only)")
         if s.kind == "transcoder" and any(o.kind == "mlp_out" and o.layer == s.layer for o in out):
-            raise GraphError(f"layer {s.layer} has a transcoder and an mlp_out SAE; the transcoder replaces the MLP "
-                             "whose output the SAE would read: keep one of them")
+            raise GraphError(
+                f"layer {s.layer} has a transcoder and an mlp_out SAE; the transcoder replaces the MLP "
+                "whose output the SAE would read: keep one of them"
+            )
         if s.kind in ("mlp_out", "resid_mid") and not has_mlp:
-            raise GraphError(f"SAE site {s.hook_name}: this model has no MLPs (attn_only), so it has no "
-                             "hook_mlp_out / hook_resid_mid; use hook_resid_pre or hook_attn_out")
+            raise GraphError(
+                f"SAE site {s.hook_name}: this model has no MLPs (attn_only), so it has no "
+                "hook_mlp_out / hook_resid_mid; use hook_resid_pre or hook_attn_out"
+            )
         if s.kind == "resid_post" and s.layer == n_layers - 1:
-            raise GraphError(f"SAE site {s.hook_name}: the last layer's hook_resid_post is what the unembedding "
-                             "reads and is not a graph site yet; attach the SAE at an earlier residual point")
+            raise GraphError(
+                f"SAE site {s.hook_name}: the last layer's hook_resid_post is what the unembedding "
+                "reads and is not a graph site yet; attach the SAE at an earlier residual point"
+            )
     for a, b in zip(out, out[1:]):
         if a.time == b.time:
-            raise GraphError(f"SAE sites {a.hook_name} and {b.hook_name} are the same point of the residual "
-                             "stream; keep one of them")
+            raise GraphError(
+                f"SAE sites {a.hook_name} and {b.hook_name} are the same point of the residual stream; keep one of them"
+            )
     return out
 
 

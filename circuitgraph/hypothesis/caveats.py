@@ -7,8 +7,9 @@ from __future__ import annotations
 # A scrubbing recovery this far below the circuit's faithfulness is worth a warning.
 LARGE_SCRUBBING_GAP = 0.3
 
-UNSUPPORTED_GRAPH = ("causal-scrubbing hypotheses cover heads and MLPs so far; this graph has "
-                     "neuron, position or SAE nodes")
+UNSUPPORTED_GRAPH = (
+    "causal-scrubbing hypotheses cover heads and MLPs so far; this graph has neuron, position or SAE nodes"
+)
 
 
 def hypothesis_unsupported(*, neurons: bool, positions: bool, features: bool) -> str | None:

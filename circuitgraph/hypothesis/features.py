@@ -32,8 +32,9 @@ Registered functions may take keyword arguments (``feature("shift", k=3)`` calls
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
@@ -70,7 +71,7 @@ class FeatureData:
     padded: bool = False
 
     @classmethod
-    def from_task(cls, task) -> "FeatureData":
+    def from_task(cls, task) -> FeatureData:
         tokens = task.clean.detach().cpu()
         mask = task.attention_mask.detach().cpu().long() if task.attention_mask is not None else torch.ones_like(tokens)
         ans = task.answer.detach().cpu() if task.answer is not None else None
@@ -149,13 +150,13 @@ class Feature:
     func: Callable | None = field(default=None, repr=False)
 
     @classmethod
-    def make(cls, fn: str, **kwargs) -> "Feature":
+    def make(cls, fn: str, **kwargs) -> Feature:
         kwargs = {**_DEFAULT_ARGS.get(fn, {}), **kwargs}
         args = tuple(sorted((k, _freeze(v, f"feature {fn!r} argument {k!r}")) for k, v in kwargs.items()))
         return cls(fn, args)
 
     @classmethod
-    def coerce(cls, x) -> "Feature":
+    def coerce(cls, x) -> Feature:
         """A Feature, a registered function, a registered name, or (anonymous) any callable."""
         if isinstance(x, Feature):
             return x
@@ -206,9 +207,9 @@ class Feature:
         return {"fn": self.fn, "args": self.kwargs}
 
     @classmethod
-    def from_json(cls, d, where: str = "") -> "Feature":
+    def from_json(cls, d, where: str = "") -> Feature:
         if not isinstance(d, dict) or not isinstance(d.get("fn"), str) or not isinstance(d.get("args", {}), dict):
-            raise HypothesisError(f"{where}feature must be an object {{\"fn\": name, \"args\": {{...}}}}, got {d!r}")
+            raise HypothesisError(f'{where}feature must be an object {{"fn": name, "args": {{...}}}}, got {d!r}')
         f = cls.make(d["fn"], **d.get("args", {}))
         f.check()
         return f
@@ -448,7 +449,9 @@ def _evaluate_python(what: str, fn, positional, vectorized, data: FeatureData, k
         out = fn(data, **kwargs)
         out = torch.as_tensor(out)
         if out.shape not in ((N,), (N, P)):
-            raise HypothesisError(f"vectorized feature {what} must return a [{N}] or [{N}, {P}] tensor, got {list(out.shape)}")
+            raise HypothesisError(
+                f"vectorized feature {what} must return a [{N}] or [{N}, {P}] tensor, got {list(out.shape)}"
+            )
         if out.is_floating_point():
             out = _factorize(out.reshape(-1).tolist(), what).reshape(out.shape)
         if out.ndim == 1:

@@ -37,8 +37,8 @@ The plain "only these edges matter" hypothesis of a circuit is ``Hypothesis.from
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from circuitgraph.circuit import Circuit
 from circuitgraph.errors import HypothesisError, file_error
@@ -58,7 +58,7 @@ class Interpretation:
     (default :func:`whole_input`: "this node matters, for reasons not spelled out") and the
     ``children`` it is computed from."""
 
-    def __init__(self, name: str, feature=None, children: Iterable["Interpretation"] = (), description: str = ""):
+    def __init__(self, name: str, feature=None, children: Iterable[Interpretation] = (), description: str = ""):
         if not isinstance(name, str) or not name:
             raise HypothesisError(f"an interpretation node needs a non-empty string name, got {name!r}")
         self.name = name
@@ -67,7 +67,7 @@ class Interpretation:
         self.description = str(description)
         self.add(*children)
 
-    def add(self, *children: "Interpretation") -> "Interpretation":
+    def add(self, *children: Interpretation) -> Interpretation:
         """Append children; returns ``self`` (so trees can be built inline)."""
         for c in children:
             if not isinstance(c, Interpretation):
@@ -88,7 +88,9 @@ def _norm_slots(slots, where: str) -> tuple[str, ...]:
     try:
         items = [str(s) for s in slots]
     except TypeError:
-        raise HypothesisError(f"{where}: slots must be letters from 'qkv', e.g. 'k' or ['q', 'v'], got {slots!r}") from None
+        raise HypothesisError(
+            f"{where}: slots must be letters from 'qkv', e.g. 'k' or ['q', 'v'], got {slots!r}"
+        ) from None
     bad = [s for s in items if s not in SLOTS]
     if bad or not items:
         raise HypothesisError(f"{where}: slots must be a non-empty selection of 'q', 'k', 'v', got {slots!r}")
@@ -116,7 +118,7 @@ class Correspondence:
             else:
                 self.restrict(None, key, slots)
 
-    def add(self, interp, model_node: str) -> "Correspondence":
+    def add(self, interp, model_node: str) -> Correspondence:
         name = interp.name if isinstance(interp, Interpretation) else interp
         if not isinstance(name, str):
             raise HypothesisError(f"correspondence keys are interpretation node names, got {name!r}")
@@ -124,7 +126,7 @@ class Correspondence:
         self.mapping[name] = model_node
         return self
 
-    def restrict(self, parent, child, slots) -> "Correspondence":
+    def restrict(self, parent, child, slots) -> Correspondence:
         p = parent.name if isinstance(parent, Interpretation) else parent
         c = child.name if isinstance(child, Interpretation) else child
         self.restrictions[(p, c)] = _norm_slots(slots, f"restriction of {c!r}" + (f" under {p!r}" if p else ""))
@@ -147,14 +149,24 @@ class Hypothesis:
     its config hash is saved with the hypothesis, so a file is never applied to another model.
     """
 
-    def __init__(self, root: Interpretation, correspondence: Correspondence | dict, *, name: str = "hypothesis",
-                 description: str = "", model=None, metadata: dict | None = None):
+    def __init__(
+        self,
+        root: Interpretation,
+        correspondence: Correspondence | dict,
+        *,
+        name: str = "hypothesis",
+        description: str = "",
+        model=None,
+        metadata: dict | None = None,
+    ):
         if not isinstance(root, Interpretation):
             raise HypothesisError(f"the root of a hypothesis must be an Interpretation node, got {type(root).__name__}")
         if isinstance(correspondence, dict):
             correspondence = Correspondence(correspondence)
         if not isinstance(correspondence, Correspondence):
-            raise HypothesisError(f"correspondence must be a Correspondence or a dict, got {type(correspondence).__name__}")
+            raise HypothesisError(
+                f"correspondence must be a Correspondence or a dict, got {type(correspondence).__name__}"
+            )
         self.name = str(name)
         self.description = str(description)
         self.metadata = dict(metadata or {})
@@ -232,7 +244,8 @@ class Hypothesis:
             if clash:
                 raise HypothesisError(
                     f"{d} is explained by {c!r} (mapped to the input itself) and also fed directly from {clash} under "
-                    f"{pname!r}; make those nodes children of {c!r} instead")
+                    f"{pname!r}; make those nodes children of {c!r} instead"
+                )
 
     def _claim(self, pname: str, cname: str) -> None:
         """Record the model edges the interpretation edge ``cname → pname`` covers, refusing a
@@ -242,24 +255,28 @@ class Hypothesis:
         if cm.kind == "slot":
             if restr is not None:
                 raise HypothesisError(
-                    f"{cname!r} maps to the input {cm.name!r} itself; a restriction of its slots makes no sense")
+                    f"{cname!r} maps to the input {cm.name!r} itself; a restriction of its slots makes no sense"
+                )
             key = (pname, cm.name)
             if key in self.slot_children:
-                raise HypothesisError(f"{cm.name} is explained twice under {pname!r}: by "
-                                      f"{self.slot_children[key]!r} and {cname!r}")
+                raise HypothesisError(
+                    f"{cm.name} is explained twice under {pname!r}: by {self.slot_children[key]!r} and {cname!r}"
+                )
             self.slot_children[key] = cname
             return
         if restr is not None and pm.kind != "head":
             raise HypothesisError(
                 f"restriction ({pname!r}, {cname!r}): {pm.name} has a single input; only edges into a "
-                "head's q/k/v inputs can be restricted")
+                "head's q/k/v inputs can be restricted"
+            )
         dsts = [f"{pm.name}.{s}" for s in restr] if restr is not None else list(input_slots(pm))
         for d in dsts:
             key3 = (pname, d, cm.name)
             if key3 in self.cover:
                 raise HypothesisError(
                     f"the edge {cm.name}->{d} is covered twice under {pname!r}: by {self.cover[key3]!r} and "
-                    f"{cname!r}; restrict one of them to other slots (e.g. restrict={{{cname!r}: 'v'}})")
+                    f"{cname!r}; restrict one of them to other slots (e.g. restrict={{{cname!r}: 'v'}})"
+                )
             self.cover[key3] = cname
 
     def _check_edge(self, pname: str, pm: ModelNode, cname: str, cm: ModelNode) -> None:
@@ -276,22 +293,30 @@ class Hypothesis:
         # do not feed each other; an MLP reads its own layer's heads; everything reads input (0)
         if not cm.time() < pm.time():
             raise HypothesisError(
-                f"{where}: {pm.name} reads the residual stream before {cm.name} writes to it, so there is no such edge")
+                f"{where}: {pm.name} reads the residual stream before {cm.name} writes to it, so there is no such edge"
+            )
 
     # ------------------------------------------------------------------ binding to a model
-    def bind(self, model) -> "Hypothesis":
+    def bind(self, model) -> Hypothesis:
         """Check every node against ``model`` and record its config hash (refusing a hypothesis
         already bound to a different model)."""
         h = config_hash(model.cfg)
         if self.model_info is not None and self.model_info.get("config_hash") not in (None, h):
             raise HypothesisError(
                 f"hypothesis {self.name!r} was written for another model (config hash {self.model_info['config_hash']}, "
-                f"this model's is {h}); rebuild it for this model")
+                f"this model's is {h}); rebuild it for this model"
+            )
         graph = Graph.from_model(model, split_qkv=True)
         self.check(graph)
         a = graph.arch
-        self.model_info = {"name": str(getattr(model.cfg, "model_name", "") or ""), "config_hash": h,
-                           "n_layers": a.n_layers, "n_heads": a.n_heads, "has_mlp": a.has_mlp, "d_model": a.d_model}
+        self.model_info = {
+            "name": str(getattr(model.cfg, "model_name", "") or ""),
+            "config_hash": h,
+            "n_layers": a.n_layers,
+            "n_heads": a.n_heads,
+            "has_mlp": a.has_mlp,
+            "d_model": a.d_model,
+        }
         return self
 
     def check(self, graph) -> None:
@@ -330,10 +355,19 @@ class Hypothesis:
         return f"Hypothesis({self.name!r}: {len(self.nodes)} nodes, {len(self.covered_edges())} covered edges)"
 
     def _spec(self) -> tuple:
-        nodes = tuple((n, node.feature, tuple(c.name for c in node.children), node.description)
-                      for n, node in self.nodes.items())
-        return (self.name, self.description, self.root.name, nodes, tuple(self.mapping.items()),
-                tuple(sorted(self.restrictions.items())), _hashable(self.metadata), _hashable(self.model_info))
+        nodes = tuple(
+            (n, node.feature, tuple(c.name for c in node.children), node.description) for n, node in self.nodes.items()
+        )
+        return (
+            self.name,
+            self.description,
+            self.root.name,
+            nodes,
+            tuple(self.mapping.items()),
+            tuple(sorted(self.restrictions.items())),
+            _hashable(self.metadata),
+            _hashable(self.model_info),
+        )
 
     def __eq__(self, other) -> bool:
         return isinstance(other, Hypothesis) and self._spec() == other._spec()
@@ -341,10 +375,10 @@ class Hypothesis:
     __hash__ = None  # mutable
 
     # ------------------------------------------------------------------ derived hypotheses
-    def copy(self, **changes) -> "Hypothesis":
+    def copy(self, **changes) -> Hypothesis:
         return self._rebuild(drop=(), remap={}, **changes)
 
-    def without(self, *names: str, name: str | None = None) -> "Hypothesis":
+    def without(self, *names: str, name: str | None = None) -> Hypothesis:
         """A copy with the named interpretation nodes deleted (their parents lose the child; nodes
         no longer reachable from the root go too). The edges they covered become random."""
         unknown = [n for n in names if n not in self.nodes]
@@ -354,7 +388,7 @@ class Hypothesis:
             raise HypothesisError("cannot delete the root; use Hypothesis.empty() for the empty hypothesis")
         return self._rebuild(drop=set(names), remap={}, name=name or f"{self.name} without {', '.join(names)}")
 
-    def remap(self, mapping: dict[str, str], name: str | None = None) -> "Hypothesis":
+    def remap(self, mapping: dict[str, str], name: str | None = None) -> Hypothesis:
         """A copy with some interpretation nodes mapped to other model nodes (e.g. to test the same
         roles on other heads)."""
         unknown = [n for n in mapping if n not in self.nodes]
@@ -362,8 +396,10 @@ class Hypothesis:
             raise HypothesisError(f"no interpretation node(s) {unknown}; nodes: {list(self.nodes)}")
         return self._rebuild(drop=(), remap=dict(mapping), name=name or f"{self.name} remapped")
 
-    def _rebuild(self, drop, remap, **changes) -> "Hypothesis":
-        new = {n: Interpretation(n, node.feature, (), node.description) for n, node in self.nodes.items() if n not in drop}
+    def _rebuild(self, drop, remap, **changes) -> Hypothesis:
+        new = {
+            n: Interpretation(n, node.feature, (), node.description) for n, node in self.nodes.items() if n not in drop
+        }
         for n, node in self.nodes.items():
             if n in new:
                 new[n].add(*[new[c.name] for c in node.children if c.name in new])
@@ -373,26 +409,30 @@ class Hypothesis:
         for (p, c), slots in self.restrictions.items():
             if p in reach and c in reach:
                 corr.restrict(p, c, slots)
-        h = Hypothesis(root, corr, name=changes.get("name", self.name),
-                       description=changes.get("description", self.description),
-                       metadata=copy.deepcopy(changes.get("metadata", self.metadata)))
+        h = Hypothesis(
+            root,
+            corr,
+            name=changes.get("name", self.name),
+            description=changes.get("description", self.description),
+            metadata=copy.deepcopy(changes.get("metadata", self.metadata)),
+        )
         h.model_info = copy.deepcopy(self.model_info)
         return h
 
     # ------------------------------------------------------------------ standard hypotheses
     @classmethod
-    def empty(cls, model=None, name: str = "empty") -> "Hypothesis":
+    def empty(cls, model=None, name: str = "empty") -> Hypothesis:
         """The output with no explanation: every edge into ``logits`` is resampled at random."""
         return cls(Interpretation("output", whole_input()), {"output": "logits"}, name=name, model=model)
 
     @classmethod
-    def full(cls, model, name: str = "full model") -> "Hypothesis":
+    def full(cls, model, name: str = "full model") -> Hypothesis:
         """Every node, every edge, each with the whole-input feature: scrubbing it reproduces the model."""
         graph = Graph.from_model(model, split_qkv=True)
         return cls.from_circuit(Circuit(graph, graph.valid.clone()), name=name).bind(model)
 
     @classmethod
-    def from_circuit(cls, circuit, name: str | None = None) -> "Hypothesis":
+    def from_circuit(cls, circuit, name: str | None = None) -> Hypothesis:
         """The plain hypothesis of a circuit: "only these edges matter". Every circuit node that
         reaches the logits becomes an interpretation node (named like the model node) with the
         whole-input feature; its children are its circuit sources, restricted to the q/k/v inputs the
@@ -427,8 +467,14 @@ class Hypothesis:
         h = cls(nodes["logits"], corr, name=name or str(circuit.metadata.get("name", "circuit")), metadata=meta)
         if graph.model_hash:
             a = graph.arch
-            h.model_info = {"name": graph.model_name, "config_hash": graph.model_hash, "n_layers": a.n_layers,
-                            "n_heads": a.n_heads, "has_mlp": a.has_mlp, "d_model": a.d_model}
+            h.model_info = {
+                "name": graph.model_name,
+                "config_hash": graph.model_hash,
+                "n_layers": a.n_layers,
+                "n_heads": a.n_heads,
+                "has_mlp": a.has_mlp,
+                "d_model": a.d_model,
+            }
         return h
 
     # ------------------------------------------------------------------ files and pictures
@@ -436,15 +482,23 @@ class Hypothesis:
     # methods convert between the two, so the import runs one way (interpretation → serialize).
     def to_record(self) -> HypothesisRecord:
         """The hypothesis as plain data (what its file holds)."""
-        nodes = {n: NodeRecord(n, node.feature, tuple(c.name for c in node.children), node.description)
-                 for n, node in self.nodes.items()}
+        nodes = {
+            n: NodeRecord(n, node.feature, tuple(c.name for c in node.children), node.description)
+            for n, node in self.nodes.items()
+        }
         return HypothesisRecord(
-            name=self.name, root=self.root.name, nodes=nodes, correspondence=dict(self.mapping),
+            name=self.name,
+            root=self.root.name,
+            nodes=nodes,
+            correspondence=dict(self.mapping),
             restrict=[(p, c, list(s)) for (p, c), s in sorted(self.restrictions.items())],
-            description=self.description, model=self.model_info, metadata=self.metadata)
+            description=self.description,
+            model=self.model_info,
+            metadata=self.metadata,
+        )
 
     @classmethod
-    def from_record(cls, rec: HypothesisRecord, model=None, source: str | Path = "hypothesis") -> "Hypothesis":
+    def from_record(cls, rec: HypothesisRecord, model=None, source: str | Path = "hypothesis") -> Hypothesis:
         """Build the hypothesis a record describes; faults are :class:`HypothesisFileError` naming
         ``source``. With ``model``, refuse a record made for another model and check every node."""
         nodes = {n: Interpretation(n, r.feature, (), r.description) for n, r in rec.nodes.items()}
@@ -471,7 +525,7 @@ class Hypothesis:
         return serialize.to_doc(self.to_record())
 
     @classmethod
-    def from_dict(cls, doc: dict, model=None, source: str = "hypothesis") -> "Hypothesis":
+    def from_dict(cls, doc: dict, model=None, source: str = "hypothesis") -> Hypothesis:
         """The hypothesis of a JSON document; :class:`HypothesisFileError` naming ``source`` for any fault."""
         return cls.from_record(serialize.from_doc(doc, source), model=model, source=source)
 
@@ -480,7 +534,7 @@ class Hypothesis:
         return serialize.write_doc(self.to_dict(), path)
 
     @classmethod
-    def load(cls, path: str | Path, model=None) -> "Hypothesis":
+    def load(cls, path: str | Path, model=None) -> Hypothesis:
         """Read a saved hypothesis. Never runs code from the file: features are built-ins or names
         registered with :func:`register_feature`. With ``model``, refuse a file made for another
         model and check every node exists."""
@@ -499,10 +553,11 @@ def _collect(root: Interpretation) -> dict[str, Interpretation]:
     def visit(node: Interpretation, path: list[str]) -> None:
         s = state.get(id(node))
         if s == 1:
-            cyc = path[path.index(node.name):] + [node.name]
+            cyc = path[path.index(node.name) :] + [node.name]
             raise HypothesisError(
                 "the interpretation has a cycle: " + " → ".join(cyc) + ". An interpretation node's children are the "
-                "nodes it is computed from, so they must lie strictly upstream (a directed acyclic graph)")
+                "nodes it is computed from, so they must lie strictly upstream (a directed acyclic graph)"
+            )
         if s == 2:
             return
         other = out.get(node.name)

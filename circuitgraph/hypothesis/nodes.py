@@ -25,7 +25,8 @@ import difflib
 
 from circuitgraph.errors import HypothesisError
 from circuitgraph.graph import names
-from circuitgraph.graph.names import QKV as SLOTS, NodeName
+from circuitgraph.graph.names import QKV as SLOTS
+from circuitgraph.graph.names import NodeName
 
 # A hypothesis's model node is a parsed name of the package grammar; the alias keeps the name that
 # callers import from here.
@@ -36,8 +37,17 @@ NAMEABLE_KINDS = ("input", "logits", "head", "slot", "mlp", "neuron")
 SUPPORTED_KINDS = ("input", "logits", "head", "slot", "mlp")
 _SAE_KINDS = ("feature", "sae_rest", "sae_error")
 
-__all__ = ["HypothesisError", "ModelNode", "SLOTS", "NAMEABLE_KINDS", "SUPPORTED_KINDS", "parse_node",
-           "input_slots", "residual_order", "check_node_exists"]
+__all__ = [
+    "HypothesisError",
+    "ModelNode",
+    "SLOTS",
+    "NAMEABLE_KINDS",
+    "SUPPORTED_KINDS",
+    "parse_node",
+    "input_slots",
+    "residual_order",
+    "check_node_exists",
+]
 
 
 def parse_node(name: str) -> ModelNode:
@@ -52,7 +62,8 @@ def parse_node(name: str) -> ModelNode:
     if base is not None and base.kind in _SAE_KINDS:
         raise HypothesisError(
             f"{name!r} is an SAE node (feature, rest or error); causal scrubbing supports heads and MLPs "
-            "so far: build the hypothesis from a circuit of a graph without SAE sites")
+            "so far: build the hypothesis from a circuit of a graph without SAE sites"
+        )
     raise HypothesisError(
         f"{name!r} is not a model node name. Valid names: 'input', 'logits', heads 'a{{L}}.h{{H}}' "
         "(e.g. 'a1.h3'), a head's query/key/value input 'a{L}.h{H}.q' / '.k' / '.v', MLPs 'm{L}'."

@@ -24,8 +24,14 @@ from circuitgraph.atomic import atomic_write
 from circuitgraph.hypothesis.nodes import parse_node, residual_order
 
 INTERP_COLOR = "#c9a7e8"
-MODEL_COLORS = {"input": "#b8bec6", "head": "#f6c85f", "mlp": "#8fd18b", "slot": "#f9e2a6",
-                "logits": "#9aa8f0", "neuron": "#c9a7e8"}
+MODEL_COLORS = {
+    "input": "#b8bec6",
+    "head": "#f6c85f",
+    "mlp": "#8fd18b",
+    "slot": "#f9e2a6",
+    "logits": "#9aa8f0",
+    "neuron": "#c9a7e8",
+}
 COVER_COLOR, INTERP_EDGE, MAP_EDGE = "#4a78c2", "#7a3fb0", "#9e9e9e"
 X_STEP, Y_STEP = 330, 85
 
@@ -45,8 +51,13 @@ def vis_assets() -> tuple[str, str]:
         import pyvis  # optional dependency: only the HTML pages need it
 
         root = Path(pyvis.__file__).parent
-        found = [d for base in (root / "templates" / "lib", root / "lib") if base.is_dir()
-                 for d in base.glob("vis-*") if (d / "vis-network.min.js").is_file()]
+        found = [
+            d
+            for base in (root / "templates" / "lib", root / "lib")
+            if base.is_dir()
+            for d in base.glob("vis-*")
+            if (d / "vis-network.min.js").is_file()
+        ]
 
         def version(d: Path) -> tuple:
             return tuple(int(x) for x in re.findall(r"\d+", d.name))
@@ -95,9 +106,18 @@ def layout(h) -> tuple[list[dict], list[dict]]:
     for n in model_names:
         mn = parse_node(n)
         x, y = pos[n]
-        nodes.append({"id": f"model:{n}", "label": n, "x": x, "y": y, "shape": "ellipse",
-                      "color": MODEL_COLORS.get(mn.kind, "#dddddd"), "group": "model",
-                      "title": f"model node {n} ({mn.kind})"})
+        nodes.append(
+            {
+                "id": f"model:{n}",
+                "label": n,
+                "x": x,
+                "y": y,
+                "shape": "ellipse",
+                "color": MODEL_COLORS.get(mn.kind, "#dddddd"),
+                "group": "model",
+                "title": f"model node {n} ({mn.kind})",
+            }
+        )
     stacked: dict[str, int] = {}
     for name, node in h.nodes.items():
         m = h.mapping[name]
@@ -107,18 +127,44 @@ def layout(h) -> tuple[list[dict], list[dict]]:
         tip = [f"interpretation node {name}", f"feature: {node.feature.describe()}", f"model node: {m}"]
         if node.description:
             tip.append(node.description)
-        nodes.append({"id": f"interp:{name}", "label": f"{name}\n{node.feature.describe()}", "x": x,
-                      "y": y - Y_STEP * (1 + k), "shape": "box", "color": INTERP_COLOR, "group": "interpretation",
-                      "widthConstraint": {"maximum": X_STEP - 40},
-                      "title": "\n".join(tip)})
-        edges.append({"id": f"map:{name}", "from": f"interp:{name}", "to": f"model:{m}", "dashes": True,
-                      "color": MAP_EDGE, "arrows": "", "title": f"{name} is computed by {m}"})
+        nodes.append(
+            {
+                "id": f"interp:{name}",
+                "label": f"{name}\n{node.feature.describe()}",
+                "x": x,
+                "y": y - Y_STEP * (1 + k),
+                "shape": "box",
+                "color": INTERP_COLOR,
+                "group": "interpretation",
+                "widthConstraint": {"maximum": X_STEP - 40},
+                "title": "\n".join(tip),
+            }
+        )
+        edges.append(
+            {
+                "id": f"map:{name}",
+                "from": f"interp:{name}",
+                "to": f"model:{m}",
+                "dashes": True,
+                "color": MAP_EDGE,
+                "arrows": "",
+                "title": f"{name} is computed by {m}",
+            }
+        )
     for parent, child in h.edges():
         restr = h.restrictions.get((parent, child))
-        edges.append({"id": f"interp:{child}->{parent}", "from": f"interp:{child}", "to": f"interp:{parent}",
-                      "color": INTERP_EDGE, "arrows": "to", "label": "".join(restr) if restr else "",
-                      "title": f"{parent} is computed from {child}",
-                      "smooth": {"enabled": True, "type": "curvedCCW", "roundness": 0.2}})
+        edges.append(
+            {
+                "id": f"interp:{child}->{parent}",
+                "from": f"interp:{child}",
+                "to": f"interp:{parent}",
+                "color": INTERP_EDGE,
+                "arrows": "to",
+                "label": "".join(restr) if restr else "",
+                "title": f"{parent} is computed from {child}",
+                "smooth": {"enabled": True, "type": "curvedCCW", "roundness": 0.2},
+            }
+        )
     ids = {n["id"] for n in nodes}
     for e in h.covered_edges():
         s, d = e.split("->")
@@ -126,9 +172,18 @@ def layout(h) -> tuple[list[dict], list[dict]]:
         if f"model:{target}" not in ids or f"model:{s}" not in ids:
             continue
         letter = d[-1] if parse_node(d).kind == "slot" and target != d else ""
-        edges.append({"id": f"cover:{e}", "from": f"model:{s}", "to": f"model:{target}", "color": COVER_COLOR,
-                      "arrows": "to", "label": letter, "title": f"covered edge {e}",
-                      "smooth": {"enabled": True, "type": "curvedCW", "roundness": 0.15}})
+        edges.append(
+            {
+                "id": f"cover:{e}",
+                "from": f"model:{s}",
+                "to": f"model:{target}",
+                "color": COVER_COLOR,
+                "arrows": "to",
+                "label": letter,
+                "title": f"covered edge {e}",
+                "smooth": {"enabled": True, "type": "curvedCW", "roundness": 0.15},
+            }
+        )
     return nodes, edges
 
 
@@ -140,13 +195,17 @@ def write_html(h, path: str | Path, title: str | None = None) -> Path:
     nodes, edges = layout(h)
     js, css = vis_assets()
     title = title or f"hypothesis: {h.name}"
-    options = {"physics": {"enabled": False}, "interaction": {"hover": True, "dragNodes": True},
-               "nodes": {"font": {"face": "monospace", "size": 14}, "margin": 8},
-               "edges": {"font": {"size": 11, "strokeWidth": 3, "strokeColor": "#ffffff"}}}
+    options = {
+        "physics": {"enabled": False},
+        "interaction": {"hover": True, "dragNodes": True},
+        "nodes": {"font": {"face": "monospace", "size": 14}, "margin": 8},
+        "edges": {"font": {"size": 11, "strokeWidth": 3, "strokeColor": "#ffffff"}},
+    }
     data = json.dumps({"nodes": nodes, "edges": edges, "options": options}).replace("</", "<\\/")
     model = (h.model_info or {}).get("name") or ""
     info = f"{len(h.nodes)} interpretation nodes, {len(h.covered_edges())} covered model edges" + (
-        f", model {html.escape(model)}" if model else "")
+        f", model {html.escape(model)}" if model else ""
+    )
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="generator" content="circuitgraph.hypothesis">
 <title>{html.escape(title)}</title>
@@ -159,7 +218,7 @@ border-bottom:1px solid #ddd;font-size:14px;overflow:hidden}}
 </head><body>
 <header><b>{html.escape(title)}</b> — {info}
 <span class="k" style="background:{INTERP_COLOR}"></span>interpretation node (feature)
-<span class="k" style="background:{MODEL_COLORS['head']}"></span>model node
+<span class="k" style="background:{MODEL_COLORS["head"]}"></span>model node
 <span class="k" style="background:{INTERP_EDGE}"></span>computed from
 <span class="k" style="background:{COVER_COLOR}"></span>covered model edge
 <span class="k" style="background:{MAP_EDGE}"></span>correspondence</header>

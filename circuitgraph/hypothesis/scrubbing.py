@@ -36,11 +36,12 @@ import torch
 
 from circuitgraph.engine.sources import source_activations
 from circuitgraph.errors import HypothesisError
-from circuitgraph.graph import Graph, config_hash
-from circuitgraph.models.backend import as_backend, check_model
+from circuitgraph.graph import Graph
+from circuitgraph.graph.names import HEAD_TIME, parse_node
 from circuitgraph.hypothesis.features import FeatureData, FeatureValues
 from circuitgraph.hypothesis.interpretation import Hypothesis
 from circuitgraph.hypothesis.nodes import input_slots, residual_order
+from circuitgraph.models.backend import as_backend, check_model
 from circuitgraph.tasks.metrics import METRICS, NEEDS_REFERENCE, checked
 
 __all__ = ["scrub", "ScrubResult", "Draw", "VacuousHypothesisWarning"]
@@ -108,10 +109,19 @@ class ScrubResult:
 
     def to_dict(self) -> dict:
         return {
-            "hypothesis": self.hypothesis, "loss_recovered": self.loss_recovered, "ci": list(self.ci),
-            "confidence": self.confidence, "scrubbed_loss": self.scrubbed_loss, "model_loss": self.model_loss,
-            "random_loss": self.random_loss, "loss": self.loss_name, "n_samples": self.n_samples,
-            "n_examples": self.n_examples, "n_boot": self.n_boot, "replicas": self.replicas, "seed": self.seed,
+            "hypothesis": self.hypothesis,
+            "loss_recovered": self.loss_recovered,
+            "ci": list(self.ci),
+            "confidence": self.confidence,
+            "scrubbed_loss": self.scrubbed_loss,
+            "model_loss": self.model_loss,
+            "random_loss": self.random_loss,
+            "loss": self.loss_name,
+            "n_samples": self.n_samples,
+            "n_examples": self.n_examples,
+            "n_boot": self.n_boot,
+            "replicas": self.replicas,
+            "seed": self.seed,
             "class_sizes": dict(self.class_sizes),
         }
 
@@ -184,11 +194,19 @@ class _Shared:
     random: _Classes
 
     @classmethod
-    def build(cls, model, graph: Graph, task, data: FeatureData, batch_size: int) -> "_Shared":
+    def build(cls, model, graph: Graph, task, data: FeatureData, batch_size: int) -> _Shared:
         device = next(model.parameters()).device
-        return cls(model, graph, task, data, batch_size, device,
-                   A=_clean_sources(model, graph, task, data.n, batch_size), bias=_biases(model, graph, device),
-                   random=_Classes(torch.zeros(data.n, 1, dtype=torch.long)))
+        return cls(
+            model,
+            graph,
+            task,
+            data,
+            batch_size,
+            device,
+            A=_clean_sources(model, graph, task, data.n, batch_size),
+            bias=_biases(model, graph, device),
+            random=_Classes(torch.zeros(data.n, 1, dtype=torch.long)),
+        )
 
 
 @torch.no_grad()
@@ -316,8 +334,11 @@ class _Engine:
         forwards of that block, each row with its own q/k/v inputs for its own head."""
         backend, d_model = as_backend(self.model), self.graph.arch.d_model
         W_O = backend.W_O(layer).detach()
-        rows_all = [(name, plan, refs, self.hyp.model_nodes[name].head, r0)
-                    for name, plan, refs in jobs for r0 in range(0, len(refs), self.batch_size)]
+        rows_all = [
+            (name, plan, refs, self.hyp.model_nodes[name].head, r0)
+            for name, plan, refs in jobs
+            for r0 in range(0, len(refs), self.batch_size)
+        ]
         outs = {name: torch.empty(len(refs), self.data.seq_len, d_model, device=self.device) for name, _, refs in jobs}
         # pack row chunks of several nodes into one forward while they fit in batch_size rows
         packs, cur, size = [], [], 0
@@ -333,7 +354,7 @@ class _Engine:
         for pack in packs:
             inputs = {letter: [] for letter in "qkv"}
             heads, masks = [], []
-            for (name, plan, refs, head, r0), n in pack:
+            for (_, plan, refs, head, r0), n in pack:
                 rows = slice(r0, r0 + n)
                 base = f"a{layer}.h{head}"
                 for letter in "qkv":
@@ -346,7 +367,7 @@ class _Engine:
             ar = torch.arange(B, device=self.device)
             got = {}
 
-            def setter(letter):
+            def setter(letter, x_in=x_in, ar=ar, hd=hd):
                 def hook(x, hook):
                     x = x.clone()
                     x[ar, :, hd] = x_in[letter].to(x.dtype)
@@ -354,7 +375,7 @@ class _Engine:
 
                 return hook
 
-            def grab(z, hook):
+            def grab(z, hook, got=got, ar=ar, hd=hd):
                 got["z"] = z[ar, :, hd]
                 raise _Stop
 
@@ -369,7 +390,7 @@ class _Engine:
             out = torch.einsum("bpe,bed->bpd", got["z"], W_O[hd])
             o = 0
             for (name, _, _, _, r0), n in pack:
-                outs[name][r0:r0 + n] = out[o:o + n]
+                outs[name][r0 : r0 + n] = out[o : o + n]
                 o += n
         for name, _, _ in jobs:
             tables[name] = (outs[name], self.R)
@@ -397,7 +418,7 @@ class _Engine:
     @torch.no_grad()
     def run(self, root_refs: torch.Tensor, gen: torch.Generator, score) -> torch.Tensor:
         """Scores ``[S]`` of the scrubbed model, one per root sample."""
-        hyp, N, R = self.hyp, self.data.n, self.R
+        hyp, N = self.hyp, self.data.n
         root = hyp.root.name
         nodes = sorted((n for n in hyp.nodes if n != root), key=lambda n: (residual_order(hyp.model_nodes[n]), n))
         refs_of = {n: torch.arange(N).repeat_interleave(self._reps(n)) for n in nodes}
@@ -413,7 +434,9 @@ class _Engine:
             n = remaining[0]
             mn = hyp.model_nodes[n]
             if mn.kind == "head":
-                done = [m for m in remaining if hyp.model_nodes[m].kind == "head" and hyp.model_nodes[m].layer == mn.layer]
+                done = [
+                    m for m in remaining if hyp.model_nodes[m].kind == "head" and hyp.model_nodes[m].layer == mn.layer
+                ]
                 self._heads(mn.layer, [(m, plans[m], refs_of[m]) for m in done], tables)
             elif mn.kind == "input":
                 tables[n] = (self.A[0], 1)
@@ -462,19 +485,34 @@ def _scorer(model, task, loss):
     elif callable(loss):
         name, fn = getattr(loss, "__name__", "custom"), loss
     else:
-        raise TypeError(f"loss must be None (the task's metric), a metric name or a callable, got {type(loss).__name__}")
+        raise TypeError(
+            f"loss must be None (the task's metric), a metric name or a callable, got {type(loss).__name__}"
+        )
 
     def score(logits: torch.Tensor, refs: torch.Tensor) -> torch.Tensor:
         sub = task.select(refs.to(task.device))
-        vals = sub.score(logits, " during scrubbing") if fn is None else checked(fn(logits, sub), sub, " during scrubbing")
+        vals = (
+            sub.score(logits, " during scrubbing") if fn is None else checked(fn(logits, sub), sub, " during scrubbing")
+        )
         return vals.detach().float().cpu()
 
     return name, score, task
 
 
-def scrub(model, hypothesis: Hypothesis, task, n_samples: int | None = None, seed: int = 0, loss=None,
-          replicas: int = 1, n_boot: int = 1000, confidence: float = 0.95, batch_size: int = 256,
-          trace: bool = False, warn_vacuous: bool = True) -> ScrubResult:
+def scrub(
+    model,
+    hypothesis: Hypothesis,
+    task,
+    n_samples: int | None = None,
+    seed: int = 0,
+    loss=None,
+    replicas: int = 1,
+    n_boot: int = 1000,
+    confidence: float = 0.95,
+    batch_size: int = 256,
+    trace: bool = False,
+    warn_vacuous: bool = True,
+) -> ScrubResult:
     """Causal-scrub ``hypothesis`` on ``task``'s clean prompts and report the loss recovered.
 
     n_samples    root samples (reference inputs at the output; default: one per example). Each
@@ -496,7 +534,8 @@ def scrub(model, hypothesis: Hypothesis, task, n_samples: int | None = None, see
     theirs = (hypothesis.model_info or {}).get("config_hash")
     if theirs is not None and theirs != h:
         raise HypothesisError(
-            f"hypothesis {hypothesis.name!r} was written for another model (config hash {theirs}, this model's is {h})")
+            f"hypothesis {hypothesis.name!r} was written for another model (config hash {theirs}, this model's is {h})"
+        )
     hypothesis.check(graph)
     if int(replicas) < 1 or int(batch_size) < 1 or int(n_boot) < 1 or not 0 < confidence < 1:
         raise ValueError("replicas, batch_size and n_boot must be ≥ 1 and confidence in (0, 1)")
@@ -505,7 +544,8 @@ def scrub(model, hypothesis: Hypothesis, task, n_samples: int | None = None, see
     if N < 2:
         raise HypothesisError(
             f"task {task.name!r} has {N} example; causal scrubbing resamples inputs from the task's clean prompts, so it "
-            "needs at least 2 (and many more for classes of agreeing inputs to be non-trivial)")
+            "needs at least 2 (and many more for classes of agreeing inputs to be non-trivial)"
+        )
     task = task.prepare(model)
     loss_name, score, task = _scorer(model, task, loss)
     S = int(n_samples) if n_samples is not None else N
@@ -535,9 +575,20 @@ def scrub(model, hypothesis: Hypothesis, task, n_samples: int | None = None, see
 
     rec, lo, hi = _recovered(scrubbed, model_s, random_s, n_boot, confidence, seed)
     return ScrubResult(
-        loss_recovered=rec, ci=(lo, hi), scrubbed_loss=float(scrubbed.mean()), model_loss=float(model_s.mean()),
-        random_loss=float(random_s.mean()), n_samples=S, n_examples=N, loss_name=loss_name, confidence=confidence,
-        n_boot=int(n_boot), replicas=int(replicas), seed=int(seed), hypothesis=hypothesis.name, class_sizes=sizes,
+        loss_recovered=rec,
+        ci=(lo, hi),
+        scrubbed_loss=float(scrubbed.mean()),
+        model_loss=float(model_s.mean()),
+        random_loss=float(random_s.mean()),
+        n_samples=S,
+        n_examples=N,
+        loss_name=loss_name,
+        confidence=confidence,
+        n_boot=int(n_boot),
+        replicas=int(replicas),
+        seed=int(seed),
+        hypothesis=hypothesis.name,
+        class_sizes=sizes,
         per_sample={"scrubbed": scrubbed, "model": model_s, "random": random_s, "reference": root_refs},
         trace=trace_out,
     )
@@ -550,8 +601,11 @@ def _recovered(scrubbed, model_s, random_s, n_boot, confidence, seed):
     S = scrubbed.shape[0]
     gap = float(random_s.mean() - model_s.mean())
     if abs(gap) < 1e-9 * max(1.0, abs(float(model_s.mean()))):
-        warnings.warn("the model and randomised inputs reach the same loss, so loss recovered is undefined (nan)",
-                      RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            "the model and randomised inputs reach the same loss, so loss recovered is undefined (nan)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
         return math.nan, math.nan, math.nan
     point = float(ratio(scrubbed.double().mean(), model_s.double().mean(), random_s.double().mean())) + 0.0  # no -0.0
     g = torch.Generator().manual_seed(int(seed) + 2)
@@ -581,9 +635,13 @@ def _class_report(hyp: Hypothesis, engine: _Engine, data: FeatureData, warn: boo
             continue
         single = float(((size == 1).float() * w).sum() / w.sum())
         if single > 0.5:
-            warnings.warn(VacuousHypothesisWarning(
-                f"interpretation node {n!r} ({feat.describe()}): for {single:.0%} of the dataset's inputs"
-                f"{' and positions' if engine.values[n].positional else ''} no other input agrees on the feature, so "
-                "resampling there always returns the reference itself and the test is vacuous for that node. Use a "
-                "larger dataset (task) or a coarser feature."), stacklevel=3)
+            warnings.warn(
+                VacuousHypothesisWarning(
+                    f"interpretation node {n!r} ({feat.describe()}): for {single:.0%} of the dataset's inputs"
+                    f"{' and positions' if engine.values[n].positional else ''} no other input agrees on the feature, so "
+                    "resampling there always returns the reference itself and the test is vacuous for that node. Use a "
+                    "larger dataset (task) or a coarser feature."
+                ),
+                stacklevel=3,
+            )
     return out

@@ -45,12 +45,27 @@ from circuitgraph.hypothesis.features import Feature, UnknownFeatureError
 SCHEMA = "circuitgraph.hypothesis/1"
 _KEYS = ("schema", "name", "root", "nodes", "correspondence")
 _MODEL_KEYS = ("config_hash", "n_layers", "n_heads", "has_mlp", "d_model")
-_TYPES = (("name", str, "a string"), ("root", str, "a string"), ("nodes", list, "a list"),
-          ("correspondence", dict, "an object"), ("restrict", list, "a list"),
-          ("metadata", dict, "an object"), ("description", str, "a string"))
+_TYPES = (
+    ("name", str, "a string"),
+    ("root", str, "a string"),
+    ("nodes", list, "a list"),
+    ("correspondence", dict, "an object"),
+    ("restrict", list, "a list"),
+    ("metadata", dict, "an object"),
+    ("description", str, "a string"),
+)
 
-__all__ = ["SCHEMA", "HypothesisFileError", "NodeRecord", "HypothesisRecord", "to_doc", "from_doc",
-           "check_model", "write_doc", "read_doc"]
+__all__ = [
+    "SCHEMA",
+    "HypothesisFileError",
+    "NodeRecord",
+    "HypothesisRecord",
+    "to_doc",
+    "from_doc",
+    "check_model",
+    "write_doc",
+    "read_doc",
+]
 
 
 class HypothesisFileError(HypothesisError, FileFormatError):
@@ -116,8 +131,13 @@ def from_doc(doc: Any, source: str | Path = "hypothesis") -> HypothesisRecord:
     correspondence = _read_correspondence(doc["correspondence"], source)
     restrict = [_read_restriction(i, r, source) for i, r in enumerate(doc.get("restrict", []))]
     return HypothesisRecord(
-        name=doc["name"], root=doc["root"], nodes=nodes, correspondence=correspondence, restrict=restrict,
-        description=doc.get("description", ""), model=_read_model(doc.get("model"), source),
+        name=doc["name"],
+        root=doc["root"],
+        nodes=nodes,
+        correspondence=correspondence,
+        restrict=restrict,
+        description=doc.get("description", ""),
+        model=_read_model(doc.get("model"), source),
         metadata=doc.get("metadata", {}),
     )
 
@@ -125,15 +145,20 @@ def from_doc(doc: Any, source: str | Path = "hypothesis") -> HypothesisRecord:
 def _check_header(doc: Any, source: str | Path) -> None:
     """The document is an object of this schema with the required keys, each of the right type."""
     if not isinstance(doc, dict):
-        raise file_error(source, f"a hypothesis file holds a JSON object, got {type(doc).__name__}",
-                         kind=HypothesisFileError)
+        raise file_error(
+            source, f"a hypothesis file holds a JSON object, got {type(doc).__name__}", kind=HypothesisFileError
+        )
     schema = doc.get("schema")
     if schema != SCHEMA:
         if isinstance(schema, str) and schema.startswith("circuitgraph.hypothesis/"):
-            raise file_error(source, f"schema {schema!r} is not readable by this version of circuitgraph "
-                                     f"(reads {SCHEMA!r})", kind=HypothesisFileError)
-        raise file_error(source, f"not a circuitgraph hypothesis (schema {schema!r}, expected {SCHEMA!r})",
-                         kind=HypothesisFileError)
+            raise file_error(
+                source,
+                f"schema {schema!r} is not readable by this version of circuitgraph (reads {SCHEMA!r})",
+                kind=HypothesisFileError,
+            )
+        raise file_error(
+            source, f"not a circuitgraph hypothesis (schema {schema!r}, expected {SCHEMA!r})", kind=HypothesisFileError
+        )
     missing = [k for k in _KEYS if k not in doc]
     if missing:
         raise file_error(source, f"missing key(s) {missing}", kind=HypothesisFileError)
@@ -148,21 +173,26 @@ def _read_nodes(specs: list, source: str | Path) -> dict[str, NodeRecord]:
     checked: dict[str, dict] = {}
     for i, spec in enumerate(specs):
         if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not spec["name"]:
-            raise file_error(source, f"nodes[{i}] must be an object with a non-empty string 'name'",
-                             kind=HypothesisFileError)
+            raise file_error(
+                source, f"nodes[{i}] must be an object with a non-empty string 'name'", kind=HypothesisFileError
+            )
         name = spec["name"]
         if name in checked:
             raise file_error(source, f"node name {name!r} appears twice", kind=HypothesisFileError)
         children = spec.get("children", [])
         if not isinstance(children, list) or not all(isinstance(c, str) for c in children):
-            raise file_error(source, f"node {name!r}: 'children' must be a list of node names",
-                             kind=HypothesisFileError)
+            raise file_error(
+                source, f"node {name!r}: 'children' must be a list of node names", kind=HypothesisFileError
+            )
         if not isinstance(spec.get("description", ""), str):
             raise file_error(source, f"node {name!r}: 'description' must be a string", kind=HypothesisFileError)
         checked[name] = spec
-    return {name: NodeRecord(name, _read_feature(spec, source), tuple(spec.get("children", [])),
-                             spec.get("description", ""))
-            for name, spec in checked.items()}
+    return {
+        name: NodeRecord(
+            name, _read_feature(spec, source), tuple(spec.get("children", [])), spec.get("description", "")
+        )
+        for name, spec in checked.items()
+    }
 
 
 def _read_feature(spec: dict, source: str | Path) -> Feature:
@@ -181,8 +211,9 @@ def _check_node_graph(nodes: dict[str, NodeRecord], root: str, source: str | Pat
     for name, node in nodes.items():
         for c in node.children:
             if c not in nodes:
-                raise file_error(source, f"node {name!r} lists child {c!r}, which is not among the nodes",
-                                 kind=HypothesisFileError)
+                raise file_error(
+                    source, f"node {name!r} lists child {c!r}, which is not among the nodes", kind=HypothesisFileError
+                )
     if root not in nodes:
         raise file_error(source, f"root {root!r} is not among the nodes", kind=HypothesisFileError)
     reach, todo = set(), [root]
@@ -193,29 +224,37 @@ def _check_node_graph(nodes: dict[str, NodeRecord], root: str, source: str | Pat
             todo.extend(nodes[n].children)
     unreachable = [n for n in nodes if n not in reach]
     if unreachable:
-        raise file_error(source, f"node(s) {unreachable} are not reachable from the root {root!r}",
-                         kind=HypothesisFileError)
+        raise file_error(
+            source, f"node(s) {unreachable} are not reachable from the root {root!r}", kind=HypothesisFileError
+        )
 
 
 def _read_correspondence(corr: dict, source: str | Path) -> dict[str, str]:
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in corr.items()):
-        raise file_error(source, "'correspondence' must map node names to model node names (strings)",
-                         kind=HypothesisFileError)
+        raise file_error(
+            source, "'correspondence' must map node names to model node names (strings)", kind=HypothesisFileError
+        )
     return dict(corr)
 
 
 def _read_restriction(i: int, r: Any, source: str | Path) -> tuple[str, str, list[str]]:
-    if not isinstance(r, dict) or not isinstance(r.get("parent"), str) or not isinstance(r.get("child"), str) \
-            or not isinstance(r.get("slots"), list):
-        raise file_error(source, f"restrict[{i}] must be {{\"parent\": name, \"child\": name, \"slots\": [...]}}",
-                         kind=HypothesisFileError)
+    if (
+        not isinstance(r, dict)
+        or not isinstance(r.get("parent"), str)
+        or not isinstance(r.get("child"), str)
+        or not isinstance(r.get("slots"), list)
+    ):
+        raise file_error(
+            source, f'restrict[{i}] must be {{"parent": name, "child": name, "slots": [...]}}', kind=HypothesisFileError
+        )
     return r["parent"], r["child"], r["slots"]
 
 
 def _read_model(info: Any, source: str | Path) -> dict | None:
     if info is not None and (not isinstance(info, dict) or any(k not in info for k in _MODEL_KEYS)):
-        raise file_error(source, f"'model' must be null or an object with {list(_MODEL_KEYS)}",
-                         kind=HypothesisFileError)
+        raise file_error(
+            source, f"'model' must be null or an object with {list(_MODEL_KEYS)}", kind=HypothesisFileError
+        )
     return dict(info) if info is not None else None
 
 
@@ -230,7 +269,8 @@ def check_model(info: dict | None, model, source: str | Path) -> None:
             source,
             f"this hypothesis was made for {made!r} (config hash {theirs}) but the model given has config hash {mine} "
             f"({model.cfg.n_layers} layers × {model.cfg.n_heads} heads); load it with the model it was written for, or "
-            "rebuild it for this model", kind=HypothesisFileError,
+            "rebuild it for this model",
+            kind=HypothesisFileError,
         )
 
 
@@ -244,7 +284,8 @@ def write_doc(doc: dict, path: str | Path) -> Path:
         text = json.dumps(doc, indent=1, ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as e:
         raise HypothesisError(
-            f"hypothesis {doc.get('name')!r} cannot be saved: its metadata is not plain JSON ({e})") from None
+            f"hypothesis {doc.get('name')!r} cannot be saved: its metadata is not plain JSON ({e})"
+        ) from None
     return atomic_write(path, lambda p: p.write_text(text + "\n", encoding="utf-8"))
 
 
@@ -262,5 +303,6 @@ def read_doc(path: str | Path) -> Any:
     try:
         return json.loads(text, parse_constant=no_constants)
     except json.JSONDecodeError as e:
-        raise file_error(path, f"not valid JSON ({e}); the file is corrupted or truncated",
-                         kind=HypothesisFileError) from None
+        raise file_error(
+            path, f"not valid JSON ({e}); the file is corrupted or truncated", kind=HypothesisFileError
+        ) from None

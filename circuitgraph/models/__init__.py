@@ -3,12 +3,29 @@ weights that splice into a model. The engine asks a backend for hook names, weig
 never the model itself (see :mod:`circuitgraph.models.backend`)."""
 
 from circuitgraph.models.backend import (
-    Architecture, Backend, HookedTransformerBackend, UnsupportedModelError, as_backend, check_model, config_hash,
+    Architecture,
+    Backend,
+    HookedTransformerBackend,
+    UnsupportedModelError,
+    as_backend,
+    check_model,
+    config_hash,
     hook_flags,
 )
 from circuitgraph.models.sae import SAE, as_sae_list, load_sae, save_sae, validate
 
 __all__ = [
-    "Architecture", "Backend", "HookedTransformerBackend", "UnsupportedModelError", "as_backend", "check_model",
-    "config_hash", "hook_flags", "SAE", "as_sae_list", "load_sae", "save_sae", "validate",
+    "Architecture",
+    "Backend",
+    "HookedTransformerBackend",
+    "UnsupportedModelError",
+    "as_backend",
+    "check_model",
+    "config_hash",
+    "hook_flags",
+    "SAE",
+    "as_sae_list",
+    "load_sae",
+    "save_sae",
+    "validate",
 ]

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -33,9 +34,22 @@ from circuitgraph.errors import ModelUnsupportedError
 UnsupportedModelError = ModelUnsupportedError
 
 _FINGERPRINT_KEYS = (
-    "n_layers", "d_model", "n_heads", "d_head", "d_mlp", "d_vocab", "d_vocab_out", "n_ctx",
-    "attn_only", "normalization_type", "positional_embedding_type", "act_fn",
-    "attention_dir", "n_key_value_heads", "gated_mlp", "parallel_attn_mlp",
+    "n_layers",
+    "d_model",
+    "n_heads",
+    "d_head",
+    "d_mlp",
+    "d_vocab",
+    "d_vocab_out",
+    "n_ctx",
+    "attn_only",
+    "normalization_type",
+    "positional_embedding_type",
+    "act_fn",
+    "attention_dir",
+    "n_key_value_heads",
+    "gated_mlp",
+    "parallel_attn_mlp",
 )
 
 
@@ -72,7 +86,7 @@ class Backend:
     """What the engine needs from a model (see the module docstring). Subclasses implement it for
     one model library; every method is cheap (no forward pass)."""
 
-    model: nn.Module
+    model: Any  # the library's model object (typed loosely: its submodules are the library's business)
 
     # ------------------------------------------------------------------ facts
     @property
@@ -189,8 +203,9 @@ class Backend:
         """A context manager switching on the hook points the engine reads (restored after)."""
         raise NotImplementedError
 
-    def run_layers(self, resid: torch.Tensor, start: int, stop: int,
-                   attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def run_layers(
+        self, resid: torch.Tensor, start: int, stop: int, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Blocks ``start .. stop-1`` on the residual stream ``resid [batch, pos, d_model]``."""
         raise NotImplementedError
 
@@ -199,15 +214,20 @@ class Backend:
         raise NotImplementedError
 
 
-_NORM_KINDS = {"LayerNorm": "layernorm", "LayerNormPre": "layernorm", "RMSNorm": "rms", "RMSNormPre": "rms",
-               "Identity": "none"}
+_NORM_KINDS = {
+    "LayerNorm": "layernorm",
+    "LayerNormPre": "layernorm",
+    "RMSNorm": "rms",
+    "RMSNormPre": "rms",
+    "Identity": "none",
+}
 
 
 class HookedTransformerBackend(Backend):
     """TransformerLens 3.x's ``HookedTransformer``: pre-norm blocks whose residual stream is exactly
     ``input + Σ heads + Σ MLPs (+ biases)``."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: Any) -> None:
         self.model = model
 
     @property
@@ -222,7 +242,8 @@ class HookedTransformerBackend(Backend):
         problems = _architecture_problems(cfg, neurons)
         if problems:
             raise ModelUnsupportedError(
-                "this model's architecture is not supported by the circuit graph: " + "; ".join(problems)
+                "this model's architecture is not supported by the circuit graph: "
+                + "; ".join(problems)
                 + ". Supported: pre-norm (LN, LNPre, RMS, RMSPre or none) decoder-only or bidirectional "
                 "transformers with standard, rotary or alibi positions, with or without MLPs."
             )
@@ -325,8 +346,9 @@ class HookedTransformerBackend(Backend):
     def hooks(self, fwd_hooks: list | None = None, bwd_hooks: list | None = None) -> Any:
         return self.model.hooks(fwd_hooks=fwd_hooks or [], bwd_hooks=bwd_hooks or [])
 
-    def run_layers(self, resid: torch.Tensor, start: int, stop: int,
-                   attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def run_layers(
+        self, resid: torch.Tensor, start: int, stop: int, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         return self.model(resid, start_at_layer=start, stop_at_layer=stop, attention_mask=attention_mask)
 
     def mlp(self, layer: int, resid: torch.Tensor) -> torch.Tensor:
@@ -386,17 +408,21 @@ def as_backend(model: Any) -> Backend:
     """The backend for ``model`` (a backend is returned as is); a clear error for anything else."""
     if isinstance(model, Backend):
         return model
-    try:  # (transformer-lens 4 has no HookedTransformer: then no model is one)
-        from transformer_lens import HookedTransformer
-    except ImportError:  # pragma: no cover - transformer-lens 3.x is a hard dependency today
-        HookedTransformer = ()
-    if HookedTransformer and isinstance(model, HookedTransformer):
+    if _is_hooked_transformer(model):
         return HookedTransformerBackend(model)
     raise ModelUnsupportedError(
         f"circuitgraph needs a transformer_lens.HookedTransformer, got {type(model).__name__}. "
         "Load your model with HookedTransformer.from_pretrained(name) (transformer-lens 3.x), or "
         "build one with HookedTransformer(HookedTransformerConfig(...))."
     )
+
+
+def _is_hooked_transformer(model: Any) -> bool:
+    try:  # transformer-lens is heavy (seconds) and 4.x has no HookedTransformer: then no model is one
+        from transformer_lens import HookedTransformer
+    except ImportError:  # pragma: no cover - transformer-lens 3.x is a hard dependency today
+        return False
+    return isinstance(model, HookedTransformer)
 
 
 def check_model(model: Any, neurons: bool = False) -> Backend:

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -37,13 +38,25 @@ WEIGHTS_FILE = "sae_weights.safetensors"
 
 SUPPORTED_ARCHITECTURES = ("standard", "jumprelu")
 # SAELens calls these the same SAE family; a missing key means "standard"
-_ARCH_ALIASES = {"standard": "standard", "relu": "standard", "jumprelu": "jumprelu",
-                 "transcoder": "standard", "jumprelu_transcoder": "jumprelu"}
+_ARCH_ALIASES = {
+    "standard": "standard",
+    "relu": "standard",
+    "jumprelu": "jumprelu",
+    "transcoder": "standard",
+    "jumprelu_transcoder": "jumprelu",
+}
 _DTYPES = {
-    "float32": torch.float32, "float": torch.float32, "torch.float32": torch.float32,
-    "float64": torch.float64, "double": torch.float64, "torch.float64": torch.float64,
-    "float16": torch.float16, "half": torch.float16, "torch.float16": torch.float16,
-    "bfloat16": torch.bfloat16, "torch.bfloat16": torch.bfloat16,
+    "float32": torch.float32,
+    "float": torch.float32,
+    "torch.float32": torch.float32,
+    "float64": torch.float64,
+    "double": torch.float64,
+    "torch.float64": torch.float64,
+    "float16": torch.float16,
+    "half": torch.float16,
+    "torch.float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "torch.bfloat16": torch.bfloat16,
 }
 
 
@@ -55,37 +68,46 @@ class SAE(nn.Module):
     ``cfg`` keeps any extra configuration (training figures, provenance); it is written back to
     ``cfg.json`` by :func:`save_sae`."""
 
-    def __init__(self, d_in: int, d_sae: int, hook_name: str, *, architecture: str = "standard",
-                 apply_b_dec_to_input: bool = True, dtype: torch.dtype = torch.float32,
-                 device: str | torch.device = "cpu", cfg: dict | None = None,
-                 hook_name_out: str | None = None):
+    def __init__(
+        self,
+        d_in: int,
+        d_sae: int,
+        hook_name: str,
+        *,
+        architecture: str = "standard",
+        apply_b_dec_to_input: bool = True,
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device = "cpu",
+        cfg: dict | None = None,
+        hook_name_out: str | None = None,
+    ):
         super().__init__()
         if not (isinstance(d_in, int) and isinstance(d_sae, int)) or d_in < 1 or d_sae < 1:
-            raise ValueError(f"SAE needs positive integer d_in and d_sae, got d_in={d_in!r}, "
-                             f"d_sae={d_sae!r}")
+            raise ValueError(f"SAE needs positive integer d_in and d_sae, got d_in={d_in!r}, d_sae={d_sae!r}")
         if not isinstance(hook_name, str) or not hook_name:
-            raise ValueError(f"SAE needs a hook_name (a TransformerLens hook point such as "
-                             f"'blocks.1.hook_resid_pre'), got {hook_name!r}")
+            raise ValueError(
+                f"SAE needs a hook_name (a TransformerLens hook point such as "
+                f"'blocks.1.hook_resid_pre'), got {hook_name!r}"
+            )
         arch = _ARCH_ALIASES.get(str(architecture).lower())
         if arch is None:
             raise ValueError(_arch_error(architecture))
         if hook_name_out is not None and apply_b_dec_to_input:
-            raise ValueError(f"a transcoder ({hook_name} → {hook_name_out}) decodes into another hook point, so "
-                             "its b_dec is an output bias: apply_b_dec_to_input must be false")
+            raise ValueError(
+                f"a transcoder ({hook_name} → {hook_name_out}) decodes into another hook point, so "
+                "its b_dec is an output bias: apply_b_dec_to_input must be false"
+            )
         self.d_in, self.d_sae, self.hook_name = d_in, d_sae, hook_name
         self.hook_name_out = hook_name_out  # transcoders: where the reconstruction goes
         self.architecture = arch
         self.apply_b_dec_to_input = bool(apply_b_dec_to_input)
         self.cfg = dict(cfg or {})
-        kw = dict(dtype=dtype, device=device)
+        kw: dict[str, Any] = dict(dtype=dtype, device=device)
         self.W_enc = nn.Parameter(torch.zeros(d_in, d_sae, **kw))
         self.b_enc = nn.Parameter(torch.zeros(d_sae, **kw))
         self.W_dec = nn.Parameter(torch.zeros(d_sae, d_in, **kw))
         self.b_dec = nn.Parameter(torch.zeros(d_in, **kw))
-        if arch == "jumprelu":
-            self.threshold = nn.Parameter(torch.zeros(d_sae, **kw))
-        else:
-            self.threshold = None
+        self.threshold: nn.Parameter | None = nn.Parameter(torch.zeros(d_sae, **kw)) if arch == "jumprelu" else None
 
     # -- forward pass --------------------------------------------------------------------------
 
@@ -110,15 +132,17 @@ class SAE(nn.Module):
     def decode(self, acts: torch.Tensor) -> torch.Tensor:
         """Reconstruction ``[..., d_in]`` of feature activations ``acts [..., d_sae]``."""
         if acts.shape[-1] != self.d_sae:
-            raise ValueError(f"decode expects feature activations of width d_sae={self.d_sae}, "
-                             f"got shape {tuple(acts.shape)}")
+            raise ValueError(
+                f"decode expects feature activations of width d_sae={self.d_sae}, got shape {tuple(acts.shape)}"
+            )
         return acts.to(self.W_dec.dtype) @ self.W_dec + self.b_dec
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))
 
-    def error(self, x: torch.Tensor, target: torch.Tensor | None = None,
-              recon: torch.Tensor | None = None) -> torch.Tensor:
+    def error(
+        self, x: torch.Tensor, target: torch.Tensor | None = None, recon: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The error term every splice keeps, so that the spliced model computes what the model
         computes: ``target − decode(encode(x))``, where ``target`` is ``x`` itself for an SAE and the
         MLP's output for a transcoder. ``recon``: ``decode(encode(x))``, when the caller has it."""
@@ -127,8 +151,9 @@ class SAE(nn.Module):
 
     def _check_width(self, x: torch.Tensor) -> None:
         if x.shape[-1] != self.d_in:
-            raise ValueError(f"SAE for {self.hook_name!r} expects activations of width "
-                             f"d_in={self.d_in}, got shape {tuple(x.shape)}")
+            raise ValueError(
+                f"SAE for {self.hook_name!r} expects activations of width d_in={self.d_in}, got shape {tuple(x.shape)}"
+            )
 
     # -- config --------------------------------------------------------------------------------
 
@@ -142,8 +167,11 @@ class SAE(nn.Module):
         if self.hook_name_out is not None:
             meta["hook_name_out"] = self.hook_name_out
         doc = {
-            "architecture": self.architecture if not self.hook_name_out else
-            "transcoder" if self.architecture == "standard" else f"{self.architecture}_transcoder",
+            "architecture": self.architecture
+            if not self.hook_name_out
+            else "transcoder"
+            if self.architecture == "standard"
+            else f"{self.architecture}_transcoder",
             "d_in": self.d_in,
             "d_sae": self.d_sae,
             "dtype": str(self.W_enc.dtype).replace("torch.", ""),
@@ -161,20 +189,37 @@ class SAE(nn.Module):
 
     def extra_repr(self) -> str:
         out = f", hook_name_out={self.hook_name_out!r}" if self.hook_name_out else ""
-        return (f"hook_name={self.hook_name!r}{out}, d_in={self.d_in}, d_sae={self.d_sae}, "
-                f"architecture={self.architecture!r}")
+        return (
+            f"hook_name={self.hook_name!r}{out}, d_in={self.d_in}, d_sae={self.d_sae}, "
+            f"architecture={self.architecture!r}"
+        )
 
 
-_CORE_KEYS = {"architecture", "d_in", "d_sae", "dtype", "device", "hook_name", "hook_point", "hook_name_out", "d_out",
-              "hook_head_index", "apply_b_dec_to_input", "normalize_activations",
-              "activation_fn_str", "activation_fn"}
+_CORE_KEYS = {
+    "architecture",
+    "d_in",
+    "d_sae",
+    "dtype",
+    "device",
+    "hook_name",
+    "hook_point",
+    "hook_name_out",
+    "d_out",
+    "hook_head_index",
+    "apply_b_dec_to_input",
+    "normalize_activations",
+    "activation_fn_str",
+    "activation_fn",
+}
 
 
 def _arch_error(architecture: Any) -> str:
-    return (f"unsupported SAE architecture {architecture!r}; supported: "
-            f"{', '.join(SUPPORTED_ARCHITECTURES)} (ReLU and JumpReLU encoders). Gated, TopK and "
-            "other SAELens architectures would need their own encoder; convert the SAE to a "
-            "standard/JumpReLU one first")
+    return (
+        f"unsupported SAE architecture {architecture!r}; supported: "
+        f"{', '.join(SUPPORTED_ARCHITECTURES)} (ReLU and JumpReLU encoders). Gated, TopK and "
+        "other SAELens architectures would need their own encoder; convert the SAE to a "
+        "standard/JumpReLU one first"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -182,8 +227,14 @@ def _arch_error(architecture: Any) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+def _metadata(cfg: dict) -> dict:
+    """SAELens 6 keeps the hook names under ``metadata``; earlier versions at the top level."""
+    meta = cfg.get("metadata")
+    return meta if isinstance(meta, dict) else {}
+
+
 def _hook_name(cfg: dict) -> str | None:
-    meta = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
+    meta = _metadata(cfg)
     for src in (cfg, meta):
         for key in ("hook_name", "hook_point"):
             if isinstance(src.get(key), str) and src[key]:
@@ -191,51 +242,74 @@ def _hook_name(cfg: dict) -> str | None:
     return None
 
 
-def sae_from_config(cfg: dict, state: dict[str, torch.Tensor], where: str = "<dict>",
-                    device: str | torch.device | None = None) -> SAE:
+# A flat sequence of independent checks, each raising with its own message naming the key and the fix.
+def sae_from_config(  # noqa: C901
+    cfg: dict, state: dict[str, torch.Tensor], where: str = "<dict>", device: str | torch.device | None = None
+) -> SAE:
     """Build an :class:`SAE` from a SAELens-style config dict and a weight dict, validating both.
 
     Raises :class:`ValueError` naming the problem (missing key, unsupported option, missing or
     mis-shaped tensor) and what to do about it."""
     folder = Path(where)
     if not isinstance(cfg, dict):
-        raise file_error(f"cannot load SAE from {str(folder)!r}", f"{CFG_FILE} must hold a JSON object, got {type(cfg).__name__}")
+        raise file_error(
+            f"cannot load SAE from {str(folder)!r}", f"{CFG_FILE} must hold a JSON object, got {type(cfg).__name__}"
+        )
     missing = [k for k in ("d_in", "d_sae") if k not in cfg]
     hook = _hook_name(cfg)
     if hook is None:
         missing.append("hook_name")
-    if missing:
-        raise file_error(f"cannot load SAE from {str(folder)!r}", f"{CFG_FILE} lacks required key(s) {missing}; an SAELens config needs "
-                           "d_in, d_sae and hook_name (SAELens 6 keeps hook_name under "
-                           "'metadata'; SAELens < 3 called it hook_point)")
+    if missing or hook is None:
+        raise file_error(
+            f"cannot load SAE from {str(folder)!r}",
+            f"{CFG_FILE} lacks required key(s) {missing}; an SAELens config needs "
+            "d_in, d_sae and hook_name (SAELens 6 keeps hook_name under "
+            "'metadata'; SAELens < 3 called it hook_point)",
+        )
     d_in, d_sae = cfg["d_in"], cfg["d_sae"]
     for key, val in (("d_in", d_in), ("d_sae", d_sae)):
         if isinstance(val, bool) or not isinstance(val, int) or val < 1:
-            raise file_error(f"cannot load SAE from {str(folder)!r}", f"{CFG_FILE} key {key!r} must be a positive integer, got {val!r}")
+            raise file_error(
+                f"cannot load SAE from {str(folder)!r}",
+                f"{CFG_FILE} key {key!r} must be a positive integer, got {val!r}",
+            )
 
     arch_raw = cfg.get("architecture", "standard")
     arch = _ARCH_ALIASES.get(str(arch_raw).lower())
     act_fn = str(cfg.get("activation_fn_str", cfg.get("activation_fn", "relu")) or "relu").lower()
     if arch is None or act_fn not in ("relu", "jumprelu"):
-        raise file_error(f"cannot load SAE from {str(folder)!r}", _arch_error(arch_raw if arch is None else f"{arch_raw} with activation "
-                                                                     f"{act_fn}"))
+        raise file_error(
+            f"cannot load SAE from {str(folder)!r}",
+            _arch_error(arch_raw if arch is None else f"{arch_raw} with activation {act_fn}"),
+        )
     norm = cfg.get("normalize_activations", "none")
     if norm not in (None, "none", False):
-        raise file_error(f"cannot load SAE from {str(folder)!r}", f"normalize_activations={norm!r} is not supported (only 'none'): the "
-                           "input scaling it implies is not stored with the weights. Fold the "
-                           "scaling factor into W_enc/W_dec (SAELens: fold_activation_norm_"
-                           "scaling_factor) and save with normalize_activations='none'")
+        raise file_error(
+            f"cannot load SAE from {str(folder)!r}",
+            f"normalize_activations={norm!r} is not supported (only 'none'): the "
+            "input scaling it implies is not stored with the weights. Fold the "
+            "scaling factor into W_enc/W_dec (SAELens: fold_activation_norm_"
+            "scaling_factor) and save with normalize_activations='none'",
+        )
     if cfg.get("hook_head_index") not in (None,) or (
-            isinstance(cfg.get("metadata"), dict) and cfg["metadata"].get("hook_head_index") is not None):
-        raise file_error(f"cannot load SAE from {str(folder)!r}", "hook_head_index is set (an SAE on a single attention head); only SAEs "
-                           "on a whole hook point are supported")
+        isinstance(cfg.get("metadata"), dict) and cfg["metadata"].get("hook_head_index") is not None
+    ):
+        raise file_error(
+            f"cannot load SAE from {str(folder)!r}",
+            "hook_head_index is set (an SAE on a single attention head); only SAEs on a whole hook point are supported",
+        )
     if cfg.get("finetuning_scaling_factor") and "scaling_factor" in state:
-        raise file_error(f"cannot load SAE from {str(folder)!r}", "finetuning_scaling_factor is set; fold 'scaling_factor' into W_dec "
-                           "before loading (SAELens: fold_scaling_factor)")
+        raise file_error(
+            f"cannot load SAE from {str(folder)!r}",
+            "finetuning_scaling_factor is set; fold 'scaling_factor' into W_dec "
+            "before loading (SAELens: fold_scaling_factor)",
+        )
     dtype_name = str(cfg.get("dtype", "float32"))
     dtype = _DTYPES.get(dtype_name)
     if dtype is None:
-        raise file_error(f"cannot load SAE from {str(folder)!r}", f"unknown dtype {dtype_name!r}; use one of {sorted(set(_DTYPES))}")
+        raise file_error(
+            f"cannot load SAE from {str(folder)!r}", f"unknown dtype {dtype_name!r}; use one of {sorted(set(_DTYPES))}"
+        )
 
     state = dict(state)
     if arch == "jumprelu" and "threshold" not in state and "log_threshold" in state:
@@ -245,28 +319,50 @@ def sae_from_config(cfg: dict, state: dict[str, torch.Tensor], where: str = "<di
         shapes["threshold"] = (d_sae,)
     absent = [k for k in shapes if k not in state]
     if absent:
-        raise file_error(f"cannot load SAE from {str(folder)!r}", f"{WEIGHTS_FILE} lacks tensor(s) {absent} (it has {sorted(state)}); "
-                           f"a {arch} SAE needs {list(shapes)}. Re-save the SAE or check that "
-                           "the file belongs to this config")
+        raise file_error(
+            f"cannot load SAE from {str(folder)!r}",
+            f"{WEIGHTS_FILE} lacks tensor(s) {absent} (it has {sorted(state)}); "
+            f"a {arch} SAE needs {list(shapes)}. Re-save the SAE or check that "
+            "the file belongs to this config",
+        )
     for k, shape in shapes.items():
         if tuple(state[k].shape) != shape:
-            raise file_error(f"cannot load SAE from {str(folder)!r}", f"tensor {k!r} has shape {tuple(state[k].shape)} but cfg.json "
-                               f"(d_in={d_in}, d_sae={d_sae}) implies {shape}; the config and "
-                               "weights do not match")
+            raise file_error(
+                f"cannot load SAE from {str(folder)!r}",
+                f"tensor {k!r} has shape {tuple(state[k].shape)} but cfg.json "
+                f"(d_in={d_in}, d_sae={d_sae}) implies {shape}; the config and "
+                "weights do not match",
+            )
         if not state[k].is_floating_point():
-            raise file_error(f"cannot load SAE from {str(folder)!r}", f"tensor {k!r} has non-float dtype {state[k].dtype}")
+            raise file_error(
+                f"cannot load SAE from {str(folder)!r}", f"tensor {k!r} has non-float dtype {state[k].dtype}"
+            )
 
-    meta = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
+    meta = _metadata(cfg)
     hook_out = cfg.get("hook_name_out") or meta.get("hook_name_out")
     transcoder = "transcoder" in str(arch_raw).lower() or hook_out
     if transcoder and not isinstance(hook_out, str):
-        raise file_error(f"cannot load SAE from {str(folder)!r}", f"a transcoder config needs hook_name_out (where it writes), got {hook_out!r}")
+        raise file_error(
+            f"cannot load SAE from {str(folder)!r}",
+            f"a transcoder config needs hook_name_out (where it writes), got {hook_out!r}",
+        )
     if transcoder and cfg.get("d_out", d_in) != d_in:
-        raise file_error(f"cannot load SAE from {str(folder)!r}", f"transcoder d_out={cfg.get('d_out')} differs from d_in={d_in}; only transcoders "
-                           "from the MLP input to the MLP output (both d_model wide) are supported")
-    sae = SAE(d_in, d_sae, hook, architecture=arch,
-              apply_b_dec_to_input=False if transcoder else bool(cfg.get("apply_b_dec_to_input", True)),
-              dtype=dtype, device="cpu", cfg=cfg, hook_name_out=hook_out if transcoder else None)
+        raise file_error(
+            f"cannot load SAE from {str(folder)!r}",
+            f"transcoder d_out={cfg.get('d_out')} differs from d_in={d_in}; only transcoders "
+            "from the MLP input to the MLP output (both d_model wide) are supported",
+        )
+    sae = SAE(
+        d_in,
+        d_sae,
+        hook,
+        architecture=arch,
+        apply_b_dec_to_input=False if transcoder else bool(cfg.get("apply_b_dec_to_input", True)),
+        dtype=dtype,
+        device="cpu",
+        cfg=cfg,
+        hook_name_out=hook_out if transcoder else None,
+    )
     with torch.no_grad():
         for k in shapes:
             getattr(sae, k).copy_(state[k].to(dtype))
@@ -283,21 +379,28 @@ def load_sae(folder: str | Path, device: str | torch.device | None = None) -> SA
     folder = Path(folder)
     cfg_path, w_path = folder / CFG_FILE, folder / WEIGHTS_FILE
     if not folder.is_dir():
-        raise FileNotFoundError(f"SAE folder {str(folder)!r} does not exist; an SAE folder holds "
-                                f"{CFG_FILE} and {WEIGHTS_FILE}")
+        raise FileNotFoundError(
+            f"SAE folder {str(folder)!r} does not exist; an SAE folder holds {CFG_FILE} and {WEIGHTS_FILE}"
+        )
     for f in (cfg_path, w_path):
         if not f.is_file():
-            raise FileNotFoundError(f"SAE folder {str(folder)!r} has no {f.name}; an SAE folder "
-                                    f"(SAELens format) holds {CFG_FILE} and {WEIGHTS_FILE}")
+            raise FileNotFoundError(
+                f"SAE folder {str(folder)!r} has no {f.name}; an SAE folder "
+                f"(SAELens format) holds {CFG_FILE} and {WEIGHTS_FILE}"
+            )
     try:
         cfg = json.loads(cfg_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise file_error(f"cannot load SAE from {str(folder)!r}", f"{CFG_FILE} is not valid JSON ({e}); re-save or re-download it") from e
+        raise file_error(
+            f"cannot load SAE from {str(folder)!r}", f"{CFG_FILE} is not valid JSON ({e}); re-save or re-download it"
+        ) from e
     try:
         state = load_file(str(w_path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise file_error(f"cannot load SAE from {str(folder)!r}", f"{WEIGHTS_FILE} is corrupted or truncated ({e}); re-save or "
-                           "re-download it") from e
+        raise file_error(
+            f"cannot load SAE from {str(folder)!r}",
+            f"{WEIGHTS_FILE} is corrupted or truncated ({e}); re-save or re-download it",
+        ) from e
     return sae_from_config(cfg, state, where=str(folder), device=device)
 
 
@@ -343,9 +446,20 @@ def _cfg_to_dict(cfg: Any) -> dict:
             if isinstance(out, dict):
                 return dict(out)
     out = {}
-    for k in ("architecture", "d_in", "d_sae", "dtype", "hook_name", "hook_point",
-              "hook_head_index", "apply_b_dec_to_input", "normalize_activations",
-              "activation_fn_str", "activation_fn", "metadata"):
+    for k in (
+        "architecture",
+        "d_in",
+        "d_sae",
+        "dtype",
+        "hook_name",
+        "hook_point",
+        "hook_head_index",
+        "apply_b_dec_to_input",
+        "normalize_activations",
+        "activation_fn_str",
+        "activation_fn",
+        "metadata",
+    ):
         if hasattr(cfg, k):
             v = getattr(cfg, k)
             if k == "metadata" and not isinstance(v, dict):
@@ -382,15 +496,19 @@ def as_sae_list(saes) -> list[SAE]:
         out = []
         for key, sae in saes.items():
             if isinstance(sae, SAE) and key != sae.hook_name:
-                raise GraphError(f"splice got SAE under key {key!r} but its hook_name is "
-                                 f"{sae.hook_name!r}; key the dict by hook_name or pass a list")
+                raise GraphError(
+                    f"splice got SAE under key {key!r} but its hook_name is "
+                    f"{sae.hook_name!r}; key the dict by hook_name or pass a list"
+                )
             out.append(sae)
         saes = out
     saes = list(saes)
     for s in saes:
         if not isinstance(s, SAE):
-            raise TypeError(f"splice expects circuitgraph.sae.SAE objects, got {type(s).__name__}"
-                            "; convert SAELens SAEs with circuitgraph.sae.from_sae_lens")
+            raise TypeError(
+                f"splice expects circuitgraph.sae.SAE objects, got {type(s).__name__}"
+                "; convert SAELens SAEs with circuitgraph.sae.from_sae_lens"
+            )
     return saes
 
 
@@ -403,8 +521,17 @@ def is_z_hook(name: str) -> bool:
 def _width_from_cfg(cfg, name: str) -> int | None:
     """The activation width at hook ``name`` read off the model config, or None if unknown."""
     leaf = name.split(".")[-1]
-    if leaf in ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out",
-                "hook_mlp_out", "hook_mlp_in", "hook_embed", "hook_pos_embed", "hook_normalized"):
+    if leaf in (
+        "hook_resid_pre",
+        "hook_resid_mid",
+        "hook_resid_post",
+        "hook_attn_out",
+        "hook_mlp_out",
+        "hook_mlp_in",
+        "hook_embed",
+        "hook_pos_embed",
+        "hook_normalized",
+    ):
         return cfg.d_model
     if leaf in ("hook_z", "hook_q"):
         return cfg.n_heads * cfg.d_head
@@ -433,8 +560,9 @@ def site_width(model, hook_names: Iterable[str]) -> dict[str, int]:
         return widths
 
     def grab(x, hook):
-        widths[hook.name] = int(x.shape[-2] * x.shape[-1]) if is_z_hook(hook.name) and x.dim() == 4 \
-            else int(x.shape[-1])
+        widths[hook.name] = (
+            int(x.shape[-2] * x.shape[-1]) if is_z_hook(hook.name) and x.dim() == 4 else int(x.shape[-1])
+        )
         return x
 
     backend = as_backend(model)
@@ -455,16 +583,19 @@ def validate(model, saes: list[SAE]) -> None:
             examples = (close or valid)[:6]
             raise GraphError(
                 f"SAE hook_name {sae.hook_name!r} is not a hook point of this model; valid hook "
-                f"names include {examples} ({len(valid)} in all, see model.hook_dict)")
+                f"names include {examples} ({len(valid)} in all, see model.hook_dict)"
+            )
         if sae.hook_name_out is not None and not backend.has_hook(sae.hook_name_out):
             raise GraphError(f"transcoder output hook {sae.hook_name_out!r} is not a hook point of this model")
         if sae.hook_name in seen:
-            raise GraphError(f"two SAEs are spliced at the same hook point {sae.hook_name!r}; "
-                             "splice at most one SAE per site")
+            raise GraphError(
+                f"two SAEs are spliced at the same hook point {sae.hook_name!r}; splice at most one SAE per site"
+            )
         seen[sae.hook_name] = sae
     widths = site_width(model, seen)
     for name, sae in seen.items():
         if widths.get(name) != sae.d_in:
             raise ValueError(
                 f"SAE for {name!r} has d_in={sae.d_in} but the model's activation there has width "
-                f"{widths.get(name)}; the SAE was trained on a different model or hook point")
+                f"{widths.get(name)}; the SAE was trained on a different model or hook point"
+            )

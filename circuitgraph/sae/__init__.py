@@ -13,20 +13,19 @@ splicing SAEs into a model with an explicit error term, feature graphs and featu
 
 from pathlib import Path
 
-from circuitgraph.errors import FileFormatError
-
 from circuitgraph.attribution.nodes import feature_graph
+from circuitgraph.errors import FileFormatError
 from circuitgraph.models.sae import (
     CFG_FILE,
+    SAE,
     SUPPORTED_ARCHITECTURES,
     WEIGHTS_FILE,
-    SAE,
     from_sae_lens,
     load_sae,
     sae_from_config,
     save_sae,
+    site_width,
 )
-from circuitgraph.models.sae import site_width
 from circuitgraph.sae.labels import feature_labels
 from circuitgraph.sae.splice import Splice, splice, splice_hooks
 from circuitgraph.zoo import DATA_DIR
@@ -56,12 +55,28 @@ def load_saes(folder: str | Path, device=None) -> dict[str, SAE]:
             raise FileFormatError(f"{folder} holds two SAEs for {sae.hook_name}; keep one per hook point")
         out[sae.hook_name] = sae
     if not out:
-        raise FileFormatError(f"{folder} holds no SAE: expected {CFG_FILE} + {WEIGHTS_FILE} in it or in its sub-folders")
+        raise FileFormatError(
+            f"{folder} holds no SAE: expected {CFG_FILE} + {WEIGHTS_FILE} in it or in its sub-folders"
+        )
     return out
 
 
 __all__ = [
-    "SAE", "load_sae", "load_saes", "save_sae", "from_sae_lens", "sae_from_config", "splice", "splice_hooks",
-    "Splice", "site_width", "zoo_saes", "zoo_sae_dir", "SUPPORTED_ARCHITECTURES", "CFG_FILE",
-    "WEIGHTS_FILE", "feature_graph", "feature_labels",
+    "SAE",
+    "load_sae",
+    "load_saes",
+    "save_sae",
+    "from_sae_lens",
+    "sae_from_config",
+    "splice",
+    "splice_hooks",
+    "Splice",
+    "site_width",
+    "zoo_saes",
+    "zoo_sae_dir",
+    "SUPPORTED_ARCHITECTURES",
+    "CFG_FILE",
+    "WEIGHTS_FILE",
+    "feature_graph",
+    "feature_labels",
 ]

@@ -14,7 +14,7 @@ handed to :func:`circuitgraph.export.write_html` as ``node_info``:
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
 
 import torch
 
@@ -54,8 +54,8 @@ def _top_activations(model, graph: Graph, task, top: int, batch_size: int):
     best: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # site → (values, flat index b*P+p)
     active: dict[str, torch.Tensor] = {}
     for start in range(0, B, batch_size):
-        toks = tokens[start:start + batch_size]
-        m = None if mask is None else mask[start:start + batch_size]
+        toks = tokens[start : start + batch_size]
+        m = None if mask is None else mask[start : start + batch_size]
         kw = {} if m is None else {"attention_mask": m}
         buf: dict = {}
         with bk.flags(), bk.hooks(fwd_hooks=site_hooks(model, graph, buf)):
@@ -83,8 +83,9 @@ def _top_activations(model, graph: Graph, task, top: int, batch_size: int):
     return out
 
 
-def _entry(site: Site, feature: int, vals, ex, pos, n_active: int, n_tokens: int, tokens,
-           decode, sep: str, context: int) -> dict:
+def _entry(
+    site: Site, feature: int, vals, ex, pos, n_active: int, n_tokens: int, tokens, decode, sep: str, context: int
+) -> dict:
     top_tokens = []
     for v, e, p in zip(vals.tolist(), ex.tolist(), pos.tolist()):
         if not v > 0:  # padding (-inf) or not active: not something the feature responds to
@@ -105,8 +106,15 @@ def _entry(site: Site, feature: int, vals, ex, pos, n_active: int, n_tokens: int
     }
 
 
-def feature_labels(model, graph: Graph, task, top: int = 5, decode: Callable[[int], str] | None = None,
-                   context: int = 3, batch_size: int = 64) -> dict[str, dict]:
+def feature_labels(
+    model,
+    graph: Graph,
+    task,
+    top: int = 5,
+    decode: Callable[[int], str] | None = None,
+    context: int = 3,
+    batch_size: int = 64,
+) -> dict[str, dict]:
     """Labels for the SAE nodes of ``graph`` from the ``task``'s clean prompts (padding ignored).
 
     For every feature node (``resid_pre1.f7``)::
@@ -137,14 +145,19 @@ def feature_labels(model, graph: Graph, task, top: int = 5, decode: Callable[[in
         if site.features:
             vals, ex, pos, cnt = found[site.name]
             for j, f in enumerate(site.features):
-                labels[f"{site.name}.f{f}"] = _entry(site, f, vals[:, j], ex[:, j], pos[:, j], int(cnt[j]),
-                                                     n_tokens, tokens, decode_fn, sep, context)
+                labels[f"{site.name}.f{f}"] = _entry(
+                    site, f, vals[:, j], ex[:, j], pos[:, j], int(cnt[j]), n_tokens, tokens, decode_fn, sep, context
+                )
         if site.has_rest:
             labels[f"{site.name}.rest"] = {
-                "kind": "sae_rest", "site": site.hook_name,
+                "kind": "sae_rest",
+                "site": site.hook_name,
                 "description": f"the {site.d_sae - len(site.features)} of {site.d_sae} features of this SAE "
-                               "that are not graph nodes, together"}
+                "that are not graph nodes, together",
+            }
         labels[f"{site.name}.err"] = {
-            "kind": "sae_error", "site": site.hook_name,
-            "description": "the SAE's reconstruction error (activation minus reconstruction)"}
+            "kind": "sae_error",
+            "site": site.hook_name,
+            "description": "the SAE's reconstruction error (activation minus reconstruction)",
+        }
     return labels

@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from circuitgraph.models.backend import as_backend
 from circuitgraph.models.sae import SAE, as_sae_list, is_z_hook, validate
 
 if TYPE_CHECKING:
@@ -55,8 +54,7 @@ class Splice:
     Attributes after a forward pass (last pass only, keyed by hook name): ``acts`` (feature
     activations), ``errors`` (``x - recon``), ``recons``.  ``store=False`` keeps nothing."""
 
-    def __init__(self, model, saes, keep_error: bool = True, store: bool = True,
-                 check: bool = True):
+    def __init__(self, model, saes, keep_error: bool = True, store: bool = True, check: bool = True):
         self.model = model
         self.saes = as_sae_list(saes)
         self.keep_error = bool(keep_error)
@@ -66,8 +64,11 @@ class Splice:
         self.acts: dict[str, torch.Tensor] = {}
         self.errors: dict[str, torch.Tensor] = {}
         self.recons: dict[str, torch.Tensor] = {}
-        self.fwd_hooks = [h for sae in self.saes for h in (
-            self._transcoder_hooks(sae) if sae.hook_name_out else [(sae.hook_name, self._make_hook(sae))])]
+        self.fwd_hooks = [
+            h
+            for sae in self.saes
+            for h in (self._transcoder_hooks(sae) if sae.hook_name_out else [(sae.hook_name, self._make_hook(sae))])
+        ]
         self._added: list[tuple[HookPoint, object]] = []
 
     def _make_hook(self, sae: SAE):
@@ -76,8 +77,7 @@ class Splice:
 
         def hook(x: torch.Tensor, hook=None) -> torch.Tensor:
             shape = x.shape
-            flat = x.reshape(*shape[:-2], shape[-2] * shape[-1]) if (
-                is_z_hook(sae.hook_name) and x.dim() == 4) else x
+            flat = x.reshape(*shape[:-2], shape[-2] * shape[-1]) if (is_z_hook(sae.hook_name) and x.dim() == 4) else x
             flat = sae.hook_sae_input(flat)
             raw_acts = sae.encode(flat)
             raw_recon = sae.decode(raw_acts)
@@ -108,8 +108,10 @@ class Splice:
 
         def write(out, hook):
             if "x" not in seen:
-                raise RuntimeError(f"transcoder input {sae.hook_name} did not fire before {sae.hook_name_out}; "
-                                   "hook_mlp_in fires only with model.set_use_hook_mlp_in(True)")
+                raise RuntimeError(
+                    f"transcoder input {sae.hook_name} did not fire before {sae.hook_name_out}; "
+                    "hook_mlp_in fires only with model.set_use_hook_mlp_in(True)"
+                )
             flat = sae.hook_sae_input(seen.pop("x"))
             raw_acts = sae.encode(flat)
             raw_recon = sae.decode(raw_acts)
@@ -122,7 +124,7 @@ class Splice:
 
         return [(sae.hook_name, read), (sae.hook_name_out, write)]
 
-    def __enter__(self) -> "Splice":
+    def __enter__(self) -> Splice:
         for name, fn in self.fwd_hooks:
             hp = self.model.hook_dict[name]  # (a Splice edits TransformerLens hook points in place)
             hp.add_hook(fn, dir="fwd")

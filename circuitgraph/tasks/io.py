@@ -32,7 +32,9 @@ def load_task(path: str | Path, model=None, metric: str | Metric = "logit_diff",
     if isinstance(cols["clean"][0], str) and not cols["clean"][0].lstrip().startswith("["):
         if model is None:
             raise TaskError(f"task file {path} holds text prompts: pass model= so they can be tokenized")
-        return Task.from_strings(model, cols["clean"], cols["corrupted"], cols["answer"], cols["wrong"], metric=metric, name=name)
+        return Task.from_strings(
+            model, cols["clean"], cols["corrupted"], cols["answer"], cols["wrong"], metric=metric, name=name
+        )
     return _id_task(cols, path, model, metric, name)
 
 
@@ -50,14 +52,22 @@ def _id_task(cols: dict[str, list | None], path: Path, model, metric: str | Metr
     as_ids = {k: ([_ids(x, path, i) for i, x in enumerate(v)] if v is not None else None) for k, v in cols.items()}
     lengths = {len(x) for x in as_ids["clean"]} | {len(x) for x in as_ids["corrupted"]}
     if len(lengths) != 1:
-        raise TaskError(f"task file {path}: token-id prompts must all have the same length, found lengths {sorted(lengths)}")
+        raise TaskError(
+            f"task file {path}: token-id prompts must all have the same length, found lengths {sorted(lengths)}"
+        )
     dev = model.cfg.device if model is not None else "cpu"
 
     def t(v):
         return None if v is None else torch.tensor(v, dtype=torch.long, device=dev)
 
-    return Task(clean=t(as_ids["clean"]), corrupted=t(as_ids["corrupted"]), answer=t(as_ids["answer"]),
-                wrong=t(as_ids["wrong"]), metric=metric, name=name)
+    return Task(
+        clean=t(as_ids["clean"]),
+        corrupted=t(as_ids["corrupted"]),
+        answer=t(as_ids["answer"]),
+        wrong=t(as_ids["wrong"]),
+        metric=metric,
+        name=name,
+    )
 
 
 def _read_rows(path: Path) -> list[dict]:
@@ -69,7 +79,9 @@ def _read_rows(path: Path) -> list[dict]:
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as e:
-                raise TaskError(f"{path}:{i + 1} is not valid JSON ({e.msg}); each line must be one JSON object") from None
+                raise TaskError(
+                    f"{path}:{i + 1} is not valid JSON ({e.msg}); each line must be one JSON object"
+                ) from None
         return rows
     if path.suffix.lower() in (".csv", ".tsv"):
         with path.open(newline="") as f:

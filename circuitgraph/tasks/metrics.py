@@ -8,7 +8,7 @@ Signature of a custom metric: ``fn(logits: [batch, pos, vocab], batch: Task) -> 
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

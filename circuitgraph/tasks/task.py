@@ -8,8 +8,8 @@ positions (by default its last real token).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 
@@ -82,7 +82,11 @@ class Task:
         dev = self.clean.device
         rp = self.read_positions
         if rp is None:
-            last = (self.attention_mask.sum(1) - 1) if self.attention_mask is not None else torch.full((B,), P - 1, device=dev)
+            last = (
+                (self.attention_mask.sum(1) - 1)
+                if self.attention_mask is not None
+                else torch.full((B,), P - 1, device=dev)
+            )
             rp = last
         rp = torch.as_tensor(rp, device=dev)
         if rp.dtype == torch.bool:
@@ -112,7 +116,7 @@ class Task:
         metric: str | Metric = "logit_diff",
         name: str = "task",
         prepend_bos: bool | None = None,
-    ) -> "Task":
+    ) -> Task:
         """Tokenize prompt strings with the model's tokenizer, right-padding to a common length.
         Each answer must be a single token (``" Mary"`` usually is, with its leading space)."""
         if model.tokenizer is None:
@@ -151,8 +155,13 @@ class Task:
 
         dev = model.cfg.device
         return cls(
-            clean=C.to(dev), corrupted=X.to(dev), answer=single(answer), wrong=single(wrong),
-            metric=metric, name=name, attention_mask=None if bool(M.all()) else M.to(dev),
+            clean=C.to(dev),
+            corrupted=X.to(dev),
+            answer=single(answer),
+            wrong=single(wrong),
+            metric=metric,
+            name=name,
+            attention_mask=None if bool(M.all()) else M.to(dev),
         )
 
     # ------------------------------------------------------------------ properties and views
@@ -174,25 +183,30 @@ class Task:
 
     def _fields(self) -> dict:
         return dict(
-            clean=self.clean, corrupted=self.corrupted, answer=self.answer, wrong=self.wrong,
-            read_positions=self.read_mask, metric=self.metric, name=self.name,
+            clean=self.clean,
+            corrupted=self.corrupted,
+            answer=self.answer,
+            wrong=self.wrong,
+            read_positions=self.read_mask,
+            metric=self.metric,
+            name=self.name,
             attention_mask=self.attention_mask,
         )
 
-    def with_metric(self, metric: str | Metric) -> "Task":
+    def with_metric(self, metric: str | Metric) -> Task:
         """The same examples scored with another metric (e.g. ``"kl"`` for ACDC)."""
         if metric == self.metric:
             return self
         return Task(**{**self._fields(), "metric": metric})
 
-    def to(self, device: torch.device | str) -> "Task":
+    def to(self, device: torch.device | str) -> Task:
         f = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self._fields().items()}
         t = Task(**f)
         if self.clean_reference is not None:
             t.clean_reference = self.clean_reference.to(device)
         return t
 
-    def select(self, idx: torch.Tensor | slice) -> "Task":
+    def select(self, idx: torch.Tensor | slice) -> Task:
         """A sub-task of some examples (used for memory-bounded batching and resampling)."""
         f = self._fields()
         f = {k: (v[idx] if isinstance(v, torch.Tensor) else v) for k, v in f.items()}
@@ -203,7 +217,9 @@ class Task:
             ex = torch.arange(self.n_examples, device=self.device)[idx]
             counts = self.read_counts[ex]
             starts = (self.read_counts.cumsum(0) - self.read_counts)[ex]
-            within = torch.arange(int(counts.sum()), device=self.device) - (counts.cumsum(0) - counts).repeat_interleave(counts)
+            within = torch.arange(int(counts.sum()), device=self.device) - (
+                counts.cumsum(0) - counts
+            ).repeat_interleave(counts)
             t.clean_reference = self.clean_reference[starts.repeat_interleave(counts) + within]
         return t
 
@@ -220,7 +236,9 @@ class Task:
         for nm in ("clean", "corrupted"):
             t = getattr(self, nm)
             if int(t.max()) >= cfg.d_vocab or int(t.min()) < 0:
-                raise TaskError(f"{nm} token ids must lie in [0, {cfg.d_vocab}) for this model; got {int(t.min())}..{int(t.max())}")
+                raise TaskError(
+                    f"{nm} token ids must lie in [0, {cfg.d_vocab}) for this model; got {int(t.min())}..{int(t.max())}"
+                )
         if self.seq_len > cfg.n_ctx:
             raise TaskError(f"prompts have {self.seq_len} tokens but the model's context is {cfg.n_ctx}")
         v_out = cfg.d_vocab_out if cfg.d_vocab_out and cfg.d_vocab_out > 0 else cfg.d_vocab
@@ -243,7 +261,7 @@ class Task:
         return model(tokens, **kw)
 
     @torch.no_grad()
-    def prepare(self, model) -> "Task":
+    def prepare(self, model) -> Task:
         """Compute the clean reference logits at the read positions if the metric needs them."""
         if self.needs_reference() and self.clean_reference is None:
             self.clean_reference = self.run(model, self.clean)[self.read_mask].detach()

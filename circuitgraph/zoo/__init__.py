@@ -23,6 +23,13 @@ from circuitgraph.zoo.registry import (
 list = list_models  # noqa: A001  (``circuitgraph.zoo.list()`` is the public name)
 
 __all__ = [
-    "list", "list_models", "load", "load_path", "ZooModel", "GroundTruth", "ZooLookupError",
-    "SCHEMA", "DATA_DIR",
+    "list",
+    "list_models",
+    "load",
+    "load_path",
+    "ZooModel",
+    "GroundTruth",
+    "ZooLookupError",
+    "SCHEMA",
+    "DATA_DIR",
 ]

@@ -18,7 +18,6 @@ from __future__ import annotations
 import builtins
 import dataclasses
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,8 +110,7 @@ class ZooModel:
             return self.tasks[name]
         except KeyError:
             raise ZooLookupError(
-                f"zoo model {self.name!r} has no task {name!r}; it has: "
-                f"{', '.join(repr(t) for t in self.tasks)}"
+                f"zoo model {self.name!r} has no task {name!r}; it has: {', '.join(repr(t) for t in self.tasks)}"
             ) from None
 
     def __repr__(self) -> str:
@@ -133,8 +131,7 @@ def list_models(data_dir: Path | str | None = None) -> list[str]:
     if not root.is_dir():
         return []
     return sorted(
-        p.name for p in root.iterdir()
-        if p.is_dir() and (p / MODEL_JSON).is_file() and (p / WEIGHTS).is_file()
+        p.name for p in root.iterdir() if p.is_dir() and (p / MODEL_JSON).is_file() and (p / WEIGHTS).is_file()
     )
 
 
@@ -165,8 +162,7 @@ def load_path(path: Path | str, device: str | torch.device | None = None) -> Zoo
     for f in (json_path, weights_path):
         if not f.is_file():
             raise FileNotFoundError(
-                f"zoo entry folder {str(path)!r} has no {f.name}; an entry needs both "
-                f"{MODEL_JSON} and {WEIGHTS}"
+                f"zoo entry folder {str(path)!r} has no {f.name}; an entry needs both {MODEL_JSON} and {WEIGHTS}"
             )
     doc = _read_json(json_path)
     name = doc["name"]
@@ -209,23 +205,30 @@ def _read_json(json_path: Path) -> dict:
         with open(json_path, encoding="utf-8") as f:
             doc = json.load(f)
     except json.JSONDecodeError as e:
-        raise file_error(json_path, f"not valid JSON ({e}). Restore it from version control or "
-                                    "regenerate it with its script under scripts/zoo/.") from None
+        raise file_error(
+            json_path,
+            f"not valid JSON ({e}). Restore it from version control or "
+            "regenerate it with its script under scripts/zoo/.",
+        ) from None
     if not isinstance(doc, dict):
         raise file_error(json_path, f"the top level must be a JSON object, got {type(doc).__name__}")
     schema = doc.get("schema")
     if schema != SCHEMA:
-        raise file_error(json_path, f"schema is {schema!r} but this version of circuitgraph reads "
-                                    f"{SCHEMA!r}; regenerate the entry or upgrade circuitgraph")
+        raise file_error(
+            json_path,
+            f"schema is {schema!r} but this version of circuitgraph reads "
+            f"{SCHEMA!r}; regenerate the entry or upgrade circuitgraph",
+        )
     missing = [k for k in _TOP_KEYS if k not in doc]
     if missing:
-        raise file_error(json_path, f"missing top-level key(s) {missing}; a {SCHEMA} file needs "
-                                    f"{builtins.list(_TOP_KEYS)}")
-    for k, typ in (("name", str), ("config", dict), ("encoding", dict), ("tasks", dict),
-                   ("ground_truth", dict)):
+        raise file_error(
+            json_path, f"missing top-level key(s) {missing}; a {SCHEMA} file needs {builtins.list(_TOP_KEYS)}"
+        )
+    for k, typ in (("name", str), ("config", dict), ("encoding", dict), ("tasks", dict), ("ground_truth", dict)):
         if not isinstance(doc[k], typ):
-            raise file_error(json_path, f"{k!r} must be a JSON {'string' if typ is str else 'object'}, "
-                                        f"got {type(doc[k]).__name__}")
+            raise file_error(
+                json_path, f"{k!r} must be a JSON {'string' if typ is str else 'object'}, got {type(doc[k]).__name__}"
+            )
     return doc
 
 
@@ -235,13 +238,11 @@ def _build_model(config: dict, json_path: Path, device: torch.device):
 
     for k in ("dtype", "device"):
         if k in config:
-            raise file_error(json_path, f"config must not contain {k!r} (the loader chooses it); "
-                                        "remove the key")
+            raise file_error(json_path, f"config must not contain {k!r} (the loader chooses it); remove the key")
     fields = {f.name for f in dataclasses.fields(HookedTransformerConfig)}
     unknown = sorted(set(config) - fields)
     if unknown:
-        raise file_error(json_path, f"config has key(s) {unknown} that HookedTransformerConfig does "
-                                    "not accept")
+        raise file_error(json_path, f"config has key(s) {unknown} that HookedTransformerConfig does not accept")
     try:
         cfg = HookedTransformerConfig(**config, device=str(device), dtype=torch.float32)
     except Exception as e:  # the config's own validation (inconsistent sizes etc.)
@@ -289,8 +290,10 @@ def _tensor(json_path: Path, where: str, value, dtype) -> torch.Tensor:
     try:
         return torch.tensor(value, dtype=dtype)
     except (TypeError, ValueError, RuntimeError) as e:
-        raise file_error(json_path, f"{where} must be a rectangular list of "
-                                    f"{'booleans' if dtype is torch.bool else 'integers'} ({e})") from None
+        raise file_error(
+            json_path,
+            f"{where} must be a rectangular list of {'booleans' if dtype is torch.bool else 'integers'} ({e})",
+        ) from None
 
 
 def _make_task(name: str, spec: dict, json_path: Path, device: torch.device):
@@ -301,8 +304,7 @@ def _make_task(name: str, spec: dict, json_path: Path, device: torch.device):
         raise file_error(json_path, f"task {name!r} is missing key(s) {missing}")
     metric = spec["metric"]
     if metric not in METRICS:
-        raise file_error(json_path, f"task {name!r} has metric {metric!r}; expected one of "
-                                    f"{builtins.list(METRICS)}")
+        raise file_error(json_path, f"task {name!r} has metric {metric!r}; expected one of {builtins.list(METRICS)}")
     where = f"task {name!r}"
     clean = _tensor(json_path, f"{where} clean", spec["clean"], torch.long)
     corrupted = _tensor(json_path, f"{where} corrupted", spec["corrupted"], torch.long)
@@ -315,8 +317,9 @@ def _make_task(name: str, spec: dict, json_path: Path, device: torch.device):
         is_mask = isinstance(rp, builtins.list) and rp and isinstance(rp[0], builtins.list)
         rp = _tensor(json_path, f"{where} read_positions", rp, torch.bool if is_mask else torch.long)
     try:
-        task = Task(clean=clean, corrupted=corrupted, answer=answer, wrong=wrong,
-                    read_positions=rp, metric=metric, name=name)
+        task = Task(
+            clean=clean, corrupted=corrupted, answer=answer, wrong=wrong, read_positions=rp, metric=metric, name=name
+        )
     except (TypeError, ValueError) as e:
         raise file_error(json_path, f"{where} is inconsistent: {e}") from None
     return task.to(device) if device.type != "cpu" else task
@@ -329,10 +332,8 @@ def _pairs(json_path: Path, conv: str, edges) -> frozenset[tuple[str, str]]:
     for e in edges:
         if isinstance(e, str) and "->" in e:
             e = e.split("->", 1)
-        if not (isinstance(e, (builtins.list, tuple)) and len(e) == 2
-                and all(isinstance(x, str) for x in e)):
-            raise file_error(json_path, f"ground truth {conv!r}: edge {e!r} is not a [src, dst] pair "
-                                        "of node names")
+        if not (isinstance(e, (builtins.list, tuple)) and len(e) == 2 and all(isinstance(x, str) for x in e)):
+            raise file_error(json_path, f"ground truth {conv!r}: edge {e!r} is not a [src, dst] pair of node names")
         out.add((e[0], e[1]))
     return frozenset(out)
 
@@ -344,14 +345,18 @@ def _make_ground_truth(conv: str, spec: dict, json_path: Path, tasks: dict) -> G
     if missing:
         raise file_error(json_path, f"ground truth {conv!r} is missing key(s) {missing}")
     if spec["ablation"] not in ABLATIONS:
-        raise file_error(json_path, f"ground truth {conv!r} has ablation {spec['ablation']!r}; "
-                                    f"expected one of {builtins.list(ABLATIONS)}")
+        raise file_error(
+            json_path,
+            f"ground truth {conv!r} has ablation {spec['ablation']!r}; expected one of {builtins.list(ABLATIONS)}",
+        )
     if spec["level"] not in LEVELS:
-        raise file_error(json_path, f"ground truth {conv!r} has level {spec['level']!r}; expected one "
-                                    f"of {LEVELS}")
+        raise file_error(json_path, f"ground truth {conv!r} has level {spec['level']!r}; expected one of {LEVELS}")
     if spec["task"] not in tasks:
-        raise file_error(json_path, f"ground truth {conv!r} refers to task {spec['task']!r}, which is "
-                                    f"not among the file's tasks {builtins.list(tasks)}")
+        raise file_error(
+            json_path,
+            f"ground truth {conv!r} refers to task {spec['task']!r}, which is "
+            f"not among the file's tasks {builtins.list(tasks)}",
+        )
     nodes = spec["nodes"]
     if not isinstance(nodes, builtins.list) or not all(isinstance(n, str) for n in nodes):
         raise file_error(json_path, f"ground truth {conv!r}: nodes must be a list of node names")

@@ -30,7 +30,7 @@ def rows(n: int, length: int, seed: int) -> list[dict]:
         j = rng.randint(2, p - 1)  # tokens of the second occurrence already seen
         filler = length - 1 - p - j
         toks = rng.sample(range(1, 128), filler + 2 * p)
-        pre, seg, fresh = toks[:filler], toks[filler:filler + p], toks[filler + p:]
+        pre, seg, fresh = toks[:filler], toks[filler : filler + p], toks[filler + p :]
         clean = [0, *pre, *seg, *seg[:j]]
         corrupted = [0, *pre, *fresh, *seg[:j]]
         out.append({"clean": clean, "corrupted": corrupted, "answer": seg[j], "wrong": fresh[j]})
