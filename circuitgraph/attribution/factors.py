@@ -37,6 +37,7 @@ class DenseReaders:
         if self.centre is not None:
             G = G - self.centre[..., None]
         if self.radial is not None:
+            assert self.xhat is not None  # a radial term always comes with the x̂ it runs along
             G = G - self.radial[..., None] * self.xhat
         return G
 
@@ -56,7 +57,7 @@ class LowRankReaders:
     def n(self) -> int:
         return self.g.shape[0]
 
-    def terms(self):
+    def terms(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """(centre, radial) per-position coefficients, each [n, B, P] or None."""
         if self.xhat is None:
             return None, None
@@ -71,11 +72,14 @@ class LowRankReaders:
         if centre is not None:
             G = G - centre[..., None]
         if radial is not None:
+            assert self.xhat is not None  # terms() gives a radial term only with x̂
             G = G - radial[..., None] * self.xhat
         return G
 
 
-def dense_scores(D: torch.Tensor, readers, row_sums: torch.Tensor | None = None) -> torch.Tensor:
+def dense_scores(
+    D: torch.Tensor, readers: DenseReaders | LowRankReaders, row_sums: torch.Tensor | None = None
+) -> torch.Tensor:
     """``[n_u, n_v]`` scores of dense sources ``D [n_u, B, P, d]`` against any readers."""
     n_u = D.shape[0]
     if isinstance(readers, DenseReaders):
@@ -98,7 +102,7 @@ def dense_scores(D: torch.Tensor, readers, row_sums: torch.Tensor | None = None)
     return acc
 
 
-def lowrank_scores(src: LowRankSources, readers) -> torch.Tensor:
+def lowrank_scores(src: LowRankSources, readers: DenseReaders | LowRankReaders) -> torch.Tensor:
     """``[n_i, n_v]`` scores of low-rank sources against any readers."""
     n_i = src.coef.shape[0]
     coef = src.coef.reshape(n_i, -1)  # [n_i, BP]
@@ -115,6 +119,7 @@ def lowrank_scores(src: LowRankSources, readers) -> torch.Tensor:
     if centre is not None:
         acc -= src.dirs.sum(1)[:, None] * (coef @ centre.reshape(centre.shape[0], -1).T)
     if radial is not None:
+        assert xhat is not None  # a radial term always comes with the x̂ it runs along
         along = coef * (xhat.reshape(-1, xhat.shape[-1]) @ src.dirs.T).T  # [n_i, BP]
         acc -= along @ radial.reshape(radial.shape[0], -1).T
     return acc

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -22,9 +22,12 @@ from circuitgraph.attribution.factors import DenseReaders, LowRankReaders, dense
 from circuitgraph.engine.sites import feature_ids, other_features, site_hooks, site_sae
 from circuitgraph.engine.sources import source_hooks
 from circuitgraph.engine.tensors import SourceDeltas, frozen, store_hook
-from circuitgraph.graph import Graph
+from circuitgraph.graph import Graph, PositionalGraph
 from circuitgraph.graph.sites import Site
 from circuitgraph.models.backend import as_backend
+
+# a destination group's readers: ``[(columns within the group, readers)]``
+Readers = list[tuple[slice, DenseReaders | LowRankReaders]]
 
 
 class DestinationGradients:
@@ -58,7 +61,7 @@ class DestinationGradients:
         bwd.append((bk.final_hook(), store_hook(self.grad, "logits")))
         return fwd, bwd
 
-    def group(self, name: str) -> list[tuple[slice, DenseReaders | LowRankReaders]]:
+    def group(self, name: str) -> Readers:
         """Input gradients of a destination group of :meth:`Graph.dst_slices`, as
         ``[(columns within the group, readers)]`` in factored form."""
         if name == "logits":
@@ -89,7 +92,8 @@ class DestinationGradients:
         B, P = g0.shape[:2]
         split = self.graph.split_qkv
         G = (torch.empty if split else torch.zeros)((3 if split else 1) * H, B, P, d, dtype=g0.dtype, device=g0.device)
-        centres, radials = [], []  # per letter, [head, batch, pos]
+        centres: list[torch.Tensor] = []  # per letter, [head, batch, pos]
+        radials: list[torch.Tensor] = []
         for i, letter in enumerate("qkv"):
             W = frozen(bk.W_qkv(L, letter))  # [head, d_model, d_head], one per query head
             if w is not None:
@@ -111,23 +115,29 @@ class DestinationGradients:
                 radials.append((g * proj).sum(-1).permute(2, 0, 1) / d)
                 if centred:
                     centres.append(torch.einsum("bphe,he->hbp", g, W.sum(1)) / d)
-        combine = torch.cat if split else sum  # split: one row per letter; joint: the letters add up
+
+        def combine(parts: list[torch.Tensor]) -> torch.Tensor:  # split: one row per letter; joint: they add up
+            return torch.cat(parts) if split else cast(torch.Tensor, sum(parts))  # (parts: never empty)
+
         if centres:
             G.sub_(combine(centres)[..., None])
         if radials:
+            assert xhat is not None  # radials are collected only when x̂ is
             G.addcmul_(combine(radials)[..., None], xhat, value=-1.0)
         return DenseReaders(G)
 
-    def _neuron_readers(self, L: int) -> list:
+    def _neuron_readers(self, L: int) -> Readers:
         """Neuron j reads the MLP input through ``ln2`` and ``W_in[:, j]``; the ``rest`` node reads
         what the other neurons read (total MLP-input gradient minus the selected neurons')."""
         grad_pre = self.grad[f"pre{L}"]
-        ids = self.graph.neuron_ids(L).to(grad_pre.device)
+        neuron_ids = self.graph.neuron_ids(L)
+        assert neuron_ids is not None  # (called for neuron layers only)
+        ids = neuron_ids.to(grad_pre.device)
         enc = frozen(self.bk.W_in(L))[:, ids].T  # [n, d]
         total = self.grad[f"mlp{L}"] if self.graph.has_rest(L) else None
         return self._through_ln2(L, grad_pre[..., ids].permute(2, 0, 1), enc, total, normalized=True)
 
-    def _transcoder_readers(self, site: Site) -> list:
+    def _transcoder_readers(self, site: Site) -> Readers:
         """A transcoder's features read like neurons (through ``ln2`` when it reads the normalised
         input, and ``W_enc[:, j]``); ``rest`` is the features' total input gradient minus the
         selected ones'; the error reads densely."""
@@ -149,7 +159,7 @@ class DestinationGradients:
         total: torch.Tensor | None,
         normalized: bool,
         gain: bool = True,
-    ) -> list:
+    ) -> Readers:
         """Low-rank readers ``g [n, B, P]`` along ``enc [n, d]`` (behind ``ln2``'s normalisation
         when ``normalized``, and its gain when ``gain``), plus a dense reader for everything else
         that reads the same input when ``total`` (its full input gradient) is given."""
@@ -163,7 +173,7 @@ class DestinationGradients:
                 g = g / scale[None, ..., 0]
         readers = LowRankReaders(g, enc, xhat, centred=normalized and centred)
         n = g.shape[0]
-        out = [(slice(0, n), readers)] if n else []
+        out: Readers = [(slice(0, n), readers)] if n else []
         if total is not None:
             centre, radial = readers.terms()
             picked = torch.einsum("nbp,nd->bpd", g, enc)
@@ -183,7 +193,7 @@ def _group(name: str) -> tuple[str, int]:
     return kind, int(name[len(kind) :])
 
 
-def site_readers(graph: Graph, grads: dict, site: Site) -> list:
+def site_readers(graph: Graph, grads: dict, site: Site) -> Readers:
     """The site's destinations as ``[(columns within the group, readers)]``: features are
     low-rank readers (∂m/∂pre_j along ``W_enc[:, j]``); ``rest`` reads through the other
     features' encoder rows; ``err`` is a dense reader."""
@@ -192,7 +202,7 @@ def site_readers(graph: Graph, grads: dict, site: Site) -> list:
     W_enc = frozen(sae.W_enc)
     ids = feature_ids(site, g.device)
     n = len(ids)
-    out = []
+    out: Readers = []
     if n:
         out.append((slice(0, n), LowRankReaders(g[..., ids].permute(2, 0, 1), W_enc[:, ids].T)))
     if site.has_rest:
@@ -267,10 +277,11 @@ def contract(
     product per upstream low-rank block (neurons, SAE features)."""
     D, rows = deltas.dense, deltas.dense_rows
     row_sums = D.sum(-1)  # [n_dense, B, P], shared by every norm-centred reader
-    if graph.positions:
+    if isinstance(graph, PositionalGraph):
         return _contract_per_position(graph, D, row_sums, grads, out, weight)
     for name, cols in graph.dst_slices().items():
         up = graph.upstream(name)
+        target: slice | torch.Tensor
         if deltas.contiguous and isinstance(up, slice):  # no neurons or sites: rows are graph rows
             Du, sums, target, blocks = D[up], row_sums[up], up, []
         else:  # the dense rows and low-rank blocks this group reads
@@ -287,7 +298,12 @@ def contract(
 
 
 def _contract_per_position(
-    graph: Graph, D: torch.Tensor, row_sums: torch.Tensor, grads: DestinationGradients, out: torch.Tensor, weight: float
+    graph: PositionalGraph,
+    D: torch.Tensor,
+    row_sums: torch.Tensor,
+    grads: DestinationGradients,
+    out: torch.Tensor,
+    weight: float,
 ) -> None:
     """The same contraction without summing over positions: scores ``[u, v, p]`` written into the
     position diagonal of a :class:`PositionalGraph`'s score matrix."""
@@ -295,6 +311,7 @@ def _contract_per_position(
     for name, cols in graph.dst_slices().items():
         n_up = graph.upstream(name).stop  # (positional graphs: always a prefix)
         for sub, readers in grads.group(name):
+            assert isinstance(readers, DenseReaders)  # (no neurons or SAE sites in a positional graph)
             c = slice(cols.start + sub.start, cols.start + sub.stop)
             acc = torch.einsum("ubpd,vbpd->uvp", D[:n_up], readers.G)
             if readers.centre is not None:

@@ -145,6 +145,7 @@ def acdc_sweep(
             kept_scores, kept_info = graph.scores.clone(), dict(graph.score_info)
         bar.update(1)
     bar.close()
+    assert kept_scores is not None and kept_info is not None  # (kept at the smallest threshold, which ran)
     graph.scores, graph.score_info = kept_scores, kept_info
     return circuits
 
@@ -219,7 +220,8 @@ def _acdc(run: _Runner, tau: float, absolute: bool, progress: bool, prune_result
     scores = torch.zeros(valid.shape, dtype=torch.float32, device=valid.device)
     dst_time = graph.dst_time.tolist()
     logits_cols = set(graph.logits_columns.tolist())
-    live, live_time = None, None  # which destinations are read by a node that reaches the logits
+    live: list[bool] = []  # which destinations are read by a node that reaches the logits (set at the first d)
+    live_time: int | None = None
     current = float(run(mask[None])[0])  # metric of the full model
     full_value = current
     rounds, tested, untested, mispredicted = 1, 0, 0, 0

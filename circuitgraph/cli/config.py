@@ -346,6 +346,7 @@ def _split_sweep(overrides: list[str]) -> tuple[list[str], list[tuple[str, list[
     swept: list[tuple[str, list[str]]] = []
     for o in parsed:
         if not o.is_sweep_override():
+            assert o.input_line is not None  # (the parser records every override's text)
             fixed.append(o.input_line)
             continue
         try:
@@ -411,18 +412,17 @@ def _get(cfg, dotted: str):
 
 def validate(cfg: DictConfig | Config, *, check_hub: bool = True) -> None:
     """Check a composed config without loading anything heavy. Raises :class:`ConfigError`."""
-    if not isinstance(cfg, DictConfig):
-        cfg = OmegaConf.structured(cfg)
-    _check_method(cfg)
-    _choice("ablation (ablation.kind)", _get(cfg, "ablation.kind"), ABLATIONS)
-    _check_circuit(cfg)
-    _check_graph(cfg)
-    _check_run(cfg)
+    conf: DictConfig = cfg if isinstance(cfg, DictConfig) else OmegaConf.structured(cfg)
+    _check_method(conf)
+    _choice("ablation (ablation.kind)", _get(conf, "ablation.kind"), ABLATIONS)
+    _check_circuit(conf)
+    _check_graph(conf)
+    _check_run(conf)
     # --- model, task, and last the hub (the only check that may touch the network)
-    official = _check_model(cfg)
-    _check_task(cfg)
+    official = _check_model(conf)
+    _check_task(conf)
     if official is not None and check_hub:
-        check_hub_access(official, cfg.model.name)
+        check_hub_access(official, conf.model.name)
 
 
 def _check_method(cfg: DictConfig) -> None:

@@ -47,8 +47,6 @@ class LiveDeltas:
             self.blocks[site.name] = (start, W, coef)
         self.is_dense = dense
         self.pos = torch.cumsum(dense, 0) - 1  # row → index among the dense rows
-        # the ablated dense rows, indexed like self.dense (CompactSources hold exactly those)
-        self.ablated_dense = ablated.dense if isinstance(ablated, CompactSources) else None
         self.simple = not self.blocks  # dense rows are the graph's rows
         self.dense = torch.empty(int(dense.sum()), K, B, P, d, dtype=ablated.dtype, device=device)
 
@@ -57,7 +55,8 @@ class LiveDeltas:
         """Live activations ``[n, K, B, P, d]`` (or anything reshaping to it) of dense rows ``rows``."""
         at = int(self.pos[rows.start])
         n = rows.stop - rows.start
-        ref = self.ablated[rows] if self.ablated_dense is None else self.ablated_dense[at : at + n]
+        # CompactSources hold exactly the dense rows, indexed like self.dense
+        ref = self.ablated.dense[at : at + n] if isinstance(self.ablated, CompactSources) else self.ablated[rows]
         self.dense[at : at + n] = live.reshape(n, self.K, self.B, self.P, self.d) - ref[:, None]
 
     def record_features(self, site_name: str, coef: torch.Tensor) -> None:

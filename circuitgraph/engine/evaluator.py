@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 import torch
 from tqdm.auto import tqdm
@@ -131,6 +131,10 @@ class Baselines:
     full: float
     empty: float
 
+    @overload
+    def faithfulness(self, value: torch.Tensor) -> torch.Tensor: ...
+    @overload
+    def faithfulness(self, value: float) -> float: ...
     def faithfulness(self, value: torch.Tensor | float) -> torch.Tensor | float:
         gap = self.full - self.empty
         if abs(gap) < 1e-12:

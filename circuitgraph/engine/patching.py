@@ -22,7 +22,7 @@ from circuitgraph.engine.deltas import LiveDeltas
 from circuitgraph.engine.sites import site_patch_hooks
 from circuitgraph.engine.tensors import CompactSources, frozen
 from circuitgraph.errors import GraphError
-from circuitgraph.graph import Graph
+from circuitgraph.graph import Graph, PositionalGraph
 from circuitgraph.models.backend import Backend, as_backend
 
 
@@ -38,8 +38,8 @@ def patch_hooks(model: Any, graph: Graph, ablated: torch.Tensor | CompactSources
     H = graph.arch.n_heads
     removed = keep.logical_not()  # [K, n_src, n_dst] bool (each reader takes its block as floats)
     removed &= graph.valid
-    positional = bool(graph.positions)
-    if positional:  # [K, n_src·P, n_dst·P] → per-position removals [K, n_src, n_dst, P]
+    positional = isinstance(graph, PositionalGraph)
+    if isinstance(graph, PositionalGraph):  # [K, n_src·P, n_dst·P] → per-position removals [K, n_src, n_dst, P]
         removed = torch.stack([graph.diagonal(r) for r in removed])
         graph = graph.base
     deltas = LiveDeltas(graph, ablated, K)
@@ -127,7 +127,9 @@ def _neuron_hooks(
     patched at ``hook_mlp_in``; a selected neuron with removed in-edges gets its own input
     ``x − Σ removed deltas``, pushed through ``ln2`` and its ``W_in`` column at ``hook_pre``.
     """
-    ids = graph.neuron_ids(L).to(deltas.dense.device)
+    neuron_ids = graph.neuron_ids(L)
+    assert neuron_ids is not None  # (a neuron layer)
+    ids = neuron_ids.to(deltas.dense.device)
     n = len(ids)
     rows = graph.src_slices()[f"mlp{L}"]
     cols = graph.dst_slices()[f"mlp{L}"]

@@ -8,7 +8,7 @@ contraction against destination gradients scores every edge at once.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, overload
 
 import torch
 
@@ -34,6 +34,14 @@ def source_hooks(model: Any, graph: Graph, buf: dict, sites: bool = True) -> lis
     return hooks + (site_hooks(model, graph, buf) if sites else [])
 
 
+@overload
+def stack_sources(
+    model: Any, graph: Graph, buf: dict, out: torch.Tensor | None = None, compact: Literal[False] = False
+) -> torch.Tensor: ...
+@overload
+def stack_sources(
+    model: Any, graph: Graph, buf: dict, out: torch.Tensor | None = None, compact: bool = False
+) -> torch.Tensor | CompactSources: ...
 def stack_sources(
     model: Any, graph: Graph, buf: dict, out: torch.Tensor | None = None, compact: bool = False
 ) -> torch.Tensor | CompactSources:
@@ -90,7 +98,9 @@ def stack_sources(
 
 def _neuron_parts(model: Any, graph: Graph, buf: dict, L: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The selected neurons' activations ``[B, P, n]`` and write directions ``[n, d]``."""
-    ids = graph.neuron_ids(L).to(buf[f"post{L}"].device)
+    neuron_ids = graph.neuron_ids(L)
+    assert neuron_ids is not None  # (called for neuron layers only)
+    ids = neuron_ids.to(buf[f"post{L}"].device)
     return buf[f"post{L}"][..., ids], frozen(as_backend(model).W_out(L))[ids]
 
 
@@ -105,7 +115,9 @@ def source_deltas(model: Any, graph: Graph, diff: dict) -> SourceDeltas:
         )
     x0 = diff["input"]
     slices = graph.src_slices()
-    dense, rows, lowrank = [x0[None]], [0], []
+    dense: list[torch.Tensor] = [x0[None]]
+    rows: list[int] = [0]
+    lowrank: list[LowRankSources] = []
     for L in range(graph.arch.n_layers):
         s = slices[f"attn{L}"]
         dense.append(torch.einsum("bphe,hed->hbpd", diff[f"z{L}"], frozen(bk.W_O(L))))
@@ -132,11 +144,11 @@ def source_deltas(model: Any, graph: Graph, diff: dict) -> SourceDeltas:
                 lowrank.append(block)
             rows.extend(site_rows)
             dense.extend(t[None] for t in site_dense)
-    rows, dense = torch.tensor(rows, device=x0.device), torch.cat(dense)
+    row_index, stacked = torch.tensor(rows, device=x0.device), torch.cat(dense)
     if graph.sites:  # dense rows in graph order (sites sit between layers)
-        order = torch.argsort(rows)
-        rows, dense = rows[order], dense[order]
-    return SourceDeltas(dense, rows, lowrank)
+        order = torch.argsort(row_index)
+        row_index, stacked = row_index[order], stacked[order]
+    return SourceDeltas(stacked, row_index, lowrank)
 
 
 @torch.no_grad()

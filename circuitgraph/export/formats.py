@@ -32,6 +32,7 @@ import json
 import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Any
 
 import networkx as nx
 import torch
@@ -184,7 +185,7 @@ def to_mib_json(circuit, path: str | Path, *, scores: bool = True, mask: torch.T
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     score_rows, mask_rows = _score_rows(c)
-    used = set()
+    used: set[str] = set()
     edges = {}
     for i, j in _mib_edge_order(g):
         src, dst = g.src_names[i], g.dst_names[j]
@@ -251,7 +252,7 @@ def from_mib_json(path: str | Path, graph=None, *, strict: bool = True) -> Circu
     path = Path(path)
     doc = _read_json(path, "EAP-IG/MIB graph")
     cfg = _mib_cfg(doc, path)
-    extra = doc.get("circuitgraph") if isinstance(doc.get("circuitgraph"), dict) else {}
+    extra = _as_dict(doc.get("circuitgraph"))
     graph = _mib_graph(_as_graph(graph), cfg, extra, path)
     _check_mib_nodes(doc["nodes"], graph, path)
     scores, mask = _mib_edges(doc["edges"], graph, path, strict)
@@ -269,8 +270,13 @@ def from_mib_json(path: str | Path, graph=None, *, strict: bool = True) -> Circu
         mask.to(out.device),
         metadata=meta,
         faithfulness=float(faith) if isinstance(faith, (int, float)) and not isinstance(faith, bool) else None,
-        figures=extra.get("figures") if isinstance(extra.get("figures"), dict) else {},
+        figures=_as_dict(extra.get("figures")),
     )
+
+
+def _as_dict(value: Any) -> dict:
+    """``value`` when it is a dict (a JSON object), else an empty one."""
+    return value if isinstance(value, dict) else {}
 
 
 def _mib_cfg(doc: dict, path: Path) -> dict:

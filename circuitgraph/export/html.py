@@ -176,14 +176,18 @@ def _layout(graph: Graph, shown: list[str]) -> dict[str, tuple[int, int]]:
 def _describe(circuit, graph: Graph) -> dict:
     """Model, task, method, metric, faithfulness, edge counts for the title and header."""
     meta = dict(getattr(circuit, "metadata", None) or {})
-    attribution = meta.get("attribution") if isinstance(meta.get("attribution"), dict) else graph.score_info or {}
+    attribution = meta.get("attribution")
+    if not isinstance(attribution, dict):
+        attribution = graph.score_info or {}
     info = {
         "model": meta.get("model") or graph.model_name or "",
         "task": meta.get("task") or attribution.get("task") or "",
         "metric": meta.get("metric") or attribution.get("metric") or "",
         "method": attribution.get("method") or meta.get("method") or "",
     }
-    selection = meta.get("selection") if isinstance(meta.get("selection"), dict) else {}
+    selection = meta.get("selection")
+    if not isinstance(selection, dict):
+        selection = {}
     if selection.get("kind"):
         info["selection"] = str(selection["kind"]) + (
             f" (target {selection['target']})" if "target" in selection else ""

@@ -569,6 +569,8 @@ def _sites_for(model: Any, saes: list, features: Any) -> list[Site]:
 class PositionalGraph(Graph):
     """A :class:`Graph` whose nodes are (node, position) pairs; ``base`` is the position-free graph."""
 
+    positions: int  # always set (≥ 1)
+
     def __init__(self, base: Graph, positions: int, causal: bool = True) -> None:
         if base.neurons:
             raise GraphError("position-resolved graphs with neuron nodes are not supported yet; use one or the other")
@@ -590,7 +592,7 @@ class PositionalGraph(Graph):
         for s in range(base.n_src):
             own = base.node_dsts[s].tolist()
             for p in range(P):
-                cols = []
+                cols: list[int] = []
                 for j in own:
                     reader = parse_node(base.dst_names[j])
                     if reader.slot in ("k", "v") or (not base.split_qkv and reader.kind == "head"):
@@ -625,8 +627,10 @@ class PositionalGraph(Graph):
     def src_slices(self) -> dict[str, slice]:
         return self.base.src_slices()
 
-    def upstream(self, group: str) -> slice | torch.Tensor:
-        return self.base.upstream(group)
+    def upstream(self, group: str) -> slice:
+        up = self.base.upstream(group)
+        assert isinstance(up, slice)  # no SAE sites (refused above): the rows a group reads are a prefix
+        return up
 
     def mlp_node_names(self, layer: int) -> list[str]:
         return self.base.mlp_node_names(layer)

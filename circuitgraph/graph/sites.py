@@ -49,7 +49,9 @@ class Site:
     @property
     def layer(self) -> int:
         if self.hook_name_out:
-            return int(_TRANSCODER_IN.match(self.hook_name).group(1))
+            m = _TRANSCODER_IN.match(self.hook_name)
+            assert m is not None  # make_site checked the transcoder's input hook
+            return int(m.group(1))
         return parse_hook(self.hook_name)[0]
 
     @property

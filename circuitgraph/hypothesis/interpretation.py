@@ -372,7 +372,7 @@ class Hypothesis:
     def __eq__(self, other) -> bool:
         return isinstance(other, Hypothesis) and self._spec() == other._spec()
 
-    __hash__ = None  # mutable
+    __hash__ = None  # type: ignore[assignment]  # mutable: unhashable (mypy rejects the standard idiom)
 
     # ------------------------------------------------------------------ derived hypotheses
     def copy(self, **changes) -> Hypothesis:

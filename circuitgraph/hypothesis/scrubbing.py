@@ -341,7 +341,9 @@ class _Engine:
         ]
         outs = {name: torch.empty(len(refs), self.data.seq_len, d_model, device=self.device) for name, _, refs in jobs}
         # pack row chunks of several nodes into one forward while they fit in batch_size rows
-        packs, cur, size = [], [], 0
+        packs: list[list[tuple[tuple, int]]] = []
+        cur: list[tuple[tuple, int]] = []
+        size = 0
         for item in rows_all:
             n = min(self.batch_size, len(item[2]) - item[4])
             if cur and size + n > self.batch_size:
@@ -352,7 +354,7 @@ class _Engine:
         if cur:
             packs.append(cur)
         for pack in packs:
-            inputs = {letter: [] for letter in "qkv"}
+            inputs: dict[str, list[torch.Tensor]] = {letter: [] for letter in "qkv"}
             heads, masks = [], []
             for (_, plan, refs, head, r0), n in pack:
                 rows = slice(r0, r0 + n)
@@ -365,7 +367,7 @@ class _Engine:
             hd = torch.cat(heads).to(self.device)
             B = hd.shape[0]
             ar = torch.arange(B, device=self.device)
-            got = {}
+            got: dict[str, torch.Tensor] = {}
 
             def setter(letter, x_in=x_in, ar=ar, hd=hd):
                 def hook(x, hook):

@@ -262,7 +262,8 @@ def _read_model(info: Any, source: str | Path) -> dict | None:
 def check_model(info: dict | None, model, source: str | Path) -> None:
     """Refuse a file made for another model (by config hash), naming both models."""
     mine = config_hash(model.cfg)
-    theirs = (info or {}).get("config_hash")
+    info = info or {}
+    theirs = info.get("config_hash")
     if theirs is not None and theirs != mine:
         made = info.get("name") or "another model"
         raise file_error(

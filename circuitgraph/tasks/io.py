@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import TypedDict
 
 import torch
 
@@ -29,28 +30,46 @@ def load_task(path: str | Path, model=None, metric: str | Metric = "logit_diff",
         raise TaskError(f"task file {path} lacks column(s) {missing}; it needs clean, corrupted, answer[, wrong]")
     name = name or path.stem
     cols = _columns(rows)
-    if isinstance(cols["clean"][0], str) and not cols["clean"][0].lstrip().startswith("["):
+    clean, corrupted = cols["clean"], cols["corrupted"]
+    if isinstance(clean[0], str) and not clean[0].lstrip().startswith("["):
         if model is None:
             raise TaskError(f"task file {path} holds text prompts: pass model= so they can be tokenized")
-        return Task.from_strings(
-            model, cols["clean"], cols["corrupted"], cols["answer"], cols["wrong"], metric=metric, name=name
-        )
+        return Task.from_strings(model, clean, corrupted, cols["answer"], cols["wrong"], metric=metric, name=name)
     return _id_task(cols, path, model, metric, name)
 
 
-def _columns(rows: list[dict]) -> dict[str, list | None]:
+class _Columns(TypedDict):
+    clean: list
+    corrupted: list
+    answer: list | None
+    wrong: list | None
+
+
+def _columns(rows: list[dict]) -> _Columns:
     """The four columns; ``answer`` / ``wrong`` become None when any row leaves them empty."""
-    cols: dict[str, list | None] = {c: [r.get(c) for r in rows] for c in ("clean", "corrupted", "answer", "wrong")}
-    for c in ("wrong", "answer"):
-        if any(v is None or v == "" for v in cols[c]):
-            cols[c] = None
-    return cols
+
+    def column(c: str) -> list:
+        return [r.get(c) for r in rows]
+
+    def optional(c: str) -> list | None:
+        values = column(c)
+        return None if any(v is None or v == "" for v in values) else values
+
+    return _Columns(
+        clean=column("clean"), corrupted=column("corrupted"), answer=optional("answer"), wrong=optional("wrong")
+    )
 
 
-def _id_task(cols: dict[str, list | None], path: Path, model, metric: str | Metric, name: str) -> Task:
+def _id_task(cols: _Columns, path: Path, model, metric: str | Metric, name: str) -> Task:
     """A task from token-id columns (JSON lists, or strings holding them): no tokenizer needed."""
-    as_ids = {k: ([_ids(x, path, i) for i, x in enumerate(v)] if v is not None else None) for k, v in cols.items()}
-    lengths = {len(x) for x in as_ids["clean"]} | {len(x) for x in as_ids["corrupted"]}
+
+    def ids(v: list) -> list:
+        return [_ids(x, path, i) for i, x in enumerate(v)]
+
+    clean, corrupted = ids(cols["clean"]), ids(cols["corrupted"])
+    answer = None if cols["answer"] is None else ids(cols["answer"])
+    wrong = None if cols["wrong"] is None else ids(cols["wrong"])
+    lengths = {len(x) for x in clean} | {len(x) for x in corrupted}
     if len(lengths) != 1:
         raise TaskError(
             f"task file {path}: token-id prompts must all have the same length, found lengths {sorted(lengths)}"
@@ -61,10 +80,10 @@ def _id_task(cols: dict[str, list | None], path: Path, model, metric: str | Metr
         return None if v is None else torch.tensor(v, dtype=torch.long, device=dev)
 
     return Task(
-        clean=t(as_ids["clean"]),
-        corrupted=t(as_ids["corrupted"]),
-        answer=t(as_ids["answer"]),
-        wrong=t(as_ids["wrong"]),
+        clean=t(clean),
+        corrupted=t(corrupted),
+        answer=t(answer),
+        wrong=t(wrong),
         metric=metric,
         name=name,
     )

@@ -9,13 +9,15 @@ Signature of a custom metric: ``fn(logits: [batch, pos, vocab], batch: Task) -> 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from circuitgraph.errors import TaskError
 
-Metric = Callable[[torch.Tensor, "Task"], torch.Tensor]  # noqa: F821
+# fn(logits, batch) with batch a Task (not imported here: task.py imports this module)
+Metric = Callable[[torch.Tensor, Any], torch.Tensor]
 
 
 def read_logits(logits: torch.Tensor, task) -> torch.Tensor:
