@@ -20,7 +20,11 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m circuitgraph
 
+# Lint, format check and type check first (seconds), then the tests.
 test: $(STAMP)
+	$(VENV)/bin/ruff check circuitgraph tests benchmarks examples
+	$(VENV)/bin/ruff format --check circuitgraph tests benchmarks examples
+	$(VENV)/bin/mypy
 	$(PY) -m pytest
 
 clean:
