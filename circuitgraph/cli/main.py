@@ -359,7 +359,7 @@ def verify_circuit(
 def _hypothesis_blocker(graph) -> str | None:
     return hypothesis_unsupported(
         neurons=bool(graph.neurons),
-        positions=bool(getattr(graph, "positions", None)),
+        positions=bool(graph.positions),
         features=bool(graph.node_graph.sites),
     )
 
@@ -629,7 +629,7 @@ def build_summary(
             "destinations": graph.n_dst,
             "split_qkv": graph.split_qkv,
             "neuron_layers": sorted(graph.neurons),
-            "positions": getattr(graph, "positions", None),
+            "positions": graph.positions,
             "sae_sites": {s.hook_name: len(s.features) for s in graph.node_graph.sites},
         },
         "faithfulness": faith,

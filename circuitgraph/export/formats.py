@@ -157,7 +157,7 @@ def _check_mib_graph(graph: Graph, what: str) -> None:
             f"cannot {what} the EAP-IG/MIB format for an attention-only model: EAP-IG graphs always "
             "contain an MLP node per layer; use GraphML (to_graphml) instead"
         )
-    if getattr(graph, "positions", None):
+    if graph.positions:
         raise GraphError(
             f"cannot {what} the EAP-IG/MIB format with a position-resolved graph ({graph.positions} "
             "positions): EAP-IG graphs have one node per component; use GraphML instead, or "
@@ -446,7 +446,7 @@ def to_graphml(circuit, path: str | Path, *, all_edges: bool = True, mask: torch
             "split_qkv": g.split_qkv,
             "neurons": json.dumps({str(k): v for k, v in sorted(g.neurons.items())}),
             "sites": json.dumps([site.to_dict() for site in g.sites]),
-            "positions": int(getattr(g, "positions", None) or 0),
+            "positions": int(g.positions or 0),
             "causal": bool(getattr(g, "causal", True)),
             "n_edges": c.n_edges,
             "n_edges_total": g.n_edges,
@@ -579,7 +579,7 @@ def _check_graphml_fits(spec: dict, sites: list[Site], graph: Graph, path: Path)
     def present(has_mlp):
         return "present" if has_mlp else "absent"
 
-    positions = getattr(graph, "positions", None)
+    positions = graph.positions
     checks = [
         (
             (spec["n_layers"], spec["n_heads"]) != (a.n_layers, a.n_heads),

@@ -36,8 +36,8 @@ from circuitgraph.hypothesis.render import vis_assets  # shared with the hypothe
 
 __all__ = ["write_html", "KIND_STYLES", "vis_assets"]
 
-# Node colours by kind (``node_kind`` of the name, or ``graph.node_kinds[name]`` where a graph
-# defines it). New node types only need an entry here; unknown kinds fall back to DEFAULT_STYLE.
+# Node colours by kind (``node_kind`` of the name). New node types only need an entry here;
+# unknown kinds fall back to DEFAULT_STYLE.
 KIND_STYLES: dict[str, dict] = {
     "input": {"color": "#b8bec6", "label": "input (embeddings)"},
     "head": {"color": "#f6c85f", "label": "attention head"},
@@ -66,13 +66,6 @@ def _inline(text: str, tag: str) -> str:
 
 
 # ------------------------------------------------------------------------------------ helpers
-def _kind(graph: Graph, name: str) -> str:
-    kinds = getattr(graph, "node_kinds", None)
-    if isinstance(kinds, dict) and name in kinds:
-        return kinds[name]
-    return node_kind(name)
-
-
 def _style(kind: str) -> dict:
     return KIND_STYLES.get(kind, DEFAULT_STYLE)
 
@@ -362,7 +355,7 @@ def _add_nodes(net, graph: Graph, shown: list[str], touched: dict[str, dict], no
     layer_of.update({n: graph.arch.n_layers for n in _logits_nodes(graph)})
     kinds_present: list[str] = []
     for n in shown:
-        kind = _kind(graph, n)
+        kind = node_kind(n)
         style = _style(kind)
         if kind not in kinds_present:
             kinds_present.append(kind)
