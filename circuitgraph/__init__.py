@@ -13,13 +13,22 @@ import warnings
 warnings.filterwarnings("ignore", message="HookedTransformer is deprecated", category=DeprecationWarning)
 
 from circuitgraph.attribution import METHODS, attribute, feature_graph, top_neurons  # noqa: E402
-from circuitgraph.circuit import Circuit, acdc, minimal_circuit, prune, threshold, top_n  # noqa: E402
+from circuitgraph.circuit import (  # noqa: E402
+    Circuit,
+    acdc,
+    learn_edge_masks,
+    learned_circuit,
+    minimal_circuit,
+    prune,
+    threshold,
+    top_n,
+)
 from circuitgraph.engine import Ablation  # noqa: E402
 from circuitgraph.errors import CircuitGraphError  # noqa: E402
-from circuitgraph.evaluation import evaluate, faithfulness, faithfulness_curve  # noqa: E402
+from circuitgraph.evaluation import evaluate, faithfulness, faithfulness_curve, stability  # noqa: E402
 from circuitgraph.export import write_html  # noqa: E402
 from circuitgraph.graph import Graph, PositionalGraph  # noqa: E402
-from circuitgraph.hypothesis import Correspondence, Hypothesis, Interpretation, scrub  # noqa: E402
+from circuitgraph.hypothesis import Correspondence, Hypothesis, Interpretation, minimal_hypothesis, scrub  # noqa: E402
 from circuitgraph.tasks import Task, load_task  # noqa: E402
 
 __version__ = "0.1.0"
@@ -35,6 +44,7 @@ __all__ = [
     "Interpretation",
     "Correspondence",
     "scrub",
+    "minimal_hypothesis",
     "load_task",
     "attribute",
     "METHODS",
@@ -42,10 +52,13 @@ __all__ = [
     "Circuit",
     "minimal_circuit",
     "acdc",
+    "learned_circuit",
+    "learn_edge_masks",
     "top_n",
     "threshold",
     "prune",
     "evaluate",
     "faithfulness",
     "faithfulness_curve",
+    "stability",
 ]

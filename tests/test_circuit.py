@@ -71,7 +71,7 @@ def test_top_n_and_curve(setup):
     assert graph.scores.abs()[m].min() >= graph.scores.abs()[graph.valid & ~m].max()
     curve = faithfulness_curve(model, graph, task)
     assert curve.absolute[-1] == pytest.approx(1.0, abs=1e-5)
-    assert len(curve.signed) == 10 and curve.cmd >= 0
+    assert len(curve.signed) == 11 and curve.signed[0] == 0 and curve.cmd >= 0
 
 
 def test_save_load_roundtrip(tmp_path, setup):

@@ -152,9 +152,36 @@ def _exact(
 ) -> None:
     """True single-edge ablation effects, K edges per batched patched forward."""
     run = CircuitEvaluator(model, graph, task, abl, batch_size=batch_size, mask_batch=edge_batch)
+    for e, effect in _single_edge_effects(run, graph, progress, per_example=False):
+        scores[e[:, 0], e[:, 1]] = effect.to(scores)
+
+
+def exact_per_example(
+    model: Any,
+    graph: Graph,
+    task: Any,
+    ablation: str | Ablation = "corrupted",
+    batch_size: int | None = None,
+    edge_batch: int | None = None,
+) -> torch.Tensor:
+    """Exact single-edge effects per example: ``[n_examples, n_src, n_dst]`` (float64, CPU), whose
+    mean over examples is ``attribute(..., method="exact")``. Bootstrap resamples reweight these
+    rows instead of patching again."""
+    check_model(model)
+    check_graph(model, graph, task)
+    run = CircuitEvaluator(model, graph, task, ablation, batch_size=batch_size, mask_batch=edge_batch)
+    out = torch.zeros(task.n_examples, *graph.valid.shape, dtype=torch.float64)
+    for e, effect in _single_edge_effects(run, graph, False, per_example=True):
+        out[:, e[:, 0].cpu(), e[:, 1].cpu()] = effect.T
+    return out
+
+
+def _single_edge_effects(run: CircuitEvaluator, graph: Graph, progress: bool, per_example: bool):
+    """Yield ``(edges [k, 2], m(edge ablated) − m(full))`` for every valid edge, ``[k]`` or
+    ``[k, n_examples]`` per batch of K single-edge patches."""
     edges = graph.valid.nonzero()  # [E, 2]
     E = edges.shape[0]
-    base = run(graph.valid[None])[0]
+    base = run(graph.valid[None], per_example=per_example)[0]
     K = max(1, min(E, run.mask_batch))
     bar = tqdm(total=E, desc="exact", disable=not progress, delay=2.0, leave=False)
     for start in range(0, E, K):
@@ -162,6 +189,6 @@ def _exact(
         k = e.shape[0]
         keep = graph.valid.expand(k, -1, -1).clone()
         keep[torch.arange(k), e[:, 0], e[:, 1]] = False
-        scores[e[:, 0], e[:, 1]] = (run(keep) - base).to(scores)
+        yield e, run(keep, per_example=per_example) - base
         bar.update(k)
     bar.close()

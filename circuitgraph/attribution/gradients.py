@@ -11,17 +11,14 @@ from ``hook_mlp_in`` and the last ``hook_resid_post``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any, cast
 
 import torch
-from torch import nn
 
 from circuitgraph.attribution.factors import DenseReaders, LowRankReaders, dense_scores, lowrank_scores
 from circuitgraph.engine.sites import feature_ids, other_features, site_hooks, site_sae
 from circuitgraph.engine.sources import source_hooks
-from circuitgraph.engine.tensors import SourceDeltas, frozen, store_hook
+from circuitgraph.engine.tensors import SourceDeltas, frozen, frozen_params, store_hook
 from circuitgraph.graph import Graph, PositionalGraph
 from circuitgraph.graph.sites import Site
 from circuitgraph.models.backend import as_backend
@@ -211,21 +208,6 @@ def site_readers(graph: Graph, grads: dict, site: Site) -> Readers:
     k = len(site.node_names())
     out.append((slice(k - 1, k), DenseReaders(grads[f"err_in:{site.name}"][None])))
     return out
-
-
-@contextmanager
-def frozen_params(*modules: nn.Module) -> Iterator[None]:
-    """Skip weight gradients (of the model and of any SAEs spliced into it): attribution needs
-    only activation gradients, which halves backward and leaves no ``.grad`` behind."""
-    params = [p for m in modules for p in m.parameters()]
-    flags = [p.requires_grad for p in params]
-    try:
-        for p in params:
-            p.requires_grad_(False)
-        yield
-    finally:
-        for p, f in zip(params, flags):
-            p.requires_grad_(f)
 
 
 def forward_backward(

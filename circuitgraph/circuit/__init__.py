@@ -1,8 +1,9 @@
-"""Circuits: selection from scores (top-n, threshold), pruning, the minimal faithful circuit, ACDC, and
-saving/loading as JSON + safetensors."""
+"""Circuits: selection from scores (top-n, threshold), pruning, the minimal faithful circuit, ACDC,
+learned edge masks, and saving/loading as JSON + safetensors."""
 
 from circuitgraph.circuit.acdc import acdc, acdc_sweep
 from circuitgraph.circuit.circuit import SCHEMA, Circuit, CircuitFileError
+from circuitgraph.circuit.learned import LearnedMasks, learn_edge_masks, learned_circuit
 from circuitgraph.circuit.minimal import build_circuit, minimal_circuit
 from circuitgraph.circuit.selection import prune, threshold, top_n
 
@@ -13,6 +14,9 @@ __all__ = [
     "CircuitFileError",
     "SCHEMA",
     "minimal_circuit",
+    "learned_circuit",
+    "learn_edge_masks",
+    "LearnedMasks",
     "build_circuit",
     "top_n",
     "threshold",

@@ -18,6 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from circuitgraph.atomic import atomic_write
+from circuitgraph.engine.ablation import Ablation
 from circuitgraph.errors import FileFormatError, GraphError
 from circuitgraph.graph import Graph, config_hash
 
@@ -37,6 +38,7 @@ class Circuit:
     metadata: dict = field(default_factory=dict)
     faithfulness: float | None = None
     figures: dict = field(default_factory=dict)
+    ablation_tensors: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # fitted constants
 
     def __post_init__(self) -> None:
         if self.mask.shape != self.graph.valid.shape or self.mask.dtype != torch.bool:
@@ -77,6 +79,12 @@ class Circuit:
         g.graph.update(self.metadata)
         return g
 
+    def ablation(self) -> Ablation:
+        """The ablation the circuit was found and measured under, rebuilt from its record (an
+        optimal ablation with its fitted constants, read as data)."""
+        doc = self.metadata.get("ablation") or {"kind": "corrupted"}
+        return Ablation.from_dict(doc, self.ablation_tensors)
+
     def __repr__(self) -> str:
         f = f", faithfulness={self.faithfulness:.3f}" if self.faithfulness is not None else ""
         return f"Circuit({self.n_edges} of {self.graph.n_edges} edges{f})"
@@ -104,6 +112,7 @@ class Circuit:
         tensors = {
             "scores": self.graph.scores.detach().float().cpu().contiguous(),
             "mask": self.mask.cpu().contiguous(),
+            **{k: v.detach().float().cpu().contiguous() for k, v in self.ablation_tensors.items()},
         }
         st_path = path.with_suffix(".safetensors")
         atomic_write(st_path, lambda p: save_file(tensors, str(p), metadata={"schema": SCHEMA}))
@@ -162,7 +171,14 @@ class Circuit:
             metadata=doc.get("metadata", {}),
             faithfulness=doc.get("faithfulness"),
             figures=doc.get("figures", {}),
+            ablation_tensors={k: v for k, v in t.items() if k.startswith("ablation.")},
         )
+        named = (c.metadata.get("ablation") or {}).get("values") or []
+        if named and len(named) != len(c.ablation_tensors):
+            raise CircuitFileError(
+                f"{path} names {len(named)} optimal-ablation constants but {st} holds {len(c.ablation_tensors)}; "
+                "the pair is inconsistent"
+            )
         if c.n_edges != doc.get("n_edges", c.n_edges):
             raise CircuitFileError(
                 f"{path} says {doc.get('n_edges')} edges but its tensors hold {c.n_edges}; the pair is inconsistent"

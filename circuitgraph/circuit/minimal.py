@@ -33,7 +33,7 @@ def build_circuit(
         "ablation": Ablation.coerce(ablation).to_dict(),
         "selection": selection or {},
     }
-    return Circuit(graph, mask, metadata=meta)
+    return Circuit(graph, mask, metadata=meta, ablation_tensors=Ablation.coerce(ablation).tensors())
 
 
 def minimal_circuit(

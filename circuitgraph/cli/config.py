@@ -14,10 +14,14 @@ model       a zoo entry (``induction``, ``tracr_reverse``, …, or ``zoo model.n
             ``local model.path=DIR`` (a HuggingFace-format folder on disk)
 task        ``zoo`` (the zoo entry's task; ``task.name`` picks one) or ``file task.path=F``
             (JSONL/CSV read by :func:`circuitgraph.load_task`)
-method      ``eap``, ``eap-ig``, ``eap-ig-activations``, ``exact``, ``acdc``
-ablation    ``corrupted``, ``zero``, ``mean``, ``resample``
+method      ``eap``, ``eap-ig``, ``eap-ig-activations``, ``exact``, ``acdc``, ``edge-pruning``
+            (learned edge masks)
+ablation    ``corrupted``, ``zero``, ``mean``, ``resample``, ``optimal`` (fitted constants)
 circuit     ``minimal`` (smallest top-n with measured faithfulness ≥ target), ``top-n``,
-            ``threshold`` (ignored by ``method=acdc``, which selects its own edges)
+            ``threshold`` (ignored by ``method=acdc``, which selects its own edges;
+            ``method=edge-pruning`` reads ``circuit.target`` only)
+prune       ``none``, ``scrubbing`` (the smallest circuit whose scrubbed loss recovered is ≥
+            ``prune.target``, ranked by the method's scores; replaces the ``circuit`` selection)
 export      ``default`` (every file), ``minimal`` (circuit + summary only)
 ==========  ====================================================================================
 """
@@ -54,7 +58,9 @@ from circuitgraph.tasks.metrics import METRICS as METRIC_FUNCTIONS
 # new one is accepted here without a second list to update; the rest belong to the CLI.
 # ---------------------------------------------------------------------------------------------
 
-METHODS = (*ATTRIBUTION_METHODS, "acdc")  # acdc searches circuits itself (circuitgraph.circuit.acdc)
+METHODS = (*ATTRIBUTION_METHODS, "acdc", "edge-pruning")  # acdc and learned masks select circuits themselves
+ESTIMATORS = ("hard-concrete", "sampled")
+PRUNE_KINDS = ("none", "scrubbing")
 METRICS = tuple(METRIC_FUNCTIONS)
 CIRCUIT_KINDS = ("minimal", "top-n", "threshold")
 MODEL_SOURCES = ("zoo", "pretrained", "local")
@@ -122,6 +128,10 @@ class MethodConfig:
     threshold   acdc: τ, an edge is removed when removing it changes the tracked metric by < τ
     metric      acdc: the quantity ACDC tracks (kl by default; null = the task's metric)
     absolute    acdc: compare |change| with τ
+    lambdas     edge-pruning: the L0 weights swept (null: 0.001 … 0.3)
+    train_steps edge-pruning: optimisation steps
+    estimator   edge-pruning: hard-concrete (relaxed gates, Edge Pruning) | sampled (binary gates,
+                score-function gradient; for models with saturated attention such as tracr's)
     """
 
     name: str = "eap-ig"
@@ -131,6 +141,9 @@ class MethodConfig:
     threshold: float = 0.01
     metric: str | None = "kl"
     absolute: bool = False
+    lambdas: list[float] | None = None
+    train_steps: int = 200
+    estimator: str = "hard-concrete"
 
 
 @dataclass
@@ -162,6 +175,15 @@ class CircuitConfig:
     absolute: bool = True
     prune: bool = True
     grid: int = 24
+
+
+@dataclass
+class PruneConfig:
+    """Pruning after the method's scores: none | scrubbing (the smallest circuit whose causal-
+    scrubbing loss recovered stays ≥ ``target``, verified on a fresh seed; heads and MLPs only)."""
+
+    kind: str = "none"
+    target: float = 0.9
 
 
 @dataclass
@@ -199,6 +221,8 @@ class ExportConfig:
     open_browser: bool = False  # open graph.html when a display is available
     hypothesis: bool = True  # hypothesis.json: the circuit as a causal-scrubbing hypothesis, scrubbed
     scrub_samples: int | None = None  # root samples for scrubbing (null: one per example)
+    stability: int = 0  # bootstrap resamples for each edge's inclusion frequency (0: off)
+    mib_submission: bool = False  # mib/<task>_<model>/importances.json (MIB circuit-track layout)
 
 
 @dataclass
@@ -210,6 +234,7 @@ class Config:
     method: MethodConfig = field(default_factory=MethodConfig)
     ablation: AblationConfig = field(default_factory=AblationConfig)
     circuit: CircuitConfig = field(default_factory=CircuitConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
     graph: GraphConfig = field(default_factory=GraphConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     device: str = "auto"
@@ -224,6 +249,7 @@ GROUP_SCHEMAS: dict[str, type] = {
     "method": MethodConfig,
     "ablation": AblationConfig,
     "circuit": CircuitConfig,
+    "prune": PruneConfig,
     "graph": GraphConfig,
     "export": ExportConfig,
 }
@@ -439,6 +465,13 @@ def _check_method(cfg: DictConfig) -> None:
         v = cfg.method[k]
         if v is not None and v < 1:
             raise ConfigError(f"method.{k} must be ≥ 1 (or null for automatic), got {v}")
+    if cfg.method.name == "edge-pruning":
+        if cfg.method.train_steps < 1:
+            raise ConfigError(f"method.train_steps must be ≥ 1, got {cfg.method.train_steps}")
+        _choice("method.estimator", cfg.method.estimator, ESTIMATORS)
+        lams = cfg.method.lambdas
+        if lams is not None and (not len(lams) or any(not math.isfinite(x) or x < 0 for x in lams)):
+            raise ConfigError(f"method.lambdas must be a non-empty list of numbers ≥ 0, got {list(lams)}")
     if cfg.method.name == "acdc":
         if not math.isfinite(cfg.method.threshold) or cfg.method.threshold < 0:
             raise ConfigError(f"method.threshold (ACDC's τ) must be a finite number ≥ 0, got {cfg.method.threshold}")
@@ -459,6 +492,13 @@ def _check_circuit(cfg: DictConfig) -> None:
         raise ConfigError(f"circuit.tau must be a finite number ≥ 0, got {c.tau}")
     if c.grid < 2:
         raise ConfigError(f"circuit.grid must be ≥ 2, got {c.grid}")
+    _choice("pruning (prune.kind)", _get(cfg, "prune.kind"), PRUNE_KINDS)
+    if cfg.prune.kind != "none" and not (math.isfinite(cfg.prune.target) and 0 < cfg.prune.target <= 1.5):
+        raise ConfigError(f"prune.target must be a loss recovered in (0, 1.5], got {cfg.prune.target}")
+    if cfg.prune.kind == "scrubbing" and any(cfg.graph[k] for k in ("neurons", "positions", "saes")):
+        raise ConfigError(
+            "prune=scrubbing scrubs heads and MLPs only; drop graph.neurons / graph.positions / graph.saes"
+        )
 
 
 def _check_run(cfg: DictConfig) -> None:
@@ -468,6 +508,10 @@ def _check_run(cfg: DictConfig) -> None:
     _check_device(cfg.device)
     if cfg.export.png and not cfg.export.curve:
         raise ConfigError("export.png needs the faithfulness curve: set export.curve=true or export.png=false")
+    if cfg.export.stability < 0 or cfg.export.stability == 1:
+        raise ConfigError(
+            f"export.stability is a number of bootstrap resamples ≥ 2 (or 0: off), got {cfg.export.stability}"
+        )
     if cfg.export.scrub_samples is not None and cfg.export.scrub_samples < 2:
         raise ConfigError(f"export.scrub_samples must be ≥ 2 (or null), got {cfg.export.scrub_samples}")
     hyp = cfg.get("hypothesis")  # added with +hypothesis=path.json: a hypothesis file to test

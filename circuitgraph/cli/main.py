@@ -47,6 +47,7 @@ from circuitgraph import export, zoo
 from circuitgraph.atomic import atomic_write
 from circuitgraph.attribution.diagnosis import zero_score_diagnosis
 from circuitgraph.circuit import Circuit, build_circuit
+from circuitgraph.circuit.learned import learned_circuit
 from circuitgraph.cli.config import (
     ConfigError,
     check_overrides,
@@ -60,6 +61,7 @@ from circuitgraph.evaluation import FaithfulnessCurve
 from circuitgraph.export.plots import curve_title, write_curve_png
 from circuitgraph.export.scores import SCORES_SCHEMA, read_scores, write_scores  # noqa: F401  (moved; re-exported)
 from circuitgraph.hypothesis.caveats import hypothesis_unsupported, large_scrubbing_gap, scrubbing_caveat
+from circuitgraph.hypothesis.pruning import minimal_hypothesis
 from circuitgraph.models import loading
 from circuitgraph.models.loading import load_local_model  # noqa: F401  (moved from this module; re-exported)
 from circuitgraph.sae import feature_labels, load_saes, zoo_saes
@@ -183,9 +185,17 @@ def run(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = None
     ablation = make_ablation(cfg)
 
     circuit, selection = find_circuit(cfg, ld, graph, ablation, timings)
+    pruned = None
+    if cfg.prune.kind == "scrubbing":
+        with _timed(timings, "prune"):
+            circuit, selection, pruned = prune_by_scrubbing(cfg, ld, graph, ablation, selection)
     with _timed(timings, "verify"):
         faith, search_faith, curve = verify_circuit(cfg, ld, graph, circuit, ablation)
     circuit.metadata = {**(circuit.metadata or {}), "run": run_record(cfg, selection, device, overrides)}
+    stab = None
+    if cfg.export.stability:
+        with _timed(timings, "stability"):
+            stab = circuit_stability(cfg, ld, graph, circuit, ablation)
     with _timed(timings, "scrub"):
         hypothesis, scrubbed = scrub_circuit(cfg, ld, graph, circuit)
     target = selection_target(cfg)
@@ -212,6 +222,12 @@ def run(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = None
     )
     if scrubbed:
         summary["scrubbing"] = add_scrubbing_caveat(scrubbed, cfg.ablation.kind, faith)
+    if pruned is not None:
+        summary["prune"] = pruned
+    if stab is not None:
+        summary["stability"] = stab
+    if ablation.kind == "optimal":
+        summary["optimal_ablation"] = dict(ablation.fit)
     write_summary(out, summary, files)
     report(summary, out)
     if cfg.export.html and cfg.export.open_browser:
@@ -240,9 +256,13 @@ def find_circuit(
     """Score the edges, then select the circuit: ``(circuit, selection record)``.
 
     ACDC does both at once (its time is booked as ``attribute``, ``select`` is 0)."""
-    if cfg.method.name == "acdc":
+    if cfg.method.name in ("acdc", "edge-pruning"):
         with _timed(timings, "attribute"):
-            found = run_acdc(cfg, ld, graph, ablation)
+            found = (
+                run_acdc(cfg, ld, graph, ablation)
+                if cfg.method.name == "acdc"
+                else run_learned(cfg, ld, graph, ablation)
+            )
         timings["select"] = 0.0
         return found
     with _timed(timings, "attribute"):
@@ -266,6 +286,72 @@ def run_acdc(cfg: DictConfig, ld: Loaded, graph, ablation: cg.Ablation) -> tuple
         progress=bool(cfg.progress),
     )
     return circuit, {"kind": "acdc", "threshold": float(m.threshold), "metric": m.metric, "absolute": bool(m.absolute)}
+
+
+def run_learned(cfg: DictConfig, ld: Loaded, graph, ablation: cg.Ablation) -> tuple[Circuit, dict]:
+    """Learned edge masks: the smallest circuit of the λ sweep reaching ``circuit.target``."""
+    m = cfg.method
+    kw: dict[str, Any] = {"steps": int(m.train_steps), "estimator": str(m.estimator), "seed": int(cfg.seed)}
+    if m.lambdas is not None:
+        kw["lambdas"] = [float(x) for x in m.lambdas]
+    target = float(cfg.circuit.target)
+    circuit = learned_circuit(ld.model, graph, ld.task, target=target, ablation=ablation, batch_size=m.batch_size, **kw)
+    return circuit, {"kind": "edge-pruning", "target": target, "estimator": str(m.estimator)}
+
+
+def prune_by_scrubbing(
+    cfg: DictConfig, ld: Loaded, graph, ablation: cg.Ablation, selection: dict
+) -> tuple[Circuit, dict, dict]:
+    """``prune=scrubbing``: every edge ranked by the method's scores, the smallest circuit whose
+    scrubbed loss recovered is ≥ ``prune.target`` (verified on a fresh seed)."""
+    res = minimal_hypothesis(
+        ld.model,
+        Circuit(graph, graph.valid.clone()),
+        ld.task,
+        target=float(cfg.prune.target),
+        seed=int(cfg.seed),
+        n_samples=cfg.export.scrub_samples,
+    )
+    assert res.circuit is not None  # (an edge search)
+    if not res.reached_target:
+        log.warning(
+            "scrubbing-guided pruning: the circuit recovers %.3f of the loss on a fresh seed, below the target %g",
+            res.verified.loss_recovered,
+            float(cfg.prune.target),
+        )
+    record = {"kind": "scrubbing", "target": float(cfg.prune.target), "ranked_by": cfg.method.name, "was": selection}
+    res.circuit.metadata["ablation"] = ablation.to_dict()
+    return res.circuit, record, res.to_dict()
+
+
+def circuit_stability(cfg: DictConfig, ld: Loaded, graph, circuit: Circuit, ablation: cg.Ablation) -> dict:
+    """Bootstrap stability of the run's method (same selection rule): every edge's inclusion
+    frequency goes into the circuit's figures (the viewer shows it) and the summary."""
+    m = cfg.method
+    kw: dict[str, Any] = {}
+    if m.name == "acdc":
+        kw = {"tau": float(m.threshold), "metric": m.metric, "absolute": bool(m.absolute)}
+    elif m.name == "edge-pruning":
+        kw = {"train_steps": int(m.train_steps), "estimator": str(m.estimator)}
+    saved = (graph.scores, graph.score_info)
+    st = cg.stability(
+        ld.model,
+        graph,
+        ld.task,
+        method=m.name,
+        n_boot=int(cfg.export.stability),
+        n_edges=circuit.n_edges if m.name not in ("acdc", "edge-pruning") else None,
+        target=float(cfg.circuit.target),
+        ablation=ablation,
+        steps=int(m.steps),
+        seed=int(cfg.seed),
+        **kw,
+    )
+    graph.scores, graph.score_info = saved
+    figures = st.to_dict(graph)
+    circuit.figures = dict(circuit.figures or {})
+    circuit.figures["stability"] = figures
+    return figures
 
 
 def attribute_edges(cfg: DictConfig, ld: Loaded, graph, ablation: cg.Ablation) -> None:
@@ -331,7 +417,9 @@ def run_record(cfg: DictConfig, selection: dict, device: torch.device, overrides
 
 def selection_target(cfg: DictConfig) -> float | None:
     """The faithfulness target the selection aimed at (minimal selection only)."""
-    if cfg.method.name != "acdc" and cfg.circuit.kind == "minimal":
+    if cfg.prune.kind == "scrubbing":
+        return None  # (the target is a loss recovered, reported under "prune")
+    if cfg.method.name == "edge-pruning" or (cfg.method.name != "acdc" and cfg.circuit.kind == "minimal"):
         return float(cfg.circuit.target)
     return None
 
@@ -446,6 +534,8 @@ def write_outputs(
             skipped,
         )
     _write_exchange_formats(cfg, out, circuit, files, skipped)
+    if cfg.export.mib_submission:
+        _write_mib_submission(out, ld, circuit, files, skipped)
     if cfg.export.html:
         title = cfg.export.title or default_title(ld.label, ld.task.name, cfg.method.name, circuit, graph)
         _write_html(out, ld, graph, circuit, title)
@@ -484,6 +574,20 @@ def _write_exchange_formats(
         except ValueError as e:  # e.g. the MIB layout cannot hold an attention-only model
             skipped[key] = str(e)
             log.warning("not writing %s: %s", FILES[key], e)
+
+
+def _write_mib_submission(
+    out: Path, ld: Loaded, circuit: Circuit, files: dict[str, str], skipped: dict[str, str]
+) -> None:
+    """``mib/<task>_<model>/importances.json``: the run's scores as MIB's circuit track reads them."""
+    task_name = "".join(ch if ch.isalnum() or ch in ".-" else "-" for ch in str(ld.task.name))
+    model_name = "".join(ch if ch.isalnum() or ch in ".-" else "-" for ch in str(ld.label))
+    try:
+        folder = export.write_mib_submission(circuit, out / "mib", task_name, model_name)
+        files["mib_submission"] = str(folder.relative_to(out) / "importances.json")
+    except ValueError as e:  # e.g. an attention-only model: the MIB layout has MLP nodes
+        skipped["mib_submission"] = str(e)
+        log.warning("not writing the MIB submission folder: %s", e)
 
 
 def _write_html(out: Path, ld: Loaded, graph, circuit: Circuit, title: str) -> None:

@@ -6,6 +6,12 @@ needs ``Σ_u r[k, u, c] · D_u`` over its removed upstream edges. Heads, MLPs, n
 ``rest``/``err`` nodes keep ``D_u`` as a d-vector per (mask, example, position). SAE features
 write ``coef · W_dec[i]``, so they keep only the coefficient delta ``[n, K, B, P]``: a graph with
 thousands of feature nodes never holds ``[n_features, K, B, P, d]``.
+
+With ``differentiable=True`` (learned edge masks, fitted ablations) the live activations keep their
+autograd history, so ``D_v`` of a downstream node carries the effect of every gate upstream of it:
+the gradient of the loss with respect to a gate is then the true gradient of the relaxed forward.
+Deltas are then kept as the recorded blocks themselves (no preallocated buffer written in place,
+which autograd could not differentiate through), and each reader sums over the blocks it reads.
 """
 
 from __future__ import annotations
@@ -20,12 +26,16 @@ from circuitgraph.graph import Graph
 class LiveDeltas:
     """Dense rows ``[n_dense, K, B, P, d]`` plus one low-rank block per SAE site's features."""
 
-    def __init__(self, graph: Graph, ablated: torch.Tensor | CompactSources, K: int) -> None:
+    def __init__(
+        self, graph: Graph, ablated: torch.Tensor | CompactSources, K: int, differentiable: bool = False
+    ) -> None:
         """``ablated``: ``[n_src, B, P, d]``, or :class:`~circuitgraph.engine.tensors.CompactSources`."""
         _, B, P, d = ablated.shape
         self.K, self.B, self.P, self.d = K, B, P, d
         self.ablated = ablated
+        self.differentiable = differentiable
         device = ablated.device
+        self.device, self.dtype = device, ablated.dtype
         dense = ~feature_rows(graph).to(device)
         # site name → (first row, W_dec rows [n, d], ablated coefficients [n, B, P])
         self.blocks: dict[str, tuple[int, torch.Tensor, torch.Tensor]] = {}
@@ -48,7 +58,17 @@ class LiveDeltas:
         self.is_dense = dense
         self.pos = torch.cumsum(dense, 0) - 1  # row → index among the dense rows
         self.simple = not self.blocks  # dense rows are the graph's rows
-        self.dense = torch.empty(int(dense.sum()), K, B, P, d, dtype=ablated.dtype, device=device)
+        self.dense: torch.Tensor | None = None
+        self._parts: list[tuple[int, torch.Tensor]] = []  # differentiable: (first dense row, D [n, K, B, P, d])
+        if not differentiable:
+            self.dense = torch.empty(int(dense.sum()), K, B, P, d, dtype=ablated.dtype, device=device)
+
+    def live(self, t: torch.Tensor) -> torch.Tensor:
+        """How a live activation is kept: detached (``frozen``), or with its autograd history when
+        differentiable (upcast to float32 from half precision either way)."""
+        if not self.differentiable:
+            return frozen(t)
+        return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
     # ---------------------------------------------------------------------------------- recording
     def record(self, rows: slice, live: torch.Tensor) -> None:
@@ -57,7 +77,11 @@ class LiveDeltas:
         n = rows.stop - rows.start
         # CompactSources hold exactly the dense rows, indexed like self.dense
         ref = self.ablated.dense[at : at + n] if isinstance(self.ablated, CompactSources) else self.ablated[rows]
-        self.dense[at : at + n] = live.reshape(n, self.K, self.B, self.P, self.d) - ref[:, None]
+        D = live.reshape(n, self.K, self.B, self.P, self.d) - ref[:, None]
+        if self.dense is None:
+            self._parts.append((at, D))
+        else:
+            self.dense[at : at + n] = D
 
     def record_features(self, site_name: str, coef: torch.Tensor) -> None:
         """Live coefficients ``[n, K, B, P]`` of a site's feature nodes."""
@@ -66,20 +90,50 @@ class LiveDeltas:
 
     def rows(self, up: slice | torch.Tensor) -> torch.Tensor:
         """Dense ``D`` for upstream rows ``up`` (all dense; a view when ``up`` is a slice of a simple graph)."""
-        if self.simple:
+        if self.simple and self.dense is not None:
             return self.dense[up]
-        up = _as_rows(up, self.dense.device)
-        return self.dense[self.pos[up]]
+        return self._at(self.pos[_as_rows(up, self.device)])
+
+    def _at(self, idx: torch.Tensor) -> torch.Tensor:
+        """``D`` of dense rows ``idx`` (a copy when differentiable: gathered from the recorded blocks)."""
+        if self.dense is not None:
+            return self.dense[idx]
+        pieces, where = [], []
+        for at, D in self._parts:
+            inside = (idx >= at) & (idx < at + len(D))
+            if bool(inside.any()):
+                pieces.append(D[idx[inside] - at])
+                where.append(inside.nonzero()[:, 0])
+        return torch.cat(pieces)[torch.argsort(torch.cat(where))]
+
+    def _weighted(self, r: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """``Σ_u r[k, u, c] · D_u`` → ``[K, B, P, C, d]`` over dense rows ``idx`` (``r [K, len(idx), C]``).
+        Differentiable: one term per recorded block, each block used as it is (no gathered copy that
+        autograd would have to keep alive)."""
+        if self.dense is not None:
+            return torch.einsum("kuc,ukbpd->kbpcd", r, self.dense[idx])
+        out = None
+        for at, D in self._parts:
+            inside = (idx >= at) & (idx < at + len(D))
+            if not bool(inside.any()):
+                continue
+            sel = idx[inside] - at
+            whole = len(sel) == len(D) and bool((sel == torch.arange(len(D), device=sel.device)).all())
+            term = torch.einsum("kuc,ukbpd->kbpcd", r[:, inside], D if whole else D[sel])
+            out = term if out is None else out + term
+        if out is None:
+            return torch.zeros(self.K, self.B, self.P, r.shape[2], self.d, dtype=self.dtype, device=self.device)
+        return out
 
     # ---------------------------------------------------------------------------------- reading
     def removed_sum(self, r: torch.Tensor, up: slice | torch.Tensor) -> torch.Tensor:
         """``Σ_u r[k, u, c] · D_u`` → ``[K, B, P, C, d]`` for removals ``r [K, n_up, C]`` over the
         upstream rows ``up`` (in that order)."""
-        if self.simple:
+        if self.simple and self.dense is not None:
             return torch.einsum("kuc,ukbpd->kbpcd", r, self.dense[up])
-        up = _as_rows(up, self.dense.device)
+        up = _as_rows(up, self.device)
         keep = self.is_dense[up]
-        out = torch.einsum("kuc,ukbpd->kbpcd", r[:, keep], self.dense[self.pos[up[keep]]])
+        out = self._weighted(r[:, keep], self.pos[up[keep]])
         for name, (start, W, _) in self.blocks.items():
             inside = (up >= start) & (up < start + len(W))
             if not bool(inside.any()):
@@ -92,7 +146,7 @@ class LiveDeltas:
             A = coef.reshape(n_b, self.K, -1).permute(1, 2, 0)  # [K, BP, n_b]
             # Σ_u r[k,u,c] coef_u W_u: weight the coefficients per reader column, then one matmul
             weighted = A[:, :, None, :] * r_b.transpose(1, 2)[:, None]  # [K, BP, C, n_b]
-            out += (weighted @ W[up[inside] - start]).reshape(out.shape)
+            out = out + (weighted @ W[up[inside] - start]).reshape(out.shape)
         return out
 
     def projected(self, r: torch.Tensor, up: slice | torch.Tensor, W_enc: torch.Tensor) -> torch.Tensor:
@@ -100,13 +154,13 @@ class LiveDeltas:
         (SAE features' encoder rows) see, through the virtual weights ``W_dec[u] · W_enc[:, j]`` for
         upstream features (projecting every d-vector onto every encoder row would cost
         n_up · n · d per token)."""
-        up = _as_rows(up, self.dense.device)
+        up = _as_rows(up, self.device)
         keep = self.is_dense[up]
-        out = torch.zeros(self.K, self.B, self.P, W_enc.shape[1], dtype=self.dense.dtype, device=self.dense.device)
+        out = torch.zeros(self.K, self.B, self.P, W_enc.shape[1], dtype=self.dtype, device=self.device)
         r_d = r[:, keep]
         if bool(r_d.any()):
-            proj = self.dense[self.pos[up[keep]]] @ W_enc  # [n_dense, K, B, P, n]
-            out += (r_d.permute(1, 0, 2)[:, :, None, None, :] * proj).sum(0)
+            proj = self._at(self.pos[up[keep]]) @ W_enc  # [n_dense, K, B, P, n]
+            out = out + (r_d.permute(1, 0, 2)[:, :, None, None, :] * proj).sum(0)
         for name, (start, W, _) in self.blocks.items():
             inside = (up >= start) & (up < start + len(W))
             r_b = r[:, inside]
@@ -115,7 +169,7 @@ class LiveDeltas:
             rows = up[inside] - start
             c = self.coefs[name][rows]  # [n_b, K, B, P]
             V = W[rows] @ W_enc  # virtual weights [n_b, n]
-            out += torch.bmm(c.reshape(len(rows), self.K, -1).permute(1, 2, 0), r_b * V).reshape(out.shape)
+            out = out + torch.bmm(c.reshape(len(rows), self.K, -1).permute(1, 2, 0), r_b * V).reshape(out.shape)
         return out
 
 

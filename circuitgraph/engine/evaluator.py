@@ -56,7 +56,8 @@ class CircuitEvaluator:
         self.offload = _offload(offload, graph.valid.device, total)
         self.n_circuits = 0  # circuits evaluated so far (for reports)
 
-    def _ablated(self, i: int) -> torch.Tensor | CompactSources:
+    def ablated(self, i: int) -> torch.Tensor | CompactSources:
+        """The ablated source activations of example chunk ``i`` (from the cache when it holds them)."""
         device = self.graph.valid.device
         if self._cache is not None and i in self._cache:
             return self._cache[i].to(device, non_blocking=True)
@@ -72,9 +73,12 @@ class CircuitEvaluator:
         return ablated
 
     @torch.no_grad()
-    def __call__(self, masks: torch.Tensor, progress: bool = False) -> torch.Tensor:
-        """``masks [K, n_src, n_dst]`` → mean metric per circuit ``[K]`` (float64, on CPU)."""
+    def __call__(self, masks: torch.Tensor, progress: bool = False, per_example: bool = False) -> torch.Tensor:
+        """``masks [K, n_src, n_dst]`` → mean metric per circuit ``[K]`` (float64, on CPU); with
+        ``per_example``, every example's metric ``[K, n_examples]`` (bootstrap resampling reweights
+        these instead of rerunning)."""
         out = torch.zeros(masks.shape[0], dtype=torch.float64)
+        each = torch.zeros(masks.shape[0], self.task.n_examples, dtype=torch.float64) if per_example else None
         bar = tqdm(
             total=len(self.chunks) * masks.shape[0],
             desc="evaluate",
@@ -83,18 +87,20 @@ class CircuitEvaluator:
             delay=2.0,
             leave=False,
         )
-        for i, (_, chunk, weight) in enumerate(self.chunks):
-            ablated = self._ablated(i)
+        for i, (idx, chunk, weight) in enumerate(self.chunks):
+            ablated = self.ablated(i)
             for s in range(0, masks.shape[0], self.mask_batch):
                 m = masks[s : s + self.mask_batch].to(self.graph.valid.device)
                 k = m.shape[0]
                 logits = patched_logits(self.model, self.graph, chunk, ablated, m)
                 values = tiled(chunk, k).score(logits, " during evaluation").view(k, chunk.n_examples)
                 out[s : s + k] += weight * values.double().mean(1).cpu()
+                if each is not None:
+                    each[s : s + k, idx] = values.double().cpu()
                 bar.update(k)
         bar.close()
         self.n_circuits += masks.shape[0]
-        return out
+        return out if each is None else each
 
     def lazy(self, builders: Sequence[Callable[[], torch.Tensor]]) -> torch.Tensor:
         """Mean metric of the circuits that ``builders`` (callables returning a mask) make, built a

@@ -9,6 +9,11 @@ ablation reproduces the corrupted run exactly, and removing none reproduces the 
 
 Several edge masks run in one batched forward (``keep`` has a leading mask dimension K; the
 examples are tiled K times), which is how exact patching, faithfulness curves and ACDC stay fast.
+
+A float ``keep`` in [0, 1] is a *relaxed* mask: v reads ``live_input_v − Σ_u (1 − keep_uv)·(a_u(live)
+− a_u(ablated))``, so keep ≡ 1 is still the clean run and keep ≡ 0 the ablated run. With
+``differentiable=True`` the run keeps its autograd graph, live deltas included, so the loss can be
+differentiated with respect to the mask (learned edge masks) or the ablated values (optimal ablation).
 """
 
 from __future__ import annotations
@@ -28,21 +33,31 @@ from circuitgraph.models.backend import Backend, as_backend
 
 # One hook list in forward order: the per-layer closures share the removal tensor and the live
 # deltas, and reading it top to bottom is reading the patched forward pass.
-def patch_hooks(model: Any, graph: Graph, ablated: torch.Tensor | CompactSources, keep: torch.Tensor) -> list:  # noqa: C901
+def patch_hooks(  # noqa: C901
+    model: Any,
+    graph: Graph,
+    ablated: torch.Tensor | CompactSources,
+    keep: torch.Tensor,
+    differentiable: bool = False,
+) -> list:
     """Forward hooks implementing the patched run for ``keep [K, n_src, n_dst]`` (True = edge
-    kept) given ``ablated [n_src, batch, pos, d]`` (or :class:`CompactSources`). Needs ``use_split_qkv_input`` and
-    ``use_hook_mlp_in`` (see :func:`patched_logits`)."""
+    kept; or floats in [0, 1], a relaxed mask) given ``ablated [n_src, batch, pos, d]`` (or
+    :class:`CompactSources`). Needs ``use_split_qkv_input`` and ``use_hook_mlp_in`` (see
+    :func:`patched_logits`)."""
     bk = as_backend(model)
     K = keep.shape[0]
     n_src, B, P, d = ablated.shape
     H = graph.arch.n_heads
-    removed = keep.logical_not()  # [K, n_src, n_dst] bool (each reader takes its block as floats)
-    removed &= graph.valid
+    if keep.dtype == torch.bool:
+        removed = keep.logical_not()  # [K, n_src, n_dst] bool (each reader takes its block as floats)
+        removed &= graph.valid
+    else:  # a relaxed mask: the removed fraction of each edge
+        removed = (1 - keep) * graph.valid
     positional = isinstance(graph, PositionalGraph)
     if isinstance(graph, PositionalGraph):  # [K, n_src·P, n_dst·P] → per-position removals [K, n_src, n_dst, P]
         removed = torch.stack([graph.diagonal(r) for r in removed])
         graph = graph.base
-    deltas = LiveDeltas(graph, ablated, K)
+    deltas = LiveDeltas(graph, ablated, K, differentiable)
     src, dst = graph.src_slices(), graph.dst_slices()
     hooks = []
 
@@ -57,7 +72,7 @@ def patch_hooks(model: Any, graph: Graph, ablated: torch.Tensor | CompactSources
         W_O = frozen(bk.W_O(layer))
 
         def project(z):  # z [K*B, P, H, d_head] → [H, K, B, P, d]
-            return torch.einsum("kbphe,hed->hkbpd", frozen(z).reshape(K, B, P, H, -1), W_O)
+            return torch.einsum("kbphe,hed->hkbpd", deltas.live(z).reshape(K, B, P, H, -1), W_O)
 
         return project
 
@@ -129,7 +144,7 @@ def _neuron_hooks(
     """
     neuron_ids = graph.neuron_ids(L)
     assert neuron_ids is not None  # (a neuron layer)
-    ids = neuron_ids.to(deltas.dense.device)
+    ids = neuron_ids.to(deltas.device)
     n = len(ids)
     rows = graph.src_slices()[f"mlp{L}"]
     cols = graph.dst_slices()[f"mlp{L}"]
@@ -149,7 +164,7 @@ def _neuron_hooks(
         if h is not None:
             hooks.append((bk.mlp_in_hook(L), h))
 
-    r = removed[:, up, cols.start : cols.start + n].to(deltas.dense.dtype)  # [K, n_up, n]
+    r = removed[:, up, cols.start : cols.start + n].to(deltas.dtype)  # [K, n_up, n]
     patched = r.any(0).any(0).nonzero()[:, 0]  # neurons with some removed in-edge
     if len(patched):
         rp = r[:, :, patched]
@@ -157,7 +172,7 @@ def _neuron_hooks(
         def own_inputs(pre, hook):
             x = store["x"].reshape(K, B, P, 1, d) - deltas.removed_sum(rp, up)
             normed = ln2(x.reshape(K * B, P, len(patched), d))
-            new = torch.einsum("bpjd,dj->bpj", frozen(normed), W_in[:, patched]) + b_in[patched]
+            new = torch.einsum("bpjd,dj->bpj", deltas.live(normed), W_in[:, patched]) + b_in[patched]
             pre = pre.clone()
             pre[..., ids[patched]] = new.to(pre.dtype)
             return pre
@@ -165,14 +180,14 @@ def _neuron_hooks(
         hooks.append((bk.mlp_pre_hook(L), own_inputs))
 
     def keep_post(post, hook):
-        store["post"] = frozen(post[..., ids])
+        store["post"] = deltas.live(post[..., ids])
         return post
 
     def record_out(out, hook):
         post = store["post"]  # [K*B, P, n]
         deltas.record(slice(rows.start, rows.start + n), torch.einsum("bpi,id->ibpd", post, W_out))
         if graph.has_rest(L):
-            deltas.record(slice(rows.stop - 1, rows.stop), frozen(out) - post @ W_out)
+            deltas.record(slice(rows.stop - 1, rows.stop), deltas.live(out) - post @ W_out)
         return out
 
     hooks.append((bk.mlp_post_hook(L), keep_post))
@@ -180,12 +195,18 @@ def _neuron_hooks(
     return hooks
 
 
-@torch.no_grad()
 def patched_logits(
-    model: Any, graph: Graph, task: Any, ablated: torch.Tensor | CompactSources, keep: torch.Tensor
+    model: Any,
+    graph: Graph,
+    task: Any,
+    ablated: torch.Tensor | CompactSources,
+    keep: torch.Tensor,
+    differentiable: bool = False,
 ) -> torch.Tensor:
     """Logits ``[K * batch, pos, vocab]`` of the clean prompts with the edges outside each of the
-    K masks ablated. ``keep`` is ``[n_src, n_dst]`` or ``[K, n_src, n_dst]`` bool."""
+    K masks ablated. ``keep`` is ``[n_src, n_dst]`` or ``[K, n_src, n_dst]``, bool or a relaxed
+    float mask in [0, 1]. ``differentiable``: run under autograd with the live deltas attached (see
+    the module docstring); otherwise under ``no_grad``."""
     if keep.ndim == 2:
         keep = keep[None]
     if keep.shape[1:] != graph.valid.shape:
@@ -197,7 +218,8 @@ def patched_logits(
     if task.attention_mask is not None:
         kw["attention_mask"] = task.attention_mask.repeat(K, 1)
     bk = as_backend(model)
-    with bk.flags(split_qkv_input=True), bk.hooks(fwd_hooks=patch_hooks(model, graph, ablated, keep)):
+    hooks = patch_hooks(model, graph, ablated, keep, differentiable)
+    with torch.set_grad_enabled(differentiable), bk.flags(split_qkv_input=True), bk.hooks(fwd_hooks=hooks):
         return model(tokens, **kw)
 
 

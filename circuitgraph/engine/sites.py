@@ -198,13 +198,13 @@ class _SitePatch:
     def __init__(self, graph: Graph, site: Site, removed: torch.Tensor, deltas) -> None:
         self.sae = site_sae(graph, site)
         self.deltas = deltas
-        device = deltas.dense.device
+        device = deltas.device
         self.up = graph.upstream_rows(site.name).to(device)
         self.rows = graph.src_slices()[site.name]
         self.ids = feature_ids(site, device)
         self.n = n = len(self.ids)
         self.un = other_features(site, device) if site.has_rest else None
-        r = removed[:, self.up, graph.dst_slices()[site.name]].to(deltas.dense.dtype)  # [K, n_up, n_nodes]
+        r = removed[:, self.up, graph.dst_slices()[site.name]].to(deltas.dtype)  # [K, n_up, n_nodes]
         self.r_feat = r[..., :n]
         self.r_rest = r[..., n : n + 1] if site.has_rest and bool(r[..., n].any()) else None
         self.r_err = r[..., -1:] if bool(r[..., -1].any()) else None
@@ -214,7 +214,7 @@ class _SitePatch:
     def error(self, target: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """:meth:`SAE.error` computed in float32, exactly as :meth:`finish` sums the nodes (a
         half-precision SAE's own decode would round differently, and the site would stop adding up)."""
-        return frozen(target) - (frozen(self.sae.encode(x)) @ self.W_dec + self.b_dec)
+        return self.deltas.live(target) - (self.deltas.live(self.sae.encode(x)) @ self.W_dec + self.b_dec)
 
     def minus(self, x: torch.Tensor, r: torch.Tensor | None) -> torch.Tensor:
         """``x [K, B, P, d]`` minus the removed deltas of one node (``r [K, n_up, 1]``; None: none)."""
@@ -230,13 +230,13 @@ class _SitePatch:
         out_dtype,
     ) -> torch.Tensor:
         """Record the site's live nodes (feature coefficients, dense rest and err) and return its output."""
-        feats = frozen(acts[..., self.ids])  # [K, B, P, n]
-        err = frozen(err)
+        feats = self.deltas.live(acts[..., self.ids])  # [K, B, P, n]
+        err = self.deltas.live(err)
         if self.n:
             self.deltas.record_features(site_name, feats.permute(3, 0, 1, 2))
         out = self.b_dec + feats @ self.W_dec[self.ids] + err
         if rest_acts is not None:
-            rest = frozen(rest_acts) @ self.W_dec[self.un]
+            rest = self.deltas.live(rest_acts) @ self.W_dec[self.un]
             self.deltas.record(slice(self.rows.start + self.n, self.rows.start + self.n + 1), rest[None])
             out = out + rest
         self.deltas.record(slice(self.rows.stop - 1, self.rows.stop), err[None])
@@ -264,7 +264,7 @@ def _transcoder_patch_hooks(model, graph: Graph, site: Site, removed, deltas) ->
         pre = sae.pre_acts(norm(x))  # [K, B, P, d_sae]
         if len(patched):
             own = x[..., None, :] - deltas.removed_sum(r_patched, sp.up).to(x.dtype)  # [K, B, P, n_p, d]
-            normed = frozen(norm(own.reshape(K * B, P, len(patched), d))).reshape(K, B, P, len(patched), d)
+            normed = deltas.live(norm(own.reshape(K * B, P, len(patched), d))).reshape(K, B, P, len(patched), d)
             pre[..., ids[patched]] = (
                 torch.einsum("kbpjd,dj->kbpj", normed, sp.W_enc[:, ids[patched]]) + b_enc[ids[patched]]
             )

@@ -3,9 +3,12 @@ as compactly as their readers allow (dense d-vectors, or a coefficient times a f
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 
 def store_hook(buf: dict, key: str):
@@ -79,3 +82,18 @@ class CompactSources:
 
     def pin_memory(self) -> CompactSources:
         return CompactSources(self.dense.pin_memory(), {k: v.pin_memory() for k, v in self.coefs.items()}, self.n_src)
+
+
+@contextmanager
+def frozen_params(*modules: nn.Module) -> Iterator[None]:
+    """Skip weight gradients (of the model and of any SAEs spliced into it): attribution needs
+    only activation gradients, which halves backward and leaves no ``.grad`` behind."""
+    params = [p for m in modules for p in m.parameters()]
+    flags = [p.requires_grad for p in params]
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, f in zip(params, flags):
+            p.requires_grad_(f)

@@ -5,6 +5,7 @@ and ROC curves against ground truth. (The batched evaluator itself is
 from circuitgraph.engine.evaluator import Baselines, CircuitEvaluator
 from circuitgraph.evaluation.faithfulness import (
     CURVE_PERCENTS,
+    MIB_SCRIPT_PERCENTS,
     FaithfulnessCurve,
     baselines,
     evaluate,
@@ -12,6 +13,7 @@ from circuitgraph.evaluation.faithfulness import (
     faithfulness_curve,
 )
 from circuitgraph.evaluation.roc import edge_roc, roc_auc
+from circuitgraph.evaluation.stability import Stability, stability
 
 __all__ = [
     "roc_auc",
@@ -24,4 +26,7 @@ __all__ = [
     "Baselines",
     "FaithfulnessCurve",
     "CURVE_PERCENTS",
+    "MIB_SCRIPT_PERCENTS",
+    "stability",
+    "Stability",
 ]

@@ -8,18 +8,22 @@ per circuit) — the whole curve costs a handful of passes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from circuitgraph.circuit.selection import top_n
+from circuitgraph.circuit.selection import prune, top_n
 from circuitgraph.engine.ablation import Ablation
 from circuitgraph.engine.evaluator import Baselines, CircuitEvaluator
+from circuitgraph.errors import ConfigError
 from circuitgraph.graph import Graph
 from circuitgraph.tasks.metrics import LOWER_IS_BETTER
 
-# MIB's edge fractions (in percent of all edges).
-CURVE_PERCENTS = (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100)
+# MIB's edge fractions (in percent of all edges), the empty circuit (0 %) and the full model included.
+CURVE_PERCENTS = (0, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100)
+# the fractions MIB's evaluation script measures (it starts at 0.1 %)
+MIB_SCRIPT_PERCENTS = CURVE_PERCENTS[1:]
+COUNTINGS = ("round", "floor")
 
 
 def evaluate(
@@ -70,9 +74,37 @@ class FaithfulnessCurve:
     cmd: float  # area under |1 − f| of the absolute curve (lower is better)
     full: float
     empty: float
+    sizes: list[int] = field(default_factory=list)  # edges kept at each fraction (before pruning)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
+
+
+def curve_sizes(n_edges: int, percents=CURVE_PERCENTS, counting: str = "round") -> list[int]:
+    """Edges kept at each fraction: ``counting="round"`` rounds p·E to the nearest integer and
+    keeps at least one edge above 0 %; ``"floor"`` is MIB's scripts' ``int(p · E)`` (a small
+    graph's lowest fractions then keep no edge at all)."""
+    if counting not in COUNTINGS:
+        raise ConfigError(f"unknown edge counting {counting!r}; choose one of {list(COUNTINGS)}")
+    out = []
+    for p in percents:
+        if not 0 <= p <= 100:
+            raise ConfigError(f"edge fractions are percentages in [0, 100], got {p}")
+        exact = n_edges * p / 100
+        if counting == "floor":
+            out.append(int(exact + 1e-9))
+        else:
+            out.append(0 if p == 0 else max(1, round(exact)))
+    return out
+
+
+def curve_areas(percents, signed, absolute) -> tuple[float, float]:
+    """MIB's CPR and CMD: trapezoid areas over the fraction of edges (x = percent / 100) of the
+    signed curve and of |1 − f| of the absolute curve."""
+    x = torch.tensor(list(percents), dtype=torch.float64) / 100
+    cpr = float(torch.trapezoid(torch.as_tensor(signed, dtype=torch.float64), x))
+    cmd = float(torch.trapezoid((1 - torch.as_tensor(absolute, dtype=torch.float64)).abs(), x))
+    return cpr, cmd
 
 
 def faithfulness_curve(
@@ -82,29 +114,39 @@ def faithfulness_curve(
     ablation: str | Ablation = "corrupted",
     percents=CURVE_PERCENTS,
     scores: torch.Tensor | None = None,
+    counting: str = "round",
+    prune_circuits: bool = True,
     **kw,
 ) -> FaithfulnessCurve:
     """Faithfulness at MIB's edge fractions, with CPR and CMD as MIB defines them (areas over the
-    fraction of edges in [0, 1], trapezoid rule)."""
+    fraction of edges in [0, 1], trapezoid rule).
+
+    As MIB's evaluation does, each circuit is the top-n edges (by helpfulness for the CPR curve,
+    by |score| for the CMD curve) pruned to input→logits paths (``prune_circuits``), and the area
+    is taken at the nominal fractions. ``counting`` (see :func:`curve_sizes`): ``"floor"`` for
+    MIB's integer edge counts; ``percents=MIB_SCRIPT_PERCENTS`` for its script's points (from
+    0.1 %; the default also measures 0 %, the empty circuit, where f = 0 by definition)."""
     scores = graph.scores if scores is None else scores
     # An edge helps if ablating it moves the metric the wrong way: score < 0 for higher-is-better.
     helpful = scores if task.metric_name in LOWER_IS_BETTER else -scores
-    E = graph.n_edges
+    sizes = curve_sizes(graph.n_edges, percents, counting)
 
-    def top_fraction(rank: torch.Tensor, p: float):  # the top p % of valid edges by rank (higher first)
-        return lambda: top_n(graph, max(1, round(E * p / 100)) if p > 0 else 0, absolute=False, scores=-rank)
+    def circuit(rank: torch.Tensor, n: int):  # the top n valid edges by rank (higher first)
+        def build():
+            m = top_n(graph, n, absolute=False, scores=-rank)
+            return prune(graph, m) if prune_circuits else m
 
-    builders = [top_fraction(helpful, p) for p in percents] + [top_fraction(scores.abs(), p) for p in percents]
+        return build
+
+    builders = [circuit(helpful, n) for n in sizes] + [circuit(scores.abs(), n) for n in sizes]
     builders += [lambda: graph.valid, lambda: torch.zeros_like(graph.valid)]
     run = CircuitEvaluator(model, graph, task, ablation, kw.get("batch_size"), kw.get("mask_batch"))
     v = run.lazy(builders)
-    n = len(percents)
+    n = len(sizes)
     base = Baselines(full=float(v[-2]), empty=float(v[-1]))
     f = base.faithfulness(v[:-2]).cpu()
     signed, absolute = f[:n], f[n : 2 * n]
-    x = torch.tensor(percents, dtype=torch.float64) / 100
-    cpr = float(torch.trapezoid(signed.double(), x))
-    cmd = float(torch.trapezoid((1 - absolute.double()).abs(), x))
+    cpr, cmd = curve_areas(percents, signed, absolute)
     return FaithfulnessCurve(
-        list(map(float, percents)), signed.tolist(), absolute.tolist(), cpr, cmd, base.full, base.empty
+        list(map(float, percents)), signed.tolist(), absolute.tolist(), cpr, cmd, base.full, base.empty, sizes
     )

@@ -175,10 +175,16 @@ def _check_mib_graph(graph: Graph, what: str) -> None:
         )
 
 
-def to_mib_json(circuit, path: str | Path, *, scores: bool = True, mask: torch.Tensor | None = None) -> Path:
+def to_mib_json(
+    circuit, path: str | Path, *, scores: bool = True, mask: torch.Tensor | None = None, score_sign: int = 1
+) -> Path:
     """Write ``circuit`` (a Circuit, or a Graph with its scores and ``mask``, default
     ``graph.in_circuit``) in the EAP-IG / MIB ``Graph.to_json`` layout. With ``scores=False`` the
-    edge scores are left out (MIB's binary-membership submissions). Returns the path written."""
+    edge scores are left out (MIB's binary-membership submissions). ``score_sign=-1`` writes −score
+    (MIB ranks "helpful first" by the score of a loss; see :mod:`circuitgraph.export.mib`); the
+    sign is recorded, and :func:`from_mib_json` undoes it. Returns the path written."""
+    if score_sign not in (1, -1):
+        raise ValueError(f"score_sign must be 1 or -1, got {score_sign!r}")
     c = _as_circuit(circuit, mask)
     g = c.graph
     _check_mib_graph(g, "write")
@@ -190,7 +196,7 @@ def to_mib_json(circuit, path: str | Path, *, scores: bool = True, mask: torch.T
     for i, j in _mib_edge_order(g):
         src, dst = g.src_names[i], g.dst_names[j]
         info = (
-            {"score": score_rows[i][j], "in_graph": bool(mask_rows[i][j])}
+            {"score": score_sign * score_rows[i][j] + 0.0, "in_graph": bool(mask_rows[i][j])}
             if scores
             else {"in_graph": bool(mask_rows[i][j])}
         )
@@ -216,6 +222,7 @@ def to_mib_json(circuit, path: str | Path, *, scores: bool = True, mask: torch.T
             "faithfulness": c.faithfulness,
             "figures": c.figures,
             "n_edges": c.n_edges,
+            "score_sign": score_sign,
         },
     }
     text = json.dumps(doc, default=_jsonable)
@@ -257,8 +264,11 @@ def from_mib_json(path: str | Path, graph=None, *, strict: bool = True) -> Circu
     _check_mib_nodes(doc["nodes"], graph, path)
     scores, mask = _mib_edges(doc["edges"], graph, path, strict)
 
+    sign = extra.get("score_sign", 1)
+    if sign not in (1, -1):
+        raise file_error(path, f"circuitgraph.score_sign must be 1 or -1, got {sign!r}")
     out = _blank_like(graph)
-    out.scores = scores.to(out.device)
+    out.scores = (sign * scores).to(out.device) + 0.0
     meta = dict(extra["metadata"]) if isinstance(extra.get("metadata"), dict) else {}
     meta.setdefault("model", graph.model_name)
     meta.setdefault("config_hash", graph.model_hash)

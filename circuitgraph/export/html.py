@@ -226,7 +226,8 @@ def write_html(
     shown = names if show_all_nodes else [n for n in names if n in touched or n in always]
     net = Network(directed=True)
     kinds_present = _add_nodes(net, graph, shown, touched, node_info)
-    _add_edges(net, graph, edges)
+    stab = (getattr(subject, "figures", None) or {}).get("stability") or {}
+    _add_edges(net, graph, edges, stab)
     nodes_data, edges_data = _records(net.nodes), _records(net.edges)
 
     info = _describe(subject, graph)
@@ -389,8 +390,11 @@ def _add_nodes(net, graph: Graph, shown: list[str], touched: dict[str, dict], no
     return kinds_present
 
 
-def _add_edges(net, graph: Graph, edges: _Edges) -> None:
-    """Add the circuit's edges, weakest first so that the strongest are drawn on top."""
+def _add_edges(net, graph: Graph, edges: _Edges, stability: dict | None = None) -> None:
+    """Add the circuit's edges, weakest first so that the strongest are drawn on top. With the
+    circuit's bootstrap ``stability`` figures, each edge shows its inclusion frequency."""
+    inclusion = (stability or {}).get("inclusion") or {}
+    n_boot = (stability or {}).get("n_boot")
     src_time, dst_time = graph.src_time.tolist(), graph.dst_time.tolist()
     for k in sorted(range(edges.n), key=lambda k: _finite_abs(edges.scores[k])):
         i, j = edges.idx[k]
@@ -404,6 +408,9 @@ def _add_edges(net, graph: Graph, edges: _Edges) -> None:
         colour = POSITIVE if s > 0 else NEGATIVE if s < 0 else ZERO
         into = f" ({QKV_NAMES[qkv]} input)" if qkv else ""
         tip = f"{src} → {node}{into}\nscore: {_fmt(s)}\nrank {edges.ranks[k]} of {edges.n} edges by |score|"
+        inc = inclusion.get(f"{src}->{dst}", 0.0) if n_boot else None
+        if inc is not None:
+            tip += f"\nin {inc:.0%} of {n_boot} bootstrap circuits"
         # Curvature grows with the number of columns an edge spans, so that long edges arc over the
         # nodes in between; a head's q / k / v edges from one source bend differently to stay apart.
         span = max((dst_time[j] - src_time[i]) / 4, 1)  # in layers / 2 (graph time is 1/8 layer)
@@ -426,6 +433,7 @@ def _add_edges(net, graph: Graph, edges: _Edges) -> None:
             absScore=a,
             rank=edges.ranks[k],
             qkv=qkv,
+            inclusion=inc,
         )
 
 

@@ -33,9 +33,12 @@ def write_curve_png(
     fig = Figure(figsize=(7.0, 4.4), dpi=120)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
-    x = list(curve.percents)
-    ax.plot(x, curve.signed, "o-", color="#1f77b4", label="ranked by helpfulness (CPR: area)")
-    ax.plot(x, curve.absolute, "s--", color="#ff7f0e", label="ranked by |score| (CMD: area of |1 − f|)")
+    shown = [i for i, p in enumerate(curve.percents) if p > 0]  # (a log axis has no 0 %)
+    x = [curve.percents[i] for i in shown]
+    ax.plot(x, [curve.signed[i] for i in shown], "o-", color="#1f77b4", label="ranked by helpfulness (CPR: area)")
+    ax.plot(
+        x, [curve.absolute[i] for i in shown], "s--", color="#ff7f0e", label="ranked by |score| (CMD: area of |1 − f|)"
+    )
     ax.axhline(1.0, color="0.4", lw=0.8)
     ax.axhline(0.0, color="0.7", lw=0.8)
     if target is not None:

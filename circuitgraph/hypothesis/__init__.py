@@ -38,6 +38,7 @@ from circuitgraph.hypothesis.features import (
 )
 from circuitgraph.hypothesis.interpretation import Correspondence, Hypothesis, Interpretation
 from circuitgraph.hypothesis.nodes import ModelNode, parse_node
+from circuitgraph.hypothesis.pruning import PrunedHypothesis, minimal_hypothesis
 from circuitgraph.hypothesis.scrubbing import Draw, ScrubResult, VacuousHypothesisWarning, scrub
 from circuitgraph.hypothesis.serialize import SCHEMA, HypothesisFileError
 
@@ -46,6 +47,8 @@ __all__ = [
     "Correspondence",
     "Hypothesis",
     "scrub",
+    "minimal_hypothesis",
+    "PrunedHypothesis",
     "ScrubResult",
     "Draw",
     "Feature",

@@ -1,0 +1,133 @@
+"""Learned edge masks: the relaxed patched forward, its gradient, and the mask search."""
+
+import pytest
+import torch
+from conftest import tiny_model, tiny_task
+
+from circuitgraph import Graph, PositionalGraph, faithfulness
+from circuitgraph.circuit.learned import expected_open, gate, learn_edge_masks, learned_circuit
+from circuitgraph.engine import Ablation
+from circuitgraph.engine.patching import patched_logits
+from circuitgraph.errors import ConfigError
+
+
+def _setup(**graph_kw):
+    model = tiny_model(dtype=torch.float64)
+    task = tiny_task(model, n=5)
+    positions = graph_kw.pop("positions", None)
+    if positions:
+        graph = PositionalGraph.from_model(model, positions=task.seq_len)
+    else:
+        graph = Graph.from_model(model, **graph_kw)
+    ablated = Ablation().prepare(model, graph, task).activations(model, graph, task, slice(None), task)
+    return model, task, graph, ablated
+
+
+@pytest.mark.parametrize("graph_kw", [{}, {"neurons": True}, {"positions": True}])
+def test_relaxed_forward_is_clean_at_one_and_ablated_at_zero(graph_kw):
+    model, task, graph, ablated = _setup(**graph_kw)
+    ones = graph.valid.to(torch.float64)
+    with torch.no_grad():
+        clean, corrupted = model(task.clean), model(task.corrupted)
+    full = patched_logits(model, graph, task, ablated, ones, differentiable=True)
+    empty = patched_logits(model, graph, task, ablated, torch.zeros_like(ones), differentiable=True)
+    assert (full - clean).abs().max() < 1e-10
+    assert (empty - corrupted).abs().max() < 1e-10
+    # a relaxed mask at 0.5 is neither (the forward really reads the mask)
+    half = patched_logits(model, graph, task, ablated, 0.5 * ones, differentiable=True)
+    assert (half - clean).abs().max() > 1e-3 and (half - corrupted).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("graph_kw", [{}, {"neurons": True}, {"positions": True}])
+def test_gate_gradient_matches_finite_difference(graph_kw):
+    """float64: d metric / d keep[u, v] by autograd equals a central difference, for edges deep
+    in the graph whose effect also runs through downstream nodes' live deltas (detaching them
+    would change the first figures below by far more than the tolerance)."""
+    model, task, graph, ablated = _setup(**graph_kw)
+    g = torch.Generator().manual_seed(0)
+    keep = torch.rand(graph.valid.shape, generator=g, dtype=torch.float64) * graph.valid
+    keep.requires_grad_(True)
+
+    def metric(k):
+        return task.score(patched_logits(model, graph, task, ablated, k, differentiable=True)).mean()
+
+    (grad,) = torch.autograd.grad(metric(keep), keep)
+    edges = graph.valid.nonzero()
+    picks = edges[torch.linspace(0, len(edges) - 1, 6).long()]
+    eps = 1e-6
+    for i, j in picks.tolist():
+        plus, minus = keep.detach().clone(), keep.detach().clone()
+        plus[i, j] += eps
+        minus[i, j] -= eps
+        with torch.no_grad():
+            fd = (metric(plus) - metric(minus)) / (2 * eps)
+        assert float(grad[i, j]) == pytest.approx(float(fd), rel=1e-5, abs=1e-9)
+    assert float(grad.abs().sum()) > 0
+
+
+def test_gradient_needs_the_live_deltas(monkeypatch):
+    """The finite-difference check above would fail if a reader's upstream deltas were detached."""
+    from circuitgraph.engine import deltas as deltas_module
+
+    model, task, graph, ablated = _setup()
+    keep = (0.5 * graph.valid.double()).requires_grad_(True)
+
+    def grad_of_first_edge():
+        v = task.score(patched_logits(model, graph, task, ablated, keep, differentiable=True)).mean()
+        return float(torch.autograd.grad(v, keep)[0][0, 0])
+
+    true = grad_of_first_edge()
+    record = deltas_module.LiveDeltas.record
+    monkeypatch.setattr(deltas_module.LiveDeltas, "record", lambda self, rows, live: record(self, rows, live.detach()))
+    assert abs(grad_of_first_edge() - true) > 1e-3 * abs(true)
+
+
+def test_hard_concrete_gates():
+    la = torch.tensor([-8.0, 0.0, 8.0])
+    det = gate(la, 2 / 3)
+    assert det.tolist() == pytest.approx([0.0, 0.5, 1.0], abs=1e-3)
+    u = torch.rand(2000, 3, generator=torch.Generator().manual_seed(0)).clamp(1e-6, 1 - 1e-6)
+    z = gate(la, 2 / 3, u)
+    assert float(z.min()) >= 0 and float(z.max()) <= 1
+    open_frac = (z > 0).double().mean(0)
+    assert open_frac.tolist() == pytest.approx(expected_open(la, 2 / 3).tolist(), abs=0.03)
+
+
+@pytest.mark.parametrize("estimator", ["hard-concrete", "sampled"])
+def test_learned_masks_are_remeasured_by_patching(estimator):
+    model = tiny_model()
+    task = tiny_task(model, n=8)
+    graph = Graph.from_model(model)
+    res = learn_edge_masks(model, graph, task, lambdas=(0.001, 0.3), steps=40, estimator=estimator, seed=0)
+    assert res.masks.shape == (2, *graph.valid.shape) and res.masks.dtype == torch.bool
+    for m, f, n in zip(res.masks, res.faithfulness, res.n_edges):
+        assert n == int(m.sum())
+        assert faithfulness(model, graph, task, m) == pytest.approx(f, abs=1e-5)
+    assert res.n_edges[1] <= res.n_edges[0]  # a larger λ keeps no more edges
+    assert bool((res.ranking[~graph.valid] == 0).all())
+
+
+def test_learned_circuit_reaches_the_target_or_reports_it():
+    model = tiny_model()
+    task = tiny_task(model, n=8)
+    graph = Graph.from_model(model)
+    c = learned_circuit(model, graph, task, target=0.8, steps=40, lambdas=(0.003, 0.03))
+    assert c.figures["reached_target"] == (c.faithfulness >= 0.8)
+    assert faithfulness(model, graph, task, c.mask) == pytest.approx(c.faithfulness, abs=1e-5)
+    assert graph.score_info["method"] == "edge-pruning"
+    assert c.metadata["selection"]["kind"] == "edge-pruning"
+
+
+def test_restrict_and_bad_options():
+    model = tiny_model()
+    task = tiny_task(model, n=6)
+    graph = Graph.from_model(model)
+    only = graph.mask_from_edges(["input->logits", "input->a1.h0.v", "a1.h0->logits"])
+    res = learn_edge_masks(model, graph, task, lambdas=(0.001,), steps=5, restrict=only)
+    assert not bool((res.masks[0] & ~only).any())
+    with pytest.raises(ConfigError, match="objective"):
+        learn_edge_masks(model, graph, task, objective="nope")
+    with pytest.raises(ConfigError, match="lambdas"):
+        learn_edge_masks(model, graph, task, lambdas=(-1,))
+    with pytest.raises(ConfigError, match="learnable"):
+        learn_edge_masks(model, graph, task, restrict=torch.zeros_like(graph.valid))
