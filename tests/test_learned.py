@@ -131,3 +131,45 @@ def test_restrict_and_bad_options():
         learn_edge_masks(model, graph, task, lambdas=(-1,))
     with pytest.raises(ConfigError, match="learnable"):
         learn_edge_masks(model, graph, task, restrict=torch.zeros_like(graph.valid))
+
+
+def test_relaxed_forward_and_gradient_with_sae_sites():
+    """Every site kind (features kept low-rank, rest and err nodes): the relaxed mask is clean at
+    one and corrupted at zero, and a gate's gradient matches a central difference in float64."""
+    from test_sae_graph import _random_sae
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    from circuitgraph import Task
+
+    cfg = HookedTransformerConfig(
+        n_layers=2, d_model=16, n_heads=2, d_head=8, d_mlp=32, d_vocab=20, n_ctx=8, act_fn="gelu",
+        normalization_type="LN", dtype=torch.float64, seed=0,
+    )  # fmt: skip
+    model = HookedTransformer(cfg)
+    hooks = ["blocks.0.hook_resid_pre", "blocks.0.hook_mlp_out", "blocks.1.hook_attn_out", "blocks.1.hook_resid_mid"]
+    saes = [_random_sae(h, 16, 24, seed=i) for i, h in enumerate(hooks)]
+    g = torch.Generator().manual_seed(1)
+    clean, corrupted = torch.randint(0, 20, (3, 6), generator=g), torch.randint(0, 20, (3, 6), generator=g)
+    task = Task(clean=clean, corrupted=corrupted, answer=clean[:, 0], wrong=corrupted[:, 0])
+    graph = Graph.from_model(model, saes=saes, features={h: range(0, 24, 3) for h in hooks})
+    ablated = Ablation().prepare(model, graph, task).activations(model, graph, task, slice(None), task, compact=True)
+    ones = graph.valid.double()
+    with torch.no_grad():
+        ref_clean, ref_corrupted = model(clean), model(corrupted)
+    assert (patched_logits(model, graph, task, ablated, ones, differentiable=True) - ref_clean).abs().max() < 1e-9
+    empty = patched_logits(model, graph, task, ablated, 0 * ones, differentiable=True)
+    assert (empty - ref_corrupted).abs().max() < 1e-9
+    keep = (torch.rand(graph.valid.shape, generator=g, dtype=torch.float64) * graph.valid).requires_grad_(True)
+
+    def metric(k):
+        return task.score(patched_logits(model, graph, task, ablated, k, differentiable=True)).mean()
+
+    (grad,) = torch.autograd.grad(metric(keep), keep)
+    edges = graph.valid.nonzero()
+    for i, j in edges[torch.linspace(0, len(edges) - 1, 6).long()].tolist():
+        plus, minus = keep.detach().clone(), keep.detach().clone()
+        plus[i, j] += 1e-6
+        minus[i, j] -= 1e-6
+        with torch.no_grad():
+            fd = (metric(plus) - metric(minus)) / 2e-6
+        assert float(grad[i, j]) == pytest.approx(float(fd), rel=1e-5, abs=1e-9)

@@ -135,7 +135,7 @@ def learn_edge_masks(  # noqa: C901  (one training loop: its state is shared by 
     check_model(model)
     t0 = time.perf_counter()
     abl = Ablation.coerce(ablation)
-    run = CircuitEvaluator(model, graph, task, abl, batch_size=batch_size, cache_bytes=float("inf"))
+    run = CircuitEvaluator(model, graph, task, abl, batch_size=batch_size)  # ablations cached within its budget
     base = run.baselines()
     gap = base.full - base.empty
     if abs(gap) < 1e-12:

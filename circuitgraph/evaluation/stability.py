@@ -65,11 +65,12 @@ class Stability:
 
 
 def mean_jaccard(masks: torch.Tensor) -> float:
-    """Mean Jaccard similarity over all pairs of ``masks [n, ...]`` (two empty circuits count 1)."""
+    """Mean Jaccard similarity over all pairs of ``masks [n, ...]`` (two empty circuits count 1;
+    NaN for fewer than two circuits: no pair)."""
     M = masks.reshape(masks.shape[0], -1).double()
     n = M.shape[0]
     if n < 2:
-        return 1.0
+        return float("nan")
     inter = M @ M.T
     size = M.sum(1)
     union = size[:, None] + size[None, :] - inter

@@ -196,7 +196,7 @@ def to_mib_json(
     for i, j in _mib_edge_order(g):
         src, dst = g.src_names[i], g.dst_names[j]
         info = (
-            {"score": score_sign * score_rows[i][j] + 0.0, "in_graph": bool(mask_rows[i][j])}
+            {"score": score_sign * score_rows[i][j], "in_graph": bool(mask_rows[i][j])}
             if scores
             else {"in_graph": bool(mask_rows[i][j])}
         )
@@ -268,7 +268,7 @@ def from_mib_json(path: str | Path, graph=None, *, strict: bool = True) -> Circu
     if sign not in (1, -1):
         raise file_error(path, f"circuitgraph.score_sign must be 1 or -1, got {sign!r}")
     out = _blank_like(graph)
-    out.scores = (sign * scores).to(out.device) + 0.0
+    out.scores = (sign * scores).to(out.device)
     meta = dict(extra["metadata"]) if isinstance(extra.get("metadata"), dict) else {}
     meta.setdefault("model", graph.model_name)
     meta.setdefault("config_hash", graph.model_hash)
