@@ -17,7 +17,7 @@ import circuitgraph as cg
 from circuitgraph import errors, zoo
 from circuitgraph.attribution import METHODS as ATTRIBUTION_METHODS
 from circuitgraph.attribution.diagnosis import zero_score_diagnosis
-from circuitgraph.circuit import build_circuit
+from circuitgraph.circuit import SEARCH_METHODS, build_circuit
 from circuitgraph.cli import config as cli_config
 from circuitgraph.engine import ABLATIONS
 from circuitgraph.export.scores import SCORES_SCHEMA, read_scores, write_scores
@@ -30,7 +30,7 @@ PKG = REPO / "circuitgraph"
 
 
 def test_cli_lists_come_from_their_modules():
-    assert cli_config.METHODS == (*ATTRIBUTION_METHODS, "acdc")
+    assert cli_config.METHODS == (*ATTRIBUTION_METHODS, *SEARCH_METHODS)
     assert cli_config.METRICS == tuple(METRICS)
     assert cli_config.ABLATIONS is ABLATIONS
 

@@ -7,7 +7,11 @@ from circuitgraph.circuit.learned import LearnedMasks, learn_edge_masks, learned
 from circuitgraph.circuit.minimal import build_circuit, minimal_circuit
 from circuitgraph.circuit.selection import prune, threshold, top_n
 
+# methods that search for the circuit themselves (beside the attribution methods that score edges)
+SEARCH_METHODS = ("acdc", "edge-pruning")
+
 __all__ = [
+    "SEARCH_METHODS",
     "acdc",
     "acdc_sweep",
     "Circuit",

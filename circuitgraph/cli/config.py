@@ -49,6 +49,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from circuitgraph.attribution import METHODS as ATTRIBUTION_METHODS
+from circuitgraph.circuit import SEARCH_METHODS
 from circuitgraph.engine import ABLATIONS
 from circuitgraph.errors import ConfigError  # re-exported: ``circuitgraph.cli.config.ConfigError``
 from circuitgraph.tasks.metrics import METRICS as METRIC_FUNCTIONS
@@ -58,7 +59,7 @@ from circuitgraph.tasks.metrics import METRICS as METRIC_FUNCTIONS
 # new one is accepted here without a second list to update; the rest belong to the CLI.
 # ---------------------------------------------------------------------------------------------
 
-METHODS = (*ATTRIBUTION_METHODS, "acdc", "edge-pruning")  # acdc and learned masks select circuits themselves
+METHODS = (*ATTRIBUTION_METHODS, *SEARCH_METHODS)  # acdc and learned masks select circuits themselves
 ESTIMATORS = ("hard-concrete", "sampled")
 PRUNE_KINDS = ("none", "scrubbing")
 METRICS = tuple(METRIC_FUNCTIONS)

@@ -22,6 +22,7 @@ import torch
 from circuitgraph.attribution import METHODS as SCORE_METHODS
 from circuitgraph.attribution import attribute
 from circuitgraph.attribution.attribute import exact_per_example
+from circuitgraph.circuit import SEARCH_METHODS
 from circuitgraph.circuit.acdc import acdc
 from circuitgraph.circuit.learned import learned_circuit
 from circuitgraph.circuit.minimal import minimal_circuit
@@ -30,7 +31,7 @@ from circuitgraph.engine.ablation import Ablation
 from circuitgraph.errors import ConfigError
 from circuitgraph.graph import Graph
 
-METHODS = (*SCORE_METHODS, "acdc", "edge-pruning")
+METHODS = (*SCORE_METHODS, *SEARCH_METHODS)
 
 
 @dataclass
