@@ -11,12 +11,15 @@ scores.safetensors     the full ``scores [n_src, n_dst]``, the ``valid`` and cir
                        tensors; node names and provenance in the header metadata
 faithfulness.png       the faithfulness curve, CPR and CMD in the title
 graph.html             the interactive circuit viewer
-summary.json           the figures of the run, written last: a run without it did not finish
+summary.json           the figures of the run and every file's SHA-256, written last: a run
+                       without it did not finish
 .hydra/                Hydra's record of the config and the overrides
 =====================  ========================================================================
 
 Every file is written to a temporary name in the same folder and renamed into place, so an
-interrupted run never leaves a half-written file.
+interrupted run never leaves a half-written file. A run holds an exclusive lock on its directory
+and retires the previous ``summary.json`` before it writes anything (``circuitgraph.files.rundir``),
+so a directory never shows a stale result; ``circuitgraph show DIR`` checks one.
 """
 
 from __future__ import annotations
@@ -55,10 +58,12 @@ from circuitgraph.cli.config import (
     to_container,
     validate,
 )
-from circuitgraph.errors import GraphError, TaskError
+from circuitgraph.cli.show import show
+from circuitgraph.errors import GraphError, RunDirectoryBusyError, TaskError
 from circuitgraph.evaluation import FaithfulnessCurve
 from circuitgraph.export.plots import curve_title, write_curve_png
 from circuitgraph.export.scores import SCORES_SCHEMA, read_scores, write_scores  # noqa: F401  (moved; re-exported)
+from circuitgraph.files import rundir
 from circuitgraph.hypothesis.caveats import hypothesis_unsupported, large_scrubbing_gap, scrubbing_caveat
 from circuitgraph.models import loading
 from circuitgraph.models.loading import load_local_model  # noqa: F401  (moved from this module; re-exported)
@@ -67,7 +72,8 @@ from circuitgraph.tasks import Task
 
 log = logging.getLogger("circuitgraph")
 
-SUMMARY_SCHEMA = "circuitgraph.run/1"
+SUMMARY_SCHEMA = rundir.RUN_SCHEMA
+EXIT_BUSY = 3  # exit status when another run holds the run directory
 FILES = {
     "circuit": "circuit.json",
     "circuit_tensors": "circuit.safetensors",
@@ -92,20 +98,43 @@ def main(argv: list[str] | None = None) -> None:
     Checks the command line's keys against the schema first (so a typo names the valid keys),
     then hands over to Hydra."""
     args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["show"]:
+        raise SystemExit(show(args[1:]))
     try:
         check_overrides(args)
         check_sweep(args)
     except ConfigError as e:
         _fail(e)
     register_configs()
-    if argv is None:
-        _hydra_main()
-        return
-    saved, sys.argv = sys.argv, [sys.argv[0], *args]  # Hydra reads the command line from sys.argv
+    # Lock an explicit run directory before Hydra writes its .hydra/ record into it, so that a
+    # second run into a busy directory changes nothing there; run() takes the same lock again.
+    run_dir = literal_run_dir(args)
+    if run_dir is not None:
+        try:
+            rundir.acquire(run_dir)
+        except RunDirectoryBusyError as e:
+            _busy(e)
+    saved = sys.argv
     try:
+        if argv is not None:
+            sys.argv = [sys.argv[0], *args]  # Hydra reads the command line from sys.argv
         _hydra_main()
     finally:
         sys.argv = saved
+        if run_dir is not None:
+            rundir.release(run_dir)
+
+
+def literal_run_dir(args: list[str]) -> Path | None:
+    """The run directory a single run's ``hydra.run.dir=...`` names literally (no interpolation);
+    None for sweeps, help and config printing, or a computed directory (run() locks those)."""
+    if any(a in ("-m", "--multirun", "--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c") for a in args):
+        return None
+    for a in args:
+        k, sep, v = a.lstrip("+").partition("=")
+        if sep and k == "hydra.run.dir" and v and not any(c in v for c in "${}'\"\\"):
+            return Path(v).expanduser()
+    return None
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -113,6 +142,10 @@ def _hydra_main(cfg: DictConfig) -> dict:
     hc = HydraConfig.get()
     try:
         return run(cfg, Path(hc.runtime.output_dir), overrides=list(hc.overrides.task))
+    except RunDirectoryBusyError as e:
+        if hc.mode == RunMode.RUN:
+            _busy(e)
+        raise
     except ConfigError as e:
         if hc.mode == RunMode.RUN:
             _fail(e)
@@ -127,6 +160,11 @@ def _hydra_main(cfg: DictConfig) -> dict:
 def _fail(e: Exception) -> None:
     print(f"circuitgraph: configuration error: {e}", file=sys.stderr)
     raise SystemExit(2)
+
+
+def _busy(e: RunDirectoryBusyError) -> None:
+    print(f"circuitgraph: {e}", file=sys.stderr)
+    raise SystemExit(EXIT_BUSY)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -156,13 +194,20 @@ def run(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = None
     """Run one configuration and write its files into ``out_dir``; returns the summary dict.
 
     Raises :class:`~circuitgraph.errors.ConfigError` (before loading anything) when the
-    configuration is invalid."""
+    configuration is invalid, and :class:`~circuitgraph.errors.RunDirectoryBusyError` (before
+    writing anything) when another run holds ``out_dir``."""
     t_start = time.perf_counter()
     if not isinstance(cfg, DictConfig):
         cfg = OmegaConf.structured(cfg)
     validate(cfg)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    with rundir.locked(out):
+        rundir.begin_run(out)
+        return _run_locked(cfg, out, overrides, t_start)
+
+
+def _run_locked(cfg: DictConfig, out: Path, overrides: list[str] | None, t_start: float) -> dict:
+    """The run itself, in a run directory this process has locked and cleaned."""
     timings: dict[str, float] = {}
     device = prepare_torch(cfg)
 
@@ -428,12 +473,12 @@ def write_outputs(
     if hypothesis is not None:
         atomic_write(out / FILES["hypothesis"], lambda p: hypothesis.save(p))
         files["hypothesis"] = FILES["hypothesis"]
-    if cfg.export.scores:
-        write_scores(out / FILES["scores"], graph, circuit, ld.label)
-        files["scores"] = FILES["scores"]
     circuit.save(out / FILES["circuit"])
     files["circuit"] = FILES["circuit"]
     files["circuit_tensors"] = FILES["circuit_tensors"]
+    if cfg.export.scores:  # after the circuit: its header records the circuit's pair id
+        write_scores(out / FILES["scores"], graph, circuit, ld.label)
+        files["scores"] = FILES["scores"]
     if cfg.export.png and curve is not None:
         _write_png(
             out,
@@ -494,9 +539,13 @@ def _write_html(out: Path, ld: Loaded, graph, circuit: Circuit, title: str) -> N
 
 
 def write_summary(out: Path, summary: dict, files: dict[str, str]) -> None:
-    """summary.json, written last: a run folder without it did not finish."""
+    """summary.json, written last: a run folder without it did not finish. Before it, the result
+    files of an earlier run into the folder that this run did not rewrite are removed, and the
+    summary lists every file of the run with its SHA-256 (``manifest``)."""
     files["summary"] = FILES["summary"]
     summary["files"] = dict(files)
+    rundir.finish_run(out, files.values(), FILES.values())
+    summary["manifest"] = rundir.manifest(out, [name for key, name in files.items() if key != "summary"])
     atomic_write(out / FILES["summary"], lambda p: Path(p).write_text(json.dumps(summary, indent=1)))
 
 

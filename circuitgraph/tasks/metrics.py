@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from circuitgraph.errors import TaskError
+from circuitgraph.errors import TaskError, TaskTypeError
 
 Metric = Callable[[torch.Tensor, "Task"], torch.Tensor]  # noqa: F821
 
@@ -108,9 +108,15 @@ def resolve_metric(metric: str | Metric) -> Metric:
 
 
 def checked(values: torch.Tensor, task, where: str = "") -> torch.Tensor:
-    """Validate a metric's output: one finite value per example (a scalar is broadcast)."""
+    """Validate a metric's output: one finite floating-point value per example (a scalar is
+    broadcast), so that a bad metric is named here and not blamed on the model later."""
     if not isinstance(values, torch.Tensor):
-        raise TypeError(f"the metric must return a torch.Tensor, got {type(values).__name__}{where}")
+        raise TaskTypeError(f"the metric must return a torch.Tensor, got {type(values).__name__}{where}")
+    if not values.is_floating_point():
+        raise TaskTypeError(
+            f"the metric must return floating-point values (gradients and faithfulness need real numbers), "
+            f"got dtype {values.dtype}{where}; return e.g. logit differences, not a count or a comparison"
+        )
     if values.ndim == 0:
         values = values.expand(task.n_examples)
     if values.shape != (task.n_examples,):
