@@ -68,6 +68,12 @@ def check_graph(model: Any, graph: Graph, task: Any = None) -> None:
     arch = bk.architecture()
     if (graph.arch.n_layers, graph.arch.n_heads) != (arch.n_layers, arch.n_heads):
         raise GraphError("graph shape does not match the model; build it with Graph.from_model(model)")
+    for fact in ("parallel_attn_mlp", "post_norms"):  # they change which edges exist and what they mean
+        if getattr(graph.arch, fact) != getattr(arch, fact):
+            raise GraphError(
+                f"the graph says {fact}={getattr(graph.arch, fact)} but the model has {fact}={getattr(arch, fact)}; "
+                "build the graph with Graph.from_model(model)"
+            )
     device = bk.device
     if graph.valid.device != device:
         graph.to(device)
