@@ -242,3 +242,19 @@ def test_4bit_model_is_refused_with_the_fix():
     model.cfg.load_in_4bit = True
     with pytest.raises(CircuitGraphError, match="4-bit.*float32 or bfloat16"):
         Graph.from_model(model)
+
+
+def test_bfloat16_gemma_2_runs_like_float32():
+    """A bf16 post-norm model: the engine's arithmetic (the norms of readers' own mixes included)
+    stays float32, the full and empty circuits are the bf16 model's own clean and corrupted runs
+    (up to the rounding of its split-q/k/v forward), and EAP scores are the float32 model's up to
+    bf16 forward noise."""
+    ref = family_model("gemma-2").to(torch.float32)
+    model = family_model("gemma-2").to(torch.bfloat16)
+    task = tiny_task(ref)
+    graph = Graph.from_model(ref)
+    expect = cg.attribute(ref, graph, task, progress=False).clone()
+    got = cg.attribute(model, graph, task, progress=False)
+    assert (got - expect).abs().max() < 0.05 * expect.abs().max()
+    full, empty = full_and_empty(model, graph, task)
+    assert full < 0.05 and empty < 0.05

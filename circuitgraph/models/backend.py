@@ -5,8 +5,8 @@ The engine never reads ``model.blocks[...]`` or spells a hook name itself. It as
 
 * the **facts** that shape the graph (:class:`Architecture`, a config fingerprint, the device);
 * the **hook names** of each read and write point (the embedding's write, a head's ``z`` and
-  q/k/v, a q/k/v *input* before the norm, the MLP's input, pre/post activations and output, a
-  norm's scale and normalised output, the final residual);
+  q/k/v, a q/k/v *input* before the norm, the MLP's input, its neurons' reads and activations,
+  its output, a norm's scale and normalised output, the final residual);
 * the **weights** it contracts with (``W_Q/K/V/O``, ``b_O``, ``W_in``, ``b_in``, ``W_out``) and the
   **norms** whose Jacobians it applies (kind, gain, the module itself for patched neurons);
 * **running** with hooks and with the hook flags it needs switched on.
@@ -169,10 +169,6 @@ class Backend:
         raise NotImplementedError
 
     def mlp_out_hook(self, layer: int) -> str:
-        raise NotImplementedError
-
-    def mlp_pre_hook(self, layer: int) -> str:
-        """Neuron pre-activations ``[batch, pos, d_mlp]`` (of a gated MLP: the gate's)."""
         raise NotImplementedError
 
     def mlp_post_hook(self, layer: int) -> str:
@@ -350,9 +346,6 @@ class HookedTransformerBackend(Backend):
 
     def mlp_out_hook(self, layer: int) -> str:
         return f"blocks.{layer}.hook_mlp_out"
-
-    def mlp_pre_hook(self, layer: int) -> str:
-        return f"blocks.{layer}.mlp.hook_pre"
 
     def mlp_post_hook(self, layer: int) -> str:
         return f"blocks.{layer}.mlp.hook_post"
