@@ -94,7 +94,8 @@ def attribute(
                 clean: dict = {}
                 grads, _ = forward_backward(model, graph, chunk, capture_sources=clean)
                 # a(ablated) − a(clean), differenced before projecting through W_O / W_out
-                contract(graph, source_deltas(model, graph, raw_difference(ablated, clean)), grads, scores, weight)
+                deltas = source_deltas(model, graph, raw_difference(ablated, clean))
+                contract(graph, grads.residual_deltas(deltas, inplace=True), grads, scores, weight)
                 bar.update(1)
                 continue
             clean = raw_sources(model, graph, chunk, chunk.clean)
@@ -108,7 +109,7 @@ def attribute(
                     else None
                 )
                 grads, _ = forward_backward(model, graph, chunk, input_override=x, extra_fwd=extra)
-                contract(graph, deltas, grads, scores, weight / steps)
+                contract(graph, grads.residual_deltas(deltas), grads, scores, weight / steps)
                 bar.update(1)
         bar.close()
     # (contractions only ever write upstream-source × destination blocks, so invalid entries stay 0)

@@ -361,6 +361,7 @@ def _hypothesis_blocker(graph) -> str | None:
         neurons=bool(graph.neurons),
         positions=bool(graph.positions),
         features=bool(graph.node_graph.sites),
+        post_norms=graph.arch.post_norms,
     )
 
 

@@ -24,7 +24,7 @@ import networkx as nx
 import torch
 
 from circuitgraph.errors import GraphError
-from circuitgraph.graph.names import HEAD_TIME, MLP_TIME, QKV, dst_node, node_kind, parse_node
+from circuitgraph.graph.names import HEAD_TIME, MLP_TIME, QKV, dst_node, mlp_read_offset, node_kind, parse_node
 from circuitgraph.graph.sites import Site, check_sites, make_site
 from circuitgraph.models.backend import Architecture, check_model
 from circuitgraph.models.sae import as_sae_list, validate
@@ -66,7 +66,7 @@ class Graph:
             model_name,
             model_hash,
             _normalise_neurons(neurons, arch),
-            check_sites(list(sites or []), arch.n_layers, arch.has_mlp),
+            check_sites(list(sites or []), arch.n_layers, arch.has_mlp, arch.parallel_attn_mlp),
         )
         if self.sites and self.neurons:
             raise GraphError("a graph with SAE sites and neuron nodes is not supported yet; use one or the other")
@@ -76,6 +76,7 @@ class Graph:
         src = [("input", 0, -1, "input")]
         dst = []
         letters = QKV if split_qkv else ("",)
+        reads = mlp_read_offset(arch.parallel_attn_mlp)  # (parallel blocks: the MLP reads with the heads)
         for layer in range(L):
             t = 8 * layer
             src += [(f"a{layer}.h{h}", t + HEAD_TIME, layer, f"attn{layer}") for h in range(H)]
@@ -86,11 +87,12 @@ class Graph:
             ]
             for name in self.mlp_node_names(layer):
                 src.append((name, t + MLP_TIME, layer, f"mlp{layer}"))
-                dst.append((name, t + MLP_TIME, layer, f"mlp{layer}"))
+                dst.append((name, t + reads, layer, f"mlp{layer}"))
         for site in self.sites:
+            read = 8 * site.layer + reads if site.kind == "transcoder" else site.time
             for name in site.node_names():
                 src.append((name, site.time, site.layer, site.name))
-                dst.append((name, site.time, site.layer, site.name))
+                dst.append((name, read, site.layer, site.name))
         dst.append(("logits", 8 * L + HEAD_TIME, L, "logits"))
         src.sort(key=lambda e: e[1])  # stable: within a time, the order above
         dst.sort(key=lambda e: e[1])
@@ -266,6 +268,8 @@ class Graph:
             "has_mlp": self.arch.has_mlp,
             "d_model": self.arch.d_model,
             "d_mlp": self.arch.d_mlp,
+            "parallel_attn_mlp": self.arch.parallel_attn_mlp,
+            "post_norms": self.arch.post_norms,
             "split_qkv": self.split_qkv,
             "neurons": {str(k): v for k, v in sorted(self.neurons.items())},
             "positions": self.positions,
@@ -283,6 +287,8 @@ class Graph:
             bool(spec["has_mlp"]),
             int(spec["d_model"]),
             int(spec.get("d_mlp") or 0),
+            parallel_attn_mlp=bool(spec.get("parallel_attn_mlp", False)),  # (absent from older files)
+            post_norms=bool(spec.get("post_norms", False)),
         )
         neurons = {int(k): v for k, v in (spec.get("neurons") or {}).items()}
         graph = Graph(

@@ -37,7 +37,8 @@ import torch
 from circuitgraph.engine.sources import source_activations
 from circuitgraph.errors import HypothesisError
 from circuitgraph.graph import Graph
-from circuitgraph.graph.names import HEAD_TIME, parse_node
+from circuitgraph.graph.names import HEAD_TIME
+from circuitgraph.hypothesis.caveats import UNSUPPORTED_POST_NORMS
 from circuitgraph.hypothesis.features import FeatureData, FeatureValues
 from circuitgraph.hypothesis.interpretation import Hypothesis
 from circuitgraph.hypothesis.nodes import input_slots, residual_order
@@ -228,10 +229,10 @@ def _biases(model, graph: Graph, device: torch.device) -> dict[str, torch.Tensor
         b_O = backend.b_O(L)
         before.append(before[-1] + (b_O.detach() if b_O is not None else zero))
     out = {}
-    for d in graph.dst_names:
-        # the biases of the layers whose heads write strictly before d reads (graph.names time):
-        # layers < L for a head of layer L, layers ≤ L for MLP L, all of them for the logits
-        reads = parse_node(d).time(n_layers)
+    for d, reads in zip(graph.dst_names, graph.dst_time.tolist()):
+        # the biases of the layers whose heads write strictly before d reads (the graph's residual
+        # time): layers < L for a head of layer L, layers ≤ L for MLP L (< L in a parallel
+        # attention+MLP block), all of them for the logits
         out[d] = before[sum(1 for L in range(n_layers) if 8 * L + HEAD_TIME < reads)]
     return out
 
@@ -532,6 +533,8 @@ def scrub(
     if not isinstance(hypothesis, Hypothesis):
         raise TypeError(f"scrub needs a Hypothesis, got {type(hypothesis).__name__}")
     graph = Graph.from_model(model, split_qkv=True)
+    if graph.arch.post_norms:
+        raise HypothesisError(UNSUPPORTED_POST_NORMS)
     h = as_backend(model).fingerprint()
     theirs = (hypothesis.model_info or {}).get("config_hash")
     if theirs is not None and theirs != h:
