@@ -367,6 +367,17 @@ def test_public_calls_accept_a_llama_bridge(bridges):
     assert fg.n_src > 20 and fs.abs().max() > 0
 
 
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_string_tasks_tokenize_with_the_bridge(hf_folder, family):
+    """Task.from_strings uses the bridge's own tokenizer (Qwen2 prepends no BOS, Llama does)."""
+    b = load_bridge(hf_folder(family), "cpu")
+    t = cg.Task.from_strings(b, ["w1 w2 w3", "w4 w5"], ["w6 w7 w8", "w9 w10"], ["w11", "w12"], ["w13", "w14"])
+    bos = [2] if family == "llama" else []
+    assert t.clean.tolist() == [bos + [5, 6, 7], bos + [8, 9, 1]] and t.answer.tolist() == [15, 16]
+    assert t.attention_mask[1].tolist() == [1] * (len(bos) + 2) + [0]
+    assert cg.attribute(b, cg.Graph.from_model(b), t, method="eap", progress=False).abs().max() > 0
+
+
 # ------------------------------------------------------------------------------------ bad input
 
 

@@ -114,12 +114,12 @@ def load_bridge(
     value input per query head; the model computes the same). Weights stay as Hugging Face has
     them (no LayerNorm folding or centring): scores do not depend on it."""
     from transformer_lens.model_bridge import TransformerBridge  # heavy (seconds): only when a model loads
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     p = str(check_hf_folder(path) if local_files_only else path)
     if not local_files_only and not Path(p).is_dir():
         _check_hf_config(_hub_config(p), p)
-    tokenizer = AutoTokenizer.from_pretrained(p, local_files_only=local_files_only)
+    tokenizer = load_tokenizer(p, local_files_only=local_files_only)
     hf = AutoModelForCausalLM.from_pretrained(p, dtype=dtype, local_files_only=local_files_only)
     ungroup_kv_heads(hf)
     hf.eval()
@@ -128,6 +128,20 @@ def load_bridge(
     return bridge
 
 
+def load_tokenizer(path: str, local_files_only: bool = True) -> Any:
+    """The folder's tokenizer. A folder that declares the generic fast tokenizer gets exactly that:
+    ``AutoTokenizer`` would pick the model family's own class (e.g. Qwen2's byte-level BPE), which
+    re-tokenizes a custom vocabulary such as :mod:`circuitgraph.models.tiny`'s word-level one."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast  # heavy (seconds): only when a model loads
+
+    declared = Path(path) / "tokenizer_config.json"
+    if declared.is_file() and json.loads(declared.read_text()).get("tokenizer_class") in _GENERIC_TOKENIZERS:
+        # (add_bos_token: TransformerLens re-loads a tokenizer without it through AutoTokenizer)
+        return PreTrainedTokenizerFast.from_pretrained(path, local_files_only=True, add_bos_token=True)
+    return AutoTokenizer.from_pretrained(path, local_files_only=local_files_only)
+
+
+_GENERIC_TOKENIZERS = ("PreTrainedTokenizerFast", "TokenizersBackend")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
 
 
