@@ -481,3 +481,18 @@ def test_cli_refuses_a_folder_without_tokenizer_before_loading(hf_folder, tmp_pa
         validate(_compose("model=hf", f"model.path={tmp_path}", "task=file", f"task.path={tmp_path / 't.jsonl'}"))
     with pytest.raises(ConfigError, match="model=hf needs model.path"):
         validate(_compose("model=hf", "task=file", f"task.path={tmp_path / 't.jsonl'}"))
+
+
+def test_pretrained_boots_through_the_bridge_when_hooked_transformer_is_gone(monkeypatch):
+    """transformer-lens 4.x: model=pretrained takes the hub name to load_bridge (no network here:
+    the loader is replaced by a recorder)."""
+    from circuitgraph.cli import main as cli
+    from circuitgraph.models import loading
+
+    calls = []
+    monkeypatch.setattr(loading, "has_hooked_transformer", lambda: False)
+    monkeypatch.setattr(loading, "load_bridge", lambda *a, **k: calls.append((a, k)) or "bridge")
+    cfg = _compose("model=pretrained", "model.name=gpt2", "task=file", "task.path=t.jsonl")
+    model, entry, label = cli.load_model(cfg.model, torch.device("cpu"))
+    assert (model, entry, label) == ("bridge", None, "gpt2")
+    assert calls[0][0][0] == "gpt2" and calls[0][1] == {"local_files_only": False}

@@ -11,9 +11,10 @@ The engine never reads ``model.blocks[...]`` or spells a hook name itself. It as
   **norms** whose Jacobians it applies (kind, gain, the module itself for patched neurons);
 * **running** with hooks and with the hook flags it needs switched on.
 
-:class:`HookedTransformerBackend` is the first implementation. A new family or library (parallel
-attention+MLP, norms after sublayers, gated MLPs, TransformerLens's TransformerBridge) is a new
-backend, or a new fact of this one, not an edit of the engine.
+:class:`HookedTransformerBackend` is the first implementation; TransformerLens's TransformerBridge
+is the second (:mod:`circuitgraph.models.bridge`, registered through :func:`register_backend`). A
+new family or library (parallel attention+MLP, norms after sublayers, gated MLPs) is a new backend,
+or a new fact of one, not an edit of the engine.
 """
 
 from __future__ import annotations

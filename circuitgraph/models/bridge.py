@@ -76,7 +76,8 @@ class BridgeBackend(HookedTransformerBackend):
                 + ". Supported on the bridge: pre-norm decoder-only transformers whose attention forks q/k/v inputs "
                 "per head (GPT-2, Llama, Qwen2, Mistral families and their like)."
             )
-        missing = [h for h in self._needed_hooks() if not self.has_hook(h)]
+        have = self.model.hook_dict  # (built on each access: read it once)
+        missing = [h for h in self._needed_hooks() if h not in have]
         if missing:
             raise ModelUnsupportedError(
                 f"this TransformerBridge ({self._architecture_name()}) lacks hook points the graph reads: "
@@ -337,7 +338,7 @@ def _quantized(hf_model: Any) -> bool:
     return any(not p.dtype.is_floating_point for p in hf_model.parameters())
 
 
-def ungroup_kv_heads(hf_model: nn.Module) -> nn.Module:
+def ungroup_kv_heads(hf_model: Any) -> Any:
     """Give every query head its own key/value projection (repeating the shared ones), in place.
 
     The model computes exactly what it computed before; its k/v weights grow by the group size.
@@ -349,6 +350,7 @@ def ungroup_kv_heads(hf_model: nn.Module) -> nn.Module:
     if kv == H:
         return hf_model
     group = H // kv
+    module: Any  # HF attention modules: their attributes are the library's business
     for module in hf_model.modules():
         if not (hasattr(module, "k_proj") and hasattr(module, "v_proj") and hasattr(module, "num_key_value_groups")):
             continue

@@ -69,7 +69,7 @@ def tiny_config(
     if family == "gptj":
         return config_cls(vocab_size=vocab, n_positions=n_ctx, n_ctx=n_ctx, n_embd=d_model, n_layer=n_layers,
                           n_head=n_heads, n_inner=d_mlp, rotary_dim=d_head // 2, **ids)  # fmt: skip
-    common = dict(vocab_size=vocab, hidden_size=d_model, num_hidden_layers=n_layers, num_attention_heads=n_heads,
+    common: dict[str, Any] = dict(vocab_size=vocab, hidden_size=d_model, num_hidden_layers=n_layers, num_attention_heads=n_heads,
                   num_key_value_heads=kv, intermediate_size=d_mlp, max_position_embeddings=n_ctx, head_dim=d_head,
                   **ids)  # fmt: skip
     if family in ("gemma2", "gemma3"):
