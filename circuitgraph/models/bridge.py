@@ -61,10 +61,6 @@ class BridgeBackend(HookedTransformerBackend):
     HookedTransformer-compatible aliases (inherited); the rest is the bridge's own."""
 
     # ------------------------------------------------------------------ facts
-    @property
-    def name(self) -> str:
-        return str(getattr(self.cfg, "model_name", "") or "")
-
     def check(self, neurons: bool = False) -> None:
         """Refuse what the graph cannot describe exactly (naming the problem and the fix), then
         probe once where the hooks fire (see the module docstring)."""
@@ -120,10 +116,6 @@ class BridgeBackend(HookedTransformerBackend):
                 "hf_model=hf_model)"
             )
         return problems
-
-    # ------------------------------------------------------------------ hook names
-    def has_hook(self, name: str) -> bool:
-        return name in self.model.hook_dict
 
     # ------------------------------------------------------------------ weights and norms
     def W_qkv(self, layer: int, letter: str) -> torch.Tensor:
@@ -224,7 +216,13 @@ class BridgeBackend(HookedTransformerBackend):
             if old["use_attn_result"]:
                 model.set_use_attn_result(False)
             if split_qkv_input != old["use_split_qkv_input"]:
-                model.set_use_split_qkv_input(split_qkv_input)
+                try:
+                    model.set_use_split_qkv_input(split_qkv_input)
+                except NotImplementedError as e:  # hook names exist, but the attention cannot fork (GPT-J's)
+                    raise ModelUnsupportedError(
+                        f"this TransformerBridge ({self._architecture_name()}) cannot fork q/k/v inputs per head ({e}). "
+                        f"{_SPLIT_FIX}."
+                    ) from e
             if not cfg.attn_only and not old["use_hook_mlp_in"]:
                 model.set_use_hook_mlp_in(True)
             yield
@@ -259,7 +257,8 @@ class BridgeBackend(HookedTransformerBackend):
         for L in range(n):
             names += [f"blocks.{L}.hook_resid_pre", self.z_hook(L)] + [self.qkv_input_hook(L, x) for x in "qkv"]
             if not cfg.attn_only:
-                names += [self.mlp_in_hook(L), self.mlp_out_hook(L), f"blocks.{L}.hook_resid_mid"]
+                names += [self.mlp_in_hook(L), self.mlp_out_hook(L)]
+                names += [] if getattr(cfg, "parallel_attn_mlp", False) else [f"blocks.{L}.hook_resid_mid"]
         with self.flags(split_qkv_input=True), self.hooks(fwd_hooks=[(h, keep(h)) for h in dict.fromkeys(names)]):
             base = self.model(tokens).detach().double()
         tol = 1e-2 if next(self.model.parameters()).dtype in (torch.float16, torch.bfloat16) else 1e-4
@@ -268,6 +267,7 @@ class BridgeBackend(HookedTransformerBackend):
             return a.shape == b.shape and float((a - b).abs().max()) <= tol * max(1.0, float(b.abs().max()))
 
         bad = []
+        parallel = bool(getattr(cfg, "parallel_attn_mlp", False))
         none = torch.full((1,), float("nan"), dtype=torch.float64)
 
         def got(name):  # a hook that never fired compares unequal to everything
@@ -289,7 +289,11 @@ class BridgeBackend(HookedTransformerBackend):
             b_O = self.b_O(L)
             resid = resid + torch.einsum("bphe,hed->bpd", z, self.W_O(L).detach().double())
             resid = resid + (0 if b_O is None else b_O.detach().double())
-            if not cfg.attn_only:
+            if not cfg.attn_only and parallel:  # the MLP reads the layer's input, like its heads
+                if not close(got(self.mlp_in_hook(L)), pre):
+                    bad.append(f"{self.mlp_in_hook(L)} is not the residual stream entering layer {L}")
+                resid = resid + got(self.mlp_out_hook(L))
+            elif not cfg.attn_only:
                 mid = got(f"blocks.{L}.hook_resid_mid")
                 if not close(mid, resid):
                     bad.append(f"the residual stream after layer {L}'s attention is not input + Σ heads (z @ W_O)")
