@@ -11,7 +11,8 @@ Config groups (one YAML file per option, selected with ``group=option``):
 ==========  ====================================================================================
 model       a zoo entry (``induction``, ``tracr_reverse``, …, or ``zoo model.name=NAME``),
             ``pretrained model.name=gpt2`` (TransformerLens name; needs the HF hub or its cache),
-            ``local model.path=DIR`` (a HuggingFace-format folder on disk)
+            ``local model.path=DIR`` (a HuggingFace-format folder on disk → HookedTransformer),
+            ``hf model.path=DIR`` (the same folder booted through TransformerLens's TransformerBridge)
 task        ``zoo`` (the zoo entry's task; ``task.name`` picks one) or ``file task.path=F``
             (JSONL/CSV read by :func:`circuitgraph.load_task`)
 method      ``eap``, ``eap-ig``, ``eap-ig-activations``, ``exact``, ``acdc``
@@ -47,6 +48,7 @@ from omegaconf import DictConfig, OmegaConf
 from circuitgraph.attribution import METHODS as ATTRIBUTION_METHODS
 from circuitgraph.engine import ABLATIONS
 from circuitgraph.errors import ConfigError  # re-exported: ``circuitgraph.cli.config.ConfigError``
+from circuitgraph.models.loading import check_hf_folder
 from circuitgraph.tasks.metrics import METRICS as METRIC_FUNCTIONS
 
 # ---------------------------------------------------------------------------------------------
@@ -57,7 +59,7 @@ from circuitgraph.tasks.metrics import METRICS as METRIC_FUNCTIONS
 METHODS = (*ATTRIBUTION_METHODS, "acdc")  # acdc searches circuits itself (circuitgraph.circuit.acdc)
 METRICS = tuple(METRIC_FUNCTIONS)
 CIRCUIT_KINDS = ("minimal", "top-n", "threshold")
-MODEL_SOURCES = ("zoo", "pretrained", "local")
+MODEL_SOURCES = ("zoo", "pretrained", "local", "hf")
 TASK_SOURCES = ("zoo", "file")
 DTYPES = ("float32", "float64", "bfloat16", "float16")
 TASK_FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv")
@@ -74,13 +76,16 @@ ENV_HUB_OFFLINE = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 class ModelConfig:
     """Which model to analyse.
 
-    source                  zoo | pretrained | local
+    source                  zoo | pretrained | local | hf
     name                    zoo entry name, or TransformerLens model name (``gpt2``), or a label
                             for a local model (default: the folder name)
-    path                    local only: a HuggingFace-format folder (config.json + weights)
-    dtype                   pretrained/local: float32 (default), float64, bfloat16, float16
+    path                    local/hf only: a HuggingFace-format folder (config.json + weights;
+                            hf also needs the tokenizer files)
+    dtype                   pretrained/local/hf: float32 (default), float64, bfloat16, float16
     fold_ln, center_writing_weights, center_unembed
-                            pretrained/local: TransformerLens weight processing (its defaults)
+                            pretrained/local: TransformerLens weight processing (its defaults);
+                            hf keeps the weights as Hugging Face has them (scores do not depend
+                            on it)
     """
 
     source: str = "zoo"
@@ -594,7 +599,16 @@ def _check_model(cfg) -> str | None:
                 "model=local model.path=DIR."
             )
         if m.path is not None:
-            raise ConfigError("model.path is only read with model=local")
+            raise ConfigError("model.path is only read with model=local or model=hf")
+        return None
+    if m.source == "hf":
+        path = m.path if not OmegaConf.is_missing(m, "path") else None
+        if not path:
+            raise ConfigError(
+                "model=hf needs model.path=DIR, a HuggingFace-format folder (config.json, the weights and the "
+                "tokenizer files, as save_pretrained() writes them)"
+            )
+        check_hf_folder(Path(path).expanduser())
         return None
     if m.source == "local":
         path = m.path if not OmegaConf.is_missing(m, "path") else None
@@ -615,14 +629,16 @@ def _check_model(cfg) -> str | None:
     if not name:
         raise ConfigError("model=pretrained needs model.name=NAME (a TransformerLens model name, e.g. gpt2)")
     if m.path is not None:
-        raise ConfigError("model.path is only read with model=local; for a folder on disk use model=local")
+        raise ConfigError("model.path is only read with model=local or model=hf; for a folder on disk use one of them")
     return _official_name(name)
 
 
 def _official_name(name: str) -> str:
     """The hub name TransformerLens maps ``name`` to; a ConfigError naming close names if none."""
-    # transformer_lens takes seconds to import: only pretrained models pay for it, and only here
-    from transformer_lens.loading_from_pretrained import get_official_model_name, make_model_alias_map
+    try:  # transformer_lens takes seconds to import: only pretrained models pay for it, and only here
+        from transformer_lens.loading_from_pretrained import get_official_model_name, make_model_alias_map
+    except ImportError:  # transformer-lens 4.x: no HookedTransformer name list; the bridge takes hub names
+        return name
 
     try:
         return get_official_model_name(name)

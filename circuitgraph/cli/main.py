@@ -548,8 +548,9 @@ def _seed(seed: int) -> None:
 
 def load_model(mcfg: DictConfig, device: torch.device) -> tuple[Any, Any, str]:
     """``(model, zoo_entry_or_None, label)`` for a model config (after :func:`validate`): a zoo
-    entry as shipped, or a pretrained / local model with the config's dtype and weight processing.
-    The label is the name, or for a local folder its name by default."""
+    entry as shipped, a pretrained / local model with the config's dtype and weight processing, or
+    an HF folder booted through the TransformerBridge (``hf``; also ``pretrained`` when
+    transformer-lens has no HookedTransformer). The label is the name, or for a folder its name."""
     if mcfg.source == "zoo":
         entry = zoo.load(mcfg.name, device=device)
         return entry.model, entry, mcfg.name
@@ -560,8 +561,12 @@ def load_model(mcfg: DictConfig, device: torch.device) -> tuple[Any, Any, str]:
         center_unembed=bool(mcfg.center_unembed),
     )
     if mcfg.source == "pretrained":
+        if not loading.has_hooked_transformer():  # transformer-lens 4.x: the hub model through the bridge
+            return loading.load_bridge(mcfg.name, device, dtype, local_files_only=False), None, mcfg.name
         return loading.load_pretrained(mcfg.name, device, dtype, **processing), None, mcfg.name
     folder = Path(mcfg.path).expanduser().resolve()
+    if mcfg.source == "hf":
+        return loading.load_bridge(folder, device, dtype), None, (mcfg.name or folder.name)
     return loading.load_local_model(folder, device, dtype, **processing), None, (mcfg.name or folder.name)
 
 

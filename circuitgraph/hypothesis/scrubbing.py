@@ -464,7 +464,7 @@ class _Engine:
         for r0 in range(0, S, self.batch_size):
             rows = slice(r0, min(S, r0 + self.batch_size))
             x = self._assemble(root_plan["logits"], rows, tables, "logits")
-            logits = self.model(x, start_at_layer=self.graph.arch.n_layers)
+            logits = as_backend(self.model).unembed(x)
             scores.append(score(logits, root_refs[rows]))
         return torch.cat(scores)
 

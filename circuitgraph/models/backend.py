@@ -11,16 +11,17 @@ The engine never reads ``model.blocks[...]`` or spells a hook name itself. It as
   **norms** whose Jacobians it applies (kind, gain, the module itself for patched neurons);
 * **running** with hooks and with the hook flags it needs switched on.
 
-:class:`HookedTransformerBackend` is the first implementation. A new family or library (parallel
-attention+MLP, norms after sublayers, gated MLPs, TransformerLens's TransformerBridge) is a new
-backend, or a new fact of this one, not an edit of the engine.
+:class:`HookedTransformerBackend` is the first implementation; TransformerLens's TransformerBridge
+is the second (:mod:`circuitgraph.models.bridge`, registered through :func:`register_backend`). A
+new family or library (parallel attention+MLP, norms after sublayers, gated MLPs) is a new backend,
+or a new fact of one, not an edit of the engine.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -258,9 +259,15 @@ class Backend:
         raise NotImplementedError
 
     def run_layers(
-        self, resid: torch.Tensor, start: int, stop: int, attention_mask: torch.Tensor | None = None
+        self, resid: torch.Tensor, start: int, stop: int | None = None, attention_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Blocks ``start .. stop-1`` on the residual stream ``resid [batch, pos, d_model]``."""
+        """Blocks ``start .. stop-1`` on the residual stream ``resid [batch, pos, d_model]``
+        (``stop=None``: on to the logits)."""
+        raise NotImplementedError
+
+    def unembed(self, resid: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The logits ``[batch, pos, vocab]`` read from the final residual stream (final norm,
+        unembedding and whatever the model applies after it, e.g. a logit soft-cap)."""
         raise NotImplementedError
 
     def mlp(self, layer: int, resid: torch.Tensor) -> torch.Tensor:
@@ -410,9 +417,12 @@ class HookedTransformerBackend(Backend):
         return self.model.hooks(fwd_hooks=fwd_hooks or [], bwd_hooks=bwd_hooks or [])
 
     def run_layers(
-        self, resid: torch.Tensor, start: int, stop: int, attention_mask: torch.Tensor | None = None
+        self, resid: torch.Tensor, start: int, stop: int | None = None, attention_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
         return self.model(resid, start_at_layer=start, stop_at_layer=stop, attention_mask=attention_mask)
+
+    def unembed(self, resid: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model(resid, start_at_layer=self.cfg.n_layers, attention_mask=attention_mask)
 
     def mlp(self, layer: int, resid: torch.Tensor) -> torch.Tensor:
         block = self.model.blocks[layer]
@@ -473,16 +483,29 @@ def _post_norm_architectures() -> tuple[str, ...]:
     return tuple(POST_NORM_ARCHITECTURES)
 
 
+# Other backends (TransformerBridge: circuitgraph.models.bridge) register here when the package
+# `circuitgraph.models` is imported: (does this backend take the model?, the backend's class).
+_BACKENDS: list[tuple[Callable[[Any], bool], Callable[[Any], Backend]]] = []
+
+
+def register_backend(accepts: Callable[[Any], bool], make: Callable[[Any], Backend]) -> None:
+    """Make :func:`as_backend` return ``make(model)`` for every model ``accepts(model)`` is true of."""
+    _BACKENDS.append((accepts, make))
+
+
 def as_backend(model: Any) -> Backend:
     """The backend for ``model`` (a backend is returned as is); a clear error for anything else."""
     if isinstance(model, Backend):
         return model
     if _is_hooked_transformer(model):
         return HookedTransformerBackend(model)
+    for accepts, make in _BACKENDS:
+        if accepts(model):
+            return make(model)
     raise ModelUnsupportedError(
-        f"circuitgraph needs a transformer_lens.HookedTransformer, got {type(model).__name__}. "
-        "Load your model with HookedTransformer.from_pretrained(name) (transformer-lens 3.x), or "
-        "build one with HookedTransformer(HookedTransformerConfig(...))."
+        f"circuitgraph needs a transformer_lens.HookedTransformer or a transformer_lens.model_bridge.TransformerBridge, "
+        f"got {type(model).__name__}. Load a Hugging Face model with circuitgraph.models.load_bridge(path) or "
+        "TransformerBridge.boot_transformers(name), or build a HookedTransformer(HookedTransformerConfig(...))."
     )
 
 

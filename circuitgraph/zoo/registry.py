@@ -26,7 +26,7 @@ import torch
 from safetensors.torch import load_file
 
 from circuitgraph.engine import ABLATIONS
-from circuitgraph.errors import CircuitGraphError, FileFormatError, file_error
+from circuitgraph.errors import CircuitGraphError, FileFormatError, ModelUnsupportedError, file_error
 from circuitgraph.graph import Graph
 from circuitgraph.tasks import METRICS, Task
 
@@ -233,8 +233,14 @@ def _read_json(json_path: Path) -> dict:
 
 
 def _build_model(config: dict, json_path: Path, device: torch.device):
-    # transformer_lens takes seconds to import: only pay for it when a model is built
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    try:  # transformer_lens takes seconds to import: only pay for it when a model is built
+        from transformer_lens import HookedTransformer, HookedTransformerConfig
+    except ImportError as e:  # transformer-lens 4.x removed HookedTransformer, which zoo models are
+        raise ModelUnsupportedError(
+            "zoo models are HookedTransformers, which the installed transformer-lens no longer has (4.x removed "
+            "them): install transformer-lens>=3.9,<4 for the zoo, or analyse a Hugging Face model through the "
+            "TransformerBridge (circuitgraph.models.load_bridge(folder), or model=hf model.path=DIR)"
+        ) from e
 
     for k in ("dtype", "device"):
         if k in config:
