@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from circuitgraph.engine.progress import progress_bar
 from circuitgraph.engine.sources import source_activations
 from circuitgraph.errors import HypothesisError
 from circuitgraph.graph import Graph
@@ -433,6 +434,7 @@ class _Engine:
         tables: dict[str, tuple[torch.Tensor, int]] = {}
         pending = {n: len(hyp.parents[n]) for n in nodes}
         remaining = list(nodes)
+        bar = progress_bar(len(nodes) + 1, "scrub", None, unit="node")  # shown inside a progress phase
         while remaining:
             n = remaining[0]
             mn = hyp.model_nodes[n]
@@ -458,6 +460,7 @@ class _Engine:
                     if pending[c.name] == 0:
                         tables.pop(c.name, None)
             remaining = [m for m in remaining if m not in done]
+            bar.update(len(done))
         # 3) the root: the logits on each sample, scored with its reference's answers
         scores = []
         S = len(root_refs)
@@ -466,6 +469,8 @@ class _Engine:
             x = self._assemble(root_plan["logits"], rows, tables, "logits")
             logits = as_backend(self.model).unembed(x)
             scores.append(score(logits, root_refs[rows]))
+        bar.update(1)
+        bar.close()
         return torch.cat(scores)
 
 

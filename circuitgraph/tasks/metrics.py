@@ -100,6 +100,15 @@ NEEDS_REFERENCE = {"kl", "l2"}
 LOWER_IS_BETTER = {"cross_entropy", "kl", "l2"}
 
 
+def helpfulness(scores, metric_name: str | None):
+    """How much each edge helps the task, whatever the metric: positive = helps, negative = hurts.
+
+    A score estimates m(edge ablated) − m(clean). Under a higher-is-better metric (logit_diff) an
+    edge the task needs scores negative, under a lower-is-better one (kl, cross_entropy, l2)
+    positive; this flips the sign so that "helps" reads the same under every metric."""
+    return scores if metric_name in LOWER_IS_BETTER else -scores
+
+
 def resolve_metric(metric: str | Metric) -> Metric:
     if callable(metric):
         return metric

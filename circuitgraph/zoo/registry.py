@@ -100,6 +100,17 @@ class ZooModel:
                 f"it has: {have}. Call ground_truth_for() with one of those."
             ) from None
 
+    def head_roles(self) -> dict[str, str]:
+        """Known roles of heads, read from the ground truths' evidence (``previous_token_heads`` →
+        ``{"a0.h1": "previous-token head"}``), so reports can name what a head does."""
+        roles: dict[str, str] = {}
+        for gt in self.ground_truth.values():
+            for key, heads in (gt.evidence or {}).items():
+                if key.endswith("_heads") and key != "unused_heads" and isinstance(heads, builtins.list):
+                    role = key[: -len("_heads")].replace("_token", "-token").replace("_", " ") + " head"
+                    roles.update({str(h): role for h in heads})
+        return roles
+
     def task(self, name: str | None = None):
         """A task by name (default: the only task, or the first one in the file)."""
         if name is None:
