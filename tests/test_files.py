@@ -433,11 +433,11 @@ def test_task_file_token_ids_are_strict(tmp_path, model):
     p = tmp_path / "t.jsonl"
     p.write_text('{"clean": [1, true, 3], "corrupted": [1, 2, 3], "answer": 4}\n')
     with pytest.raises(
-        TaskError, match=r"row 0: \$\.clean\[1\]: expected an integer in \[0, 2147483647\], got boolean True"
+        TaskError, match=r"row 1: \$\.clean\[1\]: expected an integer in \[0, 2147483647\], got boolean True"
     ):
         load_task(p)
     p.write_text('{"clean": [1, 2, 3], "corrupted": [1, 2, 3], "answer": false}\n')
-    with pytest.raises(TaskError, match=r"row 0: \$\.answer: expected an answer"):
+    with pytest.raises(TaskError, match=r"row 1: \$\.answer: expected an answer"):
         load_task(p)
     p.write_text('{"clean": [1, 2.0, 3], "corrupted": [1, 2, 3]}\n')
     with pytest.raises(TaskError, match=r"\$\.clean\[1\]: expected an integer"):

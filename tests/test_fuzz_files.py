@@ -206,6 +206,8 @@ MODEL_DEFAULTS = {
     "name": "",
     "config_hash": "",
     "d_mlp": 0,
+    "parallel_attn_mlp": False,
+    "post_norms": False,
     "neurons": {},
     "positions": None,
     "causal": True,

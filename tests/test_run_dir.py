@@ -136,7 +136,7 @@ def test_show_tells_complete_mixed_running_and_unfinished(tmp_path, capsys):
     pid = hold_lock_in_another_process(out)
     try:
         with pytest.raises(SystemExit) as e:
-            cli.main(["show", "--json", str(out)])
+            cli.main(["show", "--state", "--json", str(out)])
         doc = json.loads(capsys.readouterr().out)
         assert e.value.code == 1 and doc["state"] == "running" and doc["holder"]["pid"] == pid
     finally:

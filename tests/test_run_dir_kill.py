@@ -27,8 +27,9 @@ from circuitgraph.circuit import CircuitFileError
 from circuitgraph.files import rundir
 
 REPO = Path(__file__).resolve().parents[1]
-RUN = ["model=tracr_reverse", "method=eap", "progress=false", "export.curve=false", "export.png=false"]
-RERUN = [*RUN, "ablation=zero"]  # the first run uses the default ablation, corrupted
+BASE = ["model=tracr_reverse", "method=eap", "progress=false", "export.curve=false", "export.png=false"]
+RUN = [*BASE, "ablation=corrupted"]
+RERUN = [*BASE, "ablation=zero"]
 # every step of a rerun that writes, in order (hypothesis, circuit pair, scores, page, summary)
 POINTS = [
     "locked",

@@ -37,8 +37,14 @@ class DenseReaders:
         if self.centre is not None:
             G = G - self.centre[..., None]
         if self.radial is not None:
+            assert self.xhat is not None  # a radial term always comes with the x̂ it runs along
             G = G - self.radial[..., None] * self.xhat
         return G
+
+    def along(self, field: torch.Tensor) -> torch.Tensor:
+        """``[n, B, P]``: each reader's input gradient dotted with a per-position ``field [B, P, d]``."""
+        out = torch.einsum("nbpd,bpd->nbp", self.G, field)
+        return _norm_terms(out, self.centre, self.radial, self.xhat, field)
 
 
 @dataclass
@@ -56,7 +62,7 @@ class LowRankReaders:
     def n(self) -> int:
         return self.g.shape[0]
 
-    def terms(self):
+    def terms(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """(centre, radial) per-position coefficients, each [n, B, P] or None."""
         if self.xhat is None:
             return None, None
@@ -65,14 +71,30 @@ class LowRankReaders:
         centre = self.g * (self.enc.sum(1) / d)[:, None, None] if self.centred else None
         return centre, radial
 
+    def along(self, field: torch.Tensor) -> torch.Tensor:
+        """``[n, B, P]``: each reader's input gradient dotted with a per-position ``field [B, P, d]``."""
+        centre, radial = self.terms()
+        out = self.g * torch.einsum("bpd,nd->nbp", field, self.enc)
+        return _norm_terms(out, centre, radial, self.xhat, field)
+
     def dense(self) -> torch.Tensor:
         centre, radial = self.terms()
         G = torch.einsum("nbp,nd->nbpd", self.g, self.enc)
         if centre is not None:
             G = G - centre[..., None]
         if radial is not None:
+            assert self.xhat is not None  # terms() gives a radial term only with x̂
             G = G - radial[..., None] * self.xhat
         return G
+
+
+def _norm_terms(out, centre, radial, xhat, field: torch.Tensor) -> torch.Tensor:
+    """``out`` less the norm Jacobian's centre and radial terms along ``field``."""
+    if centre is not None:
+        out = out - centre * field.sum(-1)[None]
+    if radial is not None:
+        out = out - radial * (xhat * field).sum(-1)[None]
+    return out
 
 
 def dense_scores(D: torch.Tensor, readers, row_sums: torch.Tensor | None = None) -> torch.Tensor:
@@ -98,7 +120,7 @@ def dense_scores(D: torch.Tensor, readers, row_sums: torch.Tensor | None = None)
     return acc
 
 
-def lowrank_scores(src: LowRankSources, readers) -> torch.Tensor:
+def lowrank_scores(src: LowRankSources, readers: DenseReaders | LowRankReaders) -> torch.Tensor:
     """``[n_i, n_v]`` scores of low-rank sources against any readers."""
     n_i = src.coef.shape[0]
     coef = src.coef.reshape(n_i, -1)  # [n_i, BP]
@@ -115,6 +137,9 @@ def lowrank_scores(src: LowRankSources, readers) -> torch.Tensor:
     if centre is not None:
         acc -= src.dirs.sum(1)[:, None] * (coef @ centre.reshape(centre.shape[0], -1).T)
     if radial is not None:
+        assert xhat is not None  # a radial term always comes with the x̂ it runs along
         along = coef * (xhat.reshape(-1, xhat.shape[-1]) @ src.dirs.T).T  # [n_i, BP]
         acc -= along @ radial.reshape(radial.shape[0], -1).T
+    if src.field is not None:  # the shared per-position part (sources behind a post-norm)
+        acc += src.field_coef.reshape(n_i, -1) @ readers.along(src.field).reshape(readers.n, -1).T
     return acc

@@ -13,18 +13,23 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 
 from circuitgraph.attribution.factors import DenseReaders, LowRankReaders, dense_scores, lowrank_scores
+from circuitgraph.attribution.post_norms import capture_hooks, through_post_norms
+from circuitgraph.engine.post_norms import norm_groups
 from circuitgraph.engine.sites import feature_ids, other_features, site_hooks, site_sae
 from circuitgraph.engine.sources import source_hooks
 from circuitgraph.engine.tensors import SourceDeltas, frozen, store_hook
-from circuitgraph.graph import Graph
+from circuitgraph.graph import Graph, PositionalGraph
 from circuitgraph.graph.sites import Site
 from circuitgraph.models.backend import as_backend
+
+# a destination group's readers: ``[(columns within the group, readers)]``
+Readers = list[tuple[slice, DenseReaders | LowRankReaders]]
 
 
 class DestinationGradients:
@@ -33,6 +38,7 @@ class DestinationGradients:
     def __init__(self, model: Any, graph: Graph) -> None:
         self.model, self.graph = model, graph
         self.bk = as_backend(model)
+        self.groups = norm_groups(self.bk, graph)  # sources behind norms after sublayers (Gemma-2/3)
         self.fwd: dict[str, torch.Tensor] = {}
         self.grad: dict[str, torch.Tensor] = {}
 
@@ -47,8 +53,9 @@ class DestinationGradients:
                 bwd.append((bk.qkv_hook(L, letter), store_hook(self.grad, f"{letter}{L}")))
             if graph.has_mlp_node(L) and (L not in graph.neurons or graph.has_rest(L)):
                 bwd.append((bk.mlp_in_hook(L), store_hook(self.grad, f"mlp{L}")))
-            if L in graph.neurons:
-                bwd.append((bk.mlp_pre_hook(L), store_hook(self.grad, f"pre{L}")))
+            if L in graph.neurons:  # ∂m/∂pre of each way the neurons read (a gated MLP: gate and linear part)
+                for r, read in enumerate(bk.neuron_reads(L)):
+                    bwd.append((read.hook, store_hook(self.grad, f"pre{L}.{r}")))
             reads_ln2 = L in graph.neurons or any(
                 s.kind == "transcoder" and s.layer == L and s.normalized for s in graph.sites
             )
@@ -56,9 +63,15 @@ class DestinationGradients:
                 fwd.append((bk.norm_hook(L, 2, "scale"), store_hook(self.fwd, f"scale2_{L}")))
                 fwd.append((bk.norm_hook(L, 2, "normalized"), store_hook(self.fwd, f"norm2_{L}")))
         bwd.append((bk.final_hook(), store_hook(self.grad, "logits")))
-        return fwd, bwd
+        return fwd + capture_hooks(bk, self.groups, self.fwd), bwd
 
-    def group(self, name: str) -> list[tuple[slice, DenseReaders | LowRankReaders]]:
+    def residual_deltas(self, deltas: SourceDeltas, inplace: bool = False) -> SourceDeltas:
+        """``deltas`` as this run's residual stream sees them: post-normed sources through their
+        norm's Jacobian at this run (see :mod:`circuitgraph.attribution.post_norms`); as they are
+        for every other model."""
+        return through_post_norms(self.bk, self.groups, self.fwd, deltas, inplace=inplace)
+
+    def group(self, name: str) -> Readers:
         """Input gradients of a destination group of :meth:`Graph.dst_slices`, as
         ``[(columns within the group, readers)]`` in factored form."""
         if name == "logits":
@@ -89,7 +102,8 @@ class DestinationGradients:
         B, P = g0.shape[:2]
         split = self.graph.split_qkv
         G = (torch.empty if split else torch.zeros)((3 if split else 1) * H, B, P, d, dtype=g0.dtype, device=g0.device)
-        centres, radials = [], []  # per letter, [head, batch, pos]
+        centres: list[torch.Tensor] = []  # per letter, [head, batch, pos]
+        radials: list[torch.Tensor] = []
         for i, letter in enumerate("qkv"):
             W = frozen(bk.W_qkv(L, letter))  # [head, d_model, d_head], one per query head
             if w is not None:
@@ -111,23 +125,30 @@ class DestinationGradients:
                 radials.append((g * proj).sum(-1).permute(2, 0, 1) / d)
                 if centred:
                     centres.append(torch.einsum("bphe,he->hbp", g, W.sum(1)) / d)
-        combine = torch.cat if split else sum  # split: one row per letter; joint: the letters add up
+
+        def combine(parts: list[torch.Tensor]) -> torch.Tensor:  # split: one row per letter; joint: they add up
+            return torch.cat(parts) if split else cast(torch.Tensor, sum(parts))  # (parts: never empty)
+
         if centres:
             G.sub_(combine(centres)[..., None])
         if radials:
+            assert xhat is not None  # radials are collected only when x̂ is
             G.addcmul_(combine(radials)[..., None], xhat, value=-1.0)
         return DenseReaders(G)
 
     def _neuron_readers(self, L: int) -> list:
-        """Neuron j reads the MLP input through ``ln2`` and ``W_in[:, j]``; the ``rest`` node reads
-        what the other neurons read (total MLP-input gradient minus the selected neurons')."""
-        grad_pre = self.grad[f"pre{L}"]
-        ids = self.graph.neuron_ids(L).to(grad_pre.device)
-        enc = frozen(self.bk.W_in(L))[:, ids].T  # [n, d]
+        """Neuron j reads the MLP input through ``ln2`` and ``W[:, j]`` of each of its reads (a
+        gated neuron two: its input gradient is g_gate·W_gate[:, j] + g_in·W_in[:, j]); the ``rest``
+        node reads what the other neurons read (total MLP-input gradient minus the selected neurons')."""
+        parts = []
+        for r, read in enumerate(self.bk.neuron_reads(L)):
+            grad_pre = self.grad[f"pre{L}.{r}"]  # [B, P, d_mlp]
+            ids = self.graph.neuron_ids(L).to(grad_pre.device)
+            parts.append((grad_pre[..., ids].permute(2, 0, 1), frozen(read.W)[:, ids].T))  # [n, B, P], [n, d]
         total = self.grad[f"mlp{L}"] if self.graph.has_rest(L) else None
-        return self._through_ln2(L, grad_pre[..., ids].permute(2, 0, 1), enc, total, normalized=True)
+        return self._through_ln2(L, parts, total, normalized=True)
 
-    def _transcoder_readers(self, site: Site) -> list:
+    def _transcoder_readers(self, site: Site) -> Readers:
         """A transcoder's features read like neurons (through ``ln2`` when it reads the normalised
         input, and ``W_enc[:, j]``); ``rest`` is the features' total input gradient minus the
         selected ones'; the error reads densely."""
@@ -136,7 +157,7 @@ class DestinationGradients:
         enc = frozen(site_sae(self.graph, site).W_enc)[:, ids].T
         total = self.grad[f"feat_in:{site.name}"] if site.has_rest else None
         out = self._through_ln2(
-            site.layer, grad_pre[..., ids].permute(2, 0, 1), enc, total, site.normalized, gain=False
+            site.layer, [(grad_pre[..., ids].permute(2, 0, 1), enc)], total, site.normalized, gain=False
         )  # (hook_normalized is before ln2's gain)
         k = len(site.node_names())
         return out + [(slice(k - 1, k), DenseReaders(self.grad[f"err_in:{site.name}"][None]))]
@@ -144,36 +165,34 @@ class DestinationGradients:
     def _through_ln2(
         self,
         L: int,
-        g: torch.Tensor,
-        enc: torch.Tensor,
+        parts: list[tuple[torch.Tensor, torch.Tensor]],
         total: torch.Tensor | None,
         normalized: bool,
         gain: bool = True,
     ) -> list:
-        """Low-rank readers ``g [n, B, P]`` along ``enc [n, d]`` (behind ``ln2``'s normalisation
-        when ``normalized``, and its gain when ``gain``), plus a dense reader for everything else
-        that reads the same input when ``total`` (its full input gradient) is given."""
+        """Low-rank readers, one set per part ``(g [n, B, P], enc [n, d])`` of the same n readers
+        (their gradients add up), behind ``ln2``'s normalisation when ``normalized`` (and its gain
+        when ``gain``); plus a dense reader for everything else that reads the same input when
+        ``total`` (its full input gradient) is given."""
         ln_gain, centred = self.bk.norm_gain(L, 2), self.bk.norm_kind(L, 2) == "layernorm"
         xhat = scale = None
         if normalized:
             xhat, scale = self.fwd.get(f"norm2_{L}"), self.fwd.get(f"scale2_{L}")
-            if gain and ln_gain is not None:
+        readers = []
+        for g, enc in parts:
+            if normalized and gain and ln_gain is not None:
                 enc = enc * frozen(ln_gain)[None]
             if scale is not None:
                 g = g / scale[None, ..., 0]
-        readers = LowRankReaders(g, enc, xhat, centred=normalized and centred)
-        n = g.shape[0]
-        out = [(slice(0, n), readers)] if n else []
+            readers.append(LowRankReaders(g, enc, xhat, centred=normalized and centred))
+        n = parts[0][0].shape[0]
+        out = [(slice(0, n), r) for r in readers] if n else []
         if total is not None:
-            centre, radial = readers.terms()
-            picked = torch.einsum("nbp,nd->bpd", g, enc)
-            rest = DenseReaders(
-                (total - picked)[None],
-                centre=None if centre is None else -centre.sum(0, keepdim=True),
-                radial=None if radial is None else -radial.sum(0, keepdim=True),
-                xhat=xhat,
-            )
-            out.append((slice(n, n + 1), rest))
+            picked = sum(torch.einsum("nbp,nd->bpd", r.g, r.enc) for r in readers)
+            terms = [r.terms() for r in readers]
+            centre = None if terms[0][0] is None else -sum(c.sum(0, keepdim=True) for c, _ in terms)
+            radial = None if terms[0][1] is None else -sum(a.sum(0, keepdim=True) for _, a in terms)
+            out.append((slice(n, n + 1), DenseReaders((total - picked)[None], centre=centre, radial=radial, xhat=xhat)))
         return out
 
 
@@ -183,7 +202,7 @@ def _group(name: str) -> tuple[str, int]:
     return kind, int(name[len(kind) :])
 
 
-def site_readers(graph: Graph, grads: dict, site: Site) -> list:
+def site_readers(graph: Graph, grads: dict, site: Site) -> Readers:
     """The site's destinations as ``[(columns within the group, readers)]``: features are
     low-rank readers (∂m/∂pre_j along ``W_enc[:, j]``); ``rest`` reads through the other
     features' encoder rows; ``err`` is a dense reader."""
@@ -192,7 +211,7 @@ def site_readers(graph: Graph, grads: dict, site: Site) -> list:
     W_enc = frozen(sae.W_enc)
     ids = feature_ids(site, g.device)
     n = len(ids)
-    out = []
+    out: Readers = []
     if n:
         out.append((slice(0, n), LowRankReaders(g[..., ids].permute(2, 0, 1), W_enc[:, ids].T)))
     if site.has_rest:
@@ -267,10 +286,11 @@ def contract(
     product per upstream low-rank block (neurons, SAE features)."""
     D, rows = deltas.dense, deltas.dense_rows
     row_sums = D.sum(-1)  # [n_dense, B, P], shared by every norm-centred reader
-    if graph.positions:
+    if isinstance(graph, PositionalGraph):
         return _contract_per_position(graph, D, row_sums, grads, out, weight)
     for name, cols in graph.dst_slices().items():
         up = graph.upstream(name)
+        target: slice | torch.Tensor
         if deltas.contiguous and isinstance(up, slice):  # no neurons or sites: rows are graph rows
             Du, sums, target, blocks = D[up], row_sums[up], up, []
         else:  # the dense rows and low-rank blocks this group reads
@@ -287,7 +307,12 @@ def contract(
 
 
 def _contract_per_position(
-    graph: Graph, D: torch.Tensor, row_sums: torch.Tensor, grads: DestinationGradients, out: torch.Tensor, weight: float
+    graph: PositionalGraph,
+    D: torch.Tensor,
+    row_sums: torch.Tensor,
+    grads: DestinationGradients,
+    out: torch.Tensor,
+    weight: float,
 ) -> None:
     """The same contraction without summing over positions: scores ``[u, v, p]`` written into the
     position diagonal of a :class:`PositionalGraph`'s score matrix."""
@@ -295,6 +320,7 @@ def _contract_per_position(
     for name, cols in graph.dst_slices().items():
         n_up = graph.upstream(name).stop  # (positional graphs: always a prefix)
         for sub, readers in grads.group(name):
+            assert isinstance(readers, DenseReaders)  # (no neurons or SAE sites in a positional graph)
             c = slice(cols.start + sub.start, cols.start + sub.stop)
             acc = torch.einsum("ubpd,vbpd->uvp", D[:n_up], readers.G)
             if readers.centre is not None:

@@ -149,10 +149,10 @@ def feature_graph(
         device = next(model.parameters()).device
         for sae in saes:  # (feature choice runs them before any engine call would move them)
             sae.to(device)
-        if features == "active":
-            features = active_features(model, saes, task)
-        else:
+        if isinstance(features, int):
             features = largest_k(feature_attribution(model, saes, task), features)
+        else:  # "active"
+            features = active_features(model, saes, task)
     return Graph.from_model(model, split_qkv=split_qkv, saes=saes, features=features)
 
 

@@ -64,13 +64,13 @@ import math
 import time
 
 import torch
-from tqdm.auto import tqdm
 
 from circuitgraph.circuit.circuit import Circuit
 from circuitgraph.circuit.minimal import build_circuit
 from circuitgraph.circuit.selection import prune
 from circuitgraph.engine.ablation import Ablation
 from circuitgraph.engine.evaluator import CircuitEvaluator
+from circuitgraph.engine.progress import progress_bar
 from circuitgraph.errors import ConfigError
 from circuitgraph.graph import Graph
 from circuitgraph.models.backend import check_model
@@ -137,7 +137,7 @@ def acdc_sweep(
     runner = _Runner(model, graph, task, ablation, metric, batch_size, mask_batch)
     circuits, kept_scores, kept_info = [], None, None
     smallest = min(thresholds)
-    bar = tqdm(total=len(thresholds), desc="acdc sweep", disable=not progress, delay=2.0, leave=False)
+    bar = progress_bar(len(thresholds), "acdc sweep", progress, unit="threshold")
     for t in thresholds:
         c = _acdc(runner, t, absolute, False, prune_result)
         circuits.append(c)
@@ -145,6 +145,7 @@ def acdc_sweep(
             kept_scores, kept_info = graph.scores.clone(), dict(graph.score_info)
         bar.update(1)
     bar.close()
+    assert kept_scores is not None and kept_info is not None  # (kept at the smallest threshold, which ran)
     graph.scores, graph.score_info = kept_scores, kept_info
     return circuits
 
@@ -219,7 +220,8 @@ def _acdc(run: _Runner, tau: float, absolute: bool, progress: bool, prune_result
     scores = torch.zeros(valid.shape, dtype=torch.float32, device=valid.device)
     dst_time = graph.dst_time.tolist()
     logits_cols = set(graph.logits_columns.tolist())
-    live, live_time = None, None  # which destinations are read by a node that reaches the logits
+    live: list[bool] = []  # which destinations are read by a node that reaches the logits (set at the first d)
+    live_time: int | None = None
     current = float(run(mask[None])[0])  # metric of the full model
     full_value = current
     rounds, tested, untested, mispredicted = 1, 0, 0, 0
@@ -230,7 +232,7 @@ def _acdc(run: _Runner, tau: float, absolute: bool, progress: bool, prune_result
     def removable(delta: float) -> bool:
         return (abs(delta) if absolute else delta) < tau
 
-    bar = tqdm(total=graph.n_dst, desc=f"acdc τ={tau:g}", disable=not progress, delay=2.0, leave=False)
+    bar = progress_bar(graph.n_dst, f"acdc τ={tau:g}", progress, unit="node")
     for d in range(graph.n_dst - 1, -1, -1):
         bar.update(1)
         srcs = mask[:, d].nonzero()[:, 0].flip(0).tolist()  # reverse source order

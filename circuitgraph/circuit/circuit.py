@@ -18,6 +18,7 @@ import networkx as nx
 import torch
 
 from circuitgraph.atomic import atomic_write
+from circuitgraph.circuit.summary import summary_html, summary_text
 from circuitgraph.errors import FileFormatError, GraphError
 from circuitgraph.files.pairs import (
     BINDING_FIELDS,
@@ -122,6 +123,16 @@ class Circuit:
     def __repr__(self) -> str:
         f = f", faithfulness={self.faithfulness:.3f}" if self.faithfulness is not None else ""
         return f"Circuit({self.n_edges} of {self.graph.n_edges} edges{f})"
+
+    def summary(self, top: int | None = 20, roles: dict[str, str] | None = None) -> str:
+        """The circuit in words and its edges ranked by |score|, each saying whether it helps or
+        hurts the task (and is in the ground truth, when ``figures["ground_truth"]`` holds a
+        comparison). ``print(circuit.summary())``; ``top=None`` lists every edge."""
+        return summary_text(self, top, roles)
+
+    def _repr_html_(self) -> str:
+        """Notebooks show a circuit as its summary table."""
+        return summary_html(self)
 
     # ------------------------------------------------------------------ persistence
     def to_dict(self) -> dict:

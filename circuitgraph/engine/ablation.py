@@ -32,7 +32,7 @@ class Ablation:
     def __post_init__(self) -> None:
         if self.kind not in ABLATIONS:
             raise ConfigError(f"unknown ablation {self.kind!r}; choose one of {list(ABLATIONS)}")
-        self._mean: torch.Tensor | None = None
+        self._mean: dict[str, torch.Tensor] | None = None  # raw capture name → mean [pos, ...]
         self._perm: torch.Tensor | None = None
 
     @classmethod
@@ -46,7 +46,8 @@ class Ablation:
             if ref.ndim != 2 or ref.shape[1] != task.seq_len:
                 raise TaskError(f"mean-ablation reference must be [n, {task.seq_len}] token ids, got {list(ref.shape)}")
             mask = task.attention_mask if self.reference is None else None
-            total, count = {}, None
+            total: dict[str, torch.Tensor] = {}
+            count: torch.Tensor | None = None
             for i in range(0, ref.shape[0], 64):
                 m = mask[i : i + 64] if mask is not None else torch.ones(ref[i : i + 64].shape, device=ref.device)
                 raw = raw_sources(model, graph, _Plain(mask[i : i + 64] if mask is not None else None), ref[i : i + 64])
@@ -54,9 +55,11 @@ class Ablation:
                     w = m.to(v.dtype).view(*m.shape, *([1] * (v.ndim - 2)))
                     total[k] = total.get(k, 0) + (v * w).sum(0)  # [pos, ...]
                 count = m.sum(0) if count is None else count + m.sum(0)
-            self._mean = {
-                k: v / count.clamp(min=1).to(v.dtype).view(-1, *([1] * (v.ndim - 1))) for k, v in total.items()
-            }
+            self._mean = {}
+            if count is not None:  # (an empty reference leaves nothing to average)
+                self._mean = {
+                    k: v / count.clamp(min=1).to(v.dtype).view(-1, *([1] * (v.ndim - 1))) for k, v in total.items()
+                }
         if self.kind == "resample" and self._perm is None:
             n = task.n_examples
             if n < 2:
@@ -79,10 +82,12 @@ class Ablation:
         if self.kind == "corrupted":
             return raw_sources(model, graph, chunk, chunk.corrupted)
         if self.kind == "mean":
+            assert self._mean is not None  # set by prepare()
             return {k: v[None].expand(B, *v.shape).contiguous() for k, v in self._mean.items()}
         if self.kind == "zero":
             like = raw_sources(model, graph, _Plain(None), chunk.clean[:1, :1])  # shapes and dtypes only
             return {k: torch.zeros((B, P, *v.shape[2:]), dtype=v.dtype, device=v.device) for k, v in like.items()}
+        assert self._perm is not None  # set by prepare()
         partner = self._perm[idx]
         return raw_sources(
             model,

@@ -6,22 +6,32 @@ needs ``Σ_u r[k, u, c] · D_u`` over its removed upstream edges. Heads, MLPs, n
 ``rest``/``err`` nodes keep ``D_u`` as a d-vector per (mask, example, position). SAE features
 write ``coef · W_dec[i]``, so they keep only the coefficient delta ``[n, K, B, P]``: a graph with
 thousands of feature nodes never holds ``[n_features, K, B, P, d]``.
+
+Behind a norm after a sublayer (Gemma-2/3), a layer's heads (or neurons) are not terms of the
+residual stream: a reader loses ``norm(S) − norm(S − Σ removed D_u)`` of such a group instead of
+``Σ removed D_u`` (:mod:`circuitgraph.engine.post_norms`).
 """
 
 from __future__ import annotations
 
 import torch
 
+from circuitgraph.engine.post_norms import GroupMix, NormGroup
 from circuitgraph.engine.sites import feature_rows, site_sae
 from circuitgraph.engine.tensors import CompactSources, frozen
 from circuitgraph.graph import Graph
+
+_CHUNK = 2**25  # elements of a [K, B, P, columns, d] temporary (post-norm readers of SAE features)
 
 
 class LiveDeltas:
     """Dense rows ``[n_dense, K, B, P, d]`` plus one low-rank block per SAE site's features."""
 
-    def __init__(self, graph: Graph, ablated: torch.Tensor | CompactSources, K: int) -> None:
-        """``ablated``: ``[n_src, B, P, d]``, or :class:`~circuitgraph.engine.tensors.CompactSources`."""
+    def __init__(
+        self, graph: Graph, ablated: torch.Tensor | CompactSources, K: int, groups: list[NormGroup] | None = None
+    ) -> None:
+        """``ablated``: ``[n_src, B, P, d]``, or :class:`~circuitgraph.engine.tensors.CompactSources`;
+        ``groups``: the graph's post-norm groups (:func:`~circuitgraph.engine.post_norms.norm_groups`)."""
         _, B, P, d = ablated.shape
         self.K, self.B, self.P, self.d = K, B, P, d
         self.ablated = ablated
@@ -49,7 +59,11 @@ class LiveDeltas:
         self.pos = torch.cumsum(dense, 0) - 1  # row → index among the dense rows
         # the ablated dense rows, indexed like self.dense (CompactSources hold exactly those)
         self.ablated_dense = ablated.dense if isinstance(ablated, CompactSources) else None
-        self.simple = not self.blocks  # dense rows are the graph's rows
+        self.mix = GroupMix(list(groups or []))
+        self.group_of_row = torch.full((graph.n_src,), -1, dtype=torch.long, device=device)
+        for i, group in enumerate(self.mix.groups):
+            self.group_of_row[group.rows] = i
+        self.simple = not self.blocks and not self.mix.groups  # dense rows are the graph's rows, all additive
         self.dense = torch.empty(int(dense.sum()), K, B, P, d, dtype=ablated.dtype, device=device)
 
     # ---------------------------------------------------------------------------------- recording
@@ -58,29 +72,36 @@ class LiveDeltas:
         at = int(self.pos[rows.start])
         n = rows.stop - rows.start
         ref = self.ablated[rows] if self.ablated_dense is None else self.ablated_dense[at : at + n]
-        self.dense[at : at + n] = live.reshape(n, self.K, self.B, self.P, self.d) - ref[:, None]
+        live = live.reshape(n, self.K, self.B, self.P, self.d)
+        self.dense[at : at + n] = live - ref[:, None]
+        group = next((i for i, g in enumerate(self.mix.groups) if g.rows == rows), None)
+        if group is not None:  # a whole post-norm group (a layer's heads): its live norm input
+            self.mix.record(group, self.mix.norm_input(group, live))
+
+    def record_norm_input(self, rows: slice, S: torch.Tensor) -> None:
+        """The live norm input ``S [K, B, P, d]`` of the post-norm group whose rows are ``rows``
+        (for groups recorded in parts: a layer's neurons, then its ``rest``)."""
+        group = next(i for i, g in enumerate(self.mix.groups) if g.rows == rows)
+        self.mix.record(group, S.reshape(self.K, self.B, self.P, self.d))
 
     def record_features(self, site_name: str, coef: torch.Tensor) -> None:
         """Live coefficients ``[n, K, B, P]`` of a site's feature nodes."""
         _, _, ablated = self.blocks[site_name]
         self.coefs[site_name] = coef - ablated[:, None]
 
-    def rows(self, up: slice | torch.Tensor) -> torch.Tensor:
-        """Dense ``D`` for upstream rows ``up`` (all dense; a view when ``up`` is a slice of a simple graph)."""
-        if self.simple:
-            return self.dense[up]
-        up = _as_rows(up, self.dense.device)
-        return self.dense[self.pos[up]]
-
     # ---------------------------------------------------------------------------------- reading
     def removed_sum(self, r: torch.Tensor, up: slice | torch.Tensor) -> torch.Tensor:
-        """``Σ_u r[k, u, c] · D_u`` → ``[K, B, P, C, d]`` for removals ``r [K, n_up, C]`` over the
-        upstream rows ``up`` (in that order)."""
+        """What each reader column loses, ``[K, B, P, C, d]``, for removals ``r [K, n_up, C]`` (or
+        ``[K, n_up, C, P]``: per position) over the upstream rows ``up`` (in that order):
+        ``Σ_u r[k, u, c] · D_u`` for additive rows, the norm of the column's own mix for the rows
+        of a post-norm group."""
+        eq = "kucp,ukbpd->kbpcd" if r.ndim == 4 else "kuc,ukbpd->kbpcd"
         if self.simple:
-            return torch.einsum("kuc,ukbpd->kbpcd", r, self.dense[up])
+            return torch.einsum(eq, r, self.dense[up])
         up = _as_rows(up, self.dense.device)
-        keep = self.is_dense[up]
-        out = torch.einsum("kuc,ukbpd->kbpcd", r[:, keep], self.dense[self.pos[up[keep]]])
+        keep = self.is_dense[up] & (self.group_of_row[up] < 0)
+        out = torch.einsum(eq, r[:, keep], self.dense[self.pos[up[keep]]])
+        self._add_group_losses(r, up, out)
         for name, (start, W, _) in self.blocks.items():
             inside = (up >= start) & (up < start + len(W))
             if not bool(inside.any()):
@@ -96,18 +117,33 @@ class LiveDeltas:
             out += (weighted @ W[up[inside] - start]).reshape(out.shape)
         return out
 
+    def _add_group_losses(self, r: torch.Tensor, up: torch.Tensor, out: torch.Tensor) -> None:
+        """Add each post-norm group's nonlinear loss (see :class:`GroupMix`) to ``out``."""
+        groups = self.group_of_row[up]
+        for i in range(len(self.mix.groups)):
+            inside = groups == i
+            if bool(inside.any()) and bool(r[:, inside].any()):
+                self.mix.loss(i, r[:, inside], self.dense[self.pos[up[inside]]], out)
+
     def projected(self, r: torch.Tensor, up: slice | torch.Tensor, W_enc: torch.Tensor) -> torch.Tensor:
         """``Σ_u r[k, u, j] · (D_u · W_enc[:, j])`` → ``[K, B, P, n]``: the removals linear readers
         (SAE features' encoder rows) see, through the virtual weights ``W_dec[u] · W_enc[:, j]`` for
         upstream features (projecting every d-vector onto every encoder row would cost
         n_up · n · d per token)."""
         up = _as_rows(up, self.dense.device)
-        keep = self.is_dense[up]
+        keep = self.is_dense[up] & (self.group_of_row[up] < 0)
         out = torch.zeros(self.K, self.B, self.P, W_enc.shape[1], dtype=self.dense.dtype, device=self.dense.device)
         r_d = r[:, keep]
         if bool(r_d.any()):
             proj = self.dense[self.pos[up[keep]]] @ W_enc  # [n_dense, K, B, P, n]
             out += (r_d.permute(1, 0, 2)[:, :, None, None, :] * proj).sum(0)
+        if self.mix.groups:  # post-norm groups are not linear: each column's loss, then its projection
+            step = max(1, _CHUNK // (self.K * self.B * self.P * self.d))
+            for c in range(0, W_enc.shape[1], step):
+                cols = slice(c, min(c + step, W_enc.shape[1]))
+                lost = out.new_zeros(self.K, self.B, self.P, cols.stop - c, self.d)
+                self._add_group_losses(r[:, :, cols], up, lost)
+                out[..., cols] += torch.einsum("kbpcd,dc->kbpc", lost, W_enc[:, cols])
         for name, (start, W, _) in self.blocks.items():
             inside = (up >= start) & (up < start + len(W))
             r_b = r[:, inside]

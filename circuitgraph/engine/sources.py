@@ -8,7 +8,7 @@ contraction against destination gradients scores every edge at once.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, overload
 
 import torch
 
@@ -34,6 +34,14 @@ def source_hooks(model: Any, graph: Graph, buf: dict, sites: bool = True) -> lis
     return hooks + (site_hooks(model, graph, buf) if sites else [])
 
 
+@overload
+def stack_sources(
+    model: Any, graph: Graph, buf: dict, out: torch.Tensor | None = None, compact: Literal[False] = False
+) -> torch.Tensor: ...
+@overload
+def stack_sources(
+    model: Any, graph: Graph, buf: dict, out: torch.Tensor | None = None, compact: bool = False
+) -> torch.Tensor | CompactSources: ...
 def stack_sources(
     model: Any, graph: Graph, buf: dict, out: torch.Tensor | None = None, compact: bool = False
 ) -> torch.Tensor | CompactSources:
@@ -76,7 +84,7 @@ def stack_sources(
         n = post.shape[-1]
         out[rows.start : rows.start + n] = torch.einsum("bpi,id->ibpd", post, W_out)
         if graph.has_rest(L):
-            out[rows.start + n] = buf[f"mlp{L}"] - post @ W_out
+            out[rows.start + n] = _rest(model, graph, buf, L, post @ W_out)
     if not graph.sites:
         return out
     for site in graph.sites:
@@ -90,8 +98,20 @@ def stack_sources(
 
 def _neuron_parts(model: Any, graph: Graph, buf: dict, L: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The selected neurons' activations ``[B, P, n]`` and write directions ``[n, d]``."""
-    ids = graph.neuron_ids(L).to(buf[f"post{L}"].device)
+    neuron_ids = graph.neuron_ids(L)
+    assert neuron_ids is not None  # (called for neuron layers only)
+    ids = neuron_ids.to(buf[f"post{L}"].device)
     return buf[f"post{L}"][..., ids], frozen(as_backend(model).W_out(L))[ids]
+
+
+def _rest(model: Any, graph: Graph, buf: dict, L: int, picked: torch.Tensor) -> torch.Tensor:
+    """What layer L's ``rest`` node writes: the MLP's output less the selected neurons' writes
+    (``picked [B, P, d]``). Behind the MLP's post-norm the neurons are raw, and so is ``rest``: the
+    other neurons' writes, before the norm (whose input adds ``b_out``; see engine/post_norms.py)."""
+    bk = as_backend(model)
+    if graph.arch.post_norms and bk.norm_kind(L, 2, post=True) != "none":
+        return buf[f"post{L}"] @ frozen(bk.W_out(L)) - picked
+    return buf[f"mlp{L}"] - picked
 
 
 def source_deltas(model: Any, graph: Graph, diff: dict) -> SourceDeltas:
@@ -105,7 +125,9 @@ def source_deltas(model: Any, graph: Graph, diff: dict) -> SourceDeltas:
         )
     x0 = diff["input"]
     slices = graph.src_slices()
-    dense, rows, lowrank = [x0[None]], [0], []
+    dense: list[torch.Tensor] = [x0[None]]
+    rows: list[int] = [0]
+    lowrank: list[LowRankSources] = []
     for L in range(graph.arch.n_layers):
         s = slices[f"attn{L}"]
         dense.append(torch.einsum("bphe,hed->hbpd", diff[f"z{L}"], frozen(bk.W_O(L))))
@@ -123,7 +145,7 @@ def source_deltas(model: Any, graph: Graph, diff: dict) -> SourceDeltas:
             LowRankSources(torch.arange(m.start, m.start + n, device=x0.device), post.permute(2, 0, 1), W_out)
         )
         if graph.has_rest(L):
-            dense.append((diff[f"mlp{L}"] - post @ W_out)[None])
+            dense.append(_rest(model, graph, diff, L, post @ W_out)[None])
             rows.append(m.start + n)
     if graph.sites:
         for site in graph.sites:
@@ -132,11 +154,11 @@ def source_deltas(model: Any, graph: Graph, diff: dict) -> SourceDeltas:
                 lowrank.append(block)
             rows.extend(site_rows)
             dense.extend(t[None] for t in site_dense)
-    rows, dense = torch.tensor(rows, device=x0.device), torch.cat(dense)
+    row_index, stacked = torch.tensor(rows, device=x0.device), torch.cat(dense)
     if graph.sites:  # dense rows in graph order (sites sit between layers)
-        order = torch.argsort(rows)
-        rows, dense = rows[order], dense[order]
-    return SourceDeltas(dense, rows, lowrank)
+        order = torch.argsort(row_index)
+        row_index, stacked = row_index[order], stacked[order]
+    return SourceDeltas(stacked, row_index, lowrank)
 
 
 @torch.no_grad()

@@ -16,7 +16,7 @@ from circuitgraph.circuit.selection import top_n
 from circuitgraph.engine.ablation import Ablation
 from circuitgraph.engine.evaluator import Baselines, CircuitEvaluator
 from circuitgraph.graph import Graph
-from circuitgraph.tasks.metrics import LOWER_IS_BETTER
+from circuitgraph.tasks.metrics import helpfulness
 
 # MIB's edge fractions (in percent of all edges).
 CURVE_PERCENTS = (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100)
@@ -87,8 +87,7 @@ def faithfulness_curve(
     """Faithfulness at MIB's edge fractions, with CPR and CMD as MIB defines them (areas over the
     fraction of edges in [0, 1], trapezoid rule)."""
     scores = graph.scores if scores is None else scores
-    # An edge helps if ablating it moves the metric the wrong way: score < 0 for higher-is-better.
-    helpful = scores if task.metric_name in LOWER_IS_BETTER else -scores
+    helpful = helpfulness(scores, task.metric_name)
     E = graph.n_edges
 
     def top_fraction(rank: torch.Tensor, p: float):  # the top p % of valid edges by rank (higher first)

@@ -28,7 +28,7 @@ Three levels (:func:`edge_roc`):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from dataclasses import dataclass, field
 
 import torch
@@ -239,7 +239,7 @@ def _gt_nodes(gt) -> set[str]:
 
 
 def _gt_labels(
-    graph: Graph, gt: set[tuple[str, str]], level: str, names: list[str], extra_nodes: set[str] = frozenset()
+    graph: Graph, gt: set[tuple[str, str]], level: str, names: list[str], extra_nodes: Set[str] = frozenset()
 ) -> torch.Tensor:
     heads_only = {d for _, d in gt if d not in graph.dst_index}
     for s, d in gt:

@@ -36,8 +36,8 @@ from circuitgraph.hypothesis.render import vis_assets  # shared with the hypothe
 
 __all__ = ["write_html", "KIND_STYLES", "vis_assets"]
 
-# Node colours by kind (``node_kind`` of the name, or ``graph.node_kinds[name]`` where a graph
-# defines it). New node types only need an entry here; unknown kinds fall back to DEFAULT_STYLE.
+# Node colours by kind (``node_kind`` of the name). New node types only need an entry here;
+# unknown kinds fall back to DEFAULT_STYLE.
 KIND_STYLES: dict[str, dict] = {
     "input": {"color": "#b8bec6", "label": "input (embeddings)"},
     "head": {"color": "#f6c85f", "label": "attention head"},
@@ -66,13 +66,6 @@ def _inline(text: str, tag: str) -> str:
 
 
 # ------------------------------------------------------------------------------------ helpers
-def _kind(graph: Graph, name: str) -> str:
-    kinds = getattr(graph, "node_kinds", None)
-    if isinstance(kinds, dict) and name in kinds:
-        return kinds[name]
-    return node_kind(name)
-
-
 def _style(kind: str) -> dict:
     return KIND_STYLES.get(kind, DEFAULT_STYLE)
 
@@ -176,14 +169,18 @@ def _layout(graph: Graph, shown: list[str]) -> dict[str, tuple[int, int]]:
 def _describe(circuit, graph: Graph) -> dict:
     """Model, task, method, metric, faithfulness, edge counts for the title and header."""
     meta = dict(getattr(circuit, "metadata", None) or {})
-    attribution = meta.get("attribution") if isinstance(meta.get("attribution"), dict) else graph.score_info or {}
+    attribution = meta.get("attribution")
+    if not isinstance(attribution, dict):
+        attribution = graph.score_info or {}
     info = {
         "model": meta.get("model") or graph.model_name or "",
         "task": meta.get("task") or attribution.get("task") or "",
         "metric": meta.get("metric") or attribution.get("metric") or "",
         "method": attribution.get("method") or meta.get("method") or "",
     }
-    selection = meta.get("selection") if isinstance(meta.get("selection"), dict) else {}
+    selection = meta.get("selection")
+    if not isinstance(selection, dict):
+        selection = {}
     if selection.get("kind"):
         info["selection"] = str(selection["kind"]) + (
             f" (target {selection['target']})" if "target" in selection else ""
@@ -358,7 +355,7 @@ def _add_nodes(net, graph: Graph, shown: list[str], touched: dict[str, dict], no
     layer_of.update({n: graph.arch.n_layers for n in _logits_nodes(graph)})
     kinds_present: list[str] = []
     for n in shown:
-        kind = _kind(graph, n)
+        kind = node_kind(n)
         style = _style(kind)
         if kind not in kinds_present:
             kinds_present.append(kind)

@@ -78,9 +78,9 @@ def read_scores(path: str | Path) -> dict[str, Any]:
         "valid": TensorSpec(("BOOL",), shape),
         "mask": TensorSpec(("BOOL",), shape),
     }
-    out, _ = read_tensors(path, specs, schema=SCORES_SCHEMA)
-    stray = int(torch.count_nonzero(out["mask"] & ~out["valid"]))
-    stray += int(torch.count_nonzero(out["scores"].masked_fill(out["valid"], 0)))
+    tensors, _ = read_tensors(path, specs, schema=SCORES_SCHEMA)
+    stray = int(torch.count_nonzero(tensors["mask"] & ~tensors["valid"]))
+    stray += int(torch.count_nonzero(tensors["scores"].masked_fill(tensors["valid"], 0)))
     if stray:
         raise FileFormatError(
             f"{path}: {stray} cell(s) that are not valid edges are marked in the mask or hold a score; the file is corrupted"
@@ -88,6 +88,5 @@ def read_scores(path: str | Path) -> dict[str, Any]:
     problem = check_member(path)
     if problem:
         raise FileFormatError(problem)
-    out.update(names)
-    out["metadata"] = meta
+    out: dict[str, Any] = {**tensors, **names, "metadata": meta}
     return out

@@ -252,8 +252,7 @@ def check_finite(t: torch.Tensor, what: str, kind: type[CircuitGraphError], allo
             first_flat = i + int(bad.nonzero()[0, 0])
         n += found
     if n:
-        first = list(torch.unravel_index(torch.tensor(first_flat), t.shape)) if t.dim() else []
-        first = [int(x) for x in first]
+        first = [int(x) for x in torch.unravel_index(torch.tensor(first_flat), t.shape)] if t.dim() else []
         if allow_inf:
             raise kind(f"{what} has {n} NaN value(s) (first at index {first}); NaN is never a valid value here")
         raise kind(

@@ -233,7 +233,8 @@ def _check_files(directory: Path, listed: dict[str, Any]) -> tuple[dict[str, str
     return files, problems
 
 
-def _read_summary(path: Path) -> dict[str, Any] | None:
+def read_summary(path: Path) -> dict[str, Any] | None:
+    """A run summary (schema ``circuitgraph.run/1``), read within bounds; None if it is not one."""
     try:
         doc = read_json(path, max_bytes=64 << 20)
     except (FileFormatError, OSError):
@@ -247,7 +248,7 @@ def run_state(directory: str | Path) -> RunState:
     st = RunState(directory, "unfinished")
     prev = directory / PREVIOUS_SUMMARY
     if prev.is_file():
-        old = _read_summary(prev)
+        old = read_summary(prev)
         if old and isinstance(old.get("manifest"), dict):
             _, changed = _check_files(directory, old["manifest"])
             st.previous = (
@@ -261,7 +262,7 @@ def run_state(directory: str | Path) -> RunState:
     if not (directory / SUMMARY).exists():
         st.holder = holder(directory)  # a lock file left by a killed run names it
         return st
-    summary = _read_summary(directory / SUMMARY)
+    summary = read_summary(directory / SUMMARY)
     if summary is None:
         st.state = "invalid"
         st.problems.append(f"{SUMMARY} is not a circuitgraph run summary ({RUN_SCHEMA})")
@@ -287,7 +288,7 @@ def check_member(path: str | Path) -> str | None:
     summary_path = path.parent / SUMMARY
     if not summary_path.is_file():
         return None
-    summary = _read_summary(summary_path)
+    summary = read_summary(summary_path)
     if not summary or summary.get("status") != "ok" or not isinstance(summary.get("manifest"), dict):
         return None
     rec = summary["manifest"].get(path.name)
@@ -318,5 +319,6 @@ __all__ = [
     "finish_run",
     "manifest",
     "run_state",
+    "read_summary",
     "check_member",
 ]

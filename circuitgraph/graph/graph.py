@@ -25,7 +25,7 @@ import torch
 
 from circuitgraph.errors import GraphError
 from circuitgraph.files.schema import LIMITS, Bool, Int, ListOf, MapOf, Obj, Optional, Str
-from circuitgraph.graph.names import HEAD_TIME, MLP_TIME, QKV, dst_node, node_kind, parse_node
+from circuitgraph.graph.names import HEAD_TIME, MLP_TIME, QKV, dst_node, mlp_read_offset, node_kind, parse_node
 from circuitgraph.graph.sites import Site, check_sites, make_site
 from circuitgraph.models.backend import Architecture, check_model
 from circuitgraph.models.sae import as_sae_list, validate
@@ -53,6 +53,8 @@ GRAPH_SPEC = Obj(
         "name": Str(max_len=1024),
         "config_hash": Str(max_len=64),
         "d_mlp": Int(0, LIMITS.max_d_mlp),
+        "parallel_attn_mlp": Bool(),
+        "post_norms": Bool(),
         "neurons": MapOf(
             ListOf(Int(0, LIMITS.max_d_mlp - 1), max_len=LIMITS.max_d_mlp, increasing=True),
             key_pattern=r"0|[1-9][0-9]{0,5}",
@@ -102,7 +104,7 @@ class Graph:
             model_name,
             model_hash,
             _normalise_neurons(neurons, arch),
-            check_sites(list(sites or []), arch.n_layers, arch.has_mlp),
+            check_sites(list(sites or []), arch.n_layers, arch.has_mlp, arch.parallel_attn_mlp),
         )
         if self.sites and self.neurons:
             raise GraphError("a graph with SAE sites and neuron nodes is not supported yet; use one or the other")
@@ -112,6 +114,7 @@ class Graph:
         src = [("input", 0, -1, "input")]
         dst = []
         letters = QKV if split_qkv else ("",)
+        reads = mlp_read_offset(arch.parallel_attn_mlp)  # (parallel blocks: the MLP reads with the heads)
         for layer in range(L):
             t = 8 * layer
             src += [(f"a{layer}.h{h}", t + HEAD_TIME, layer, f"attn{layer}") for h in range(H)]
@@ -122,11 +125,12 @@ class Graph:
             ]
             for name in self.mlp_node_names(layer):
                 src.append((name, t + MLP_TIME, layer, f"mlp{layer}"))
-                dst.append((name, t + MLP_TIME, layer, f"mlp{layer}"))
+                dst.append((name, t + reads, layer, f"mlp{layer}"))
         for site in self.sites:
+            read = 8 * site.layer + reads if site.kind == "transcoder" else site.time
             for name in site.node_names():
                 src.append((name, site.time, site.layer, site.name))
-                dst.append((name, site.time, site.layer, site.name))
+                dst.append((name, read, site.layer, site.name))
         dst.append(("logits", 8 * L + HEAD_TIME, L, "logits"))
         src.sort(key=lambda e: e[1])  # stable: within a time, the order above
         dst.sort(key=lambda e: e[1])
@@ -302,6 +306,8 @@ class Graph:
             "has_mlp": self.arch.has_mlp,
             "d_model": self.arch.d_model,
             "d_mlp": self.arch.d_mlp,
+            "parallel_attn_mlp": self.arch.parallel_attn_mlp,
+            "post_norms": self.arch.post_norms,
             "split_qkv": self.split_qkv,
             "neurons": {str(k): v for k, v in sorted(self.neurons.items())},
             "positions": self.positions,
@@ -345,6 +351,8 @@ class Graph:
             bool(spec["has_mlp"]),
             int(spec["d_model"]),
             int(spec.get("d_mlp") or 0),
+            parallel_attn_mlp=bool(spec.get("parallel_attn_mlp", False)),  # (absent from older files)
+            post_norms=bool(spec.get("post_norms", False)),
         )
         neurons = {int(k): v for k, v in (spec.get("neurons") or {}).items()}
         graph = Graph(
@@ -631,6 +639,8 @@ def _sites_for(model: Any, saes: list, features: Any) -> list[Site]:
 class PositionalGraph(Graph):
     """A :class:`Graph` whose nodes are (node, position) pairs; ``base`` is the position-free graph."""
 
+    positions: int  # always set (≥ 1)
+
     def __init__(self, base: Graph, positions: int, causal: bool = True) -> None:
         if base.neurons:
             raise GraphError("position-resolved graphs with neuron nodes are not supported yet; use one or the other")
@@ -652,7 +662,7 @@ class PositionalGraph(Graph):
         for s in range(base.n_src):
             own = base.node_dsts[s].tolist()
             for p in range(P):
-                cols = []
+                cols: list[int] = []
                 for j in own:
                     reader = parse_node(base.dst_names[j])
                     if reader.slot in ("k", "v") or (not base.split_qkv and reader.kind == "head"):
@@ -687,8 +697,10 @@ class PositionalGraph(Graph):
     def src_slices(self) -> dict[str, slice]:
         return self.base.src_slices()
 
-    def upstream(self, group: str) -> slice | torch.Tensor:
-        return self.base.upstream(group)
+    def upstream(self, group: str) -> slice:
+        up = self.base.upstream(group)
+        assert isinstance(up, slice)  # no SAE sites (refused above): the rows a group reads are a prefix
+        return up
 
     def mlp_node_names(self, layer: int) -> list[str]:
         return self.base.mlp_node_names(layer)

@@ -35,7 +35,7 @@ import math
 import operator
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 
@@ -55,7 +55,7 @@ class Example(NamedTuple):
     wrong     the task's wrong-answer id(s), or None
     """
 
-    index: int
+    index: int  # type: ignore[assignment]  # a field named like tuple.index, which it shadows (public name)
     tokens: tuple
     position: int | None
     answer: Any
@@ -286,7 +286,7 @@ def register_feature(name: str, positional: bool | None = None, vectorized: bool
             )
         _REGISTRY[name] = (fn, positional, vectorized)
         try:
-            fn.__circuitgraph_feature__ = name
+            cast(Any, fn).__circuitgraph_feature__ = name  # (a marker attribute on the user's function)
         except (AttributeError, TypeError):  # e.g. a bound method or builtin
             pass
         return fn

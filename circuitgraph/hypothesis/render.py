@@ -102,7 +102,16 @@ def layout(h) -> tuple[list[dict], list[dict]]:
     for c, names in per_col.items():
         for r, n in enumerate(names):
             pos[n] = (c * X_STEP, r * Y_STEP * 2)
-    nodes, edges = [], []
+    nodes = _model_nodes(model_names, pos)
+    interp_nodes, edges = _interpretation(h, pos)
+    nodes += interp_nodes
+    ids = {n["id"] for n in nodes}
+    return nodes, edges + _cover_edges(h, ids)
+
+
+def _model_nodes(model_names: list[str], pos: dict[str, tuple[int, int]]) -> list[dict]:
+    """One ellipse per model node the hypothesis maps to, at its column."""
+    nodes = []
     for n in model_names:
         mn = parse_node(n)
         x, y = pos[n]
@@ -118,6 +127,13 @@ def layout(h) -> tuple[list[dict], list[dict]]:
                 "title": f"model node {n} ({mn.kind})",
             }
         )
+    return nodes
+
+
+def _interpretation(h, pos: dict[str, tuple[int, int]]) -> tuple[list[dict], list[dict]]:
+    """Interpretation nodes stacked above the model node each maps to, their mapping edges and the
+    interpretation edges between them."""
+    nodes, edges = [], []
     stacked: dict[str, int] = {}
     for name, node in h.nodes.items():
         m = h.mapping[name]
@@ -165,7 +181,12 @@ def layout(h) -> tuple[list[dict], list[dict]]:
                 "smooth": {"enabled": True, "type": "curvedCCW", "roundness": 0.2},
             }
         )
-    ids = {n["id"] for n in nodes}
+    return nodes, edges
+
+
+def _cover_edges(h, ids: set[str]) -> list[dict]:
+    """The model edges the hypothesis covers, between model nodes that are drawn."""
+    edges = []
     for e in h.covered_edges():
         s, d = e.split("->")
         target = d if f"model:{d}" in ids else parse_node(d).owner
@@ -184,7 +205,7 @@ def layout(h) -> tuple[list[dict], list[dict]]:
                 "smooth": {"enabled": True, "type": "curvedCW", "roundness": 0.15},
             }
         )
-    return nodes, edges
+    return edges
 
 
 def write_html(h, path: str | Path, title: str | None = None) -> Path:

@@ -255,7 +255,8 @@ def _check_node_graph(nodes: dict[str, NodeRecord], root: str, source: str | Pat
 def check_model(info: dict | None, model, source: str | Path) -> None:
     """Refuse a file made for another model (by config hash), naming both models."""
     mine = config_hash(model.cfg)
-    theirs = (info or {}).get("config_hash")
+    info = info or {}
+    theirs = info.get("config_hash")
     if theirs is not None and theirs != mine:
         made = info.get("name") or "another model"
         raise file_error(

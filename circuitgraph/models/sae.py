@@ -27,7 +27,7 @@ import json
 import math
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError
@@ -51,6 +51,9 @@ from circuitgraph.files.pairs import (
 from circuitgraph.files.reading import check_file, read_json
 from circuitgraph.files.schema import LIMITS, Bool, Either, Int, Obj, Optional, Str
 from circuitgraph.models.backend import as_backend
+
+if TYPE_CHECKING:
+    from transformer_lens.hook_points import HookPoint
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
@@ -86,6 +89,13 @@ class SAE(nn.Module):
     ``b_dec [d_in]`` and, when ``architecture == "jumprelu"``, ``threshold [d_sae]``.
     ``cfg`` keeps any extra configuration (training figures, provenance); it is written back to
     ``cfg.json`` by :func:`save_sae`."""
+
+    # TransformerLens hook points, added as submodules when the SAE is first spliced into a model
+    # (see :mod:`circuitgraph.sae.splice`); declarations only, for the type checker
+    hook_sae_input: HookPoint
+    hook_sae_acts: HookPoint
+    hook_sae_recon: HookPoint
+    hook_sae_error: HookPoint
 
     def __init__(
         self,

@@ -9,13 +9,15 @@ Signature of a custom metric: ``fn(logits: [batch, pos, vocab], batch: Task) -> 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from circuitgraph.errors import TaskError, TaskTypeError
 
-Metric = Callable[[torch.Tensor, "Task"], torch.Tensor]  # noqa: F821
+# fn(logits, batch) with batch a Task (not imported here: task.py imports this module)
+Metric = Callable[[torch.Tensor, Any], torch.Tensor]
 
 
 def read_logits(logits: torch.Tensor, task) -> torch.Tensor:
@@ -96,6 +98,15 @@ METRICS: dict[str, Metric] = {
 NEEDS_REFERENCE = {"kl", "l2"}
 # Metrics for which a *lower* value means the task is done better (used for reporting only).
 LOWER_IS_BETTER = {"cross_entropy", "kl", "l2"}
+
+
+def helpfulness(scores, metric_name: str | None):
+    """How much each edge helps the task, whatever the metric: positive = helps, negative = hurts.
+
+    A score estimates m(edge ablated) − m(clean). Under a higher-is-better metric (logit_diff) an
+    edge the task needs scores negative, under a lower-is-better one (kl, cross_entropy, l2)
+    positive; this flips the sign so that "helps" reads the same under every metric."""
+    return scores if metric_name in LOWER_IS_BETTER else -scores
 
 
 def resolve_metric(metric: str | Metric) -> Metric:

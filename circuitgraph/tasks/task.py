@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -181,7 +182,7 @@ class Task:
     def metric_name(self) -> str:
         return self.metric if isinstance(self.metric, str) else getattr(self.metric, "__name__", "custom")
 
-    def _fields(self) -> dict:
+    def _fields(self) -> dict[str, Any]:
         return dict(
             clean=self.clean,
             corrupted=self.corrupted,
@@ -200,7 +201,7 @@ class Task:
         return Task(**{**self._fields(), "metric": metric})
 
     def to(self, device: torch.device | str) -> Task:
-        f = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self._fields().items()}
+        f: dict[str, Any] = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self._fields().items()}
         t = Task(**f)
         if self.clean_reference is not None:
             t.clean_reference = self.clean_reference.to(device)
