@@ -140,6 +140,17 @@ class Page:
         value = res["result"].get("value")
         return json.loads(value) if isinstance(value, str) else value
 
+    def errors(self) -> list[str]:
+        """Uncaught exceptions and console errors the page has reported so far."""
+        out = []
+        for ev in self.dt.events:
+            p = ev.get("params", {})
+            if ev.get("method") == "Runtime.exceptionThrown":
+                out.append(str(p.get("exceptionDetails", {}).get("exception", {}).get("description") or p))
+            elif ev.get("method") == "Runtime.consoleAPICalled" and p.get("type") == "error":
+                out.append(" ".join(str(a.get("value", a.get("description", ""))) for a in p.get("args", [])))
+        return out
+
     def screenshot(self, png_path: Path) -> None:
         shot = self.dt.call("Page.captureScreenshot", {"format": "png"}, self.session)
         png_path.parent.mkdir(parents=True, exist_ok=True)
@@ -190,6 +201,7 @@ def open_page(
             session,
         )
         dt.call("Page.enable", session=session)
+        dt.call("Runtime.enable", session=session)  # script errors arrive as events (Page.errors)
         dt.call("Page.navigate", {"url": html_path.resolve().as_uri()}, session)
         page = Page(dt, session)
         page.evaluate(_WAIT.replace("READY", ready), timeout=40)

@@ -764,8 +764,11 @@ _SCRIPT = r"""
     h += '<div class="row note">metric ' + m + " (" + dir + (info.metric_known ? "" : "; assumed, the metric is not a built-in one") +
       "): an edge helps when ablating it " + (info.lower_is_better ? "raises" : "lowers") + " " + m + ". The same colours under every metric; the raw score is in each edge's tooltip.</div>";
     h += '<div class="row note">width \u221d |score|; q / k / v: the ports of a head\'s query, key and value inputs</div>';
-    h += '<div class="row note">pruning keeps the nodes and edges carrying the chosen share of the attribution to the logits (circuit-tracer\'s rule: nodes, then edges at ' +
-      (stops[state.stop].edge_threshold ? pct(stops[state.stop].edge_threshold) : "100%") + ").</div>";
+    var st = stops[state.stop];
+    h += '<div class="row note">' + (st.node_threshold === null
+      ? "showing the whole circuit; move the slider left to keep only the nodes and edges that carry most of the attribution to the logits."
+      : "pruning keeps the fewest nodes carrying " + pct(st.node_threshold) + " of the attribution to the logits, then the fewest of their edges carrying " +
+        pct(st.edge_threshold) + " (circuit-tracer's rule).") + "</div>";
     if ((info.skipped_stops || []).length) { h += '<div class="row note">not drawn (over ' + DATA.max_edges + " edges): " + esc(info.skipped_stops.join(", ")) + "</div>"; }
     h += "<h3>groups (supernodes)</h3>";
     h += groups.length ? groups.map(function (g, gi) {

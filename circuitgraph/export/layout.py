@@ -171,12 +171,12 @@ def _place_layers(rows: _Rows, n_heads: int, w: float) -> Placed:
     pitch = w + GAP_X
     packed = {t: rows.packed(rows.rows[t]) for t in rows.times}
 
-    def fixed(names: list[str], wrap: int) -> bool:  # a layer's heads, one slot per head
-        return all(rows.parsed[n].kind == "head" for n in names) and n_heads <= wrap
+    def fixed(names: list[str]) -> bool:  # a layer's heads, one slot per head
+        return all(rows.parsed[n].kind == "head" for n in names) and n_heads <= WRAP
 
     def aspect(wrap: int) -> float:
-        widths = [n_heads if fixed(v, wrap) else min(len(v), wrap) for v in packed.values()]
-        n_bands = sum(1 if fixed(v, wrap) else -(-len(v) // wrap) for v in packed.values())
+        widths = [n_heads if fixed(v) else min(len(v), wrap) for v in packed.values()]
+        n_bands = sum(1 if fixed(v) else -(-len(v) // wrap) for v in packed.values())
         return max(widths, default=1) * pitch / max(n_bands * (NODE_H + GAP_Y), 1.0)
 
     longest = max((len(v) for v in packed.values()), default=1)
@@ -187,7 +187,7 @@ def _place_layers(rows: _Rows, n_heads: int, w: float) -> Placed:
     firsts: list[tuple[str, int]] = []
     for t in rows.times:
         names = packed[t]
-        if fixed(names, wrap):
+        if fixed(names):
             chunks = [names]
             slots = {n: (rows.parsed[n].head or 0) - (n_heads - 1) / 2 for n in names}
         else:
