@@ -21,8 +21,10 @@ from circuitgraph.atomic import atomic_write
 from circuitgraph.circuit.summary import summary_html, summary_text
 from circuitgraph.errors import FileFormatError, GraphError
 from circuitgraph.graph import Graph, config_hash
+from circuitgraph.graph.names import dst_node
 
 SCHEMA = "circuitgraph.circuit/1"
+SUPERNODES = "supernodes"  # metadata key of the user's node groups (see Circuit.supernodes)
 
 
 class CircuitFileError(FileFormatError):
@@ -43,6 +45,17 @@ class Circuit:
         if self.mask.shape != self.graph.valid.shape or self.mask.dtype != torch.bool:
             raise GraphError(f"circuit mask must be a bool tensor of shape {list(self.graph.valid.shape)}")
         self.mask = self.mask.to(self.graph.valid.device) & self.graph.valid
+
+    # ------------------------------------------------------------------ supernodes
+    @property
+    def supernodes(self) -> list[dict]:
+        """The user's groups of nodes (as drawn by the viewer and saved by its "save" button):
+        ``[{"name": str, "nodes": [node names]}]``, kept in ``metadata["supernodes"]``."""
+        return [{"name": g["name"], "nodes": list(g["nodes"])} for g in self.metadata.get(SUPERNODES, [])]
+
+    @supernodes.setter
+    def supernodes(self, groups: list[dict]) -> None:
+        self.metadata[SUPERNODES] = check_supernodes(groups, self.graph)
 
     # ------------------------------------------------------------------ views
     @property
@@ -167,6 +180,11 @@ class Circuit:
             raise CircuitFileError(f"{st} does not hold [{graph.n_src}, {graph.n_dst}] scores and mask for this graph")
         graph.scores = t["scores"].to(graph.valid.device)
         graph.score_info = doc.get("metadata", {}).get("attribution", {})
+        if SUPERNODES in doc.get("metadata", {}):
+            try:
+                doc["metadata"][SUPERNODES] = check_supernodes(doc["metadata"][SUPERNODES], graph)
+            except GraphError as e:
+                raise CircuitFileError(f"{path}: metadata.{SUPERNODES} is malformed: {e}") from None
         c = cls(
             graph,
             t["mask"].bool(),
@@ -179,3 +197,28 @@ class Circuit:
                 f"{path} says {doc.get('n_edges')} edges but its tensors hold {c.n_edges}; the pair is inconsistent"
             )
         return c
+
+
+def check_supernodes(groups, graph: Graph) -> list[dict]:
+    """``groups`` as ``[{"name": str, "nodes": [str, ...]}]`` after checking it: a list of groups,
+    each with a non-empty name (unique) and a list of distinct nodes of ``graph`` (sources, or the
+    logits). Raises :class:`~circuitgraph.errors.GraphError` naming the first problem."""
+    if not isinstance(groups, list):
+        raise GraphError(
+            f"supernodes must be a list of {{'name': str, 'nodes': [node names]}}, got {type(groups).__name__}"
+        )
+    known = set(graph.src_names) | {dst_node(graph.dst_names[j]) for j in graph.logits_columns.tolist()}
+    out, names = [], set()
+    for k, g in enumerate(groups):
+        if not isinstance(g, dict) or not isinstance(g.get("name"), str) or not isinstance(g.get("nodes"), list):
+            raise GraphError(f"supernode {k} must be {{'name': str, 'nodes': [node names]}}, got {g!r}")
+        name, nodes = g["name"].strip(), g["nodes"]
+        if not name or name in names:
+            raise GraphError(f"supernode {k} needs a name of its own, got {g['name']!r}")
+        bad = [n for n in nodes if not isinstance(n, str) or n not in known]
+        if bad or not nodes or len(set(nodes)) != len(nodes):
+            what = f"names no node of this graph: {bad[:5]}" if bad else "must list distinct nodes, at least one"
+            raise GraphError(f"supernode {name!r} {what}")
+        names.add(name)
+        out.append({"name": name, "nodes": list(nodes)})
+    return out
