@@ -515,3 +515,18 @@ def test_the_limits_are_documented():
     table = text[text.index("### Limits") : text.index("## Other files")]
     for name, value in dataclasses.asdict(LIMITS).items():
         assert f"| {value}" in table, f"docs/circuit-schema.md's limits table lacks {name} = {value}"
+
+
+def test_a_document_written_elsewhere_still_pairs_with_its_tensors(tmp_path, model):
+    """The viewer's "save" writes circuit.to_dict() (plus supernodes) beside the tensor file it came
+    with: the document carries that file's binding, so it loads; edited edges do not."""
+    path = saved_circuit(model, tmp_path / "circuit.json")
+    c = Circuit.load(path)
+    doc = c.to_dict()
+    doc["metadata"]["supernodes"] = [{"name": "g", "nodes": [doc["edges"][0][0]]}]
+    path.write_text(json.dumps(doc))
+    assert Circuit.load(path).supernodes == [{"name": "g", "nodes": [doc["edges"][0][0]]}]
+    c.mask[tuple(c.mask.nonzero()[0].tolist())] = False  # an edge fewer in memory, not on disk
+    path.write_text(json.dumps(c.to_dict()))
+    with pytest.raises(CircuitFileError, match="says 5 edges but its tensors hold 6"):
+        Circuit.load(path)

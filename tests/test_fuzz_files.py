@@ -213,7 +213,7 @@ MODEL_DEFAULTS = {
     "causal": True,
     "sites": [],
 }
-BINDING = ("pair_id", "tensors_sha256", "tensors")
+BINDING = ("tensors",)  # (the pair id and hash are what the loaded circuit's to_dict carries too)
 
 
 def expect_circuit(doc_text: str):

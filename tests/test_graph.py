@@ -88,7 +88,7 @@ def test_unsupported_architectures_are_named():
         Graph.from_model(tiny_model(positional_embedding_type="shortformer"))
     with pytest.raises(UnsupportedModelError, match="SoLU-LN MLPs are not split"):
         Graph.from_model(tiny_model(act_fn="solu_ln"), neurons=True)
-    with pytest.raises(UnsupportedModelError, match="HookedTransformer, got HookedEncoderDecoder"):
+    with pytest.raises(UnsupportedModelError, match="HookedTransformer.*, got HookedEncoderDecoder"):
         from transformer_lens import HookedEncoderDecoder, HookedTransformerConfig
 
         cfg = HookedTransformerConfig(

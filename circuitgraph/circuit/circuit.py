@@ -34,8 +34,10 @@ from circuitgraph.files.rundir import check_member
 from circuitgraph.files.schema import Float, Int, JsonObject, ListOf, Obj, Optional, Str, TupleOf, validate
 from circuitgraph.graph import Graph, config_hash
 from circuitgraph.graph.graph import GRAPH_SPEC
+from circuitgraph.graph.names import dst_node
 
 SCHEMA = "circuitgraph.circuit/1"
+SUPERNODES = "supernodes"  # metadata key of the user's node groups (see Circuit.supernodes)
 _NODE = Str(max_len=256, min_len=1, label="a node name")
 # name.json, declaratively (docs/circuit-schema.md); checked before anything is sized from it
 CIRCUIT_FILE = Obj(
@@ -46,7 +48,7 @@ CIRCUIT_FILE = Obj(
         "edges": ListOf(TupleOf(_NODE, _NODE, Float(finite=False))),
     },
     optional={
-        "metadata": Obj(optional={"attribution": JsonObject()}),
+        "metadata": Obj(optional={"attribution": JsonObject()}),  # (supernodes: check_supernodes)
         "faithfulness": Optional(Float()),
         "figures": JsonObject(),
         "n_edges_total": Int(0, None),
@@ -79,12 +81,24 @@ class Circuit:
     metadata: dict = field(default_factory=dict)
     faithfulness: float | None = None
     figures: dict = field(default_factory=dict)
-    pair_id: str | None = field(default=None, repr=False, compare=False)  # of the files it was saved to / loaded from
+    # the binding of the files it was last saved to or loaded from (their pair id and tensor hash)
+    binding: Binding | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.mask.shape != self.graph.valid.shape or self.mask.dtype != torch.bool:
             raise GraphError(f"circuit mask must be a bool tensor of shape {list(self.graph.valid.shape)}")
         self.mask = self.mask.to(self.graph.valid.device) & self.graph.valid
+
+    # ------------------------------------------------------------------ supernodes
+    @property
+    def supernodes(self) -> list[dict]:
+        """The user's groups of nodes (as drawn by the viewer and saved by its "save" button):
+        ``[{"name": str, "nodes": [node names]}]``, kept in ``metadata["supernodes"]``."""
+        return [{"name": g["name"], "nodes": list(g["nodes"])} for g in self.metadata.get(SUPERNODES, [])]
+
+    @supernodes.setter
+    def supernodes(self, groups: list[dict]) -> None:
+        self.metadata[SUPERNODES] = check_supernodes(groups, self.graph)
 
     # ------------------------------------------------------------------ views
     @property
@@ -135,7 +149,13 @@ class Circuit:
         return summary_html(self)
 
     # ------------------------------------------------------------------ persistence
+    @property
+    def pair_id(self) -> str | None:
+        return self.binding.pair_id if self.binding else None
+
     def to_dict(self) -> dict:
+        """The JSON document; with the binding of the tensor file it was saved to or loaded from,
+        so that a document written elsewhere (the viewer's "save") still pairs with that file."""
         g = self.graph
         return {
             "schema": SCHEMA,
@@ -146,6 +166,7 @@ class Circuit:
             "n_edges": self.n_edges,
             "n_edges_total": g.n_edges,
             "edges": [[s, d, sc] for s, d, sc in self.edges()],
+            **(self.binding.to_json() if self.binding else {}),
         }
 
     def save(self, path: str | Path) -> Path:
@@ -173,7 +194,7 @@ class Circuit:
         binding = write_tensors(st_path, tensors, {"schema": SCHEMA})
         doc.update(binding.to_json())
         atomic_write(path, lambda p: Path(p).write_text(json.dumps(doc, indent=1)))
-        self.pair_id = binding.pair_id
+        self.binding = binding
         return path
 
     @classmethod
@@ -234,6 +255,11 @@ class Circuit:
         graph.scores = scores
         metadata = doc.get("metadata", {})
         graph.score_info = metadata.get("attribution", {})
+        if SUPERNODES in metadata:  # their form, and that they name this graph's nodes
+            try:
+                metadata[SUPERNODES] = check_supernodes(metadata[SUPERNODES], graph)
+            except GraphError as e:
+                raise CircuitFileError(f"{path}: metadata.{SUPERNODES} is malformed: {e}") from None
         marked = int(torch.count_nonzero(t["mask"]))
         c = cls(
             graph, t["mask"], metadata=metadata, faithfulness=doc.get("faithfulness"), figures=doc.get("figures", {})
@@ -243,7 +269,7 @@ class Circuit:
             raise CircuitFileError(
                 f"{st}: the mask marks {marked - n} cell(s) that are not edges of the graph; the file is corrupted"
             )
-        c.pair_id = binding.pair_id if binding else None
+        c.binding = binding
         c._check_readable_copy(doc, path, n)
         return c
 
@@ -281,3 +307,28 @@ class Circuit:
                 f"{path}: $.edges[{i}] gives {edges[i][0]}->{edges[i][1]} the score {edges[i][2]!r} but the tensors "
                 f"hold {float(held[i])!r}; the pair is inconsistent"
             )
+
+
+def check_supernodes(groups, graph: Graph) -> list[dict]:
+    """``groups`` as ``[{"name": str, "nodes": [str, ...]}]`` after checking it: a list of groups,
+    each with a non-empty name (unique) and a list of distinct nodes of ``graph`` (sources, or the
+    logits). Raises :class:`~circuitgraph.errors.GraphError` naming the first problem."""
+    if not isinstance(groups, list):
+        raise GraphError(
+            f"supernodes must be a list of {{'name': str, 'nodes': [node names]}}, got {type(groups).__name__}"
+        )
+    known = set(graph.src_names) | {dst_node(graph.dst_names[j]) for j in graph.logits_columns.tolist()}
+    out, names = [], set()
+    for k, g in enumerate(groups):
+        if not isinstance(g, dict) or not isinstance(g.get("name"), str) or not isinstance(g.get("nodes"), list):
+            raise GraphError(f"supernode {k} must be {{'name': str, 'nodes': [node names]}}, got {g!r}")
+        name, nodes = g["name"].strip(), g["nodes"]
+        if not name or name in names:
+            raise GraphError(f"supernode {k} needs a name of its own, got {g['name']!r}")
+        bad = [n for n in nodes if not isinstance(n, str) or n not in known]
+        if bad or not nodes or len(set(nodes)) != len(nodes):
+            what = f"names no node of this graph: {bad[:5]}" if bad else "must list distinct nodes, at least one"
+            raise GraphError(f"supernode {name!r} {what}")
+        names.add(name)
+        out.append({"name": name, "nodes": list(nodes)})
+    return out

@@ -216,6 +216,7 @@ class ExportConfig:
     curve: bool = True  # measure the faithfulness curve, CPR and CMD (needed for png)
     graphml: bool = False  # circuit.graphml
     mib_json: bool = False  # circuit.mib.json (EAP-IG / MIB layout)
+    neuronpedia: bool = False  # circuit.neuronpedia.json (Neuronpedia / circuit-tracer graph JSON)
     title: str | None = None  # title of graph.html (default: model · task · method · figures)
     open_browser: bool = False  # open graph.html when a display is available
     hypothesis: bool = True  # hypothesis.json: the circuit as a causal-scrubbing hypothesis, scrubbed

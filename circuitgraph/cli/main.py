@@ -74,7 +74,7 @@ from circuitgraph.files import rundir
 from circuitgraph.hypothesis.caveats import hypothesis_unsupported, large_scrubbing_gap, scrubbing_caveat
 from circuitgraph.models import loading
 from circuitgraph.models.loading import load_local_model  # noqa: F401  (moved from this module; re-exported)
-from circuitgraph.sae import feature_labels, load_saes, zoo_saes
+from circuitgraph.sae import decode_tokens, feature_labels, load_saes, zoo_saes
 from circuitgraph.tasks import Task
 
 log = logging.getLogger("circuitgraph")
@@ -89,6 +89,7 @@ FILES = {
     "html": "graph.html",
     "graphml": "circuit.graphml",
     "mib_json": "circuit.mib.json",
+    "neuronpedia": "circuit.neuronpedia.json",
     "hypothesis": "hypothesis.json",
     "summary": "summary.json",
 }
@@ -587,10 +588,21 @@ def write_outputs(
             skipped,
         )
     _write_exchange_formats(cfg, out, circuit, files, skipped)
-    if cfg.export.html:
-        title = cfg.export.title or default_title(ld.label, ld.task.name, cfg.method.name, circuit, graph)
-        _write_html(out, ld, graph, circuit, title)
-        files["html"] = FILES["html"]
+    if cfg.export.html or cfg.export.neuronpedia:
+        info, tokens = _viewer_labels(ld, graph)
+        if cfg.export.neuronpedia:
+            atomic_write(
+                out / FILES["neuronpedia"],
+                lambda p: export.to_neuronpedia_json(circuit, p, node_info=info, tokens=tokens),
+            )
+            files["neuronpedia"] = FILES["neuronpedia"]
+        if cfg.export.html:
+            title = cfg.export.title or default_title(ld.label, ld.task.name, cfg.method.name, circuit, graph)
+            atomic_write(
+                out / FILES["html"],
+                lambda p: export.write_html(circuit, p, title=title, node_info=info, tokens=tokens),
+            )
+            files["html"] = FILES["html"]
     return files, skipped
 
 
@@ -627,11 +639,12 @@ def _write_exchange_formats(
             log.warning("not writing %s: %s", FILES[key], e)
 
 
-def _write_html(out: Path, ld: Loaded, graph, circuit: Circuit, title: str) -> None:
-    info = None
-    if graph.node_graph.sites:  # label feature nodes with their top-activating tokens
-        info = feature_labels(ld.model, graph, ld.task)
-    atomic_write(out / FILES["html"], lambda p: export.write_html(circuit, p, title=title, node_info=info))
+def _viewer_labels(ld: Loaded, graph) -> tuple[dict | None, list[str] | None]:
+    """What the viewers show beside names: feature nodes' top-activating tokens (SAE graphs) and
+    the first clean prompt's tokens under the columns of a position-resolved graph."""
+    info = feature_labels(ld.model, graph, ld.task) if graph.node_graph.sites else None
+    tokens = decode_tokens(ld.model, ld.task.clean[0]) if graph.positions is not None else None
+    return info, tokens
 
 
 def write_summary(out: Path, summary: dict, files: dict[str, str]) -> None:
