@@ -36,7 +36,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import platform
+import os
 import resource
 import shlex
 import statistics
@@ -144,19 +144,28 @@ class Passes:
         with self.model.hooks(fwd_hooks=[("blocks.0.hook_resid_pre", as_leaf)]):
             return self.task.score(self.model(tokens)).mean()
 
-    def floor(self, steps: int) -> float:
+    def timed(self, fn) -> tuple[float, float]:
+        """``(wall seconds, CPU seconds of this process)`` of ``fn()``. CPU time counts the work
+        done whatever else the machine runs, so on a shared machine it is the steadier of the two."""
+        self.sync()
+        wall, cpu = time.perf_counter(), time.process_time()
+        fn()
+        self.sync()
+        return time.perf_counter() - wall, time.process_time() - cpu
+
+    def floor(self, steps: int) -> tuple[float, float]:
         """EAP (steps 1): corrupted forward, clean forward + backward. EAP-IG: corrupted and clean
         forwards without grad, then ``steps`` forwards + backwards."""
-        self.sync()
-        t = time.perf_counter()
-        with torch.no_grad():
-            self.model(self.task.corrupted)
-            if steps > 1:  # EAP-IG's clean sources (its gradients come from the interpolated runs)
-                self.model(self.task.clean)
-        for _ in range(steps):
-            self.forward(self.task.clean).backward()
-        self.sync()
-        return time.perf_counter() - t
+
+        def run():
+            with torch.no_grad():
+                self.model(self.task.corrupted)
+                if steps > 1:  # EAP-IG's clean sources (its gradients come from the interpolated runs)
+                    self.model(self.task.clean)
+            for _ in range(steps):
+                self.forward(self.task.clean).backward()
+
+        return self.timed(run)
 
 
 def run_one(name: str, args: argparse.Namespace) -> dict:
@@ -175,16 +184,18 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
     passes.floor(1)  # warm-up (allocator, kernels), untimed
     floors = {"eap": [passes.floor(1)], "eap-ig": [passes.floor(5)]}  # (before attribution ungroups k/v)
     graph = cg.Graph.from_model(model)
-    times: dict[str, list[float]] = {"eap": [], "eap-ig": []}
+    times: dict[str, list[tuple[float, float]]] = {"eap": [], "eap-ig": []}
     for r in range(args.repeats):  # interleaved, so that drift affects a method and its floor alike
         for m, steps in (("eap", 1), ("eap-ig", 5)):
             if r:
                 floors[m].append(passes.floor(steps))
-            passes.sync()
-            t = time.perf_counter()
-            cg.attribute(model, graph, task, method=m, steps=steps, progress=False, batch_size=args.batch)
-            passes.sync()
-            times[m].append(time.perf_counter() - t)
+            times[m].append(
+                passes.timed(
+                    lambda m=m, steps=steps: cg.attribute(
+                        model, graph, task, method=m, steps=steps, progress=False, batch_size=args.batch
+                    )
+                )
+            )
     out = dict(
         model=name + (" (quick: 2 layers)" if args.quick else ""),
         dtype=str(next(model.parameters()).dtype).replace("torch.", ""),
@@ -194,27 +205,29 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
         build_s=round(build_s, 1),
     )
     for m, key in (("eap", "eap"), ("eap-ig", "ig")):
-        t, f = statistics.median(times[m]), statistics.median(floors[m])
-        out |= {f"{key}_s": round(t, 2), f"{key}_floor_s": round(f, 2), f"{key}_ratio": round(t / f, 3)}
-        out[f"{key}_runs"] = "/".join(f"{x:.1f}" for x in times[m]) + " vs " + "/".join(f"{x:.1f}" for x in floors[m])
+        for i, suffix in ((0, ""), (1, "_cpu")):  # wall time, process CPU time
+            t = statistics.median(x[i] for x in times[m])
+            f = statistics.median(x[i] for x in floors[m])
+            out |= {f"{key}{suffix}_s": round(t, 2), f"{key}{suffix}_floor_s": round(f, 2)}
+            out[f"{key}{suffix}_ratio"] = round(t / f, 3)
+        runs = [f"{a:.1f}/{b:.1f}" for a, b in zip((x[0] for x in times[m]), (x[0] for x in floors[m]))]
+        out[f"{key}_runs"] = " ".join(runs)  # wall seconds, method/floor, per repeat
     peak = peak_gb(args.device)
     out |= dict(fwd_gb=round(fwd_gb, 2), peak_gb=round(peak, 2), mem_ratio=round(peak / fwd_gb, 3))
     return out
 
 
-TARGETS = {"eap_ratio": 1.5, "ig_ratio": 1.3, "mem_ratio": 1.3}
+TARGETS = {"eap_cpu_ratio": 1.5, "ig_cpu_ratio": 1.3, "eap_ratio": 1.5, "ig_ratio": 1.3, "mem_ratio": 1.3}
 
 
 def markdown(rows: list[dict], args: argparse.Namespace, command: str) -> str:
-    device = args.device
-    if device.startswith("cuda") and torch.cuda.is_available():
-        device = f"CUDA, {torch.cuda.get_device_name()}"
-    else:
-        device = f"CPU ({platform.processor() or platform.machine()}), {args.threads} threads"
+    cuda = args.device.startswith("cuda") and torch.cuda.is_available()
+    device = f"CUDA, {torch.cuda.get_device_name()}" if cuda else f"CPU, {args.threads} threads"
+    load = "" if cuda else f", load average {os.getloadavg()[0]:.1f} at the end"
     head = (
-        f"\n### {datetime.date.today()}: {device}, batch {args.batch} × {args.seq}\n\n"
+        f"\n### {datetime.date.today()}: {device}, batch {args.batch} × {args.seq}{load}\n\n"
         f"Command: `{command}`\n\n"
-        "| model | dtype | nodes | edges | EAP | floor | ratio (≤ 1.5) | EAP-IG (5) | floor | ratio (≤ 1.3) "
+        "| model | dtype | nodes | edges | EAP | floor | ratio (≤ 1.5) | EAP-IG (5 steps) | floor | ratio (≤ 1.3) "
         "| fwd peak | peak | ratio (≤ 1.3) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     lines = []
@@ -226,13 +239,21 @@ def markdown(rows: list[dict], args: argparse.Namespace, command: str) -> str:
         def mark(key, r=r):
             return f"**{r[key]}**" if r[key] > TARGETS[key] else str(r[key])
 
+        def pair(key, r=r):  # CPU time, then wall time in brackets
+            return f"{r[key.replace('_', '_cpu_', 1)]} s ({r[key]} s)"
+
         lines.append(
-            f"| {r['model']} | {r['dtype']} | {r['nodes']} | {r['edges']:,} | {r['eap_s']} s | {r['eap_floor_s']} s "
-            f"| {mark('eap_ratio')} | {r['ig_s']} s | {r['ig_floor_s']} s | {mark('ig_ratio')} | {r['fwd_gb']} GB "
-            f"| {r['peak_gb']} GB | {mark('mem_ratio')} |"
+            f"| {r['model']} | {r['dtype']} | {r['nodes']} | {r['edges']:,} | {pair('eap_s')} | {pair('eap_floor_s')} "
+            f"| {mark('eap_cpu_ratio')} ({mark('eap_ratio')}) | {pair('ig_s')} | {pair('ig_floor_s')} "
+            f"| {mark('ig_cpu_ratio')} ({mark('ig_ratio')}) | {r['fwd_gb']} GB | {r['peak_gb']} GB | {mark('mem_ratio')} |"
         )
-    unit = "peak allocated CUDA memory" if args.device.startswith("cuda") else "peak RSS, GiB"
-    return head + "\n".join(lines) + f"\n\nMemory is {unit}; bold marks a figure over its target.\n"
+    unit = "peak allocated CUDA memory (GB)" if cuda else "peak RSS (GiB)"
+    return (
+        head
+        + "\n".join(lines)
+        + f"\n\nTimes are medians over repeats: process CPU time, with wall time in brackets. Memory is {unit}. "
+        "Bold marks a figure over its target.\n"
+    )
 
 
 def main() -> None:

@@ -74,8 +74,8 @@ class LiveDeltas:
         ref = self.ablated[rows] if self.ablated_dense is None else self.ablated_dense[at : at + n]
         live = live.reshape(n, self.K, self.B, self.P, self.d)
         self.dense[at : at + n] = live - ref[:, None]
-        group = next((i for i, g in enumerate(self.mix.groups) if g.rows == rows), None)
-        if group is not None:  # a whole post-norm group (a layer's heads): its live norm input
+        group = next((i for i, g in enumerate(self.mix.groups) if g.rows == rows and g.which == 1), None)
+        if group is not None:  # a layer's heads, behind its post-attention norm: their live norm input
             self.mix.record(group, self.mix.norm_input(group, live))
 
     def record_norm_input(self, rows: slice, S: torch.Tensor) -> None:
@@ -98,6 +98,11 @@ class LiveDeltas:
         eq = "kucp,ukbpd->kbpcd" if r.ndim == 4 else "kuc,ukbpd->kbpcd"
         if self.simple:
             return torch.einsum(eq, r, self.dense[up])
+        if not self.blocks and isinstance(up, slice):  # post-norm groups only: no gathered copy of the rows
+            additive = (self.group_of_row[up] < 0).to(r.dtype)
+            out = torch.einsum(eq, r * additive.view(1, -1, *([1] * (r.ndim - 2))), self.dense[up])
+            self._add_group_losses(r, _as_rows(up, self.dense.device), out)
+            return out
         up = _as_rows(up, self.dense.device)
         keep = self.is_dense[up] & (self.group_of_row[up] < 0)
         out = torch.einsum(eq, r[:, keep], self.dense[self.pos[up[keep]]])
