@@ -7,7 +7,8 @@
 * :func:`edge_fd_error`: the same, edge by edge (SAE graphs, whose features are sparse).
 * :func:`single_edge_reference`: the effect of removing one edge, by a run of the model patched
   with TransformerLens's own hooks and modules (written from the model, not from the engine), for
-  ``exact`` scores to equal.
+  ``exact`` scores to equal. It runs on a HookedTransformer and on a TransformerBridge alike (both
+  expose the same hook names, weight views and norm modules).
 """
 
 from __future__ import annotations
@@ -103,6 +104,12 @@ def _neuron_ids(graph, layer: int) -> list[int]:
     return list(graph.neurons[layer])
 
 
+def _bias(module, name: str):
+    """A module's bias, 0 where it has none (a TransformerBridge leaves absent biases out)."""
+    b = getattr(module, name, None)
+    return 0.0 if b is None else b
+
+
 def _change(model, graph, clean, corrupt, src: str) -> torch.Tensor:
     """What a reader's input loses, ``[B, P, d]``, when its edge from ``src`` carries the corrupted
     value instead of the clean one (the source's clean value is its value in the patched run: the
@@ -121,7 +128,7 @@ def _change(model, graph, clean, corrupt, src: str) -> torch.Tensor:
 
         def total(cache):
             z = cache[f"blocks.{node.layer}.attn.hook_z"]
-            return torch.einsum("bphe,hed->bpd", z, W_O) + block.attn.b_O
+            return torch.einsum("bphe,hed->bpd", z, W_O) + _bias(block.attn, "b_O")
 
         post = getattr(block, "ln1_post", None)
     elif node.kind == "mlp":
@@ -136,7 +143,7 @@ def _change(model, graph, clean, corrupt, src: str) -> torch.Tensor:
             return cache[f"blocks.{node.layer}.mlp.hook_post"][..., ids] @ W_out[ids]
 
         def total(cache):
-            return cache[f"blocks.{node.layer}.mlp.hook_post"] @ W_out + block.mlp.b_out
+            return cache[f"blocks.{node.layer}.mlp.hook_post"] @ W_out + _bias(block.mlp, "b_out")
 
         post = getattr(block, "ln2_post", None)
     if post is None:

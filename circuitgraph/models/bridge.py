@@ -16,7 +16,12 @@ familiar weights (``blocks[L].attn.W_Q`` …) as views of the HF parameters, so 
   :meth:`run_layers` and :meth:`unembed` run the whole model on placeholder tokens and overwrite
   the residual stream where the requested part begins;
 * **norms** are ``NormalizationBridge`` modules over the HF norm (Gemma's ``1 + weight`` gain
-  included);
+  included). Norms after sublayers (Gemma-2/3's ``ln1_post`` / ``ln2_post``) are a fact the bridge's
+  config does not state, so the backend reads it from the blocks (:meth:`BridgeBackend.architecture`)
+  and the probe checks the post-norms' hooks hold what the engine reads (scale, normalised input);
+* **neurons** (plain and gated MLPs) are read at the bridge's ``mlp.hook_pre`` (/``hook_pre_linear``)
+  and ``mlp.hook_post`` aliases; the probe checks them against ``ln2``'s output and the weights before
+  a neuron graph is built;
 * **grouped-query attention** must be ungrouped before the bridge is built: the bridge forks k/v
   inputs per key/value head, the graph needs one per query head. :func:`ungroup_kv_heads` does it
   on the HF model (numerically identical) and :func:`circuitgraph.models.loading.load_bridge`
@@ -34,9 +39,16 @@ import torch
 from torch import nn
 
 from circuitgraph.errors import ModelUnsupportedError
-from circuitgraph.models.backend import HookedTransformerBackend, _architecture_problems, register_backend
+from circuitgraph.models.backend import (
+    Architecture,
+    HookedTransformerBackend,
+    _architecture_problems,
+    config_hash,
+    register_backend,
+)
 
-# bridges whose hook positions passed the probe (weak: a checked bridge may be garbage collected)
+# bridge → what its probe found wrong (head-level problems, neuron-level problems); weak: a
+# probed bridge may be garbage collected
 _PROBED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 _SPLIT_FIX = (
@@ -64,13 +76,17 @@ class BridgeBackend(HookedTransformerBackend):
     def check(self, neurons: bool = False) -> None:
         """Refuse what the graph cannot describe exactly (naming the problem and the fix), then
         probe once where the hooks fire (see the module docstring)."""
-        problems = _architecture_problems(self.cfg, neurons) + self._bridge_problems()
+        problems = self._bridge_problems()
+        if not problems:  # (the facts view needs blocks, which an encoder-decoder lacks)
+            problems = _architecture_problems(self._facts_cfg(), neurons)
         if problems:
             raise ModelUnsupportedError(
                 f"this TransformerBridge ({self._architecture_name()}) is not supported by the circuit graph: "
                 + "; ".join(problems)
                 + ". Supported on the bridge: pre-norm decoder-only transformers whose attention forks q/k/v inputs "
-                "per head (GPT-2, Llama, Qwen2, Mistral families and their like)."
+                "per head (GPT-2, GPT-NeoX/Pythia, Llama, Qwen2, Mistral, Gemma-2/3 families and their like), "
+                "with plain or gated MLPs, sequential or parallel attention+MLP blocks, with or without RMS norms "
+                "after sublayers."
             )
         have = self.model.hook_dict  # (built on each access: read it once)
         missing = [h for h in self._needed_hooks() if h not in have]
@@ -80,8 +96,30 @@ class BridgeBackend(HookedTransformerBackend):
                 f"{', '.join(missing[:6])}{' …' if len(missing) > 6 else ''}. {_SPLIT_FIX}."
             )
         if self.model not in _PROBED:
-            self._probe_hook_positions()
-            _PROBED[self.model] = True
+            _PROBED[self.model] = self._probe_hook_positions()
+        bad, bad_neurons = _PROBED[self.model]
+        bad = bad + (bad_neurons if neurons else [])
+        if bad:
+            raise ModelUnsupportedError(
+                f"this TransformerBridge ({self._architecture_name()}) fires hooks where the circuit graph does not "
+                f"expect them: {'; '.join(bad[:4])}{' …' if len(bad) > 4 else ''}. Attribution on it would be silently "
+                f"wrong. {_SPLIT_FIX}."
+            )
+
+    def architecture(self) -> Architecture:
+        return Architecture.from_config(self._facts_cfg())
+
+    def fingerprint(self) -> str:
+        return config_hash(self._facts_cfg())
+
+    def _facts_cfg(self) -> Any:
+        """The bridge's config with the facts it does not state filled in from the modules: norms
+        after sublayers (Gemma-2/3) are ``ln1_post``/``ln2_post`` blocks, not a config flag."""
+        return _ConfigView(self.cfg, use_normalization_before_and_after=self._has_post_norms())
+
+    def _has_post_norms(self) -> bool:
+        blocks = getattr(self.model, "blocks", ())
+        return any(name in block._modules for block in blocks for name in ("ln1_post", "ln2_post"))
 
     def _architecture_name(self) -> str:
         return str(getattr(self.cfg, "architecture", None) or type(self.model.original_model).__name__)
@@ -96,11 +134,6 @@ class BridgeBackend(HookedTransformerBackend):
                 "describes one residual stream read by the unembedding"
             )
             return problems
-        if any(name in block._modules for block in model.blocks for name in ("ln1_post", "ln2_post")):
-            problems.append(
-                "a norm after each sublayer (Gemma-2/3 style) normalises the sum of a layer's heads, so head outputs "
-                "are not additive (support is issue 11 part A)"
-            )
         if _quantized(model.original_model):
             problems.append(
                 "quantised (4-bit/8-bit) weights: edge scores contract with the weights, so load the model in "
@@ -141,20 +174,20 @@ class BridgeBackend(HookedTransformerBackend):
         b = getattr(self.model.blocks[layer].mlp, "b_in", None)
         return b if b is not None else torch.zeros(self.cfg.d_mlp, device=self.device, dtype=self.W_in(layer).dtype)
 
-    def norm_kind(self, layer: int, which: int) -> str:
-        ln = self.norm(layer, which)
-        if isinstance(getattr(ln, "original_component", None), nn.Identity):
+    def norm_kind(self, layer: int, which: int, post: bool = False) -> str:
+        ln = self.norm(layer, which, post)
+        if ln is None or isinstance(getattr(ln, "original_component", None), nn.Identity):
             return "none"
         return "rms" if bool(getattr(ln, "uses_rms_norm", False)) else "layernorm"
 
-    def norm_gain(self, layer: int, which: int) -> torch.Tensor | None:
-        w = getattr(getattr(self.norm(layer, which), "original_component", None), "weight", None)
+    def norm_gain(self, layer: int, which: int, post: bool = False) -> torch.Tensor | None:
+        w = getattr(getattr(self.norm(layer, which, post), "original_component", None), "weight", None)
         if w is None:
             return None
-        return 1.0 + w if getattr(self.cfg, "rmsnorm_uses_offset", False) else w
+        return 1.0 + w if getattr(self.cfg, "rmsnorm_uses_offset", False) else w  # (Gemma's gain is 1 + w)
 
-    def norm_eps(self, layer: int, which: int) -> float:
-        hf = self.norm(layer, which).original_component
+    def norm_eps(self, layer: int, which: int, post: bool = False) -> float:
+        hf = self.norm(layer, which, post).original_component
         eps = getattr(hf, "eps", None)
         eps = getattr(hf, "variance_epsilon", None) if eps is None else eps
         return float(self.cfg.eps if eps is None else eps)
@@ -198,7 +231,9 @@ class BridgeBackend(HookedTransformerBackend):
 
     def mlp(self, layer: int, resid: torch.Tensor) -> torch.Tensor:
         block = self.model.blocks[layer]
-        return block.mlp(block.ln2(resid))
+        out = block.mlp(block.ln2(resid))
+        post = self.norm(layer, 2, post=True)
+        return out if post is None else post(out)
 
     @contextmanager
     def flags(self, split_qkv_input: bool = False) -> Iterator[None]:
@@ -220,8 +255,13 @@ class BridgeBackend(HookedTransformerBackend):
                     model.set_use_split_qkv_input(split_qkv_input)
                 except NotImplementedError as e:  # hook names exist, but the attention cannot fork (GPT-J's)
                     raise ModelUnsupportedError(
-                        f"this TransformerBridge ({self._architecture_name()}) cannot fork q/k/v inputs per head ({e}). "
-                        f"{_SPLIT_FIX}."
+                        f"this TransformerBridge ({self._architecture_name()}) cannot fork q/k/v inputs per head: its "
+                        f"attention ({type(model.blocks[0].attn).__name__}) has no hook point before the q/k/v "
+                        "projections, so a head's query, key and value inputs cannot be patched separately and the "
+                        "graph's edges into them would not be exact (transformer-lens: "
+                        f"{str(e).split('.')[0]}). Load the model as a HookedTransformer instead "
+                        "(circuitgraph.models.load_local_model(folder) or load_pretrained(name)), which splits "
+                        "q/k/v inputs for every family, or use a transformer-lens whose bridge forks this attention"
                     ) from e
             if not cfg.attn_only and not old["use_hook_mlp_in"]:
                 model.set_use_hook_mlp_in(True)
@@ -238,12 +278,18 @@ class BridgeBackend(HookedTransformerBackend):
 
     # ------------------------------------------------------------------ the hook-position probe
     @torch.no_grad()
-    def _probe_hook_positions(self) -> None:  # noqa: C901 - one check per hook kind, read top to bottom
+    def _probe_hook_positions(self) -> tuple[list[str], list[str]]:  # noqa: C901 - one check per hook kind
         """Run three tokens and check that every hook the engine reads fires where the graph says:
         q/k/v inputs are per-head copies of the residual stream before ln1, ``hook_mlp_in`` is the
-        residual stream before ln2, and the residual stream is the sum of the sources. Then check
-        that an edit at each input hook changes the output (the hook is on the live path)."""
+        residual stream the MLP reads (before ln2; in a parallel block the layer's input), and the
+        residual stream is the sum of the sources (through the post-norms where the model has them,
+        whose ``scale``/``normalized`` hooks hold what attribution reads). Neurons: each read hook is
+        ln2's output times its weights and the MLP's output is ``hook_post @ W_out (+ b_out)``. Then
+        check that an edit at each input hook changes the output (the hook is on the live path).
+        Returns (problems of every graph, problems of neuron graphs only)."""
         cfg, n = self.cfg, self.cfg.n_layers
+        mlps, parallel = not cfg.attn_only, bool(getattr(cfg, "parallel_attn_mlp", False))
+        post_norms = self._has_post_norms()
         tokens = (torch.arange(3, device=self.device) % int(cfg.d_vocab))[None]
         seen: dict[str, torch.Tensor] = {}
 
@@ -253,12 +299,18 @@ class BridgeBackend(HookedTransformerBackend):
 
             return hook
 
+        def post_hooks(L, which):
+            on = post_norms and self.norm_kind(L, which, post=True) != "none"
+            return [self.norm_hook(L, which, part, post=True) for part in ("scale", "normalized")] if on else []
+
         names = [self.embed_hook(), self.final_hook()]
         for L in range(n):
             names += [f"blocks.{L}.hook_resid_pre", self.z_hook(L)] + [self.qkv_input_hook(L, x) for x in "qkv"]
-            if not cfg.attn_only:
-                names += [self.mlp_in_hook(L), self.mlp_out_hook(L)]
-                names += [] if getattr(cfg, "parallel_attn_mlp", False) else [f"blocks.{L}.hook_resid_mid"]
+            names += post_hooks(L, 1)
+            if mlps:
+                names += [self.mlp_in_hook(L), self.mlp_out_hook(L), self.mlp_post_hook(L)] + post_hooks(L, 2)
+                names += [read.hook for read in self.neuron_reads(L)]
+                names += [] if parallel else [f"blocks.{L}.hook_resid_mid"]
         with self.flags(split_qkv_input=True), self.hooks(fwd_hooks=[(h, keep(h)) for h in dict.fromkeys(names)]):
             base = self.model(tokens).detach().double()
         tol = 1e-2 if next(self.model.parameters()).dtype in (torch.float16, torch.bfloat16) else 1e-4
@@ -266,13 +318,39 @@ class BridgeBackend(HookedTransformerBackend):
         def close(a, b):
             return a.shape == b.shape and float((a - b).abs().max()) <= tol * max(1.0, float(b.abs().max()))
 
-        bad = []
-        parallel = bool(getattr(cfg, "parallel_attn_mlp", False))
         none = torch.full((1,), float("nan"), dtype=torch.float64)
 
         def got(name):  # a hook that never fired compares unequal to everything
             return seen.get(name, none)
 
+        def through_post_norm(L, which, x, bad):
+            """``x`` through the post-norm ``which`` of layer L, after checking its hooks (what
+            attribution reads for the norm's Jacobian)."""
+            if not post_hooks(L, which):
+                return x
+            centred = x - x.mean(-1, keepdim=True) if self.norm_kind(L, which, post=True) == "layernorm" else x
+            scale = (centred.pow(2).mean(-1, keepdim=True) + self.norm_eps(L, which, post=True)).sqrt()
+            scale_hook, normalized_hook = post_hooks(L, which)
+            if not close(got(scale_hook), scale) or not close(got(normalized_hook), centred / scale):
+                bad.append(f"{scale_hook} / {normalized_hook} are not the norm's scale and normalised input")
+            return self.normalize(L, which, x, post=True)
+
+        def neuron_problems(L, x):
+            bad: list[str] = []
+            xhat = self.normalize(L, 2, x)  # what ln2 hands the MLP
+            for read in self.neuron_reads(L):
+                want = xhat @ read.W.detach().double() + (0 if read.b is None else read.b.detach().double())
+                if not close(got(read.hook), want):
+                    bad.append(f"{read.hook} is not ln2's output times its weights")
+            b_out = self.b_out(L)
+            raw = got(self.mlp_post_hook(L)) @ self.W_out(L).detach().double()
+            raw = through_post_norm(L, 2, raw + (0 if b_out is None else b_out.detach().double()), bad)
+            if not close(got(self.mlp_out_hook(L)), raw):
+                bad.append(f"{self.mlp_out_hook(L)} is not {self.mlp_post_hook(L)} @ W_out (+ b_out)")
+            return bad
+
+        bad: list[str] = []
+        bad_neurons: list[str] = []
         resid = got(self.embed_hook())
         for L in range(n):
             pre = got(f"blocks.{L}.hook_resid_pre")
@@ -287,36 +365,40 @@ class BridgeBackend(HookedTransformerBackend):
                 bad.append(f"{self.z_hook(L)} is not [batch, pos, head, d_head]")
                 break
             b_O = self.b_O(L)
-            resid = resid + torch.einsum("bphe,hed->bpd", z, self.W_O(L).detach().double())
-            resid = resid + (0 if b_O is None else b_O.detach().double())
-            if not cfg.attn_only and parallel:  # the MLP reads the layer's input, like its heads
-                if not close(got(self.mlp_in_hook(L)), pre):
+            attn = torch.einsum("bphe,hed->bpd", z, self.W_O(L).detach().double())
+            resid = resid + through_post_norm(L, 1, attn + (0 if b_O is None else b_O.detach().double()), bad)
+            if not mlps:
+                continue
+            mlp_in = got(self.mlp_in_hook(L))
+            if parallel:  # the MLP reads the layer's input, like its heads
+                if not close(mlp_in, pre):
                     bad.append(f"{self.mlp_in_hook(L)} is not the residual stream entering layer {L}")
-                resid = resid + got(self.mlp_out_hook(L))
-            elif not cfg.attn_only:
+            else:
                 mid = got(f"blocks.{L}.hook_resid_mid")
                 if not close(mid, resid):
                     bad.append(f"the residual stream after layer {L}'s attention is not input + Σ heads (z @ W_O)")
-                if not close(got(self.mlp_in_hook(L)), mid):
+                if not close(mlp_in, mid):
                     bad.append(f"{self.mlp_in_hook(L)} is not the residual stream before ln2")
-                resid = mid + got(self.mlp_out_hook(L))
+                resid = mid
+            bad_neurons += neuron_problems(L, mlp_in)
+            resid = resid + got(self.mlp_out_hook(L))
         if not close(got(self.final_hook()), resid):
             bad.append(f"{self.final_hook()} is not the sum of all sources")
-        if not bad:
-            bad = self._unused_input_hooks(tokens, base)
-        if bad:
-            raise ModelUnsupportedError(
-                f"this TransformerBridge ({self._architecture_name()}) fires hooks where the circuit graph does not "
-                f"expect them: {'; '.join(bad[:4])}{' …' if len(bad) > 4 else ''}. Attribution on it would be silently "
-                f"wrong. {_SPLIT_FIX}."
-            )
-
-    def _unused_input_hooks(self, tokens: torch.Tensor, base: torch.Tensor) -> list[str]:
-        """The input hooks whose edit does not reach the output (observed copies, not the live path)."""
-        n, bad = self.cfg.n_layers, []
         kinds = {x: [self.qkv_input_hook(L, x) for L in range(n)] for x in "qkv"}
-        if not self.cfg.attn_only:
-            kinds["mlp_in"] = [self.mlp_in_hook(L) for L in range(n)]
+        kinds.update({"mlp_in": [self.mlp_in_hook(L) for L in range(n)]} if mlps else {})
+        if not bad:
+            bad = self._unused_input_hooks(tokens, base, kinds)
+        if mlps and not bad_neurons:
+            reads = {
+                f"read{r}": [self.neuron_reads(L)[r].hook for L in range(n)] for r in range(len(self.neuron_reads(0)))
+            }
+            bad_neurons = self._unused_input_hooks(tokens, base, reads)
+        return bad, bad_neurons
+
+    def _unused_input_hooks(self, tokens: torch.Tensor, base: torch.Tensor, kinds: dict[str, list[str]]) -> list[str]:
+        """The input hooks (``kinds``: the hooks of each kind, by layer) whose edit does not reach
+        the output (observed copies, not the live path)."""
+        bad = []
         for names in kinds.values():
             for name in (names[0], names[-1]):
 
@@ -328,6 +410,18 @@ class BridgeBackend(HookedTransformerBackend):
                 if torch.equal(out, base):
                     bad.append(f"editing {name} does not change the output")
         return bad
+
+
+class _ConfigView:
+    """A model config with some facts overridden (read-only): what the backend knows about the
+    model beyond what its config states."""
+
+    def __init__(self, cfg: Any, **facts: Any) -> None:
+        self._cfg, self._facts = cfg, facts
+
+    def __getattr__(self, key: str) -> Any:
+        facts = self.__dict__["_facts"]
+        return facts[key] if key in facts else getattr(self.__dict__["_cfg"], key)
 
 
 class _Stop(Exception):
