@@ -141,5 +141,6 @@ def lowrank_scores(src: LowRankSources, readers: DenseReaders | LowRankReaders) 
         along = coef * (xhat.reshape(-1, xhat.shape[-1]) @ src.dirs.T).T  # [n_i, BP]
         acc -= along @ radial.reshape(radial.shape[0], -1).T
     if src.field is not None:  # the shared per-position part (sources behind a post-norm)
+        assert src.field_coef is not None  # a field always comes with its coefficients
         acc += src.field_coef.reshape(n_i, -1) @ readers.along(src.field).reshape(readers.n, -1).T
     return acc

@@ -140,10 +140,12 @@ class DestinationGradients:
         """Neuron j reads the MLP input through ``ln2`` and ``W[:, j]`` of each of its reads (a
         gated neuron two: its input gradient is g_gate·W_gate[:, j] + g_in·W_in[:, j]); the ``rest``
         node reads what the other neurons read (total MLP-input gradient minus the selected neurons')."""
+        neuron_ids = self.graph.neuron_ids(L)
+        assert neuron_ids is not None  # (called for neuron layers only)
         parts = []
         for r, read in enumerate(self.bk.neuron_reads(L)):
             grad_pre = self.grad[f"pre{L}.{r}"]  # [B, P, d_mlp]
-            ids = self.graph.neuron_ids(L).to(grad_pre.device)
+            ids = neuron_ids.to(grad_pre.device)
             parts.append((grad_pre[..., ids].permute(2, 0, 1), frozen(read.W)[:, ids].T))  # [n, B, P], [n, d]
         total = self.grad[f"mlp{L}"] if self.graph.has_rest(L) else None
         return self._through_ln2(L, parts, total, normalized=True)
@@ -186,12 +188,15 @@ class DestinationGradients:
                 g = g / scale[None, ..., 0]
             readers.append(LowRankReaders(g, enc, xhat, centred=normalized and centred))
         n = parts[0][0].shape[0]
-        out = [(slice(0, n), r) for r in readers] if n else []
+        out: Readers = [(slice(0, n), r) for r in readers] if n else []
         if total is not None:
             picked = sum(torch.einsum("nbp,nd->bpd", r.g, r.enc) for r in readers)
             terms = [r.terms() for r in readers]
-            centre = None if terms[0][0] is None else -sum(c.sum(0, keepdim=True) for c, _ in terms)
-            radial = None if terms[0][1] is None else -sum(a.sum(0, keepdim=True) for _, a in terms)
+            # the readers share x̂ and the norm kind: every one has a centre (radial) term, or none does
+            centres = [c for c, _ in terms if c is not None]
+            radials = [a for _, a in terms if a is not None]
+            centre = -cast(torch.Tensor, sum(c.sum(0, keepdim=True) for c in centres)) if centres else None
+            radial = -cast(torch.Tensor, sum(a.sum(0, keepdim=True) for a in radials)) if radials else None
             out.append((slice(n, n + 1), DenseReaders((total - picked)[None], centre=centre, radial=radial, xhat=xhat)))
         return out
 

@@ -45,7 +45,8 @@ class EdgeRow:
 def score_metric(circuit: Any) -> str | None:
     """The metric the circuit's scores are in (ACDC's tracked metric may differ from the task's)."""
     meta = circuit.metadata or {}
-    attribution = meta.get("attribution") if isinstance(meta.get("attribution"), dict) else {}
+    raw = meta.get("attribution")
+    attribution = raw if isinstance(raw, dict) else {}
     return attribution.get("metric") or meta.get("metric")
 
 
@@ -123,7 +124,8 @@ def node_totals(circuit: Any) -> list[tuple[str, float]]:
 
 def _header(circuit: Any, gt: dict | None) -> list[str]:
     meta = circuit.metadata or {}
-    attribution = meta.get("attribution") if isinstance(meta.get("attribution"), dict) else {}
+    raw = meta.get("attribution")
+    attribution = raw if isinstance(raw, dict) else {}
     ablation = (meta.get("ablation") or {}).get("kind") or (attribution.get("ablation") or {}).get("kind")
     what = " / ".join(str(x) for x in (meta.get("model"), meta.get("task")) if x)
     how = ", ".join(x for x in (attribution.get("method"), f"{ablation} ablation" if ablation else None) if x)

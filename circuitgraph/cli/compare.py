@@ -116,7 +116,8 @@ def compare_runs(directory: str | Path) -> list[dict]:
         over = _overrides(run)
         row.update(over)
         figures = dict(summary) if isinstance(summary, dict) else {}
-        truth = figures.get("ground_truth") if isinstance(figures.get("ground_truth"), dict) else {}
+        gt = figures.get("ground_truth")
+        truth = gt if isinstance(gt, dict) else {}
         figures.update({k: truth.get(v) for k, v in GROUND_TRUTH.items()})
         for k in FIGURES:  # a finished run's own figure wins over the override of the same name
             if figures.get(k) is not None:

@@ -597,6 +597,7 @@ def _check_task(cfg) -> None:
         _choice("task.metric", t.metric, METRICS)
     if t.limit is not None and t.limit < 1:
         raise ConfigError(f"task.limit must be ≥ 1 (or null for every example), got {t.limit}")
+    n: int | None
     if t.source == "file":
         n = _check_task_file(t.path, t.metric or "logit_diff")
     else:

@@ -869,7 +869,7 @@ def report(summary: dict, out: Path) -> None:
 
 def _to_log_files(text: str) -> None:
     """Write ``text`` to the run's log file(s) only: the terminal gets it from ``print``."""
-    record = log.makeRecord(log.name, logging.INFO, __file__, 0, text, None, None)
+    record = log.makeRecord(log.name, logging.INFO, __file__, 0, text, (), None)
     for handler in (*logging.getLogger().handlers, *log.handlers):
         if isinstance(handler, logging.FileHandler):
             handler.handle(record)

@@ -71,7 +71,9 @@ class LiveDeltas:
         """Live activations ``[n, K, B, P, d]`` (or anything reshaping to it) of dense rows ``rows``."""
         at = int(self.pos[rows.start])
         n = rows.stop - rows.start
-        ref = self.ablated[rows] if self.ablated_dense is None else self.ablated_dense[at : at + n]
+        # CompactSources hold exactly the dense rows (self.ablated_dense); a tensor holds every row
+        ablated = self.ablated
+        ref = ablated.dense[at : at + n] if isinstance(ablated, CompactSources) else ablated[rows]
         live = live.reshape(n, self.K, self.B, self.P, self.d)
         self.dense[at : at + n] = live - ref[:, None]
         group = next((i for i, g in enumerate(self.mix.groups) if g.rows == rows and g.which == 1), None)
@@ -155,9 +157,9 @@ class LiveDeltas:
             if not bool(inside.any()) or not bool(r_b.any()):
                 continue
             rows = up[inside] - start
-            c = self.coefs[name][rows]  # [n_b, K, B, P]
+            coef = self.coefs[name][rows]  # [n_b, K, B, P]
             V = W[rows] @ W_enc  # virtual weights [n_b, n]
-            out += torch.bmm(c.reshape(len(rows), self.K, -1).permute(1, 2, 0), r_b * V).reshape(out.shape)
+            out += torch.bmm(coef.reshape(len(rows), self.K, -1).permute(1, 2, 0), r_b * V).reshape(out.shape)
         return out
 
 

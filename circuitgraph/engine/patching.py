@@ -146,7 +146,9 @@ def _neuron_read_hooks(
     store: dict,
 ) -> list:
     """The neurons' pre-activation hooks: the readers with removed in-edges get their own inputs."""
-    ids = graph.neuron_ids(L).to(deltas.dense.device)
+    neuron_ids = graph.neuron_ids(L)
+    assert neuron_ids is not None  # (called for neuron layers only)
+    ids = neuron_ids.to(deltas.dense.device)
     n = len(ids)
     cols = graph.dst_slices()[f"mlp{L}"]
     reads = bk.neuron_reads(L)
@@ -164,6 +166,7 @@ def _neuron_read_hooks(
         return []
 
     def own_inputs() -> None:  # each reader's own normalised input, once per forward
+        assert ln2 is not None  # a layer with neurons has an MLP, and so its ln2
         x = store["x"]
         if len(patched):  # [K·B, P, n_p, d]
             own = x.reshape(K, B, P, 1, d) - deltas.removed_sum(r_patched, up)
@@ -198,7 +201,9 @@ def _neuron_record_hook(bk: Backend, graph: Graph, L: int, deltas: LiveDeltas, s
     """The hook at the MLP's output recording its neurons' (and ``rest``'s) live writes. Behind the
     MLP's post-norm (Gemma-2/3) the rows are raw, before the norm, and the norm's input
     ``b_out + Σ neurons + rest`` is recorded for the readers' own mixes (engine/post_norms.py)."""
-    ids = graph.neuron_ids(L).to(deltas.dense.device)
+    neuron_ids = graph.neuron_ids(L)
+    assert neuron_ids is not None  # (called for neuron layers only)
+    ids = neuron_ids.to(deltas.dense.device)
     n = len(ids)
     rows = graph.src_slices()[f"mlp{L}"]
     W_all, b_out = frozen(bk.W_out(L)), bk.b_out(L)

@@ -172,7 +172,9 @@ class BridgeBackend(HookedTransformerBackend):
 
     def b_in(self, layer: int) -> torch.Tensor:
         b = getattr(self.model.blocks[layer].mlp, "b_in", None)
-        return b if b is not None else torch.zeros(self.cfg.d_mlp, device=self.device, dtype=self.W_in(layer).dtype)
+        if b is not None:
+            return b
+        return torch.zeros(self.cfg.d_mlp, device=self.device, dtype=self.model.blocks[layer].mlp.W_in.dtype)
 
     def norm_kind(self, layer: int, which: int, post: bool = False) -> str:
         ln = self.norm(layer, which, post)
@@ -187,7 +189,9 @@ class BridgeBackend(HookedTransformerBackend):
         return 1.0 + w if getattr(self.cfg, "rmsnorm_uses_offset", False) else w  # (Gemma's gain is 1 + w)
 
     def norm_eps(self, layer: int, which: int, post: bool = False) -> float:
-        hf = self.norm(layer, which, post).original_component
+        ln = self.norm(layer, which, post)
+        assert ln is not None  # only asked of norms the model has (a missing one failed here before too)
+        hf = ln.original_component
         eps = getattr(hf, "eps", None)
         eps = getattr(hf, "variance_epsilon", None) if eps is None else eps
         return float(self.cfg.eps if eps is None else eps)

@@ -49,12 +49,12 @@ def load_task(path: str | Path, model=None, metric: str | Metric = "logit_diff",
     rows = check_task_file(path, metric=metric if isinstance(metric, str) else None)
     name = name or path.stem
     cols = _columns(rows)
-    if _is_text(cols["clean"][0]):
+    clean, corrupted = cols["clean"], cols["corrupted"]
+    assert clean is not None and corrupted is not None  # required columns: _columns never drops them
+    if _is_text(clean[0]):
         if model is None:
             raise TaskError(f"task file {path} holds text prompts: pass model= so they can be tokenized")
-        return Task.from_strings(
-            model, cols["clean"], cols["corrupted"], cols["answer"], cols["wrong"], metric=metric, name=name
-        )
+        return Task.from_strings(model, clean, corrupted, cols["answer"], cols["wrong"], metric=metric, name=name)
     task = _id_task(cols, path, model, metric, name)
     assert task is not None
     if model is not None:
@@ -129,9 +129,10 @@ def _is_text(x) -> bool:
 
 def _columns(rows: list[dict]) -> dict[str, list | None]:
     """The four columns; ``answer`` / ``wrong`` become None when any row leaves them empty."""
-    cols: dict[str, list | None] = {c: [r.get(c) for r in rows] for c in ("clean", "corrupted", "answer", "wrong")}
+    lists = {c: [r.get(c) for r in rows] for c in ("clean", "corrupted", "answer", "wrong")}
+    cols: dict[str, list | None] = dict(lists)
     for c in ("wrong", "answer"):
-        if any(v is None or v == "" for v in cols[c]):
+        if any(v is None or v == "" for v in lists[c]):
             cols[c] = None
     return cols
 
@@ -142,7 +143,9 @@ def _id_task(
     """A task from token-id columns (JSON lists, or strings holding them): no tokenizer needed.
     ``build=False`` only checks the ids."""
     as_ids = {k: ([_ids(x, path, i, k) for i, x in enumerate(v)] if v is not None else None) for k, v in cols.items()}
-    lengths = {len(x) for x in as_ids["clean"]} | {len(x) for x in as_ids["corrupted"]}
+    clean, corrupted = as_ids["clean"], as_ids["corrupted"]
+    assert clean is not None and corrupted is not None  # required columns: _columns never drops them
+    lengths = {len(x) for x in clean} | {len(x) for x in corrupted}
     if len(lengths) != 1:
         raise TaskError(
             f"task file {path}: token-id prompts must all have the same length, found lengths {sorted(lengths)}"
