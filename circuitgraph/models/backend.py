@@ -395,7 +395,7 @@ class HookedTransformerBackend(Backend):
                 NeuronRead(f"blocks.{layer}.mlp.hook_pre", mlp.W_gate, None),
                 NeuronRead(f"blocks.{layer}.mlp.hook_pre_linear", mlp.W_in, None),
             ]
-        return [NeuronRead(f"blocks.{layer}.mlp.hook_pre", mlp.W_in, mlp.b_in)]
+        return [NeuronRead(f"blocks.{layer}.mlp.hook_pre", mlp.W_in, getattr(mlp, "b_in", None))]  # (None: no bias)
 
     def norm(self, layer: int, which: int, post: bool = False) -> nn.Module | None:
         return getattr(self.model.blocks[layer], f"ln{which}{'_post' if post else ''}", None)

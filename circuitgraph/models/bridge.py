@@ -170,12 +170,6 @@ class BridgeBackend(HookedTransformerBackend):
         except AttributeError:
             return None
 
-    def b_in(self, layer: int) -> torch.Tensor:
-        b = getattr(self.model.blocks[layer].mlp, "b_in", None)
-        if b is not None:
-            return b
-        return torch.zeros(self.cfg.d_mlp, device=self.device, dtype=self.model.blocks[layer].mlp.W_in.dtype)
-
     def norm_kind(self, layer: int, which: int, post: bool = False) -> str:
         ln = self.norm(layer, which, post)
         if ln is None or isinstance(getattr(ln, "original_component", None), nn.Identity):
@@ -190,7 +184,8 @@ class BridgeBackend(HookedTransformerBackend):
 
     def norm_eps(self, layer: int, which: int, post: bool = False) -> float:
         ln = self.norm(layer, which, post)
-        assert ln is not None  # only asked of norms the model has (a missing one failed here before too)
+        if ln is None:  # (as HookedTransformer's backend: the config's eps)
+            return float(self.cfg.eps)
         hf = ln.original_component
         eps = getattr(hf, "eps", None)
         eps = getattr(hf, "variance_epsilon", None) if eps is None else eps
