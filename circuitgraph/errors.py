@@ -34,6 +34,18 @@ class FileFormatError(CircuitGraphError, ValueError):
     """A file circuitgraph reads (circuit, scores, SAE, MIB JSON, GraphML, …) is malformed."""
 
 
+class MissingFileError(FileFormatError, FileNotFoundError):
+    """A file circuitgraph was asked to read does not exist (also a ``FileNotFoundError``)."""
+
+
+class TaskTypeError(TaskError, TypeError):
+    """Token ids of the wrong kind (floats, booleans, tensors without values)."""
+
+
+class RunDirectoryBusyError(CircuitGraphError, RuntimeError):
+    """Another run holds the lock of the run directory this run was asked to write into."""
+
+
 class HypothesisError(CircuitGraphError, ValueError):
     """A causal-scrubbing hypothesis is malformed or does not fit the model it is used with."""
 
@@ -50,6 +62,9 @@ __all__ = [
     "GraphError",
     "ModelUnsupportedError",
     "FileFormatError",
+    "MissingFileError",
+    "TaskTypeError",
+    "RunDirectoryBusyError",
     "HypothesisError",
     "file_error",
 ]

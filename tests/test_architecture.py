@@ -3,7 +3,7 @@ no import cycle, and a function-local import is only for an optional dependency,
 
 The layers, lowest first (docs/architecture.md draws them)::
 
-    errors, atomic → tasks → models → graph → engine → zoo → attribution → sae → circuit →
+    errors, atomic, files → tasks → models → graph → engine → zoo → attribution → sae → circuit →
     evaluation → hypothesis → export → cli
 """
 
@@ -16,7 +16,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "circuitgraph"
 LAYERS = [
-    ("errors", "atomic"),
+    ("errors", "atomic", "files"),
     ("tasks",),
     ("models",),
     ("graph",),

@@ -102,7 +102,7 @@ def test_load_refuses_corrupted_files(tmp_path, setup):
     with pytest.raises(CircuitFileError, match="corrupted or truncated"):
         Circuit.load(path)
     path.write_text(path.read_text()[:30])
-    with pytest.raises(CircuitFileError, match="not valid circuit JSON"):
+    with pytest.raises(CircuitFileError, match="not valid JSON"):
         Circuit.load(path)
     path.write_text(json.dumps({"schema": "something/9"}))
     with pytest.raises(CircuitFileError, match="not a circuitgraph circuit"):

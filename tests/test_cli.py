@@ -78,6 +78,16 @@ def test_default_run_writes_every_file(tmp_path, capsys):
     cli.main([f"hydra.run.dir={out}", "progress=false"])
     printed = capsys.readouterr().out
     assert f"graph.html: {(out / 'graph.html').resolve()}" in printed
+    # the headline, once: what was found first, then the zoo comparison, faithfulness, scrubbing
+    lines = printed.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("circuitgraph: induction / induction"))
+    assert sum(line.startswith("circuitgraph: induction / induction") for line in lines) == 1
+    assert lines[start + 1] == (
+        "found: previous-token head a0.h1 → induction head a1.h3 via key (K-composition); induction head a1.h3 → logits"
+    )
+    assert lines[start + 2].startswith("vs the zoo's known circuit: precision ")
+    assert lines[start + 3].startswith("faithfulness ") and lines[start + 4].startswith("causal scrubbing: ")
+    assert "caveat" not in printed  # one convention throughout: nothing to warn about
 
     for f in (
         "circuit.json",
@@ -94,7 +104,7 @@ def test_default_run_writes_every_file(tmp_path, capsys):
 
     s = json.loads((out / "summary.json").read_text())
     assert s["status"] == "ok" and s["model"] == "induction" and s["task"] == "induction"
-    assert s["method"] == "eap-ig" and s["ablation"] == "corrupted" and s["device"] == "cpu"
+    assert s["method"] == "eap-ig" and s["ablation"] == "resample" and s["device"] == "cpu"
     assert s["selection"]["kind"] == "minimal" and s["target"] == 0.9
     assert s["reached_target"] and s["faithfulness"] >= 0.9
     assert 0 < s["edges_kept"] < s["edges_total"]
@@ -110,12 +120,20 @@ def test_default_run_writes_every_file(tmp_path, capsys):
     # the circuit as a causal-scrubbing hypothesis, saved and scrubbed (issue 6)
     assert (out / "hypothesis.json").is_file() and s["files"]["hypothesis"] == "hypothesis.json"
     r = s["scrubbing"]["circuit"]
-    assert r["ci"][0] <= r["loss_recovered"] <= r["ci"][1] and r["n_samples"] == 64
-    assert "resampl" in s["scrubbing"]["note"]  # corrupted-ablation circuits are told apart
+    assert r["ci"][0] <= r["loss_recovered"] <= r["ci"][1] and r["n_samples"] == 1024
+    # one convention (resampling) for selection, faithfulness and scrubbing: the figures agree
+    assert abs(r["loss_recovered"] - s["faithfulness"]) <= 0.05
+    assert "note" not in s["scrubbing"] and s["caveats"] == {}
     hyp = cg.Hypothesis.load(out / "hypothesis.json", model=model)
     entry = cg.zoo.load("induction", device="cpu")
-    again = cg.scrub(entry.model, hyp, entry.tasks["induction"], seed=0, warn_vacuous=False)
+    again = cg.scrub(entry.model, hyp, entry.tasks["induction"], n_samples=1024, seed=0, warn_vacuous=False)
     assert again.loss_recovered == pytest.approx(r["loss_recovered"], abs=1e-6)
+    # against the zoo's known circuit under the same convention: every known edge found
+    gt = s["ground_truth"]
+    assert gt["convention"] == "resample" and gt["matches_ablation"] and gt["level"] == "edge"
+    assert gt["recall"] == 1.0 and gt["n_correct"] == gt["n_truth"] == 5 and gt["auc"] > 0.95
+    assert gt["precision"] == pytest.approx(5 / s["edges_kept"])
+    assert c.figures["ground_truth"]["truth"] == gt["truth"]  # circuit.json carries it too
 
     sc = cli.read_scores(out / "scores.safetensors")
     g = cg.Graph.from_model(model)
@@ -127,7 +145,9 @@ def test_default_run_writes_every_file(tmp_path, capsys):
     assert (out / "faithfulness.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     html = (out / "graph.html").read_text()
     assert "<html" in html.lower() and "induction" in html
-    assert oct((out / "circuit.json").stat().st_mode & 0o777) != oct(0o600)  # ordinary file mode
+    modes = {f.name: f.stat().st_mode & 0o777 for f in out.iterdir() if f.is_file()}
+    assert set(modes) >= {"circuit.json", "hypothesis.json", "summary.json", "graph.html"}
+    assert all(m & 0o044 for m in modes.values()), modes  # ordinary modes (not mkstemp's 0600), hypothesis too
 
 
 # ---------------------------------------------------------------------------------------------
@@ -152,6 +172,11 @@ def test_multirun_two_methods_and_compare_table(tmp_path, capsys):
     table = format_table(rows)
     assert "| run | status |" in table and "| eap |" in table and "| eap-ig |" in table
     assert "task.limit=8" in table  # shared overrides listed above the table
+    # each run against the zoo's known circuit, and how far the two circuits agree
+    assert all(r["gt_recall"] is not None and r["gt_auc"] is not None for r in rows)
+    overlap = rows[0]["edge_overlap"]["1"]
+    a, b = ({f"{e[0]}->{e[1]}" for e in json.loads((sweep / r / "circuit.json").read_text())["edges"]} for r in runs)
+    assert overlap == pytest.approx(len(a & b) / len(a | b)) and "edge overlap between runs" in table
 
     capsys.readouterr()
     assert compare_mod.main([str(sweep)]) == 0
@@ -169,12 +194,14 @@ def test_multirun_two_methods_and_compare_table(tmp_path, capsys):
 @pytest.mark.parametrize(
     "args, code, needles",
     [
-        (["method=eapx"], 1, ["method/eapx", "eap-ig", "exact", "acdc"]),  # Hydra lists the options
+        (["method=eapx"], 2, ["unknown method 'eapx'", "eap-ig", "exact", "acdc"]),
+        (["method=eap-gi"], 2, ["unknown method 'eap-gi'", "Did you mean 'eap-ig'"]),
+        (["circuit.target=1.5"], 2, ["circuit.target", "(0, 1]", "1.5"]),
         (["method.name=eapx"], 2, ["unknown method", "eap-ig", "exact", "acdc"]),
         (["circuit.taget=0.8"], 2, ["circuit.taget", "Did you mean 'target'", "Valid keys of circuit"]),
         (["sed=3"], 2, ["'sed'", "Did you mean 'seed'", "Valid top-level keys"]),
         (["circuit.target=-0.5"], 2, ["circuit.target", "-0.5"]),
-        (["model=tracr_revers"], 1, ["model/tracr_revers", "tracr_reverse"]),
+        (["model=tracr_revers"], 2, ["unknown model 'tracr_revers'", "Did you mean 'tracr_reverse'"]),
         (["model=zoo", "model.name=inductoin"], 2, ["unknown zoo model", "Did you mean 'induction'"]),
         (["task.name=nope"], 2, ["no task 'nope'", "induction"]),
         (["model=pretrained"], 2, ["model.name"]),
@@ -200,8 +227,9 @@ def test_invalid_config_fails_fast(args, code, needles, tmp_path, capsys, no_mod
 @pytest.mark.parametrize(
     "sweep, needles",
     [
-        (["circuit.target=0.9,-1"], ["circuit.target=-1", "(0, 1.5]"]),
-        (["method=eap,foo"], ["method=foo", "Available options in 'method'"]),
+        (["circuit.target=0.9,-1"], ["circuit.target=-1", "(0, 1]"]),
+        (["circuit.target=0.9,1.5"], ["circuit.target=1.5", "(0, 1]"]),
+        (["method=eap,foo"], ["unknown method 'foo'", "Options of method"]),
     ],
 )
 def test_invalid_sweep_value_fails_before_the_first_job(sweep, needles, tmp_path, capsys, no_model_loading):
@@ -216,7 +244,7 @@ def test_invalid_sweep_value_fails_before_the_first_job(sweep, needles, tmp_path
 
 def test_hub_model_offline_fails_fast_with_instructions(tmp_path, capsys, no_model_loading, offline_hub):
     task = tmp_path / "t.jsonl"
-    task.write_text(json.dumps({"clean": "a b", "corrupted": "c d", "answer": " e"}) + "\n")
+    task.write_text((json.dumps({"clean": "a b", "corrupted": "c d", "answer": " e"}) + "\n") * 2)
     with pytest.raises(SystemExit) as e:
         cli.main(
             [
@@ -291,7 +319,7 @@ def test_check_overrides_leaves_hydra_and_user_groups_alone(tmp_path):
         [
             "-m",
             "hydra.run.dir=x",
-            "hydra/launcher=joblib",
+            "hydra/launcher=basic",  # (a launcher whose plugin is missing is refused: test_cli_report)
             "method=eap,exact",
             "circuit.target=0.8,0.9",
             "+experiment=mine",

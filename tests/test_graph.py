@@ -70,10 +70,43 @@ def test_refuses_non_transformerlens_model():
         Graph.from_model(torch.nn.Linear(3, 3))
 
 
-def test_refuses_parallel_attn_mlp():
+def test_parallel_attn_mlp_reads_with_the_heads():
+    """In a parallel block the MLP reads its layer's input, like the heads: not its layer's heads."""
     model = tiny_model(parallel_attn_mlp=True)
-    with pytest.raises(UnsupportedModelError, match="parallel attention"):
-        Graph.from_model(model)
+    g = Graph.from_model(model)
+    assert g.arch.parallel_attn_mlp and not g.has_edge("a0.h0", "m0") and g.has_edge("a0.h0", "m1")
+    assert g.has_edge("m0", "a1.h2.k") and g.has_edge("input", "m0") and not g.has_edge("m0", "m0")
+    seq = Graph.from_model(tiny_model())
+    assert seq.has_edge("a0.h0", "m0") and g.n_edges == seq.n_edges - 2 * model.cfg.n_heads
+    again = Graph.from_spec(g.spec())
+    assert again.arch == g.arch and torch.equal(again.valid, g.valid)
+    assert Graph.from_spec({**g.spec(), "parallel_attn_mlp": False}).has_edge("a0.h0", "m0")  # older files: sequential
+
+
+def test_unsupported_architectures_are_named():
+    with pytest.raises(UnsupportedModelError, match="shortformer"):
+        Graph.from_model(tiny_model(positional_embedding_type="shortformer"))
+    with pytest.raises(UnsupportedModelError, match="SoLU-LN MLPs are not split"):
+        Graph.from_model(tiny_model(act_fn="solu_ln"), neurons=True)
+    with pytest.raises(UnsupportedModelError, match="HookedTransformer.*, got HookedEncoderDecoder"):
+        from transformer_lens import HookedEncoderDecoder, HookedTransformerConfig
+
+        cfg = HookedTransformerConfig(
+            n_layers=1,
+            d_model=8,
+            n_heads=2,
+            d_head=4,
+            d_mlp=16,
+            d_vocab=10,
+            n_ctx=8,
+            act_fn="relu",
+            original_architecture="T5ForConditionalGeneration",
+            positional_embedding_type="relative_positional_bias",
+            relative_attention_num_buckets=4,
+            relative_attention_max_distance=8,
+            normalization_type="RMS",
+        )
+        Graph.from_model(HookedEncoderDecoder(cfg))
 
 
 def test_grouped_query_attention_is_ungrouped():

@@ -295,7 +295,10 @@ def test_unsaveable_and_malformed(tmp_path):
             },
             "not reachable",
         ),
-        ({**good, "correspondence": {**good["correspondence"], "induction": 3}}, "model node names"),
+        (
+            {**good, "correspondence": {**good["correspondence"], "induction": 3}},
+            r"correspondence.induction: expected a model node name",
+        ),
         ({k: v for k, v in good.items() if k != "nodes"}, "missing key"),
     ]
     for doc, message in bad_cases:

@@ -101,6 +101,8 @@ def planted_hypothesis(model) -> Hypothesis:
         ({"attn_only": True}, False),
         ({"normalization_type": None}, False),
         ({"normalization_type": "RMS", "n_layers": 3}, False),
+        ({"parallel_attn_mlp": True}, False),  # each MLP reads its layer's input, without its layer's b_O
+        ({"gated_mlp": True, "act_fn": "silu", "normalization_type": "RMS"}, False),
         ({}, True),
     ],
 )

@@ -332,6 +332,8 @@ def test_save_load_round_trip(d_in, d_sae, seed, arch, apply_b_dec, hook):
     for (k, a), (k2, b) in zip(sae.state_dict().items(), back.state_dict().items()):
         assert k == k2 and torch.equal(a, b)
     assert back.cfg["note"] == "extra keys survive" and back.cfg["evaluation"] == {"x": 1.5}
+    binding = {k: again.pop(k) for k in ("pair_id", "tensors_sha256")}  # bound to its weights file
+    assert len(binding["pair_id"]) == 32 and len(binding["tensors_sha256"]) == 64
     assert again == back.config_dict()
     x = torch.randn(3, d_in, generator=torch.Generator().manual_seed(seed))
     assert torch.equal(sae(x), back(x))

@@ -4,12 +4,13 @@ and the bad inputs a user will hit."""
 
 import pytest
 import torch
+from checks import edge_fd_error
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from circuitgraph import zoo
 from circuitgraph.attribution import attribute
-from circuitgraph.engine import Ablation, source_activations
-from circuitgraph.engine.patching import patched_logits, tiled
+from circuitgraph.engine import Ablation
+from circuitgraph.engine.patching import patched_logits
 from circuitgraph.errors import CircuitGraphError
 from circuitgraph.graph import Graph, node_kind
 from circuitgraph.sae import SAE, feature_graph, splice, zoo_saes
@@ -182,36 +183,6 @@ def _random_sae(hook: str, d: int, d_sae: int, seed: int) -> SAE:
     return sae
 
 
-def _fd_check(model, graph, task, n_edges: int, eps: float = 1e-6) -> float:
-    """EAP scores vs the finite-difference derivative of the *patched* metric along (ablated − clean):
-    the two must agree for every kind of edge (worst relative error returned)."""
-    scores = attribute(model, graph, task, method="eap", progress=False).clone()
-    A = (
-        Ablation("corrupted")
-        .prepare(model, graph, task)
-        .activations(model, graph, task, slice(0, task.n_examples), task)
-    )
-    C = source_activations(model, graph, task, task.clean)
-    near = C + eps * (A - C)
-    task.prepare(model)
-    m0 = task.score(patched_logits(model, graph, task, near, graph.valid)).mean()
-    gen = torch.Generator().manual_seed(0)
-    edges, live = graph.valid.nonzero(), (scores.abs() > 1e-6).nonzero()  # features are sparse: half from
-    pick = torch.cat(
-        [
-            live[torch.randperm(len(live), generator=gen)[: n_edges // 2]],  # the non-zero edges
-            edges[torch.randperm(len(edges), generator=gen)[: n_edges - n_edges // 2]],
-        ]
-    )
-    keep = graph.valid.expand(len(pick), -1, -1).clone()
-    keep[torch.arange(len(pick)), pick[:, 0], pick[:, 1]] = False
-    vals = tiled(task, len(pick)).score(patched_logits(model, graph, task, near, keep)).view(len(pick), -1).mean(1)
-    fd = (vals - m0) / eps
-    ref = scores[pick[:, 0], pick[:, 1]].double()
-    assert (ref.abs() > 1e-6).sum() > n_edges // 4  # a real check, not zeros against zeros
-    return float(((fd - ref).abs() / (ref.abs() + 1e-4)).max())
-
-
 def test_eap_equals_patching_derivative_on_every_site_kind():
     """Random LN model with GELU MLPs, SAEs at all five site kinds (some features left to ``rest``),
     float64: EAP edge scores equal d/dε of the patched metric."""
@@ -244,7 +215,7 @@ def test_eap_equals_patching_derivative_on_every_site_kind():
     assert isinstance(graph.upstream("resid_mid1"), torch.Tensor)  # non-contiguous: skips the heads attn_out1 hides
     assert (run(model, graph, task, graph.valid) - model(clean)).abs().max() < 1e-10
     assert (run(model, graph, task, ~graph.valid) - model(corrupted)).abs().max() < 1e-10
-    assert _fd_check(model, graph, task, n_edges=300) < 1e-4
+    assert edge_fd_error(model, graph, task, n_edges=300) < 1e-4
 
 
 def test_eap_equals_patching_derivative_on_the_zoo_saes(entry, saes):
@@ -258,7 +229,7 @@ def test_eap_equals_patching_derivative_on_the_zoo_saes(entry, saes):
         graph = Graph.from_model(
             model, saes=s64, features={h: site.features[::3] for h, site in ((s.hook_name, s) for s in active.sites)}
         )
-        assert _fd_check(model, graph, task, n_edges=64) < 1e-3
+        assert edge_fd_error(model, graph, task, n_edges=64) < 1e-3
     finally:
         entry.model.to(torch.float32)
 
@@ -427,7 +398,7 @@ def test_transcoders_replace_mlps_exactly(tmp_path):
     assert graph.has_edge("resid_pre1.f0", "transcoder1.f4") and graph.has_edge("transcoder1.err", "logits")
     assert (run(model, graph, task, graph.valid) - model(clean)).abs().max() < 1e-10
     assert (run(model, graph, task, ~graph.valid) - model(corrupted)).abs().max() < 1e-10
-    assert _fd_check(model, graph, task, n_edges=300) < 1e-3
+    assert edge_fd_error(model, graph, task, n_edges=300) < 1e-3
 
     with hook_flags(model):
         with splice(model, tcs):

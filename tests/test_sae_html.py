@@ -1,6 +1,7 @@
 """SAE feature labels (top-activating tokens on the task's clean prompts) and their display in
 the HTML viewer: the labels match an independent computation from the captured activations,
-padding is never a top token, and the page carries the labels in its data, tooltips and legend."""
+padding is never a top token, the labels carry their context as tokens, and the viewer page carries
+them in its data (box labels and the node panel)."""
 
 from __future__ import annotations
 
@@ -161,40 +162,55 @@ def test_html_shows_feature_labels(setup, tmp_path):
     assert not re.search(r"<script[^>]*\bsrc\s*=", text, re.I)
     assert not re.search(r"<link[^>]*\bhref\s*=", text, re.I)
     assert not re.search(r"(src|href)\s*=\s*[\"']?\s*(https?:)?//", text, re.I)
-    assert "vis.Network" in text
-    # the legend names the SAE node kinds
-    legend = re.search(r'<div id="cg-legend">(.*?)</div>\n</div>', text, re.S).group(1)
-    for label in ("SAE feature", "SAE rest", "SAE error"):
-        assert label in legend
+    data = _page_data(path)
+    # the legend (built from the kinds drawn) names the SAE node kinds
+    drawn_kinds = {data["nodes"][i]["kind"] for i, *_ in data["stops"][data["default_stop"]]["nodes"]}
+    assert {"feature", "sae_rest", "sae_error"} <= drawn_kinds
+    assert [data["kinds"][k]["label"] for k in ("feature", "sae_rest", "sae_error")] == [
+        "SAE feature",
+        "SAE rest (other features)",
+        "SAE error",
+    ]
 
-    nodes = {n["id"]: n for n in _page_data(path)["nodes"]}
+    nodes = {n["id"]: n for n in data["nodes"]}
     features = _feature_nodes(graph)
     assert set(features) <= set(nodes)
     shown_tokens = 0
     for n in features:
         node, lab = nodes[n], labels[n]
-        assert node["kind"] == "feature" and node["color"]["background"] in ("#7fd6e0", "#f4f4f4")
-        assert node["site"] == lab["site"] and node["feature"] == lab["feature"]
-        assert node["topTokens"] == lab["top_tokens"]  # the labels are in the page's JSON
+        assert node["kind"] == "feature"
+        assert node["info"]["site"] == lab["site"] and node["info"]["feature"] == lab["feature"]
         tops = lab["top_tokens"]
+        # the panel's contexts: the decoded window with the activating token's index
+        assert [(t["tokens"], t["at"]) for t in node["info"]["topTokens"]] == [
+            (t["context_tokens"], t["context_index"]) for t in tops
+        ]
+        assert [t["activation"] for t in node["info"]["topTokens"]] == [t["activation"] for t in tops]
         if tops:
             distinct = list(dict.fromkeys(t["token"] for t in tops))[:2]  # the top two distinct tokens
-            assert node["label"] == n + "\n" + " ".join(repr(tok) for tok in distinct)
-            assert "top activating tokens" in node["title"]
-            assert lab["site"] in node["title"] and f"feature {lab['feature']}" in node["title"]
-            for t in tops:
-                assert t["context"] in node["title"]
+            assert node["label"] == n and node["sub"] == " ".join(repr(tok) for tok in distinct)
             shown_tokens += 1
         else:
-            assert node["label"] == n and "not active" in node["title"]
+            assert node["sub"] == ""
     assert shown_tokens
     for n, node in nodes.items():
         if node_kind(n) in ("sae_rest", "sae_error"):
-            assert node["description"] == labels[n]["description"] and node["description"] in node["title"]
-            assert node["label"] == n
-    circuit_features = [n for n in features if nodes[n]["inCircuit"]]
-    for n in circuit_features:
-        assert nodes[n]["color"]["background"] == "#7fd6e0"
+            assert node["info"]["description"] == labels[n]["description"]
+
+
+def test_labels_carry_the_context_as_tokens(setup):
+    model, graph, task = setup
+    labels = feature_labels(model, graph, task, top=TOP, context=2, after=2)
+    checked = 0
+    for n in _feature_nodes(graph):
+        for t in labels[n]["top_tokens"]:
+            e, p, at = t["example"], t["position"], t["context_index"]
+            row = [str(x) for x in task.clean[e].tolist()]
+            assert t["context_tokens"][at] == t["token"] == row[p]
+            assert t["context_tokens"] == row[p - at : p + len(t["context_tokens"]) - at]
+            assert at == min(p, 2) and len(t["context_tokens"]) - at - 1 == min(2, len(row) - p - 1)
+            checked += 1
+    assert checked > 10
 
 
 def test_html_without_node_info_is_unchanged(setup, tmp_path):
@@ -206,8 +222,7 @@ def test_html_without_node_info_is_unchanged(setup, tmp_path):
     empty = write_html(graph, tmp_path / "b.html", mask=mask, node_info={})
     assert plain.read_text(encoding="utf-8") == empty.read_text(encoding="utf-8")
     for node in _page_data(plain)["nodes"]:
-        assert node["label"] == node["id"]
-        assert not {"site", "feature", "topTokens"} & set(node)
+        assert node["label"] == node["id"] and "info" not in node
     # entries for nodes that are not drawn are ignored; a non-dict is refused
     write_html(graph, tmp_path / "c.html", mask=mask, node_info={"no.such.node": {"feature": 1}})
     with pytest.raises(TypeError, match="node_info"):

@@ -19,12 +19,12 @@ import time
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from circuitgraph.attribution.gradients import contract, forward_backward
 from circuitgraph.engine.ablation import Ablation
 from circuitgraph.engine.batching import auto_batch_size, check_graph, example_chunks
 from circuitgraph.engine.evaluator import CircuitEvaluator
+from circuitgraph.engine.progress import progress_bar
 from circuitgraph.engine.sources import raw_difference, raw_sources, source_deltas
 from circuitgraph.errors import ConfigError
 from circuitgraph.graph import Graph
@@ -87,14 +87,15 @@ def attribute(
     else:
         chunks = list(example_chunks(task, bs))
         n_steps = 1 if method == "eap" else steps
-        bar = tqdm(total=len(chunks) * n_steps, desc=method, disable=not progress, delay=2.0, leave=False)
+        bar = progress_bar(len(chunks) * n_steps, method, progress, unit="step")
         for idx, chunk, weight in chunks:
             ablated = abl.raw(model, graph, task, idx, chunk)
             if method == "eap":
                 clean: dict = {}
                 grads, _ = forward_backward(model, graph, chunk, capture_sources=clean)
                 # a(ablated) − a(clean), differenced before projecting through W_O / W_out
-                contract(graph, source_deltas(model, graph, raw_difference(ablated, clean)), grads, scores, weight)
+                deltas = source_deltas(model, graph, raw_difference(ablated, clean))
+                contract(graph, grads.residual_deltas(deltas, inplace=True), grads, scores, weight)
                 bar.update(1)
                 continue
             clean = raw_sources(model, graph, chunk, chunk.clean)
@@ -108,7 +109,7 @@ def attribute(
                     else None
                 )
                 grads, _ = forward_backward(model, graph, chunk, input_override=x, extra_fwd=extra)
-                contract(graph, deltas, grads, scores, weight / steps)
+                contract(graph, grads.residual_deltas(deltas), grads, scores, weight / steps)
                 bar.update(1)
         bar.close()
     # (contractions only ever write upstream-source × destination blocks, so invalid entries stay 0)
@@ -181,14 +182,14 @@ def _single_edge_effects(run: CircuitEvaluator, graph: Graph, progress: bool, pe
     ``[k, n_examples]`` per batch of K single-edge patches."""
     edges = graph.valid.nonzero()  # [E, 2]
     E = edges.shape[0]
-    base = run(graph.valid[None], per_example=per_example)[0]
+    base = run(graph.valid[None], progress=False, per_example=per_example)[0]
     K = max(1, min(E, run.mask_batch))
-    bar = tqdm(total=E, desc="exact", disable=not progress, delay=2.0, leave=False)
+    bar = progress_bar(E, "exact", progress, unit="edge")
     for start in range(0, E, K):
         e = edges[start : start + K]
         k = e.shape[0]
         keep = graph.valid.expand(k, -1, -1).clone()
         keep[torch.arange(k), e[:, 0], e[:, 1]] = False
-        yield e, run(keep, per_example=per_example) - base
+        yield e, run(keep, progress=False, per_example=per_example) - base
         bar.update(k)
     bar.close()

@@ -41,6 +41,11 @@ class DenseReaders:
             G = G - self.radial[..., None] * self.xhat
         return G
 
+    def along(self, field: torch.Tensor) -> torch.Tensor:
+        """``[n, B, P]``: each reader's input gradient dotted with a per-position ``field [B, P, d]``."""
+        out = torch.einsum("nbpd,bpd->nbp", self.G, field)
+        return _norm_terms(out, self.centre, self.radial, self.xhat, field)
+
 
 @dataclass
 class LowRankReaders:
@@ -66,6 +71,12 @@ class LowRankReaders:
         centre = self.g * (self.enc.sum(1) / d)[:, None, None] if self.centred else None
         return centre, radial
 
+    def along(self, field: torch.Tensor) -> torch.Tensor:
+        """``[n, B, P]``: each reader's input gradient dotted with a per-position ``field [B, P, d]``."""
+        centre, radial = self.terms()
+        out = self.g * torch.einsum("bpd,nd->nbp", field, self.enc)
+        return _norm_terms(out, centre, radial, self.xhat, field)
+
     def dense(self) -> torch.Tensor:
         centre, radial = self.terms()
         G = torch.einsum("nbp,nd->nbpd", self.g, self.enc)
@@ -77,9 +88,16 @@ class LowRankReaders:
         return G
 
 
-def dense_scores(
-    D: torch.Tensor, readers: DenseReaders | LowRankReaders, row_sums: torch.Tensor | None = None
-) -> torch.Tensor:
+def _norm_terms(out, centre, radial, xhat, field: torch.Tensor) -> torch.Tensor:
+    """``out`` less the norm Jacobian's centre and radial terms along ``field``."""
+    if centre is not None:
+        out = out - centre * field.sum(-1)[None]
+    if radial is not None:
+        out = out - radial * (xhat * field).sum(-1)[None]
+    return out
+
+
+def dense_scores(D: torch.Tensor, readers, row_sums: torch.Tensor | None = None) -> torch.Tensor:
     """``[n_u, n_v]`` scores of dense sources ``D [n_u, B, P, d]`` against any readers."""
     n_u = D.shape[0]
     if isinstance(readers, DenseReaders):
@@ -122,4 +140,7 @@ def lowrank_scores(src: LowRankSources, readers: DenseReaders | LowRankReaders) 
         assert xhat is not None  # a radial term always comes with the x̂ it runs along
         along = coef * (xhat.reshape(-1, xhat.shape[-1]) @ src.dirs.T).T  # [n_i, BP]
         acc -= along @ radial.reshape(radial.shape[0], -1).T
+    if src.field is not None:  # the shared per-position part (sources behind a post-norm)
+        assert src.field_coef is not None  # a field always comes with its coefficients
+        acc += src.field_coef.reshape(n_i, -1) @ readers.along(src.field).reshape(readers.n, -1).T
     return acc

@@ -16,6 +16,8 @@ from typing import Any, cast
 import torch
 
 from circuitgraph.attribution.factors import DenseReaders, LowRankReaders, dense_scores, lowrank_scores
+from circuitgraph.attribution.post_norms import capture_hooks, through_post_norms
+from circuitgraph.engine.post_norms import norm_groups
 from circuitgraph.engine.sites import feature_ids, other_features, site_hooks, site_sae
 from circuitgraph.engine.sources import source_hooks
 from circuitgraph.engine.tensors import SourceDeltas, frozen, frozen_params, store_hook
@@ -33,6 +35,7 @@ class DestinationGradients:
     def __init__(self, model: Any, graph: Graph) -> None:
         self.model, self.graph = model, graph
         self.bk = as_backend(model)
+        self.groups = norm_groups(self.bk, graph)  # sources behind norms after sublayers (Gemma-2/3)
         self.fwd: dict[str, torch.Tensor] = {}
         self.grad: dict[str, torch.Tensor] = {}
 
@@ -47,8 +50,9 @@ class DestinationGradients:
                 bwd.append((bk.qkv_hook(L, letter), store_hook(self.grad, f"{letter}{L}")))
             if graph.has_mlp_node(L) and (L not in graph.neurons or graph.has_rest(L)):
                 bwd.append((bk.mlp_in_hook(L), store_hook(self.grad, f"mlp{L}")))
-            if L in graph.neurons:
-                bwd.append((bk.mlp_pre_hook(L), store_hook(self.grad, f"pre{L}")))
+            if L in graph.neurons:  # ∂m/∂pre of each way the neurons read (a gated MLP: gate and linear part)
+                for r, read in enumerate(bk.neuron_reads(L)):
+                    bwd.append((read.hook, store_hook(self.grad, f"pre{L}.{r}")))
             reads_ln2 = L in graph.neurons or any(
                 s.kind == "transcoder" and s.layer == L and s.normalized for s in graph.sites
             )
@@ -56,7 +60,13 @@ class DestinationGradients:
                 fwd.append((bk.norm_hook(L, 2, "scale"), store_hook(self.fwd, f"scale2_{L}")))
                 fwd.append((bk.norm_hook(L, 2, "normalized"), store_hook(self.fwd, f"norm2_{L}")))
         bwd.append((bk.final_hook(), store_hook(self.grad, "logits")))
-        return fwd, bwd
+        return fwd + capture_hooks(bk, self.groups, self.fwd), bwd
+
+    def residual_deltas(self, deltas: SourceDeltas, inplace: bool = False) -> SourceDeltas:
+        """``deltas`` as this run's residual stream sees them: post-normed sources through their
+        norm's Jacobian at this run (see :mod:`circuitgraph.attribution.post_norms`); as they are
+        for every other model."""
+        return through_post_norms(self.bk, self.groups, self.fwd, deltas, inplace=inplace)
 
     def group(self, name: str) -> Readers:
         """Input gradients of a destination group of :meth:`Graph.dst_slices`, as
@@ -123,16 +133,19 @@ class DestinationGradients:
             G.addcmul_(combine(radials)[..., None], xhat, value=-1.0)
         return DenseReaders(G)
 
-    def _neuron_readers(self, L: int) -> Readers:
-        """Neuron j reads the MLP input through ``ln2`` and ``W_in[:, j]``; the ``rest`` node reads
-        what the other neurons read (total MLP-input gradient minus the selected neurons')."""
-        grad_pre = self.grad[f"pre{L}"]
+    def _neuron_readers(self, L: int) -> list:
+        """Neuron j reads the MLP input through ``ln2`` and ``W[:, j]`` of each of its reads (a
+        gated neuron two: its input gradient is g_gate·W_gate[:, j] + g_in·W_in[:, j]); the ``rest``
+        node reads what the other neurons read (total MLP-input gradient minus the selected neurons')."""
         neuron_ids = self.graph.neuron_ids(L)
         assert neuron_ids is not None  # (called for neuron layers only)
-        ids = neuron_ids.to(grad_pre.device)
-        enc = frozen(self.bk.W_in(L))[:, ids].T  # [n, d]
+        parts = []
+        for r, read in enumerate(self.bk.neuron_reads(L)):
+            grad_pre = self.grad[f"pre{L}.{r}"]  # [B, P, d_mlp]
+            ids = neuron_ids.to(grad_pre.device)
+            parts.append((grad_pre[..., ids].permute(2, 0, 1), frozen(read.W)[:, ids].T))  # [n, B, P], [n, d]
         total = self.grad[f"mlp{L}"] if self.graph.has_rest(L) else None
-        return self._through_ln2(L, grad_pre[..., ids].permute(2, 0, 1), enc, total, normalized=True)
+        return self._through_ln2(L, parts, total, normalized=True)
 
     def _transcoder_readers(self, site: Site) -> Readers:
         """A transcoder's features read like neurons (through ``ln2`` when it reads the normalised
@@ -143,7 +156,7 @@ class DestinationGradients:
         enc = frozen(site_sae(self.graph, site).W_enc)[:, ids].T
         total = self.grad[f"feat_in:{site.name}"] if site.has_rest else None
         out = self._through_ln2(
-            site.layer, grad_pre[..., ids].permute(2, 0, 1), enc, total, site.normalized, gain=False
+            site.layer, [(grad_pre[..., ids].permute(2, 0, 1), enc)], total, site.normalized, gain=False
         )  # (hook_normalized is before ln2's gain)
         k = len(site.node_names())
         return out + [(slice(k - 1, k), DenseReaders(self.grad[f"err_in:{site.name}"][None]))]
@@ -151,36 +164,37 @@ class DestinationGradients:
     def _through_ln2(
         self,
         L: int,
-        g: torch.Tensor,
-        enc: torch.Tensor,
+        parts: list[tuple[torch.Tensor, torch.Tensor]],
         total: torch.Tensor | None,
         normalized: bool,
         gain: bool = True,
-    ) -> Readers:
-        """Low-rank readers ``g [n, B, P]`` along ``enc [n, d]`` (behind ``ln2``'s normalisation
-        when ``normalized``, and its gain when ``gain``), plus a dense reader for everything else
-        that reads the same input when ``total`` (its full input gradient) is given."""
+    ) -> list:
+        """Low-rank readers, one set per part ``(g [n, B, P], enc [n, d])`` of the same n readers
+        (their gradients add up), behind ``ln2``'s normalisation when ``normalized`` (and its gain
+        when ``gain``); plus a dense reader for everything else that reads the same input when
+        ``total`` (its full input gradient) is given."""
         ln_gain, centred = self.bk.norm_gain(L, 2), self.bk.norm_kind(L, 2) == "layernorm"
         xhat = scale = None
         if normalized:
             xhat, scale = self.fwd.get(f"norm2_{L}"), self.fwd.get(f"scale2_{L}")
-            if gain and ln_gain is not None:
+        readers = []
+        for g, enc in parts:
+            if normalized and gain and ln_gain is not None:
                 enc = enc * frozen(ln_gain)[None]
             if scale is not None:
                 g = g / scale[None, ..., 0]
-        readers = LowRankReaders(g, enc, xhat, centred=normalized and centred)
-        n = g.shape[0]
-        out: Readers = [(slice(0, n), readers)] if n else []
+            readers.append(LowRankReaders(g, enc, xhat, centred=normalized and centred))
+        n = parts[0][0].shape[0]
+        out: Readers = [(slice(0, n), r) for r in readers] if n else []
         if total is not None:
-            centre, radial = readers.terms()
-            picked = torch.einsum("nbp,nd->bpd", g, enc)
-            rest = DenseReaders(
-                (total - picked)[None],
-                centre=None if centre is None else -centre.sum(0, keepdim=True),
-                radial=None if radial is None else -radial.sum(0, keepdim=True),
-                xhat=xhat,
-            )
-            out.append((slice(n, n + 1), rest))
+            picked = sum(torch.einsum("nbp,nd->bpd", r.g, r.enc) for r in readers)
+            terms = [r.terms() for r in readers]
+            # the readers share x̂ and the norm kind: every one has a centre (radial) term, or none does
+            centres = [c for c, _ in terms if c is not None]
+            radials = [a for _, a in terms if a is not None]
+            centre = -cast(torch.Tensor, sum(c.sum(0, keepdim=True) for c in centres)) if centres else None
+            radial = -cast(torch.Tensor, sum(a.sum(0, keepdim=True) for a in radials)) if radials else None
+            out.append((slice(n, n + 1), DenseReaders((total - picked)[None], centre=centre, radial=radial, xhat=xhat)))
         return out
 
 

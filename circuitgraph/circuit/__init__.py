@@ -1,8 +1,10 @@
-"""Circuits: selection from scores (top-n, threshold), pruning, the minimal faithful circuit, ACDC,
-learned edge masks, and saving/loading as JSON + safetensors."""
+"""Circuits: selection from scores (top-n, threshold), pruning (to input→logits paths, or by
+influence on the logits), the minimal faithful circuit, ACDC, learned edge masks, and
+saving/loading as JSON + safetensors."""
 
 from circuitgraph.circuit.acdc import acdc, acdc_sweep
-from circuitgraph.circuit.circuit import SCHEMA, Circuit, CircuitFileError
+from circuitgraph.circuit.circuit import SCHEMA, Circuit, CircuitFileError, check_supernodes
+from circuitgraph.circuit.influence import Influence, influence, prune_by_influence
 from circuitgraph.circuit.learned import LearnedMasks, learn_edge_masks, learned_circuit
 from circuitgraph.circuit.minimal import build_circuit, minimal_circuit
 from circuitgraph.circuit.selection import prune, threshold, top_n
@@ -25,4 +27,8 @@ __all__ = [
     "top_n",
     "threshold",
     "prune",
+    "prune_by_influence",
+    "influence",
+    "Influence",
+    "check_supernodes",
 ]

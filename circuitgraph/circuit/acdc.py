@@ -64,13 +64,13 @@ import math
 import time
 
 import torch
-from tqdm.auto import tqdm
 
 from circuitgraph.circuit.circuit import Circuit
 from circuitgraph.circuit.minimal import build_circuit
 from circuitgraph.circuit.selection import prune
 from circuitgraph.engine.ablation import Ablation
 from circuitgraph.engine.evaluator import CircuitEvaluator
+from circuitgraph.engine.progress import progress_bar
 from circuitgraph.errors import ConfigError
 from circuitgraph.graph import Graph
 from circuitgraph.models.backend import check_model
@@ -137,7 +137,7 @@ def acdc_sweep(
     runner = _Runner(model, graph, task, ablation, metric, batch_size, mask_batch)
     circuits, kept_scores, kept_info = [], None, None
     smallest = min(thresholds)
-    bar = tqdm(total=len(thresholds), desc="acdc sweep", disable=not progress, delay=2.0, leave=False)
+    bar = progress_bar(len(thresholds), "acdc sweep", progress, unit="threshold")
     for t in thresholds:
         c = _acdc(runner, t, absolute, False, prune_result)
         circuits.append(c)
@@ -232,7 +232,7 @@ def _acdc(run: _Runner, tau: float, absolute: bool, progress: bool, prune_result
     def removable(delta: float) -> bool:
         return (abs(delta) if absolute else delta) < tau
 
-    bar = tqdm(total=graph.n_dst, desc=f"acdc τ={tau:g}", disable=not progress, delay=2.0, leave=False)
+    bar = progress_bar(graph.n_dst, f"acdc τ={tau:g}", progress, unit="node")
     for d in range(graph.n_dst - 1, -1, -1):
         bar.update(1)
         srcs = mask[:, d].nonzero()[:, 0].flip(0).tolist()  # reverse source order

@@ -3,7 +3,8 @@
 Saved as ``name.json`` (human-readable: schema version, model fingerprint, provenance, the kept
 edges with scores, measured figures) plus ``name.safetensors`` (the full ``[n_src, n_dst]`` score
 matrix and the edge mask). No pickle: loading a file never runs code. Both files are written to a
-temporary name and renamed, so an interrupted save never leaves a half-written circuit.
+temporary name and renamed, so an interrupted save never leaves a half-written circuit, and they
+are bound by a pair id and the tensor file's hash, so the halves of two saves never load as one.
 """
 
 from __future__ import annotations
@@ -11,22 +12,65 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import networkx as nx
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
 from circuitgraph.atomic import atomic_write
+from circuitgraph.circuit.summary import summary_html, summary_text
 from circuitgraph.engine.ablation import Ablation
 from circuitgraph.errors import FileFormatError, GraphError
+from circuitgraph.files.pairs import (
+    BINDING_FIELDS,
+    Binding,
+    TensorSpec,
+    check_finite,
+    check_tensor_file,
+    load_tensors,
+    write_tensors,
+)
+from circuitgraph.files.reading import check_bounds, read_json
+from circuitgraph.files.rundir import check_member
+from circuitgraph.files.schema import Float, Int, JsonObject, ListOf, Obj, Optional, Str, TupleOf, validate
 from circuitgraph.graph import Graph, config_hash
+from circuitgraph.graph.graph import GRAPH_SPEC
+from circuitgraph.graph.names import dst_node
 
 SCHEMA = "circuitgraph.circuit/1"
+SUPERNODES = "supernodes"  # metadata key of the user's node groups (see Circuit.supernodes)
+_NODE = Str(max_len=256, min_len=1, label="a node name")
+# name.json, declaratively (docs/circuit-schema.md); checked before anything is sized from it
+CIRCUIT_FILE = Obj(
+    required={
+        "schema": Str(choices=(SCHEMA,)),
+        "model": GRAPH_SPEC,
+        "n_edges": Int(0, None),
+        "edges": ListOf(TupleOf(_NODE, _NODE, Float(finite=False))),
+    },
+    optional={
+        "metadata": Obj(optional={"attribution": JsonObject()}),  # (supernodes: check_supernodes)
+        "faithfulness": Optional(Float()),
+        "figures": JsonObject(),
+        "n_edges_total": Int(0, None),
+        "tensors": Str(max_len=1024),
+        **BINDING_FIELDS,
+    },
+    label="a circuit file object",
+)
+
+
+def off_graph(t: torch.Tensor, valid: torch.Tensor) -> int:
+    """Non-zero entries of ``t [n_src, n_dst]`` where ``valid`` is false, a block of rows at a time:
+    a full-size temporary would double the largest tensor of a neuron- or feature-scale circuit."""
+    block = max(1, (1 << 22) // max(1, t.shape[1]))
+    return sum(  # (bool > bool is "non-zero and not valid": three times faster than a masked_fill)
+        int(torch.count_nonzero(t[i : i + block].ne(0) > valid[i : i + block])) for i in range(0, t.shape[0], block)
+    )
 
 
 class CircuitFileError(FileFormatError):
-    """A circuit file is malformed, truncated, or belongs to another model."""
+    """A circuit file is malformed, truncated, mixed with another save, or belongs to another model."""
 
 
 @dataclass
@@ -39,11 +83,24 @@ class Circuit:
     faithfulness: float | None = None
     figures: dict = field(default_factory=dict)
     ablation_tensors: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # fitted constants
+    # the binding of the files it was last saved to or loaded from (their pair id and tensor hash)
+    binding: Binding | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.mask.shape != self.graph.valid.shape or self.mask.dtype != torch.bool:
             raise GraphError(f"circuit mask must be a bool tensor of shape {list(self.graph.valid.shape)}")
         self.mask = self.mask.to(self.graph.valid.device) & self.graph.valid
+
+    # ------------------------------------------------------------------ supernodes
+    @property
+    def supernodes(self) -> list[dict]:
+        """The user's groups of nodes (as drawn by the viewer and saved by its "save" button):
+        ``[{"name": str, "nodes": [node names]}]``, kept in ``metadata["supernodes"]``."""
+        return [{"name": g["name"], "nodes": list(g["nodes"])} for g in self.metadata.get(SUPERNODES, [])]
+
+    @supernodes.setter
+    def supernodes(self, groups: list[dict]) -> None:
+        self.metadata[SUPERNODES] = check_supernodes(groups, self.graph)
 
     # ------------------------------------------------------------------ views
     @property
@@ -89,8 +146,24 @@ class Circuit:
         f = f", faithfulness={self.faithfulness:.3f}" if self.faithfulness is not None else ""
         return f"Circuit({self.n_edges} of {self.graph.n_edges} edges{f})"
 
+    def summary(self, top: int | None = 20, roles: dict[str, str] | None = None) -> str:
+        """The circuit in words and its edges ranked by |score|, each saying whether it helps or
+        hurts the task (and is in the ground truth, when ``figures["ground_truth"]`` holds a
+        comparison). ``print(circuit.summary())``; ``top=None`` lists every edge."""
+        return summary_text(self, top, roles)
+
+    def _repr_html_(self) -> str:
+        """Notebooks show a circuit as its summary table."""
+        return summary_html(self)
+
     # ------------------------------------------------------------------ persistence
+    @property
+    def pair_id(self) -> str | None:
+        return self.binding.pair_id if self.binding else None
+
     def to_dict(self) -> dict:
+        """The JSON document; with the binding of the tensor file it was saved to or loaded from,
+        so that a document written elsewhere (the viewer's "save") still pairs with that file."""
         g = self.graph
         return {
             "schema": SCHEMA,
@@ -101,74 +174,111 @@ class Circuit:
             "n_edges": self.n_edges,
             "n_edges_total": g.n_edges,
             "edges": [[s, d, sc] for s, d, sc in self.edges()],
+            **(self.binding.to_json() if self.binding else {}),
         }
 
     def save(self, path: str | Path) -> Path:
-        """Write ``path`` (.json) and its ``.safetensors`` sibling atomically; returns the JSON path."""
+        """Write ``path`` (.json) and its ``.safetensors`` sibling atomically; returns the JSON path.
+
+        The tensor file is written first with a fresh pair id in its header; the JSON second, with
+        the same pair id and the tensor file's SHA-256, so :meth:`load` can tell a true pair from
+        the halves of two saves. Both are checked against the schema :meth:`load` uses first, so
+        what is saved always loads (a NaN score or faithfulness is refused here, not later)."""
         path = Path(path)
         if path.suffix != ".json":
             path = path.with_suffix(".json")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        scores, valid = self.graph.scores.detach().float(), self.graph.valid
+        if off_graph(scores, valid):  # a cell that is no edge holds no score (the format says 0 there)
+            scores = scores.masked_fill(~valid, 0)
         tensors = {
-            "scores": self.graph.scores.detach().float().cpu().contiguous(),
+            "scores": scores.cpu().contiguous(),
             "mask": self.mask.cpu().contiguous(),
             **{k: v.detach().float().cpu().contiguous() for k, v in self.ablation_tensors.items()},
         }
         st_path = path.with_suffix(".safetensors")
-        atomic_write(st_path, lambda p: save_file(tensors, str(p), metadata={"schema": SCHEMA}))
         doc = self.to_dict()
         doc["tensors"] = st_path.name
+        where = f"circuit to be saved as {path}"
+        check_finite(tensors["scores"], f"{where}: its scores", CircuitFileError, allow_inf=True)
+        validate(doc, CIRCUIT_FILE, where, CircuitFileError)
+        check_bounds(doc, where, CircuitFileError)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        binding = write_tensors(st_path, tensors, {"schema": SCHEMA})
+        doc.update(binding.to_json())
         atomic_write(path, lambda p: Path(p).write_text(json.dumps(doc, indent=1)))
+        self.binding = binding
         return path
 
     @classmethod
-    def load(cls, path: str | Path, model=None) -> Circuit:
-        """Read a saved circuit. With ``model``, refuse a circuit found on a different model."""
+    def load(cls, path: str | Path, model: Any = None) -> Circuit:
+        """Read a saved circuit. With ``model``, refuse a circuit found on a different model.
+
+        Everything is checked before the graph or a tensor is allocated: the JSON against
+        :data:`CIRCUIT_FILE` (types, ranges, limits), the graph size it implies against the tensor
+        file's header, the pair id and content hash binding the two files, the tensors' dtypes and
+        shapes. Then: no score is NaN, the mask marks only edges of the graph, and the JSON's
+        edge list is exactly the mask's edges with the same scores."""
         path = Path(path)
-        try:
-            doc = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise CircuitFileError(
-                f"{path} is not valid circuit JSON ({e}); the file is corrupted or truncated"
-            ) from None
+        doc = read_json(path, CircuitFileError)
         if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
             raise CircuitFileError(
                 f"{path} is not a circuitgraph circuit (schema {doc.get('schema') if isinstance(doc, dict) else None!r}, expected {SCHEMA!r})"
             )
-        try:
-            graph = Graph.from_spec(doc["model"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise CircuitFileError(f"{path} lacks or garbles model field {e}; the file is corrupted") from None
+        validate(doc, CIRCUIT_FILE, path, CircuitFileError)
+        spec = doc["model"]
         if model is not None:
             h = config_hash(model.cfg)
-            if h != graph.model_hash:
+            if h != (spec.get("config_hash") or ""):
                 raise CircuitFileError(
-                    f"{path} was found on a different model (config hash {graph.model_hash}, this model's is {h}); "
+                    f"{path} was found on a different model (config hash {spec.get('config_hash')}, this model's is {h}); "
                     "load it with the model it was found on, or rediscover the circuit on this model"
                 )
-            graph.to(next(model.parameters()).device)
-        st = path.with_suffix(".safetensors")
         try:
-            t = load_file(str(st))
-        except FileNotFoundError:
-            raise CircuitFileError(f"{st} is missing; a circuit needs both its .json and .safetensors files") from None
-        except (SafetensorError, OSError, ValueError) as e:
-            raise CircuitFileError(f"{st} is corrupted or truncated ({e}); re-save the circuit") from None
-        if (
-            t.get("scores") is None
-            or t["scores"].shape != graph.valid.shape
-            or t.get("mask") is None
-            or t["mask"].shape != graph.valid.shape
-        ):
-            raise CircuitFileError(f"{st} does not hold [{graph.n_src}, {graph.n_dst}] scores and mask for this graph")
-        graph.scores = t["scores"].to(graph.valid.device)
-        graph.score_info = doc.get("metadata", {}).get("attribution", {})
+            n_src, n_dst = Graph.spec_size(spec)
+        except GraphError as e:
+            raise CircuitFileError(f"{path}: $.model: {e}") from None
+        st = path.with_suffix(".safetensors")
+        if not st.exists() and not st.is_symlink():
+            raise CircuitFileError(f"{st} is missing; a circuit needs both its .json and .safetensors files")
+        specs = {
+            "scores": TensorSpec(("F32",), (n_src, n_dst)),  # never NaN; ±inf round-trips
+            "mask": TensorSpec(("BOOL",), (n_src, n_dst)),
+        }
+        # optimal ablation's fitted constants ride along as ``ablation.*`` tensors
+        fitted = bool(((doc.get("metadata") or {}).get("ablation") or {}).get("values"))
+        binding = Binding.from_doc(doc, path, CircuitFileError)
+        check_tensor_file(
+            st, specs, CircuitFileError, binding=binding, json_source=path.name, schema=SCHEMA, extra=fitted
+        )
+        problem = check_member(path)
+        if problem:
+            raise CircuitFileError(problem)
+        try:  # the graph before the tensors: its build's temporaries and the tensors never coexist
+            graph = Graph.from_spec(spec)
+        except GraphError as e:
+            raise CircuitFileError(f"{path}: $.model: {e}") from None
+        if model is not None:
+            graph.to(next(model.parameters()).device)
+        t = load_tensors(st, specs, CircuitFileError, extra=fitted)
+        scores = t["scores"].to(graph.valid.device)
+        off = off_graph(scores, graph.valid)
+        if off:
+            raise CircuitFileError(
+                f"{st}: {off} score(s) where the graph has no edge (the format holds 0 there); the file is corrupted"
+            )
+        graph.scores = scores
+        metadata = doc.get("metadata", {})
+        graph.score_info = metadata.get("attribution", {})
+        if SUPERNODES in metadata:  # their form, and that they name this graph's nodes
+            try:
+                metadata[SUPERNODES] = check_supernodes(metadata[SUPERNODES], graph)
+            except GraphError as e:
+                raise CircuitFileError(f"{path}: metadata.{SUPERNODES} is malformed: {e}") from None
+        marked = int(torch.count_nonzero(t["mask"]))
         c = cls(
             graph,
-            t["mask"].bool(),
-            metadata=doc.get("metadata", {}),
+            t["mask"],
+            metadata=metadata,
             faithfulness=doc.get("faithfulness"),
             figures=doc.get("figures", {}),
             ablation_tensors={k: v for k, v in t.items() if k.startswith("ablation.")},
@@ -179,8 +289,71 @@ class Circuit:
                 f"{path} names {len(named)} optimal-ablation constants but {st} holds {len(c.ablation_tensors)}; "
                 "the pair is inconsistent"
             )
-        if c.n_edges != doc.get("n_edges", c.n_edges):
+        n = c.n_edges  # the constructor keeps only the mask's cells that are edges
+        if marked != n:
             raise CircuitFileError(
-                f"{path} says {doc.get('n_edges')} edges but its tensors hold {c.n_edges}; the pair is inconsistent"
+                f"{st}: the mask marks {marked - n} cell(s) that are not edges of the graph; the file is corrupted"
             )
+        c.binding = binding
+        c._check_readable_copy(doc, path, n)
         return c
+
+    def _check_readable_copy(self, doc: dict, path: Path, n: int) -> None:
+        """The JSON's counts and edge list say what the tensors (``n`` edges) hold: it is what people read."""
+        if doc["n_edges"] != n:
+            raise CircuitFileError(
+                f"{path} says {doc['n_edges']} edges but its tensors hold {n}; the pair is inconsistent"
+            )
+        if "n_edges_total" in doc and doc["n_edges_total"] != (total := self.graph.n_edges):
+            raise CircuitFileError(f"{path}: $.n_edges_total is {doc['n_edges_total']} but the graph has {total} edges")
+        g, edges = self.graph, doc["edges"]
+        rows = [g.src_index.get(s, -1) for s, _, _ in edges]
+        cols = [g.dst_index.get(d, -1) for _, d, _ in edges]
+        unknown = [f"{s}->{d}" for (s, d, _), r, c in zip(edges, rows, cols) if r < 0 or c < 0]
+        if unknown:
+            raise CircuitFileError(f"{path}: $.edges names edge(s) the graph does not have: {unknown[:3]}")
+        r = torch.tensor(rows, dtype=torch.long, device=self.mask.device)
+        k = torch.tensor(cols, dtype=torch.long, device=self.mask.device)
+        # compared as sorted flat indices: nothing of the mask's full size is allocated
+        listed = r * g.n_dst + k
+        held = self.mask.nonzero()  # [n_edges, 2], row-major
+        held = held[:, 0] * g.n_dst + held[:, 1]
+        if len(edges) != n or not torch.equal(listed.sort().values, held):
+            raise CircuitFileError(
+                f"{path}: $.edges lists {int(listed.unique().numel())} distinct edge(s) but the mask holds "
+                f"{n} ({int(torch.count_nonzero(~torch.isin(listed, held)))} listed edge(s) are not in "
+                "the mask); the pair is inconsistent"
+            )
+        written = torch.tensor([float(sc) for _, _, sc in edges], dtype=torch.float64)
+        held = g.scores[r, k].detach().double().cpu()
+        if not torch.equal(written, held):
+            i = int((written != held).nonzero()[0, 0])
+            raise CircuitFileError(
+                f"{path}: $.edges[{i}] gives {edges[i][0]}->{edges[i][1]} the score {edges[i][2]!r} but the tensors "
+                f"hold {float(held[i])!r}; the pair is inconsistent"
+            )
+
+
+def check_supernodes(groups, graph: Graph) -> list[dict]:
+    """``groups`` as ``[{"name": str, "nodes": [str, ...]}]`` after checking it: a list of groups,
+    each with a non-empty name (unique) and a list of distinct nodes of ``graph`` (sources, or the
+    logits). Raises :class:`~circuitgraph.errors.GraphError` naming the first problem."""
+    if not isinstance(groups, list):
+        raise GraphError(
+            f"supernodes must be a list of {{'name': str, 'nodes': [node names]}}, got {type(groups).__name__}"
+        )
+    known = set(graph.src_names) | {dst_node(graph.dst_names[j]) for j in graph.logits_columns.tolist()}
+    out, names = [], set()
+    for k, g in enumerate(groups):
+        if not isinstance(g, dict) or not isinstance(g.get("name"), str) or not isinstance(g.get("nodes"), list):
+            raise GraphError(f"supernode {k} must be {{'name': str, 'nodes': [node names]}}, got {g!r}")
+        name, nodes = g["name"].strip(), g["nodes"]
+        if not name or name in names:
+            raise GraphError(f"supernode {k} needs a name of its own, got {g['name']!r}")
+        bad = [n for n in nodes if not isinstance(n, str) or n not in known]
+        if bad or not nodes or len(set(nodes)) != len(nodes):
+            what = f"names no node of this graph: {bad[:5]}" if bad else "must list distinct nodes, at least one"
+            raise GraphError(f"supernode {name!r} {what}")
+        names.add(name)
+        out.append({"name": name, "nodes": list(nodes)})
+    return out

@@ -5,6 +5,11 @@ Each run folder of the sweep holds ``summary.json`` (written last by a finished 
 prints the rows as a Markdown table (or JSON / CSV). The overrides that differ between runs become
 columns; those shared by every run are printed above the table. A run without ``summary.json``
 (still running, failed or interrupted) is listed with status ``incomplete``.
+
+Where a run compared its circuit with the zoo's known circuit, the row carries that comparison
+(``gt_precision``, ``gt_recall``, ``gt_auc``). Below the table, the edge overlap between runs
+(Jaccard: shared edges / edges in either circuit) says whether the settings found the same
+circuit.
 """
 
 from __future__ import annotations
@@ -29,8 +34,14 @@ FIGURES = (
     "target",
     "cpr",
     "cmd",
+    "gt_precision",
+    "gt_recall",
+    "gt_auc",
     "wall_time_s",
 )
+# Ground-truth figures: row key → key of summary.json's ``ground_truth``.
+GROUND_TRUTH = {"gt_precision": "precision", "gt_recall": "recall", "gt_auc": "auc"}
+MAX_OVERLAP_RUNS = 16  # larger sweeps get the overlap in JSON/CSV only
 DEFAULT_COLUMNS = ("run", "status")
 ALWAYS = ("edges_kept", "faithfulness")  # shown even when no run finished
 COLLAPSIBLE = ("model", "task", "edges_total")  # moved above the table when every run shares them
@@ -82,7 +93,9 @@ def compare_runs(directory: str | Path) -> list[dict]:
     run's overrides (``"method": "eap"``, ``"circuit.target": "0.8"``, …, values as given on the
     command line), then the figures of its summary.json: ``method``, ``model``, ``task``,
     ``edges_kept``, ``edges_total``, ``faithfulness``, ``target``, ``cpr``, ``cmd``,
-    ``wall_time_s``. Rows are in job order."""
+    ``gt_precision``, ``gt_recall``, ``gt_auc`` (against the zoo's known circuit, when the run
+    compared with one), ``wall_time_s``, and ``edge_overlap`` (``{other run: Jaccard}``, see
+    :func:`edge_overlap`). Rows are in job order."""
     root = Path(directory)
     if not root.is_dir():
         raise FileNotFoundError(
@@ -102,13 +115,64 @@ def compare_runs(directory: str | Path) -> list[dict]:
         row["status"] = summary.get("status", "ok") if isinstance(summary, dict) else "incomplete"
         over = _overrides(run)
         row.update(over)
+        figures = dict(summary) if isinstance(summary, dict) else {}
+        gt = figures.get("ground_truth")
+        truth = gt if isinstance(gt, dict) else {}
+        figures.update({k: truth.get(v) for k, v in GROUND_TRUTH.items()})
         for k in FIGURES:  # a finished run's own figure wins over the override of the same name
-            if isinstance(summary, dict) and summary.get(k) is not None:
-                row[k] = summary[k]
+            if figures.get(k) is not None:
+                row[k] = figures[k]
             else:
                 row.setdefault(k, None)
         rows.append(row)
+    overlaps = edge_overlap(root, [r["run"] for r in rows])
+    for r in rows:
+        r["edge_overlap"] = overlaps.get(r["run"], {})
     return rows
+
+
+def _circuit_edges(run: Path) -> tuple[str | None, set[str]] | None:
+    """``(model fingerprint, {"src->dst"})`` of a run's circuit.json, or None if it has none."""
+    try:
+        doc = json.loads((run / "circuit.json").read_text())
+        model = doc.get("model") if isinstance(doc.get("model"), dict) else {}
+        return model.get("config_hash"), {f"{e[0]}->{e[1]}" for e in doc["edges"]}
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return None
+
+
+def edge_overlap(directory: str | Path, runs: list[str]) -> dict[str, dict[str, float | None]]:
+    """Jaccard overlap of the circuits' edges between every two runs (``runs`` relative to
+    ``directory``); None between circuits of different models. Runs without a circuit are absent."""
+    root = Path(directory)
+    edges = {r: _circuit_edges(root / r) for r in runs}
+    have = {r: e for r, e in edges.items() if e is not None}
+    out: dict[str, dict[str, float | None]] = {}
+    for a, (ha, ea) in have.items():
+        out[a] = {}
+        for b, (hb, eb) in have.items():
+            if a != b:
+                union = len(ea | eb)
+                out[a][b] = None if ha != hb else (len(ea & eb) / union if union else 1.0)
+    return out
+
+
+def format_overlap(rows: list[dict]) -> str:
+    """The edge overlap of :func:`compare_runs` rows as a Markdown matrix ('' if there is none)."""
+    runs = [r["run"] for r in rows if r.get("edge_overlap")]
+    if len(runs) < 2 or len(runs) > MAX_OVERLAP_RUNS:
+        return ""
+    by_run = {r["run"]: r["edge_overlap"] for r in rows}
+    lines = [
+        "edge overlap between runs (Jaccard: shared edges / edges in either circuit):",
+        "",
+        "| run | " + " | ".join(runs) + " |",
+        "|---|" + "---|" * len(runs),
+    ]
+    for a in runs:
+        cells = ["1" if a == b else _fmt(by_run[a].get(b)) for b in runs]
+        lines.append(f"| {a} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def _columns(rows: list[dict]) -> tuple[list[str], dict[str, str]]:
@@ -130,7 +194,9 @@ def _split_overrides(rows: list[dict]) -> tuple[dict, list[str]]:
     """``(overrides every run shares, with their value; override keys that vary)``."""
     override_keys: list[str] = []
     for r in rows:
-        override_keys += [k for k in r if k not in DEFAULT_COLUMNS and k not in FIGURES and k not in override_keys]
+        override_keys += [
+            k for k in r if k not in (*DEFAULT_COLUMNS, *FIGURES, "edge_overlap") and k not in override_keys
+        ]
     common, varying = {}, []
     for k in override_keys:
         vals = {str(r.get(k)) for r in rows}
@@ -171,7 +237,8 @@ def format_table(rows: list[dict], columns: list[str] | None = None, sort: str |
     lines.append("|" + "|".join("---" for _ in cols) + "|")
     for r in rows:
         lines.append("| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |")
-    return "\n".join(lines)
+    overlap = format_overlap(rows) if not columns else ""
+    return "\n".join(lines) + (f"\n\n{overlap}" if overlap else "")
 
 
 def latest_sweep(base: str | Path = "outputs/multirun") -> Path | None:
@@ -212,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(rows, indent=1))
     elif a.format == "csv":
         buf = io.StringIO()
-        keys = cols or list(dict.fromkeys(k for r in rows for k in r))
+        keys = cols or list(dict.fromkeys(k for r in rows for k in r if k != "edge_overlap"))
         w = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)

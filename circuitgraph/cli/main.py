@@ -11,12 +11,19 @@ scores.safetensors     the full ``scores [n_src, n_dst]``, the ``valid`` and cir
                        tensors; node names and provenance in the header metadata
 faithfulness.png       the faithfulness curve, CPR and CMD in the title
 graph.html             the interactive circuit viewer
-summary.json           the figures of the run, written last: a run without it did not finish
+hypothesis.json        the circuit as a causal-scrubbing hypothesis (heads and MLPs only)
+summary.json           the figures of the run and every file's SHA-256, written last: a run
+                       without it did not finish
 .hydra/                Hydra's record of the config and the overrides
 =====================  ========================================================================
 
 Every file is written to a temporary name in the same folder and renamed into place, so an
-interrupted run never leaves a half-written file.
+interrupted run never leaves a half-written file. A run holds an exclusive lock on its directory
+and retires the previous ``summary.json`` before it writes anything (``circuitgraph.files.rundir``),
+so a directory never shows a stale result. The terminal gets the headline (what was found,
+against the zoo's known circuit when there is one, faithfulness, scrubbing) once; caveats go to
+summary.json with one line on the terminal. ``circuitgraph show RUN_DIR`` prints the circuit and
+whether the directory holds a complete run.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 import circuitgraph as cg
 from circuitgraph import export, zoo
@@ -48,6 +56,7 @@ from circuitgraph.atomic import atomic_write
 from circuitgraph.attribution.diagnosis import zero_score_diagnosis
 from circuitgraph.circuit import Circuit, build_circuit
 from circuitgraph.circuit.learned import learned_circuit
+from circuitgraph.circuit.summary import describe, ground_truth_text
 from circuitgraph.cli.config import (
     ConfigError,
     check_overrides,
@@ -56,20 +65,24 @@ from circuitgraph.cli.config import (
     to_container,
     validate,
 )
-from circuitgraph.errors import GraphError, TaskError
-from circuitgraph.evaluation import FaithfulnessCurve
+from circuitgraph.cli.show import main as show_main
+from circuitgraph.engine.progress import phase
+from circuitgraph.errors import CircuitGraphError, GraphError, RunDirectoryBusyError, TaskError
+from circuitgraph.evaluation import FaithfulnessCurve, choose_ground_truth, compare_with_ground_truth
 from circuitgraph.export.plots import curve_title, write_curve_png
 from circuitgraph.export.scores import SCORES_SCHEMA, read_scores, write_scores  # noqa: F401  (moved; re-exported)
+from circuitgraph.files import rundir
 from circuitgraph.hypothesis.caveats import hypothesis_unsupported, large_scrubbing_gap, scrubbing_caveat
 from circuitgraph.hypothesis.pruning import minimal_hypothesis
 from circuitgraph.models import loading
 from circuitgraph.models.loading import load_local_model  # noqa: F401  (moved from this module; re-exported)
-from circuitgraph.sae import feature_labels, load_saes, zoo_saes
+from circuitgraph.sae import decode_tokens, feature_labels, load_saes, zoo_saes
 from circuitgraph.tasks import Task
 
 log = logging.getLogger("circuitgraph")
 
-SUMMARY_SCHEMA = "circuitgraph.run/1"
+SUMMARY_SCHEMA = rundir.RUN_SCHEMA
+EXIT_BUSY = 3  # exit status when another run holds the run directory
 FILES = {
     "circuit": "circuit.json",
     "circuit_tensors": "circuit.safetensors",
@@ -78,6 +91,7 @@ FILES = {
     "html": "graph.html",
     "graphml": "circuit.graphml",
     "mib_json": "circuit.mib.json",
+    "neuronpedia": "circuit.neuronpedia.json",
     "hypothesis": "hypothesis.json",
     "summary": "summary.json",
 }
@@ -92,22 +106,45 @@ def main(argv: list[str] | None = None) -> None:
     """Console entry point (``circuitgraph`` and ``python -m circuitgraph``).
 
     Checks the command line's keys against the schema first (so a typo names the valid keys),
-    then hands over to Hydra."""
+    then hands over to Hydra. ``circuitgraph show PATH`` prints a saved circuit instead."""
     args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["show"]:
+        raise SystemExit(show_main(args[1:]))
     try:
         check_overrides(args)
         check_sweep(args)
     except ConfigError as e:
         _fail(e)
     register_configs()
-    if argv is None:
-        _hydra_main()
-        return
-    saved, sys.argv = sys.argv, [sys.argv[0], *args]  # Hydra reads the command line from sys.argv
+    # Lock an explicit run directory before Hydra writes its .hydra/ record into it, so that a
+    # second run into a busy directory changes nothing there; run() takes the same lock again.
+    run_dir = literal_run_dir(args)
+    if run_dir is not None:
+        try:
+            rundir.acquire(run_dir)
+        except RunDirectoryBusyError as e:
+            _busy(e)
+    saved = sys.argv
     try:
+        if argv is not None:
+            sys.argv = [sys.argv[0], *args]  # Hydra reads the command line from sys.argv
         _hydra_main()
     finally:
         sys.argv = saved
+        if run_dir is not None:
+            rundir.release(run_dir)
+
+
+def literal_run_dir(args: list[str]) -> Path | None:
+    """The run directory a single run's ``hydra.run.dir=...`` names literally (no interpolation);
+    None for sweeps, help and config printing, or a computed directory (run() locks those)."""
+    if any(a in ("-m", "--multirun", "--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c") for a in args):
+        return None
+    for a in args:
+        k, sep, v = a.lstrip("+").partition("=")
+        if sep and k == "hydra.run.dir" and v and not any(c in v for c in "${}'\"\\"):
+            return Path(v).expanduser()
+    return None
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -115,20 +152,36 @@ def _hydra_main(cfg: DictConfig) -> dict:
     hc = HydraConfig.get()
     try:
         return run(cfg, Path(hc.runtime.output_dir), overrides=list(hc.overrides.task))
-    except ConfigError as e:
+    except RunDirectoryBusyError as e:
+        if hc.mode == RunMode.RUN:
+            _busy(e)
+        raise
+    except CircuitGraphError as e:
         if hc.mode == RunMode.RUN:
             _fail(e)
         # in a sweep, say it plainly, then let the launcher record the failed job
-        print(
-            f"circuitgraph: configuration error in job {hc.job.num} ({' '.join(hc.overrides.task)}): {e}",
-            file=sys.stderr,
-        )
+        print(f"circuitgraph: {_kind(e)} in job {hc.job.num} ({' '.join(hc.overrides.task)}): {e}", file=sys.stderr)
         raise
 
 
+def _kind(e: Exception) -> str:
+    """``configuration error``, ``task error``, … for a message's first words."""
+    if isinstance(e, ConfigError):
+        return "configuration error"
+    name = type(e).__name__.removesuffix("Error")
+    return "".join(f" {c.lower()}" if c.isupper() else c for c in name).strip() + " error"
+
+
 def _fail(e: Exception) -> None:
-    print(f"circuitgraph: configuration error: {e}", file=sys.stderr)
-    raise SystemExit(2)
+    """A problem the user can fix: its message, no traceback; exit status 2 for the configuration
+    (nothing ran), 1 for what went wrong after loading."""
+    print(f"circuitgraph: {_kind(e)}: {e}", file=sys.stderr)
+    raise SystemExit(2 if isinstance(e, ConfigError) else 1)
+
+
+def _busy(e: RunDirectoryBusyError) -> None:
+    print(f"circuitgraph: {e}", file=sys.stderr)
+    raise SystemExit(EXIT_BUSY)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -148,59 +201,47 @@ class Loaded:
 
 
 @contextmanager
-def _timed(timings: dict[str, float], key: str) -> Iterator[None]:
+def _timed(timings: dict[str, float], key: str, progress: bool | None = None) -> Iterator[None]:
+    """Time a step into ``timings[key]``; with ``progress`` set, also show it as a progress phase
+    (one bar named after the step) and log its time when it took a while."""
     t = time.perf_counter()
-    yield
+    if progress is None:
+        yield
+    else:
+        with phase(key, enabled=progress):
+            yield
     timings[key] = time.perf_counter() - t
+    if progress and timings[key] >= 2.0:
+        log.info("%s: %.1f s", key, timings[key])
 
 
 def run(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = None) -> dict:
     """Run one configuration and write its files into ``out_dir``; returns the summary dict.
 
     Raises :class:`~circuitgraph.errors.ConfigError` (before loading anything) when the
-    configuration is invalid."""
+    configuration is invalid, and :class:`~circuitgraph.errors.RunDirectoryBusyError` (before
+    writing anything) when another run holds ``out_dir``."""
     t_start = time.perf_counter()
     if not isinstance(cfg, DictConfig):
         cfg = OmegaConf.structured(cfg)
     validate(cfg)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    with rundir.locked(out):
+        rundir.begin_run(out)
+        return _run_locked(cfg, out, overrides, t_start)
+
+
+def _run_locked(cfg: DictConfig, out: Path, overrides: list[str] | None, t_start: float) -> dict:
+    """The run itself, in a run directory this process has locked and cleaned."""
     timings: dict[str, float] = {}
     device = prepare_torch(cfg)
-
-    with _timed(timings, "load"):
-        model, entry, model_label = load_model(cfg.model, device)
-        ld = Loaded(model, entry, model_label, load_run_task(cfg.task, model, entry), device)
-    log.info(
-        "model %s (%s) on %s; task %r: %d examples × %d tokens, metric %s",
-        ld.label,
-        cfg.model.source,
-        device,
-        ld.task.name,
-        ld.task.n_examples,
-        ld.task.seq_len,
-        ld.task.metric_name,
-    )
-    graph = build_graph(cfg.graph, model, entry, ld.task, device)
-    ablation = make_ablation(cfg)
-
-    circuit, selection = find_circuit(cfg, ld, graph, ablation, timings)
-    pruned = None
-    if cfg.prune.kind == "scrubbing":
-        with _timed(timings, "prune"):
-            circuit, selection, pruned = prune_by_scrubbing(cfg, ld, graph, ablation, selection)
-    with _timed(timings, "verify"):
-        faith, search_faith, curve = verify_circuit(cfg, ld, graph, circuit, ablation)
-    circuit.metadata = {**(circuit.metadata or {}), "run": run_record(cfg, selection, device, overrides)}
-    stab = None
-    if cfg.export.stability:
-        with _timed(timings, "stability"):
-            stab = circuit_stability(cfg, ld, graph, circuit, ablation)
-    with _timed(timings, "scrub"):
-        hypothesis, scrubbed = scrub_circuit(cfg, ld, graph, circuit)
-    target = selection_target(cfg)
-    with _timed(timings, "export"):
-        files, skipped = write_outputs(cfg, out, ld, graph, circuit, curve, hypothesis, target)
+    with logging_redirect_tqdm():  # log lines print above a progress bar instead of through it
+        ld, graph, circuit, selection, faith, search_faith, curve, hypothesis, scrubbed, extra = _find_and_measure(
+            cfg, device, overrides, timings
+        )
+        target = selection_target(cfg)
+        with _timed(timings, "export"):
+            files, skipped = write_outputs(cfg, out, ld, graph, circuit, curve, hypothesis, target)
 
     summary = build_summary(
         cfg,
@@ -222,17 +263,63 @@ def run(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = None
     )
     if scrubbed:
         summary["scrubbing"] = add_scrubbing_caveat(scrubbed, cfg.ablation.kind, faith)
-    if pruned is not None:
-        summary["prune"] = pruned
-    if stab is not None:
-        summary["stability"] = stab
-    if ablation.kind == "optimal":
-        summary["optimal_ablation"] = dict(ablation.fit)
+    if extra["pruned"] is not None:
+        summary["prune"] = extra["pruned"]
+    if extra["stability"] is not None:
+        summary["stability"] = extra["stability"]
+    if extra["ablation"].kind == "optimal":
+        summary["optimal_ablation"] = dict(extra["ablation"].fit)
+    summary["circuit_in_words"] = describe(circuit)
+    summary["ground_truth"] = (circuit.figures or {}).get("ground_truth") or _no_ground_truth(ld, circuit)
+    summary["caveats"] = caveats(summary)
     write_summary(out, summary, files)
     report(summary, out)
     if cfg.export.html and cfg.export.open_browser:
         open_in_browser(out / FILES["html"])
     return summary
+
+
+def _find_and_measure(cfg: DictConfig, device: torch.device, overrides: list[str] | None, timings: dict[str, float]):
+    """Load, score, select, verify, measure the curve, compare with the ground truth and scrub."""
+    progress = bool(cfg.progress)
+    with _timed(timings, "load"):
+        model, entry, model_label = load_model(cfg.model, device)
+        ld = Loaded(model, entry, model_label, load_run_task(cfg.task, model, entry), device)
+    log.info(
+        "model %s (%s) on %s; task %r: %d examples × %d tokens, metric %s",
+        ld.label,
+        cfg.model.source,
+        device,
+        ld.task.name,
+        ld.task.n_examples,
+        ld.task.seq_len,
+        ld.task.metric_name,
+    )
+    graph = build_graph(cfg.graph, model, entry, ld.task, device)
+    ablation = make_ablation(cfg)
+    circuit, selection = find_circuit(cfg, ld, graph, ablation, timings)
+    pruned = None
+    if cfg.prune.kind == "scrubbing":
+        with _timed(timings, "prune", progress):
+            circuit, selection, pruned = prune_by_scrubbing(cfg, ld, graph, ablation, selection)
+    with _timed(timings, "verify", progress):
+        faith, search_faith = verify_circuit(cfg, ld, graph, circuit, ablation)
+    with _timed(timings, "curve", progress):
+        curve = measure_curve(cfg, ld, graph, circuit, ablation)
+    circuit.metadata = {**(circuit.metadata or {}), "run": run_record(cfg, selection, device, overrides)}
+    if _roles(entry):  # known head roles travel with the circuit, for summaries made without the zoo
+        circuit.metadata["roles"] = _roles(entry)
+    truth = ground_truth_comparison(ld, circuit, cfg.ablation.kind)
+    if truth is not None:
+        circuit.figures = {**(circuit.figures or {}), "ground_truth": truth}
+    stab = None
+    if cfg.export.stability:
+        with _timed(timings, "stability", progress):
+            stab = circuit_stability(cfg, ld, graph, circuit, ablation)
+    with _timed(timings, "scrub", progress):
+        hypothesis, scrubbed = scrub_circuit(cfg, ld, graph, circuit)
+    extra = {"pruned": pruned, "stability": stab, "ablation": ablation}
+    return ld, graph, circuit, selection, faith, search_faith, curve, hypothesis, scrubbed, extra
 
 
 def prepare_torch(cfg: DictConfig) -> torch.device:
@@ -256,8 +343,9 @@ def find_circuit(
     """Score the edges, then select the circuit: ``(circuit, selection record)``.
 
     ACDC does both at once (its time is booked as ``attribute``, ``select`` is 0)."""
+    progress = bool(cfg.progress)
     if cfg.method.name in ("acdc", "edge-pruning"):
-        with _timed(timings, "attribute"):
+        with _timed(timings, "attribute", progress):
             found = (
                 run_acdc(cfg, ld, graph, ablation)
                 if cfg.method.name == "acdc"
@@ -265,9 +353,9 @@ def find_circuit(
             )
         timings["select"] = 0.0
         return found
-    with _timed(timings, "attribute"):
+    with _timed(timings, "attribute", progress):
         attribute_edges(cfg, ld, graph, ablation)
-    with _timed(timings, "select"):
+    with _timed(timings, "select", progress):
         return select_circuit(cfg.circuit, ld, graph, ablation, cfg.method.batch_size)
 
 
@@ -426,22 +514,60 @@ def selection_target(cfg: DictConfig) -> float | None:
 
 def verify_circuit(
     cfg: DictConfig, ld: Loaded, graph, circuit: Circuit, ablation: cg.Ablation
-) -> tuple[float, float | None, FaithfulnessCurve | None]:
-    """Re-measure the chosen circuit by patching (the search's own figure may be an estimate),
-    then the faithfulness curve: ``(verified, search's faithfulness, curve or None)``.
-
-    The circuit's ``faithfulness`` and ``figures`` are updated in place."""
+) -> tuple[float, float | None]:
+    """Re-measure the chosen circuit by patching (the search's own figure may be an estimate):
+    ``(verified, search's faithfulness)``. The circuit's ``faithfulness`` and ``figures`` are
+    updated in place."""
     bs = cfg.method.batch_size
     faith = float(cg.faithfulness(ld.model, graph, ld.task, circuit.mask, ablation, batch_size=bs))
     search_faith = circuit.faithfulness
     circuit.faithfulness = faith
     circuit.figures = dict(circuit.figures or {})
     circuit.figures["verified_faithfulness"] = faith
-    curve = None
-    if cfg.export.curve:
-        curve = cg.faithfulness_curve(ld.model, graph, ld.task, ablation, batch_size=bs)
-        circuit.figures.update(cpr=curve.cpr, cmd=curve.cmd, curve=curve.to_dict())
-    return faith, search_faith, curve
+    return faith, search_faith
+
+
+def measure_curve(
+    cfg: DictConfig, ld: Loaded, graph, circuit: Circuit, ablation: cg.Ablation
+) -> FaithfulnessCurve | None:
+    """The faithfulness curve, CPR and CMD (``export.curve``), also kept in ``circuit.figures``."""
+    if not cfg.export.curve:
+        return None
+    curve = cg.faithfulness_curve(ld.model, graph, ld.task, ablation, batch_size=cfg.method.batch_size)
+    circuit.figures.update(cpr=curve.cpr, cmd=curve.cmd, curve=curve.to_dict())
+    return curve
+
+
+def _roles(entry) -> dict[str, str]:
+    return entry.head_roles() if entry is not None else {}
+
+
+def ground_truth_comparison(ld: Loaded, circuit: Circuit, ablation: str) -> dict | None:
+    """The circuit against the zoo's known circuit for this task (precision, recall, ROC AUC), or
+    None when the model has no ground truth for the task or its graph cannot hold one."""
+    if ld.entry is None:
+        return None
+    chosen = choose_ground_truth(ld.entry.ground_truth, ablation, ld.task.name)
+    if chosen is None:
+        return None
+    convention, gt = chosen
+    try:
+        found = compare_with_ground_truth(circuit, gt, convention)
+    except ConfigError:  # e.g. a position- or feature-resolved graph: the truth names other nodes
+        return None
+    return {"source": f"zoo {ld.entry.name}", **found}
+
+
+def _no_ground_truth(ld: Loaded, circuit: Circuit) -> dict | None:
+    """Why a zoo run has no ground-truth comparison (None for models outside the zoo)."""
+    if ld.entry is None:
+        return None
+    have = {c: gt.task for c, gt in ld.entry.ground_truth.items()}
+    if not any(t == ld.task.name for t in have.values()):
+        why = f"the zoo has no ground truth for task {ld.task.name!r} (it has {sorted(set(have.values()))})"
+    else:
+        why = "the ground truth names heads and MLPs, and this graph resolves positions, neurons or features"
+    return {"available": sorted(have), "compared": False, "why": why}
 
 
 def _hypothesis_blocker(graph) -> str | None:
@@ -449,6 +575,7 @@ def _hypothesis_blocker(graph) -> str | None:
         neurons=bool(graph.neurons),
         positions=bool(graph.positions),
         features=bool(graph.node_graph.sites),
+        post_norms=graph.arch.post_norms,
     )
 
 
@@ -474,22 +601,38 @@ def scrub_circuit(cfg: DictConfig, ld: Loaded, graph, circuit: Circuit) -> tuple
 
 
 def add_scrubbing_caveat(scrubbed: dict, ablation: str, faith: float) -> dict:
-    """``scrubbed`` with the caveat (``note``) on comparing it with the faithfulness, if one applies;
-    a warning when the two disagree by much."""
+    """``scrubbed`` with the caveat (``note``) on comparing it with the faithfulness, if one applies,
+    and ``large_gap`` when the two disagree by much (reported among the run's caveats)."""
     rec = scrubbed.get("circuit", {}).get("loss_recovered")
     note = scrubbing_caveat(ablation, rec)
     if note:
         scrubbed["note"] = note
-        if large_scrubbing_gap(faith, rec):
-            log.warning(
-                "the circuit recovers %.3f of the loss under causal scrubbing but has faithfulness %.3f "
-                "under %s ablation: %s",
-                rec,
-                faith,
-                ablation,
-                note,
-            )
+        scrubbed["large_gap"] = bool(large_scrubbing_gap(faith, rec))
     return scrubbed
+
+
+def caveats(summary: dict) -> dict[str, str]:
+    """What a reader of the run's figures should know, by topic (summary.json's ``caveats``)."""
+    out: dict[str, str] = {}
+    sc = summary.get("scrubbing") or {}
+    if sc.get("note"):
+        rec = sc.get("circuit", {}).get("loss_recovered")
+        gap = f" (here faithfulness {summary['faithfulness']:.3f}, scrubbing {rec:.3f})" if sc.get("large_gap") else ""
+        out["scrubbing"] = sc["note"] + gap
+    gt = summary.get("ground_truth") or {}
+    if gt.get("compared", True) and gt and not gt.get("matches_ablation", True):
+        out["ground_truth"] = (
+            f"the zoo has no ground truth under {summary['ablation']} ablation; the circuit is compared with "
+            f"the {gt.get('convention')!r} ground truth, found under {gt.get('ablation')} ablation"
+        )
+    if summary.get("reached_target") is False:
+        out["target"] = (
+            f"no circuit reached the target faithfulness {summary['target']:g}; the best found has "
+            f"{summary['faithfulness']:.3f} (a larger circuit.grid or another method may reach it)"
+        )
+    for key, why in (summary.get("skipped") or {}).items():
+        out[f"skipped_{key}"] = why
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -516,12 +659,12 @@ def write_outputs(
     if hypothesis is not None:
         atomic_write(out / FILES["hypothesis"], lambda p: hypothesis.save(p))
         files["hypothesis"] = FILES["hypothesis"]
-    if cfg.export.scores:
-        write_scores(out / FILES["scores"], graph, circuit, ld.label)
-        files["scores"] = FILES["scores"]
     circuit.save(out / FILES["circuit"])
     files["circuit"] = FILES["circuit"]
     files["circuit_tensors"] = FILES["circuit_tensors"]
+    if cfg.export.scores:  # after the circuit: its header records the circuit's pair id
+        write_scores(out / FILES["scores"], graph, circuit, ld.label)
+        files["scores"] = FILES["scores"]
     if cfg.export.png and curve is not None:
         _write_png(
             out,
@@ -536,10 +679,21 @@ def write_outputs(
     _write_exchange_formats(cfg, out, circuit, files, skipped)
     if cfg.export.mib_submission:
         _write_mib_submission(out, ld, circuit, files, skipped)
-    if cfg.export.html:
-        title = cfg.export.title or default_title(ld.label, ld.task.name, cfg.method.name, circuit, graph)
-        _write_html(out, ld, graph, circuit, title)
-        files["html"] = FILES["html"]
+    if cfg.export.html or cfg.export.neuronpedia:
+        info, tokens = _viewer_labels(ld, graph)
+        if cfg.export.neuronpedia:
+            atomic_write(
+                out / FILES["neuronpedia"],
+                lambda p: export.to_neuronpedia_json(circuit, p, node_info=info, tokens=tokens),
+            )
+            files["neuronpedia"] = FILES["neuronpedia"]
+        if cfg.export.html:
+            title = cfg.export.title or default_title(ld.label, ld.task.name, cfg.method.name, circuit, graph)
+            atomic_write(
+                out / FILES["html"],
+                lambda p: export.write_html(circuit, p, title=title, node_info=info, tokens=tokens),
+            )
+            files["html"] = FILES["html"]
     return files, skipped
 
 
@@ -590,17 +744,22 @@ def _write_mib_submission(
         log.warning("not writing the MIB submission folder: %s", e)
 
 
-def _write_html(out: Path, ld: Loaded, graph, circuit: Circuit, title: str) -> None:
-    info = None
-    if graph.node_graph.sites:  # label feature nodes with their top-activating tokens
-        info = feature_labels(ld.model, graph, ld.task)
-    atomic_write(out / FILES["html"], lambda p: export.write_html(circuit, p, title=title, node_info=info))
+def _viewer_labels(ld: Loaded, graph) -> tuple[dict | None, list[str] | None]:
+    """What the viewers show beside names: feature nodes' top-activating tokens (SAE graphs) and
+    the first clean prompt's tokens under the columns of a position-resolved graph."""
+    info = feature_labels(ld.model, graph, ld.task) if graph.node_graph.sites else None
+    tokens = decode_tokens(ld.model, ld.task.clean[0]) if graph.positions is not None else None
+    return info, tokens
 
 
 def write_summary(out: Path, summary: dict, files: dict[str, str]) -> None:
-    """summary.json, written last: a run folder without it did not finish."""
+    """summary.json, written last: a run folder without it did not finish. Before it, the result
+    files of an earlier run into the folder that this run did not rewrite are removed, and the
+    summary lists every file of the run with its SHA-256 (``manifest``)."""
     files["summary"] = FILES["summary"]
     summary["files"] = dict(files)
+    rundir.finish_run(out, files.values(), FILES.values())
+    summary["manifest"] = rundir.manifest(out, [name for key, name in files.items() if key != "summary"])
     atomic_write(out / FILES["summary"], lambda p: Path(p).write_text(json.dumps(summary, indent=1)))
 
 
@@ -651,8 +810,9 @@ def _seed(seed: int) -> None:
 
 def load_model(mcfg: DictConfig, device: torch.device) -> tuple[Any, Any, str]:
     """``(model, zoo_entry_or_None, label)`` for a model config (after :func:`validate`): a zoo
-    entry as shipped, or a pretrained / local model with the config's dtype and weight processing.
-    The label is the name, or for a local folder its name by default."""
+    entry as shipped, a pretrained / local model with the config's dtype and weight processing, or
+    an HF folder booted through the TransformerBridge (``hf``; also ``pretrained`` when
+    transformer-lens has no HookedTransformer). The label is the name, or for a folder its name."""
     if mcfg.source == "zoo":
         entry = zoo.load(mcfg.name, device=device)
         return entry.model, entry, mcfg.name
@@ -663,8 +823,12 @@ def load_model(mcfg: DictConfig, device: torch.device) -> tuple[Any, Any, str]:
         center_unembed=bool(mcfg.center_unembed),
     )
     if mcfg.source == "pretrained":
+        if not loading.has_hooked_transformer():  # transformer-lens 4.x: the hub model through the bridge
+            return loading.load_bridge(mcfg.name, device, dtype, local_files_only=False), None, mcfg.name
         return loading.load_pretrained(mcfg.name, device, dtype, **processing), None, mcfg.name
     folder = Path(mcfg.path).expanduser().resolve()
+    if mcfg.source == "hf":
+        return loading.load_bridge(folder, device, dtype), None, (mcfg.name or folder.name)
     return loading.load_local_model(folder, device, dtype, **processing), None, (mcfg.name or folder.name)
 
 
@@ -760,33 +924,60 @@ def build_summary(
     }
 
 
-def _scrub_text(summary: dict) -> str:
-    parts = []
-    for key, label in (("circuit", "circuit"), ("file", "hypothesis file")):
+def _scrub_lines(summary: dict) -> list[str]:
+    lines = []
+    for key, label in (("circuit", "the circuit"), ("file", "the hypothesis file")):
         r = summary.get("scrubbing", {}).get(key)
         if r:
-            parts.append(
-                f"{label} recovers {r['loss_recovered']:.3f} of the loss "
-                f"[{r['ci'][0]:.3f}, {r['ci'][1]:.3f}] under scrubbing"
+            lines.append(
+                f"causal scrubbing: {label} recovers {r['loss_recovered']:.3f} of the loss "
+                f"[{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]"
             )
-    return (", " + ", ".join(parts)) if parts else ""
+    return lines
+
+
+def headline(summary: dict) -> list[str]:
+    """The run's result, leading with what was found: the circuit in words, against the zoo's
+    known circuit, faithfulness, scrubbing; then one line for any caveats."""
+    tgt = f" (target {summary['target']:g})" if summary.get("target") is not None else ""
+    cpr = f"; CPR {summary['cpr']:.3f}, CMD {summary['cmd']:.3f}" if summary.get("cpr") is not None else ""
+    lines = [
+        f"circuitgraph: {summary['model']} / {summary['task']}, {summary['method']} under "
+        f"{summary['ablation']} ablation ({summary['wall_time_s']:.1f} s on {summary['device']})",
+        f"found: {summary['circuit_in_words']}",
+    ]
+    gt = summary.get("ground_truth") or {}
+    if gt.get("level"):
+        lines.append("vs the zoo's known circuit: " + ground_truth_text(gt))
+    lines.append(
+        f"faithfulness {summary['faithfulness']:.3f}{tgt} with {summary['edges_kept']} of "
+        f"{summary['edges_total']} edges{cpr}"
+    )
+    lines += _scrub_lines(summary)
+    if summary.get("caveats"):
+        n = len(summary["caveats"])
+        lines.append(f"{n} caveat{'s' if n > 1 else ''} in summary.json: {', '.join(summary['caveats'])}")
+    return lines
 
 
 def report(summary: dict, out: Path) -> None:
-    """One line of figures on stdout (and in the log), and where the files are."""
-    tgt = f" (target {summary['target']:g})" if summary.get("target") is not None else ""
-    cpr = f", CPR {summary['cpr']:.3f}, CMD {summary['cmd']:.3f}" if summary.get("cpr") is not None else ""
-    line = (
-        f"circuitgraph: {summary['model']} / {summary['task']} / {summary['method']}: "
-        f"{summary['edges_kept']} of {summary['edges_total']} edges, faithfulness "
-        f"{summary['faithfulness']:.3f}{tgt}{cpr}{_scrub_text(summary)}; "
-        f"{summary['wall_time_s']:.1f} s on {summary['device']}"
-    )
-    log.info(line)
-    print(line)
-    print(f"run directory: {out.resolve()}")
+    """The headline on stdout, once (the log file gets it too), and where the files are."""
+    lines = [
+        *headline(summary),
+        f"run directory: {out.resolve()}   (circuitgraph show {out.resolve()} prints the circuit)",
+    ]
     if "html" in summary["files"]:
-        print(f"graph.html: {(out / summary['files']['html']).resolve()}")
+        lines.append(f"graph.html: {(out / summary['files']['html']).resolve()}")
+    _to_log_files("\n".join(lines))
+    print("\n".join(lines), flush=True)
+
+
+def _to_log_files(text: str) -> None:
+    """Write ``text`` to the run's log file(s) only: the terminal gets it from ``print``."""
+    record = log.makeRecord(log.name, logging.INFO, __file__, 0, text, (), None)
+    for handler in (*logging.getLogger().handlers, *log.handlers):
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 def display_available() -> bool:

@@ -43,7 +43,10 @@ def dense_sources(graph: Graph) -> int:
 def mask_batch_size(graph: Graph, chunk: Any, budget_bytes: float = 1.0e9) -> int:
     """How many edge masks one patched forward may carry (each tiles the chunk once, and holds its
     ``[n_src, n_dst]`` bool mask and removal mask)."""
-    per_mask = dense_sources(graph) * chunk.n_examples * chunk.seq_len * graph.arch.d_model * 4 * 2
+    rows = dense_sources(graph)
+    if graph.arch.post_norms:  # each post-norm group's live input and its norm (engine/post_norms.py)
+        rows += 2 * (graph.arch.n_layers + len(graph.node_graph.neurons))
+    per_mask = rows * chunk.n_examples * chunk.seq_len * graph.arch.d_model * 4 * 2
     per_mask += 2 * graph.valid.numel()
     return max(1, int(budget_bytes // max(per_mask, 1)))
 
@@ -68,6 +71,12 @@ def check_graph(model: Any, graph: Graph, task: Any = None) -> None:
     arch = bk.architecture()
     if (graph.arch.n_layers, graph.arch.n_heads) != (arch.n_layers, arch.n_heads):
         raise GraphError("graph shape does not match the model; build it with Graph.from_model(model)")
+    for fact in ("parallel_attn_mlp", "post_norms"):  # they change which edges exist and what they mean
+        if getattr(graph.arch, fact) != getattr(arch, fact):
+            raise GraphError(
+                f"the graph says {fact}={getattr(graph.arch, fact)} but the model has {fact}={getattr(arch, fact)}; "
+                "build the graph with Graph.from_model(model)"
+            )
     device = bk.device
     if graph.valid.device != device:
         graph.to(device)

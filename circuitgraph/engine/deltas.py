@@ -12,24 +12,37 @@ autograd history, so ``D_v`` of a downstream node carries the effect of every ga
 the gradient of the loss with respect to a gate is then the true gradient of the relaxed forward.
 Deltas are then kept as the recorded blocks themselves (no preallocated buffer written in place,
 which autograd could not differentiate through), and each reader sums over the blocks it reads.
+
+Behind a norm after a sublayer (Gemma-2/3), a layer's heads (or neurons) are not terms of the
+residual stream: a reader loses ``norm(S) − norm(S − Σ removed D_u)`` of such a group instead of
+``Σ removed D_u`` (:mod:`circuitgraph.engine.post_norms`).
 """
 
 from __future__ import annotations
 
 import torch
 
+from circuitgraph.engine.post_norms import GroupMix, NormGroup
 from circuitgraph.engine.sites import feature_rows, site_sae
 from circuitgraph.engine.tensors import CompactSources, frozen
 from circuitgraph.graph import Graph
+
+_CHUNK = 2**25  # elements of a [K, B, P, columns, d] temporary (post-norm readers of SAE features)
 
 
 class LiveDeltas:
     """Dense rows ``[n_dense, K, B, P, d]`` plus one low-rank block per SAE site's features."""
 
     def __init__(
-        self, graph: Graph, ablated: torch.Tensor | CompactSources, K: int, differentiable: bool = False
+        self,
+        graph: Graph,
+        ablated: torch.Tensor | CompactSources,
+        K: int,
+        groups: list[NormGroup] | None = None,
+        differentiable: bool = False,
     ) -> None:
-        """``ablated``: ``[n_src, B, P, d]``, or :class:`~circuitgraph.engine.tensors.CompactSources`."""
+        """``ablated``: ``[n_src, B, P, d]``, or :class:`~circuitgraph.engine.tensors.CompactSources`;
+        ``groups``: the graph's post-norm groups (:func:`~circuitgraph.engine.post_norms.norm_groups`)."""
         _, B, P, d = ablated.shape
         self.K, self.B, self.P, self.d = K, B, P, d
         self.ablated = ablated
@@ -57,7 +70,13 @@ class LiveDeltas:
             self.blocks[site.name] = (start, W, coef)
         self.is_dense = dense
         self.pos = torch.cumsum(dense, 0) - 1  # row → index among the dense rows
-        self.simple = not self.blocks  # dense rows are the graph's rows
+        # the ablated dense rows, indexed like self.dense (CompactSources hold exactly those)
+        self.ablated_dense = ablated.dense if isinstance(ablated, CompactSources) else None
+        self.mix = GroupMix(list(groups or []))
+        self.group_of_row = torch.full((graph.n_src,), -1, dtype=torch.long, device=device)
+        for i, group in enumerate(self.mix.groups):
+            self.group_of_row[group.rows] = i
+        self.simple = not self.blocks and not self.mix.groups  # dense rows are the graph's rows, all additive
         self.dense: torch.Tensor | None = None
         self._parts: list[tuple[int, torch.Tensor]] = []  # differentiable: (first dense row, D [n, K, B, P, d])
         if not differentiable:
@@ -75,13 +94,24 @@ class LiveDeltas:
         """Live activations ``[n, K, B, P, d]`` (or anything reshaping to it) of dense rows ``rows``."""
         at = int(self.pos[rows.start])
         n = rows.stop - rows.start
-        # CompactSources hold exactly the dense rows, indexed like self.dense
-        ref = self.ablated.dense[at : at + n] if isinstance(self.ablated, CompactSources) else self.ablated[rows]
-        D = live.reshape(n, self.K, self.B, self.P, self.d) - ref[:, None]
+        # CompactSources hold exactly the dense rows (self.ablated_dense); a tensor holds every row
+        ablated = self.ablated
+        ref = ablated.dense[at : at + n] if isinstance(ablated, CompactSources) else ablated[rows]
+        live = live.reshape(n, self.K, self.B, self.P, self.d)
+        D = live - ref[:, None]
         if self.dense is None:
             self._parts.append((at, D))
         else:
             self.dense[at : at + n] = D
+        group = next((i for i, g in enumerate(self.mix.groups) if g.rows == rows and g.which == 1), None)
+        if group is not None:  # a layer's heads, behind its post-attention norm: their live norm input
+            self.mix.record(group, self.mix.norm_input(group, live))
+
+    def record_norm_input(self, rows: slice, S: torch.Tensor) -> None:
+        """The live norm input ``S [K, B, P, d]`` of the post-norm group whose rows are ``rows``
+        (for groups recorded in parts: a layer's neurons, then its ``rest``)."""
+        group = next(i for i, g in enumerate(self.mix.groups) if g.rows == rows)
+        self.mix.record(group, S.reshape(self.K, self.B, self.P, self.d))
 
     def record_features(self, site_name: str, coef: torch.Tensor) -> None:
         """Live coefficients ``[n, K, B, P]`` of a site's feature nodes."""
@@ -106,12 +136,12 @@ class LiveDeltas:
                 where.append(inside.nonzero()[:, 0])
         return torch.cat(pieces)[torch.argsort(torch.cat(where))]
 
-    def _weighted(self, r: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    def _weighted(self, r: torch.Tensor, idx: torch.Tensor, eq: str = "kuc,ukbpd->kbpcd") -> torch.Tensor:
         """``Σ_u r[k, u, c] · D_u`` → ``[K, B, P, C, d]`` over dense rows ``idx`` (``r [K, len(idx), C]``).
         Differentiable: one term per recorded block, each block used as it is (no gathered copy that
         autograd would have to keep alive)."""
         if self.dense is not None:
-            return torch.einsum("kuc,ukbpd->kbpcd", r, self.dense[idx])
+            return torch.einsum(eq, r, self.dense[idx])
         out = None
         for at, D in self._parts:
             inside = (idx >= at) & (idx < at + len(D))
@@ -119,7 +149,7 @@ class LiveDeltas:
                 continue
             sel = idx[inside] - at
             whole = len(sel) == len(D) and bool((sel == torch.arange(len(D), device=sel.device)).all())
-            term = torch.einsum("kuc,ukbpd->kbpcd", r[:, inside], D if whole else D[sel])
+            term = torch.einsum(eq, r[:, inside], D if whole else D[sel])
             out = term if out is None else out + term
         if out is None:
             return torch.zeros(self.K, self.B, self.P, r.shape[2], self.d, dtype=self.dtype, device=self.device)
@@ -127,13 +157,23 @@ class LiveDeltas:
 
     # ---------------------------------------------------------------------------------- reading
     def removed_sum(self, r: torch.Tensor, up: slice | torch.Tensor) -> torch.Tensor:
-        """``Σ_u r[k, u, c] · D_u`` → ``[K, B, P, C, d]`` for removals ``r [K, n_up, C]`` over the
-        upstream rows ``up`` (in that order)."""
+        """What each reader column loses, ``[K, B, P, C, d]``, for removals ``r [K, n_up, C]`` (or
+        ``[K, n_up, C, P]``: per position) over the upstream rows ``up`` (in that order):
+        ``Σ_u r[k, u, c] · D_u`` for additive rows, the norm of the column's own mix for the rows
+        of a post-norm group."""
+        eq = "kucp,ukbpd->kbpcd" if r.ndim == 4 else "kuc,ukbpd->kbpcd"
         if self.simple and self.dense is not None:
-            return torch.einsum("kuc,ukbpd->kbpcd", r, self.dense[up])
+            return torch.einsum(eq, r, self.dense[up])
+        if not self.blocks and isinstance(up, slice) and self.dense is not None:
+            # post-norm groups only: no gathered copy of the rows
+            additive = (self.group_of_row[up] < 0).to(r.dtype)
+            out = torch.einsum(eq, r * additive.view(1, -1, *([1] * (r.ndim - 2))), self.dense[up])
+            self._add_group_losses(r, _as_rows(up, self.device), out)
+            return out
         up = _as_rows(up, self.device)
-        keep = self.is_dense[up]
-        out = self._weighted(r[:, keep], self.pos[up[keep]])
+        keep = self.is_dense[up] & (self.group_of_row[up] < 0)
+        out = self._weighted(r[:, keep], self.pos[up[keep]], eq)
+        self._add_group_losses(r, up, out)
         for name, (start, W, _) in self.blocks.items():
             inside = (up >= start) & (up < start + len(W))
             if not bool(inside.any()):
@@ -149,27 +189,42 @@ class LiveDeltas:
             out = out + (weighted @ W[up[inside] - start]).reshape(out.shape)
         return out
 
+    def _add_group_losses(self, r: torch.Tensor, up: torch.Tensor, out: torch.Tensor) -> None:
+        """Add each post-norm group's nonlinear loss (see :class:`GroupMix`) to ``out``."""
+        groups = self.group_of_row[up]
+        for i in range(len(self.mix.groups)):
+            inside = groups == i
+            if bool(inside.any()) and bool(r[:, inside].any()):
+                self.mix.loss(i, r[:, inside], self._at(self.pos[up[inside]]), out)
+
     def projected(self, r: torch.Tensor, up: slice | torch.Tensor, W_enc: torch.Tensor) -> torch.Tensor:
         """``Σ_u r[k, u, j] · (D_u · W_enc[:, j])`` → ``[K, B, P, n]``: the removals linear readers
         (SAE features' encoder rows) see, through the virtual weights ``W_dec[u] · W_enc[:, j]`` for
         upstream features (projecting every d-vector onto every encoder row would cost
         n_up · n · d per token)."""
         up = _as_rows(up, self.device)
-        keep = self.is_dense[up]
+        keep = self.is_dense[up] & (self.group_of_row[up] < 0)
         out = torch.zeros(self.K, self.B, self.P, W_enc.shape[1], dtype=self.dtype, device=self.device)
         r_d = r[:, keep]
         if bool(r_d.any()):
             proj = self._at(self.pos[up[keep]]) @ W_enc  # [n_dense, K, B, P, n]
             out = out + (r_d.permute(1, 0, 2)[:, :, None, None, :] * proj).sum(0)
+        if self.mix.groups:  # post-norm groups are not linear: each column's loss, then its projection
+            step = max(1, _CHUNK // (self.K * self.B * self.P * self.d))
+            for c in range(0, W_enc.shape[1], step):
+                cols = slice(c, min(c + step, W_enc.shape[1]))
+                lost = out.new_zeros(self.K, self.B, self.P, cols.stop - c, self.d)
+                self._add_group_losses(r[:, :, cols], up, lost)
+                out[..., cols] += torch.einsum("kbpcd,dc->kbpc", lost, W_enc[:, cols])
         for name, (start, W, _) in self.blocks.items():
             inside = (up >= start) & (up < start + len(W))
             r_b = r[:, inside]
             if not bool(inside.any()) or not bool(r_b.any()):
                 continue
             rows = up[inside] - start
-            c = self.coefs[name][rows]  # [n_b, K, B, P]
+            coef = self.coefs[name][rows]  # [n_b, K, B, P]
             V = W[rows] @ W_enc  # virtual weights [n_b, n]
-            out = out + torch.bmm(c.reshape(len(rows), self.K, -1).permute(1, 2, 0), r_b * V).reshape(out.shape)
+            out = out + torch.bmm(coef.reshape(len(rows), self.K, -1).permute(1, 2, 0), r_b * V).reshape(out.shape)
         return out
 
 

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from typing import Any, overload
 
 import torch
-from tqdm.auto import tqdm
 
 from circuitgraph.engine.ablation import Ablation
 from circuitgraph.engine.batching import auto_batch_size, check_graph, dense_sources, example_chunks, mask_batch_size
 from circuitgraph.engine.patching import patched_logits, tiled
+from circuitgraph.engine.progress import progress_bar
 from circuitgraph.engine.tensors import CompactSources
 from circuitgraph.errors import ConfigError, TaskError
 from circuitgraph.graph import Graph
@@ -73,20 +73,16 @@ class CircuitEvaluator:
         return ablated
 
     @torch.no_grad()
-    def __call__(self, masks: torch.Tensor, progress: bool = False, per_example: bool = False) -> torch.Tensor:
+    def __call__(self, masks: torch.Tensor, progress: bool | None = None, per_example: bool = False) -> torch.Tensor:
         """``masks [K, n_src, n_dst]`` → mean metric per circuit ``[K]`` (float64, on CPU); with
         ``per_example``, every example's metric ``[K, n_examples]`` (bootstrap resampling reweights
-        these instead of rerunning)."""
+        these instead of rerunning).
+
+        ``progress``: True shows a bar, False never; None (default) only inside a progress phase
+        (:func:`circuitgraph.engine.progress.phase`), where every call feeds the phase's bar."""
         out = torch.zeros(masks.shape[0], dtype=torch.float64)
         each = torch.zeros(masks.shape[0], self.task.n_examples, dtype=torch.float64) if per_example else None
-        bar = tqdm(
-            total=len(self.chunks) * masks.shape[0],
-            desc="evaluate",
-            unit="circuit",
-            disable=not progress,
-            delay=2.0,
-            leave=False,
-        )
+        bar = progress_bar(len(self.chunks) * masks.shape[0], "evaluate", progress, unit="run")
         for i, (idx, chunk, weight) in enumerate(self.chunks):
             ablated = self.ablated(i)
             for s in range(0, masks.shape[0], self.mask_batch):
@@ -102,12 +98,12 @@ class CircuitEvaluator:
         self.n_circuits += masks.shape[0]
         return out if each is None else each
 
-    def lazy(self, builders: Sequence[Callable[[], torch.Tensor]]) -> torch.Tensor:
+    def lazy(self, builders: Sequence[Callable[[], torch.Tensor]], progress: bool | None = None) -> torch.Tensor:
         """Mean metric of the circuits that ``builders`` (callables returning a mask) make, built a
         batch at a time: at neuron or feature scale each ``[n_src, n_dst]`` mask is over a
         gigabyte, so a whole grid of them is never held at once."""
         out = [
-            self(torch.stack([b() for b in builders[i : i + self.mask_batch]]))
+            self(torch.stack([b() for b in builders[i : i + self.mask_batch]]), progress=progress)
             for i in range(0, len(builders), self.mask_batch)
         ]
         return torch.cat(out)

@@ -18,12 +18,12 @@ differentiated with respect to the mask (learned edge masks) or the ablated valu
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from circuitgraph.engine.deltas import LiveDeltas
+from circuitgraph.engine.post_norms import norm_groups
 from circuitgraph.engine.sites import site_patch_hooks
 from circuitgraph.engine.tensors import CompactSources, frozen
 from circuitgraph.errors import GraphError
@@ -46,18 +46,17 @@ def patch_hooks(  # noqa: C901
     :func:`patched_logits`)."""
     bk = as_backend(model)
     K = keep.shape[0]
-    n_src, B, P, d = ablated.shape
+    _, B, P, d = ablated.shape
     H = graph.arch.n_heads
     if keep.dtype == torch.bool:
         removed = keep.logical_not()  # [K, n_src, n_dst] bool (each reader takes its block as floats)
         removed &= graph.valid
     else:  # a relaxed mask: the removed fraction of each edge
         removed = (1 - keep) * graph.valid
-    positional = isinstance(graph, PositionalGraph)
     if isinstance(graph, PositionalGraph):  # [K, n_src·P, n_dst·P] → per-position removals [K, n_src, n_dst, P]
         removed = torch.stack([graph.diagonal(r) for r in removed])
         graph = graph.base
-    deltas = LiveDeltas(graph, ablated, K, differentiable)
+    deltas = LiveDeltas(graph, ablated, K, norm_groups(bk, graph), differentiable)
     src, dst = graph.src_slices(), graph.dst_slices()
     hooks = []
 
@@ -81,18 +80,10 @@ def patch_hooks(  # noqa: C901
         if not bool(r.any()):
             return None
 
-        def hook(x, hook):
-            if positional:  # r [K, n_up, n_cols, P]: a removal applies at its own position only
-                D = deltas.rows(up)  # [n_up, K, B, P, d]
-                if per_head:
-                    delta = torch.einsum("kuhp,ukbpd->kbphd", r, D).reshape(K * B, P, H, d)
-                else:
-                    delta = torch.einsum("kup,ukbpd->kbpd", r[:, :, 0], D).reshape(K * B, P, d)
-            elif per_head:  # x [K*B, P, H, d]
-                delta = deltas.removed_sum(r, up).reshape(K * B, P, H, d)
-            else:  # x [K*B, P, d]
-                delta = deltas.removed_sum(r[:, :, :1], up).reshape(K * B, P, d)
-            return x - delta.to(x.dtype)
+        def hook(x, hook):  # x [K*B, P, H, d] per head, else [K*B, P, d]
+            # (positional graphs: r [K, n_up, n_cols, P], a removal applies at its own position only)
+            delta = deltas.removed_sum(r if per_head else r[:, :, :1], up)  # [K, B, P, C, d]
+            return x - delta.reshape(x.shape).to(x.dtype)
 
         return hook
 
@@ -115,7 +106,7 @@ def patch_hooks(  # noqa: C901
                 hooks.append((bk.mlp_in_hook(L), h))
             hooks.append((bk.mlp_out_hook(L), record(src[f"mlp{L}"])))
         else:
-            hooks += _neuron_hooks(bk, graph, L, removed, deltas, subtract, K, up)
+            hooks += _neuron_hooks(bk, graph, L, removed, deltas, K, up)
     h = subtract(dst["logits"], graph.upstream("logits"), per_head=False)
     if h is not None:
         hooks.append((bk.final_hook(), h))
@@ -131,68 +122,123 @@ def _neuron_hooks(
     L: int,
     removed: torch.Tensor,
     deltas: LiveDeltas,
-    subtract: Callable,
     K: int,
     up: slice | torch.Tensor,
 ) -> list:
     """Patching for a layer split into neurons.
 
     Sources: each selected neuron writes ``post_i · W_out[i]``; ``rest`` writes the remainder of
-    the MLP output. Destinations: ``rest`` (and unselected neurons) read the shared MLP input,
-    patched at ``hook_mlp_in``; a selected neuron with removed in-edges gets its own input
-    ``x − Σ removed deltas``, pushed through ``ln2`` and its ``W_in`` column at ``hook_pre``.
+    the MLP output. Destinations: each reader gets its own input, pushed through ``ln2`` and, at
+    each of the neurons' reads (``hook_pre``; a gated MLP also ``hook_pre_linear``), its own
+    columns of that read's weights: a selected neuron with removed in-edges reads
+    ``x − Σ its removed deltas``; the other neurons (``rest``) read ``x − Σ rest's removed
+    deltas``; everything else reads the MLP input ``x`` as it is.
     """
+    store: dict = {}  # the MLP input, then the neurons' activations, of the running forward
+
+    def keep(key: str):
+        def hook(x, hook):
+            store[key] = x
+            return x
+
+        return hook
+
+    hooks = [(bk.mlp_in_hook(L), keep("x"))]
+    hooks += _neuron_read_hooks(bk, graph, L, removed, deltas, K, up, store)
+    hooks.append((bk.mlp_post_hook(L), keep("post")))
+    hooks.append((bk.mlp_out_hook(L), _neuron_record_hook(bk, graph, L, deltas, store)))
+    return hooks
+
+
+def _neuron_read_hooks(
+    bk: Backend,
+    graph: Graph,
+    L: int,
+    removed: torch.Tensor,
+    deltas: LiveDeltas,
+    K: int,
+    up: slice | torch.Tensor,
+    store: dict,
+) -> list:
+    """The neurons' pre-activation hooks: the readers with removed in-edges get their own inputs."""
     neuron_ids = graph.neuron_ids(L)
-    assert neuron_ids is not None  # (a neuron layer)
+    assert neuron_ids is not None  # (called for neuron layers only)
+    ids = neuron_ids.to(deltas.device)
+    n = len(ids)
+    cols = graph.dst_slices()[f"mlp{L}"]
+    reads = bk.neuron_reads(L)
+    ln2 = bk.norm(L, 2)
+    B, P, d = deltas.B, deltas.P, deltas.d
+    r = removed[:, up, cols.start : cols.stop].to(deltas.dtype)  # [K, n_up, n (+ rest)]
+    patched = ids[r[..., :n].any(0).any(0)]  # neurons with some removed in-edge
+    r_patched = r[..., :n][..., r[..., :n].any(0).any(0)]
+    others = None  # the neurons ``rest`` stands for, when it has a removed in-edge
+    if graph.has_rest(L) and bool(r[..., n].any()):
+        unchosen = torch.ones(reads[0].W.shape[1], dtype=torch.bool, device=ids.device)
+        unchosen[ids] = False
+        others = unchosen.nonzero()[:, 0]
+    if not len(patched) and others is None:
+        return []
+
+    def own_inputs() -> None:  # each reader's own normalised input, once per forward
+        assert ln2 is not None  # a layer with neurons has an MLP, and so its ln2
+        x = store["x"]
+        if len(patched):  # [K·B, P, n_p, d]
+            own = x.reshape(K, B, P, 1, d) - deltas.removed_sum(r_patched, up)
+            store["neurons"] = deltas.live(ln2(own.reshape(K * B, P, len(patched), d)))
+        if others is not None:  # [K·B, P, d]
+            own = x.reshape(K, B, P, d) - deltas.removed_sum(r[..., n:], up)[..., 0, :]
+            store["rest"] = deltas.live(ln2(own.reshape(K * B, P, d)))
+
+    def read_hook(k: int, W: torch.Tensor, b: torch.Tensor | None):
+        def hook(pre, hook):
+            if k == 0:
+                own_inputs()
+            pre = pre.clone()
+            for key, which in (("neurons", patched), ("rest", others)):
+                if key in store:
+                    eq = "bpjd,dj->bpj" if key == "neurons" else "bpd,dj->bpj"
+                    new = torch.einsum(eq, store[key], W[:, which])
+                    pre[..., which] = (new if b is None else new + b[which]).to(pre.dtype)
+            if k == len(reads) - 1:
+                store.pop("neurons", None), store.pop("rest", None)
+            return pre
+
+        return hook
+
+    return [
+        (read.hook, read_hook(k, frozen(read.W), None if read.b is None else frozen(read.b)))
+        for k, read in enumerate(reads)
+    ]
+
+
+def _neuron_record_hook(bk: Backend, graph: Graph, L: int, deltas: LiveDeltas, store: dict):
+    """The hook at the MLP's output recording its neurons' (and ``rest``'s) live writes. Behind the
+    MLP's post-norm (Gemma-2/3) the rows are raw, before the norm, and the norm's input
+    ``b_out + Σ neurons + rest`` is recorded for the readers' own mixes (engine/post_norms.py)."""
+    neuron_ids = graph.neuron_ids(L)
+    assert neuron_ids is not None  # (called for neuron layers only)
     ids = neuron_ids.to(deltas.device)
     n = len(ids)
     rows = graph.src_slices()[f"mlp{L}"]
-    cols = graph.dst_slices()[f"mlp{L}"]
-    W_out, W_in, b_in = frozen(bk.W_out(L))[ids], frozen(bk.W_in(L))[:, ids], frozen(bk.b_in(L))[ids]
-    ln2 = bk.norm(L, 2)
-    B, P, d = deltas.B, deltas.P, deltas.d
-    store: dict = {}
-    hooks = []
-
-    def keep_input(x, hook):  # the MLP input before any patching (every neuron's own input starts here)
-        store["x"] = x
-        return x
-
-    hooks.append((bk.mlp_in_hook(L), keep_input))
-    if graph.has_rest(L):
-        h = subtract(slice(cols.stop - 1, cols.stop), up, per_head=False)
-        if h is not None:
-            hooks.append((bk.mlp_in_hook(L), h))
-
-    r = removed[:, up, cols.start : cols.start + n].to(deltas.dtype)  # [K, n_up, n]
-    patched = r.any(0).any(0).nonzero()[:, 0]  # neurons with some removed in-edge
-    if len(patched):
-        rp = r[:, :, patched]
-
-        def own_inputs(pre, hook):
-            x = store["x"].reshape(K, B, P, 1, d) - deltas.removed_sum(rp, up)
-            normed = ln2(x.reshape(K * B, P, len(patched), d))
-            new = torch.einsum("bpjd,dj->bpj", deltas.live(normed), W_in[:, patched]) + b_in[patched]
-            pre = pre.clone()
-            pre[..., ids[patched]] = new.to(pre.dtype)
-            return pre
-
-        hooks.append((bk.mlp_pre_hook(L), own_inputs))
-
-    def keep_post(post, hook):
-        store["post"] = deltas.live(post[..., ids])
-        return post
+    W_all, b_out = frozen(bk.W_out(L)), bk.b_out(L)
+    W_out = W_all[ids]
+    post_normed = any(g.rows == rows for g in deltas.mix.groups)
 
     def record_out(out, hook):
-        post = store["post"]  # [K*B, P, n]
+        post_all = deltas.live(store.pop("post"))  # [K*B, P, d_mlp]
+        post = post_all[..., ids]
+        picked = post @ W_out
         deltas.record(slice(rows.start, rows.start + n), torch.einsum("bpi,id->ibpd", post, W_out))
+        raw = post_all @ W_all if post_normed else None  # the MLP's output before its post-norm, less b_out
         if graph.has_rest(L):
-            deltas.record(slice(rows.stop - 1, rows.stop), deltas.live(out) - post @ W_out)
+            rest = raw - picked if post_normed else deltas.live(out) - picked
+            deltas.record(slice(rows.stop - 1, rows.stop), rest)
+        if post_normed:
+            deltas.record_norm_input(rows, raw if b_out is None else raw + frozen(b_out))
         return out
 
-    hooks.append((bk.mlp_post_hook(L), keep_post))
-    hooks.append((bk.mlp_out_hook(L), record_out))
-    return hooks
+    return record_out
 
 
 def patched_logits(

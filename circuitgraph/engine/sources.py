@@ -84,7 +84,7 @@ def stack_sources(
         n = post.shape[-1]
         out[rows.start : rows.start + n] = torch.einsum("bpi,id->ibpd", post, W_out)
         if graph.has_rest(L):
-            out[rows.start + n] = buf[f"mlp{L}"] - post @ W_out
+            out[rows.start + n] = _rest(model, graph, buf, L, post @ W_out)
     if not graph.sites:
         return out
     for site in graph.sites:
@@ -102,6 +102,16 @@ def _neuron_parts(model: Any, graph: Graph, buf: dict, L: int) -> tuple[torch.Te
     assert neuron_ids is not None  # (called for neuron layers only)
     ids = neuron_ids.to(buf[f"post{L}"].device)
     return buf[f"post{L}"][..., ids], frozen(as_backend(model).W_out(L))[ids]
+
+
+def _rest(model: Any, graph: Graph, buf: dict, L: int, picked: torch.Tensor) -> torch.Tensor:
+    """What layer L's ``rest`` node writes: the MLP's output less the selected neurons' writes
+    (``picked [B, P, d]``). Behind the MLP's post-norm the neurons are raw, and so is ``rest``: the
+    other neurons' writes, before the norm (whose input adds ``b_out``; see engine/post_norms.py)."""
+    bk = as_backend(model)
+    if graph.arch.post_norms and bk.norm_kind(L, 2, post=True) != "none":
+        return buf[f"post{L}"] @ frozen(bk.W_out(L)) - picked
+    return buf[f"mlp{L}"] - picked
 
 
 def source_deltas(model: Any, graph: Graph, diff: dict) -> SourceDeltas:
@@ -135,7 +145,7 @@ def source_deltas(model: Any, graph: Graph, diff: dict) -> SourceDeltas:
             LowRankSources(torch.arange(m.start, m.start + n, device=x0.device), post.permute(2, 0, 1), W_out)
         )
         if graph.has_rest(L):
-            dense.append((diff[f"mlp{L}"] - post @ W_out)[None])
+            dense.append(_rest(model, graph, diff, L, post @ W_out)[None])
             rows.append(m.start + n)
     if graph.sites:
         for site in graph.sites:

@@ -31,11 +31,15 @@ def frozen(t: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class LowRankSources:
-    """Writes ``coef[i, b, p] · dirs[i]``: neurons (dirs = W_out rows) or SAE features."""
+    """Writes ``coef[i, b, p] · dirs[i]``: neurons (dirs = W_out rows) or SAE features; behind a
+    norm after the sublayer (to first order), plus ``field_coef[i, b, p] · field[b, p]``, a
+    per-position direction all of the block's sources share."""
 
     rows: torch.Tensor  # [n] source indices in the graph
     coef: torch.Tensor  # [n, B, P]
     dirs: torch.Tensor  # [n, d]
+    field_coef: torch.Tensor | None = None  # [n, B, P]
+    field: torch.Tensor | None = None  # [B, P, d]
 
 
 @dataclass

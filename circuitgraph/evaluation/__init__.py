@@ -12,10 +12,13 @@ from circuitgraph.evaluation.faithfulness import (
     faithfulness,
     faithfulness_curve,
 )
+from circuitgraph.evaluation.ground_truth import choose_ground_truth, compare_with_ground_truth
 from circuitgraph.evaluation.roc import edge_roc, roc_auc
 from circuitgraph.evaluation.stability import Stability, stability
 
 __all__ = [
+    "compare_with_ground_truth",
+    "choose_ground_truth",
     "roc_auc",
     "edge_roc",
     "CircuitEvaluator",

@@ -17,7 +17,7 @@ from circuitgraph.engine.ablation import Ablation
 from circuitgraph.engine.evaluator import Baselines, CircuitEvaluator
 from circuitgraph.errors import ConfigError
 from circuitgraph.graph import Graph
-from circuitgraph.tasks.metrics import LOWER_IS_BETTER
+from circuitgraph.tasks.metrics import helpfulness
 
 # MIB's edge fractions (in percent of all edges), the empty circuit (0 %) and the full model included.
 CURVE_PERCENTS = (0, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100)
@@ -127,8 +127,7 @@ def faithfulness_curve(
     MIB's integer edge counts; ``percents=MIB_SCRIPT_PERCENTS`` for its script's points (from
     0.1 %; the default also measures 0 %, the empty circuit, where f = 0 by definition)."""
     scores = graph.scores if scores is None else scores
-    # An edge helps if ablating it moves the metric the wrong way: score < 0 for higher-is-better.
-    helpful = scores if task.metric_name in LOWER_IS_BETTER else -scores
+    helpful = helpfulness(scores, task.metric_name)
     sizes = curve_sizes(graph.n_edges, percents, counting)
 
     def circuit(rank: torch.Tensor, n: int):  # the top n valid edges by rank (higher first)

@@ -126,7 +126,8 @@ def _mib_edge_name(src: str, dst: str) -> str:
 
 def _mib_edge_order(graph: Graph) -> list[tuple[int, int]]:
     """Valid (src, dst) index pairs in the order EAP-IG's ``Graph.from_model`` creates them:
-    per layer, every upstream node into each head's q, k, v; then into the MLP; finally logits."""
+    per layer, every upstream node into each head's q, k, v; then into the MLP (which, in a
+    parallel attention+MLP block, does not read its layer's heads); finally logits."""
     H = graph.arch.n_heads
     order = []
     upstream = [graph.src_index["input"]]
@@ -136,8 +137,9 @@ def _mib_edge_order(graph: Graph) -> list[tuple[int, int]]:
             for h in range(H):
                 for letter in "qkv":
                     order.append((s, graph.dst_index[f"a{layer}.h{h}.{letter}"]))
+        mlp_reads = list(upstream) if graph.arch.parallel_attn_mlp else upstream + heads
         upstream = upstream + heads
-        for s in upstream:
+        for s in mlp_reads:
             order.append((s, graph.dst_index[f"m{layer}"]))
         upstream.append(graph.src_index[f"m{layer}"])
     for s in upstream:
@@ -209,7 +211,7 @@ def to_mib_json(
         "cfg": {
             "n_layers": g.arch.n_layers,
             "n_heads": g.arch.n_heads,
-            "parallel_attn_mlp": False,
+            "parallel_attn_mlp": g.arch.parallel_attn_mlp,
             "d_model": g.arch.d_model,
         },
         "nodes": nodes,
@@ -305,12 +307,8 @@ def _mib_cfg(doc: dict, path: Path) -> dict:
         v = cfg.get(key)
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise file_error(path, f"cfg.{key} must be a positive integer, got {v!r}")
-    if cfg.get("parallel_attn_mlp"):
-        raise file_error(
-            path,
-            "the file describes a parallel attention/MLP model (cfg.parallel_attn_mlp is true), "
-            "which circuitgraph's graph does not support",
-        )
+    if not isinstance(cfg.get("parallel_attn_mlp", False), bool):
+        raise file_error(path, f"cfg.parallel_attn_mlp must be true or false, got {cfg['parallel_attn_mlp']!r}")
     d_model = cfg.get("d_model")
     if d_model is not None and (isinstance(d_model, bool) or not isinstance(d_model, int)):
         raise file_error(path, f"cfg.d_model must be an integer, got {d_model!r}")
@@ -322,8 +320,10 @@ def _mib_cfg(doc: dict, path: Path) -> dict:
 def _mib_graph(graph: Graph | None, cfg: dict, extra: dict, path: Path) -> Graph:
     """``graph``, checked against the file's shape and fingerprint; or one built from ``cfg``."""
     d_model = cfg.get("d_model")
+    parallel = bool(cfg.get("parallel_attn_mlp", False))
     if graph is None:
-        graph = Graph(Architecture(cfg["n_layers"], cfg["n_heads"], True, d_model or 0), split_qkv=True)
+        arch = Architecture(cfg["n_layers"], cfg["n_heads"], True, d_model or 0, parallel_attn_mlp=parallel)
+        graph = Graph(arch, split_qkv=True)
     _check_mib_graph(graph, "read")
     a = graph.arch
     if (cfg["n_layers"], cfg["n_heads"]) != (a.n_layers, a.n_heads):
@@ -331,6 +331,14 @@ def _mib_graph(graph: Graph | None, cfg: dict, extra: dict, path: Path) -> Graph
             path,
             f"the file is for a model with {cfg['n_layers']} layers × {cfg['n_heads']} heads, but the graph has "
             f"{a.n_layers} layers × {a.n_heads} heads; pass the graph of the model the file was made for",
+        )
+    if parallel != a.parallel_attn_mlp:
+        kinds = {True: "a parallel attention/MLP model", False: "a sequential (attention, then MLP) model"}
+        raise file_error(
+            path,
+            f"the file describes {kinds[parallel]} (cfg.parallel_attn_mlp is {str(parallel).lower()}), but the "
+            f"graph's model is {kinds[a.parallel_attn_mlp]}: its MLPs read different edges; pass the graph of "
+            "the model the file was made for",
         )
     if d_model is not None and a.d_model and d_model != a.d_model:
         raise file_error(
@@ -453,6 +461,8 @@ def to_graphml(circuit, path: str | Path, *, all_edges: bool = True, mask: torch
             "has_mlp": g.arch.has_mlp,
             "d_model": g.arch.d_model,
             "d_mlp": g.arch.d_mlp,
+            "parallel_attn_mlp": g.arch.parallel_attn_mlp,
+            "post_norms": g.arch.post_norms,
             "split_qkv": g.split_qkv,
             "neurons": json.dumps({str(k): v for k, v in sorted(g.neurons.items())}),
             "sites": json.dumps([site.to_dict() for site in g.sites]),
@@ -564,6 +574,8 @@ def _graphml_spec(attrs: dict, path: Path) -> tuple[dict, list[Site]]:
             "has_mlp": bool(attrs["has_mlp"]),
             "d_model": int(attrs["d_model"]),
             "d_mlp": int(attrs.get("d_mlp", 0)),
+            "parallel_attn_mlp": bool(attrs.get("parallel_attn_mlp", False)),  # (absent from older files)
+            "post_norms": bool(attrs.get("post_norms", False)),
             "split_qkv": bool(attrs["split_qkv"]),
             "neurons": {int(k): v for k, v in _loads_dict(attrs.get("neurons"), "neurons", path).items()},
             "positions": int(attrs.get("positions", 0) or 0) or None,
@@ -600,6 +612,10 @@ def _check_graphml_fits(spec: dict, sites: list[Site], graph: Graph, path: Path)
             f"MLPs {present(spec['has_mlp'])} in the file, {present(a.has_mlp)} in the graph",
         ),
         (spec["d_model"] != a.d_model, f"d_model {spec['d_model']} in the file, {a.d_model} in the graph"),
+        *[
+            (spec[fact] != getattr(a, fact), f"{fact}={spec[fact]} in the file, {getattr(a, fact)} in the graph")
+            for fact in ("parallel_attn_mlp", "post_norms")
+        ],
         (
             spec["split_qkv"] != graph.split_qkv,
             f"split_qkv={spec['split_qkv']} in the file, split_qkv={graph.split_qkv} in the graph",

@@ -24,10 +24,48 @@ import networkx as nx
 import torch
 
 from circuitgraph.errors import GraphError
-from circuitgraph.graph.names import HEAD_TIME, MLP_TIME, QKV, dst_node, node_kind, parse_node
+from circuitgraph.files.schema import LIMITS, Bool, Int, ListOf, MapOf, Obj, Optional, Str
+from circuitgraph.graph.names import HEAD_TIME, MLP_TIME, QKV, dst_node, mlp_read_offset, node_kind, parse_node
 from circuitgraph.graph.sites import Site, check_sites, make_site
 from circuitgraph.models.backend import Architecture, check_model
 from circuitgraph.models.sae import as_sae_list, validate
+
+# The ``model`` block of every file that rebuilds a graph (:meth:`Graph.spec`): checked before a
+# graph is sized from it. Documented in docs/circuit-schema.md.
+SITE_SPEC = Obj(
+    required={
+        "hook_name": Str(max_len=256, min_len=1),
+        "d_sae": Int(1, LIMITS.max_d_sae),
+        "features": ListOf(Int(0, LIMITS.max_d_sae - 1), max_len=LIMITS.max_d_sae, increasing=True),
+    },
+    optional={"hook_name_out": Optional(Str(max_len=256, min_len=1))},
+    label="an SAE site {hook_name, d_sae, features[, hook_name_out]}",
+)
+GRAPH_SPEC = Obj(
+    required={
+        "n_layers": Int(1, LIMITS.max_layers),
+        "n_heads": Int(1, LIMITS.max_heads),
+        "has_mlp": Bool(),
+        "d_model": Int(1, LIMITS.max_d_model),
+        "split_qkv": Bool(),
+    },
+    optional={
+        "name": Str(max_len=1024),
+        "config_hash": Str(max_len=64),
+        "d_mlp": Int(0, LIMITS.max_d_mlp),
+        "parallel_attn_mlp": Bool(),
+        "post_norms": Bool(),
+        "neurons": MapOf(
+            ListOf(Int(0, LIMITS.max_d_mlp - 1), max_len=LIMITS.max_d_mlp, increasing=True),
+            key_pattern=r"0|[1-9][0-9]{0,5}",
+            key_label="a layer number",
+        ),
+        "positions": Optional(Int(1, LIMITS.max_positions)),
+        "causal": Bool(),
+        "sites": ListOf(SITE_SPEC, max_len=6 * LIMITS.max_layers),
+    },
+    label="a model block {n_layers, n_heads, has_mlp, d_model, split_qkv, ...}",
+)
 
 
 class Graph:
@@ -66,7 +104,7 @@ class Graph:
             model_name,
             model_hash,
             _normalise_neurons(neurons, arch),
-            check_sites(list(sites or []), arch.n_layers, arch.has_mlp),
+            check_sites(list(sites or []), arch.n_layers, arch.has_mlp, arch.parallel_attn_mlp),
         )
         if self.sites and self.neurons:
             raise GraphError("a graph with SAE sites and neuron nodes is not supported yet; use one or the other")
@@ -76,6 +114,7 @@ class Graph:
         src = [("input", 0, -1, "input")]
         dst = []
         letters = QKV if split_qkv else ("",)
+        reads = mlp_read_offset(arch.parallel_attn_mlp)  # (parallel blocks: the MLP reads with the heads)
         for layer in range(L):
             t = 8 * layer
             src += [(f"a{layer}.h{h}", t + HEAD_TIME, layer, f"attn{layer}") for h in range(H)]
@@ -86,11 +125,12 @@ class Graph:
             ]
             for name in self.mlp_node_names(layer):
                 src.append((name, t + MLP_TIME, layer, f"mlp{layer}"))
-                dst.append((name, t + MLP_TIME, layer, f"mlp{layer}"))
+                dst.append((name, t + reads, layer, f"mlp{layer}"))
         for site in self.sites:
+            read = 8 * site.layer + reads if site.kind == "transcoder" else site.time
             for name in site.node_names():
                 src.append((name, site.time, site.layer, site.name))
-                dst.append((name, site.time, site.layer, site.name))
+                dst.append((name, read, site.layer, site.name))
         dst.append(("logits", 8 * L + HEAD_TIME, L, "logits"))
         src.sort(key=lambda e: e[1])  # stable: within a time, the order above
         dst.sort(key=lambda e: e[1])
@@ -266,12 +306,40 @@ class Graph:
             "has_mlp": self.arch.has_mlp,
             "d_model": self.arch.d_model,
             "d_mlp": self.arch.d_mlp,
+            "parallel_attn_mlp": self.arch.parallel_attn_mlp,
+            "post_norms": self.arch.post_norms,
             "split_qkv": self.split_qkv,
             "neurons": {str(k): v for k, v in sorted(self.neurons.items())},
             "positions": self.positions,
             "causal": self.causal,
             "sites": [site.to_dict() for site in self.sites],
         }
+
+    @staticmethod
+    def spec_size(spec: dict) -> tuple[int, int]:
+        """``(n_src, n_dst)`` of the graph :meth:`from_spec` would build, by arithmetic, without
+        building it: a loader compares this with its tensor file before allocating anything.
+        (Must agree with the constructor; tests/test_files.py checks it on every kind of graph.)
+        ``spec`` must fit :data:`GRAPH_SPEC`; raises ``GraphError`` on inconsistent sites."""
+        L, H, d_mlp = spec["n_layers"], spec["n_heads"], spec.get("d_mlp") or 0
+        sites = [Site.from_dict(d) for d in spec.get("sites") or []]
+        replaced = {s.layer for s in sites if s.kind == "transcoder"}
+        neurons = {int(k): v for k, v in (spec.get("neurons") or {}).items()}
+        mlp = 0
+        if spec["has_mlp"]:
+            for layer in range(L):
+                if layer in replaced:
+                    continue
+                if layer not in neurons:
+                    mlp += 1
+                    continue
+                n = d_mlp if neurons[layer] is None else len(set(neurons[layer]))  # (None: from a caller, not a file)
+                mlp += n + (1 if n < d_mlp else 0)
+        site_nodes = sum(len(s.features) + (1 if s.has_rest else 0) + 1 for s in sites)
+        n_src = 1 + L * H + mlp + site_nodes
+        n_dst = L * H * (len(QKV) if spec["split_qkv"] else 1) + mlp + site_nodes + 1
+        P = spec.get("positions") or 1
+        return n_src * P, n_dst * P
 
     @staticmethod
     def from_spec(spec: dict, device: torch.device | str = "cpu") -> Graph:
@@ -283,6 +351,8 @@ class Graph:
             bool(spec["has_mlp"]),
             int(spec["d_model"]),
             int(spec.get("d_mlp") or 0),
+            parallel_attn_mlp=bool(spec.get("parallel_attn_mlp", False)),  # (absent from older files)
+            post_norms=bool(spec.get("post_norms", False)),
         )
         neurons = {int(k): v for k, v in (spec.get("neurons") or {}).items()}
         graph = Graph(

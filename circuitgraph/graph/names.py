@@ -26,6 +26,10 @@ strictly smaller time (SAE sites then cut what later readers see, see :mod:`.sit
 
     input 0 · resid_pre L 8L+2 · heads L 8L+4 · attn_out L 8L+5 · resid_mid L 8L+6 ·
     MLP L 8L+8 · mlp_out L 8L+9 · resid_post L 8L+10 (= resid_pre L+1) · logits 8·n_layers+4
+
+A node reads and writes at its time, with one exception: in a parallel attention+MLP block
+(GPT-J, GPT-NeoX, Pythia) the MLP (its neurons, a transcoder standing in for it) reads at 8L+4,
+the same residual stream as its layer's heads, and still writes at 8L+8 (:func:`read_time`).
 """
 
 from __future__ import annotations
@@ -97,6 +101,23 @@ class NodeName:
         if self.site is not None:
             return float(8 * self.layer + SITE_TIME[self.site])
         return float(8 * self.layer + (HEAD_TIME if self.kind in ("head", "slot") else MLP_TIME))
+
+
+_MLP_READERS = ("mlp", "neuron", "mlp_rest")
+
+
+def mlp_read_offset(parallel: bool) -> int:
+    """An MLP reads at 8L + this: after its layer's heads in a sequential block, with them in a
+    parallel attention+MLP block (where ``hook_resid_mid`` does not exist)."""
+    return HEAD_TIME if parallel else MLP_TIME
+
+
+def read_time(node: NodeName, n_layers: int | None = None, parallel: bool = False) -> float:
+    """Residual time at which ``node`` *reads*: :meth:`NodeName.time`, except for the MLP-side
+    readers of a parallel attention+MLP model, which read with their layer's heads."""
+    if parallel and (node.kind in _MLP_READERS or node.site == "transcoder"):
+        return float(8 * node.layer + mlp_read_offset(parallel))
+    return node.time(n_layers)
 
 
 def parse(name: str) -> NodeName | None:

@@ -117,11 +117,17 @@ def make_site(hook_name: str, d_sae: int, features, hook_name_out: str | None = 
     return Site(hook_name, int(d_sae), tuple(ids), hook_name_out)
 
 
-def check_sites(sites: list[Site], n_layers: int, has_mlp: bool) -> list[Site]:
-    """Sorted by time; refuses sites outside the model, two SAEs at one point, and MLP sites on
-    attention-only models."""
+def check_sites(sites: list[Site], n_layers: int, has_mlp: bool, parallel: bool = False) -> list[Site]:
+    """Sorted by time; refuses sites outside the model, two SAEs at one point, MLP sites on
+    attention-only models and ``resid_mid`` sites on parallel attention+MLP models."""
     out = sorted(sites, key=lambda s: s.time)
     for s in out:
+        if parallel and s.hook_name.endswith("hook_resid_mid"):
+            raise GraphError(
+                f"SAE site {s.hook_name}: a parallel attention+MLP block has no residual stream between its "
+                "attention and its MLP (no hook_resid_mid); attach the SAE at hook_resid_pre or hook_resid_post, "
+                "and a transcoder at ln2.hook_normalized or hook_mlp_in"
+            )
         if not 0 <= s.layer < n_layers:
             raise GraphError(f"SAE site {s.hook_name} is outside the model (layers 0..{n_layers - 1})")
         if s.kind == "transcoder" and not has_mlp:

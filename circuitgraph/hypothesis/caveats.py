@@ -10,10 +10,17 @@ LARGE_SCRUBBING_GAP = 0.3
 UNSUPPORTED_GRAPH = (
     "causal-scrubbing hypotheses cover heads and MLPs so far; this graph has neuron, position or SAE nodes"
 )
+UNSUPPORTED_POST_NORMS = (
+    "causal scrubbing builds each input as a sum of source activations, but with norms after sublayers "
+    "(Gemma-2/3) a layer's heads reach the residual stream only through their layer's post-norm, together; "
+    "scrubbing such models is not supported yet (attribution, patching and faithfulness are)"
+)
 
 
-def hypothesis_unsupported(*, neurons: bool, positions: bool, features: bool) -> str | None:
+def hypothesis_unsupported(*, neurons: bool, positions: bool, features: bool, post_norms: bool = False) -> str | None:
     """Why a circuit of this graph cannot be scrubbed as a hypothesis; None when it can."""
+    if post_norms:
+        return UNSUPPORTED_POST_NORMS
     return UNSUPPORTED_GRAPH if (neurons or positions or features) else None
 
 

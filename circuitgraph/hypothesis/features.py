@@ -32,6 +32,7 @@ Registered functions may take keyword arguments (``feature("shift", k=3)`` calls
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, cast
@@ -39,6 +40,7 @@ from typing import Any, NamedTuple, cast
 import torch
 
 from circuitgraph.errors import HypothesisError
+from circuitgraph.files.schema import LIMITS
 
 # -------------------------------------------------------------------------------------------- data
 
@@ -329,7 +331,15 @@ def constant() -> Feature:
 def token_at(k: int, relative: bool = True) -> Feature:
     """The token at position ``current + k`` (``relative``) or at absolute position ``k``
     (negative: counted from the last real token). Out of range / padding: -1."""
-    return Feature.make("token_at", k=int(k), relative=bool(relative))
+    try:
+        if isinstance(k, bool):
+            raise TypeError
+        k = operator.index(k)  # ints, numpy ints; not floats, not booleans
+    except TypeError:
+        raise HypothesisError(f"token_at needs an integer k, got {k!r}") from None
+    f = Feature.make("token_at", k=k, relative=relative)
+    f.check()
+    return f
 
 
 def answer_label() -> Feature:
@@ -401,6 +411,11 @@ def _eval_next_after_prev(data: FeatureData):
 def _check_token_at(k=None, relative=True):
     if isinstance(k, bool) or not isinstance(k, int):
         raise HypothesisError(f"token_at needs an integer k, got {k!r}")
+    if abs(k) > LIMITS.max_positions:
+        raise HypothesisError(
+            f"token_at's k={k} is beyond any prompt (|k| ≤ {LIMITS.max_positions} positions); "
+            "use a position offset within the prompt length"
+        )
     if not isinstance(relative, bool):
         raise HypothesisError(f"token_at's relative must be true or false, got {relative!r}")
 

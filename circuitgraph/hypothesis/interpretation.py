@@ -327,6 +327,12 @@ class Hypothesis:
                 check_node_exists(mn, graph)
             except HypothesisError as e:
                 raise HypothesisError(f"interpretation node {n!r} → {mn.name!r}: {e}") from None
+        for parent, d, s in self.cover:  # (a parallel attention+MLP block: an MLP does not read its layer's heads)
+            if not graph.has_edge(s, d):
+                raise HypothesisError(
+                    f"interpretation node {parent!r} covers the edge {s} → {d}, which this model does not have: "
+                    f"{d} reads the residual stream before {s} writes to it"
+                )
 
     # ------------------------------------------------------------------ views
     def edges(self) -> list[tuple[str, str]]:

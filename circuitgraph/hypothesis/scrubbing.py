@@ -34,10 +34,12 @@ from typing import Any
 
 import torch
 
+from circuitgraph.engine.progress import progress_bar
 from circuitgraph.engine.sources import source_activations
 from circuitgraph.errors import HypothesisError
 from circuitgraph.graph import Graph
-from circuitgraph.graph.names import HEAD_TIME, parse_node
+from circuitgraph.graph.names import HEAD_TIME
+from circuitgraph.hypothesis.caveats import UNSUPPORTED_POST_NORMS
 from circuitgraph.hypothesis.features import FeatureData, FeatureValues
 from circuitgraph.hypothesis.interpretation import Hypothesis
 from circuitgraph.hypothesis.nodes import input_slots, residual_order
@@ -228,10 +230,10 @@ def _biases(model, graph: Graph, device: torch.device) -> dict[str, torch.Tensor
         b_O = backend.b_O(L)
         before.append(before[-1] + (b_O.detach() if b_O is not None else zero))
     out = {}
-    for d in graph.dst_names:
-        # the biases of the layers whose heads write strictly before d reads (graph.names time):
-        # layers < L for a head of layer L, layers ≤ L for MLP L, all of them for the logits
-        reads = parse_node(d).time(n_layers)
+    for d, reads in zip(graph.dst_names, graph.dst_time.tolist()):
+        # the biases of the layers whose heads write strictly before d reads (the graph's residual
+        # time): layers < L for a head of layer L, layers ≤ L for MLP L (< L in a parallel
+        # attention+MLP block), all of them for the logits
         out[d] = before[sum(1 for L in range(n_layers) if 8 * L + HEAD_TIME < reads)]
     return out
 
@@ -432,6 +434,7 @@ class _Engine:
         tables: dict[str, tuple[torch.Tensor, int]] = {}
         pending = {n: len(hyp.parents[n]) for n in nodes}
         remaining = list(nodes)
+        bar = progress_bar(len(nodes) + 1, "scrub", None, unit="node")  # shown inside a progress phase
         while remaining:
             n = remaining[0]
             mn = hyp.model_nodes[n]
@@ -457,14 +460,17 @@ class _Engine:
                     if pending[c.name] == 0:
                         tables.pop(c.name, None)
             remaining = [m for m in remaining if m not in done]
+            bar.update(len(done))
         # 3) the root: the logits on each sample, scored with its reference's answers
         scores = []
         S = len(root_refs)
         for r0 in range(0, S, self.batch_size):
             rows = slice(r0, min(S, r0 + self.batch_size))
             x = self._assemble(root_plan["logits"], rows, tables, "logits")
-            logits = self.model(x, start_at_layer=self.graph.arch.n_layers)
+            logits = as_backend(self.model).unembed(x)
             scores.append(score(logits, root_refs[rows]))
+        bar.update(1)
+        bar.close()
         return torch.cat(scores)
 
 
@@ -532,6 +538,8 @@ def scrub(
     if not isinstance(hypothesis, Hypothesis):
         raise TypeError(f"scrub needs a Hypothesis, got {type(hypothesis).__name__}")
     graph = Graph.from_model(model, split_qkv=True)
+    if graph.arch.post_norms:
+        raise HypothesisError(UNSUPPORTED_POST_NORMS)
     h = as_backend(model).fingerprint()
     theirs = (hypothesis.model_info or {}).get("config_hash")
     if theirs is not None and theirs != h:

@@ -33,26 +33,58 @@ meaning) and is the one that imports this module, so the dependency runs one way
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from circuitgraph.atomic import atomic_write
 from circuitgraph.errors import FileFormatError, HypothesisError, file_error
+from circuitgraph.files.reading import check_bounds, read_json
+from circuitgraph.files.rundir import check_member
+from circuitgraph.files.schema import LIMITS, Bool, Int, JsonObject, ListOf, MapOf, Obj, Optional, Str, validate
 from circuitgraph.graph import config_hash
 from circuitgraph.hypothesis.features import Feature, UnknownFeatureError
 
 SCHEMA = "circuitgraph.hypothesis/1"
-_KEYS = ("schema", "name", "root", "nodes", "correspondence")
-_MODEL_KEYS = ("config_hash", "n_layers", "n_heads", "has_mlp", "d_model")
-_TYPES = (
-    ("name", str, "a string"),
-    ("root", str, "a string"),
-    ("nodes", list, "a list"),
-    ("correspondence", dict, "an object"),
-    ("restrict", list, "a list"),
-    ("metadata", dict, "an object"),
-    ("description", str, "a string"),
+_NAME = Str(max_len=256, min_len=1, label="a non-empty name")
+_MODEL = Obj(
+    required={
+        "config_hash": Str(max_len=64),
+        "n_layers": Int(1, LIMITS.max_layers),
+        "n_heads": Int(1, LIMITS.max_heads),
+        "has_mlp": Bool(),
+        "d_model": Int(1, LIMITS.max_d_model),
+    },
+    optional={"name": Optional(Str(max_len=1024))},
+    label="an object {config_hash, n_layers, n_heads, has_mlp, d_model}",
+)
+_FEATURE = Obj(required={"fn": _NAME}, optional={"args": JsonObject()}, label='a feature {"fn": name, "args": {...}}')
+_NODE = Obj(
+    required={"name": _NAME, "feature": _FEATURE},
+    optional={"children": ListOf(_NAME), "description": Str()},
+    label="an interpretation node {name, feature, children, description}",
+)
+_RESTRICTION = Obj(
+    required={"parent": _NAME, "child": _NAME, "slots": ListOf(Str(choices=("q", "k", "v")), min_len=1, max_len=3)},
+    label='a restriction {"parent": name, "child": name, "slots": [...]}',
+)
+# the file, declaratively (the module docstring shows it; docs/causal-scrubbing.md explains it)
+HYPOTHESIS_FILE = Obj(
+    required={
+        "schema": Str(max_len=64),
+        "name": Str(max_len=1024),
+        "root": _NAME,
+        "nodes": ListOf(_NODE, min_len=1, max_len=1 << 16),
+        "correspondence": MapOf(Str(max_len=256, label="a model node name"), key_label="a node name"),
+    },
+    optional={
+        "restrict": ListOf(_RESTRICTION),
+        "metadata": JsonObject(),
+        "description": Str(),
+        "model": Optional(_MODEL),
+    },
+    label="a hypothesis object",
 )
 
 __all__ = [
@@ -123,21 +155,26 @@ def to_doc(rec: HypothesisRecord) -> dict:
 
 # ------------------------------------------------------------------------------------ doc → record
 def from_doc(doc: Any, source: str | Path = "hypothesis") -> HypothesisRecord:
-    """Check ``doc``'s form and return it as a record; a :class:`HypothesisFileError` (or an
-    :class:`UnknownFeatureError`) naming ``source`` and the fault otherwise."""
+    """Check ``doc``'s form (:data:`HYPOTHESIS_FILE`, then the node graph) and return it as a
+    record; a :class:`HypothesisFileError` (or an :class:`UnknownFeatureError`) naming ``source``
+    and the fault otherwise."""
     _check_header(doc, source)
     nodes = _read_nodes(doc["nodes"], source)
     _check_node_graph(nodes, doc["root"], source)
-    correspondence = _read_correspondence(doc["correspondence"], source)
-    restrict = [_read_restriction(i, r, source) for i, r in enumerate(doc.get("restrict", []))]
+    restrict = [(r["parent"], r["child"], list(r["slots"])) for r in doc.get("restrict", [])]
+    twice = sorted(pc for pc, n in Counter((p, c) for p, c, _ in restrict).items() if n > 1)
+    if twice:
+        raise file_error(
+            source, f"restrict lists the edge {twice[0][0]} → {twice[0][1]} twice", kind=HypothesisFileError
+        )
     return HypothesisRecord(
         name=doc["name"],
         root=doc["root"],
         nodes=nodes,
-        correspondence=correspondence,
+        correspondence=dict(doc["correspondence"]),
         restrict=restrict,
         description=doc.get("description", ""),
-        model=_read_model(doc.get("model"), source),
+        model=dict(doc["model"]) if doc.get("model") is not None else None,
         metadata=doc.get("metadata", {}),
     )
 
@@ -159,33 +196,18 @@ def _check_header(doc: Any, source: str | Path) -> None:
         raise file_error(
             source, f"not a circuitgraph hypothesis (schema {schema!r}, expected {SCHEMA!r})", kind=HypothesisFileError
         )
-    missing = [k for k in _KEYS if k not in doc]
-    if missing:
-        raise file_error(source, f"missing key(s) {missing}", kind=HypothesisFileError)
-    for k, typ, what in _TYPES:
-        if k in doc and not isinstance(doc[k], typ):
-            raise file_error(source, f"{k!r} must be {what}, got {type(doc[k]).__name__}", kind=HypothesisFileError)
+    validate(doc, HYPOTHESIS_FILE, source, HypothesisFileError)
 
 
 def _read_nodes(specs: list, source: str | Path) -> dict[str, NodeRecord]:
-    """Node entries, each with a unique name, a list of child names and a known feature. Features
-    are read last, so that a malformed node list is reported before an unknown feature."""
+    """Node entries (their form checked by the schema), each with a unique name and a known
+    feature. Features are read last, so that a malformed node list is reported before an unknown
+    feature."""
     checked: dict[str, dict] = {}
-    for i, spec in enumerate(specs):
-        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not spec["name"]:
-            raise file_error(
-                source, f"nodes[{i}] must be an object with a non-empty string 'name'", kind=HypothesisFileError
-            )
+    for spec in specs:
         name = spec["name"]
         if name in checked:
             raise file_error(source, f"node name {name!r} appears twice", kind=HypothesisFileError)
-        children = spec.get("children", [])
-        if not isinstance(children, list) or not all(isinstance(c, str) for c in children):
-            raise file_error(
-                source, f"node {name!r}: 'children' must be a list of node names", kind=HypothesisFileError
-            )
-        if not isinstance(spec.get("description", ""), str):
-            raise file_error(source, f"node {name!r}: 'description' must be a string", kind=HypothesisFileError)
         checked[name] = spec
     return {
         name: NodeRecord(
@@ -229,35 +251,6 @@ def _check_node_graph(nodes: dict[str, NodeRecord], root: str, source: str | Pat
         )
 
 
-def _read_correspondence(corr: dict, source: str | Path) -> dict[str, str]:
-    if not all(isinstance(k, str) and isinstance(v, str) for k, v in corr.items()):
-        raise file_error(
-            source, "'correspondence' must map node names to model node names (strings)", kind=HypothesisFileError
-        )
-    return dict(corr)
-
-
-def _read_restriction(i: int, r: Any, source: str | Path) -> tuple[str, str, list[str]]:
-    if (
-        not isinstance(r, dict)
-        or not isinstance(r.get("parent"), str)
-        or not isinstance(r.get("child"), str)
-        or not isinstance(r.get("slots"), list)
-    ):
-        raise file_error(
-            source, f'restrict[{i}] must be {{"parent": name, "child": name, "slots": [...]}}', kind=HypothesisFileError
-        )
-    return r["parent"], r["child"], r["slots"]
-
-
-def _read_model(info: Any, source: str | Path) -> dict | None:
-    if info is not None and (not isinstance(info, dict) or any(k not in info for k in _MODEL_KEYS)):
-        raise file_error(
-            source, f"'model' must be null or an object with {list(_MODEL_KEYS)}", kind=HypothesisFileError
-        )
-    return dict(info) if info is not None else None
-
-
 # ------------------------------------------------------------------------------------ model check
 def check_model(info: dict | None, model, source: str | Path) -> None:
     """Refuse a file made for another model (by config hash), naming both models."""
@@ -287,23 +280,17 @@ def write_doc(doc: dict, path: str | Path) -> Path:
         raise HypothesisError(
             f"hypothesis {doc.get('name')!r} cannot be saved: its metadata is not plain JSON ({e})"
         ) from None
+    where = f"hypothesis {doc.get('name')!r} (to be saved as {path})"
+    validate(doc, HYPOTHESIS_FILE, where, HypothesisError)  # what is saved always loads
+    check_bounds(doc, where, HypothesisError)
     return atomic_write(path, lambda p: p.write_text(text + "\n", encoding="utf-8"))
 
 
 def read_doc(path: str | Path) -> Any:
-    """The JSON document in ``path``; a :class:`HypothesisFileError` if it is not plain JSON text."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise file_error(path, f"not a text file ({e})", kind=HypothesisFileError) from None
-
-    def no_constants(name: str):
-        raise file_error(path, f"hypothesis files hold plain JSON; {name} is not allowed", kind=HypothesisFileError)
-
-    try:
-        return json.loads(text, parse_constant=no_constants)
-    except json.JSONDecodeError as e:
-        raise file_error(
-            path, f"not valid JSON ({e}); the file is corrupted or truncated", kind=HypothesisFileError
-        ) from None
+    """The JSON document in ``path`` (plain JSON: no NaN or Infinity), read within the limits of
+    :mod:`circuitgraph.files.reading`; a :class:`HypothesisFileError` otherwise."""
+    doc = read_json(path, HypothesisFileError, allow_nan=False)
+    problem = check_member(path)
+    if problem:
+        raise file_error(path, problem, kind=HypothesisFileError)
+    return doc

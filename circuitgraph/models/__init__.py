@@ -1,6 +1,8 @@
 """Model backends: the only code that knows a model library (TransformerLens today), and the SAE
 weights that splice into a model. The engine asks a backend for hook names, weights and norms,
-never the model itself (see :mod:`circuitgraph.models.backend`)."""
+never the model itself (see :mod:`circuitgraph.models.backend`). Two backends: a
+``HookedTransformer`` and a ``TransformerBridge`` (:mod:`circuitgraph.models.bridge`, registered
+on import)."""
 
 from circuitgraph.models.backend import (
     Architecture,
@@ -11,7 +13,10 @@ from circuitgraph.models.backend import (
     check_model,
     config_hash,
     hook_flags,
+    register_backend,
 )
+from circuitgraph.models.bridge import BridgeBackend, is_bridge, ungroup_kv_heads
+from circuitgraph.models.loading import load_bridge
 from circuitgraph.models.sae import SAE, as_sae_list, load_sae, save_sae, validate
 
 __all__ = [
@@ -23,6 +28,11 @@ __all__ = [
     "check_model",
     "config_hash",
     "hook_flags",
+    "register_backend",
+    "BridgeBackend",
+    "is_bridge",
+    "ungroup_kv_heads",
+    "load_bridge",
     "SAE",
     "as_sae_list",
     "load_sae",

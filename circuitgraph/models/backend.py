@@ -5,22 +5,23 @@ The engine never reads ``model.blocks[...]`` or spells a hook name itself. It as
 
 * the **facts** that shape the graph (:class:`Architecture`, a config fingerprint, the device);
 * the **hook names** of each read and write point (the embedding's write, a head's ``z`` and
-  q/k/v, a q/k/v *input* before the norm, the MLP's input, pre/post activations and output, a
-  norm's scale and normalised output, the final residual);
+  q/k/v, a q/k/v *input* before the norm, the MLP's input, its neurons' reads and activations,
+  its output, a norm's scale and normalised output, the final residual);
 * the **weights** it contracts with (``W_Q/K/V/O``, ``b_O``, ``W_in``, ``b_in``, ``W_out``) and the
   **norms** whose Jacobians it applies (kind, gain, the module itself for patched neurons);
 * **running** with hooks and with the hook flags it needs switched on.
 
-:class:`HookedTransformerBackend` is the first implementation. A new family or library (parallel
-attention+MLP, norms after sublayers, gated MLPs, TransformerLens's TransformerBridge) is a new
-backend, or a new fact of this one, not an edit of the engine.
+:class:`HookedTransformerBackend` is the first implementation; TransformerLens's TransformerBridge
+is the second (:mod:`circuitgraph.models.bridge`, registered through :func:`register_backend`). A
+new family or library (parallel attention+MLP, norms after sublayers, gated MLPs) is a new backend,
+or a new fact of one, not an edit of the engine.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -51,17 +52,37 @@ _FINGERPRINT_KEYS = (
     "gated_mlp",
     "parallel_attn_mlp",
 )
+# Hashed only when set away from their default, so fingerprints of models without them (and the
+# circuits saved for those models) stay what they were before these keys existed.
+_FINGERPRINT_OPTIONAL = {
+    "use_normalization_before_and_after": False,
+    "attn_scores_soft_cap": -1.0,
+    "output_logits_soft_cap": -1.0,
+    "use_local_attn": False,
+    "window_size": None,
+    "use_qk_norm": False,
+    "num_experts": None,
+}
 
 
 @dataclass(frozen=True)
 class Architecture:
-    """The few facts about a model that decide the graph's shape."""
+    """The few facts about a model that decide the graph's shape and what its edges mean.
+
+    ``parallel_attn_mlp``: the MLP of layer L reads the same residual stream as that layer's heads
+    (GPT-J, GPT-NeoX, Pythia), so it reads only the writers of layers < L.
+    ``post_norms``: a norm after each sublayer, before the residual add (Gemma-2/3). A layer's heads
+    then reach the residual stream only through their layer's post-attention norm, together; see
+    ``docs/model-families.md`` for what an edge from a head means there.
+    """
 
     n_layers: int
     n_heads: int
     has_mlp: bool
     d_model: int
     d_mlp: int = 0
+    parallel_attn_mlp: bool = False
+    post_norms: bool = False
 
     @classmethod
     def from_config(cls, cfg: Any) -> Architecture:
@@ -72,6 +93,8 @@ class Architecture:
             has_mlp=has_mlp,
             d_model=int(cfg.d_model),
             d_mlp=int(cfg.d_mlp or 0) if has_mlp else 0,
+            parallel_attn_mlp=has_mlp and bool(getattr(cfg, "parallel_attn_mlp", False)),
+            post_norms=bool(getattr(cfg, "use_normalization_before_and_after", False)),
         )
 
 
@@ -79,7 +102,22 @@ def config_hash(cfg: Any) -> str:
     """A short, stable fingerprint of a model config, stored with circuits so that a circuit
     found on one model is never silently applied to another."""
     blob = {k: getattr(cfg, k, None) for k in _FINGERPRINT_KEYS}
+    for key, default in _FINGERPRINT_OPTIONAL.items():
+        value = getattr(cfg, key, default)
+        if value != default:
+            blob[key] = value
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class NeuronRead:
+    """One way an MLP's neurons read their (normalised) input: neuron i's pre-activation at
+    ``hook`` is ``x̂ · W[:, i] (+ b[i])``. A plain MLP has one (``hook_pre``: W_in, b_in); a gated
+    MLP two (the gate ``hook_pre``: W_gate; the linear part ``hook_pre_linear``: W_in)."""
+
+    hook: str
+    W: torch.Tensor  # [d_model, d_mlp]
+    b: torch.Tensor | None  # [d_mlp]
 
 
 class Backend:
@@ -134,17 +172,13 @@ class Backend:
     def mlp_out_hook(self, layer: int) -> str:
         raise NotImplementedError
 
-    def mlp_pre_hook(self, layer: int) -> str:
-        """Neuron pre-activations ``[batch, pos, d_mlp]``."""
-        raise NotImplementedError
-
     def mlp_post_hook(self, layer: int) -> str:
         """Neuron activations ``[batch, pos, d_mlp]`` (what ``W_out`` reads)."""
         raise NotImplementedError
 
-    def norm_hook(self, layer: int, which: int, part: str) -> str:
-        """Norm ``which`` (1: before attention, 2: before the MLP) of ``layer``: its ``scale`` or
-        its ``normalized`` output (before the gain)."""
+    def norm_hook(self, layer: int, which: int, part: str, post: bool = False) -> str:
+        """Norm ``which`` (1: attention's, 2: the MLP's) of ``layer``, before the sublayer (or
+        after it, with ``post``): its ``scale`` or its ``normalized`` output (before the gain)."""
         raise NotImplementedError
 
     def final_hook(self) -> str:
@@ -169,30 +203,51 @@ class Backend:
     def b_O(self, layer: int) -> torch.Tensor | None:
         raise NotImplementedError
 
-    def W_in(self, layer: int) -> torch.Tensor:
-        """``[d_model, d_mlp]``."""
-        raise NotImplementedError
-
-    def b_in(self, layer: int) -> torch.Tensor:
-        raise NotImplementedError
-
     def W_out(self, layer: int) -> torch.Tensor:
         """``[d_mlp, d_model]``."""
         raise NotImplementedError
 
-    def norm(self, layer: int, which: int) -> nn.Module:
-        """The norm module itself (patched neurons run their own inputs through it)."""
+    def b_out(self, layer: int) -> torch.Tensor | None:
         raise NotImplementedError
 
-    def norm_kind(self, layer: int, which: int) -> str:
+    def neuron_reads(self, layer: int) -> list[NeuronRead]:
+        """How layer ``layer``'s neurons read their normalised input: one :class:`NeuronRead` per
+        pre-activation (two for a gated MLP), in the order the forward pass computes them."""
+        raise NotImplementedError
+
+    def norm(self, layer: int, which: int, post: bool = False) -> nn.Module | None:
+        """The norm module itself (patched neurons run their own inputs through it); with ``post``
+        the norm after the sublayer, None when the model has none."""
+        raise NotImplementedError
+
+    def norm_kind(self, layer: int, which: int, post: bool = False) -> str:
         """``layernorm`` (centres, then scales), ``rms`` (scales) or ``none``."""
         raise NotImplementedError
 
-    def norm_gain(self, layer: int, which: int) -> torch.Tensor | None:
+    def norm_gain(self, layer: int, which: int, post: bool = False) -> torch.Tensor | None:
         raise NotImplementedError
 
-    def norm_eps(self, layer: int, which: int) -> float:
+    def norm_bias(self, layer: int, which: int, post: bool = False) -> torch.Tensor | None:
         raise NotImplementedError
+
+    def norm_eps(self, layer: int, which: int, post: bool = False) -> float:
+        raise NotImplementedError
+
+    def normalize(self, layer: int, which: int, x: torch.Tensor, post: bool = False) -> torch.Tensor:
+        """The norm applied to ``x`` in ``x``'s own precision (the engine runs it in float32 at least,
+        where the model's module would round a half-precision model's output to its dtype)."""
+        kind = self.norm_kind(layer, which, post)
+        if kind == "none":
+            return x
+        if kind == "layernorm":
+            x = x - x.mean(-1, keepdim=True)
+        x = x / (x.pow(2).mean(-1, keepdim=True) + self.norm_eps(layer, which, post)).sqrt()
+        gain, bias = self.norm_gain(layer, which, post), self.norm_bias(layer, which, post)
+        if gain is not None:
+            x = x * gain.detach().to(x.dtype)
+        if bias is not None:
+            x = x + bias.detach().to(x.dtype)
+        return x
 
     # ------------------------------------------------------------------ running
     def hooks(self, fwd_hooks: list | None = None, bwd_hooks: list | None = None) -> Any:
@@ -204,9 +259,15 @@ class Backend:
         raise NotImplementedError
 
     def run_layers(
-        self, resid: torch.Tensor, start: int, stop: int, attention_mask: torch.Tensor | None = None
+        self, resid: torch.Tensor, start: int, stop: int | None = None, attention_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Blocks ``start .. stop-1`` on the residual stream ``resid [batch, pos, d_model]``."""
+        """Blocks ``start .. stop-1`` on the residual stream ``resid [batch, pos, d_model]``
+        (``stop=None``: on to the logits)."""
+        raise NotImplementedError
+
+    def unembed(self, resid: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The logits ``[batch, pos, vocab]`` read from the final residual stream (final norm,
+        unembedding and whatever the model applies after it, e.g. a logit soft-cap)."""
         raise NotImplementedError
 
     def mlp(self, layer: int, resid: torch.Tensor) -> torch.Tensor:
@@ -245,7 +306,8 @@ class HookedTransformerBackend(Backend):
                 "this model's architecture is not supported by the circuit graph: "
                 + "; ".join(problems)
                 + ". Supported: pre-norm (LN, LNPre, RMS, RMSPre or none) decoder-only or bidirectional "
-                "transformers with standard, rotary or alibi positions, with or without MLPs."
+                "transformers with standard, rotary or alibi positions, with or without MLPs (plain or gated), "
+                "sequential or parallel attention+MLP blocks, with or without RMS norms after sublayers."
             )
         missing = [h for h in self._needed_hooks() if not self.has_hook(h)]
         if missing:
@@ -269,6 +331,8 @@ class HookedTransformerBackend(Backend):
             needed += [self.qkv_input_hook(L, x) for x in "qkv"]
             if not cfg.attn_only:
                 needed += [self.mlp_in_hook(L), self.mlp_out_hook(L)]
+            if getattr(cfg, "use_normalization_before_and_after", False):  # (the post-norm's Jacobian)
+                needed += [self.norm_hook(L, 1, part, post=True) for part in ("scale", "normalized")]
         return needed
 
     # hook names (TransformerLens's naming)
@@ -290,14 +354,11 @@ class HookedTransformerBackend(Backend):
     def mlp_out_hook(self, layer: int) -> str:
         return f"blocks.{layer}.hook_mlp_out"
 
-    def mlp_pre_hook(self, layer: int) -> str:
-        return f"blocks.{layer}.mlp.hook_pre"
-
     def mlp_post_hook(self, layer: int) -> str:
         return f"blocks.{layer}.mlp.hook_post"
 
-    def norm_hook(self, layer: int, which: int, part: str) -> str:
-        return f"blocks.{layer}.ln{which}.hook_{part}"
+    def norm_hook(self, layer: int, which: int, part: str, post: bool = False) -> str:
+        return f"blocks.{layer}.ln{which}{'_post' if post else ''}.hook_{part}"
 
     def final_hook(self) -> str:
         return f"blocks.{self.cfg.n_layers - 1}.hook_resid_post"
@@ -321,35 +382,47 @@ class HookedTransformerBackend(Backend):
     def b_O(self, layer: int) -> torch.Tensor | None:
         return getattr(self.model.blocks[layer].attn, "b_O", None)
 
-    def W_in(self, layer: int) -> torch.Tensor:
-        return self.model.blocks[layer].mlp.W_in
-
-    def b_in(self, layer: int) -> torch.Tensor:
-        return self.model.blocks[layer].mlp.b_in
-
     def W_out(self, layer: int) -> torch.Tensor:
         return self.model.blocks[layer].mlp.W_out
 
-    def norm(self, layer: int, which: int) -> nn.Module:
-        return getattr(self.model.blocks[layer], f"ln{which}")
+    def b_out(self, layer: int) -> torch.Tensor | None:
+        return getattr(self.model.blocks[layer].mlp, "b_out", None)
 
-    def norm_kind(self, layer: int, which: int) -> str:
-        return _NORM_KINDS.get(type(self.norm(layer, which)).__name__, "none")
+    def neuron_reads(self, layer: int) -> list[NeuronRead]:
+        mlp = self.model.blocks[layer].mlp
+        if self.cfg.gated_mlp:  # post = act(x̂·W_gate) · (x̂·W_in) + b_in: no pre-activation biases
+            return [
+                NeuronRead(f"blocks.{layer}.mlp.hook_pre", mlp.W_gate, None),
+                NeuronRead(f"blocks.{layer}.mlp.hook_pre_linear", mlp.W_in, None),
+            ]
+        return [NeuronRead(f"blocks.{layer}.mlp.hook_pre", mlp.W_in, getattr(mlp, "b_in", None))]  # (None: no bias)
 
-    def norm_gain(self, layer: int, which: int) -> torch.Tensor | None:
-        return getattr(self.norm(layer, which), "w", None)
+    def norm(self, layer: int, which: int, post: bool = False) -> nn.Module | None:
+        return getattr(self.model.blocks[layer], f"ln{which}{'_post' if post else ''}", None)
 
-    def norm_eps(self, layer: int, which: int) -> float:
-        return float(getattr(self.norm(layer, which), "eps", self.cfg.eps))
+    def norm_kind(self, layer: int, which: int, post: bool = False) -> str:
+        return _NORM_KINDS.get(type(self.norm(layer, which, post)).__name__, "none")
+
+    def norm_gain(self, layer: int, which: int, post: bool = False) -> torch.Tensor | None:
+        return getattr(self.norm(layer, which, post), "w", None)
+
+    def norm_bias(self, layer: int, which: int, post: bool = False) -> torch.Tensor | None:
+        return getattr(self.norm(layer, which, post), "b", None)
+
+    def norm_eps(self, layer: int, which: int, post: bool = False) -> float:
+        return float(getattr(self.norm(layer, which, post), "eps", self.cfg.eps))
 
     # running
     def hooks(self, fwd_hooks: list | None = None, bwd_hooks: list | None = None) -> Any:
         return self.model.hooks(fwd_hooks=fwd_hooks or [], bwd_hooks=bwd_hooks or [])
 
     def run_layers(
-        self, resid: torch.Tensor, start: int, stop: int, attention_mask: torch.Tensor | None = None
+        self, resid: torch.Tensor, start: int, stop: int | None = None, attention_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
         return self.model(resid, start_at_layer=start, stop_at_layer=stop, attention_mask=attention_mask)
+
+    def unembed(self, resid: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model(resid, start_at_layer=self.cfg.n_layers, attention_mask=attention_mask)
 
     def mlp(self, layer: int, resid: torch.Tensor) -> torch.Tensor:
         block = self.model.blocks[layer]
@@ -381,18 +454,24 @@ class HookedTransformerBackend(Backend):
 def _architecture_problems(cfg: Any, neurons: bool) -> list[str]:
     """What in a HookedTransformer config breaks the heads + MLPs decomposition (empty: none)."""
     problems = []
-    if getattr(cfg, "parallel_attn_mlp", False):
-        problems.append("parallel attention/MLP blocks (GPT-J/NeoX style): the MLP does not read its layer's heads")
     if getattr(cfg, "positional_embedding_type", "standard") == "shortformer":
         problems.append("shortformer positional embeddings are added inside attention, outside the residual stream")
-    if getattr(cfg, "use_normalization_before_and_after", False):
-        problems.append("a norm after each sublayer (Gemma-2 style) makes head outputs non-additive")
     if getattr(cfg, "original_architecture", None) in _post_norm_architectures():
-        problems.append(f"post-norm architecture {cfg.original_architecture}")
+        problems.append(
+            f"post-norm architecture {cfg.original_architecture} (the norm replaces the pre-norm and sits on the "
+            "residual add's input; norms *after* sublayers on top of pre-norms, as in Gemma-2, are supported)"
+        )
+    if getattr(cfg, "use_normalization_before_and_after", False) and cfg.normalization_type not in ("RMS", "RMSPre"):
+        problems.append(
+            f"norms after sublayers with normalization_type={cfg.normalization_type!r} (only RMS post-norms, as in "
+            "Gemma-2/3, are supported)"
+        )
     if getattr(cfg, "load_in_4bit", False):
         problems.append("4-bit quantised weights (load the model in float32 or bfloat16)")
-    if neurons and (getattr(cfg, "gated_mlp", False) or getattr(cfg, "act_fn", "") in ("solu_ln",)):
-        problems.append("neuron-level graphs need a plain MLP (post = act(pre)); gated or SoLU-LN MLPs are not split")
+    if neurons and getattr(cfg, "num_experts", None):
+        problems.append("neuron-level graphs of mixture-of-experts MLPs (use the MLP-level graph)")
+    if neurons and getattr(cfg, "act_fn", "") in ("solu_ln",):
+        problems.append("neuron-level graphs need post = act(pre) (plain or gated); SoLU-LN MLPs are not split")
     return problems
 
 
@@ -404,16 +483,29 @@ def _post_norm_architectures() -> tuple[str, ...]:
     return tuple(POST_NORM_ARCHITECTURES)
 
 
+# Other backends (TransformerBridge: circuitgraph.models.bridge) register here when the package
+# `circuitgraph.models` is imported: (does this backend take the model?, the backend's class).
+_BACKENDS: list[tuple[Callable[[Any], bool], Callable[[Any], Backend]]] = []
+
+
+def register_backend(accepts: Callable[[Any], bool], make: Callable[[Any], Backend]) -> None:
+    """Make :func:`as_backend` return ``make(model)`` for every model ``accepts(model)`` is true of."""
+    _BACKENDS.append((accepts, make))
+
+
 def as_backend(model: Any) -> Backend:
     """The backend for ``model`` (a backend is returned as is); a clear error for anything else."""
     if isinstance(model, Backend):
         return model
     if _is_hooked_transformer(model):
         return HookedTransformerBackend(model)
+    for accepts, make in _BACKENDS:
+        if accepts(model):
+            return make(model)
     raise ModelUnsupportedError(
-        f"circuitgraph needs a transformer_lens.HookedTransformer, got {type(model).__name__}. "
-        "Load your model with HookedTransformer.from_pretrained(name) (transformer-lens 3.x), or "
-        "build one with HookedTransformer(HookedTransformerConfig(...))."
+        f"circuitgraph needs a transformer_lens.HookedTransformer or a transformer_lens.model_bridge.TransformerBridge, "
+        f"got {type(model).__name__}. Load a Hugging Face model with circuitgraph.models.load_bridge(path) or "
+        "TransformerBridge.boot_transformers(name), or build a HookedTransformer(HookedTransformerConfig(...))."
     )
 
 

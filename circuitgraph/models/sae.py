@@ -14,6 +14,11 @@ On disk an SAE is a folder holding ``cfg.json`` and ``sae_weights.safetensors`` 
 writes -- so SAEs trained with SAELens load here without SAELens installed, and SAEs saved here
 load in SAELens.  Both the flat config of SAELens 3-5 (``hook_name`` / older ``hook_point`` at the
 top level) and the SAELens 6 layout (``hook_name`` under ``metadata``) are read.
+
+Every config is checked against :data:`SAE_CONFIG` (types and ranges of the keys this module
+reads) and the weights' header against the config before a tensor is loaded; weights must be
+finite. SAEs saved here are bound to their config: ``cfg.json`` records the weights file's pair id
+and SHA-256 (``pair_id``, ``tensors_sha256``), so a config never loads with another save's weights.
 """
 
 from __future__ import annotations
@@ -26,11 +31,25 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from circuitgraph.atomic import atomic_write
-from circuitgraph.errors import GraphError, file_error
+from circuitgraph.errors import FileFormatError, GraphError, file_error
+from circuitgraph.files import schema
+from circuitgraph.files.pairs import (
+    BINDING_FIELDS,
+    FLOAT_DTYPES,
+    PAIR_ID,
+    TENSORS_SHA256,
+    Binding,
+    check_binding,
+    check_finite,
+    read_header,
+    write_tensors,
+)
+from circuitgraph.files.reading import check_file, read_json
+from circuitgraph.files.schema import LIMITS, Bool, Either, Int, Obj, Optional, Str
 from circuitgraph.models.backend import as_backend
 
 if TYPE_CHECKING:
@@ -159,6 +178,13 @@ class SAE(nn.Module):
         recon = self.decode(self.encode(x)) if recon is None else recon
         return (x if target is None else target).to(recon.dtype) - recon
 
+    def check_finite(self) -> None:
+        """Refuse NaN or ±inf weights here, where they are, instead of as a NaN metric later."""
+        for k in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold"):
+            t = getattr(self, k)
+            if t is not None:
+                check_finite(t.detach(), f"the SAE at {self.hook_name!r}: {k}", GraphError)
+
     def _check_width(self, x: torch.Tensor) -> None:
         if x.shape[-1] != self.d_in:
             raise ValueError(
@@ -170,7 +196,7 @@ class SAE(nn.Module):
     def config_dict(self) -> dict:
         """The ``cfg.json`` contents: SAELens key names (both the flat and the ``metadata``
         layouts carry ``hook_name``), followed by any extra keys kept in ``self.cfg``."""
-        extra = {k: v for k, v in self.cfg.items() if k not in _CORE_KEYS}
+        extra = {k: v for k, v in self.cfg.items() if k not in _CORE_KEYS and k not in _BINDING_KEYS}
         meta = dict(extra.pop("metadata", {}) or {})
         meta["hook_name"] = self.hook_name
         meta.setdefault("hook_head_index", None)
@@ -204,6 +230,38 @@ class SAE(nn.Module):
             f"architecture={self.architecture!r}"
         )
 
+
+_NAME = Str(max_len=256, min_len=1, label="a hook name")
+# The keys of cfg.json this module reads, declaratively; other keys (training figures, SAELens
+# options we ignore) pass. Documented in docs/circuit-schema.md.
+SAE_CONFIG = Obj(
+    required={"d_in": Int(1, LIMITS.max_d_mlp), "d_sae": Int(1, LIMITS.max_d_sae)},
+    optional={
+        "architecture": Str(max_len=64),
+        "activation_fn_str": Optional(Str(max_len=64)),
+        "activation_fn": Optional(Str(max_len=64)),
+        "dtype": Str(max_len=64),
+        "hook_name": _NAME,
+        "hook_point": _NAME,
+        "hook_name_out": Optional(_NAME),
+        "d_out": Int(1, LIMITS.max_d_mlp),
+        "hook_head_index": Optional(Int(0, LIMITS.max_heads)),
+        "apply_b_dec_to_input": Bool(),
+        "normalize_activations": Optional(Either(Str(max_len=64), Bool())),
+        "finetuning_scaling_factor": Bool(),
+        "metadata": Obj(
+            optional={
+                "hook_name": _NAME,
+                "hook_point": _NAME,
+                "hook_name_out": Optional(_NAME),
+                "hook_head_index": Optional(Int(0, LIMITS.max_heads)),
+            }
+        ),
+        **BINDING_FIELDS,
+    },
+    label="an SAE config object",
+)
+_BINDING_KEYS = {PAIR_ID, TENSORS_SHA256}  # rewritten on every save, never carried over
 
 _CORE_KEYS = {
     "architecture",
@@ -283,6 +341,7 @@ def sae_from_config(  # noqa: C901
                 f"cannot load SAE from {str(folder)!r}",
                 f"{CFG_FILE} key {key!r} must be a positive integer, got {val!r}",
             )
+    schema.validate(cfg, SAE_CONFIG, f"cannot load SAE from {str(folder)!r}: {CFG_FILE}")
 
     arch_raw = cfg.get("architecture", "standard")
     arch = _ARCH_ALIASES.get(str(arch_raw).lower())
@@ -336,17 +395,10 @@ def sae_from_config(  # noqa: C901
             "the file belongs to this config",
         )
     for k, shape in shapes.items():
-        if tuple(state[k].shape) != shape:
-            raise file_error(
-                f"cannot load SAE from {str(folder)!r}",
-                f"tensor {k!r} has shape {tuple(state[k].shape)} but cfg.json "
-                f"(d_in={d_in}, d_sae={d_sae}) implies {shape}; the config and "
-                "weights do not match",
-            )
-        if not state[k].is_floating_point():
-            raise file_error(
-                f"cannot load SAE from {str(folder)!r}", f"tensor {k!r} has non-float dtype {state[k].dtype}"
-            )
+        _check_weight(
+            folder, k, tuple(state[k].shape), state[k].is_floating_point(), state[k].dtype, shape, d_in, d_sae
+        )
+        check_finite(state[k], f"cannot load SAE from {str(folder)!r}: tensor {k!r}", FileFormatError)
 
     meta = _metadata(cfg)
     hook_out = cfg.get("hook_name_out") or meta.get("hook_name_out")
@@ -381,6 +433,31 @@ def sae_from_config(  # noqa: C901
     return sae.eval()
 
 
+def _check_weight(
+    folder: Path, k: str, shape: tuple, is_float: bool, dtype: Any, want: tuple, d_in: int, d_sae: int
+) -> None:
+    """One weight's shape and dtype against the config (from a tensor, or from a file's header)."""
+    if shape != want:
+        raise file_error(
+            f"cannot load SAE from {str(folder)!r}",
+            f"tensor {k!r} has shape {shape} but cfg.json (d_in={d_in}, d_sae={d_sae}) implies {want}; "
+            "the config and weights do not match",
+        )
+    if not is_float:
+        raise file_error(f"cannot load SAE from {str(folder)!r}", f"tensor {k!r} has non-float dtype {dtype}")
+
+
+def _check_header(folder: Path, cfg: dict, info: dict[str, tuple[str, list[int]]]) -> None:
+    """The weights' shapes and dtypes, from the file's header, before anything is loaded."""
+    d_in, d_sae = cfg["d_in"], cfg["d_sae"]
+    want = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,)}
+    want |= {"threshold": (d_sae,), "log_threshold": (d_sae,)}
+    for k, shape in want.items():
+        if k in info:
+            dtype, got = info[k]
+            _check_weight(folder, k, tuple(got), dtype in FLOAT_DTYPES, dtype, shape, d_in, d_sae)
+
+
 def load_sae(folder: str | Path, device: str | torch.device | None = None) -> SAE:
     """Read an SAE from a SAELens-format folder (``cfg.json`` + ``sae_weights.safetensors``).
 
@@ -388,29 +465,22 @@ def load_sae(folder: str | Path, device: str | torch.device | None = None) -> SA
     ignored: it records where the SAE was trained)."""
     folder = Path(folder)
     cfg_path, w_path = folder / CFG_FILE, folder / WEIGHTS_FILE
+    where = f"cannot load SAE from {str(folder)!r}"
     if not folder.is_dir():
-        raise FileNotFoundError(
-            f"SAE folder {str(folder)!r} does not exist; an SAE folder holds {CFG_FILE} and {WEIGHTS_FILE}"
-        )
+        check_file(folder)  # a symlink loop or a file says so; a missing folder is MissingFileError
+        raise file_error(where, f"it is not a folder; an SAE folder holds {CFG_FILE} and {WEIGHTS_FILE}")
     for f in (cfg_path, w_path):
-        if not f.is_file():
-            raise FileNotFoundError(
-                f"SAE folder {str(folder)!r} has no {f.name}; an SAE folder "
-                f"(SAELens format) holds {CFG_FILE} and {WEIGHTS_FILE}"
-            )
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise file_error(
-            f"cannot load SAE from {str(folder)!r}", f"{CFG_FILE} is not valid JSON ({e}); re-save or re-download it"
-        ) from e
+        check_file(f, missing=f"an SAE folder (SAELens format) holds {CFG_FILE} and {WEIGHTS_FILE}")
+    cfg = read_json(cfg_path)
+    if isinstance(cfg, dict) and isinstance(cfg.get("d_in"), int) and isinstance(cfg.get("d_sae"), int):
+        schema.validate(cfg, SAE_CONFIG, f"{where}: {CFG_FILE}")  # (a malformed config: sae_from_config says what)
+        meta, info = read_header(w_path)
+        check_binding(w_path, meta, Binding.from_doc(cfg, cfg_path, FileFormatError), cfg_path.name, FileFormatError)
+        _check_header(folder, cfg, info)
     try:
         state = load_file(str(w_path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise file_error(
-            f"cannot load SAE from {str(folder)!r}",
-            f"{WEIGHTS_FILE} is corrupted or truncated ({e}); re-save or re-download it",
-        ) from e
+        raise file_error(where, f"{WEIGHTS_FILE} is corrupted or truncated ({e}); re-save or re-download it") from e
     return sae_from_config(cfg, state, where=str(folder), device=device)
 
 
@@ -425,7 +495,8 @@ def save_sae(sae: SAE, folder: str | Path) -> Path:
     def write_cfg(tmp: Path) -> None:
         tmp.write_text(json.dumps(doc, indent=1, default=_json_default) + "\n")
 
-    atomic_write(folder / WEIGHTS_FILE, lambda tmp: save_file(state, str(tmp)))
+    binding = write_tensors(folder / WEIGHTS_FILE, state, {"format": "pt"})  # weights first, then the config
+    doc.update(binding.to_json())
     atomic_write(folder / CFG_FILE, write_cfg)
     return folder
 
@@ -519,6 +590,7 @@ def as_sae_list(saes) -> list[SAE]:
                 f"splice expects circuitgraph.sae.SAE objects, got {type(s).__name__}"
                 "; convert SAELens SAEs with circuitgraph.sae.from_sae_lens"
             )
+        s.check_finite()
     return saes
 
 

@@ -26,7 +26,7 @@ from circuitgraph.models.sae import (
     save_sae,
     site_width,
 )
-from circuitgraph.sae.labels import feature_labels
+from circuitgraph.sae.labels import decode_tokens, feature_labels
 from circuitgraph.sae.splice import Splice, splice, splice_hooks
 from circuitgraph.zoo import DATA_DIR
 
@@ -79,4 +79,5 @@ __all__ = [
     "WEIGHTS_FILE",
     "feature_graph",
     "feature_labels",
+    "decode_tokens",
 ]

@@ -24,7 +24,7 @@ from circuitgraph.graph import Graph
 from circuitgraph.graph.sites import Site
 from circuitgraph.models.backend import as_backend
 
-__all__ = ["feature_labels"]
+__all__ = ["feature_labels", "decode_tokens"]
 
 ELLIPSIS = "…"
 
@@ -38,6 +38,13 @@ def _decoder(model, decode: Callable[[int], str] | None) -> tuple[Callable[[int]
     if tok is not None:
         return (lambda i: tok.decode([int(i)])), ""
     return str, " "
+
+
+def decode_tokens(model, ids, decode: Callable[[int], str] | None = None) -> list[str]:
+    """Each token id of ``ids`` as text: the model's tokenizer's piece, or the id itself when the
+    model has none (e.g. one prompt's tokens, to label a position-resolved graph's columns)."""
+    fn, _ = _decoder(model, decode)
+    return [fn(int(t)) for t in torch.as_tensor(ids).flatten().tolist()]
 
 
 @torch.no_grad()
@@ -84,7 +91,19 @@ def _top_activations(model, graph: Graph, task, top: int, batch_size: int):
 
 
 def _entry(
-    site: Site, feature: int, vals, ex, pos, n_active: int, n_tokens: int, tokens, decode, sep: str, context: int
+    site: Site,
+    feature: int,
+    vals,
+    ex,
+    pos,
+    n_active: int,
+    n_tokens: int,
+    tokens,
+    real,
+    decode,
+    sep: str,
+    context: int,
+    after: int,
 ) -> dict:
     top_tokens = []
     for v, e, p in zip(vals.tolist(), ex.tolist(), pos.tolist()):
@@ -94,8 +113,23 @@ def _entry(
         start = max(p - context, 0)
         before = [decode(t) for t in row[start:p].tolist()]
         token = decode(int(row[p]))
+        stop = p + 1
+        while stop < min(p + 1 + after, len(row)) and bool(real[e, stop]):  # real tokens only
+            stop += 1
         ctx = sep.join(([ELLIPSIS] if start > 0 else []) + before + [f"[{token}]"])
-        top_tokens.append({"token": token, "position": p, "example": e, "activation": v, "context": ctx})
+        top_tokens.append(
+            {
+                "token": token,
+                "position": p,
+                "example": e,
+                "activation": v,
+                "context": ctx,
+                # the same window as pieces, with up to `after` following tokens: a viewer shows it
+                # as text with the activating token (context_tokens[context_index]) highlighted
+                "context_tokens": before + [token] + [decode(t) for t in row[p + 1 : stop].tolist()],
+                "context_index": p - start,
+            }
+        )
     return {
         "kind": "feature",
         "site": site.hook_name,
@@ -114,6 +148,7 @@ def feature_labels(
     decode: Callable[[int], str] | None = None,
     context: int = 3,
     batch_size: int = 64,
+    after: int = 2,
 ) -> dict[str, dict]:
     """Labels for the SAE nodes of ``graph`` from the ``task``'s clean prompts (padding ignored).
 
@@ -125,7 +160,9 @@ def feature_labels(
 
     ``top_tokens`` holds the ``top`` largest activations (best first; only where the feature is
     active, so fewer when it rarely fires); ``context`` is the token with up to ``context``
-    preceding tokens, e.g. ``"… 12 7 [31]"``. ``decode`` turns a token id into text (default: the
+    preceding tokens, e.g. ``"… 12 7 [31]"``; ``context_tokens`` holds the same window as decoded
+    pieces plus up to ``after`` following tokens, with the activating one at ``context_index``
+    (the viewer highlights it). ``decode`` turns a token id into text (default: the
     model's tokenizer, or the id itself when the model has none). Each site's ``rest`` and ``err``
     node gets ``{"kind", "site", "description"}``. Empty for a graph without SAE sites.
     """
@@ -138,6 +175,9 @@ def feature_labels(
         return {}
     decode_fn, sep = _decoder(model, decode)
     tokens = task.clean.cpu()
+    real = (
+        torch.ones_like(tokens, dtype=torch.bool) if task.attention_mask is None else task.attention_mask.cpu().bool()
+    )
     n_tokens = int(task.attention_mask.sum()) if task.attention_mask is not None else tokens.numel()
     found = _top_activations(model, graph, task, top, batch_size) if any(s.features for s in graph.sites) else {}
     labels: dict[str, dict] = {}
@@ -146,7 +186,19 @@ def feature_labels(
             vals, ex, pos, cnt = found[site.name]
             for j, f in enumerate(site.features):
                 labels[f"{site.name}.f{f}"] = _entry(
-                    site, f, vals[:, j], ex[:, j], pos[:, j], int(cnt[j]), n_tokens, tokens, decode_fn, sep, context
+                    site,
+                    f,
+                    vals[:, j],
+                    ex[:, j],
+                    pos[:, j],
+                    int(cnt[j]),
+                    n_tokens,
+                    tokens,
+                    real,
+                    decode_fn,
+                    sep,
+                    context,
+                    after,
                 )
         if site.has_rest:
             labels[f"{site.name}.rest"] = {

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from circuitgraph.errors import TaskError
+from circuitgraph.errors import TaskError, TaskTypeError
 
 # fn(logits, batch) with batch a Task (not imported here: task.py imports this module)
 Metric = Callable[[torch.Tensor, Any], torch.Tensor]
@@ -100,6 +100,15 @@ NEEDS_REFERENCE = {"kl", "l2"}
 LOWER_IS_BETTER = {"cross_entropy", "kl", "l2"}
 
 
+def helpfulness(scores, metric_name: str | None):
+    """How much each edge helps the task, whatever the metric: positive = helps, negative = hurts.
+
+    A score estimates m(edge ablated) − m(clean). Under a higher-is-better metric (logit_diff) an
+    edge the task needs scores negative, under a lower-is-better one (kl, cross_entropy, l2)
+    positive; this flips the sign so that "helps" reads the same under every metric."""
+    return scores if metric_name in LOWER_IS_BETTER else -scores
+
+
 def resolve_metric(metric: str | Metric) -> Metric:
     if callable(metric):
         return metric
@@ -110,9 +119,15 @@ def resolve_metric(metric: str | Metric) -> Metric:
 
 
 def checked(values: torch.Tensor, task, where: str = "") -> torch.Tensor:
-    """Validate a metric's output: one finite value per example (a scalar is broadcast)."""
+    """Validate a metric's output: one finite floating-point value per example (a scalar is
+    broadcast), so that a bad metric is named here and not blamed on the model later."""
     if not isinstance(values, torch.Tensor):
-        raise TypeError(f"the metric must return a torch.Tensor, got {type(values).__name__}{where}")
+        raise TaskTypeError(f"the metric must return a torch.Tensor, got {type(values).__name__}{where}")
+    if not values.is_floating_point():
+        raise TaskTypeError(
+            f"the metric must return floating-point values (gradients and faithfulness need real numbers), "
+            f"got dtype {values.dtype}{where}; return e.g. logit differences, not a count or a comparison"
+        )
     if values.ndim == 0:
         values = values.expand(task.n_examples)
     if values.shape != (task.n_examples,):

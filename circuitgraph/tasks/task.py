@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from circuitgraph.errors import TaskError
+from circuitgraph.errors import TaskError, TaskTypeError
 from circuitgraph.tasks.metrics import NEEDS_REFERENCE, Metric, checked, resolve_metric
 
 
@@ -274,9 +274,21 @@ class Task:
 
 
 def _as_tokens(x, name: str, allow_1d: bool = False) -> torch.Tensor:
-    t = torch.as_tensor(x)
+    """Token ids as a long tensor, refusing what only looks like ids: floats, booleans (``True``
+    is not token 1), ids too large for int64, and tensors on the meta device (shapes without values)."""
+    try:
+        t = torch.as_tensor(x)
+    except (TypeError, ValueError, RuntimeError, OverflowError) as e:
+        raise TaskTypeError(
+            f"{name} must hold integer token ids; {type(x).__name__} could not be read as ids ({e})"
+        ) from None
+    if t.device.type == "meta":
+        raise TaskTypeError(
+            f"{name} is on the meta device: it has a shape but no values. Build the task from real token ids "
+            "(e.g. task.to('cpu') of a task that has values), not from a model initialised on 'meta'"
+        )
     if t.is_floating_point() or t.dtype == torch.bool or t.is_complex():
-        raise TypeError(f"{name} must hold integer token ids, got dtype {t.dtype}; use .long()")
+        raise TaskTypeError(f"{name} must hold integer token ids, got dtype {t.dtype}; use .long()")
     if t.ndim != 2 and not (allow_1d and t.ndim == 1):
         want = "[batch] or [batch, pos]" if allow_1d else "[batch, pos]"
         raise TaskError(f"{name} must have shape {want}, got {list(t.shape)}")

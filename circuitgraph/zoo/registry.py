@@ -26,7 +26,7 @@ import torch
 from safetensors.torch import load_file
 
 from circuitgraph.engine import ABLATIONS
-from circuitgraph.errors import CircuitGraphError, FileFormatError, file_error
+from circuitgraph.errors import CircuitGraphError, FileFormatError, ModelUnsupportedError, file_error
 from circuitgraph.graph import Graph
 from circuitgraph.tasks import METRICS, Task
 
@@ -99,6 +99,17 @@ class ZooModel:
                 f"zoo model {self.name!r} has no ground truth for convention {convention!r}; "
                 f"it has: {have}. Call ground_truth_for() with one of those."
             ) from None
+
+    def head_roles(self) -> dict[str, str]:
+        """Known roles of heads, read from the ground truths' evidence (``previous_token_heads`` →
+        ``{"a0.h1": "previous-token head"}``), so reports can name what a head does."""
+        roles: dict[str, str] = {}
+        for gt in self.ground_truth.values():
+            for key, heads in (gt.evidence or {}).items():
+                if key.endswith("_heads") and key != "unused_heads" and isinstance(heads, builtins.list):
+                    role = key[: -len("_heads")].replace("_token", "-token").replace("_", " ") + " head"
+                    roles.update({str(h): role for h in heads})
+        return roles
 
     def task(self, name: str | None = None):
         """A task by name (default: the only task, or the first one in the file)."""
@@ -233,8 +244,14 @@ def _read_json(json_path: Path) -> dict:
 
 
 def _build_model(config: dict, json_path: Path, device: torch.device):
-    # transformer_lens takes seconds to import: only pay for it when a model is built
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    try:  # transformer_lens takes seconds to import: only pay for it when a model is built
+        from transformer_lens import HookedTransformer, HookedTransformerConfig
+    except ImportError as e:  # transformer-lens 4.x removed HookedTransformer, which zoo models are
+        raise ModelUnsupportedError(
+            "zoo models are HookedTransformers, which the installed transformer-lens no longer has (4.x removed "
+            "them): install transformer-lens>=3.9,<4 for the zoo, or analyse a Hugging Face model through the "
+            "TransformerBridge (circuitgraph.models.load_bridge(folder), or model=hf model.path=DIR)"
+        ) from e
 
     for k in ("dtype", "device"):
         if k in config:
