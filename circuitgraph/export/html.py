@@ -221,6 +221,11 @@ class _Page:
         self.src = [graph.src_names[i] for i in self.idx[:, 0].tolist()]
         self.dst = [graph.dst_names[j] for j in self.idx[:, 1].tolist()]
         self.dst_node = [dst_node(d) for d in self.dst]
+        # each edge's bootstrap inclusion frequency, when the circuit carries stability figures
+        stability = (circuit.figures or {}).get("stability") or {}
+        inclusion = stability.get("inclusion") or {}
+        self.n_boot = stability.get("n_boot")
+        self.inclusion = [inclusion.get(f"{s}->{d}", 0.0) if self.n_boot else None for s, d in zip(self.src, self.dst)]
         self.slot = [parse_node(d).slot or "" for d in self.dst]
         logits = list(dict.fromkeys(dst_node(graph.dst_names[j]) for j in graph.logits_columns.tolist()))
         self.always = [] if graph.positions is not None else ["input"] + logits
@@ -296,9 +301,11 @@ class _Page:
                     self.scores[k],
                     self.flows[k],
                     self.ranks[k],
+                    self.inclusion[k],
                 ]
                 for k in range(len(self.idx))
             ],
+            "n_boot": self.n_boot,
             "stops": stops,
             "default_stop": default,
             "box": [w, 38.0],
@@ -563,7 +570,8 @@ _SCRIPT = r"""
     return nodes[e[0]].id + " \u2192 " + nodes[e[1]].id + (e[2] ? " (" + QKV[e[2]] + " input)" : "") + "\n" +
       f.word + " the task: " + f.text + "\n" +
       "raw score " + fmt(e[3]) + " (" + metricName() + " with the edge ablated \u2212 clean)\n" +
-      "rank " + e[5] + " of " + edges.length + " edges by |score|; carries " + pct(e[4]) + " of the attribution to the logits";
+      "rank " + e[5] + " of " + edges.length + " edges by |score|; carries " + pct(e[4]) + " of the attribution to the logits" +
+      (e[6] === null || e[6] === undefined ? "" : "\nin " + pct(e[6]) + " of " + DATA.n_boot + " bootstrap circuits");
   }
   function groupOf(i) {
     for (var g = 0; g < groups.length; g++) { if (groups[g].nodes.indexOf(nodes[i].id) >= 0) { return g; } }
