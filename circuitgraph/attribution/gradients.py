@@ -188,6 +188,41 @@ class DestinationGradients:
         return out
 
 
+class SummedGradients:
+    """The input gradients of several runs with the same source deltas (EAP-IG's steps), summed
+    where that is exact, so that one contraction serves them all: dense readers add up; low-rank
+    readers behind a norm carry each run's own x̂ in their Jacobian and are kept per run.
+
+    The runs' captures are small (head-space q/k/v gradients, one norm input per layer), so keeping
+    a few of them costs far less than contracting every edge once per run."""
+
+    def __init__(self, runs: list[DestinationGradients]) -> None:
+        self.runs = runs
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for dg in self.runs for d in (dg.fwd, dg.grad) for t in d.values())
+
+    def group(self, name: str) -> list[tuple[slice, DenseReaders | LowRankReaders]]:
+        summed: dict[tuple[int, int], torch.Tensor] = {}  # columns → Σ_runs dense input gradients
+        owned = set()  # sums that are new tensors (the first run's may be its own capture: never written)
+        kept = []
+        for dg in self.runs:
+            for sub, readers in dg.group(name):
+                if not isinstance(readers, DenseReaders):
+                    kept.append((sub, readers))
+                    continue
+                key = (sub.start, sub.stop)
+                G = readers.dense()
+                if key not in summed:
+                    summed[key] = G
+                elif key in owned:
+                    summed[key] += G
+                else:
+                    summed[key] = summed[key] + G
+                    owned.add(key)
+        return [(slice(*k), DenseReaders(G)) for k, G in summed.items()] + kept
+
+
 def _group(name: str) -> tuple[str, int]:
     """A destination group of the graph (``attn3``, ``mlp3``) → ``("attn", 3)``."""
     kind = "attn" if name.startswith("attn") else "mlp"
