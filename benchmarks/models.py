@@ -4,7 +4,8 @@ Random weights (no download) with the published configs of Pythia-160M (parallel
 25 % rotary), Qwen2.5-0.5B and Llama-3.2-1B (SwiGLU, RMS, grouped keys/values) and Gemma-2-2B
 (GeGLU, norms before and after each sublayer, soft-caps, local/global layers); ``llama-3.1-8b``
 (bf16) is for GPUs. ``n_ctx`` is 2,048 for all (only the attention-mask buffers depend on it).
-Batch 8 × 32 tokens, a q/k/v-split heads + MLPs graph, corrupted patching, logit difference.
+Batch 8 × 32 tokens, a q/k/v-split heads + MLPs graph, corrupted patching, logit difference. A
+model runs in float32 unless its float32 weights exceed half of 24 GB (then bf16: Gemma-2-2B).
 
 Per model, in one process (so the peak RSS is that model's):
 
@@ -14,8 +15,8 @@ Per model, in one process (so the peak RSS is that model's):
 * ``ig_s`` (EAP-IG, 5 steps) and its floor: the corrupted and clean forwards (no grad) and 5
   forward+backward passes;
 * ``ratio``: time over floor, each floor measured in the same run, interleaved with its method;
-* ``peak_gb``: peak RSS of the process (CUDA: peak allocated memory), against ``fwd_gb``, the peak
-  after loading the model and running one clean forward with its activations kept for backward
+* ``peak_gb``: peak RSS of the process once the model is built (CUDA: peak allocated memory),
+  against ``fwd_gb``, the peak of one clean forward with its activations kept for a backward
   (weights + one forward's activations), measured first.
 
 The floors run on the model as the user built it. Attribution ungroups grouped keys/values (the
@@ -76,7 +77,10 @@ PUBLISHED = {
     ),
 }  # fmt: skip
 DEFAULT_MODELS = ["pythia-160m", "qwen2.5-0.5b", "llama-3.2-1b", "gemma-2-2b"]
-FLOAT32_BUDGET = 24e9  # bytes: a model whose float32 weights (and working memory) would not fit runs in bf16
+# bf16 where float32 does not fit 24 GB: a model runs in float32 when its float32 weights take at most
+# half of that (Gemma-2-2B's 12.8 GB of float32 weights peaked at 22 GB in one forward + backward,
+# before any attribution: TransformerLens copies W_U's transpose in every forward)
+FLOAT32_BUDGET = 24e9
 
 
 def n_params(cfg: dict) -> int:
@@ -91,13 +95,31 @@ def n_params(cfg: dict) -> int:
 def choose_dtype(cfg: dict, dtype: str) -> torch.dtype:
     if dtype != "auto":
         return getattr(torch, dtype)
-    return torch.float32 if 4 * n_params(cfg) * 1.5 <= FLOAT32_BUDGET else torch.bfloat16
+    return torch.float32 if 4 * n_params(cfg) <= FLOAT32_BUDGET / 2 else torch.bfloat16
+
+
+def reset_peak(device: str) -> None:
+    """Start a new peak (Linux: clears the process's VmHWM; CUDA: the allocator's peak)."""
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:  # (not Linux: the peak then includes building the model)
+        pass
 
 
 def peak_gb(device: str) -> float:
+    """Peak memory since :func:`reset_peak`: CUDA allocated memory, or the process's peak RSS."""
     if device.startswith("cuda"):
         return torch.cuda.max_memory_allocated() / 1e9
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # Linux: KiB → GiB
+    try:
+        with open("/proc/self/status") as f:
+            kib = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+        return kib / 1024**2
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # Linux: KiB → GiB
 
 
 def build(name: str, args: argparse.Namespace):
@@ -176,8 +198,7 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
     spec, model, task = build(name, args)
     build_s = time.perf_counter() - t0
     passes = Passes(model, task, args.device)
-    if args.device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
+    reset_peak(args.device)  # (building the model is not attribution's memory)
     kept = passes.forward(task.clean)  # weights + one forward's activations (kept for a backward)
     fwd_gb = peak_gb(args.device)
     del kept

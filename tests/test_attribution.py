@@ -219,3 +219,21 @@ def test_scores_from_an_earlier_call_are_not_overwritten():
     kept = first.clone()
     second = attribute(model, graph, task, method="exact", progress=False)
     assert torch.equal(first, kept) and second is graph.scores and not torch.equal(first, second)
+
+
+@pytest.mark.parametrize("neurons", [None, {0: [1, 4, 7], 1: [0, 2]}])
+@pytest.mark.parametrize("method", ["eap-ig", "eap-ig-activations"])
+def test_ig_steps_summed_before_contracting_equal_per_step_contractions(monkeypatch, neurons, method):
+    """EAP-IG sums the steps' dense input gradients and contracts once (low-rank neuron readers
+    stay per step); with no room to keep steps it contracts every step: the scores agree."""
+    import importlib
+
+    attribute_module = importlib.import_module("circuitgraph.attribution.attribute")
+    model = tiny_model(dtype=torch.float64, normalization_type="RMS")
+    task = tiny_task(model)
+    graph = Graph.from_model(model, neurons=neurons)
+    summed = attribute(model, graph, task, method=method, steps=4, progress=False, scores_dtype=torch.float64)
+    monkeypatch.setattr(attribute_module, "SUMMED_BYTES", 0)
+    per_step = attribute(model, graph, task, method=method, steps=4, progress=False, scores_dtype=torch.float64)
+    assert summed.abs().max() > 1e-3
+    torch.testing.assert_close(summed, per_step, rtol=1e-10, atol=1e-12)

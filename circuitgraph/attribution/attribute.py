@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from circuitgraph.attribution.gradients import contract, forward_backward
+from circuitgraph.attribution.gradients import SummedGradients, contract, forward_backward
 from circuitgraph.engine.ablation import Ablation
 from circuitgraph.engine.batching import auto_batch_size, check_graph, example_chunks
 from circuitgraph.engine.evaluator import CircuitEvaluator
@@ -31,6 +31,7 @@ from circuitgraph.graph import Graph
 from circuitgraph.models.backend import Backend, check_model
 
 METHODS = ("eap", "eap-ig", "eap-ig-activations", "exact")
+SUMMED_BYTES = 1e9  # EAP-IG: gradient captures kept to be summed over steps before one contraction
 
 
 def attribute(
@@ -100,6 +101,7 @@ def attribute(
                 continue
             clean = raw_sources(model, graph, chunk, chunk.clean)
             deltas = source_deltas(model, graph, raw_difference(ablated, clean))
+            runs: list = []  # steps whose gradients are summed before one contraction
             for k in range(steps):
                 alpha = (k + 0.5) / steps  # midpoint rule: second-order accurate in 1/steps
                 x = ablated["input"] + alpha * (clean["input"] - ablated["input"])
@@ -109,7 +111,14 @@ def attribute(
                     else None
                 )
                 grads, _ = forward_backward(model, graph, chunk, input_override=x, extra_fwd=extra)
-                contract(graph, grads.residual_deltas(deltas), grads, scores, weight / steps)
+                if grads.groups:  # behind post-norms each step sees the deltas through its own Jacobian
+                    contract(graph, grads.residual_deltas(deltas), grads, scores, weight / steps)
+                else:
+                    runs.append(grads)
+                    summed = SummedGradients(runs)
+                    if k == steps - 1 or summed.nbytes() * (len(runs) + 1) / len(runs) > SUMMED_BYTES:
+                        contract(graph, deltas, summed, scores, weight / steps)
+                        runs = []
                 bar.update(1)
         bar.close()
     # (contractions only ever write upstream-source × destination blocks, so invalid entries stay 0)

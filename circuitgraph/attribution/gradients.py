@@ -83,55 +83,8 @@ class DestinationGradients:
             if L not in self.graph.neurons:
                 return [(slice(0, 1), DenseReaders(self.grad[name][None]))]
             return self._neuron_readers(L)
-        readers = self._head_readers(L)
+        readers = head_readers(self.bk, self.graph, L, [self])
         return [(slice(0, readers.n), readers)]
-
-    def _head_readers(self, L: int) -> DenseReaders:
-        """Input gradients of layer L's q/k/v destinations, ``[3·H (or H), batch, pos, d_model]``,
-        with the norm's Jacobian already applied (one in-place pass over G per layer)."""
-        bk = self.bk
-        xhat, scale = self.fwd.get(f"norm{L}"), self.fwd.get(f"scale{L}")
-        gain = bk.norm_gain(L, 1)
-        w = frozen(gain) if gain is not None else None
-        centred = bk.norm_kind(L, 1) == "layernorm"
-        d, H = self.graph.arch.d_model, self.graph.arch.n_heads
-        g0 = self.grad[f"q{L}"]
-        B, P = g0.shape[:2]
-        split = self.graph.split_qkv
-        G = (torch.empty if split else torch.zeros)((3 if split else 1) * H, B, P, d, dtype=g0.dtype, device=g0.device)
-        centres: list[torch.Tensor] = []  # per letter, [head, batch, pos]
-        radials: list[torch.Tensor] = []
-        for i, letter in enumerate("qkv"):
-            W = frozen(bk.W_qkv(L, letter))  # [head, d_model, d_head], one per query head
-            if w is not None:
-                W = W * w[None, :, None]  # fold the norm's gain into the projection
-            g = self.grad[f"{letter}{L}"]  # [batch, pos, head, d_head]
-            if scale is not None:
-                g = g / scale[..., None]
-            # g' = (w ⊙ W g) / σ per head, written straight into G (no concatenation)
-            gh = g.permute(2, 0, 1, 3).reshape(H, B * P, -1)
-            rows = G[i * H : (i + 1) * H] if split else G
-            if split:
-                torch.bmm(gh, W.transpose(1, 2), out=rows.view(H, B * P, d))
-            else:
-                rows.view(H, B * P, d).baddbmm_(gh, W.transpose(1, 2))
-            if xhat is not None:
-                # the norm's Jacobian is g' − mean(g') − x̂·mean(g' ⊙ x̂); both means are
-                # per-position scalars that are cheap in head space
-                proj = torch.einsum("bpd,hde->bphe", xhat, W)  # x̂ through the (gained) projection
-                radials.append((g * proj).sum(-1).permute(2, 0, 1) / d)
-                if centred:
-                    centres.append(torch.einsum("bphe,he->hbp", g, W.sum(1)) / d)
-
-        def combine(parts: list[torch.Tensor]) -> torch.Tensor:  # split: one row per letter; joint: they add up
-            return torch.cat(parts) if split else cast(torch.Tensor, sum(parts))  # (parts: never empty)
-
-        if centres:
-            G.sub_(combine(centres)[..., None])
-        if radials:
-            assert xhat is not None  # radials are collected only when x̂ is
-            G.addcmul_(combine(radials)[..., None], xhat, value=-1.0)
-        return DenseReaders(G)
 
     def _neuron_readers(self, L: int) -> list:
         """Neuron j reads the MLP input through ``ln2`` and ``W[:, j]`` of each of its reads (a
@@ -196,6 +149,96 @@ class DestinationGradients:
             radial = -cast(torch.Tensor, sum(a.sum(0, keepdim=True) for a in radials)) if radials else None
             out.append((slice(n, n + 1), DenseReaders((total - picked)[None], centre=centre, radial=radial, xhat=xhat)))
         return out
+
+
+def head_readers(bk: Any, graph: Graph, L: int, runs: list[DestinationGradients]) -> DenseReaders:
+    """Input gradients of layer L's q/k/v destinations, ``[3·H (or H), batch, pos, d_model]``,
+    with the norm's Jacobian already applied, summed over ``runs`` (one run for EAP).
+
+    Per head, g' = (w ⊙ W g) / σ, less the Jacobian's per-position terms mean(g') and
+    x̂·mean(g' ⊙ x̂), which are cheap in head space. The first term is linear in g/σ, so the runs'
+    head-space gradients are summed before one projection into G; the x̂ term is each run's own."""
+    gain = bk.norm_gain(L, 1)
+    w = frozen(gain) if gain is not None else None
+    centred = bk.norm_kind(L, 1) == "layernorm"
+    d, H = graph.arch.d_model, graph.arch.n_heads
+    g0 = runs[0].grad[f"q{L}"]
+    B, P = g0.shape[:2]
+    split = graph.split_qkv
+    G = (torch.empty if split else torch.zeros)((3 if split else 1) * H, B, P, d, dtype=g0.dtype, device=g0.device)
+    centres = []  # per letter, [head, batch, pos] (summed over runs)
+    radials: list[list[torch.Tensor]] = [[] for _ in runs]  # per run, per letter, [head, batch, pos]
+    for i, letter in enumerate("qkv"):
+        W = frozen(bk.W_qkv(L, letter))  # [head, d_model, d_head], one per query head
+        if w is not None:
+            W = W * w[None, :, None]  # fold the norm's gain into the projection
+        total = None  # Σ_runs g / σ, [batch, pos, head, d_head]
+        for r, run in enumerate(runs):
+            g = run.grad[f"{letter}{L}"]  # [batch, pos, head, d_head]
+            scale, xhat = run.fwd.get(f"scale{L}"), run.fwd.get(f"norm{L}")
+            if scale is not None:
+                g = g / scale[..., None]
+            total = g if total is None else total + g
+            if xhat is not None:
+                proj = torch.einsum("bpd,hde->bphe", xhat, W)  # x̂ through the (gained) projection
+                radials[r].append((g * proj).sum(-1).permute(2, 0, 1) / d)
+        # g' written straight into G (no concatenation)
+        gh = total.permute(2, 0, 1, 3).reshape(H, B * P, -1)
+        rows = G[i * H : (i + 1) * H] if split else G
+        if split:
+            torch.bmm(gh, W.transpose(1, 2), out=rows.view(H, B * P, d))
+        else:
+            rows.view(H, B * P, d).baddbmm_(gh, W.transpose(1, 2))
+        if centred and runs[0].fwd.get(f"norm{L}") is not None:
+            centres.append(torch.einsum("bphe,he->hbp", total, W.sum(1)) / d)
+    def combine(parts: list[torch.Tensor]) -> torch.Tensor:  # split: one row per letter; joint: they add up
+        return torch.cat(parts) if split else cast(torch.Tensor, sum(parts))  # (parts: never empty)
+
+    if centres:
+        G.sub_(combine(centres)[..., None])
+    for run, radial in zip(runs, radials):
+        if radial:
+            G.addcmul_(combine(radial)[..., None], run.fwd[f"norm{L}"], value=-1.0)
+    return DenseReaders(G)
+
+
+class SummedGradients:
+    """The input gradients of several runs with the same source deltas (EAP-IG's steps), summed
+    where that is exact, so that one contraction serves them all: dense readers add up; low-rank
+    readers behind a norm carry each run's own x̂ in their Jacobian and are kept per run.
+
+    The runs' captures are small (head-space q/k/v gradients, one norm input per layer), so keeping
+    a few of them costs far less than contracting every edge once per run."""
+
+    def __init__(self, runs: list[DestinationGradients]) -> None:
+        self.runs = runs
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for dg in self.runs for d in (dg.fwd, dg.grad) for t in d.values())
+
+    def group(self, name: str) -> list[tuple[slice, DenseReaders | LowRankReaders]]:
+        dg = self.runs[0]
+        if name.startswith("attn") and not any(s.name == name for s in dg.graph.sites):
+            readers = head_readers(dg.bk, dg.graph, _group(name)[1], self.runs)
+            return [(slice(0, readers.n), readers)]
+        summed: dict[tuple[int, int], torch.Tensor] = {}  # columns → Σ_runs dense input gradients
+        owned = set()  # sums that are new tensors (the first run's may be its own capture: never written)
+        kept = []
+        for dg in self.runs:
+            for sub, readers in dg.group(name):
+                if not isinstance(readers, DenseReaders):
+                    kept.append((sub, readers))
+                    continue
+                key = (sub.start, sub.stop)
+                G = readers.dense()
+                if key not in summed:
+                    summed[key] = G
+                elif key in owned:
+                    summed[key] += G
+                else:
+                    summed[key] = summed[key] + G
+                    owned.add(key)
+        return [(slice(*k), DenseReaders(G)) for k, G in summed.items()] + kept
 
 
 def _group(name: str) -> tuple[str, int]:
