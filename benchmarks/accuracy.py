@@ -367,9 +367,7 @@ def ablation_rows(args) -> list[dict]:
                     "circuit": c.edge_names(),
                     "seconds": time.perf_counter() - t0,
                     "fit": dict(abl.fit) if abl.kind == "optimal" else None,
-                    "fit_seconds": {None: 0.0, False: fit_s, True: fit_pos_s}[abl.per_position]
-                    if abl.kind == "optimal"
-                    else 0.0,
+                    "fit_seconds": (fit_pos_s if abl.per_position else fit_s) if abl.kind == "optimal" else 0.0,
                 }
             )
             print(f"induction {kind:22s} {method:12s} {c.n_edges} edges f {c.faithfulness:.3f}", flush=True)
