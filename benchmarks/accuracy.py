@@ -385,9 +385,7 @@ def ablation_rows(args) -> list[dict]:
                     "circuit": c.edge_names(),
                     "seconds": time.perf_counter() - t0,
                     "fit": dict(abl.fit) if abl.kind == "optimal" else None,
-                    "fit_seconds": {None: 0.0, False: fit_s, True: fit_pos_s}[abl.per_position]
-                    if abl.kind == "optimal"
-                    else 0.0,
+                    "fit_seconds": (fit_pos_s if abl.per_position else fit_s) if abl.kind == "optimal" else 0.0,
                 }
             )
             print(f"induction {kind:22s} {method:12s} {c.n_edges} edges f {c.faithfulness:.3f}", flush=True)
@@ -467,10 +465,28 @@ def beyond_tables(rows, abl_rows) -> tuple[str, list[str]]:
     return "\n".join(out), findings
 
 
+def _resumed(path) -> dict:
+    if not path or not Path(path).exists():
+        return {}
+    out = {}
+    for line in Path(path).read_text().splitlines():
+        if line.strip():
+            rec = json.loads(line)
+            out[rec["key"]] = rec["row"]
+    return out
+
+
+def _keep(path, key: str, row) -> None:
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps({"key": key, "row": row}, default=float) + "\n")
+
+
 def run_beyond(args) -> None:
     from circuitgraph import zoo
 
     names = args.models or zoo.list()
+    done = _resumed(args.resume)  # rows of an interrupted run (JSON lines), kept and not measured again
     rows = []
     t_all = time.perf_counter()
     for name in names:
@@ -480,9 +496,22 @@ def run_beyond(args) -> None:
                 continue
             gt = entry.ground_truth[conv]
             for method in args.beyond_methods:
-                rows.append(beyond_row(entry, conv, gt, method, args))
-    abl_rows = ablation_rows(args) if "induction" in names and not args.skip_ablation else []
-    total = time.perf_counter() - t_all
+                key = f"{name}/{conv}/{method}"
+                if key not in done:
+                    t0 = time.perf_counter()
+                    done[key] = beyond_row(entry, conv, gt, method, args)
+                    done[key]["elapsed"] = time.perf_counter() - t0  # with stability and curves
+                    _keep(args.resume, key, done[key])
+                rows.append(done[key])
+    abl_rows = []
+    if "induction" in names and not args.skip_ablation:
+        if "ablation" not in done:
+            t0 = time.perf_counter()
+            done["ablation"] = {"rows": ablation_rows(args), "elapsed": time.perf_counter() - t0}
+            _keep(args.resume, "ablation", done["ablation"])
+        abl_rows = done["ablation"]["rows"]
+    total = sum(r.get("elapsed", 0.0) for r in rows) + (done["ablation"]["elapsed"] if abl_rows else 0.0)
+    total = max(total, time.perf_counter() - t_all)
     cmd = "python benchmarks/accuracy.py " + " ".join(sys.argv[1:])
     tables, findings = beyond_tables(rows, abl_rows)
     text = "\n".join(
@@ -490,7 +519,7 @@ def run_beyond(args) -> None:
             SECTION_BEYOND,
             "",
             f"Command: `.venv/bin/{cmd.strip()}` ({datetime.date.today()}, {platform.machine()} CPU, {args.threads} thread, "
-            f"load average {os.getloadavg()[0]:.1f}; whole run {total:.0f} s). EAP-IG: {args.steps} steps. ACDC: "
+            f"load average {os.getloadavg()[0]:.1f}; whole run {total:.0f} s, stability runs included). EAP-IG: {args.steps} steps. ACDC: "
             f"{args.acdc_thresholds} thresholds. Learned masks: {args.train_steps} steps, λ ∈ {{0.001, 0.003, 0.01, 0.03, 0.1, "
             f"0.3}}, estimator {args.learned_estimator} (auto: sampled binary gates on tracr, hard-concrete on induction). "
             f"Bootstraps: {args.boot} for the score methods, {args.boot_search} for the searching ones (ACDC, learned "
@@ -525,8 +554,39 @@ ACDC and scrubbing: the achievable staircase through their circuits). CPR / CMD 
 (fractions 0, 0.1 … 100 %, pruned top-n, rounded edge counts). Jaccard is the mean pairwise
 Jaccard similarity of the circuits found on bootstrap resamples of the examples (score methods:
 their pruned top-n at the size in the table; searching methods: their own search), with the
-number of resamples in brackets. Times are the method's own (with `minimal_circuit`'s search for
-the score methods), not the stability runs, on a shared, loaded 2-core VM.
+number of resamples in brackets: only 2 for the searching methods, so their Jaccard is one pair
+and says little. Times are the method's own (with `minimal_circuit`'s search for the score
+methods), not the stability runs, on a shared, loaded 2-core VM.
+
+What the figures mean:
+
+* **Why learned masks use sampled gates on tracr.** A relaxed gate cannot see a step. On
+  tracr_hist (corrupted), keeping input→a0.h0.k at z = 0, 0.25, 0.5, 0.75, 0.9, 1 gives f = 0.007,
+  −0.268, −0.268, −0.268, −0.268, 1.000: tracr's attention is saturated, so any partial q/k gate is
+  *worse* than a closed one and the pathwise hard-concrete gradient pushes it shut. With
+  hard-concrete gates (200 steps, same λ sweep) the edge AUC is 1.000 under the corrupted
+  convention but 0.991 / 0.956 / 0.995 / 0.976 on tracr_reverse / shuffle_dyck / sort /
+  sort_unique under zero ablation, and on tracr_shuffle_dyck / zero no circuit below all 388
+  edges reaches f ≥ 0.9 (`python benchmarks/accuracy.py --beyond --beyond-methods edge-pruning
+  --learned-estimator hard-concrete --train-steps 200 --boot-search 2 --skip-ablation` prints
+  those rows). The `sampled` estimator (Bernoulli gates,
+  score-function gradient over binary masks, forward passes only) sees the steps; on the induction
+  model, whose softmax is not saturated, the relaxed gates work and are 20× cheaper per step
+  than 8 binary samples per λ, so the benchmark's `auto` takes hard-concrete there.
+* **Optimal ablation does not give a smaller induction circuit here.** Fitted constants make the
+  empty circuit itself score high on this metric (m(∅) ≈ 13 of the full model's 17.1 logit
+  difference with per-position constants): the answer−wrong difference is largely achievable by an
+  input-independent output, so f ≥ 0.9 asks for 90 % of a much smaller remaining gap, and the
+  circuits need the previous-token head's query and key inputs and input→logits as well (12
+  edges against 5 under mean ablation). With one constant per node (MIB's choice) the
+  embedding's constant also loses the positional signal the previous-token head reads, and small
+  circuits recover nothing. The target of the issue is therefore not met; we report it as measured.
+* **Scrubbing-guided pruning under another convention.** Its circuits are chosen by resampling
+  ablation (causal scrubbing), so under zero ablation their patching faithfulness is low (the
+  tracr rows) and their AUC is against a ground truth of another convention. On induction it
+  returns the known circuit: the corrupted ground truth plus the query edge input→a1.h3.q, which
+  corrupted patching cannot see (the corrupted prompt keeps the query token) and resampling
+  needs; that is exactly the resample-convention ground truth (`tests/test_scrub_pruning.py`).
 """
 
 
@@ -775,6 +835,7 @@ def main() -> None:
     ap.add_argument("--train-steps", type=int, default=100, help="learned masks: optimisation steps")
     ap.add_argument("--learned-estimator", default="auto", choices=["auto", "hard-concrete", "sampled"])
     ap.add_argument("--skip-ablation", action="store_true", help="skip optimal vs mean ablation")
+    ap.add_argument("--resume", default=None, help="JSON-lines file: finished rows are kept there and reused")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.beyond:

@@ -69,9 +69,9 @@ def minimal_circuit(
     t0 = time.perf_counter()
     if method is None and not bool(graph.scores.any()):
         method = "eap-ig"
+    abl = Ablation.coerce(ablation)  # one object: a fitted (optimal) ablation is fitted once
     if method is not None:
-        attribute(model, graph, task, method=method, ablation=ablation, steps=steps, batch_size=batch_size)
-    abl = Ablation.coerce(ablation)
+        attribute(model, graph, task, method=method, ablation=abl, steps=steps, batch_size=batch_size)
     E = graph.n_edges
     sizes = sorted({max(1, int(round(E ** (i / (grid - 1))))) for i in range(grid)} | {E})
     run = CircuitEvaluator(model, graph, task, abl, batch_size=batch_size)  # ablations computed once
