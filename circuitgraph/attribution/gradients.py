@@ -172,7 +172,7 @@ def head_readers(bk: Any, graph: Graph, L: int, runs: list[DestinationGradients]
         W = frozen(bk.W_qkv(L, letter))  # [head, d_model, d_head], one per query head
         if w is not None:
             W = W * w[None, :, None]  # fold the norm's gain into the projection
-        total = None  # Σ_runs g / σ, [batch, pos, head, d_head]
+        total: torch.Tensor | None = None  # Σ_runs g / σ, [batch, pos, head, d_head]
         for r, run in enumerate(runs):
             g = run.grad[f"{letter}{L}"]  # [batch, pos, head, d_head]
             scale, xhat = run.fwd.get(f"scale{L}"), run.fwd.get(f"norm{L}")
@@ -182,6 +182,7 @@ def head_readers(bk: Any, graph: Graph, L: int, runs: list[DestinationGradients]
             if xhat is not None:
                 proj = torch.einsum("bpd,hde->bphe", xhat, W)  # x̂ through the (gained) projection
                 radials[r].append((g * proj).sum(-1).permute(2, 0, 1) / d)
+        assert total is not None  # (runs: never empty)
         # g' written straight into G (no concatenation)
         gh = total.permute(2, 0, 1, 3).reshape(H, B * P, -1)
         rows = G[i * H : (i + 1) * H] if split else G
@@ -191,6 +192,7 @@ def head_readers(bk: Any, graph: Graph, L: int, runs: list[DestinationGradients]
             rows.view(H, B * P, d).baddbmm_(gh, W.transpose(1, 2))
         if centred and runs[0].fwd.get(f"norm{L}") is not None:
             centres.append(torch.einsum("bphe,he->hbp", total, W.sum(1)) / d)
+
     def combine(parts: list[torch.Tensor]) -> torch.Tensor:  # split: one row per letter; joint: they add up
         return torch.cat(parts) if split else cast(torch.Tensor, sum(parts))  # (parts: never empty)
 
@@ -223,14 +225,14 @@ class SummedGradients:
             return [(slice(0, readers.n), readers)]
         summed: dict[tuple[int, int], torch.Tensor] = {}  # columns → Σ_runs dense input gradients
         owned = set()  # sums that are new tensors (the first run's may be its own capture: never written)
-        kept = []
+        kept: list[tuple[slice, DenseReaders | LowRankReaders]] = []
         for dg in self.runs:
-            for sub, readers in dg.group(name):
-                if not isinstance(readers, DenseReaders):
-                    kept.append((sub, readers))
+            for sub, part in dg.group(name):
+                if not isinstance(part, DenseReaders):
+                    kept.append((sub, part))
                     continue
                 key = (sub.start, sub.stop)
-                G = readers.dense()
+                G = part.dense()  # (DenseReaders here)
                 if key not in summed:
                     summed[key] = G
                 elif key in owned:
@@ -238,7 +240,10 @@ class SummedGradients:
                 else:
                     summed[key] = summed[key] + G
                     owned.add(key)
-        return [(slice(*k), DenseReaders(G)) for k, G in summed.items()] + kept
+        dense: list[tuple[slice, DenseReaders | LowRankReaders]] = [
+            (slice(*k), DenseReaders(G)) for k, G in summed.items()
+        ]
+        return dense + kept
 
 
 def _group(name: str) -> tuple[str, int]:
@@ -309,7 +314,11 @@ def forward_backward(
 
 
 def contract(
-    graph: Graph, deltas: SourceDeltas, grads: DestinationGradients, out: torch.Tensor, weight: float = 1.0
+    graph: Graph,
+    deltas: SourceDeltas,
+    grads: DestinationGradients | SummedGradients,
+    out: torch.Tensor,
+    weight: float = 1.0,
 ) -> None:
     """``out[u, v] += weight · Σ_{batch,pos,d} delta_u · ∂m/∂in_v`` for every valid edge: per
     destination group, one matmul over the dense sources upstream of it plus one factored
@@ -340,7 +349,7 @@ def _contract_per_position(
     graph: PositionalGraph,
     D: torch.Tensor,
     row_sums: torch.Tensor,
-    grads: DestinationGradients,
+    grads: DestinationGradients | SummedGradients,
     out: torch.Tensor,
     weight: float,
 ) -> None:
