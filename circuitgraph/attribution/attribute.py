@@ -31,7 +31,7 @@ from circuitgraph.graph import Graph
 from circuitgraph.models.backend import Backend, check_model
 
 METHODS = ("eap", "eap-ig", "eap-ig-activations", "exact")
-SUMMED_BYTES = 1e9  # EAP-IG: gradient captures kept to be summed over steps before one contraction
+SUMMED_BYTES = 1e9  # EAP-IG: at most this many bytes of gradient captures kept to be summed over steps
 
 
 def attribute(
@@ -102,6 +102,9 @@ def attribute(
             clean = raw_sources(model, graph, chunk, chunk.clean)
             deltas = source_deltas(model, graph, raw_difference(ablated, clean))
             runs: list = []  # steps whose gradients are summed before one contraction
+            # (the kept captures never cost more than the deltas the contraction holds anyway, so
+            # summing trades contractions for at most that much memory)
+            budget = min(SUMMED_BYTES, deltas.dense.numel() * deltas.dense.element_size())
             for k in range(steps):
                 alpha = (k + 0.5) / steps  # midpoint rule: second-order accurate in 1/steps
                 x = ablated["input"] + alpha * (clean["input"] - ablated["input"])
@@ -116,7 +119,7 @@ def attribute(
                 else:
                     runs.append(grads)
                     summed = SummedGradients(runs)
-                    if k == steps - 1 or summed.nbytes() * (len(runs) + 1) / len(runs) > SUMMED_BYTES:
+                    if k == steps - 1 or summed.nbytes() * (len(runs) + 1) / len(runs) > budget:
                         contract(graph, deltas, summed, scores, weight / steps)
                         runs = []
                 bar.update(1)
