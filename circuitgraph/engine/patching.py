@@ -107,12 +107,12 @@ def patch_hooks(  # noqa: C901
             hooks.append((bk.mlp_out_hook(L), record(src[f"mlp{L}"])))
         else:
             hooks += _neuron_hooks(bk, graph, L, removed, deltas, K, up)
-    h = subtract(dst["logits"], graph.upstream("logits"), per_head=False)
-    if h is not None:
-        hooks.append((bk.final_hook(), h))
-    # SAE sites last: at a shared hook point they run after the records above
+    # SAE sites after the records above that share their hook point
     for site in graph.sites:
         hooks += site_patch_hooks(model, graph, site, removed, deltas)
+    h = subtract(dst["logits"], graph.upstream("logits"), per_head=False)
+    if h is not None:  # last: a site at the final hook_resid_post is upstream of the logits
+        hooks.append((bk.final_hook(), h))
     return hooks
 
 

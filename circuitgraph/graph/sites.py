@@ -14,7 +14,8 @@ site's nodes, and readers after the site read the site's nodes instead.
 
 Where a site sits in the residual stream's order of reads and writes is its residual time
 (:mod:`circuitgraph.graph.names`: resid_pre L at 8L+2, attn_out 8L+5, resid_mid 8L+6, mlp_out 8L+9,
-resid_post 8L+10).
+resid_post 8L+10). The last layer's ``resid_post`` is what the unembedding reads: a site there
+is read by ``logits`` alone.
 A residual site reads every writer still visible at its time; an ``attn_out`` site reads only its
 layer's heads and an ``mlp_out`` site only its layer's MLP.
 """
@@ -141,11 +142,6 @@ def check_sites(sites: list[Site], n_layers: int, has_mlp: bool, parallel: bool 
             raise GraphError(
                 f"SAE site {s.hook_name}: this model has no MLPs (attn_only), so it has no "
                 "hook_mlp_out / hook_resid_mid; use hook_resid_pre or hook_attn_out"
-            )
-        if s.kind == "resid_post" and s.layer == n_layers - 1:
-            raise GraphError(
-                f"SAE site {s.hook_name}: the last layer's hook_resid_post is what the unembedding "
-                "reads and is not a graph site yet; attach the SAE at an earlier residual point"
             )
     for a, b in zip(out, out[1:]):
         if a.time == b.time:
