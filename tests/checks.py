@@ -67,18 +67,21 @@ def source_fd_error(model, graph, task, method: str = "eap", eps: float = 1e-5) 
     return float(((total - fd).abs() / (fd.abs().max() * 1e-3 + fd.abs())).max())
 
 
-def edge_fd_error(model, graph, task, n_edges: int, eps: float = 1e-5) -> float:
+def edge_fd_error(model, graph, task, n_edges: int, eps: float = 1e-5, per_kind: int = 0) -> float:
     """EAP scores vs the derivative of the *patched* metric along (ablated − clean), edge by edge
     (central finite difference), for ``n_edges`` edges (half drawn among the non-zero scores:
-    features are sparse). Returns the worst relative error."""
+    features are sparse), plus ``per_kind`` edges of every (source kind, reader kind) pair.
+    Returns the worst relative error."""
     scores = attribute(model, graph, task, method="eap", progress=False, scores_dtype=torch.float64)
     A, C = _activations(model, graph, task)
     gen = torch.Generator().manual_seed(0)
     edges, live = graph.valid.nonzero(), (scores.abs() > 1e-6).nonzero()
+    kinds = [graph.edge(e) for e in edges_of_every_kind(graph, per_kind)] if per_kind else []
     pick = torch.cat(
         [
             live[torch.randperm(len(live), generator=gen)[: n_edges // 2]],
             edges[torch.randperm(len(edges), generator=gen)[: n_edges - n_edges // 2]],
+            torch.tensor(kinds, dtype=torch.long).reshape(-1, 2),
         ]
     )
     keep = graph.valid.expand(len(pick), -1, -1).clone()

@@ -8,6 +8,8 @@ import torch
 from checks import edge_fd_error, full_and_empty
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
+from circuitgraph.engine import Ablation
+from circuitgraph.engine.patching import patched_logits
 from circuitgraph.graph import Graph
 from circuitgraph.models.sae import SAE
 from circuitgraph.tasks import Task
@@ -68,3 +70,54 @@ def test_last_resid_post_site_is_read_by_the_logits_alone():
     full, empty = full_and_empty(model, graph, task)
     assert full < 1e-10 and empty < 1e-10
     assert edge_fd_error(model, graph, task, n_edges=200) < 1e-4
+
+
+# ------------------------------------------------------------------ neurons × SAE sites
+
+NEURON_SITES = ["blocks.0.hook_resid_pre", "blocks.0.hook_mlp_out", "blocks.1.hook_resid_mid", "blocks.1.hook_resid_post"]
+
+
+@pytest.mark.parametrize("neurons", [True, {0: [1, 4, 7, 30], 1: [0, 2, 5]}])
+def test_neurons_with_sae_sites_are_exact(neurons):
+    """Neuron nodes next to SAE sites before, between and after them (an mlp_out site reads a
+    neuron layer's neurons): full = clean, empty = corrupted, EAP = the patching derivative for
+    every kind of edge, neuron→feature and feature→neuron through virtual weights included."""
+    model = model64()
+    task = task_for(model)
+    saes = [random_sae(h, seed=i) for i, h in enumerate(NEURON_SITES)]
+    graph = Graph.from_model(model, neurons=neurons, saes=saes, features={h: range(0, 24, 3) for h in NEURON_SITES})
+    n0 = "m0.n4"
+    assert graph.has_edge("resid_pre0.f3", n0) and graph.has_edge(n0, "mlp_out0.f0")
+    assert not graph.has_edge(n0, "a1.h0.q") and graph.has_edge("mlp_out0.err", "a1.h0.q")
+    assert graph.has_edge("resid_mid1.f6", "m1.n2") and graph.has_edge("m1.n2", "resid_post1.err")
+    full, empty = full_and_empty(model, graph, task)
+    assert full < 1e-10 and empty < 1e-10
+    assert edge_fd_error(model, graph, task, n_edges=300, per_kind=3) < 1e-4
+    assert compact_patching_error(model, graph, task) < 1e-10
+
+
+def compact_patching_error(model, graph, task) -> float:
+    """Patched runs from the evaluator's compact ablations (features as coefficients) against runs
+    from dense ``[n_src, B, P, d]`` ones, on random masks."""
+    abl = Ablation("corrupted").prepare(model, graph, task)
+    every = slice(0, task.n_examples)
+    masks = (torch.rand((3, *graph.valid.shape), generator=torch.Generator().manual_seed(0)) < 0.5) & graph.valid
+    dense, compact = (abl.activations(model, graph, task, every, task, compact=c) for c in (False, True))
+    a, b = (patched_logits(model, graph, task, A, masks) for A in (dense, compact))
+    assert (a - model(task.clean).repeat(3, 1, 1)).abs().max() > 1e-3  # the masks change the run
+    return float((a - b).abs().max())
+
+
+def test_neurons_with_a_transcoder_elsewhere_and_refused_on_its_layer():
+    model = model64()
+    task = task_for(model)
+    tc = SAE(16, 24, "blocks.1.ln2.hook_normalized", dtype=torch.float64, apply_b_dec_to_input=False,
+             hook_name_out="blocks.1.hook_mlp_out")
+    tc.load_state_dict(random_sae("blocks.1.ln2.hook_normalized", seed=5).state_dict())
+    graph = Graph.from_model(model, neurons=True, saes=[tc], features={tc.hook_name: range(0, 24, 2)})
+    assert graph.neurons.keys() == {0} and "m1" not in graph.src_index and graph.has_edge("m0.n3", "transcoder1.f2")
+    full, empty = full_and_empty(model, graph, task)
+    assert full < 1e-10 and empty < 1e-10
+    assert edge_fd_error(model, graph, task, n_edges=200, per_kind=3) < 1e-4
+    with pytest.raises(ValueError, match="replaces that layer's MLP"):
+        Graph.from_model(model, neurons={1: [0, 1]}, saes=[tc], features="all")

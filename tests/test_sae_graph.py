@@ -257,7 +257,7 @@ def test_bad_sae_inputs(entry, saes, task):
         Graph.from_model(model, saes=saes, features={"blocks.0.hook_resid_pre": [1]})
     with pytest.raises(ValueError, match="no MLPs"):
         Graph.from_model(model, saes=[SAE(64, 8, "blocks.0.hook_mlp_out")], features="all")
-    with pytest.raises(ValueError, match="neuron nodes"):
+    with pytest.raises(ValueError, match="no MLPs"):  # (neurons with SAE sites: tests/test_combinations.py)
         Graph.from_model(model, saes=saes, neurons=True)
     g = feature_graph(model, saes, task)
     with pytest.raises(ValueError, match="not the SAE the graph was built with"):

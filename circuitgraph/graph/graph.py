@@ -106,8 +106,12 @@ class Graph:
             _normalise_neurons(neurons, arch),
             check_sites(list(sites or []), arch.n_layers, arch.has_mlp, arch.parallel_attn_mlp),
         )
-        if self.sites and self.neurons:
-            raise GraphError("a graph with SAE sites and neuron nodes is not supported yet; use one or the other")
+        replaced = sorted(s.layer for s in self.sites if s.kind == "transcoder" and s.layer in self.neurons)
+        if replaced:
+            raise GraphError(
+                f"layer {replaced[0]} has neuron nodes and a transcoder, which replaces that layer's MLP and so "
+                "its neurons: split the layer into neurons or attach the transcoder, not both"
+            )
         L, H = arch.n_layers, arch.n_heads
         # Residual "time" (see graph/names.py): input 0, layer L's heads 8L+4, its MLP 8L+8, SAE
         # sites in between, logits 8·n_layers+4. Rows and columns are ordered by time.
@@ -212,12 +216,11 @@ class Graph:
         cfg = backend.cfg
         sites = None
         if saes is not None:
-            if neurons:
-                raise GraphError("a graph with SAE sites and neuron nodes is not supported yet; use one or the other")
             saes = as_sae_list(saes)
             sites = _sites_for(model, saes, features)
-        if neurons is True:
-            neurons = {layer: None for layer in range(cfg.n_layers)}
+        if neurons is True:  # (every layer whose MLP is in the graph: a transcoder replaces its layer's)
+            replaced = {s.layer for s in sites or [] if s.kind == "transcoder"}
+            neurons = {layer: None for layer in range(cfg.n_layers) if layer not in replaced}
         graph = cls(
             backend.architecture(),
             split_qkv=split_qkv,
