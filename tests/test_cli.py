@@ -210,7 +210,6 @@ def test_multirun_two_methods_and_compare_table(tmp_path, capsys):
         (["graph.neurons=true", "graph.saes=zoo"], 2, ["graph.neurons and graph.saes", "cannot be combined"]),
         (["graph.saes=/no/such/folder"], 2, ["graph.saes=/no/such/folder", "no such folder"]),
         (["graph.saes=zoo", "graph.features=most"], 2, ["graph.features", "active, all"]),
-        (["graph.saes=zoo", "method=eap-ig-activations"], 2, ["eap-ig-activations", "method=eap-ig"]),
     ],
 )
 def test_invalid_config_fails_fast(args, code, needles, tmp_path, capsys, no_model_loading):

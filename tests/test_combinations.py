@@ -74,7 +74,12 @@ def test_last_resid_post_site_is_read_by_the_logits_alone():
 
 # ------------------------------------------------------------------ neurons × SAE sites
 
-NEURON_SITES = ["blocks.0.hook_resid_pre", "blocks.0.hook_mlp_out", "blocks.1.hook_resid_mid", "blocks.1.hook_resid_post"]
+NEURON_SITES = [
+    "blocks.0.hook_resid_pre",
+    "blocks.0.hook_mlp_out",
+    "blocks.1.hook_resid_mid",
+    "blocks.1.hook_resid_post",
+]
 
 
 @pytest.mark.parametrize("neurons", [True, {0: [1, 4, 7, 30], 1: [0, 2, 5]}])
@@ -111,8 +116,14 @@ def compact_patching_error(model, graph, task) -> float:
 def test_neurons_with_a_transcoder_elsewhere_and_refused_on_its_layer():
     model = model64()
     task = task_for(model)
-    tc = SAE(16, 24, "blocks.1.ln2.hook_normalized", dtype=torch.float64, apply_b_dec_to_input=False,
-             hook_name_out="blocks.1.hook_mlp_out")
+    tc = SAE(
+        16,
+        24,
+        "blocks.1.ln2.hook_normalized",
+        dtype=torch.float64,
+        apply_b_dec_to_input=False,
+        hook_name_out="blocks.1.hook_mlp_out",
+    )
     tc.load_state_dict(random_sae("blocks.1.ln2.hook_normalized", seed=5).state_dict())
     graph = Graph.from_model(model, neurons=True, saes=[tc], features={tc.hook_name: range(0, 24, 2)})
     assert graph.neurons.keys() == {0} and "m1" not in graph.src_index and graph.has_edge("m0.n3", "transcoder1.f2")
@@ -121,3 +132,58 @@ def test_neurons_with_a_transcoder_elsewhere_and_refused_on_its_layer():
     assert edge_fd_error(model, graph, task, n_edges=200, per_kind=3) < 1e-4
     with pytest.raises(ValueError, match="replaces that layer's MLP"):
         Graph.from_model(model, neurons={1: [0, 1]}, saes=[tc], features="all")
+
+
+# ------------------------------------------------------------------ activation EAP-IG on SAE graphs
+
+
+@pytest.mark.parametrize(
+    "hook", ["blocks.1.hook_resid_pre", "blocks.0.hook_attn_out", "blocks.1.hook_resid_post", "transcoder"]
+)
+def test_activation_ig_on_a_site_sums_to_the_plain_graph(hook):
+    """``eap-ig-activations`` fixes a site's features, rest and error to their interpolations along
+    with every head and MLP. The site's nodes then add up, in value, to what the plain graph has
+    there (the residual stream; for a transcoder, the interpolated MLP output), and their input
+    gradients to its input gradient (straight-through), so at every step a site's nodes carry
+    exactly what the plain graph carries through that point: summed over the site, the scores
+    equal the plain graph's activation-IG scores. (A transcoder left live would write the MLP's
+    output at the interpolated input instead, and fail this.)"""
+    from circuitgraph.attribution import attribute
+
+    model = model64()
+    task = task_for(model)
+    if hook == "transcoder":
+        sae = SAE(
+            16,
+            24,
+            "blocks.0.ln2.hook_normalized",
+            dtype=torch.float64,
+            apply_b_dec_to_input=False,
+            hook_name_out="blocks.0.hook_mlp_out",
+        )
+        sae.load_state_dict(random_sae(sae.hook_name, seed=3).state_dict())
+    else:
+        sae = random_sae(hook, seed=3)
+    graph = Graph.from_model(model, saes=[sae], features={sae.hook_name: range(0, 24, 2)})
+    plain = Graph.from_model(model)
+    kw = dict(method="eap-ig-activations", steps=3, progress=False, scores_dtype=torch.float64)
+    s, p = attribute(model, graph, task, **kw), attribute(model, plain, task, **kw)
+    assert p.abs().max() > 1e-3
+    site = graph.sites[0]
+    rows, cols = graph.src_slices()[site.name], graph.dst_slices()[site.name]
+    upstream = [graph.src_names[i] for i in graph.upstream_rows(site.name).tolist()]
+    readers = [graph.dst_names[j] for j in graph.valid[rows.start].nonzero()[:, 0].tolist()]
+    assert len(upstream) > 1 and len(readers) > 0
+    # the plain graph's counterpart: the edges through the cut, or (transcoder) the MLP's own
+    R = [plain.dst("m0")] if hook == "transcoder" else [plain.dst(v) for v in readers]
+    U = [plain.src("m0")] if hook == "transcoder" else [plain.src(u) for u in upstream]
+    into = torch.stack([s[graph.src(u), cols].sum() for u in upstream])
+    torch.testing.assert_close(into, torch.stack([p[plain.src(u), R].sum() for u in upstream]), rtol=1e-9, atol=1e-12)
+    out = torch.stack([s[rows, graph.dst(v)].sum() for v in readers])
+    torch.testing.assert_close(out, torch.stack([p[U, plain.dst(v)].sum() for v in readers]), rtol=1e-9, atol=1e-12)
+    for u, v in graph.edges():  # edges that do not touch the site are the plain graph's
+        if not (u.startswith(site.name) or v.startswith(site.name)):
+            assert abs(float(s[graph.src(u), graph.dst(v)] - p[plain.src(u), plain.dst(v)])) < 1e-10
+    # and activation IG is not input IG: the interpolated sources change the scores
+    ig = attribute(model, graph, task, method="eap-ig", steps=3, progress=False, scores_dtype=torch.float64)
+    assert (ig - s).abs().max() > 1e-4

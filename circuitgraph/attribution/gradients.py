@@ -279,11 +279,13 @@ def forward_backward(
     input_override: torch.Tensor | None = None,
     capture_sources: dict | None = None,
     extra_fwd: list | None = None,
+    site_values: dict[str, torch.Tensor] | None = None,
 ) -> tuple[DestinationGradients, torch.Tensor]:
     """One forward of the clean prompts and one backward of the mean metric.
 
     ``input_override`` replaces the embedding (``blocks.0.hook_resid_pre``), e.g. with an
-    interpolation for EAP-IG; ``capture_sources`` (a dict) receives the raw source activations.
+    interpolation for EAP-IG; ``capture_sources`` (a dict) receives the raw source activations;
+    ``site_values`` fixes the SAE sites' nodes (straight-through, see :func:`site_hooks`).
     Returns the captured destination gradients and the per-example metric values.
     """
     dg = DestinationGradients(model, graph)
@@ -299,7 +301,7 @@ def forward_backward(
         + fwd
         + (source_hooks(model, graph, capture_sources, sites=False) if capture_sources is not None else [])
         + (extra_fwd or [])
-        + site_hooks(model, graph, capture_sources, dg.grad)
+        + site_hooks(model, graph, capture_sources, dg.grad, values=site_values)
     )  # sites last at their hook point
     with (
         torch.enable_grad(),

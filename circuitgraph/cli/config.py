@@ -613,8 +613,6 @@ def _check_graph(cfg: DictConfig) -> None:
             )
     if not (g.features in ("active", "all") or str(g.features).isdigit()):
         raise ConfigError(f"graph.features must be active, all or a number of features per site, got {g.features!r}")
-    if cfg.method.name == "eap-ig-activations" and g.saes is not None:
-        raise ConfigError("method=eap-ig-activations does not interpolate SAE features yet; use method=eap-ig")
 
 
 def _check_device(device: str) -> None:
