@@ -165,8 +165,11 @@ def single_edge_reference(model, graph, task, edge: tuple[str, str]) -> float:
         _, clean = model.run_with_cache(task.clean)
         _, corrupt = model.run_with_cache(task.corrupted)
         base = task.score(model(task.clean)).mean()
-        change = _change(model, graph, clean, corrupt, src)
-        reader = parse_node(dst)
+        at = parse_node(src).position  # position-resolved graphs: u@p → v@p changes position p only
+        change = _change(model, graph, clean, corrupt, parse_node(src).base)
+        if at is not None:
+            change = change * (torch.arange(change.shape[1]) == at).to(change.dtype)[:, None]
+        reader = parse_node(dst.partition("@")[0])
         hooks = []
         if reader.kind == "logits":
             hooks.append((f"blocks.{model.cfg.n_layers - 1}.hook_resid_post", lambda x, hook: x - change))

@@ -187,3 +187,37 @@ def test_activation_ig_on_a_site_sums_to_the_plain_graph(hook):
     # and activation IG is not input IG: the interpolated sources change the scores
     ig = attribute(model, graph, task, method="eap-ig", steps=3, progress=False, scores_dtype=torch.float64)
     assert (ig - s).abs().max() > 1e-4
+
+
+# ------------------------------------------------------------------ positions × neurons
+
+
+@pytest.mark.parametrize("neurons", [True, {0: [1, 4, 7], 1: [0, 2]}])
+def test_positions_with_neurons_are_exact(neurons):
+    """``m0.n4@3``: a neuron at a position reads and writes the residual stream at that position.
+    Full = clean, empty = corrupted; each node's EAP scores (summed over its out-edges) equal the
+    derivative of the patched metric, edge by edge too; per-position scores sum to the
+    position-free neuron graph's; ``exact`` equals single-edge runs patched with TransformerLens's
+    own hooks at one position (neuron readers through ln2 and their own W_in columns)."""
+    from checks import exact_error, source_fd_error
+
+    from circuitgraph.attribution import attribute
+    from circuitgraph.graph import PositionalGraph
+
+    model = model64()
+    task = task_for(model, n=3, seq=4)
+    graph = PositionalGraph.from_model(model, positions=task.seq_len, neurons=neurons)
+    assert graph.neurons == Graph.from_model(model, neurons=neurons).neurons
+    assert graph.has_edge("m0.n4@2", "m1.n0@2") and not graph.has_edge("m0.n4@2", "m1.n0@3")
+    assert graph.has_edge("m0.n1@1", "a1.h0.k@1") and graph.has_edge("a0.h1@3", "m0.n7@3")
+    full, empty = full_and_empty(model, graph, task)
+    assert full < 1e-10 and empty < 1e-10
+    assert source_fd_error(model, graph, task) < 1e-5
+    assert edge_fd_error(model, graph, task, n_edges=100, per_kind=2) < 1e-4
+    plain = Graph.from_model(model, neurons=neurons)
+    kw = dict(method="eap-ig", steps=3, progress=False, scores_dtype=torch.float64)
+    s, p = attribute(model, graph, task, **kw), attribute(model, plain, task, **kw)
+    assert (s[~graph.valid] == 0).all() and p.abs().max() > 1e-3
+    torch.testing.assert_close(graph.position_free(), p, rtol=1e-9, atol=1e-12)
+    if neurons is not True:  # (every neuron: the same code, 4× the edges)
+        assert exact_error(model, graph, task, per_kind=2) < 1e-10

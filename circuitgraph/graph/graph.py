@@ -645,8 +645,6 @@ class PositionalGraph(Graph):
     positions: int  # always set (≥ 1)
 
     def __init__(self, base: Graph, positions: int, causal: bool = True) -> None:
-        if base.neurons:
-            raise GraphError("position-resolved graphs with neuron nodes are not supported yet; use one or the other")
         if base.sites:
             raise GraphError("position-resolved graphs with SAE sites are not supported yet; use one or the other")
         if positions < 1:
@@ -654,7 +652,7 @@ class PositionalGraph(Graph):
         self.base = base
         self.positions = P = positions
         self.causal = causal
-        self._describe(base.arch, base.split_qkv, base.model_name, base.model_hash, {}, [])
+        self._describe(base.arch, base.split_qkv, base.model_name, base.model_hash, base.neurons, base.sites)
         self.src_time = base.src_time.repeat_interleave(P)
         self.dst_time = base.dst_time.repeat_interleave(P)
         eye = torch.eye(P, dtype=torch.bool, device=base.device)
@@ -684,8 +682,11 @@ class PositionalGraph(Graph):
         )
 
     @classmethod
-    def from_model(cls, model: Any, positions: int, split_qkv: bool = True) -> PositionalGraph:  # type: ignore[override]
-        base = Graph.from_model(model, split_qkv=split_qkv)
+    def from_model(  # type: ignore[override]
+        cls, model: Any, positions: int, split_qkv: bool = True, neurons: bool | dict | None = None
+    ) -> PositionalGraph:
+        """Every node of ``Graph.from_model(model, split_qkv, neurons)`` once per token position."""
+        base = Graph.from_model(model, split_qkv=split_qkv, neurons=neurons)
         return cls(base, positions, causal=getattr(model.cfg, "attention_dir", "causal") == "causal")
 
     def diagonal(self, t: torch.Tensor | None = None) -> torch.Tensor:
