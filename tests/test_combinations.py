@@ -221,3 +221,59 @@ def test_positions_with_neurons_are_exact(neurons):
     torch.testing.assert_close(graph.position_free(), p, rtol=1e-9, atol=1e-12)
     if neurons is not True:  # (every neuron: the same code, 4× the edges)
         assert exact_error(model, graph, task, per_kind=2) < 1e-10
+
+
+# ------------------------------------------------------------------ positions × SAE sites
+
+EVERY_SITE = [
+    "blocks.0.hook_resid_pre",
+    "blocks.0.hook_mlp_out",
+    "blocks.0.hook_resid_post",
+    "blocks.1.hook_attn_out",
+    "blocks.1.hook_resid_mid",
+    "blocks.1.hook_resid_post",
+]
+
+
+def _transcoder(layer: int, seed: int) -> SAE:
+    tc = SAE(
+        16,
+        24,
+        f"blocks.{layer}.ln2.hook_normalized",
+        dtype=torch.float64,
+        apply_b_dec_to_input=False,
+        hook_name_out=f"blocks.{layer}.hook_mlp_out",
+    )
+    tc.load_state_dict(random_sae(tc.hook_name, seed=seed).state_dict())
+    return tc
+
+
+@pytest.mark.parametrize("kind", ["every site kind", "transcoder and neurons"])
+def test_positions_with_sae_sites_are_exact(kind):
+    """``resid_pre1.f12@3``: a feature at a position reads and writes that position only; features
+    stay coefficients in patched forwards (per-position removals projected on encoder rows and
+    through virtual weights). Full = clean, empty = corrupted, EAP = the patching derivative edge by
+    edge, compact ablations patch like dense ones, and per-position scores sum to the
+    position-free SAE graph's."""
+    from circuitgraph.attribution import attribute
+    from circuitgraph.graph import PositionalGraph
+
+    model = model64()
+    task = task_for(model, n=3, seq=4)
+    if kind == "every site kind":
+        saes, neurons = [random_sae(h, seed=i) for i, h in enumerate(EVERY_SITE)], None
+    else:
+        saes, neurons = [random_sae("blocks.1.hook_resid_pre", seed=1), _transcoder(1, seed=2)], {0: [1, 4, 7]}
+    features = {s.hook_name: range(0, 24, 3) for s in saes}
+    graph = PositionalGraph.from_model(model, positions=task.seq_len, neurons=neurons, saes=saes, features=features)
+    plain = Graph.from_model(model, neurons=neurons, saes=saes, features=features)
+    site = graph.sites[0].name
+    assert graph.has_edge("input@2", f"{site}.f3@2") and not graph.has_edge("input@2", f"{site}.f3@3")
+    full, empty = full_and_empty(model, graph, task)
+    assert full < 1e-10 and empty < 1e-10
+    assert edge_fd_error(model, graph, task, n_edges=200, per_kind=2) < 1e-4
+    assert compact_patching_error(model, graph, task) < 1e-10
+    kw = dict(method="eap", progress=False, scores_dtype=torch.float64)
+    s, p = attribute(model, graph, task, **kw), attribute(model, plain, task, **kw)
+    assert (s[~graph.valid] == 0).all() and p.abs().max() > 1e-3
+    torch.testing.assert_close(graph.position_free(), p, rtol=1e-9, atol=1e-12)

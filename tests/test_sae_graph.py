@@ -267,10 +267,6 @@ def test_bad_sae_inputs(entry, saes, task):
     transcoder = SAE(64, 512, RESID, apply_b_dec_to_input=False, hook_name_out="blocks.1.hook_mlp_out")
     with pytest.raises(ValueError, match="hook_name_out"):  # a transcoder is not the site's SAE
         Graph.from_spec(g.spec()).attach_saes([transcoder, saes[ATTN]])
-    from circuitgraph.graph import PositionalGraph
-
-    with pytest.raises(ValueError, match="SAE sites"):
-        PositionalGraph(g, positions=task.seq_len)
 
 
 def test_top_k_features_are_the_largest_node_attributions(entry, saes, task):

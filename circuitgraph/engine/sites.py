@@ -229,10 +229,11 @@ class _SitePatch:
         self.ids = feature_ids(site, device)
         self.n = n = len(self.ids)
         self.un = other_features(site, device) if site.has_rest else None
-        r = removed[:, self.up, graph.dst_slices()[site.name]].to(deltas.dtype)  # [K, n_up, n_nodes]
-        self.r_feat = r[..., :n]
-        self.r_rest = r[..., n : n + 1] if site.has_rest and bool(r[..., n].any()) else None
-        self.r_err = r[..., -1:] if bool(r[..., -1].any()) else None
+        # [K, n_up, n_nodes], or [K, n_up, n_nodes, P] on a position-resolved graph
+        r = removed[:, self.up, graph.dst_slices()[site.name]].to(deltas.dtype)
+        self.r_feat = r[:, :, :n]
+        self.r_rest = r[:, :, n : n + 1] if site.has_rest and bool(r[:, :, n].any()) else None
+        self.r_err = r[:, :, -1:] if bool(r[:, :, -1].any()) else None
         self.W_enc, self.W_dec, self.b_dec = frozen(self.sae.W_enc), frozen(self.sae.W_dec), frozen(self.sae.b_dec)
         self.shape = (deltas.K, deltas.B, deltas.P, deltas.d)
 
@@ -275,8 +276,9 @@ def _transcoder_patch_hooks(model, graph: Graph, site: Site, removed, deltas) ->
     sp = _SitePatch(graph, site, removed, deltas)
     sae, norm, ids = sp.sae, _norm(model, site), sp.ids
     K, B, P, d = sp.shape
-    patched = sp.r_feat.any(0).any(0).nonzero()[:, 0]  # features with some removed in-edge
-    r_patched = sp.r_feat[..., patched]
+    hit = sp.r_feat.any(-1) if sp.r_feat.ndim == 4 else sp.r_feat
+    patched = hit.any(0).any(0).nonzero()[:, 0]  # features with some removed in-edge
+    r_patched = sp.r_feat[:, :, patched]
     b_enc = frozen(sae.b_enc)
     state: dict = {}
 

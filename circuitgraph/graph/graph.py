@@ -645,8 +645,6 @@ class PositionalGraph(Graph):
     positions: int  # always set (≥ 1)
 
     def __init__(self, base: Graph, positions: int, causal: bool = True) -> None:
-        if base.sites:
-            raise GraphError("position-resolved graphs with SAE sites are not supported yet; use one or the other")
         if positions < 1:
             raise GraphError(f"positions must be ≥ 1, got {positions}")
         self.base = base
@@ -680,13 +678,22 @@ class PositionalGraph(Graph):
             node_dsts,
             base.device,
         )
+        self.saes = base.saes  # (shared: the engine reads a site's SAE from either graph)
 
     @classmethod
     def from_model(  # type: ignore[override]
-        cls, model: Any, positions: int, split_qkv: bool = True, neurons: bool | dict | None = None
+        cls,
+        model: Any,
+        positions: int,
+        split_qkv: bool = True,
+        neurons: bool | dict | None = None,
+        saes: Any = None,
+        features: str | int | Mapping[str, Iterable[int]] = "all",
     ) -> PositionalGraph:
-        """Every node of ``Graph.from_model(model, split_qkv, neurons)`` once per token position."""
-        base = Graph.from_model(model, split_qkv=split_qkv, neurons=neurons)
+        """Every node of ``Graph.from_model(model, split_qkv, neurons, saes, features)`` once per
+        token position (for features chosen from a task, wrap :func:`circuitgraph.feature_graph`'s
+        graph: ``PositionalGraph(graph, positions)``)."""
+        base = Graph.from_model(model, split_qkv=split_qkv, neurons=neurons, saes=saes, features=features)
         return cls(base, positions, causal=getattr(model.cfg, "attention_dir", "causal") == "causal")
 
     def diagonal(self, t: torch.Tensor | None = None) -> torch.Tensor:
@@ -701,10 +708,9 @@ class PositionalGraph(Graph):
     def src_slices(self) -> dict[str, slice]:
         return self.base.src_slices()
 
-    def upstream(self, group: str) -> slice:
-        up = self.base.upstream(group)
-        assert isinstance(up, slice)  # no SAE sites (refused above): the rows a group reads are a prefix
-        return up
+    def upstream(self, group: str) -> slice | torch.Tensor:
+        """The base graph's upstream rows of ``group`` (the engine computes on the base graph)."""
+        return self.base.upstream(group)
 
     def mlp_node_names(self, layer: int) -> list[str]:
         return self.base.mlp_node_names(layer)
