@@ -277,3 +277,34 @@ def test_positions_with_sae_sites_are_exact(kind):
     s, p = attribute(model, graph, task, **kw), attribute(model, plain, task, **kw)
     assert (s[~graph.valid] == 0).all() and p.abs().max() > 1e-3
     torch.testing.assert_close(graph.position_free(), p, rtol=1e-9, atol=1e-12)
+
+
+# ------------------------------------------------------------------ on the model families
+
+
+@pytest.mark.parametrize("name", ["gpt-neox", "llama", "gemma-2"])
+def test_every_refinement_at_once_on_the_model_families(name):
+    """Positions × neurons × SAE sites (a residual SAE and an attention-output SAE, which a
+    post-norm model's heads reach through their post-norm) on a parallel, a gated and a post-norm
+    model: exact, EAP = the patching derivative edge by edge, and per-position scores sum to the
+    position-free graph's."""
+    from conftest import tiny_task
+    from test_families import family_model
+
+    from circuitgraph.attribution import attribute
+    from circuitgraph.graph import PositionalGraph
+
+    model = family_model(name)
+    task = tiny_task(model, n=3, seq=4)
+    d = model.cfg.d_model
+    saes = [random_sae("blocks.1.hook_resid_pre", d=d, seed=1), random_sae("blocks.0.hook_attn_out", d=d, seed=2)]
+    neurons, features = {0: [1, 4, 30], 1: [0, 31]}, {s.hook_name: range(0, 24, 3) for s in saes}
+    graph = PositionalGraph.from_model(model, positions=task.seq_len, neurons=neurons, saes=saes, features=features)
+    plain = Graph.from_model(model, neurons=neurons, saes=saes, features=features)
+    full, empty = full_and_empty(model, graph, task)
+    assert full < 1e-8 and empty < 1e-8
+    assert edge_fd_error(model, graph, task, n_edges=120, per_kind=1) < 1e-4
+    kw = dict(method="eap", progress=False, scores_dtype=torch.float64)
+    s, p = attribute(model, graph, task, **kw), attribute(model, plain, task, **kw)
+    assert p.abs().max() > 1e-3
+    torch.testing.assert_close(graph.diagonal(s).sum(-1), p, rtol=1e-8, atol=1e-11)
