@@ -308,3 +308,33 @@ def test_every_refinement_at_once_on_the_model_families(name):
     s, p = attribute(model, graph, task, **kw), attribute(model, plain, task, **kw)
     assert p.abs().max() > 1e-3
     torch.testing.assert_close(graph.diagonal(s).sum(-1), p, rtol=1e-8, atol=1e-11)
+
+
+# ------------------------------------------------------------------ exact = independent single-edge runs
+
+
+@pytest.mark.parametrize("kind", ["last resid_post", "neurons × sites", "positions × sites", "all three"])
+def test_exact_scores_equal_single_edge_runs(kind):
+    """``exact`` (the evaluator's batched patched forwards, features kept as coefficients) equals,
+    for edges of every kind, one run of the model patched with TransformerLens hooks where only the
+    edge's reader sees its source's corrupted value: a feature, ``rest`` or ``err`` reader re-runs
+    the SAE's own encoder on its own input (tests/checks.py)."""
+    from checks import exact_error
+
+    from circuitgraph.graph import PositionalGraph
+
+    model = model64()
+    task = task_for(model, n=2, seq=3)
+    hooks = {
+        "last resid_post": ["blocks.1.hook_resid_post"],
+        "neurons × sites": ["blocks.0.hook_mlp_out", "blocks.1.hook_resid_pre"],
+        "positions × sites": ["blocks.0.hook_attn_out", "blocks.1.hook_resid_mid"],
+        "all three": ["blocks.1.hook_resid_pre", "blocks.1.hook_resid_post"],
+    }[kind]
+    saes = [random_sae(h, seed=i) for i, h in enumerate(hooks)]
+    features = {h: [1, 6, 11] for h in hooks}
+    neurons = {0: [1, 4], 1: [2]} if kind in ("neurons × sites", "all three") else None
+    graph = Graph.from_model(model, neurons=neurons, saes=saes, features=features)
+    if kind in ("positions × sites", "all three"):
+        graph = PositionalGraph(graph, positions=task.seq_len)
+    assert exact_error(model, graph, task, per_kind=2) < 1e-10
