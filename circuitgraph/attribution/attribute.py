@@ -9,7 +9,8 @@ methods
     eap-ig               same, with ∂m/∂in_v averaged over ``steps`` runs whose embedding is
                          interpolated between ablated and clean (midpoint rule)
     eap-ig-activations   every source's output interpolated jointly at each step (values fixed to
-                         the interpolation, gradients flowing straight through the live computation)
+                         the interpolation, gradients flowing straight through the live computation;
+                         SAE sites' feature activations and errors too)
     exact                the true m(edge ablated) − m(clean) for every edge, by patched forwards
 """
 

@@ -637,6 +637,10 @@ def _sites_for(model: Any, saes: list, features: Any) -> list[Site]:
 #
 # The score matrix is ``[n_src·P, n_dst·P]`` with rows ``u·P + p``; only its position diagonal can
 # be non-zero, and :meth:`PositionalGraph.diagonal` views it as ``[n_src, n_dst, P]``.
+#
+# The base graph may split MLPs into neurons and hold SAE sites: a neuron or a feature at position p
+# reads and writes the residual stream at p, like an MLP; the engine computes on the base graph
+# with per-position removals, and attribution keeps each position's own sum.
 
 
 class PositionalGraph(Graph):

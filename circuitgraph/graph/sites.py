@@ -95,8 +95,11 @@ def parse_hook(hook_name: str) -> tuple[int, str]:
     if not m:
         raise GraphError(
             f"SAE sites must be at a residual-stream or layer-output hook point "
-            f"(blocks.L.hook_{{{','.join(SITE_KINDS)}}}), got {hook_name!r}; SAEs on other hook points "
-            "(hook_z, mlp.hook_post, ...) can be spliced with circuitgraph.sae.splice but are not graph nodes yet"
+            f"(blocks.L.hook_{{{','.join(SITE_KINDS)}}}), got {hook_name!r}. SAEs on other hook points "
+            "(hook_z, mlp.hook_post, ...) are not graph sites: their features would reach the residual stream "
+            "only through W_O / W_out, which the graph does not model. Run the model on their reconstruction "
+            "with circuitgraph.sae.splice, or make an SAE at hook_attn_out / hook_mlp_out (or a transcoder) "
+            "the graph site"
         )
     return int(m.group(1)), m.group(2)
 
