@@ -123,11 +123,12 @@ def dense_scores(
         g = readers.g.reshape(readers.n, -1).T  # [BP, n_j]
         flat = D.reshape(n_u, -1, D.shape[-1])
         step = max(1, int(2.5e7 // max(1, flat.shape[1] * readers.n)))
-        parts = [(flat[i : i + step] @ readers.enc.T).mul_(g) for i in range(0, n_u, step)]  # [s, BP, n_j]
-        if per_position:
-            acc = torch.cat([t.view(len(t), B, P, -1).sum(1).transpose(1, 2) for t in parts])
-        else:
-            acc = torch.cat([t.sum(1) for t in parts])
+
+        def chunk(i: int) -> torch.Tensor:  # [s, n_j] (per position: [s, n_j, P]), one [s, BP, n_j] at a time
+            t = (flat[i : i + step] @ readers.enc.T).mul_(g)
+            return t.view(len(t), B, P, -1).sum(1).transpose(1, 2) if per_position else t.sum(1)
+
+        acc = torch.cat([chunk(i) for i in range(0, n_u, step)])
         centre, radial = readers.terms()
         xhat = readers.xhat
     if centre is not None:
