@@ -191,7 +191,7 @@ def single_edge_reference(model, graph, task, edge: tuple[str, str]) -> float:
         at = parse_node(src).position  # position-resolved graphs: u@p → v@p changes position p only
         change = _change(model, graph, clean, corrupt, parse_node(src).base)
         if at is not None:
-            change = change * (torch.arange(change.shape[1]) == at).to(change.dtype)[:, None]
+            change = change * (torch.arange(change.shape[1], device=change.device) == at).to(change.dtype)[:, None]
         reader = parse_node(dst.partition("@")[0])
         hooks = []
         if reader.kind == "logits":
