@@ -207,10 +207,8 @@ def test_multirun_two_methods_and_compare_table(tmp_path, capsys):
         (["model=pretrained"], 2, ["model.name"]),
         (["model=pretrained", "model.name=gpt2"], 2, ["task=file"]),  # no built-in task
         (["device=cuda:7"] if not torch.cuda.is_available() else ["device=tpu"], 2, ["device"]),
-        (["graph.neurons=true", "graph.saes=zoo"], 2, ["graph.neurons and graph.saes", "cannot be combined"]),
         (["graph.saes=/no/such/folder"], 2, ["graph.saes=/no/such/folder", "no such folder"]),
         (["graph.saes=zoo", "graph.features=most"], 2, ["graph.features", "active, all"]),
-        (["graph.saes=zoo", "method=eap-ig-activations"], 2, ["eap-ig-activations", "method=eap-ig"]),
     ],
 )
 def test_invalid_config_fails_fast(args, code, needles, tmp_path, capsys, no_model_loading):
@@ -480,6 +478,32 @@ def test_positions_graph_run(tmp_path):
         tmp_path / "pos",
     )
     assert s["graph"]["positions"] == 40 and s["edges_kept"] > 0
+
+
+def test_positions_with_sae_features_and_activation_ig_run(tmp_path):
+    """Granularities combine: SAE features at every token position, scored by activation EAP-IG."""
+    s = cli.run(
+        compose_cfg(
+            "graph.positions=true",
+            "graph.saes=zoo",
+            "graph.features=4",
+            "method=eap-ig-activations",
+            "method.steps=2",
+            "task.limit=4",
+            "circuit=top-n",
+            "circuit.n=40",
+            "export=minimal",
+            "progress=false",
+        ),
+        tmp_path / "pos_sae",
+    )
+    assert s["graph"]["positions"] == 40 and s["graph"]["sae_sites"] == {
+        "blocks.0.hook_attn_out": 4,
+        "blocks.1.hook_resid_pre": 4,
+    }
+    circuit = cg.Circuit.load(tmp_path / "pos_sae" / "circuit.json")
+    assert isinstance(circuit.graph, cg.PositionalGraph) and len(circuit.graph.sites) == 2
+    assert s["edges_kept"] > 0 and all("@" in e for e in circuit.edge_names())
 
 
 def test_launcher_presets_compose():

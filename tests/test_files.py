@@ -279,6 +279,21 @@ def test_graph_size_by_arithmetic_agrees_with_the_graph():
         Graph(arch, sites=[make_site("blocks.0.hook_mlp_out", 3, [0, 1, 2])]),
         PositionalGraph(Graph(arch), 4),
         PositionalGraph(Graph(arch, split_qkv=False), 3, causal=False),
+        # combined granularities (tests/test_combinations.py)
+        Graph(arch, neurons={0: [1, 5], 1: None}, sites=[make_site("blocks.0.hook_mlp_out", 3, [2])]),
+        Graph(arch, sites=[make_site("blocks.2.hook_resid_post", 4, [0, 3])]),
+        PositionalGraph(Graph(arch, neurons={2: [0, 7]}), 3),
+        PositionalGraph(
+            Graph(
+                arch,
+                neurons={0: [1]},
+                sites=[
+                    make_site("blocks.1.hook_resid_mid", 4, [1, 2]),
+                    make_site("blocks.2.ln2.hook_normalized", 5, [1], "blocks.2.hook_mlp_out"),
+                ],
+            ),
+            2,
+        ),
     ]
     for g in graphs:
         spec = json.loads(json.dumps(g.spec()))

@@ -9,7 +9,8 @@ methods
     eap-ig               same, with ∂m/∂in_v averaged over ``steps`` runs whose embedding is
                          interpolated between ablated and clean (midpoint rule)
     eap-ig-activations   every source's output interpolated jointly at each step (values fixed to
-                         the interpolation, gradients flowing straight through the live computation)
+                         the interpolation, gradients flowing straight through the live computation;
+                         SAE sites' feature activations and errors too)
     exact                the true m(edge ablated) − m(clean) for every edge, by patched forwards
 """
 
@@ -70,10 +71,6 @@ def attribute(
         )
     backend = check_model(model)
     check_graph(model, graph, task)
-    if method == "eap-ig-activations" and graph.node_graph.sites:
-        raise ConfigError(
-            "eap-ig-activations does not interpolate SAE features yet; use method='eap-ig' on graphs with SAE sites"
-        )
     task.check_model(model)
     task.prepare(model)
     abl = Ablation.coerce(ablation).prepare(model, graph, task)
@@ -108,12 +105,12 @@ def attribute(
             for k in range(steps):
                 alpha = (k + 0.5) / steps  # midpoint rule: second-order accurate in 1/steps
                 x = ablated["input"] + alpha * (clean["input"] - ablated["input"])
-                extra = (
+                extra, fixed = (
                     _interpolate_sources(backend, graph, clean, ablated, alpha)
                     if method == "eap-ig-activations"
-                    else None
+                    else (None, None)
                 )
-                grads, _ = forward_backward(model, graph, chunk, input_override=x, extra_fwd=extra)
+                grads, _ = forward_backward(model, graph, chunk, input_override=x, extra_fwd=extra, site_values=fixed)
                 if grads.groups:  # behind post-norms each step sees the deltas through its own Jacobian
                     contract(graph, grads.residual_deltas(deltas), grads, scores, weight / steps)
                 else:
@@ -137,20 +134,29 @@ def attribute(
     return scores
 
 
-def _interpolate_sources(backend: Backend, graph: Graph, clean: dict, ablated: dict, alpha: float) -> list:
+def _interpolate_sources(
+    backend: Backend, graph: Graph, clean: dict, ablated: dict, alpha: float
+) -> tuple[list, dict[str, torch.Tensor]]:
     """Hooks fixing every head's z and every MLP's output to ablated + α(clean − ablated) in
-    value, while gradients flow through the live computation (straight-through)."""
+    value, while gradients flow through the live computation (straight-through); and the same
+    interpolation of every SAE site's feature activations and error, which the sites' own hooks
+    fix (all of a graph's sources move jointly, features included)."""
+
+    def target(key):
+        return ablated[key] + alpha * (clean[key] - ablated[key])
 
     def fixed(key):
-        target = ablated[key] + alpha * (clean[key] - ablated[key])
-        return lambda x, hook: x + (target - x.detach())
+        value = target(key)
+        return lambda x, hook: x + (value - x.detach())
 
+    node = graph.node_graph
     hooks = []
-    for L in range(graph.arch.n_layers):
+    for L in range(node.arch.n_layers):
         hooks.append((backend.z_hook(L), fixed(f"z{L}")))
-        if graph.arch.has_mlp:
+        if node.has_mlp_node(L):  # (a transcoder's layer: its features and error are fixed at the site)
             hooks.append((backend.mlp_out_hook(L), fixed(f"mlp{L}")))
-    return hooks
+    sites = {f"{part}:{site.name}": target(f"{part}:{site.name}") for site in node.sites for part in ("acts", "err")}
+    return hooks, sites
 
 
 def _exact(

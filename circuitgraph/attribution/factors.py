@@ -97,50 +97,72 @@ def _norm_terms(out, centre, radial, xhat, field: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def dense_scores(D: torch.Tensor, readers, row_sums: torch.Tensor | None = None) -> torch.Tensor:
-    """``[n_u, n_v]`` scores of dense sources ``D [n_u, B, P, d]`` against any readers."""
+def pair(a: torch.Tensor, b: torch.Tensor, per_position: bool = False) -> torch.Tensor:
+    """``Σ_{batch,pos} a[i] · b[j]`` for per-position coefficients ``a [n_a, B, P]``, ``b [n_b, B, P]``:
+    ``[n_a, n_b]``, or ``[n_a, n_b, P]`` summed over the batch only (position-resolved graphs)."""
+    if per_position:
+        return torch.einsum("ibp,jbp->ijp", a, b)
+    return a.reshape(a.shape[0], -1) @ b.reshape(b.shape[0], -1).T
+
+
+def dense_scores(
+    D: torch.Tensor, readers, row_sums: torch.Tensor | None = None, per_position: bool = False
+) -> torch.Tensor:
+    """``[n_u, n_v]`` scores of dense sources ``D [n_u, B, P, d]`` against any readers (``[n_u, n_v, P]``,
+    each position's own, with ``per_position``)."""
     n_u = D.shape[0]
     if isinstance(readers, DenseReaders):
-        acc = D.reshape(n_u, -1) @ readers.G.reshape(readers.n, -1).T
+        if per_position:
+            acc = torch.einsum("ubpd,vbpd->uvp", D, readers.G)
+        else:
+            acc = D.reshape(n_u, -1) @ readers.G.reshape(readers.n, -1).T
         centre, radial, xhat = readers.centre, readers.radial, readers.xhat
     else:
         # Σ_bp g[j,bp] (D_u[bp] · enc_j): project sources onto the read directions, a few at a time
+        B, P = readers.g.shape[1:]
         g = readers.g.reshape(readers.n, -1).T  # [BP, n_j]
         flat = D.reshape(n_u, -1, D.shape[-1])
         step = max(1, int(2.5e7 // max(1, flat.shape[1] * readers.n)))
-        acc = torch.cat([(flat[i : i + step] @ readers.enc.T).mul_(g).sum(1) for i in range(0, n_u, step)])
+
+        def chunk(i: int) -> torch.Tensor:  # [s, n_j] (per position: [s, n_j, P]), one [s, BP, n_j] at a time
+            t = (flat[i : i + step] @ readers.enc.T).mul_(g)
+            return t.view(len(t), B, P, -1).sum(1).transpose(1, 2) if per_position else t.sum(1)
+
+        acc = torch.cat([chunk(i) for i in range(0, n_u, step)])
         centre, radial = readers.terms()
         xhat = readers.xhat
     if centre is not None:
-        rs = row_sums if row_sums is not None else D.sum(-1)
-        acc -= rs.reshape(n_u, -1) @ centre.reshape(centre.shape[0], -1).T
+        acc -= pair(row_sums if row_sums is not None else D.sum(-1), centre, per_position)
     if radial is not None:
-        along = torch.einsum("ubpd,bpd->ubp", D, xhat).reshape(n_u, -1)
-        acc -= along @ radial.reshape(radial.shape[0], -1).T
+        acc -= pair(torch.einsum("ubpd,bpd->ubp", D, xhat), radial, per_position)
     return acc
 
 
-def lowrank_scores(src: LowRankSources, readers: DenseReaders | LowRankReaders) -> torch.Tensor:
-    """``[n_i, n_v]`` scores of low-rank sources against any readers."""
-    n_i = src.coef.shape[0]
-    coef = src.coef.reshape(n_i, -1)  # [n_i, BP]
+def lowrank_scores(
+    src: LowRankSources, readers: DenseReaders | LowRankReaders, per_position: bool = False
+) -> torch.Tensor:
+    """``[n_i, n_v]`` scores of low-rank sources against any readers (``[n_i, n_v, P]`` with
+    ``per_position``)."""
+    coef = src.coef  # [n_i, B, P]
     if isinstance(readers, DenseReaders):
         # Σ_bp coef[i,bp] (G_v[bp] · dirs_i): G projected onto the write directions
-        GD = readers.G.reshape(readers.n, -1, readers.G.shape[-1]) @ src.dirs.T  # [n_v, BP, n_i]
-        acc = torch.einsum("ib,vbi->iv", coef, GD)
+        GD = readers.G @ src.dirs.T  # [n_v, B, P, n_i]
+        acc = torch.einsum("ibp,vbpi->ivp" if per_position else "ibp,vbpi->iv", coef, GD)
         centre, radial, xhat = readers.centre, readers.radial, readers.xhat
     else:
         # virtual weights dirs_i · enc_j times the co-occurrence of coefficient and gradient
-        acc = (src.dirs @ readers.enc.T) * (coef @ readers.g.reshape(readers.n, -1).T)
+        virtual = src.dirs @ readers.enc.T
+        acc = (virtual[..., None] if per_position else virtual) * pair(coef, readers.g, per_position)
         centre, radial = readers.terms()
         xhat = readers.xhat
     if centre is not None:
-        acc -= src.dirs.sum(1)[:, None] * (coef @ centre.reshape(centre.shape[0], -1).T)
+        sums = src.dirs.sum(1)
+        acc -= (sums[:, None, None] if per_position else sums[:, None]) * pair(coef, centre, per_position)
     if radial is not None:
         assert xhat is not None  # a radial term always comes with the x̂ it runs along
-        along = coef * (xhat.reshape(-1, xhat.shape[-1]) @ src.dirs.T).T  # [n_i, BP]
-        acc -= along @ radial.reshape(radial.shape[0], -1).T
+        along = coef * torch.einsum("bpd,id->ibp", xhat, src.dirs)  # [n_i, B, P]
+        acc -= pair(along, radial, per_position)
     if src.field is not None:  # the shared per-position part (sources behind a post-norm)
         assert src.field_coef is not None  # a field always comes with its coefficients
-        acc += src.field_coef.reshape(n_i, -1) @ readers.along(src.field).reshape(readers.n, -1).T
+        acc += pair(src.field_coef, readers.along(src.field), per_position)
     return acc

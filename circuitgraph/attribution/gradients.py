@@ -279,11 +279,13 @@ def forward_backward(
     input_override: torch.Tensor | None = None,
     capture_sources: dict | None = None,
     extra_fwd: list | None = None,
+    site_values: dict[str, torch.Tensor] | None = None,
 ) -> tuple[DestinationGradients, torch.Tensor]:
     """One forward of the clean prompts and one backward of the mean metric.
 
     ``input_override`` replaces the embedding (``blocks.0.hook_resid_pre``), e.g. with an
-    interpolation for EAP-IG; ``capture_sources`` (a dict) receives the raw source activations.
+    interpolation for EAP-IG; ``capture_sources`` (a dict) receives the raw source activations;
+    ``site_values`` fixes the SAE sites' nodes (straight-through, see :func:`site_hooks`).
     Returns the captured destination gradients and the per-example metric values.
     """
     dg = DestinationGradients(model, graph)
@@ -299,7 +301,7 @@ def forward_backward(
         + fwd
         + (source_hooks(model, graph, capture_sources, sites=False) if capture_sources is not None else [])
         + (extra_fwd or [])
-        + site_hooks(model, graph, capture_sources, dg.grad)
+        + site_hooks(model, graph, capture_sources, dg.grad, values=site_values)
     )  # sites last at their hook point
     with (
         torch.enable_grad(),
@@ -322,49 +324,26 @@ def contract(
 ) -> None:
     """``out[u, v] += weight · Σ_{batch,pos,d} delta_u · ∂m/∂in_v`` for every valid edge: per
     destination group, one matmul over the dense sources upstream of it plus one factored
-    product per upstream low-rank block (neurons, SAE features)."""
+    product per upstream low-rank block (neurons, SAE features). A position-resolved graph keeps
+    each position's own sum, written into the position diagonal of its score matrix."""
     D, rows = deltas.dense, deltas.dense_rows
     row_sums = D.sum(-1)  # [n_dense, B, P], shared by every norm-centred reader
-    if isinstance(graph, PositionalGraph):
-        return _contract_per_position(graph, D, row_sums, grads, out, weight)
-    for name, cols in graph.dst_slices().items():
-        up = graph.upstream(name)
+    per_position = isinstance(graph, PositionalGraph)
+    scores = graph.diagonal(out) if isinstance(graph, PositionalGraph) else out  # [n_src, n_dst(, P)] view
+    node = graph.node_graph
+    for name, cols in node.dst_slices().items():
+        up = node.upstream(name)
         target: slice | torch.Tensor
         if deltas.contiguous and isinstance(up, slice):  # no neurons or sites: rows are graph rows
             Du, sums, target, blocks = D[up], row_sums[up], up, []
         else:  # the dense rows and low-rank blocks this group reads
-            up_rows = graph.upstream_rows(name).to(rows.device)
+            up_rows = node.upstream_rows(name).to(rows.device)
             pick = torch.isin(rows, up_rows)
             Du, sums, target = D[pick], row_sums[pick], rows[pick]
             blocks = [b for b in deltas.lowrank if bool(torch.isin(b.rows[:1], up_rows))]
         for sub, readers in grads.group(name):
             c = slice(cols.start + sub.start, cols.start + sub.stop)
             if len(Du):
-                out[target, c] += weight * dense_scores(Du, readers, sums).to(out.dtype)
+                scores[target, c] += weight * dense_scores(Du, readers, sums, per_position).to(out.dtype)
             for block in blocks:
-                out[block.rows, c] += weight * lowrank_scores(block, readers).to(out.dtype)
-
-
-def _contract_per_position(
-    graph: PositionalGraph,
-    D: torch.Tensor,
-    row_sums: torch.Tensor,
-    grads: DestinationGradients | SummedGradients,
-    out: torch.Tensor,
-    weight: float,
-) -> None:
-    """The same contraction without summing over positions: scores ``[u, v, p]`` written into the
-    position diagonal of a :class:`PositionalGraph`'s score matrix."""
-    diag = graph.diagonal(out)  # [n_src, n_dst, P] view
-    for name, cols in graph.dst_slices().items():
-        n_up = graph.upstream(name).stop  # (positional graphs: always a prefix)
-        for sub, readers in grads.group(name):
-            assert isinstance(readers, DenseReaders)  # (no neurons or SAE sites in a positional graph)
-            c = slice(cols.start + sub.start, cols.start + sub.stop)
-            acc = torch.einsum("ubpd,vbpd->uvp", D[:n_up], readers.G)
-            if readers.centre is not None:
-                acc -= torch.einsum("ubp,vbp->uvp", row_sums[:n_up], readers.centre)
-            if readers.radial is not None:
-                along = torch.einsum("ubpd,bpd->ubp", D[:n_up], readers.xhat)
-                acc -= torch.einsum("ubp,vbp->uvp", along, readers.radial)
-            diag[:n_up, c] += weight * acc.to(out.dtype)
+                scores[block.rows, c] += weight * lowrank_scores(block, readers, per_position).to(out.dtype)

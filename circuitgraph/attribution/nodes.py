@@ -131,13 +131,15 @@ def feature_graph(
     task: Any = None,
     features: str | int | Mapping[str, Iterable[int]] = "active",
     split_qkv: bool = True,
+    neurons: bool | dict | None = None,
 ) -> Graph:
     """A graph of ``model`` with an SAE site per SAE in ``saes`` (one, a list or a
     ``{hook_name: SAE}`` dict), the SAEs attached.
 
     ``features``: ``"active"`` (features non-zero on some real token of the task's clean or
     corrupted prompts; needs ``task``), ``"all"``, an int k (top k per site by node attribution;
-    needs ``task``) or ``{hook_name: [ids]}``.
+    needs ``task``) or ``{hook_name: [ids]}``. ``neurons`` also splits MLPs into neurons (as in
+    :meth:`Graph.from_model`; a transcoder's layer keeps none).
     """
     saes = as_sae_list(saes)
     if features == "active" or (isinstance(features, int) and not isinstance(features, bool)):
@@ -153,7 +155,7 @@ def feature_graph(
             features = largest_k(feature_attribution(model, saes, task), features)
         else:  # "active"
             features = active_features(model, saes, task)
-    return Graph.from_model(model, split_qkv=split_qkv, saes=saes, features=features)
+    return Graph.from_model(model, split_qkv=split_qkv, neurons=neurons, saes=saes, features=features)
 
 
 def _probe(model: Any, saes: Any) -> Graph:

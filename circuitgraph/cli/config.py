@@ -210,7 +210,7 @@ class PruneConfig:
 
 @dataclass
 class GraphConfig:
-    """Which nodes the graph has (at most one of neurons / positions / saes).
+    """Which nodes the graph has (neurons, positions and saes combine freely).
 
     split_qkv  a head's query, key and value inputs are separate destinations
     neurons    split every MLP into single-neuron nodes
@@ -596,9 +596,6 @@ def _check_run(cfg: DictConfig) -> None:
 
 def _check_graph(cfg: DictConfig) -> None:
     g = cfg.graph
-    chosen = [k for k in ("neurons", "positions", "saes") if g[k]]
-    if len(chosen) > 1:
-        raise ConfigError(f"graph.{' and graph.'.join(chosen)} cannot be combined yet; choose one granularity")
     if g.saes is not None:
         if g.saes == "zoo":
             if cfg.model.source != "zoo":
@@ -613,8 +610,6 @@ def _check_graph(cfg: DictConfig) -> None:
             )
     if not (g.features in ("active", "all") or str(g.features).isdigit()):
         raise ConfigError(f"graph.features must be active, all or a number of features per site, got {g.features!r}")
-    if cfg.method.name == "eap-ig-activations" and g.saes is not None:
-        raise ConfigError("method=eap-ig-activations does not interpolate SAE features yet; use method=eap-ig")
 
 
 def _check_device(device: str) -> None:

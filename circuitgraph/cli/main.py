@@ -769,7 +769,9 @@ def write_summary(out: Path, summary: dict, files: dict[str, str]) -> None:
 
 
 def build_graph(gcfg: DictConfig, model, entry, task: Task, device: torch.device) -> cg.Graph:
-    """The run's graph: heads and MLPs, or neurons, token positions or SAE features (``graph.*``)."""
+    """The run's graph: heads and MLPs, split into neurons, SAE features and token positions as
+    ``graph.*`` asks (any combination)."""
+    neurons = bool(gcfg.neurons) or None
     if gcfg.saes is not None:
         saes = (
             zoo_saes(entry.name, device=device)
@@ -779,12 +781,14 @@ def build_graph(gcfg: DictConfig, model, entry, task: Task, device: torch.device
         if not saes:
             raise GraphError(f"graph.saes=zoo: the zoo model {entry.name!r} ships no SAEs (the induction model does)")
         features = int(gcfg.features) if str(gcfg.features).isdigit() else str(gcfg.features)
-        graph = cg.feature_graph(model, saes, task, features=features, split_qkv=bool(gcfg.split_qkv))
+        graph = cg.feature_graph(model, saes, task, features=features, split_qkv=bool(gcfg.split_qkv), neurons=neurons)
         log.info("SAE sites: %s", ", ".join(f"{s.hook_name} ({len(s.features)} feature nodes)" for s in graph.sites))
-        return graph
+    else:
+        graph = cg.Graph.from_model(model, split_qkv=bool(gcfg.split_qkv), neurons=neurons)
     if gcfg.positions:
-        return cg.PositionalGraph.from_model(model, positions=task.seq_len, split_qkv=bool(gcfg.split_qkv))
-    return cg.Graph.from_model(model, split_qkv=bool(gcfg.split_qkv), neurons=bool(gcfg.neurons) or None)
+        causal = getattr(model.cfg, "attention_dir", "causal") == "causal"
+        return cg.PositionalGraph(graph, positions=task.seq_len, causal=causal)
+    return graph
 
 
 def resolve_device(device: str) -> torch.device:

@@ -183,9 +183,12 @@ class LiveDeltas:
                 continue
             n_b = r_b.shape[1]
             coef = self.coefs[name][up[inside] - start]  # [n_b, K, B, P]
-            A = coef.reshape(n_b, self.K, -1).permute(1, 2, 0)  # [K, BP, n_b]
-            # Σ_u r[k,u,c] coef_u W_u: weight the coefficients per reader column, then one matmul
-            weighted = A[:, :, None, :] * r_b.transpose(1, 2)[:, None]  # [K, BP, C, n_b]
+            if r.ndim == 4:  # per position: [K, B, P, C, n_b]
+                weighted = torch.einsum("ukbp,kucp->kbpcu", coef, r_b)
+            else:
+                A = coef.reshape(n_b, self.K, -1).permute(1, 2, 0)  # [K, BP, n_b]
+                # Σ_u r[k,u,c] coef_u W_u: weight the coefficients per reader column, then one matmul
+                weighted = A[:, :, None, :] * r_b.transpose(1, 2)[:, None]  # [K, BP, C, n_b]
             out = out + (weighted @ W[up[inside] - start]).reshape(out.shape)
         return out
 
@@ -208,7 +211,9 @@ class LiveDeltas:
         r_d = r[:, keep]
         if bool(r_d.any()):
             proj = self._at(self.pos[up[keep]]) @ W_enc  # [n_dense, K, B, P, n]
-            out = out + (r_d.permute(1, 0, 2)[:, :, None, None, :] * proj).sum(0)
+            # r_d [K, n_dense, n] → [n_dense, K, 1, 1, n]; per position [K, n_dense, n, P] → [n_dense, K, 1, P, n]
+            r_u = r_d.permute(1, 0, 3, 2)[:, :, None] if r.ndim == 4 else r_d.permute(1, 0, 2)[:, :, None, None, :]
+            out = out + (r_u * proj).sum(0)
         if self.mix.groups:  # post-norm groups are not linear: each column's loss, then its projection
             step = max(1, _CHUNK // (self.K * self.B * self.P * self.d))
             for c in range(0, W_enc.shape[1], step):
@@ -224,7 +229,11 @@ class LiveDeltas:
             rows = up[inside] - start
             coef = self.coefs[name][rows]  # [n_b, K, B, P]
             V = W[rows] @ W_enc  # virtual weights [n_b, n]
-            out = out + torch.bmm(coef.reshape(len(rows), self.K, -1).permute(1, 2, 0), r_b * V).reshape(out.shape)
+            if r.ndim == 4:  # per position
+                out = out + torch.einsum("ukbp,kujp->kbpj", coef, r_b * V[None, :, :, None])
+            else:
+                A = coef.reshape(len(rows), self.K, -1).permute(1, 2, 0)  # [K, BP, n_b]
+                out = out + torch.bmm(A, r_b * V).reshape(out.shape)
         return out
 
 

@@ -107,12 +107,12 @@ def patch_hooks(  # noqa: C901
             hooks.append((bk.mlp_out_hook(L), record(src[f"mlp{L}"])))
         else:
             hooks += _neuron_hooks(bk, graph, L, removed, deltas, K, up)
-    h = subtract(dst["logits"], graph.upstream("logits"), per_head=False)
-    if h is not None:
-        hooks.append((bk.final_hook(), h))
-    # SAE sites last: at a shared hook point they run after the records above
+    # SAE sites after the records above that share their hook point
     for site in graph.sites:
         hooks += site_patch_hooks(model, graph, site, removed, deltas)
+    h = subtract(dst["logits"], graph.upstream("logits"), per_head=False)
+    if h is not None:  # last: a site at the final hook_resid_post is upstream of the logits
+        hooks.append((bk.final_hook(), h))
     return hooks
 
 
@@ -169,11 +169,11 @@ def _neuron_read_hooks(
     reads = bk.neuron_reads(L)
     ln2 = bk.norm(L, 2)
     B, P, d = deltas.B, deltas.P, deltas.d
-    r = removed[:, up, cols.start : cols.stop].to(deltas.dtype)  # [K, n_up, n (+ rest)]
-    patched = ids[r[..., :n].any(0).any(0)]  # neurons with some removed in-edge
-    r_patched = r[..., :n][..., r[..., :n].any(0).any(0)]
+    r = removed[:, up, cols.start : cols.stop].to(deltas.dtype)  # [K, n_up, n (+ rest)(, P: per position)]
+    hit = (r[:, :, :n].any(-1) if r.ndim == 4 else r[:, :, :n]).any(0).any(0)  # [n] neurons with a removed in-edge
+    patched, r_patched = ids[hit], r[:, :, :n][:, :, hit]
     others = None  # the neurons ``rest`` stands for, when it has a removed in-edge
-    if graph.has_rest(L) and bool(r[..., n].any()):
+    if graph.has_rest(L) and bool(r[:, :, n].any()):
         unchosen = torch.ones(reads[0].W.shape[1], dtype=torch.bool, device=ids.device)
         unchosen[ids] = False
         others = unchosen.nonzero()[:, 0]
@@ -187,7 +187,7 @@ def _neuron_read_hooks(
             own = x.reshape(K, B, P, 1, d) - deltas.removed_sum(r_patched, up)
             store["neurons"] = deltas.live(ln2(own.reshape(K * B, P, len(patched), d)))
         if others is not None:  # [K·B, P, d]
-            own = x.reshape(K, B, P, d) - deltas.removed_sum(r[..., n:], up)[..., 0, :]
+            own = x.reshape(K, B, P, d) - deltas.removed_sum(r[:, :, n:], up)[..., 0, :]
             store["rest"] = deltas.live(ln2(own.reshape(K * B, P, d)))
 
     def read_hook(k: int, W: torch.Tensor, b: torch.Tensor | None):

@@ -16,6 +16,7 @@ written, ``W_enc[:, j]`` read), so EAP never materialises a feature's d-vector.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -48,17 +49,27 @@ def other_features(site: Site, device) -> torch.Tensor:
     return keep.nonzero()[:, 0]
 
 
-def site_hooks(model, graph: Graph, capture: dict | None, grads: dict | None = None, act_grads: bool = False) -> list:
+def site_hooks(
+    model,
+    graph: Graph,
+    capture: dict | None,
+    grads: dict | None = None,
+    act_grads: bool = False,
+    values: dict[str, torch.Tensor] | None = None,
+) -> list:
     """Forward hooks splicing every site's SAE into the model (output unchanged up to rounding),
     storing ``acts``/``err`` into ``capture`` and, under autograd, ∂m/∂pre and ∂m/∂x_err into
-    ``grads`` (and ∂m/∂acts, with ``act_grads``: node attribution). Add them after any other hook
-    on the same hook point."""
+    ``grads`` (and ∂m/∂acts, with ``act_grads``: node attribution). ``values`` (raw captures
+    ``acts:{site}`` / ``err:{site}``) fixes the site's nodes to those values while gradients flow
+    through the live computation (straight-through: activation EAP-IG). Add them after any other
+    hook on the same hook point."""
     graph = graph.node_graph
     hooks = []
+    fix = _fixer(values)
     for site in graph.sites:
         sae = site_sae(graph, site)
         if site.kind == "transcoder":
-            hooks += _transcoder_hooks(model, site, sae, capture, grads, act_grads)
+            hooks += _transcoder_hooks(model, site, sae, capture, grads, act_grads, fix)
             continue
 
         def hook(x, hook, site=site, sae=sae):
@@ -71,7 +82,7 @@ def site_hooks(model, graph: Graph, capture: dict | None, grads: dict | None = N
             acts = sae.activation(pre)
             if track and act_grads:
                 acts.register_hook(_keep(grads, f"act:{site.name}"))
-            err = sae.error(x_err)
+            acts, err = fix(f"acts:{site.name}", acts), fix(f"err:{site.name}", sae.error(x_err))
             if capture is not None:
                 capture[f"acts:{site.name}"] = frozen(acts)
                 capture[f"err:{site.name}"] = frozen(err)
@@ -97,7 +108,20 @@ def _norm(model: Any, site: Site) -> Any:
     return normalize
 
 
-def _transcoder_hooks(model, site: Site, sae, capture: dict | None, grads: dict | None, act_grads: bool) -> list:
+def _fixer(values: dict[str, torch.Tensor] | None):
+    """``fix(key, t)``: ``t`` with the value ``values[key]`` and ``t``'s gradient (identity without values)."""
+
+    def fix(key: str, t: torch.Tensor) -> torch.Tensor:
+        if values is None:
+            return t
+        return t + (values[key].to(t.dtype) - t.detach())
+
+    return fix
+
+
+def _transcoder_hooks(
+    model, site: Site, sae, capture: dict | None, grads: dict | None, act_grads: bool, fix: Callable
+) -> list:
     """A transcoder stands in for layer L's MLP: at ``hook_mlp_in`` its features and its error get
     their own copies of the MLP input (so each has its own gradient); at ``hook_mlp_out`` the
     output becomes ``b_dec + acts @ W_dec + err`` with ``err = MLP(x_err) − transcoder(x_err)``
@@ -122,7 +146,8 @@ def _transcoder_hooks(model, site: Site, sae, capture: dict | None, grads: dict 
         acts = sae.activation(pre)
         if track and act_grads:
             acts.register_hook(_keep(grads, f"act:{site.name}"))
-        err = sae.error(norm(state.pop("x_err")), target=out)
+        acts = fix(f"acts:{site.name}", acts)
+        err = fix(f"err:{site.name}", sae.error(norm(state.pop("x_err")), target=out))
         if capture is not None:
             capture[f"acts:{site.name}"] = frozen(acts)
             capture[f"err:{site.name}"] = frozen(err)
@@ -204,10 +229,11 @@ class _SitePatch:
         self.ids = feature_ids(site, device)
         self.n = n = len(self.ids)
         self.un = other_features(site, device) if site.has_rest else None
-        r = removed[:, self.up, graph.dst_slices()[site.name]].to(deltas.dtype)  # [K, n_up, n_nodes]
-        self.r_feat = r[..., :n]
-        self.r_rest = r[..., n : n + 1] if site.has_rest and bool(r[..., n].any()) else None
-        self.r_err = r[..., -1:] if bool(r[..., -1].any()) else None
+        # [K, n_up, n_nodes], or [K, n_up, n_nodes, P] on a position-resolved graph
+        r = removed[:, self.up, graph.dst_slices()[site.name]].to(deltas.dtype)
+        self.r_feat = r[:, :, :n]
+        self.r_rest = r[:, :, n : n + 1] if site.has_rest and bool(r[:, :, n].any()) else None
+        self.r_err = r[:, :, -1:] if bool(r[:, :, -1].any()) else None
         self.W_enc, self.W_dec, self.b_dec = frozen(self.sae.W_enc), frozen(self.sae.W_dec), frozen(self.sae.b_dec)
         self.shape = (deltas.K, deltas.B, deltas.P, deltas.d)
 
@@ -250,8 +276,9 @@ def _transcoder_patch_hooks(model, graph: Graph, site: Site, removed, deltas) ->
     sp = _SitePatch(graph, site, removed, deltas)
     sae, norm, ids = sp.sae, _norm(model, site), sp.ids
     K, B, P, d = sp.shape
-    patched = sp.r_feat.any(0).any(0).nonzero()[:, 0]  # features with some removed in-edge
-    r_patched = sp.r_feat[..., patched]
+    hit = sp.r_feat.any(-1) if sp.r_feat.ndim == 4 else sp.r_feat
+    patched = hit.any(0).any(0).nonzero()[:, 0]  # features with some removed in-edge
+    r_patched = sp.r_feat[:, :, patched]
     b_enc = frozen(sae.b_enc)
     state: dict = {}
 

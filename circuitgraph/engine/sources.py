@@ -81,10 +81,10 @@ def stack_sources(
             out[at(rows)] = buf[f"mlp{L}"][None]
             continue
         post, W_out = _neuron_parts(model, graph, buf, L)
-        n = post.shape[-1]
-        out[rows.start : rows.start + n] = torch.einsum("bpi,id->ibpd", post, W_out)
+        n, at_rows = post.shape[-1], at(rows)  # (compact: SAE features before this layer shift its rows)
+        out[at_rows.start : at_rows.start + n] = torch.einsum("bpi,id->ibpd", post, W_out)
         if graph.has_rest(L):
-            out[rows.start + n] = _rest(model, graph, buf, L, post @ W_out)
+            out[at_rows.start + n] = _rest(model, graph, buf, L, post @ W_out)
     if not graph.sites:
         return out
     for site in graph.sites:

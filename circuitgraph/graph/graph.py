@@ -106,8 +106,12 @@ class Graph:
             _normalise_neurons(neurons, arch),
             check_sites(list(sites or []), arch.n_layers, arch.has_mlp, arch.parallel_attn_mlp),
         )
-        if self.sites and self.neurons:
-            raise GraphError("a graph with SAE sites and neuron nodes is not supported yet; use one or the other")
+        replaced = sorted(s.layer for s in self.sites if s.kind == "transcoder" and s.layer in self.neurons)
+        if replaced:
+            raise GraphError(
+                f"layer {replaced[0]} has neuron nodes and a transcoder, which replaces that layer's MLP and so "
+                "its neurons: split the layer into neurons or attach the transcoder, not both"
+            )
         L, H = arch.n_layers, arch.n_heads
         # Residual "time" (see graph/names.py): input 0, layer L's heads 8L+4, its MLP 8L+8, SAE
         # sites in between, logits 8·n_layers+4. Rows and columns are ordered by time.
@@ -212,12 +216,11 @@ class Graph:
         cfg = backend.cfg
         sites = None
         if saes is not None:
-            if neurons:
-                raise GraphError("a graph with SAE sites and neuron nodes is not supported yet; use one or the other")
             saes = as_sae_list(saes)
             sites = _sites_for(model, saes, features)
-        if neurons is True:
-            neurons = {layer: None for layer in range(cfg.n_layers)}
+        if neurons is True:  # (every layer whose MLP is in the graph: a transcoder replaces its layer's)
+            replaced = {s.layer for s in sites or [] if s.kind == "transcoder"}
+            neurons = {layer: None for layer in range(cfg.n_layers) if layer not in replaced}
         graph = cls(
             backend.architecture(),
             split_qkv=split_qkv,
@@ -634,6 +637,10 @@ def _sites_for(model: Any, saes: list, features: Any) -> list[Site]:
 #
 # The score matrix is ``[n_src·P, n_dst·P]`` with rows ``u·P + p``; only its position diagonal can
 # be non-zero, and :meth:`PositionalGraph.diagonal` views it as ``[n_src, n_dst, P]``.
+#
+# The base graph may split MLPs into neurons and hold SAE sites: a neuron or a feature at position p
+# reads and writes the residual stream at p, like an MLP; the engine computes on the base graph
+# with per-position removals, and attribution keeps each position's own sum.
 
 
 class PositionalGraph(Graph):
@@ -642,16 +649,12 @@ class PositionalGraph(Graph):
     positions: int  # always set (≥ 1)
 
     def __init__(self, base: Graph, positions: int, causal: bool = True) -> None:
-        if base.neurons:
-            raise GraphError("position-resolved graphs with neuron nodes are not supported yet; use one or the other")
-        if base.sites:
-            raise GraphError("position-resolved graphs with SAE sites are not supported yet; use one or the other")
         if positions < 1:
             raise GraphError(f"positions must be ≥ 1, got {positions}")
         self.base = base
         self.positions = P = positions
         self.causal = causal
-        self._describe(base.arch, base.split_qkv, base.model_name, base.model_hash, {}, [])
+        self._describe(base.arch, base.split_qkv, base.model_name, base.model_hash, base.neurons, base.sites)
         self.src_time = base.src_time.repeat_interleave(P)
         self.dst_time = base.dst_time.repeat_interleave(P)
         eye = torch.eye(P, dtype=torch.bool, device=base.device)
@@ -679,10 +682,22 @@ class PositionalGraph(Graph):
             node_dsts,
             base.device,
         )
+        self.saes = base.saes  # (shared: the engine reads a site's SAE from either graph)
 
     @classmethod
-    def from_model(cls, model: Any, positions: int, split_qkv: bool = True) -> PositionalGraph:  # type: ignore[override]
-        base = Graph.from_model(model, split_qkv=split_qkv)
+    def from_model(  # type: ignore[override]
+        cls,
+        model: Any,
+        positions: int,
+        split_qkv: bool = True,
+        neurons: bool | dict | None = None,
+        saes: Any = None,
+        features: str | int | Mapping[str, Iterable[int]] = "all",
+    ) -> PositionalGraph:
+        """Every node of ``Graph.from_model(model, split_qkv, neurons, saes, features)`` once per
+        token position (for features chosen from a task, wrap :func:`circuitgraph.feature_graph`'s
+        graph: ``PositionalGraph(graph, positions)``)."""
+        base = Graph.from_model(model, split_qkv=split_qkv, neurons=neurons, saes=saes, features=features)
         return cls(base, positions, causal=getattr(model.cfg, "attention_dir", "causal") == "causal")
 
     def diagonal(self, t: torch.Tensor | None = None) -> torch.Tensor:
@@ -697,10 +712,9 @@ class PositionalGraph(Graph):
     def src_slices(self) -> dict[str, slice]:
         return self.base.src_slices()
 
-    def upstream(self, group: str) -> slice:
-        up = self.base.upstream(group)
-        assert isinstance(up, slice)  # no SAE sites (refused above): the rows a group reads are a prefix
-        return up
+    def upstream(self, group: str) -> slice | torch.Tensor:
+        """The base graph's upstream rows of ``group`` (the engine computes on the base graph)."""
+        return self.base.upstream(group)
 
     def mlp_node_names(self, layer: int) -> list[str]:
         return self.base.mlp_node_names(layer)

@@ -14,7 +14,8 @@ site's nodes, and readers after the site read the site's nodes instead.
 
 Where a site sits in the residual stream's order of reads and writes is its residual time
 (:mod:`circuitgraph.graph.names`: resid_pre L at 8L+2, attn_out 8L+5, resid_mid 8L+6, mlp_out 8L+9,
-resid_post 8L+10).
+resid_post 8L+10). The last layer's ``resid_post`` is what the unembedding reads: a site there
+is read by ``logits`` alone.
 A residual site reads every writer still visible at its time; an ``attn_out`` site reads only its
 layer's heads and an ``mlp_out`` site only its layer's MLP.
 """
@@ -94,8 +95,11 @@ def parse_hook(hook_name: str) -> tuple[int, str]:
     if not m:
         raise GraphError(
             f"SAE sites must be at a residual-stream or layer-output hook point "
-            f"(blocks.L.hook_{{{','.join(SITE_KINDS)}}}), got {hook_name!r}; SAEs on other hook points "
-            "(hook_z, mlp.hook_post, ...) can be spliced with circuitgraph.sae.splice but are not graph nodes yet"
+            f"(blocks.L.hook_{{{','.join(SITE_KINDS)}}}), got {hook_name!r}. SAEs on other hook points "
+            "(hook_z, mlp.hook_post, ...) are not graph sites: their features would reach the residual stream "
+            "only through W_O / W_out, which the graph does not model. Run the model on their reconstruction "
+            "with circuitgraph.sae.splice, or make an SAE at hook_attn_out / hook_mlp_out (or a transcoder) "
+            "the graph site"
         )
     return int(m.group(1)), m.group(2)
 
@@ -141,11 +145,6 @@ def check_sites(sites: list[Site], n_layers: int, has_mlp: bool, parallel: bool 
             raise GraphError(
                 f"SAE site {s.hook_name}: this model has no MLPs (attn_only), so it has no "
                 "hook_mlp_out / hook_resid_mid; use hook_resid_pre or hook_attn_out"
-            )
-        if s.kind == "resid_post" and s.layer == n_layers - 1:
-            raise GraphError(
-                f"SAE site {s.hook_name}: the last layer's hook_resid_post is what the unembedding "
-                "reads and is not a graph site yet; attach the SAE at an earlier residual point"
             )
     for a, b in zip(out, out[1:]):
         if a.time == b.time:
