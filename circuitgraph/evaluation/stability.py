@@ -8,7 +8,9 @@ circuits, and the circuit of edges kept in at least ``threshold`` of the resampl
 
 Recomputation is shared wherever the method allows: exact scores are patched once per example and
 every resample reweights those rows (a matrix product); EAP and EAP-IG run the engine's batched
-attribution once per resample; ACDC, learned masks, or a callable of your own run per resample.
+attribution once per resample; learned masks train every resample at once, each a reweighting of
+the examples (one batched mask per resample, with the choice the whole task's search made: its λ,
+or its top-n size on the sweep's ranking); ACDC or a callable of your own run per resample.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from circuitgraph.attribution import attribute
 from circuitgraph.attribution.attribute import exact_per_example
 from circuitgraph.circuit import SEARCH_METHODS
 from circuitgraph.circuit.acdc import acdc
-from circuitgraph.circuit.learned import learned_circuit
+from circuitgraph.circuit.circuit import Circuit
+from circuitgraph.circuit.learned import DEFAULT_LAMBDAS, learn_edge_masks, learned_circuit
 from circuitgraph.circuit.minimal import minimal_circuit
 from circuitgraph.circuit.selection import prune, top_n
 from circuitgraph.engine.ablation import Ablation
@@ -99,6 +102,8 @@ def stability(
     threshold: float = 0.9,
     seed: int = 0,
     indices: torch.Tensor | None = None,
+    batched: bool = True,
+    reference: Circuit | None = None,
     **method_kw,
 ) -> Stability:
     """Resample the task's examples ``n_boot`` times and find the circuit again on each.
@@ -112,6 +117,12 @@ def stability(
     indices    ``[n_boot, n_examples]`` resample indices (default: drawn with replacement from
                ``seed``); identical rows give identical circuits for a deterministic method
     threshold  inclusion frequency an edge needs to be in the ``stable`` circuit
+    batched    edge-pruning: train all resamples at once as example reweightings, with the
+               hyper-parameter fixed at the whole task's choice (the λ of its winning sweep mask,
+               or the size n of its ranking's top-n); False: :func:`learned_circuit` on each
+               resample, choosing again each time (one search per resample)
+    reference  edge-pruning, batched: the :func:`learned_circuit` result on the whole task that
+               fixes that choice (default: computed here with the same options)
 
     ``graph.scores`` is left as it was."""
     if not (callable(method) or method in METHODS):
@@ -135,6 +146,8 @@ def stability(
                 n_edges = ref.n_edges
             selection = {"kind": "top-n", "n": int(n_edges), "prune": True}
             masks = _score_method_masks(model, graph, task, method, abl, steps, idx, int(n_edges), method_kw)
+        elif method == "edge-pruning" and batched:
+            masks, selection = _learned_masks(model, graph, task, abl, target, idx, reference, method_kw)
         else:
             masks = torch.stack(
                 [_select(model, graph, task.select(row.to(task.device)), method, abl, target, method_kw) for row in idx]
@@ -177,6 +190,38 @@ def _score_method_masks(model, graph, task, method, abl, steps, idx, n_edges, me
         )
         out.append(prune(graph, top_n(graph, n_edges, scores=scores)))
     return torch.stack(out)
+
+
+def _learned_masks(model, graph, task, abl, target, idx, reference, method_kw) -> tuple[torch.Tensor, dict]:
+    """Learned-mask circuits of every resample, trained in one batch of masks (each resample a
+    reweighting of the examples by its multiplicities), at the whole task's choice: the winning
+    sweep mask's λ (one mask per resample), or the top-n size on the sweep's ranking (the whole
+    sweep per resample, then each resample's own ranking cut at that n)."""
+    kw = dict(method_kw)
+    if "train_steps" in kw:  # (``steps`` is EAP-IG's here)
+        kw["steps"] = kw.pop("train_steps")
+    lambdas = [float(x) for x in kw.pop("lambdas", DEFAULT_LAMBDAS)]
+    ref = reference or learned_circuit(model, graph, task, target=target, ablation=abl, lambdas=lambdas, **kw)
+    source = ref.figures["source"]
+    counts = torch.zeros(idx.shape[0], task.n_examples, dtype=torch.float64)
+    counts.scatter_add_(1, idx, torch.ones(idx.shape, dtype=torch.float64))  # multiplicity of each example
+    chosen: dict
+    if source["kind"] == "sweep mask":
+        lam = float(source["lambda"])
+        res = learn_edge_masks(model, graph, task, lambdas=[lam], ablation=abl, weights=counts, **kw)
+        masks, chosen = res.masks, {"lambda": lam}
+    else:
+        n = int(source["top_n"])
+        res = learn_edge_masks(model, graph, task, lambdas=lambdas, ablation=abl, weights=counts, **kw)
+        masks = torch.stack([prune(graph, top_n(graph, n, scores=r)) for r in res.ranking])
+        chosen = {"top_n": n, "lambdas": lambdas}
+    selection = {
+        "kind": "edge-pruning, batched resamples",
+        "target": target,
+        "fixed": chosen,
+        **{k: v for k, v in kw.items() if _plain(v)},
+    }
+    return masks, selection
 
 
 def _select(model, graph, sub, method, abl, target, method_kw) -> torch.Tensor:
