@@ -112,3 +112,10 @@ def test_learned_masks_resamples_in_one_batch(setup):
         assert st.sizes == [int(m.sum()) for m in alone]
         assert torch.equal(st.inclusion, alone.double().mean(0).float())
         assert st.jaccard == pytest.approx(mean_jaccard(alone)) and st.jaccard < 1  # resamples differ here
+
+
+def test_time_limit_stops_drawing_resamples(setup):
+    model, task, graph = setup
+    fixed = graph.mask_from_edges(["input->logits"])
+    st = stability(model, graph, task, method=lambda mdl, g, t: fixed, n_boot=50, time_limit=0.0)
+    assert st.n_boot == 2 and len(st.sizes) == 2 and st.jaccard == 1.0

@@ -104,6 +104,7 @@ def stability(
     indices: torch.Tensor | None = None,
     batched: bool = True,
     reference: Circuit | None = None,
+    time_limit: float | None = None,
     **method_kw,
 ) -> Stability:
     """Resample the task's examples ``n_boot`` times and find the circuit again on each.
@@ -123,6 +124,9 @@ def stability(
                resample, choosing again each time (one search per resample)
     reference  edge-pruning, batched: the :func:`learned_circuit` result on the whole task that
                fixes that choice (default: computed here with the same options)
+    time_limit methods run once per resample (ACDC, callables, unbatched edge pruning): draw no
+               further resample after this many seconds (at least two are always run); the
+               figures then cover the resamples done, and ``n_boot`` says how many
 
     ``graph.scores`` is left as it was."""
     if not (callable(method) or method in METHODS):
@@ -149,9 +153,12 @@ def stability(
         elif method == "edge-pruning" and batched:
             masks, selection = _learned_masks(model, graph, task, abl, target, idx, reference, method_kw)
         else:
-            masks = torch.stack(
-                [_select(model, graph, task.select(row.to(task.device)), method, abl, target, method_kw) for row in idx]
-            )
+            done: list[torch.Tensor] = []
+            for row in idx:
+                if time_limit is not None and len(done) >= 2 and time.perf_counter() - t0 > time_limit:
+                    break
+                done.append(_select(model, graph, task.select(row.to(task.device)), method, abl, target, method_kw))
+            masks = torch.stack(done)
             selection = {"kind": "method", "target": target, **{k: v for k, v in method_kw.items() if _plain(v)}}
     finally:
         graph.scores, graph.score_info = saved
@@ -162,7 +169,7 @@ def stability(
         jaccard=mean_jaccard(masks),
         stable=(inclusion >= threshold - 1e-9) & graph.valid,
         threshold=threshold,
-        n_boot=int(idx.shape[0]),
+        n_boot=int(masks.shape[0]),
         sizes=[int(torch.count_nonzero(m)) for m in masks],
         method=method if isinstance(method, str) else getattr(method, "__name__", "custom"),
         selection=selection,
