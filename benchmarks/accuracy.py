@@ -693,11 +693,18 @@ scrub after "scrub"). "edges outside GT" counts the circuit's edges that the gro
 Edge AUC ranks edges by |score| (learned masks: the number of λ at which the edge survives;
 ACDC and scrubbing: the achievable staircase through their circuits). CPR / CMD follow MIB
 (fractions 0, 0.1 … 100 %, pruned top-n, rounded edge counts). Jaccard is the mean pairwise
-Jaccard similarity of the circuits found on bootstrap resamples of the examples (score methods:
-their pruned top-n at the size in the table; searching methods: their own search), with the
-number of resamples in brackets: only 2 for the searching methods, so their Jaccard is one pair
-and says little. Times are the method's own (with `minimal_circuit`'s search for the score
-methods), not the stability runs, on a shared, loaded 2-core VM.
+Jaccard similarity of the circuits found on bootstrap resamples of the examples, with the number
+of resamples in brackets. Score methods: their pruned top-n at the size in the table, scores
+recomputed per resample. ACDC: a run per resample at the threshold of the table's circuit.
+Scrubbing: EAP-IG and the scrubbing search per resample. Learned masks: every resample is a
+reweighting of the examples by its multiplicities, and all resamples train at once as one batch
+of masks (shared minibatches, cached ablations and shared gate noise, so resamples differ by their
+data only), at the choice the whole task's search made: the winning sweep mask's λ, or the top-n
+size on each resample's own ranking (`stability(..., method="edge-pruning")`,
+`tests/test_stability.py` checks it equals a separate run per resample). Like the score methods'
+fixed n, this fixes the hyper-parameter, so it measures how the learned circuit moves with the
+data, not how the λ choice moves. Times are the method's own (with `minimal_circuit`'s search for
+the score methods), not the stability runs, on a shared, loaded 2-core VM.
 
 What the figures mean:
 
