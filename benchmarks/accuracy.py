@@ -315,7 +315,9 @@ def beyond_row(entry, conv, gt, method, args) -> dict:  # noqa: C901  (one branc
             method="edge-pruning",
             n_boot=boot,
             ablation=abl,
-            reference=c,  # the whole task's choice (λ or top-n) is kept; resamples train in one batch
+            reference=c,  # the whole task's choice (λ or top-n) is kept; resamples train in batches
+            resamples_per_batch=args.boot_batch,
+            time_limit=args.boot_time,
             train_steps=args.train_steps,
             estimator=est,
         )
@@ -662,7 +664,11 @@ def run_beyond(args) -> None:
             f"0.3}}, estimator {args.learned_estimator} (auto: sampled binary gates on tracr, hard-concrete on induction). "
             f"Bootstraps: {args.boot} requested for every method"
             + (f" ({args.boot_search} for ACDC and scrubbing)" if args.boot_search is not None else "")
-            + (f"; ACDC and scrubbing stop drawing resamples after {args.boot_time:.0f} s" if args.boot_time else "")
+            + (
+                f"; ACDC, scrubbing and learned masks stop drawing resamples after {args.boot_time:.0f} s"
+                if args.boot_time
+                else ""
+            )
             + " (the number done is in each row's brackets). Learned masks train every resample at once (example "
             "weights), at the λ or top-n size chosen on the whole task.",
             "",
@@ -981,8 +987,12 @@ def main() -> None:
     ap.add_argument("--boot", type=int, default=100, help="bootstraps for the score methods")
     ap.add_argument("--boot-search", type=int, default=None, help="bootstraps for ACDC and scrubbing (default: --boot)")
     ap.add_argument(
-        "--boot-time", type=float, default=None, help="seconds after which ACDC and scrubbing draw no further resample"
+        "--boot-time",
+        type=float,
+        default=None,
+        help="seconds after which ACDC, scrubbing and learned masks draw no further resample (batch)",
     )
+    ap.add_argument("--boot-batch", type=int, default=25, help="learned masks: resamples trained together")
     ap.add_argument("--train-steps", type=int, default=100, help="learned masks: optimisation steps")
     ap.add_argument("--learned-estimator", default="auto", choices=["auto", "hard-concrete", "sampled"])
     ap.add_argument("--skip-ablation", action="store_true", help="skip optimal vs mean ablation")

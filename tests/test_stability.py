@@ -119,3 +119,18 @@ def test_time_limit_stops_drawing_resamples(setup):
     fixed = graph.mask_from_edges(["input->logits"])
     st = stability(model, graph, task, method=lambda mdl, g, t: fixed, n_boot=50, time_limit=0.0)
     assert st.n_boot == 2 and len(st.sizes) == 2 and st.jaccard == 1.0
+
+
+def test_learned_masks_resamples_in_batches_and_within_a_time_limit(setup):
+    from circuitgraph.circuit.learned import learned_circuit
+
+    model, task, graph = setup
+    ref = learned_circuit(model, graph, task, target=0.8, steps=50, lambdas=(0.003, 0.03), examples_per_step=None)
+    ref.figures["source"] = {"kind": "sweep mask", "lambda": 0.03}
+    kw = dict(method="edge-pruning", target=0.8, reference=ref, train_steps=50, examples_per_step=None)
+    idx = resample_indices(task.n_examples, 4, seed=1)
+    whole = stability(model, graph, task, indices=idx, **kw)
+    split = stability(model, graph, task, indices=idx, resamples_per_batch=3, **kw)
+    assert torch.equal(whole.inclusion, split.inclusion) and whole.sizes == split.sizes
+    cut = stability(model, graph, task, indices=idx, resamples_per_batch=2, time_limit=0.0, **kw)
+    assert cut.n_boot == 2 and cut.sizes == whole.sizes[:2]

@@ -105,6 +105,7 @@ def stability(
     batched: bool = True,
     reference: Circuit | None = None,
     time_limit: float | None = None,
+    resamples_per_batch: int | None = None,
     **method_kw,
 ) -> Stability:
     """Resample the task's examples ``n_boot`` times and find the circuit again on each.
@@ -124,9 +125,10 @@ def stability(
                resample, choosing again each time (one search per resample)
     reference  edge-pruning, batched: the :func:`learned_circuit` result on the whole task that
                fixes that choice (default: computed here with the same options)
-    time_limit methods run once per resample (ACDC, callables, unbatched edge pruning): draw no
-               further resample after this many seconds (at least two are always run); the
-               figures then cover the resamples done, and ``n_boot`` says how many
+    time_limit draw no further resample after this many seconds (at least two are always run;
+               batched edge pruning: start no further batch); the figures then cover the
+               resamples done, and ``n_boot`` says how many
+    resamples_per_batch  batched edge pruning: resamples trained together (default: all)
 
     ``graph.scores`` is left as it was."""
     if not (callable(method) or method in METHODS):
@@ -151,7 +153,9 @@ def stability(
             selection = {"kind": "top-n", "n": int(n_edges), "prune": True}
             masks = _score_method_masks(model, graph, task, method, abl, steps, idx, int(n_edges), method_kw)
         elif method == "edge-pruning" and batched:
-            masks, selection = _learned_masks(model, graph, task, abl, target, idx, reference, method_kw)
+            masks, selection = _learned_masks(
+                model, graph, task, abl, target, idx, reference, method_kw, t0, time_limit, resamples_per_batch
+            )
         else:
             done: list[torch.Tensor] = []
             for row in idx:
@@ -199,7 +203,9 @@ def _score_method_masks(model, graph, task, method, abl, steps, idx, n_edges, me
     return torch.stack(out)
 
 
-def _learned_masks(model, graph, task, abl, target, idx, reference, method_kw) -> tuple[torch.Tensor, dict]:
+def _learned_masks(
+    model, graph, task, abl, target, idx, reference, method_kw, t0, time_limit, per_batch
+) -> tuple[torch.Tensor, dict]:
     """Learned-mask circuits of every resample, trained in one batch of masks (each resample a
     reweighting of the examples by its multiplicities), at the whole task's choice: the winning
     sweep mask's λ (one mask per resample), or the top-n size on the sweep's ranking (the whole
@@ -212,16 +218,22 @@ def _learned_masks(model, graph, task, abl, target, idx, reference, method_kw) -
     source = ref.figures["source"]
     counts = torch.zeros(idx.shape[0], task.n_examples, dtype=torch.float64)
     counts.scatter_add_(1, idx, torch.ones(idx.shape, dtype=torch.float64))  # multiplicity of each example
-    chosen: dict
-    if source["kind"] == "sweep mask":
-        lam = float(source["lambda"])
-        res = learn_edge_masks(model, graph, task, lambdas=[lam], ablation=abl, weights=counts, **kw)
-        masks, chosen = res.masks, {"lambda": lam}
-    else:
-        n = int(source["top_n"])
-        res = learn_edge_masks(model, graph, task, lambdas=lambdas, ablation=abl, weights=counts, **kw)
-        masks = torch.stack([prune(graph, top_n(graph, n, scores=r)) for r in res.ranking])
-        chosen = {"top_n": n, "lambdas": lambdas}
+    sweep = source["kind"] == "sweep mask"
+    chosen: dict = {"lambda": float(source["lambda"])} if sweep else {"top_n": int(source["top_n"]), "lambdas": lambdas}
+    done: list[torch.Tensor] = []
+    per_batch = per_batch or len(counts)
+    for b0 in range(0, len(counts), per_batch):
+        if time_limit is not None and b0 >= 2 and time.perf_counter() - t0 > time_limit:
+            break
+        w = counts[b0 : b0 + per_batch]
+        if sweep:
+            done += list(
+                learn_edge_masks(model, graph, task, lambdas=[chosen["lambda"]], ablation=abl, weights=w, **kw).masks
+            )
+        else:
+            res = learn_edge_masks(model, graph, task, lambdas=lambdas, ablation=abl, weights=w, **kw)
+            done += [prune(graph, top_n(graph, chosen["top_n"], scores=r)) for r in res.ranking]
+    masks = torch.stack(done)
     selection = {
         "kind": "edge-pruning, batched resamples",
         "target": target,
