@@ -322,6 +322,7 @@ def beyond_row(entry, conv, gt, method, args) -> dict:  # noqa: C901  (one branc
             estimator=est,
         )
         row["label"] = f"edge-pruning ({est})"
+        row["boot_selection"] = st.selection
     else:  # scrubbing: every edge ranked by EAP-IG under the convention's ablation, pruned by scrubbing
 
         def scrubbed(mdl, g, sub):

@@ -206,10 +206,11 @@ def _score_method_masks(model, graph, task, method, abl, steps, idx, n_edges, me
 def _learned_masks(
     model, graph, task, abl, target, idx, reference, method_kw, t0, time_limit, per_batch
 ) -> tuple[torch.Tensor, dict]:
-    """Learned-mask circuits of every resample, trained in one batch of masks (each resample a
+    """Learned-mask circuits of every resample, trained as batches of masks (each resample a
     reweighting of the examples by its multiplicities), at the whole task's choice: the winning
-    sweep mask's λ (one mask per resample), or the top-n size on the sweep's ranking (the whole
-    sweep per resample, then each resample's own ranking cut at that n)."""
+    sweep mask's λ (one mask per resample; ``fixed["resample_faithfulness"]`` sums up how each
+    resample's circuit does on its own resample), or the top-n size on the sweep's ranking (the
+    whole sweep per resample, then each resample's own ranking cut at that n)."""
     kw = dict(method_kw)
     if "train_steps" in kw:  # (``steps`` is EAP-IG's here)
         kw["steps"] = kw.pop("train_steps")
@@ -221,19 +222,26 @@ def _learned_masks(
     sweep = source["kind"] == "sweep mask"
     chosen: dict = {"lambda": float(source["lambda"])} if sweep else {"top_n": int(source["top_n"]), "lambdas": lambdas}
     done: list[torch.Tensor] = []
+    faith: list[float] = []  # sweep masks: each resample's circuit, measured on its resample
     per_batch = per_batch or len(counts)
     for b0 in range(0, len(counts), per_batch):
         if time_limit is not None and b0 >= 2 and time.perf_counter() - t0 > time_limit:
             break
         w = counts[b0 : b0 + per_batch]
         if sweep:
-            done += list(
-                learn_edge_masks(model, graph, task, lambdas=[chosen["lambda"]], ablation=abl, weights=w, **kw).masks
-            )
+            res = learn_edge_masks(model, graph, task, lambdas=[chosen["lambda"]], ablation=abl, weights=w, **kw)
+            done += list(res.masks)
+            faith += res.faithfulness
         else:
             res = learn_edge_masks(model, graph, task, lambdas=lambdas, ablation=abl, weights=w, **kw)
             done += [prune(graph, top_n(graph, chosen["top_n"], scores=r)) for r in res.ranking]
     masks = torch.stack(done)
+    if faith:
+        chosen["resample_faithfulness"] = {
+            "mean": sum(faith) / len(faith),
+            "min": min(faith),
+            "reached_target": sum(f >= target for f in faith) / len(faith),
+        }
     selection = {
         "kind": "edge-pruning, batched resamples",
         "target": target,
