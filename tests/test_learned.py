@@ -173,3 +173,37 @@ def test_relaxed_forward_and_gradient_with_sae_sites():
         with torch.no_grad():
             fd = (metric(plus) - metric(minus)) / 2e-6
         assert float(grad[i, j]) == pytest.approx(float(fd), rel=1e-5, abs=1e-9)
+
+
+@pytest.mark.parametrize("estimator", ["hard-concrete", "sampled"])
+def test_replicates_train_as_one_batch_and_equal_separate_runs(estimator):
+    """R bootstrap replicates (example weights) trained at once give each replicate the masks of
+    its own run (weights row r), and a replicate weighted by bootstrap multiplicities is the run
+    on the resampled task itself (duplicates included)."""
+    from circuitgraph.evaluation.stability import resample_indices
+
+    model = tiny_model(dtype=torch.float64)
+    task = tiny_task(model, n=8)
+    graph = Graph.from_model(model)
+    idx = resample_indices(task.n_examples, 3, seed=2)
+    counts = torch.zeros(3, task.n_examples).scatter_add_(1, idx, torch.ones(idx.shape))
+    kw = dict(lambdas=(0.003, 0.03), steps=30, estimator=estimator, examples_per_step=None)
+    batched = learn_edge_masks(model, graph, task, weights=counts, seed=5, **kw)
+    assert batched.masks.shape == (6, *graph.valid.shape) and batched.replicates == 3
+    assert batched.ranking.shape == (3, *graph.valid.shape)
+    for r in range(3):
+        alone = learn_edge_masks(model, graph, task, weights=counts[r : r + 1], seed=5, **kw)
+        assert torch.equal(batched.masks[2 * r : 2 * r + 2], alone.masks)
+        assert (batched.log_alpha[2 * r : 2 * r + 2] - alone.log_alpha).abs().max() < 1e-6
+        assert batched.faithfulness[2 * r : 2 * r + 2] == pytest.approx(alone.faithfulness, abs=1e-9)
+    assert (batched.log_alpha[:2] - batched.log_alpha[2:4]).abs().max() > 1e-3  # the data matter
+    # replicate 0 is training on the resample: same gates and re-measured faithfulness
+    first = learn_edge_masks(model, graph, task, weights=counts[:1], seed=5, **kw)
+    direct = learn_edge_masks(model, graph, task.select(idx[0]), seed=5, **kw)
+    assert torch.equal(first.masks, direct.masks)
+    assert (first.log_alpha - direct.log_alpha).abs().max() < 1e-6
+    assert first.faithfulness == pytest.approx(direct.faithfulness, abs=1e-9)
+    with pytest.raises(ConfigError, match="weights"):
+        learn_edge_masks(model, graph, task, weights=torch.ones(2, 3), **kw)
+    with pytest.raises(ConfigError, match="weights"):
+        learn_edge_masks(model, graph, task, weights=-torch.ones(1, task.n_examples), **kw)

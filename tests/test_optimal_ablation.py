@@ -104,3 +104,22 @@ def test_bad_records_and_mismatched_constants(tmp_path, fitted):
     save_file(t, str(st), metadata=meta)
     with pytest.raises(CircuitFileError, match="inconsistent|has changed since"):
         Circuit.load(path, model)
+
+
+def test_constants_fitted_for_a_circuit_lower_its_loss(fitted):
+    """Li & Janson's circuit objective: constants fitted jointly for one circuit give that circuit
+    a lower KL to the clean run than constants fitted for the empty circuit, and never move the
+    full model (no edge carries them)."""
+    model, task, graph, _ = fitted
+    keep = graph.mask_from_edges(["a1.h2->logits", "input->a1.h2.v", "m0->logits"])
+    kl = task.with_metric("kl")
+    empty = Ablation("optimal", fit_kind="empty", steps=30).prepare(model, graph, task)
+    mine = Ablation("optimal", fit_kind="empty", steps=30).fit_optimal(model, graph, task, circuit=keep)
+    assert mine.fit["fit"] == "circuit" and empty.fit["fit"] == "empty"
+    both = torch.stack([keep, graph.valid])
+    kl_empty_fit = CircuitEvaluator(model, graph, kl, empty)(both)
+    kl_circuit_fit = CircuitEvaluator(model, graph, kl, mine)(both)
+    assert float(kl_circuit_fit[0]) < float(kl_empty_fit[0])
+    assert float(kl_circuit_fit[1]) == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ConfigError, match="edge mask"):
+        Ablation("optimal").fit_optimal(model, graph, task, circuit=keep[:2])

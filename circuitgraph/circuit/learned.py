@@ -67,15 +67,16 @@ class LearnedMasks:
     """The result of a λ sweep: one binarised, pruned and re-measured mask per λ."""
 
     lambdas: list[float]
-    log_alpha: torch.Tensor  # [K, n_learnable] final gate parameters, per λ
+    log_alpha: torch.Tensor  # [R·K, n_learnable] final gate parameters, per replicate and λ
     learnable: torch.Tensor  # [n_src, n_dst] bool: the edges that had a gate
-    masks: torch.Tensor  # [K, n_src, n_dst] bool, binarised and pruned
-    faithfulness: list[float]  # measured by ordinary patching, one per λ
+    masks: torch.Tensor  # [R·K, n_src, n_dst] bool, binarised and pruned (replicate-major)
+    faithfulness: list[float]  # measured by ordinary patching, one per mask (its replicate's weights)
     n_edges: list[int]
-    ranking: torch.Tensor  # [n_src, n_dst] importance from the sweep (higher = kept at larger λ)
-    baselines: Baselines
+    ranking: torch.Tensor  # [n_src, n_dst] importance from the sweep ([R, n_src, n_dst] with replicates)
+    baselines: Baselines  # of the whole task, unweighted
     trace: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    replicates: int = 1  # R: example reweightings trained at once (``weights=``)
 
     def table(self) -> list[dict]:
         return [
@@ -103,6 +104,7 @@ def learn_edge_masks(  # noqa: C901  (one training loop: its state is shared by 
     batch_size: int | None = None,
     seed: int = 0,
     progress: bool = False,
+    weights: torch.Tensor | None = None,
 ) -> LearnedMasks:
     """Train one hard-concrete edge mask per λ (jointly, in one batched forward per step).
 
@@ -119,6 +121,12 @@ def learn_edge_masks(  # noqa: C901  (one training loop: its state is shared by 
     warmup      fraction of the steps over which λ ramps up from 0
     examples_per_step  a random minibatch of the task per step (None: a whole chunk); the
                 measured faithfulness at the end uses every example
+    weights     optional ``[R, n_examples]`` example weights ≥ 0 (e.g. bootstrap multiplicities):
+                R replicates, each one mask per λ, train at once in the same batched forwards
+                (cached ablations, shared minibatches and shared gate noise: common random
+                numbers, so replicates differ by their data only); each replicate's loss and
+                re-measured faithfulness are its weighted means, so replicate r equals a run of
+                its own with ``weights=weights[r:r+1]``
 
     Gradients reach the gate parameters only (the model's weights are frozen)."""
     if objective not in OBJECTIVES:
@@ -137,36 +145,41 @@ def learn_edge_masks(  # noqa: C901  (one training loop: its state is shared by 
     abl = Ablation.coerce(ablation)
     run = CircuitEvaluator(model, graph, task, abl, batch_size=batch_size)  # ablations cached within its budget
     base = run.baselines()
-    gap = base.full - base.empty
-    if abs(gap) < 1e-12:
+    device = graph.valid.device
+    K = len(lambdas)
+    W = None if weights is None else _replicate_weights(weights, task.n_examples)  # [R, N], rows sum to 1
+    R = 1 if W is None else W.shape[0]
+    M = R * K  # masks, replicate-major: mask r·K + k is replicate r at λ_k
+    full_m, empty_m = _mask_baselines(run, graph, base, W, K)  # [M] float64
+    if bool(((full_m - empty_m).abs() < 1e-12).any()):
         raise ConfigError(
-            "the full model and the empty circuit score the same on this task, so there is nothing to learn; "
-            "check the task's clean and corrupted prompts"
+            "the full model and the empty circuit score the same on this task (or on a replicate's examples), so "
+            "there is nothing to learn; check the task's clean and corrupted prompts"
         )
+    gap_m = full_m - empty_m
     objective_task = task.with_metric("kl").prepare(model) if objective == "kl" else None
-    kl_empty, objective_chunks = None, None
+    kl_empty_m, objective_chunks = None, None
     if objective_task is not None:
         objective_chunks = [objective_task.select(ix) for ix, _, _ in run.chunks]
-        kl_empty = float(
-            CircuitEvaluator(model, graph, objective_task, abl, batch_size=batch_size)(
-                torch.zeros_like(graph.valid)[None]
-            )[0]
-        )
-    device = graph.valid.device
+        empty_each = CircuitEvaluator(model, graph, objective_task, abl, batch_size=batch_size)(
+            torch.zeros_like(graph.valid)[None], per_example=True
+        )[0]  # [N]
+        kl_empty_m = (empty_each.mean()[None] if W is None else W.cpu() @ empty_each).repeat_interleave(K)
     learnable = graph.valid.clone() if restrict is None else (restrict.to(device).bool() & graph.valid)
     idx = learnable.nonzero()  # [E, 2]
     if len(idx) == 0:
         raise ConfigError("no learnable edge: restrict= selects none of the graph's valid edges")
-    K = len(lambdas)
-    la = torch.full((K, len(idx)), 3.0, device=device)
+    la = torch.full((M, len(idx)), 3.0, device=device)
     if init is not None:
         s = init.to(device).abs()[idx[:, 0], idx[:, 1]].double()
         rank = torch.argsort(torch.argsort(s)).double() / max(1, len(s) - 1)  # 0 … 1, ties broken by order
-        la = (-2.0 + 6.0 * rank).float()[None].expand(K, -1).clone()
+        la = (-2.0 + 6.0 * rank).float()[None].expand(M, -1).clone()
     la.requires_grad_(True)
     opt = torch.optim.Adam([la], lr=lr)
-    lam = torch.tensor(lambdas, device=device)
-    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    lam = torch.tensor(lambdas, device=device).repeat(R)  # [M]
+    picks = torch.Generator(device="cpu").manual_seed(int(seed) + 2**31)  # minibatches, shared by replicates
+    noise = torch.Generator(device="cpu").manual_seed(int(seed))  # gates, the same draw for every replicate
+    group = max(K, run.mask_batch)  # masks per differentiable forward
     n_chunks = len(run.chunks)
     anneal_from = int(steps * (1 - anneal))
     trace: list[dict] = []
@@ -180,36 +193,58 @@ def learn_edge_masks(  # noqa: C901  (one training loop: its state is shared by 
                 beta = BETA * (0.05 / BETA) ** frac
             ramp = min(1.0, (step + 1) / max(1, warmup * steps))
             i = step % n_chunks
-            _, chunk, _ = run.chunks[i]
-            pick = torch.randperm(chunk.n_examples, generator=gen)[: examples_per_step or chunk.n_examples]
+            ix, chunk, _ = run.chunks[i]
+            pick = torch.randperm(chunk.n_examples, generator=picks)[: examples_per_step or chunk.n_examples]
             pick = pick.sort().values.to(device)
             sub = chunk.select(pick)
+            wm, present = _minibatch_weights(W, ix, pick, K)  # [M, b] (None: plain means), [M]
             if estimator == "sampled":
                 la.grad = _sampled_gradient(
-                    run, graph, sub, _examples(run.ablated(i), pick), la, idx, samples, gen, base, lam * ramp, objective
+                    run,
+                    graph,
+                    sub,
+                    _examples(run.ablated(i), pick),
+                    la,
+                    idx,
+                    samples,
+                    noise,
+                    R,
+                    (empty_m, gap_m, wm, present),
+                    lam * ramp,
+                    objective,
                 )
                 opt.step()
                 if step % 25 == 0 or step == steps - 1:
                     trace.append({"step": step, "expected_edges": torch.sigmoid(la).sum(1).detach().cpu().tolist()})
                 bar.update(1)
                 continue
-            u = torch.rand(la.shape, generator=gen).clamp(1e-6, 1 - 1e-6).to(device)
-            z = gate(la, beta, u)  # [K, E]
-            keep = torch.zeros((K, *graph.valid.shape), dtype=z.dtype, device=device)
-            keep[:, idx[:, 0], idx[:, 1]] = z
-            logits = patched_logits(model, graph, sub, _examples(run.ablated(i), pick), keep, differentiable=True)
-            if objective_task is None:
-                values = tiled(sub, K).score(logits).view(K, sub.n_examples).mean(1)
-                task_loss = _shortfall(1 - (values - base.empty) / gap, objective)  # per mask
-            else:
-                assert objective_chunks is not None
-                kl = tiled(objective_chunks[i].select(pick), K).score(logits).view(K, sub.n_examples).mean(1)
-                assert kl_empty is not None
-                task_loss = kl / max(kl_empty, 1e-12)
-            l0 = expected_open(la, BETA).sum(1)  # [K]
-            loss = (task_loss + ramp * lam * l0).sum()
+            u = _uniform(noise, (K, len(idx)), R, device)  # [M, E]
+            grad = torch.zeros_like(la)
+            task_losses, l0s = [], []
+            for g0 in range(0, M, group):  # relaxed forwards of a bounded number of masks each
+                g = slice(g0, min(M, g0 + group))
+                z = gate(la[g], beta, u[g])  # [G, E]
+                keep = torch.zeros((z.shape[0], *graph.valid.shape), dtype=z.dtype, device=device)
+                keep[:, idx[:, 0], idx[:, 1]] = z
+                logits = patched_logits(model, graph, sub, _examples(run.ablated(i), pick), keep, differentiable=True)
+                n_g = z.shape[0]
+                if objective_task is None:
+                    values = tiled(sub, n_g).score(logits).view(n_g, sub.n_examples)
+                    values = _weighted_mean(values, None if wm is None else wm[g])
+                    e, gp = empty_m[g].to(device, values.dtype), gap_m[g].to(device, values.dtype)
+                    task_loss = _shortfall(1 - (values - e) / gp, objective)  # per mask
+                else:
+                    assert objective_chunks is not None and kl_empty_m is not None
+                    kl = tiled(objective_chunks[i].select(pick), n_g).score(logits).view(n_g, sub.n_examples)
+                    kl = _weighted_mean(kl, None if wm is None else wm[g])
+                    task_loss = kl / kl_empty_m[g].to(device, kl.dtype).clamp(min=1e-12)
+                task_loss = task_loss * present[g].to(task_loss.dtype)
+                l0 = expected_open(la[g], BETA).sum(1)  # [G]
+                loss = (task_loss + ramp * lam[g] * l0).sum()
+                grad += torch.autograd.grad(loss, [la])[0]
+                task_losses.append(task_loss.detach())
+                l0s.append(l0.detach())
             opt.zero_grad(set_to_none=True)
-            (grad,) = torch.autograd.grad(loss, [la])
             la.grad = grad
             opt.step()
             if step % 25 == 0 or step == steps - 1:
@@ -217,18 +252,25 @@ def learn_edge_masks(  # noqa: C901  (one training loop: its state is shared by 
                     {
                         "step": step,
                         "beta": beta,
-                        "task_loss": task_loss.detach().cpu().tolist(),
-                        "expected_edges": l0.detach().cpu().tolist(),
+                        "task_loss": torch.cat(task_losses).cpu().tolist(),
+                        "expected_edges": torch.cat(l0s).cpu().tolist(),
                     }
                 )
             bar.update(1)
     bar.close()
     la = la.detach()
-    masks = torch.zeros((K, *graph.valid.shape), dtype=torch.bool, device=device)
+    masks = torch.zeros((M, *graph.valid.shape), dtype=torch.bool, device=device)
     masks[:, idx[:, 0], idx[:, 1]] = la > 0
     masks = torch.stack([prune(graph, m) for m in masks])
-    faith = base.faithfulness(run(masks)).tolist()
-    ranking = _ranking(graph, idx, la, masks, lambdas)
+    if W is None:
+        faith = base.faithfulness(run(masks)).tolist()
+        ranking = _ranking(graph, idx, la, masks, lambdas)
+    else:
+        values = (run(masks, per_example=True) * W.repeat_interleave(K, 0)).sum(1)  # [M] weighted means
+        faith = ((values - empty_m) / gap_m).tolist()
+        ranking = torch.stack(
+            [_ranking(graph, idx, la[r * K : (r + 1) * K], masks[r * K : (r + 1) * K], lambdas) for r in range(R)]
+        )
     return LearnedMasks(
         lambdas=lambdas,
         log_alpha=la.cpu(),
@@ -240,7 +282,56 @@ def learn_edge_masks(  # noqa: C901  (one training loop: its state is shared by 
         baselines=base,
         trace=trace,
         seconds=time.perf_counter() - t0,
+        replicates=R,
     )
+
+
+def _replicate_weights(weights: torch.Tensor, n_examples: int) -> torch.Tensor:
+    """``[R, n_examples]`` example weights, each row normalised to sum 1 (float64, CPU)."""
+    w = torch.as_tensor(weights).detach().double().cpu()
+    if w.ndim == 1:
+        w = w[None]
+    if w.ndim != 2 or w.shape[1] != n_examples or w.shape[0] < 1:
+        raise ConfigError(f"weights must be [n_replicates, {n_examples}] (one weight per example), got {list(w.shape)}")
+    if not bool(torch.isfinite(w).all()) or bool((w < 0).any()) or bool((w.sum(1) <= 0).any()):
+        raise ConfigError("weights must be finite and ≥ 0, with a positive sum in every replicate")
+    return w / w.sum(1, keepdim=True)
+
+
+def _mask_baselines(
+    run: CircuitEvaluator, graph: Graph, base: Baselines, W: torch.Tensor | None, K: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The full and empty metric each mask's faithfulness is relative to: the task's, or (with
+    replicate weights) each replicate's weighted mean, ``[R·K]`` float64 on CPU."""
+    if W is None:
+        return torch.full((K,), base.full, dtype=torch.float64), torch.full((K,), base.empty, dtype=torch.float64)
+    full = run(graph.valid[None], per_example=True)[0]  # [N]
+    empty = run(torch.zeros_like(graph.valid)[None], per_example=True)[0]
+    return (W @ full).repeat_interleave(K), (W @ empty).repeat_interleave(K)
+
+
+def _minibatch_weights(
+    W: torch.Tensor | None, ix: slice | torch.Tensor, pick: torch.Tensor, K: int
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """Per-mask weights of a minibatch's examples ``[R·K, b]`` (each replicate's weights of those
+    examples, renormalised), and which masks' replicates hold any of them ``[R·K]`` (1.0 / 0.0)."""
+    if W is None:
+        return None, torch.ones(K, dtype=torch.float64)
+    w = W[:, ix][:, pick.cpu()]  # [R, b]
+    total = w.sum(1, keepdim=True)
+    present = (total[:, 0] > 0).double().repeat_interleave(K)
+    return (w / total.clamp(min=1e-300)).repeat_interleave(K, 0), present
+
+
+def _weighted_mean(values: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
+    """``values [n, b]`` → per-row mean ``[n]``, or the ``w``-weighted sum (rows of ``w`` sum to 1)."""
+    return values.mean(1) if w is None else (values * w.to(values.device, values.dtype)).sum(1)
+
+
+def _uniform(gen: torch.Generator, shape: tuple[int, ...], R: int, device: torch.device) -> torch.Tensor:
+    """Uniform noise in (0, 1): one draw of ``shape``, repeated for each of ``R`` replicates ``[R·shape[0], …]``."""
+    u = torch.rand(shape, generator=gen).clamp(1e-6, 1 - 1e-6)
+    return u.repeat(R, *([1] * (len(shape) - 1))).to(device)
 
 
 @torch.no_grad()
@@ -252,30 +343,42 @@ def _sampled_gradient(
     la: torch.Tensor,
     idx: torch.Tensor,
     samples: int,
-    gen: torch.Generator,
-    base: Baselines,
+    noise: torch.Generator,
+    replicates: int,
+    reference: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor],
     lam: torch.Tensor,
     objective: str,
 ) -> torch.Tensor:
     """The score-function gradient of E[|1 − f|] + λ·E[L0] for Bernoulli gates p = σ(log_alpha):
-    ``samples`` binary masks per λ, measured in one batched (gradient-free) patched forward, with a
-    leave-one-out baseline. Binary masks never leave the model's distribution, so this sees the
-    steps that a relaxed gate cannot (saturated attention, tracr's lookup tables)."""
-    K, E = la.shape
+    ``samples`` binary masks per gate vector, measured in batched (gradient-free) patched forwards,
+    with a leave-one-out baseline. Binary masks never leave the model's distribution, so this sees
+    the steps that a relaxed gate cannot (saturated attention, tracr's lookup tables).
+    ``reference``: each mask's empty metric and gap ``[M]``, its minibatch weights ``[M, b]`` (None:
+    plain means) and whether its replicate holds any of the minibatch ``[M]``."""
+    empty, gap, wm, present = reference
+    M, E = la.shape
     p = torch.sigmoid(la)
-    b = torch.rand((K, samples, E), generator=gen).to(la.device) < p[:, None]
-    keep = torch.zeros((K * samples, *graph.valid.shape), dtype=torch.bool, device=la.device)
-    keep[:, idx[:, 0], idx[:, 1]] = b.view(K * samples, E)
+    b = _uniform(noise, (M // replicates, samples, E), replicates, la.device) < p[:, None]  # [M, S, E]
+    keep = torch.zeros((M * samples, *graph.valid.shape), dtype=torch.bool, device=la.device)
+    keep[:, idx[:, 0], idx[:, 1]] = b.view(M * samples, E)
+    w = None if wm is None else wm.repeat_interleave(samples, 0)  # [M·S, b]
     values = torch.cat(
         [
-            tiled(sub, len(m)).score(patched_logits(run.model, graph, sub, ablated, m)).view(len(m), -1).mean(1)
-            for m in keep.split(run.mask_batch)
+            _weighted_mean(
+                tiled(sub, len(m)).score(patched_logits(run.model, graph, sub, ablated, m)).view(len(m), -1),
+                None if w is None else w[s : s + len(m)],
+            )
+            for s, m in zip(range(0, M * samples, run.mask_batch), keep.split(run.mask_batch))
         ]
-    ).view(K, samples)
-    loss = _shortfall(1 - (values - base.empty) / (base.full - base.empty), objective)
+    ).view(M, samples)
+    e, gp = empty.to(values.device, values.dtype), gap.to(values.device, values.dtype)
+    loss = (
+        _shortfall(1 - (values - e[:, None]) / gp[:, None], objective)
+        * present.to(values.device, values.dtype)[:, None]
+    )
     baseline = (loss.sum(1, keepdim=True) - loss) / (samples - 1)
     grad = ((loss - baseline)[..., None] * (b.to(p.dtype) - p[:, None])).mean(1)
-    return grad + lam[:, None] * p * (1 - p)
+    return (grad + lam[:, None] * p * (1 - p)).to(la.dtype)
 
 
 def _shortfall(one_minus_f: torch.Tensor, objective: str) -> torch.Tensor:

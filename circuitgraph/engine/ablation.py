@@ -100,16 +100,20 @@ class Ablation:
             return {}
         return {k: v / count.clamp(min=1).to(v.dtype).view(-1, *([1] * (v.ndim - 1))) for k, v in total.items()}
 
-    def fit_optimal(self, model: Any, graph: Graph, task: Any, examples_per_step: int = 8) -> Ablation:
+    def fit_optimal(
+        self, model: Any, graph: Graph, task: Any, examples_per_step: int = 8, circuit: torch.Tensor | None = None
+    ) -> Ablation:
         """Fit the optimal-ablation constants (Li & Janson 2024), starting from the mean.
 
         ``fit="node"`` (default, as Li & Janson and MIB's ``oa.py``): each node's constant minimises
         the loss of the model with *that node alone* ablated (all its out-edges removed). Every
         node is fitted at once: one mask per node in the engine's batched forward, whose loss reaches
         that node's constant only. ``fit="empty"``: all constants jointly minimise the loss of the
-        empty circuit. The loss is ``objective="kl"`` (KL of the output to the clean run at the read
-        positions) or ``"metric"`` (the task's metric, minimised when lower is better, maximised
-        otherwise). Constants are per position only on a position-resolved graph (unless
+        empty circuit. ``circuit`` (an ``[n_src, n_dst]`` edge mask): all constants jointly minimise
+        the loss of *that* circuit, whose removed edges carry them (Li & Janson's circuit
+        objective, for one circuit; recorded as ``fit="circuit"``). The loss is
+        ``objective="kl"`` (KL of the output to the clean run at the read positions) or
+        ``"metric"`` (the task's metric, minimised when lower is better, maximised otherwise). Constants are per position only on a position-resolved graph (unless
         ``per_position`` says otherwise). Gradients reach the constants only; ``self.fit`` records
         the loss at the mean and after fitting."""
         mean = self._mean if self._mean is not None else self._mean_captures(model, graph, task)
@@ -124,7 +128,13 @@ class Ablation:
         sign = 1.0 if self.objective == "kl" or scored.metric_name in _LOWER_IS_BETTER else -1.0
         gen = torch.Generator().manual_seed(int(self.seed))
         group = max(1, 64 // examples_per_step)  # masks per forward
-        n_fits = 1 if self.fit_kind == "empty" else graph.node_graph.n_src
+        n_fits = 1 if self.fit_kind == "empty" or circuit is not None else graph.node_graph.n_src
+        if circuit is not None:
+            circuit = torch.as_tensor(circuit).to(graph.valid.device).bool()
+            if circuit.shape != graph.valid.shape:
+                raise ConfigError(
+                    f"circuit= must be an [n_src, n_dst] = {list(graph.valid.shape)} edge mask, got {list(circuit.shape)}"
+                )
         losses = []
         with frozen_params(model, *graph.node_graph.saes.values()):
             for step in range(int(self.steps) + 1):
@@ -133,7 +143,9 @@ class Ablation:
                 B, P = sub.clean.shape
                 opt.zero_grad(set_to_none=True)
                 total = 0.0
-                for m in _fit_masks(graph, self.fit_kind, group):
+                for m in (
+                    _fit_masks(graph, self.fit_kind, group) if circuit is None else [(circuit & graph.valid)[None]]
+                ):
                     raw = {k: v.expand(P, *v.shape[1:])[None].expand(B, P, *v.shape[1:]) for k, v in params.items()}
                     ablated = stack_sources(model, graph, raw)
                     logits = patched_logits(model, graph, sub, ablated, m, differentiable=True)
@@ -146,7 +158,7 @@ class Ablation:
                     opt.step()
         self.values = {k: v.detach().expand(task.seq_len, *v.shape[1:]).contiguous() for k, v in params.items()}
         self.fit = {
-            "fit": self.fit_kind,
+            "fit": self.fit_kind if circuit is None else "circuit",
             "objective": self.objective,
             "loss_at_mean": sign * losses[0],
             "loss_fitted": sign * losses[-1],

@@ -8,7 +8,9 @@ circuits, and the circuit of edges kept in at least ``threshold`` of the resampl
 
 Recomputation is shared wherever the method allows: exact scores are patched once per example and
 every resample reweights those rows (a matrix product); EAP and EAP-IG run the engine's batched
-attribution once per resample; ACDC, learned masks, or a callable of your own run per resample.
+attribution once per resample; learned masks train every resample at once, each a reweighting of
+the examples (one batched mask per resample, with the choice the whole task's search made: its λ,
+or its top-n size on the sweep's ranking); ACDC or a callable of your own run per resample.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from circuitgraph.attribution import attribute
 from circuitgraph.attribution.attribute import exact_per_example
 from circuitgraph.circuit import SEARCH_METHODS
 from circuitgraph.circuit.acdc import acdc
-from circuitgraph.circuit.learned import learned_circuit
+from circuitgraph.circuit.circuit import Circuit
+from circuitgraph.circuit.learned import DEFAULT_LAMBDAS, learn_edge_masks, learned_circuit
 from circuitgraph.circuit.minimal import minimal_circuit
 from circuitgraph.circuit.selection import prune, top_n
 from circuitgraph.engine.ablation import Ablation
@@ -99,6 +102,10 @@ def stability(
     threshold: float = 0.9,
     seed: int = 0,
     indices: torch.Tensor | None = None,
+    batched: bool = True,
+    reference: Circuit | None = None,
+    time_limit: float | None = None,
+    resamples_per_batch: int | None = None,
     **method_kw,
 ) -> Stability:
     """Resample the task's examples ``n_boot`` times and find the circuit again on each.
@@ -112,6 +119,16 @@ def stability(
     indices    ``[n_boot, n_examples]`` resample indices (default: drawn with replacement from
                ``seed``); identical rows give identical circuits for a deterministic method
     threshold  inclusion frequency an edge needs to be in the ``stable`` circuit
+    batched    edge-pruning: train all resamples at once as example reweightings, with the
+               hyper-parameter fixed at the whole task's choice (the λ of its winning sweep mask,
+               or the size n of its ranking's top-n); False: :func:`learned_circuit` on each
+               resample, choosing again each time (one search per resample)
+    reference  edge-pruning, batched: the :func:`learned_circuit` result on the whole task that
+               fixes that choice (default: computed here with the same options)
+    time_limit draw no further resample after this many seconds (at least two are always run;
+               batched edge pruning: start no further batch); the figures then cover the
+               resamples done, and ``n_boot`` says how many
+    resamples_per_batch  batched edge pruning: resamples trained together (default: all)
 
     ``graph.scores`` is left as it was."""
     if not (callable(method) or method in METHODS):
@@ -135,10 +152,17 @@ def stability(
                 n_edges = ref.n_edges
             selection = {"kind": "top-n", "n": int(n_edges), "prune": True}
             masks = _score_method_masks(model, graph, task, method, abl, steps, idx, int(n_edges), method_kw)
-        else:
-            masks = torch.stack(
-                [_select(model, graph, task.select(row.to(task.device)), method, abl, target, method_kw) for row in idx]
+        elif method == "edge-pruning" and batched:
+            masks, selection = _learned_masks(
+                model, graph, task, abl, target, idx, reference, method_kw, t0, time_limit, resamples_per_batch
             )
+        else:
+            done: list[torch.Tensor] = []
+            for row in idx:
+                if time_limit is not None and len(done) >= 2 and time.perf_counter() - t0 > time_limit:
+                    break
+                done.append(_select(model, graph, task.select(row.to(task.device)), method, abl, target, method_kw))
+            masks = torch.stack(done)
             selection = {"kind": "method", "target": target, **{k: v for k, v in method_kw.items() if _plain(v)}}
     finally:
         graph.scores, graph.score_info = saved
@@ -149,7 +173,7 @@ def stability(
         jaccard=mean_jaccard(masks),
         stable=(inclusion >= threshold - 1e-9) & graph.valid,
         threshold=threshold,
-        n_boot=int(idx.shape[0]),
+        n_boot=int(masks.shape[0]),
         sizes=[int(torch.count_nonzero(m)) for m in masks],
         method=method if isinstance(method, str) else getattr(method, "__name__", "custom"),
         selection=selection,
@@ -177,6 +201,54 @@ def _score_method_masks(model, graph, task, method, abl, steps, idx, n_edges, me
         )
         out.append(prune(graph, top_n(graph, n_edges, scores=scores)))
     return torch.stack(out)
+
+
+def _learned_masks(
+    model, graph, task, abl, target, idx, reference, method_kw, t0, time_limit, per_batch
+) -> tuple[torch.Tensor, dict]:
+    """Learned-mask circuits of every resample, trained as batches of masks (each resample a
+    reweighting of the examples by its multiplicities), at the whole task's choice: the winning
+    sweep mask's λ (one mask per resample; ``fixed["resample_faithfulness"]`` sums up how each
+    resample's circuit does on its own resample), or the top-n size on the sweep's ranking (the
+    whole sweep per resample, then each resample's own ranking cut at that n)."""
+    kw = dict(method_kw)
+    if "train_steps" in kw:  # (``steps`` is EAP-IG's here)
+        kw["steps"] = kw.pop("train_steps")
+    lambdas = [float(x) for x in kw.pop("lambdas", DEFAULT_LAMBDAS)]
+    ref = reference or learned_circuit(model, graph, task, target=target, ablation=abl, lambdas=lambdas, **kw)
+    source = ref.figures["source"]
+    counts = torch.zeros(idx.shape[0], task.n_examples, dtype=torch.float64)
+    counts.scatter_add_(1, idx, torch.ones(idx.shape, dtype=torch.float64))  # multiplicity of each example
+    sweep = source["kind"] == "sweep mask"
+    chosen: dict = {"lambda": float(source["lambda"])} if sweep else {"top_n": int(source["top_n"]), "lambdas": lambdas}
+    done: list[torch.Tensor] = []
+    faith: list[float] = []  # sweep masks: each resample's circuit, measured on its resample
+    per_batch = per_batch or len(counts)
+    for b0 in range(0, len(counts), per_batch):
+        if time_limit is not None and b0 >= 2 and time.perf_counter() - t0 > time_limit:
+            break
+        w = counts[b0 : b0 + per_batch]
+        if sweep:
+            res = learn_edge_masks(model, graph, task, lambdas=[chosen["lambda"]], ablation=abl, weights=w, **kw)
+            done += list(res.masks)
+            faith += res.faithfulness
+        else:
+            res = learn_edge_masks(model, graph, task, lambdas=lambdas, ablation=abl, weights=w, **kw)
+            done += [prune(graph, top_n(graph, chosen["top_n"], scores=r)) for r in res.ranking]
+    masks = torch.stack(done)
+    if faith:
+        chosen["resample_faithfulness"] = {
+            "mean": sum(faith) / len(faith),
+            "min": min(faith),
+            "reached_target": sum(f >= target for f in faith) / len(faith),
+        }
+    selection = {
+        "kind": "edge-pruning, batched resamples",
+        "target": target,
+        "fixed": chosen,
+        **{k: v for k, v in kw.items() if _plain(v)},
+    }
+    return masks, selection
 
 
 def _select(model, graph, sub, method, abl, target, method_kw) -> torch.Tensor:
