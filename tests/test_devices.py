@@ -18,19 +18,30 @@ What a CPU-only machine can show, and what it cannot:
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from checks import full_and_empty, source_fd_error
 from conftest import tiny_model, tiny_task
+from hydra import compose, initialize_config_module
 from torch.utils._pytree import tree_leaves
 from torch.utils._pytree import tree_map_only as map_only
 
 import circuitgraph as cg
+from circuitgraph.cli import main as cli
+from circuitgraph.cli.config import ConfigError, register_configs, validate
 from circuitgraph.models import Backend, HookedTransformerBackend, SplitModelBackend, as_backend, load_bridge
 from circuitgraph.models import devices as devices_mod
 from circuitgraph.models.devices import is_split, parameter_devices
 
 METHODS = ("eap", "eap-ig", "exact")
+
+
+def compose_cfg(*overrides: str):
+    register_configs()
+    with initialize_config_module(config_module="circuitgraph.cli.conf", version_base="1.3"):
+        return compose("config", overrides=list(overrides))
 
 
 def _as_if_split(monkeypatch) -> None:
@@ -187,3 +198,42 @@ def test_bridge_with_a_device_map_gives_the_same_scores(hf_folder, monkeypatch):
         assert torch.allclose(split[m], want[m], rtol=1e-9, atol=1e-12), m
     full, empty = full_and_empty(mapped, graph, task)
     assert full < 1e-9 and empty < 1e-9
+
+
+def test_command_line_device_map_runs_the_same_circuit(hf_folder, tmp_path):
+    """``model=hf model.device_map=auto``: on this machine every module lands on the CPU, and the
+    run finds the circuit of the run without a map."""
+    pytest.importorskip("accelerate", reason="device_map needs accelerate (a transformers extra)")
+    folder = hf_folder("gpt2")
+    task = tmp_path / "ids.jsonl"
+    g = torch.Generator().manual_seed(1)
+    with task.open("w") as f:
+        for _ in range(6):
+            clean, corr = torch.randint(4, 32, (2, 7), generator=g).tolist()
+            f.write(json.dumps({"clean": clean, "corrupted": corr, "answer": clean[-1], "wrong": corr[-1]}) + "\n")
+    common = ["model=hf", f"model.path={folder}", "model.dtype=float64", "task=file", f"task.path={task}"]
+    common += ["method=eap", "ablation=corrupted", "circuit.target=0.8", "export=minimal", "progress=false"]
+    want = cli.run(compose_cfg(*common), tmp_path / "plain")
+    got = cli.run(compose_cfg(*common, "model.device_map=auto"), tmp_path / "mapped")
+    assert got["config"]["model"]["device_map"] == "auto"
+    for key in ("edges_kept", "edges_total", "nodes"):
+        assert got[key] == want[key], key
+    assert got["faithfulness"] == pytest.approx(want["faithfulness"], rel=1e-9)
+    assert (
+        json.loads((tmp_path / "mapped" / "circuit.json").read_text())["edges"]
+        == json.loads((tmp_path / "plain" / "circuit.json").read_text())["edges"]
+    )
+
+
+@pytest.mark.parametrize(
+    "overrides, needles",
+    [
+        (["model.device_map=auto"], ["model.device_map", "model=hf", "model.source=zoo"]),
+        (["model=hf", "model.path=/x", "model.device_map=evenly"], ["model.device_map", "balanced"]),
+    ],
+)
+def test_command_line_device_map_is_checked(overrides, needles):
+    with pytest.raises(ConfigError) as e:
+        validate(compose_cfg(*overrides))
+    for n in needles:
+        assert n in str(e.value), (n, str(e.value))
