@@ -53,7 +53,7 @@ def module_device(module: Any, default: torch.device) -> torch.device:
 
 
 def _move(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Every crossing of the seam (tests replace it by a copy to simulate one on a single device)."""
+    """Every crossing of the seam (tests replace it to simulate a second device on a CPU)."""
     return t.to(device)
 
 
@@ -108,6 +108,8 @@ class SplitModelBackend(Backend):
         self._device = module_device(getattr(inner.model, "embed", None), inner.device)
 
     def __getattr__(self, name: str) -> Any:  # what a particular backend adds beyond Backend
+        if name == "inner":  # not set yet (e.g. while copying): no recursion through self.inner
+            raise AttributeError(name)
         return getattr(self.inner, name)
 
     @property
