@@ -74,18 +74,25 @@ CIRCUIT_KINDS = ("minimal", "top-n", "threshold")
 MODEL_SOURCES = ("zoo", "pretrained", "local", "hf")
 TASK_SOURCES = ("zoo", "file")
 DTYPES = ("float32", "float64", "bfloat16", "float16")
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")  # Hugging Face's placements by name
 TASK_FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv")
 
 ENV_HUB_OFFLINE = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 
-# Hydra launchers by the plugin package that provides them (``hydra/launcher=NAME``).
+# Hydra launchers by the plugin package that provides them (``hydra/launcher=NAME``): our presets
+# (local_parallel, slurm, ray_local) and the plugins' own names.
 LAUNCHER_PLUGINS = {
     "local_parallel": ("hydra_plugins.hydra_joblib_launcher", "hydra-joblib-launcher"),
     "joblib": ("hydra_plugins.hydra_joblib_launcher", "hydra-joblib-launcher"),
     "slurm": ("hydra_plugins.hydra_submitit_launcher", "hydra-submitit-launcher"),
     "submitit_slurm": ("hydra_plugins.hydra_submitit_launcher", "hydra-submitit-launcher"),
     "submitit_local": ("hydra_plugins.hydra_submitit_launcher", "hydra-submitit-launcher"),
+    "ray_local": ("hydra_plugins.hydra_ray_launcher", "hydra-ray-launcher"),
+    "ray": ("hydra_plugins.hydra_ray_launcher", "hydra-ray-launcher"),
 }
+# What a plugin imports only when its jobs start: a plugin installed without it would fail after
+# the sweep began, so it is checked with the plugin.
+LAUNCHER_RUNTIME = {"hydra-submitit-launcher": "submitit", "hydra-ray-launcher": "ray"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -107,6 +114,10 @@ class ModelConfig:
                             pretrained/local: TransformerLens weight processing (its defaults);
                             hf keeps the weights as Hugging Face has them (scores do not depend
                             on it)
+    device_map              hf only: split a model too big for one device across the visible
+                            ones as Hugging Face places it (auto | balanced | balanced_low_0 |
+                            sequential); the run then works on the embedding's device
+                            (docs/scaling-out.md)
     """
 
     source: str = "zoo"
@@ -116,6 +127,7 @@ class ModelConfig:
     fold_ln: bool = True
     center_writing_weights: bool = True
     center_unembed: bool = True
+    device_map: str | None = None
 
 
 @dataclass
@@ -387,16 +399,23 @@ def _check_launcher(name: str) -> None:
     if plugin is None:
         return  # basic, or a launcher of the user's own: Hydra reports what it cannot find
     module, package = plugin
-    try:
-        found = importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:  # no hydra_plugins namespace at all
-        found = False
-    if not found:
+    runtime = LAUNCHER_RUNTIME.get(package)
+    missing = [m for m in (module, runtime) if m is not None and not _importable(m)]
+    if missing:
+        what = f"the Hydra plugin {package}" + (f" (with {runtime})" if runtime else "")
         raise ConfigError(
-            f"hydra/launcher={name} needs the Hydra plugin {package}, which is not installed. "
+            f"hydra/launcher={name} needs {what}, which is not installed here "
+            f"(cannot import {', '.join(missing)}). "
             f"Install it with pip install 'circuitgraph[launchers]' (or pip install {package}), "
             "or drop hydra/launcher=... to run the sweep's jobs one after another."
         )
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a parent package (e.g. the hydra_plugins namespace) is missing
+        return False
 
 
 def _config_dirs(args: list[str]) -> list[Path]:
@@ -717,6 +736,13 @@ def _check_model(cfg) -> str | None:
     m = cfg.model
     _choice("model source (model.source)", m.source, MODEL_SOURCES)
     _choice("model.dtype", m.dtype, DTYPES)
+    if m.get("device_map") is not None:
+        if m.source != "hf":
+            raise ConfigError(
+                f"model.device_map splits a model across devices through the TransformerBridge; use it with "
+                f"model=hf model.path=DIR (this run has model.source={m.source})"
+            )
+        _choice("model.device_map", m.device_map, DEVICE_MAPS)
     if m.source == "zoo":
         names = _zoo_names()
         name = _get(cfg, "model.name")

@@ -74,7 +74,7 @@ from circuitgraph.export.scores import SCORES_SCHEMA, read_scores, write_scores 
 from circuitgraph.files import rundir
 from circuitgraph.hypothesis.caveats import hypothesis_unsupported, large_scrubbing_gap, scrubbing_caveat
 from circuitgraph.hypothesis.pruning import minimal_hypothesis
-from circuitgraph.models import loading
+from circuitgraph.models import as_backend, loading
 from circuitgraph.models.loading import load_local_model  # noqa: F401  (moved from this module; re-exported)
 from circuitgraph.sae import decode_tokens, feature_labels, load_saes, zoo_saes
 from circuitgraph.tasks import Task
@@ -284,6 +284,8 @@ def _find_and_measure(cfg: DictConfig, device: torch.device, overrides: list[str
     progress = bool(cfg.progress)
     with _timed(timings, "load"):
         model, entry, model_label = load_model(cfg.model, device)
+        if cfg.model.get("device_map") is not None:  # split across devices: the run works on the embedding's
+            device = as_backend(model).device
         ld = Loaded(model, entry, model_label, load_run_task(cfg.task, model, entry), device)
     log.info(
         "model %s (%s) on %s; task %r: %d examples × %d tokens, metric %s",
@@ -832,7 +834,8 @@ def load_model(mcfg: DictConfig, device: torch.device) -> tuple[Any, Any, str]:
         return loading.load_pretrained(mcfg.name, device, dtype, **processing), None, mcfg.name
     folder = Path(mcfg.path).expanduser().resolve()
     if mcfg.source == "hf":
-        return loading.load_bridge(folder, device, dtype), None, (mcfg.name or folder.name)
+        bridge = loading.load_bridge(folder, device, dtype, device_map=mcfg.get("device_map"))
+        return bridge, None, (mcfg.name or folder.name)
     return loading.load_local_model(folder, device, dtype, **processing), None, (mcfg.name or folder.name)
 
 

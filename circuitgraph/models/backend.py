@@ -486,6 +486,7 @@ def _post_norm_architectures() -> tuple[str, ...]:
 # Other backends (TransformerBridge: circuitgraph.models.bridge) register here when the package
 # `circuitgraph.models` is imported: (does this backend take the model?, the backend's class).
 _BACKENDS: list[tuple[Callable[[Any], bool], Callable[[Any], Backend]]] = []
+_WRAPPERS: list[Callable[[Backend], Backend]] = []
 
 
 def register_backend(accepts: Callable[[Any], bool], make: Callable[[Any], Backend]) -> None:
@@ -493,10 +494,23 @@ def register_backend(accepts: Callable[[Any], bool], make: Callable[[Any], Backe
     _BACKENDS.append((accepts, make))
 
 
+def register_backend_wrapper(wrap: Callable[[Backend], Backend]) -> None:
+    """Make :func:`as_backend` return ``wrap(backend)``: a wrapper decides from the model whether it
+    applies (e.g. a model split across devices, :mod:`circuitgraph.models.devices`)."""
+    _WRAPPERS.append(wrap)
+
+
 def as_backend(model: Any) -> Backend:
     """The backend for ``model`` (a backend is returned as is); a clear error for anything else."""
     if isinstance(model, Backend):
         return model
+    backend = _plain_backend(model)
+    for wrap in _WRAPPERS:
+        backend = wrap(backend)
+    return backend
+
+
+def _plain_backend(model: Any) -> Backend:
     if _is_hooked_transformer(model):
         return HookedTransformerBackend(model)
     for accepts, make in _BACKENDS:

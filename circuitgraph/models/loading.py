@@ -106,13 +106,19 @@ def load_bridge(
     dtype: torch.dtype = torch.float32,
     *,
     local_files_only: bool = True,
+    device_map: str | dict[str, Any] | None = None,
 ) -> Any:
     """A Hugging Face model (a local folder, or a hub name when ``local_files_only=False``) booted
     through TransformerLens's ``TransformerBridge``, in eval mode, ready for circuitgraph.
 
     Grouped-query attention is ungrouped first (:func:`ungroup_kv_heads`: the graph needs a key and
     value input per query head; the model computes the same). Weights stay as Hugging Face has
-    them (no LayerNorm folding or centring): scores do not depend on it."""
+    them (no LayerNorm folding or centring): scores do not depend on it.
+
+    ``device_map`` splits a model too big for one device across several (Hugging Face's
+    placement: ``"auto"``, ``"balanced"``, or ``{"model.layers.0": 0, ...}``; needs ``accelerate``);
+    ``device`` is then ignored. The engine keeps its tensors on the embedding's device and moves
+    what crosses to each layer's device (:mod:`circuitgraph.models.devices`)."""
     from transformer_lens.model_bridge import TransformerBridge  # heavy (seconds): only when a model loads
     from transformers import AutoModelForCausalLM
 
@@ -120,10 +126,13 @@ def load_bridge(
     if not local_files_only and not Path(p).is_dir():
         _check_hf_config(_hub_config(p), p)
     tokenizer = load_tokenizer(p, local_files_only=local_files_only)
-    hf = AutoModelForCausalLM.from_pretrained(p, dtype=dtype, local_files_only=local_files_only)
+    placement = {} if device_map is None else {"device_map": device_map}
+    hf = AutoModelForCausalLM.from_pretrained(p, dtype=dtype, local_files_only=local_files_only, **placement)
     ungroup_kv_heads(hf)
     hf.eval()
-    bridge = TransformerBridge.boot_transformers(p, hf_model=hf, tokenizer=tokenizer, device=str(device), dtype=dtype)
+    # a dispatched model stays where its map put it (the bridge reads its devices off hf_device_map)
+    where = None if device_map is not None else str(device)
+    bridge = TransformerBridge.boot_transformers(p, hf_model=hf, tokenizer=tokenizer, device=where, dtype=dtype)
     bridge.eval()
     return bridge
 
