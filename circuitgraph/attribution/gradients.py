@@ -22,6 +22,7 @@ from circuitgraph.engine.sites import feature_ids, other_features, site_hooks, s
 from circuitgraph.engine.sources import source_hooks
 from circuitgraph.engine.tensors import SourceDeltas, frozen, frozen_params, store_hook
 from circuitgraph.graph import Graph, PositionalGraph
+from circuitgraph.graph.blocks import EdgeBlocks
 from circuitgraph.graph.sites import Site
 from circuitgraph.models.backend import as_backend
 
@@ -317,17 +318,22 @@ def contract(
     graph: Graph,
     deltas: SourceDeltas,
     grads: DestinationGradients | SummedGradients,
-    out: torch.Tensor,
+    out: torch.Tensor | EdgeBlocks,
     weight: float = 1.0,
 ) -> None:
     """``out[u, v] += weight · Σ_{batch,pos,d} delta_u · ∂m/∂in_v`` for every valid edge: per
     destination group, one matmul over the dense sources upstream of it plus one factored
-    product per upstream low-rank block (neurons, SAE features)."""
+    product per upstream low-rank block (neurons, SAE features). ``out`` is a dense
+    ``[n_src, n_dst]`` tensor or :class:`EdgeBlocks` (each group's products go into its block)."""
     D, rows = deltas.dense, deltas.dense_rows
     row_sums = D.sum(-1)  # [n_dense, B, P], shared by every norm-centred reader
     if isinstance(graph, PositionalGraph):
+        assert isinstance(out, torch.Tensor)  # (position-resolved graphs are dense)
         return _contract_per_position(graph, D, row_sums, grads, out, weight)
     for name, cols in graph.dst_slices().items():
+        if isinstance(out, EdgeBlocks):
+            _contract_group(graph, name, deltas, grads, out, weight, row_sums)
+            continue
         up = graph.upstream(name)
         target: slice | torch.Tensor
         if deltas.contiguous and isinstance(up, slice):  # no neurons or sites: rows are graph rows
@@ -343,6 +349,37 @@ def contract(
                 out[target, c] += weight * dense_scores(Du, readers, sums).to(out.dtype)
             for block in blocks:
                 out[block.rows, c] += weight * lowrank_scores(block, readers).to(out.dtype)
+
+
+def _contract_group(
+    graph: Graph,
+    name: str,
+    deltas: SourceDeltas,
+    grads: DestinationGradients | SummedGradients,
+    out: EdgeBlocks,
+    weight: float,
+    row_sums: torch.Tensor,
+) -> None:
+    """One destination group's scores, added into its block of ``out`` (rows: the group's own
+    upstream rows, in order)."""
+    D, rows = deltas.dense, deltas.dense_rows
+    block = out.blocks[name]  # [n_up, n_cols]
+    lay = out.layout
+    up = graph.upstream(name)
+    local: slice | torch.Tensor
+    if deltas.contiguous and isinstance(up, slice):  # no neurons or sites: rows are graph rows
+        Du, sums, local, blocks = D[up], row_sums[up], slice(None), []
+    else:
+        up_rows = graph.upstream_rows(name).to(rows.device)
+        pick = torch.isin(rows, up_rows)
+        Du, sums = D[pick], row_sums[pick]
+        local = lay.local_rows(name, rows[pick])
+        blocks = [b for b in deltas.lowrank if bool(torch.isin(b.rows[:1], up_rows))]
+    for sub, readers in grads.group(name):
+        if len(Du):
+            block[local, sub] += weight * dense_scores(Du, readers, sums).to(block.dtype)
+        for lr in blocks:
+            block[lay.local_rows(name, lr.rows), sub] += weight * lowrank_scores(lr, readers).to(block.dtype)
 
 
 def _contract_per_position(

@@ -23,6 +23,7 @@ from circuitgraph.files.reading import parse_json
 from circuitgraph.files.rundir import check_member
 from circuitgraph.files.schema import ListOf, MapOf, Str, validate
 from circuitgraph.graph import Graph
+from circuitgraph.graph.blocks import as_dense
 
 SCORES_SCHEMA = "circuitgraph.scores/1"
 # the header metadata: strings, two of them JSON lists of node names (docs/circuit-schema.md)
@@ -35,9 +36,10 @@ def write_scores(path: str | Path, graph: Graph, circuit: Circuit, model_label: 
     run leaves the previous file, never half of one). When ``circuit`` has been saved, the header
     records its pair id, tying the two files of a run together."""
     tensors = {  # 0 where no edge exists, as the format says
-        "scores": graph.scores.detach().float().masked_fill(~graph.valid, 0).cpu().contiguous(),
+        # (edge blocks are written dense here: this file is still one [n_src, n_dst] matrix)
+        "scores": as_dense(graph.scores).detach().float().masked_fill(~graph.valid, 0).cpu().contiguous(),
         "valid": graph.valid.cpu().contiguous(),
-        "mask": circuit.mask.cpu().contiguous(),
+        "mask": as_dense(circuit.mask).cpu().contiguous(),
     }
     meta = {
         "schema": SCORES_SCHEMA,
