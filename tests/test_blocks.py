@@ -280,3 +280,16 @@ def test_memory_budget_bounds_masks_and_cache(entry, task, capsys):
     # the budget rides through the curve and the minimal circuit
     curve = cg.faithfulness_curve(model, graph, task, memory_budget=1e3)
     assert curve.absolute[-1] == pytest.approx(1.0)
+
+
+def test_the_progress_line_names_the_budget(entry, task, capsys, monkeypatch):
+    from circuitgraph.engine import progress
+
+    monkeypatch.setattr(progress, "DELAY", 0.0)
+    monkeypatch.setattr(progress, "PLAIN_EVERY", 0.0)
+    monkeypatch.setattr(progress, "interactive", lambda: False)
+    graph = cg.Graph.from_model(entry.model)
+    run = CircuitEvaluator(entry.model, graph, task, memory_budget=2e9)
+    run(graph.valid[None], progress=True)
+    err = capsys.readouterr().err
+    assert "evaluate: " in err and f"budget 2.0 GB: {run.mask_batch} masks/pass, ablation cache" in err

@@ -95,37 +95,46 @@ def _largest(pieces: _Pieces, k: int) -> torch.Tensor | EdgeBlocks:
 
     Memory stays O(piece): a whole-matrix sort (or CPU ``topk``) keeps an int64 index per entry,
     8 bytes per edge, more than the scores themselves at neuron or feature scale. So the k-th value
-    is found by bisection on counts, a piece at a time, and ties at it are filled in row order."""
+    is found by a radix selection on the float's bits (two histogram passes, a piece at a time),
+    and ties at it are filled in row order."""
     if k == 0:
         return pieces.mask([torch.zeros(v.shape, dtype=torch.bool, device=v.device) for v, *_ in pieces.items])
-
-    def count(t: float) -> int:  # entries ≥ t, a piece at a time
-        return sum(int(torch.count_nonzero(r >= t)) for r in pieces.ranks())
-
-    inf = float("inf")
-    lo = min((float(torch.where(torch.isfinite(r), r, inf).min()) for r in pieces.ranks() if r.numel()), default=inf)
-    hi = max((float(torch.where(torch.isfinite(r), r, -inf).max()) for r in pieces.ranks() if r.numel()), default=-inf)
-    if count(hi) >= k:  # the k largest are all the maximum
-        kth = hi
-    else:  # bisect to the k-th largest value t*: count(≥ t*) ≥ k > count(≥ anything above t*)
-        while True:  # (ends: exactly k entries ≥ lo, or lo and hi adjacent floats)
-            mid = lo + (hi - lo) / 2
-            if mid in (lo, hi):
-                break
-            c = count(mid)
-            if c >= k:
-                lo = mid
-                if c == k:
-                    break
-            else:
-                hi = mid
-        # t* is the smallest entry ≥ lo (exactly k of them, or none strictly between lo and hi)
-        kth = min(float(r[r >= lo].min()) for r in pieces.ranks() if bool((r >= lo).any()))
+    kth = _kth_largest(pieces, k)
     parts = [r > kth for r in pieces.ranks()]  # everything above it, then ties in row order
     need = k - sum(int(torch.count_nonzero(p)) for p in parts)
     if need > 0:
         _fill_ties(pieces, parts, kth, need)
     return pieces.mask(parts)
+
+
+def _order_keys(r: torch.Tensor) -> torch.Tensor:
+    """int32 keys that order like the float32 values of ``r`` (−0 read as +0, so they tie)."""
+    bits = (r.float() + 0.0).view(torch.int32)
+    return torch.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)
+
+
+def _kth_largest(pieces: _Pieces, k: int) -> float:
+    """The k-th largest rank (1 ≤ k ≤ entries): the high 16 bits of its order key from one
+    histogram over every piece, the low 16 from a second over the entries in that bin."""
+    high, above = _top_bin(pieces, k, lambda key: (key >> 16) + 32768, None)
+    low, _ = _top_bin(pieces, k - above, lambda key: key & 0xFFFF, lambda key: (key >> 16) == high - 32768)
+    key = (high - 32768) * 65536 + low  # (a signed int32)
+    bits = key if key >= 0 else key ^ 0x7FFFFFFF
+    return float(torch.tensor([bits], dtype=torch.int32).view(torch.float32))
+
+
+def _top_bin(pieces: _Pieces, k: int, digit, keep) -> tuple[int, int]:
+    """The 16-bit digit bin holding the k-th largest key (among those ``keep`` selects), and how
+    many keys lie in higher bins."""
+    hist = torch.zeros(1 << 16, dtype=torch.long)
+    for r in pieces.ranks():
+        key = _order_keys(r).flatten()
+        if keep is not None:
+            key = key[keep(key)]
+        hist += torch.bincount(digit(key).long(), minlength=1 << 16).cpu()
+    from_top = hist.flip(0).cumsum(0)
+    j = int(torch.searchsorted(from_top, torch.tensor(k)))
+    return (1 << 16) - 1 - j, int(from_top[j - 1]) if j > 0 else 0
 
 
 def _fill_ties(pieces: _Pieces, parts: list[torch.Tensor], kth: float, need: int) -> None:

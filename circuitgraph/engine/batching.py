@@ -52,12 +52,13 @@ def mask_bytes(graph: Graph) -> int:
 
 def mask_batch_size(graph: Graph, chunk: Any, budget_bytes: float = 1.0e9) -> int:
     """How many edge masks one patched forward may carry (each tiles the chunk once, and holds its
-    bool mask and removal mask, in the graph's layout)."""
+    bool mask and removal mask, in the graph's layout, and its readers' float removal blocks)."""
     rows = dense_sources(graph)
     if graph.arch.post_norms:  # each post-norm group's live input and its norm (engine/post_norms.py)
         rows += 2 * (graph.arch.n_layers + len(graph.node_graph.neurons))
     per_mask = rows * chunk.n_examples * chunk.seq_len * graph.arch.d_model * 4 * 2
-    per_mask += 2 * mask_bytes(graph)
+    # its mask and removal mask (bool), and each reader's removal block as floats (edges only)
+    per_mask += 2 * mask_bytes(graph) + 4 * layout_of(graph).n_entries()
     return max(1, int(budget_bytes // max(per_mask, 1)))
 
 
