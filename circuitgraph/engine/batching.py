@@ -47,7 +47,7 @@ CACHE_SHARE = 2 / 3  # of the budget, for the cached ablated activations (the re
 
 def mask_bytes(graph: Graph) -> int:
     """Bytes of one bool edge mask in the graph's layout (dense, or only its blocks)."""
-    return layout_of(graph).n_entries() if graph.uses_blocks else graph.valid.numel()
+    return layout_of(graph).n_entries() if graph.uses_blocks else graph.valid.numel()  # (positional: dense)
 
 
 def mask_batch_size(graph: Graph, chunk: Any, budget_bytes: float = 1.0e9) -> int:
@@ -58,7 +58,7 @@ def mask_batch_size(graph: Graph, chunk: Any, budget_bytes: float = 1.0e9) -> in
         rows += 2 * (graph.arch.n_layers + len(graph.node_graph.neurons))
     per_mask = rows * chunk.n_examples * chunk.seq_len * graph.arch.d_model * 4 * 2
     # its mask and removal mask (bool), and each reader's removal block as floats (edges only)
-    per_mask += 2 * mask_bytes(graph) + 4 * layout_of(graph).n_entries()
+    per_mask += 2 * mask_bytes(graph) + 4 * layout_of(graph.node_graph).n_entries() * (graph.positions or 1)
     return max(1, int(budget_bytes // max(per_mask, 1)))
 
 
