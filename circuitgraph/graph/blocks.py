@@ -192,6 +192,9 @@ class EdgeBlocks:
     def logical_not(self) -> EdgeBlocks:
         return self.map(lambda b: b.logical_not())
 
+    def sum(self) -> torch.Tensor:
+        return sum((b.sum() for b in self.blocks.values()), torch.zeros((), dtype=self.dtype, device=self.device))
+
     def any(self) -> torch.Tensor:
         return torch.tensor(any(bool(b.any()) for b in self.blocks.values()))
 
