@@ -293,3 +293,41 @@ def test_the_progress_line_names_the_budget(entry, task, capsys, monkeypatch):
     run(graph.valid[None], progress=True)
     err = capsys.readouterr().err
     assert "evaluate: " in err and f"budget 2.0 GB: {run.mask_batch} masks/pass, ablation cache" in err
+
+
+def test_scores_files_per_block(scored, tmp_path):
+    """scores.safetensors of a block graph: one rows/scores/mask triple per group, read back to
+    the dense file's numbers; a block list that does not tile the columns is refused."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from circuitgraph.errors import FileFormatError
+    from circuitgraph.export.scores import read_scores, write_scores
+
+    dense, blocks, sd, _ = scored
+    c = cg.Circuit(blocks, cg.top_n(blocks, 9))
+    back = read_scores(write_scores(tmp_path / "b.safetensors", blocks, c, "m"))
+    assert back["layout"] == "blocks" and "scores" not in back
+    flat = torch.zeros(dense.valid.shape)
+    mask = torch.zeros(dense.valid.shape, dtype=torch.bool)
+    for b in back["blocks"].values():
+        start, stop = b["cols"]
+        flat[b["rows"], start:stop] = b["scores"]
+        mask[b["rows"], start:stop] = b["mask"]
+    plain = read_scores(write_scores(tmp_path / "d.safetensors", dense, cg.Circuit(dense, cg.top_n(dense, 9)), "m"))
+    torch.testing.assert_close(flat, plain["scores"], rtol=1e-6, atol=1e-7)
+    assert torch.equal(mask, plain["mask"]) and int(mask.sum()) == 9
+    p = tmp_path / "b.safetensors"
+    with safe_open(str(p), framework="pt") as f:
+        meta, t = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    listed = json.loads(meta["blocks"])
+    save_file(t, str(p), metadata={**meta, "blocks": json.dumps(listed[1:])})
+    with pytest.raises(FileFormatError, match="do not tile"):
+        read_scores(p)
+    g0 = listed[0][0]
+    save_file({**t, f"rows.{g0}": t[f"rows.{g0}"].flip(0)}, str(p), metadata=meta)
+    if len(t[f"rows.{g0}"]) > 1:
+        with pytest.raises(FileFormatError, match="increasing source rows"):
+            read_scores(p)

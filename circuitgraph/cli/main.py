@@ -7,7 +7,7 @@ Hydra's run directory (``outputs/<date>/<time>/``; with ``-m``, ``outputs/multir
 
 =====================  ========================================================================
 circuit.json           the circuit (``Circuit.save``), with ``circuit.safetensors`` beside it
-scores.safetensors     the full ``scores [n_src, n_dst]``, the ``valid`` and circuit ``mask``
+scores.safetensors     every edge's score, the ``valid`` and circuit ``mask`` (dense, or per block)
                        tensors; node names and provenance in the header metadata
 faithfulness.png       the faithfulness curve, CPR and CMD in the title
 graph.html             the interactive circuit viewer
