@@ -248,6 +248,14 @@ def test_block_masks_patch_exactly_on_every_site_kind():
     blocked = patched_logits(model, graph, task, A, EdgeBlocks.from_dense(graph, m))
     assert (both - blocked).abs().max() < 1e-12
     assert (both - full).abs().max() > 1e-3  # the mask changes something
+    # scores and pruning on this graph (transcoder-free, output sites, a non-contiguous group)
+    twin = cg.Graph.from_model(model, saes=saes, features={h: range(0, 24, 2) for h in hooks})
+    twin.edge_layout = "dense"
+    sd = cg.attribute(model, twin, task, method="eap", progress=False)
+    sb = cg.attribute(model, graph, task, method="eap", progress=False)
+    torch.testing.assert_close(sb.dense(), sd, rtol=1e-10, atol=1e-12)
+    sparse_mask = (torch.rand(graph.valid.shape, generator=g) < 0.3) & graph.valid
+    assert torch.equal(cg.prune(graph, EdgeBlocks.from_dense(graph, sparse_mask)).dense(), cg.prune(twin, sparse_mask))
     # relaxed (float) block masks too
     r = torch.rand(graph.valid.shape, generator=g, dtype=torch.float64) * graph.valid
     torch.testing.assert_close(
@@ -331,3 +339,44 @@ def test_scores_files_per_block(scored, tmp_path):
     if len(t[f"rows.{g0}"]) > 1:
         with pytest.raises(FileFormatError, match="increasing source rows"):
             read_scores(p)
+
+
+@pytest.mark.parametrize("name", ["gpt-neox", "gemma-2"])
+def test_blocks_on_transcoders_and_post_norms(name):
+    """A parallel and a post-norm model (float64) with residual, attention-output and transcoder
+    sites, and a neuron graph of each: block scores equal dense scores, and block masks patch
+    like dense ones (full = clean run, empty = corrupted run)."""
+    from test_families import _random_sae as family_sae
+    from test_families import family_model
+
+    model = family_model(name)
+    task = tiny_task(model, n=4, seq=6)
+    d = model.cfg.d_model
+    saes = [
+        family_sae("blocks.0.hook_resid_pre", d, 24, 0),
+        family_sae("blocks.0.hook_attn_out", d, 24, 1),
+        family_sae("blocks.1.hook_resid_pre", d, 24, 2),
+        family_sae("blocks.1.ln2.hook_normalized", d, 24, 3, hook_out="blocks.1.hook_mlp_out"),
+    ]
+    features = {s.hook_name: range(0, 24, 2) for s in saes}
+    for build in (
+        lambda: cg.Graph.from_model(model, saes=saes, features=features),
+        lambda: cg.Graph.from_model(model, neurons={0: [1, 4, 7], 1: None}),
+    ):
+        dense, blocks = _pair(build)
+        sd = cg.attribute(model, dense, task, method="eap", progress=False, scores_dtype=torch.float64)
+        sb = cg.attribute(model, blocks, task, method="eap", progress=False, scores_dtype=torch.float64)
+        torch.testing.assert_close(sb.dense(), sd, rtol=1e-10, atol=1e-12)
+        abl = Ablation("corrupted").prepare(model, blocks, task)
+        A = abl.activations(model, blocks, task, slice(0, task.n_examples), task)
+        full = patched_logits(model, blocks, task, A, blocks.full_mask())
+        empty = patched_logits(model, blocks, task, A, blocks.empty_mask())
+        assert (full - model(task.clean)).abs().max() < 1e-8
+        assert (empty - model(task.corrupted)).abs().max() < 1e-8
+        m = cg.top_n(dense, dense.n_edges // 3)
+        torch.testing.assert_close(
+            patched_logits(model, blocks, task, A, EdgeBlocks.from_dense(blocks, m)),
+            patched_logits(model, dense, task, A, m),
+            rtol=1e-10,
+            atol=1e-10,
+        )
