@@ -33,6 +33,11 @@ class BlockLayout:
     the rows it reads (a slice when contiguous, else a sorted index tensor)."""
 
     def __init__(self, graph: Any) -> None:
+        if graph.positions:
+            raise GraphError(
+                "position-resolved graphs keep dense scores and masks (their edges are a position diagonal, "
+                "not blocks); use the dense tensors"
+            )
         dst = graph.dst_slices()
         # time order (what pruning walks), then column order
         self.names: list[str] = sorted(dst, key=lambda g: (int(graph.dst_time[dst[g].start]), dst[g].start))
@@ -121,9 +126,12 @@ class EdgeBlocks:
     @classmethod
     def from_dense(cls, graph: Any, t: torch.Tensor) -> EdgeBlocks:
         """The blocks of a dense ``[*batch, n_src, n_dst]`` tensor (entries off the graph dropped)."""
-        lay = layout_of(graph)
-        blocks = {g: t[..., lay.rows[g], c].contiguous() for g, c in lay.cols.items()}
-        return cls(lay, blocks)
+        return cls.from_dense_layout(layout_of(graph), t)
+
+    @classmethod
+    def from_dense_layout(cls, layout: BlockLayout, t: torch.Tensor) -> EdgeBlocks:
+        rows = {g: r if isinstance(r, slice) else r.to(t.device) for g, r in layout.rows.items()}
+        return cls(layout, {g: t[..., rows[g], c].contiguous() for g, c in layout.cols.items()})
 
     def like(self, blocks: dict[str, torch.Tensor]) -> EdgeBlocks:
         return EdgeBlocks(self.layout, blocks)
@@ -200,10 +208,6 @@ class EdgeBlocks:
 
     def count_nonzero(self) -> int:
         return sum(int(torch.count_nonzero(b)) for b in self.blocks.values())
-
-    @classmethod
-    def from_dense_layout(cls, layout: BlockLayout, t: torch.Tensor) -> EdgeBlocks:
-        return cls(layout, {g: t[..., layout.rows[g], c].contiguous() for g, c in layout.cols.items()})
 
     # ------------------------------------------------------------------ views
     def dense(self, fill: builtins.float | bool = 0) -> torch.Tensor:
