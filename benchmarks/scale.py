@@ -15,6 +15,7 @@ Prints one line per configuration: ``granularity=… nodes=… edges=… build_s
 (``eap_batch``: examples per EAP chunk, the engine's choice unless ``--eap-batch`` is given;
 ``--scores-dtype bfloat16`` halves the score matrix; ``--patch`` adds ``patch_s``, the time to measure
 the top 1,000 edges' faithfulness by patched forwards);
+``top1000_prune_s`` is the time of ``prune(graph, top_n(graph, 1000))`` on the scores;
 ``--minimal`` adds ``minimal_s`` and the minimal circuit (``minimal_edges``, ``minimal_faithfulness``;
 target ``--target``, ``--grid`` sizes); ``--curve`` adds ``curve_s``, CPR and CMD of a 10-point
 faithfulness curve (MIB's 0.1 %…100 %). ``peak_*_gb`` is the peak RSS (VmHWM) after each phase.
@@ -169,6 +170,10 @@ def run_one(
         torch.cuda.synchronize()
     eap_s = time.perf_counter() - t0
     peaks["peak_eap_gb"] = peak_gb()
+    t0 = time.perf_counter()
+    selected = cg.prune(graph, cg.top_n(graph, 1000))  # (selection alone: no patched run)
+    select = {"top1000_prune_s": round(time.perf_counter() - t0, 2)}
+    del selected
     budget = None if memory_gb is None else memory_gb * 1e9
     patched: dict = {}
     if patch:  # verify a circuit causally: the top 1,000 edges, the full model and the empty circuit
@@ -211,6 +216,7 @@ def run_one(
         "edges": graph.n_edges,
         "build_s": round(build_s, 2),
         "eap_s": round(eap_s, 2),
+        **select,
         **patched,
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 2),
         **peaks,
