@@ -97,6 +97,8 @@ def _largest(pieces: _Pieces, k: int) -> torch.Tensor | EdgeBlocks:
     8 bytes per edge, more than the scores themselves at neuron or feature scale. So the k-th value
     is found by a radix selection on the float's bits (two histogram passes, a piece at a time),
     and ties at it are filled in row order."""
+    ninf = float("-inf")  # (off the graph; never chosen, so k is at most the other entries)
+    k = min(k, sum(int(torch.count_nonzero(r > ninf)) for r in pieces.ranks()))
     if k == 0:
         return pieces.mask([torch.zeros(v.shape, dtype=torch.bool, device=v.device) for v, *_ in pieces.items])
     kth = _kth_largest(pieces, k)
