@@ -10,10 +10,18 @@ L0 ``--l0`` (default 32).
 Each configuration runs in its own subprocess so each peak RSS is its own. Usage:
     python benchmarks/scale.py [--granularity nodes neurons sae] [--features active 2048] [--l0 32]
                                [--spread 0.75] [--threads 2] [--device cpu] [--eap-batch N]
+                               [--layout auto|dense|blocks] [--minimal] [--curve] [--memory-gb G]
 Prints one line per configuration: ``granularity=… nodes=… edges=… build_s=… eap_s=… peak_rss_gb=…``
 (``eap_batch``: examples per EAP chunk, the engine's choice unless ``--eap-batch`` is given;
 ``--scores-dtype bfloat16`` halves the score matrix; ``--patch`` adds ``patch_s``, the time to measure
 the top 1,000 edges' faithfulness by patched forwards);
+``top1000_prune_s`` is the time of ``prune(graph, top_n(graph, 1000))`` on the scores;
+``--minimal`` adds ``minimal_s`` and the minimal circuit (``minimal_edges``, ``minimal_faithfulness``;
+target ``--target``, ``--grid`` sizes); ``--curve`` adds ``curve_s``, CPR and CMD of a 10-point
+faithfulness curve (MIB's 0.1 %…100 %). ``peak_*_gb`` is the peak RSS (VmHWM) after each phase.
+``scores_mb`` is the score store as attribution kept it (``--layout``: ``auto`` keeps edge blocks
+above 2²⁶ entries), ``blocks_mb`` / ``dense_mb`` what float32 edge blocks and a dense
+``[n_src, n_dst]`` matrix take (``dense_over_blocks`` their ratio);
 ``sae`` lines add ``features`` (the choice), ``n_features`` (feature nodes, all sites),
 ``site_features`` and ``l0`` (measured mean active features per token on the task's clean and
 corrupted prompts), per site. ``build_s`` includes choosing the features.
@@ -84,6 +92,15 @@ def mean_l0(model, saes: list, task) -> list[float]:
     return [round(float(torch.cat(counts[s.hook_name]).mean()), 1) for s in saes]
 
 
+def peak_gb() -> float:
+    """Peak resident memory so far (VmHWM, GiB)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024**2, 2)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 2)
+
+
 def run_one(
     granularity: str,
     features: str,
@@ -96,12 +113,19 @@ def run_one(
     eap_batch: int | None,
     scores_dtype: str = "float32",
     patch: bool = False,
+    layout: str = "auto",
+    minimal: bool = False,
+    curve: bool = False,
+    memory_gb: float | None = None,
+    target: float = 0.9,
+    grid: int = 24,
 ) -> dict:
     torch.set_num_threads(threads)
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
     import circuitgraph as cg
     from circuitgraph.engine.batching import auto_batch_size
+    from circuitgraph.graph.blocks import EdgeBlocks, layout_of
 
     cfg = HookedTransformerConfig(
         n_layers=12,
@@ -130,8 +154,10 @@ def run_one(
     else:
         graph = cg.Graph.from_model(model, neurons=(granularity == "neurons") or None)
     build_s = time.perf_counter() - t0
+    graph.edge_layout = layout
+    peaks = {"peak_build_gb": peak_gb()}
     t0 = time.perf_counter()
-    cg.attribute(
+    scores = cg.attribute(
         model,
         graph,
         task,
@@ -143,11 +169,45 @@ def run_one(
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     eap_s = time.perf_counter() - t0
-    patched = {}
+    peaks["peak_eap_gb"] = peak_gb()
+    t0 = time.perf_counter()
+    selected = cg.prune(graph, cg.top_n(graph, 1000))  # (selection alone: no patched run)
+    select = {"top1000_prune_s": round(time.perf_counter() - t0, 2)}
+    del selected
+    budget = None if memory_gb is None else memory_gb * 1e9
+    patched: dict = {}
     if patch:  # verify a circuit causally: the top 1,000 edges, the full model and the empty circuit
         t0 = time.perf_counter()
-        faith = cg.faithfulness(model, graph, task, cg.top_n(graph, 1000))
+        faith = cg.faithfulness(model, graph, task, cg.top_n(graph, 1000), memory_budget=budget)
         patched = {"patch_s": round(time.perf_counter() - t0, 2), "top1000_faithfulness": round(faith, 4)}
+        peaks["peak_patch_gb"] = peak_gb()
+    if minimal:
+        t0 = time.perf_counter()
+        c = cg.minimal_circuit(model, graph, task, target=target, grid=grid, memory_budget=budget)
+        patched.update(
+            minimal_s=round(time.perf_counter() - t0, 2),
+            minimal_edges=c.n_edges,
+            minimal_faithfulness=round(float(c.faithfulness or 0.0), 4),
+            minimal_reached=bool(c.figures["reached_target"]),
+            minimal_probes=len(c.figures["search"]),
+        )
+        del c
+        peaks["peak_minimal_gb"] = peak_gb()
+    if curve:
+        from circuitgraph.evaluation.faithfulness import MIB_SCRIPT_PERCENTS
+
+        t0 = time.perf_counter()
+        fc = cg.faithfulness_curve(model, graph, task, percents=MIB_SCRIPT_PERCENTS, memory_budget=budget)
+        patched.update(
+            curve_s=round(time.perf_counter() - t0, 2),
+            curve_points=len(fc.percents),
+            cpr=round(fc.cpr, 4),
+            cmd=round(fc.cmd, 4),
+        )
+        peaks["peak_curve_gb"] = peak_gb()
+    blocks_bytes = layout_of(graph).n_entries() * 4
+    dense_bytes = graph.n_src * graph.n_dst * 4
+    stored = scores.nbytes() if isinstance(scores, EdgeBlocks) else scores.numel() * scores.element_size()
     out = {
         "granularity": granularity,
         "nodes": graph.n_src + 1,
@@ -156,8 +216,16 @@ def run_one(
         "edges": graph.n_edges,
         "build_s": round(build_s, 2),
         "eap_s": round(eap_s, 2),
+        **select,
         **patched,
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 2),
+        **peaks,
+        "layout": "blocks" if isinstance(scores, EdgeBlocks) else "dense",
+        "scores_mb": round(stored / 1e6, 1),
+        "blocks_mb": round(blocks_bytes / 1e6, 1),
+        "dense_mb": round(dense_bytes / 1e6, 1),
+        "dense_over_blocks": round(dense_bytes / blocks_bytes, 2),
+        "memory_gb": memory_gb,
         "batch": f"{batch}x{seq}",
         "eap_batch": eap_batch or auto_batch_size(graph, task, lowrank=True),
         "scores_dtype": scores_dtype,
@@ -209,6 +277,12 @@ def main() -> None:
         action="store_true",
         help="also measure the top 1,000 edges' faithfulness by patched forwards (patch_s)",
     )
+    ap.add_argument("--layout", default="auto", choices=["auto", "dense", "blocks"], help="score/mask storage")
+    ap.add_argument("--minimal", action="store_true", help="also find the minimal circuit (minimal_s)")
+    ap.add_argument("--curve", action="store_true", help="also measure a 10-point faithfulness curve (curve_s)")
+    ap.add_argument("--memory-gb", type=float, help="the evaluator's memory budget (GB; default 3)")
+    ap.add_argument("--target", type=float, default=0.9, help="--minimal: target faithfulness")
+    ap.add_argument("--grid", type=int, default=24, help="--minimal: geometric grid sizes before bisecting")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
@@ -226,6 +300,12 @@ def main() -> None:
                     args.eap_batch,
                     args.scores_dtype,
                     args.patch,
+                    args.layout,
+                    args.minimal,
+                    args.curve,
+                    args.memory_gb,
+                    args.target,
+                    args.grid,
                 )
             )
         )
@@ -245,7 +325,17 @@ def main() -> None:
         str(args.seq),
         "--scores-dtype",
         args.scores_dtype,
-    ] + (["--patch"] if args.patch else [])
+        "--layout",
+        args.layout,
+        "--target",
+        str(args.target),
+        "--grid",
+        str(args.grid),
+    ]
+    common += ["--patch"] if args.patch else []
+    common += ["--minimal"] if args.minimal else []
+    common += ["--curve"] if args.curve else []
+    common += ["--memory-gb", str(args.memory_gb)] if args.memory_gb else []
     common += ["--eap-batch", str(args.eap_batch)] if args.eap_batch else []
     for gran, features in [(g, f) for g in args.granularity for f in (args.features if g == "sae" else [None])]:
         extra = ["--features", features] if features else []

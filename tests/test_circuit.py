@@ -138,7 +138,7 @@ def test_minimal_circuit_reuses_existing_scores(setup):
 def test_largest_selects_exactly_the_k_largest_in_blocks():
     """top_n's selection works a block of rows at a time (no int64 index per edge): exactly k
     entries, none smaller than one left out, with ties, bf16 scores and invalid (-inf) entries."""
-    from circuitgraph.circuit.selection import _largest
+    from circuitgraph.circuit.selection import _largest, _Pieces
 
     g = torch.Generator().manual_seed(0)
     for trial in range(120):
@@ -151,7 +151,7 @@ def test_largest_selects_exactly_the_k_largest_in_blocks():
         r[torch.rand(R, C, generator=g) < 0.2] = float("-inf")
         E = int(torch.isfinite(r).sum())
         for k in (0, 1, E // 3, E // 2, E):
-            m = _largest(r, k, block=37)
+            m = _largest(_Pieces.ranked(r, block=37), k)
             assert int(m.sum()) == k
             if 0 < k < r.numel():
                 assert bool(torch.isfinite(r[m]).all()) and float(r[m].min()) >= float(r[~m].max())

@@ -194,6 +194,7 @@ def test_multirun_two_methods_and_compare_table(tmp_path, capsys):
 @pytest.mark.parametrize(
     "args, code, needles",
     [
+        (["memory_gb=0"], 2, ["memory_gb", "positive number of gigabytes"]),
         (["method=eapx"], 2, ["unknown method 'eapx'", "eap-ig", "exact", "acdc"]),
         (["method=eap-gi"], 2, ["unknown method 'eap-gi'", "Did you mean 'eap-ig'"]),
         (["circuit.target=1.5"], 2, ["circuit.target", "(0, 1]", "1.5"]),

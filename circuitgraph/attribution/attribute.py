@@ -29,6 +29,7 @@ from circuitgraph.engine.progress import progress_bar
 from circuitgraph.engine.sources import raw_difference, raw_sources, source_deltas
 from circuitgraph.errors import ConfigError
 from circuitgraph.graph import Graph
+from circuitgraph.graph.blocks import EdgeBlocks
 from circuitgraph.models.backend import Backend, check_model
 
 METHODS = ("eap", "eap-ig", "eap-ig-activations", "exact")
@@ -46,8 +47,11 @@ def attribute(
     edge_batch: int | None = None,
     progress: bool = True,
     scores_dtype: torch.dtype = torch.float32,
-) -> torch.Tensor:
-    """Score every edge of ``graph`` for ``task``; returns the ``[n_src, n_dst]`` scores.
+) -> torch.Tensor | EdgeBlocks:
+    """Score every edge of ``graph`` for ``task``; returns the scores: a dense ``[n_src, n_dst]``
+    tensor, or :class:`~circuitgraph.graph.blocks.EdgeBlocks` (only the rows each destination
+    group reads; ``.dense()`` for the dense view) when the graph :attr:`~Graph.uses_blocks`
+    (``graph.edge_layout``: by default, graphs of more than 2²⁶ source × destination pairs).
 
     The graph keeps the latest scores and their provenance as ``graph.scores`` and
     ``graph.score_info`` (a compatibility shim, so ``top_n(graph, n)`` and ``minimal_circuit``
@@ -57,7 +61,6 @@ def attribute(
     a memory budget); ``edge_batch`` bounds how many single-edge patches ``exact`` runs together.
     ``scores_dtype=torch.bfloat16`` halves the ``[n_src, n_dst]`` score matrix, the largest object
     at neuron or feature scale (scores then carry ~3 significant digits: enough to rank edges).
-    Returns the ``[n_src, n_dst]`` score tensor.
     """
     if method not in METHODS:
         raise ConfigError(
@@ -79,7 +82,12 @@ def attribute(
     # A fresh tensor, so scores a caller kept from an earlier call stay intact; the graph's old one
     # is released first (at neuron granularity the [n_src, n_dst] matrix is the largest object).
     graph.scores = None
-    scores = graph.scores = torch.zeros(graph.valid.shape, dtype=scores_dtype, device=graph.valid.device)
+    scores: torch.Tensor | EdgeBlocks
+    if graph.uses_blocks:
+        scores = EdgeBlocks.zeros(graph, scores_dtype)
+    else:
+        scores = torch.zeros(graph.valid.shape, dtype=scores_dtype, device=graph.valid.device)
+    graph.scores = scores
     if method == "exact":
         _exact(model, graph, task, abl, bs, scores, edge_batch, progress)
     else:
@@ -165,14 +173,17 @@ def _exact(
     task: Any,
     abl: Ablation,
     batch_size: int,
-    scores: torch.Tensor,
+    scores: torch.Tensor | EdgeBlocks,
     edge_batch: int | None,
     progress: bool,
 ) -> None:
     """True single-edge ablation effects, K edges per batched patched forward."""
     run = CircuitEvaluator(model, graph, task, abl, batch_size=batch_size, mask_batch=edge_batch)
     for e, effect in _single_edge_effects(run, graph, progress, per_example=False):
-        scores[e[:, 0], e[:, 1]] = effect.to(scores)
+        if isinstance(scores, EdgeBlocks):
+            scores.put(e[:, 0], e[:, 1], effect)
+        else:
+            scores[e[:, 0], e[:, 1]] = effect.to(scores)
 
 
 def exact_per_example(

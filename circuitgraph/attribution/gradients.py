@@ -22,6 +22,7 @@ from circuitgraph.engine.sites import feature_ids, other_features, site_hooks, s
 from circuitgraph.engine.sources import source_hooks
 from circuitgraph.engine.tensors import SourceDeltas, frozen, frozen_params, store_hook
 from circuitgraph.graph import Graph, PositionalGraph
+from circuitgraph.graph.blocks import EdgeBlocks
 from circuitgraph.graph.sites import Site
 from circuitgraph.models.backend import as_backend
 
@@ -319,31 +320,66 @@ def contract(
     graph: Graph,
     deltas: SourceDeltas,
     grads: DestinationGradients | SummedGradients,
-    out: torch.Tensor,
+    out: torch.Tensor | EdgeBlocks,
     weight: float = 1.0,
 ) -> None:
     """``out[u, v] += weight · Σ_{batch,pos,d} delta_u · ∂m/∂in_v`` for every valid edge: per
     destination group, one matmul over the dense sources upstream of it plus one factored
-    product per upstream low-rank block (neurons, SAE features). A position-resolved graph keeps
-    each position's own sum, written into the position diagonal of its score matrix."""
-    D, rows = deltas.dense, deltas.dense_rows
-    row_sums = D.sum(-1)  # [n_dense, B, P], shared by every norm-centred reader
+    product per upstream low-rank block (neurons, SAE features). ``out`` is a dense
+    ``[n_src, n_dst]`` tensor or :class:`EdgeBlocks` (each group's products go into its block). A
+    position-resolved graph keeps each position's own sum, written into the position diagonal of
+    its (dense) score matrix."""
+    row_sums = deltas.dense.sum(-1)  # [n_dense, B, P], shared by every norm-centred reader
     per_position = isinstance(graph, PositionalGraph)
+    if isinstance(out, EdgeBlocks):
+        assert not per_position  # (EdgeBlocks refuse position-resolved graphs)
+        for name in graph.dst_slices():
+            _contract_group(graph, name, deltas, grads, out, weight, row_sums)
+        return
     scores = graph.diagonal(out) if isinstance(graph, PositionalGraph) else out  # [n_src, n_dst(, P)] view
     node = graph.node_graph
     for name, cols in node.dst_slices().items():
-        up = node.upstream(name)
-        target: slice | torch.Tensor
-        if deltas.contiguous and isinstance(up, slice):  # no neurons or sites: rows are graph rows
-            Du, sums, target, blocks = D[up], row_sums[up], up, []
-        else:  # the dense rows and low-rank blocks this group reads
-            up_rows = node.upstream_rows(name).to(rows.device)
-            pick = torch.isin(rows, up_rows)
-            Du, sums, target = D[pick], row_sums[pick], rows[pick]
-            blocks = [b for b in deltas.lowrank if bool(torch.isin(b.rows[:1], up_rows))]
+        Du, sums, target, blocks = _upstream_deltas(node, name, deltas, row_sums)
         for sub, readers in grads.group(name):
             c = slice(cols.start + sub.start, cols.start + sub.stop)
             if len(Du):
                 scores[target, c] += weight * dense_scores(Du, readers, sums, per_position).to(out.dtype)
             for block in blocks:
                 scores[block.rows, c] += weight * lowrank_scores(block, readers, per_position).to(out.dtype)
+
+
+def _upstream_deltas(
+    graph: Graph, name: str, deltas: SourceDeltas, row_sums: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, slice | torch.Tensor, list]:
+    """The deltas destination group ``name`` reads: dense ``[n, B, P, d]`` rows, their sums over
+    d, their graph rows (a slice when they are a prefix), and the upstream low-rank blocks."""
+    D, rows = deltas.dense, deltas.dense_rows
+    up = graph.upstream(name)
+    if deltas.contiguous and isinstance(up, slice):  # no neurons or sites: rows are graph rows
+        return D[up], row_sums[up], up, []
+    up_rows = graph.upstream_rows(name).to(rows.device)
+    pick = torch.isin(rows, up_rows)
+    blocks = [b for b in deltas.lowrank if bool(torch.isin(b.rows[:1], up_rows))]
+    return D[pick], row_sums[pick], rows[pick], blocks
+
+
+def _contract_group(
+    graph: Graph,
+    name: str,
+    deltas: SourceDeltas,
+    grads: DestinationGradients | SummedGradients,
+    out: EdgeBlocks,
+    weight: float,
+    row_sums: torch.Tensor,
+) -> None:
+    """One destination group's scores, added into its block of ``out`` (rows: the group's own
+    upstream rows, in order)."""
+    block = out.blocks[name]  # [n_up, n_cols]
+    lay = out.layout
+    Du, sums, target, blocks = _upstream_deltas(graph, name, deltas, row_sums)
+    local = slice(None) if isinstance(target, slice) else lay.local_rows(name, target)
+    for sub, readers in grads.group(name):
+        if len(Du):
+            block[local, sub] += weight * dense_scores(Du, readers, sums).to(block.dtype)
+        for lr in blocks:
+            block[lay.local_rows(name, lr.rows), sub] += weight * lowrank_scores(lr, readers).to(block.dtype)

@@ -2,7 +2,8 @@
 
 Saved as ``name.json`` (human-readable: schema version, model fingerprint, provenance, the kept
 edges with scores, measured figures) plus ``name.safetensors`` (the full ``[n_src, n_dst]`` score
-matrix and the edge mask). No pickle: loading a file never runs code. Both files are written to a
+matrix and the edge mask; for a graph kept as edge blocks, one ``scores.<group>`` and
+``mask.<group>`` tensor per destination group, ``[n_up, n_cols]``: only the rows it reads). No pickle: loading a file never runs code. Both files are written to a
 temporary name and renamed, so an interrupted save never leaves a half-written circuit, and they
 are bound by a pair id and the tensor file's hash, so the halves of two saves never load as one.
 """
@@ -28,12 +29,14 @@ from circuitgraph.files.pairs import (
     check_finite,
     check_tensor_file,
     load_tensors,
+    read_header,
     write_tensors,
 )
 from circuitgraph.files.reading import check_bounds, read_json
 from circuitgraph.files.rundir import check_member
 from circuitgraph.files.schema import Float, Int, JsonObject, ListOf, Obj, Optional, Str, TupleOf, validate
 from circuitgraph.graph import Graph, config_hash
+from circuitgraph.graph.blocks import EdgeBlocks, as_blocks, layout_of
 from circuitgraph.graph.graph import GRAPH_SPEC
 from circuitgraph.graph.names import dst_node
 
@@ -78,7 +81,7 @@ class Circuit:
     """Edges ``mask [n_src, n_dst]`` of ``graph`` plus provenance and measured figures."""
 
     graph: Graph
-    mask: torch.Tensor
+    mask: torch.Tensor | EdgeBlocks
     metadata: dict = field(default_factory=dict)
     faithfulness: float | None = None
     figures: dict = field(default_factory=dict)
@@ -89,7 +92,10 @@ class Circuit:
     def __post_init__(self) -> None:
         if self.mask.shape != self.graph.valid.shape or self.mask.dtype != torch.bool:
             raise GraphError(f"circuit mask must be a bool tensor of shape {list(self.graph.valid.shape)}")
-        self.mask = self.mask.to(self.graph.valid.device) & self.graph.valid
+        if isinstance(self.mask, EdgeBlocks):  # (blocks hold edges only)
+            self.mask = self.mask.to(self.graph.valid.device)
+        else:
+            self.mask = self.mask.to(self.graph.valid.device) & self.graph.valid
 
     # ------------------------------------------------------------------ supernodes
     @property
@@ -105,11 +111,17 @@ class Circuit:
     # ------------------------------------------------------------------ views
     @property
     def n_edges(self) -> int:
+        if isinstance(self.mask, EdgeBlocks):
+            return self.mask.count_nonzero()
         return int(torch.count_nonzero(self.mask))
 
     @property
-    def scores(self) -> torch.Tensor:
+    def scores(self) -> torch.Tensor | EdgeBlocks:
         return self.graph.scores
+
+    def dense_mask(self) -> torch.Tensor:
+        """The ``[n_src, n_dst]`` mask, whichever layout the circuit keeps (small graphs)."""
+        return self.mask.dense() if isinstance(self.mask, EdgeBlocks) else self.mask
 
     def edges(self) -> list[tuple[str, str, float]]:
         """Kept edges as ``(src, dst, score)``, highest |score| first."""
@@ -187,19 +199,15 @@ class Circuit:
         path = Path(path)
         if path.suffix != ".json":
             path = path.with_suffix(".json")
-        scores, valid = self.graph.scores.detach().float(), self.graph.valid
-        if off_graph(scores, valid):  # a cell that is no edge holds no score (the format says 0 there)
-            scores = scores.masked_fill(~valid, 0)
-        tensors = {
-            "scores": scores.cpu().contiguous(),
-            "mask": self.mask.cpu().contiguous(),
-            **{k: v.detach().float().cpu().contiguous() for k, v in self.ablation_tensors.items()},
-        }
+        tensors = self._score_tensors()
+        tensors.update({k: v.detach().float().cpu().contiguous() for k, v in self.ablation_tensors.items()})
         st_path = path.with_suffix(".safetensors")
         doc = self.to_dict()
         doc["tensors"] = st_path.name
         where = f"circuit to be saved as {path}"
-        check_finite(tensors["scores"], f"{where}: its scores", CircuitFileError, allow_inf=True)
+        for k, t in tensors.items():
+            if k == "scores" or k.startswith("scores."):
+                check_finite(t, f"{where}: its scores", CircuitFileError, allow_inf=True)
         validate(doc, CIRCUIT_FILE, where, CircuitFileError)
         check_bounds(doc, where, CircuitFileError)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -208,6 +216,21 @@ class Circuit:
         atomic_write(path, lambda p: Path(p).write_text(json.dumps(doc, indent=1)))
         self.binding = binding
         return path
+
+    def _score_tensors(self) -> dict[str, torch.Tensor]:
+        """The scores and the mask as the tensor file holds them: dense, or one block per
+        destination group when the graph's scores or the mask are edge blocks."""
+        graph = self.graph
+        if isinstance(self.mask, EdgeBlocks) or isinstance(graph.scores, EdgeBlocks):
+            scores = as_blocks(graph, graph.scores).detach().float()
+            mask = as_blocks(graph, self.mask)
+            out = {f"scores.{g}": b.cpu().contiguous() for g, b in scores.blocks.items()}
+            out.update({f"mask.{g}": b.cpu().contiguous() for g, b in mask.blocks.items()})
+            return out
+        dense, valid = graph.scores.detach().float(), graph.valid
+        if off_graph(dense, valid):  # a cell that is no edge holds no score (the format says 0 there)
+            dense = dense.masked_fill(~valid, 0)
+        return {"scores": dense.cpu().contiguous(), "mask": self.mask.cpu().contiguous()}
 
     @classmethod
     def load(cls, path: str | Path, model: Any = None) -> Circuit:
@@ -240,10 +263,17 @@ class Circuit:
         st = path.with_suffix(".safetensors")
         if not st.exists() and not st.is_symlink():
             raise CircuitFileError(f"{st} is missing; a circuit needs both its .json and .safetensors files")
-        specs = {
-            "scores": TensorSpec(("F32",), (n_src, n_dst)),  # never NaN; ±inf round-trips
-            "mask": TensorSpec(("BOOL",), (n_src, n_dst)),
-        }
+        _, info = read_header(st, CircuitFileError)
+        blocked = "scores" not in info and any(k.startswith("scores.") for k in info)
+        graph = None
+        if blocked:  # block shapes come from the graph, so it is built first
+            graph = _graph_of(spec, path)
+            specs = _block_specs(graph)
+        else:
+            specs = {
+                "scores": TensorSpec(("F32",), (n_src, n_dst)),  # never NaN; ±inf round-trips
+                "mask": TensorSpec(("BOOL",), (n_src, n_dst)),
+            }
         # optimal ablation's fitted constants ride along as ``ablation.*`` tensors
         fitted = bool(((doc.get("metadata") or {}).get("ablation") or {}).get("values"))
         binding = Binding.from_doc(doc, path, CircuitFileError)
@@ -253,20 +283,12 @@ class Circuit:
         problem = check_member(path)
         if problem:
             raise CircuitFileError(problem)
-        try:  # the graph before the tensors: its build's temporaries and the tensors never coexist
-            graph = Graph.from_spec(spec)
-        except GraphError as e:
-            raise CircuitFileError(f"{path}: $.model: {e}") from None
+        if graph is None:  # the graph before the tensors: its build's temporaries and the tensors never coexist
+            graph = _graph_of(spec, path)
         if model is not None:
             graph.to(next(model.parameters()).device)
         t = load_tensors(st, specs, CircuitFileError, extra=fitted)
-        scores = t["scores"].to(graph.valid.device)
-        off = off_graph(scores, graph.valid)
-        if off:
-            raise CircuitFileError(
-                f"{st}: {off} score(s) where the graph has no edge (the format holds 0 there); the file is corrupted"
-            )
-        graph.scores = scores
+        mask = _scores_and_mask(graph, t, blocked, st)
         metadata = doc.get("metadata", {})
         graph.score_info = metadata.get("attribution", {})
         if SUPERNODES in metadata:  # their form, and that they name this graph's nodes
@@ -274,10 +296,10 @@ class Circuit:
                 metadata[SUPERNODES] = check_supernodes(metadata[SUPERNODES], graph)
             except GraphError as e:
                 raise CircuitFileError(f"{path}: metadata.{SUPERNODES} is malformed: {e}") from None
-        marked = int(torch.count_nonzero(t["mask"]))
+        marked = mask.count_nonzero() if isinstance(mask, EdgeBlocks) else int(torch.count_nonzero(mask))
         c = cls(
             graph,
-            t["mask"],
+            mask,
             metadata=metadata,
             faithfulness=doc.get("faithfulness"),
             figures=doc.get("figures", {}),
@@ -332,6 +354,41 @@ class Circuit:
                 f"{path}: $.edges[{i}] gives {edges[i][0]}->{edges[i][1]} the score {edges[i][2]!r} but the tensors "
                 f"hold {float(held[i])!r}; the pair is inconsistent"
             )
+
+
+def _scores_and_mask(graph: Graph, t: dict[str, torch.Tensor], blocked: bool, st: Path) -> torch.Tensor | EdgeBlocks:
+    """Give ``graph`` the loaded scores (taken out of ``t``); return the mask, in the file's layout."""
+    if blocked:
+        graph.edge_layout = "blocks"
+        lay = layout_of(graph)
+        graph.scores = EdgeBlocks(lay, {g: t.pop(f"scores.{g}").to(graph.valid.device) for g in lay.names})
+        return EdgeBlocks(lay, {g: t.pop(f"mask.{g}") for g in lay.names})
+    scores = t.pop("scores").to(graph.valid.device)
+    off = off_graph(scores, graph.valid)
+    if off:
+        raise CircuitFileError(
+            f"{st}: {off} score(s) where the graph has no edge (the format holds 0 there); the file is corrupted"
+        )
+    graph.scores = scores
+    return t.pop("mask")
+
+
+def _block_specs(graph: Graph) -> dict[str, TensorSpec]:
+    """The tensors of a circuit file kept as edge blocks: per destination group, its scores and mask."""
+    lay = layout_of(graph)
+    specs = {}
+    for g, cols in lay.cols.items():
+        shape = (lay.n_rows(g), cols.stop - cols.start)
+        specs[f"scores.{g}"] = TensorSpec(("F32",), shape)  # never NaN; ±inf round-trips
+        specs[f"mask.{g}"] = TensorSpec(("BOOL",), shape)
+    return specs
+
+
+def _graph_of(spec: dict, path: Path) -> Graph:
+    try:
+        return Graph.from_spec(spec)
+    except GraphError as e:
+        raise CircuitFileError(f"{path}: $.model: {e}") from None
 
 
 def check_supernodes(groups, graph: Graph) -> list[dict]:

@@ -24,12 +24,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import torch
 
 from circuitgraph.circuit.selection import prune
 from circuitgraph.errors import ConfigError
 from circuitgraph.graph import Graph
+from circuitgraph.graph.blocks import as_dense
 from circuitgraph.graph.names import dst_node, node_kind
 
 __all__ = ["Influence", "influence", "prune_by_influence", "cumulative_share", "NODE_THRESHOLD", "EDGE_THRESHOLD"]
@@ -75,10 +77,11 @@ def _owner_table(src_names: tuple, dst_names: tuple, logit_cols: tuple) -> tuple
     return torch.tensor([index[dst_node(d)] for d in dst_names], dtype=torch.long), tuple(logits)
 
 
-def influence(graph: Graph, mask: torch.Tensor, scores: torch.Tensor | None = None) -> Influence:
+def influence(graph: Graph, mask: Any, scores: Any = None) -> Influence:
     """The flow of the logits' attribution through the edges in ``mask`` (default scores:
     ``graph.scores``), by |score|. See the module docstring."""
-    s = graph.scores if scores is None else scores
+    s = as_dense(graph.scores if scores is None else scores)  # (the viewer's flows: small graphs)
+    mask = as_dense(mask)
     m = (mask.to(graph.valid.device) & graph.valid).cpu()
     idx = m.nonzero()  # [E, 2] row-major
     rows, cols = idx[:, 0], idx[:, 1]

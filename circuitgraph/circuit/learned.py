@@ -452,7 +452,7 @@ def learned_circuit(
         mask, f = res.masks[best_k], res.faithfulness[best_k]
         source = {"kind": "sweep mask", "lambda": res.lambdas[best_k]}
     else:
-        mask, f = ranked.mask, float(ranked.figures["faithfulness"])
+        mask, f = ranked.dense_mask(), float(ranked.figures["faithfulness"])
         source = {"kind": "ranking top-n", "top_n": ranked.figures["top_n"]}
     c = build_circuit(
         graph, mask, task, abl, {"kind": "edge-pruning", "target": target, "lambdas": res.lambdas, "source": source}

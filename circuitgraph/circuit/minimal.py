@@ -19,10 +19,11 @@ from circuitgraph.engine.ablation import Ablation
 from circuitgraph.engine.evaluator import Baselines, CircuitEvaluator
 from circuitgraph.errors import ConfigError
 from circuitgraph.graph import Graph
+from circuitgraph.graph.blocks import EdgeBlocks
 
 
 def build_circuit(
-    graph: Graph, mask: torch.Tensor, task=None, ablation="corrupted", selection: dict | None = None
+    graph: Graph, mask: torch.Tensor | EdgeBlocks, task=None, ablation="corrupted", selection: dict | None = None
 ) -> Circuit:
     """Wrap a mask with provenance metadata."""
     meta = {
@@ -58,12 +59,15 @@ def minimal_circuit(
     steps: int = 5,
     grid: int = 24,
     batch_size: int | None = None,
+    memory_budget: float | None = None,
 ) -> Circuit:
     """Smallest top-n (pruned) circuit with faithfulness ≥ ``target``, measured by patching.
 
     ``method=None`` (default) uses the scores already in the graph (from :func:`attribute`), or
     computes EAP-IG scores when it has none; a named ``method`` always recomputes. The returned
-    circuit carries its measured ``faithfulness`` and the search trace.
+    circuit carries its measured ``faithfulness`` and the search trace. ``memory_budget``: bytes
+    for the evaluator's mask batches and ablation cache (see :class:`CircuitEvaluator`); masks
+    are built a batch at a time in the scores' layout.
     """
     check_target(target)
     t0 = time.perf_counter()
@@ -74,9 +78,10 @@ def minimal_circuit(
         attribute(model, graph, task, method=method, ablation=abl, steps=steps, batch_size=batch_size)
     E = graph.n_edges
     sizes = sorted({max(1, int(round(E ** (i / (grid - 1))))) for i in range(grid)} | {E})
-    run = CircuitEvaluator(model, graph, task, abl, batch_size=batch_size)  # ablations computed once
+    # ablations computed once
+    run = CircuitEvaluator(model, graph, task, abl, batch_size=batch_size, memory_budget=memory_budget)
     builders = [lambda n=n: prune(graph, top_n(graph, n, absolute)) for n in sizes]
-    values = run.lazy(builders + [lambda: graph.valid, lambda: torch.zeros_like(graph.valid)])
+    values = run.lazy(builders + [graph.full_mask, graph.empty_mask])
     base = Baselines(full=float(values[-2]), empty=float(values[-1]))
     faith = [float(base.faithfulness(v)) for v in values[:-2]]
     trace = {n: f for n, f in zip(sizes, faith)}

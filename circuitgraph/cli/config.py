@@ -278,6 +278,9 @@ class Config:
     seed: int = 0
     threads: int | None = None  # torch CPU threads; null: 1 for zoo models, else torch's default
     progress: bool = True  # progress bars for long stages
+    # GB for what patched evaluation holds besides the model (mask batches, the ablation cache);
+    # null: 3. The progress line of select/verify/curve says what it allows.
+    memory_gb: float | None = None
 
 
 GROUP_SCHEMAS: dict[str, type] = {
@@ -594,6 +597,8 @@ def _check_run(cfg: DictConfig) -> None:
     """Threads, device, exported files and a hypothesis file to test."""
     if cfg.threads is not None and cfg.threads < 1:
         raise ConfigError(f"threads must be ≥ 1 (or null), got {cfg.threads}")
+    if cfg.memory_gb is not None and not (math.isfinite(cfg.memory_gb) and cfg.memory_gb > 0):
+        raise ConfigError(f"memory_gb must be a positive number of gigabytes (or null for 3), got {cfg.memory_gb}")
     _check_device(cfg.device)
     if cfg.export.png and not cfg.export.curve:
         raise ConfigError("export.png needs the faithfulness curve: set export.curve=true or export.png=false")

@@ -7,7 +7,7 @@ Hydra's run directory (``outputs/<date>/<time>/``; with ``-m``, ``outputs/multir
 
 =====================  ========================================================================
 circuit.json           the circuit (``Circuit.save``), with ``circuit.safetensors`` beside it
-scores.safetensors     the full ``scores [n_src, n_dst]``, the ``valid`` and circuit ``mask``
+scores.safetensors     every edge's score, the ``valid`` and circuit ``mask`` (dense, or per block)
                        tensors; node names and provenance in the header metadata
 faithfulness.png       the faithfulness curve, CPR and CMD in the title
 graph.html             the interactive circuit viewer
@@ -358,7 +358,7 @@ def find_circuit(
     with _timed(timings, "attribute", progress):
         attribute_edges(cfg, ld, graph, ablation)
     with _timed(timings, "select", progress):
-        return select_circuit(cfg.circuit, ld, graph, ablation, cfg.method.batch_size)
+        return select_circuit(cfg.circuit, ld, graph, ablation, cfg.method.batch_size, memory_budget(cfg))
 
 
 def run_acdc(cfg: DictConfig, ld: Loaded, graph, ablation: cg.Ablation) -> tuple[Circuit, dict]:
@@ -465,8 +465,14 @@ def attribute_edges(cfg: DictConfig, ld: Loaded, graph, ablation: cg.Ablation) -
         raise TaskError(problem)
 
 
+def memory_budget(cfg: DictConfig) -> float | None:
+    """``memory_gb`` in bytes (None: the evaluator's default)."""
+    gb = cfg.get("memory_gb")
+    return None if gb is None else float(gb) * 1e9
+
+
 def select_circuit(
-    sel: DictConfig, ld: Loaded, graph, ablation: cg.Ablation, batch_size: int | None
+    sel: DictConfig, ld: Loaded, graph, ablation: cg.Ablation, batch_size: int | None, budget: float | None = None
 ) -> tuple[Circuit, dict]:
     """The circuit the ``circuit.*`` config asks for, from the scored graph."""
     if sel.kind == "minimal":
@@ -480,6 +486,7 @@ def select_circuit(
             absolute=bool(sel.absolute),
             grid=int(sel.grid),
             batch_size=batch_size,
+            memory_budget=budget,
         )
         return circuit, {"kind": "minimal", "target": float(sel.target), "absolute": bool(sel.absolute)}
     if sel.kind == "top-n":
@@ -521,7 +528,11 @@ def verify_circuit(
     ``(verified, search's faithfulness)``. The circuit's ``faithfulness`` and ``figures`` are
     updated in place."""
     bs = cfg.method.batch_size
-    faith = float(cg.faithfulness(ld.model, graph, ld.task, circuit.mask, ablation, batch_size=bs))
+    faith = float(
+        cg.faithfulness(
+            ld.model, graph, ld.task, circuit.mask, ablation, batch_size=bs, memory_budget=memory_budget(cfg)
+        )
+    )
     search_faith = circuit.faithfulness
     circuit.faithfulness = faith
     circuit.figures = dict(circuit.figures or {})
@@ -535,7 +546,9 @@ def measure_curve(
     """The faithfulness curve, CPR and CMD (``export.curve``), also kept in ``circuit.figures``."""
     if not cfg.export.curve:
         return None
-    curve = cg.faithfulness_curve(ld.model, graph, ld.task, ablation, batch_size=cfg.method.batch_size)
+    curve = cg.faithfulness_curve(
+        ld.model, graph, ld.task, ablation, batch_size=cfg.method.batch_size, memory_budget=memory_budget(cfg)
+    )
     circuit.figures.update(cpr=curve.cpr, cmd=curve.cmd, curve=curve.to_dict())
     return curve
 

@@ -8,6 +8,7 @@ from typing import Any
 from circuitgraph.engine.sites import site_sae
 from circuitgraph.errors import GraphError, TaskError
 from circuitgraph.graph import Graph
+from circuitgraph.graph.blocks import layout_of
 from circuitgraph.models.backend import as_backend
 
 
@@ -40,14 +41,24 @@ def dense_sources(graph: Graph) -> int:
     return graph.node_graph.n_src - sum(len(s.features) for s in graph.node_graph.sites)
 
 
+MEMORY_BUDGET = 3e9  # bytes for a CircuitEvaluator's mask batches and ablation cache, by default
+CACHE_SHARE = 2 / 3  # of the budget, for the cached ablated activations (the rest: mask batches)
+
+
+def mask_bytes(graph: Graph) -> int:
+    """Bytes of one bool edge mask in the graph's layout (dense, or only its blocks)."""
+    return layout_of(graph).n_entries() if graph.uses_blocks else graph.valid.numel()  # (positional: dense)
+
+
 def mask_batch_size(graph: Graph, chunk: Any, budget_bytes: float = 1.0e9) -> int:
     """How many edge masks one patched forward may carry (each tiles the chunk once, and holds its
-    ``[n_src, n_dst]`` bool mask and removal mask)."""
+    bool mask and removal mask, in the graph's layout, and its readers' float removal blocks)."""
     rows = dense_sources(graph)
     if graph.arch.post_norms:  # each post-norm group's live input and its norm (engine/post_norms.py)
         rows += 2 * (graph.arch.n_layers + len(graph.node_graph.neurons))
     per_mask = rows * chunk.n_examples * chunk.seq_len * graph.arch.d_model * 4 * 2
-    per_mask += 2 * graph.valid.numel()
+    # its mask and removal mask (bool), and each reader's removal block as floats (edges only)
+    per_mask += 2 * mask_bytes(graph) + 4 * layout_of(graph.node_graph).n_entries() * (graph.positions or 1)
     return max(1, int(budget_bytes // max(per_mask, 1)))
 
 

@@ -28,6 +28,7 @@ from circuitgraph.engine.sites import site_patch_hooks
 from circuitgraph.engine.tensors import CompactSources, frozen
 from circuitgraph.errors import GraphError
 from circuitgraph.graph import Graph, PositionalGraph
+from circuitgraph.graph.blocks import EdgeBlocks
 from circuitgraph.models.backend import Backend, as_backend
 
 
@@ -37,23 +38,28 @@ def patch_hooks(  # noqa: C901
     model: Any,
     graph: Graph,
     ablated: torch.Tensor | CompactSources,
-    keep: torch.Tensor,
+    keep: torch.Tensor | EdgeBlocks,
     differentiable: bool = False,
 ) -> list:
     """Forward hooks implementing the patched run for ``keep [K, n_src, n_dst]`` (True = edge
-    kept; or floats in [0, 1], a relaxed mask) given ``ablated [n_src, batch, pos, d]`` (or
+    kept; or floats in [0, 1], a relaxed mask; dense, or :class:`EdgeBlocks` whose readers take
+    their group's block as it is) given ``ablated [n_src, batch, pos, d]`` (or
     :class:`CompactSources`). Needs ``use_split_qkv_input`` and ``use_hook_mlp_in`` (see
     :func:`patched_logits`)."""
     bk = as_backend(model)
     K = keep.shape[0]
     _, B, P, d = ablated.shape
     H = graph.arch.n_heads
-    if keep.dtype == torch.bool:
+    removed: torch.Tensor | EdgeBlocks
+    if isinstance(keep, EdgeBlocks):  # every entry of a block is an edge
+        removed = keep.logical_not() if keep.dtype == torch.bool else keep.map(lambda b: 1 - b)
+    elif keep.dtype == torch.bool:
         removed = keep.logical_not()  # [K, n_src, n_dst] bool (each reader takes its block as floats)
         removed &= graph.valid
     else:  # a relaxed mask: the removed fraction of each edge
         removed = (1 - keep) * graph.valid
     if isinstance(graph, PositionalGraph):  # [K, n_src·P, n_dst·P] → per-position removals [K, n_src, n_dst, P]
+        assert isinstance(removed, torch.Tensor)  # (position-resolved graphs are dense)
         removed = torch.stack([graph.diagonal(r) for r in removed])
         graph = graph.base
     deltas = LiveDeltas(graph, ablated, K, norm_groups(bk, graph), differentiable)
@@ -120,7 +126,7 @@ def _neuron_hooks(
     bk: Backend,
     graph: Graph,
     L: int,
-    removed: torch.Tensor,
+    removed: torch.Tensor | EdgeBlocks,
     deltas: LiveDeltas,
     K: int,
     up: slice | torch.Tensor,
@@ -154,7 +160,7 @@ def _neuron_read_hooks(
     bk: Backend,
     graph: Graph,
     L: int,
-    removed: torch.Tensor,
+    removed: torch.Tensor | EdgeBlocks,
     deltas: LiveDeltas,
     K: int,
     up: slice | torch.Tensor,
@@ -246,12 +252,12 @@ def patched_logits(
     graph: Graph,
     task: Any,
     ablated: torch.Tensor | CompactSources,
-    keep: torch.Tensor,
+    keep: torch.Tensor | EdgeBlocks,
     differentiable: bool = False,
 ) -> torch.Tensor:
     """Logits ``[K * batch, pos, vocab]`` of the clean prompts with the edges outside each of the
-    K masks ablated. ``keep`` is ``[n_src, n_dst]`` or ``[K, n_src, n_dst]``, bool or a relaxed
-    float mask in [0, 1]. ``differentiable``: run under autograd with the live deltas attached (see
+    K masks ablated. ``keep`` is ``[n_src, n_dst]`` or ``[K, n_src, n_dst]`` (dense or
+    :class:`EdgeBlocks`), bool or a relaxed float mask in [0, 1]. ``differentiable``: run under autograd with the live deltas attached (see
     the module docstring); otherwise under ``no_grad``."""
     if keep.ndim == 2:
         keep = keep[None]

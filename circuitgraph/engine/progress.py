@@ -48,8 +48,8 @@ class _Plain:
     """Plain lines for a log: a line at most every ``PLAIN_EVERY`` s once ``DELAY`` has passed,
     and a last one at the end when any was printed (a short loop leaves no line at all)."""
 
-    def __init__(self, total: float | None, desc: str, unit: str) -> None:
-        self.total, self.desc, self.unit = total, desc, unit
+    def __init__(self, total: float | None, desc: str, unit: str, note: str = "") -> None:
+        self.total, self.desc, self.unit, self.note = total, desc, unit, note
         self.n = 0.0
         self.t0 = time.perf_counter()
         self.last = self.t0
@@ -58,7 +58,8 @@ class _Plain:
     def _line(self, end: str = "") -> None:
         elapsed = time.perf_counter() - self.t0
         of = f" of {self.total:g}" if self.total else ""
-        print(f"{self.desc}: {self.n:g}{of} {self.unit}s, {elapsed:.0f} s{end}", file=sys.stderr, flush=True)
+        note = f" ({self.note})" if self.note else ""
+        print(f"{self.desc}: {self.n:g}{of} {self.unit}s, {elapsed:.0f} s{note}{end}", file=sys.stderr, flush=True)
         self.printed = True
 
     def update(self, n: float = 1) -> None:
@@ -73,13 +74,23 @@ class _Plain:
             self._line(", done")
 
 
-def _bar(total: float | None, desc: str, unit: str) -> Any:
+def _bar(total: float | None, desc: str, unit: str, note: str = "") -> Any:
     if interactive():
         # the width from the terminal, with a fallback: some terminals report 0 columns, where
         # tqdm would draw nothing at all
         width = shutil.get_terminal_size().columns or 80
-        return tqdm(total=total, desc=desc, unit=unit, delay=DELAY, leave=False, ncols=width)
-    return _Plain(total, desc, unit)
+        return tqdm(total=total, desc=desc, unit=unit, delay=DELAY, leave=False, ncols=width, postfix=note or None)
+    return _Plain(total, desc, unit, note)
+
+
+def _set_note(bar: Any, note: str) -> None:
+    """Show ``note`` after the bar's count (tqdm's postfix; a plain line's parenthesis)."""
+    if not note:
+        return
+    if isinstance(bar, _Plain):
+        bar.note = note
+    elif hasattr(bar, "set_postfix_str"):
+        bar.set_postfix_str(note, refresh=False)
 
 
 class _Phase:
@@ -89,13 +100,15 @@ class _Phase:
         self.name, self.enabled = name, enabled
         self.bar: Any = None
 
-    def child(self, total: float | None, unit: str) -> Any:
+    def child(self, total: float | None, unit: str, note: str = "") -> Any:
         if not self.enabled:
             return _Null()
         if self.bar is None:
-            self.bar = _bar(total, self.name, unit)
-        elif total:
-            self.bar.total = (self.bar.total or 0) + total
+            self.bar = _bar(total, self.name, unit, note)
+        else:
+            if total:
+                self.bar.total = (self.bar.total or 0) + total
+            _set_note(self.bar, note)
         return _Child(self.bar)
 
     def close(self) -> None:
@@ -116,15 +129,16 @@ class _Child:
         pass
 
 
-def progress_bar(total: float | None, desc: str, enabled: bool | None = True, unit: str = "it") -> Any:
+def progress_bar(total: float | None, desc: str, enabled: bool | None = True, unit: str = "it", note: str = "") -> Any:
     """A bar for one loop (``update(n)``, ``close()``). Inside a :func:`phase` it feeds the phase's
-    bar (``enabled=False`` still silences it); outside one, ``enabled=None`` means quiet."""
+    bar (``enabled=False`` still silences it); outside one, ``enabled=None`` means quiet. ``note``
+    follows the count on the line (e.g. the memory budget a loop works within)."""
     ph = _PHASE.get()
     if ph is not None:
-        return ph.child(total, unit) if enabled is not False else _Null()
+        return ph.child(total, unit, note) if enabled is not False else _Null()
     if not enabled:
         return _Null()
-    return _bar(total, desc, unit)
+    return _bar(total, desc, unit, note)
 
 
 @contextmanager

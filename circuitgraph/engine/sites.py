@@ -208,7 +208,7 @@ def site_deltas(graph: Graph, diff: dict, site: Site, start: int):
     return block, rows, dense
 
 
-def site_patch_hooks(model, graph: Graph, site: Site, removed: torch.Tensor, deltas) -> list:
+def site_patch_hooks(model, graph: Graph, site: Site, removed: Any, deltas) -> list:
     """The patched forward at a site (see :func:`_sae_patch_hook`, :func:`_transcoder_patch_hooks`);
     ``deltas`` is the run's :class:`~circuitgraph.engine.deltas.LiveDeltas`."""
     if site.kind == "transcoder":
@@ -220,7 +220,7 @@ class _SitePatch:
     """What both kinds of site need in a patched forward: the removals into the site's nodes
     (``r [K, n_up, n_nodes]``, split into features / rest / err) and the live-delta sums."""
 
-    def __init__(self, graph: Graph, site: Site, removed: torch.Tensor, deltas) -> None:
+    def __init__(self, graph: Graph, site: Site, removed: Any, deltas) -> None:
         self.sae = site_sae(graph, site)
         self.deltas = deltas
         device = deltas.device
@@ -306,7 +306,7 @@ def _transcoder_patch_hooks(model, graph: Graph, site: Site, removed, deltas) ->
     return [(bk.mlp_in_hook(site.layer), read), (bk.mlp_out_hook(site.layer), write)]
 
 
-def _sae_patch_hook(graph: Graph, site: Site, removed: torch.Tensor, deltas):
+def _sae_patch_hook(graph: Graph, site: Site, removed: Any, deltas):
     """The patched forward at an SAE site: each feature's pre-activation loses the removed upstream
     deltas projected on its encoder row (exact: the encoder is linear before the activation; for
     upstream features through virtual weights, see :meth:`LiveDeltas.projected`); ``rest`` and

@@ -17,7 +17,8 @@ from circuitgraph.engine.ablation import Ablation
 from circuitgraph.engine.evaluator import Baselines, CircuitEvaluator
 from circuitgraph.errors import ConfigError
 from circuitgraph.graph import Graph
-from circuitgraph.tasks.metrics import helpfulness
+from circuitgraph.graph.blocks import EdgeBlocks
+from circuitgraph.tasks.metrics import LOWER_IS_BETTER
 
 # MIB's edge fractions (in percent of all edges), the empty circuit (0 %) and the full model included.
 CURVE_PERCENTS = (0, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100)
@@ -30,17 +31,21 @@ def evaluate(
     model,
     graph: Graph,
     task,
-    masks: torch.Tensor,
+    masks: torch.Tensor | EdgeBlocks,
     ablation: str | Ablation = "corrupted",
     batch_size: int | None = None,
     mask_batch: int | None = None,
     progress: bool = True,
+    memory_budget: float | None = None,
 ) -> torch.Tensor:
     """Mean metric of the model restricted to each circuit: ``masks [K, n_src, n_dst]`` (or one
-    ``[n_src, n_dst]`` mask) → ``[K]`` (or a scalar)."""
+    ``[n_src, n_dst]`` mask; dense or edge blocks) → ``[K]`` (or a scalar). ``memory_budget``:
+    bytes for the mask batches (see :class:`CircuitEvaluator`)."""
     single = masks.ndim == 2
     masks = masks[None] if single else masks
-    run = CircuitEvaluator(model, graph, task, ablation, batch_size, mask_batch, cache_bytes=0)
+    run = CircuitEvaluator(
+        model, graph, task, ablation, batch_size, mask_batch, cache_bytes=0, memory_budget=memory_budget
+    )
     out = run(masks, progress=progress).to(dtype=torch.float32, device=graph.valid.device)
     return out[0] if single else out
 
@@ -52,17 +57,24 @@ def baselines(
     ablation: str | Ablation = "corrupted",
     batch_size: int | None = None,
     mask_batch: int | None = None,
+    memory_budget: float | None = None,
 ) -> Baselines:
     """Metric of the full model and of the empty circuit (one batched patched forward)."""
-    return CircuitEvaluator(model, graph, task, ablation, batch_size, mask_batch, cache_bytes=0).baselines()
+    return CircuitEvaluator(
+        model, graph, task, ablation, batch_size, mask_batch, cache_bytes=0, memory_budget=memory_budget
+    ).baselines()
 
 
-def faithfulness(model, graph: Graph, task, mask: torch.Tensor, ablation: str | Ablation = "corrupted", **kw) -> float:
+def faithfulness(
+    model, graph: Graph, task, mask: torch.Tensor | EdgeBlocks, ablation: str | Ablation = "corrupted", **kw
+) -> float:
     """Faithfulness of one circuit: 3 patched runs (the circuit, the full model, the empty circuit)
-    sharing one ablation cache."""
-    run = CircuitEvaluator(model, graph, task, ablation, kw.get("batch_size"), kw.get("mask_batch"))
+    sharing one ablation cache. Keywords: ``batch_size``, ``mask_batch``, ``memory_budget``."""
+    run = CircuitEvaluator(
+        model, graph, task, ablation, kw.get("batch_size"), kw.get("mask_batch"), memory_budget=kw.get("memory_budget")
+    )
     value = float(run(mask.to(graph.valid.device)[None])[0])  # one mask at a time: at feature scale a
-    return float(run.baselines().faithfulness(value))  # [n_src, n_dst] mask is over a gigabyte
+    return float(run.baselines().faithfulness(value))  # mask is large
 
 
 @dataclass
@@ -113,7 +125,7 @@ def faithfulness_curve(
     task,
     ablation: str | Ablation = "corrupted",
     percents=CURVE_PERCENTS,
-    scores: torch.Tensor | None = None,
+    scores: torch.Tensor | EdgeBlocks | None = None,
     counting: str = "round",
     prune_circuits: bool = True,
     **kw,
@@ -125,21 +137,29 @@ def faithfulness_curve(
     by |score| for the CMD curve) pruned to input→logits paths (``prune_circuits``), and the area
     is taken at the nominal fractions. ``counting`` (see :func:`curve_sizes`): ``"floor"`` for
     MIB's integer edge counts; ``percents=MIB_SCRIPT_PERCENTS`` for its script's points (from
-    0.1 %; the default also measures 0 %, the empty circuit, where f = 0 by definition)."""
+    0.1 %; the default also measures 0 %, the empty circuit, where f = 0 by definition).
+
+    Scores may be dense or edge blocks; masks are built in the same layout, ``mask_batch`` at a
+    time, and ranked straight from the scores (no ranked copy is kept: at feature scale each is
+    gigabytes). Keywords: ``batch_size``, ``mask_batch``, ``memory_budget`` (bytes, see
+    :class:`CircuitEvaluator`)."""
     scores = graph.scores if scores is None else scores
-    helpful = helpfulness(scores, task.metric_name)
+    # helpfulness: −score under a higher-is-better metric, which top_n(absolute=False) ranks by
+    helpful_scores = scores if task.metric_name not in LOWER_IS_BETTER else -scores
     sizes = curve_sizes(graph.n_edges, percents, counting)
 
-    def circuit(rank: torch.Tensor, n: int):  # the top n valid edges by rank (higher first)
+    def circuit(n: int, absolute: bool):  # the top n valid edges (higher first)
         def build():
-            m = top_n(graph, n, absolute=False, scores=-rank)
+            m = top_n(graph, n, absolute=absolute, scores=scores if absolute else helpful_scores)
             return prune(graph, m) if prune_circuits else m
 
         return build
 
-    builders = [circuit(helpful, n) for n in sizes] + [circuit(scores.abs(), n) for n in sizes]
-    builders += [lambda: graph.valid, lambda: torch.zeros_like(graph.valid)]
-    run = CircuitEvaluator(model, graph, task, ablation, kw.get("batch_size"), kw.get("mask_batch"))
+    builders = [circuit(n, False) for n in sizes] + [circuit(n, True) for n in sizes]
+    builders += [graph.full_mask, graph.empty_mask]
+    run = CircuitEvaluator(
+        model, graph, task, ablation, kw.get("batch_size"), kw.get("mask_batch"), memory_budget=kw.get("memory_budget")
+    )
     v = run.lazy(builders)
     n = len(sizes)
     base = Baselines(full=float(v[-2]), empty=float(v[-1]))

@@ -16,6 +16,7 @@ import torch
 
 from circuitgraph.evaluation.roc import edge_roc, item_labels, item_selection
 from circuitgraph.graph import Graph
+from circuitgraph.graph.blocks import as_dense
 
 
 def ground_truth_level(graph: Graph, ground_truth: Any) -> str:
@@ -59,11 +60,11 @@ def compare_with_ground_truth(
     graph = circuit.graph
     level = ground_truth_level(graph, ground_truth)
     names, labels = item_labels(graph, ground_truth, level)
-    _, selected = item_selection(graph, circuit.mask, level)
+    _, selected = item_selection(graph, circuit.dense_mask(), level)
     truth = {n for n, y in zip(names, labels.tolist()) if y}
     found = {n for n, s in zip(names, selected.tolist()) if s}
     correct = truth & found
-    s = graph.scores if scores is None else scores
+    s = as_dense(graph.scores if scores is None else scores)  # (ground truths are for small graphs)
     auc = edge_roc(graph, s, ground_truth, level=level).auc if bool(s.abs().sum()) else float("nan")
     ablation = getattr(ground_truth, "ablation", None)
     ran_under = ((circuit.metadata or {}).get("ablation") or {}).get("kind")

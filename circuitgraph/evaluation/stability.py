@@ -33,6 +33,7 @@ from circuitgraph.circuit.selection import prune, top_n
 from circuitgraph.engine.ablation import Ablation
 from circuitgraph.errors import ConfigError
 from circuitgraph.graph import Graph
+from circuitgraph.graph.blocks import as_dense
 
 METHODS = (*SCORE_METHODS, *SEARCH_METHODS)
 
@@ -199,7 +200,7 @@ def _score_method_masks(model, graph, task, method, abl, steps, idx, n_edges, me
         scores = attribute(
             model, graph, task.select(row.to(task.device)), method=method, ablation=abl, steps=steps, progress=False
         )
-        out.append(prune(graph, top_n(graph, n_edges, scores=scores)))
+        out.append(prune(graph, top_n(graph, n_edges, scores=as_dense(scores))))
     return torch.stack(out)
 
 
@@ -259,8 +260,8 @@ def _select(model, graph, sub, method, abl, target, method_kw) -> torch.Tensor:
     if method == "acdc":
         kw = dict(method_kw)
         tau = kw.pop("tau", 0.01)
-        return acdc(model, graph, sub, threshold=tau, ablation=abl, progress=False, **kw).mask
+        return acdc(model, graph, sub, threshold=tau, ablation=abl, progress=False, **kw).dense_mask()
     kw = dict(method_kw)
     if "train_steps" in kw:  # (``steps`` is EAP-IG's here)
         kw["steps"] = kw.pop("train_steps")
-    return learned_circuit(model, graph, sub, target=target, ablation=abl, **kw).mask
+    return learned_circuit(model, graph, sub, target=target, ablation=abl, **kw).dense_mask()

@@ -41,6 +41,7 @@ from circuitgraph.atomic import atomic_write
 from circuitgraph.circuit.circuit import Circuit
 from circuitgraph.errors import GraphError, file_error
 from circuitgraph.graph import Architecture, Graph
+from circuitgraph.graph.blocks import as_dense
 from circuitgraph.graph.names import dst_node, node_kind
 from circuitgraph.graph.sites import Site
 
@@ -90,8 +91,8 @@ def _jsonable(x):
 def _score_rows(circuit: Circuit) -> tuple[list[list[float]], list[list[bool]]]:
     g = circuit.graph
     # float32 -> Python float is exact; json/str then print the shortest repr that reads back to it.
-    scores = g.scores.detach().float().cpu().masked_fill(~g.valid.cpu(), 0.0).tolist()
-    mask = circuit.mask.detach().cpu().tolist()
+    scores = as_dense(g.scores).detach().float().cpu().masked_fill(~g.valid.cpu(), 0.0).tolist()
+    mask = circuit.dense_mask().detach().cpu().tolist()
     return scores, mask
 
 

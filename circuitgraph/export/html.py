@@ -41,6 +41,7 @@ from circuitgraph.circuit.circuit import Circuit, check_supernodes
 from circuitgraph.circuit.influence import EDGE_THRESHOLD, NODE_THRESHOLD, influence, prune_by_influence
 from circuitgraph.export.layout import box_width, layout
 from circuitgraph.graph import Graph
+from circuitgraph.graph.blocks import as_dense
 from circuitgraph.graph.names import dst_node, node_kind, parse_node
 from circuitgraph.hypothesis.render import vis_assets  # re-exported: the hypothesis page still uses vis-network
 from circuitgraph.tasks.metrics import LOWER_IS_BETTER
@@ -155,7 +156,7 @@ def _subject(circuit, mask: torch.Tensor | None) -> tuple[Graph, torch.Tensor, C
     (built around the mask for a bare graph) of ``write_html``'s first argument."""
     if isinstance(circuit, Circuit):
         graph = circuit.graph
-        m = circuit.mask if mask is None else mask
+        m = as_dense(circuit.mask if mask is None else mask)  # (the viewer's masks are dense)
     elif isinstance(circuit, Graph):
         graph = circuit
         m = graph.in_circuit if mask is None else mask

@@ -29,6 +29,7 @@ from circuitgraph.circuit.circuit import Circuit
 from circuitgraph.circuit.selection import prune, top_n
 from circuitgraph.errors import ConfigError, file_error
 from circuitgraph.export.formats import from_mib_json, to_mib_json
+from circuitgraph.graph.blocks import as_dense
 from circuitgraph.tasks.metrics import LOWER_IS_BETTER
 
 SUBMISSION_PERCENTS = (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50)
@@ -75,7 +76,7 @@ def write_mib_submission(
         return out
     E = graph.n_edges
     if masks is None:
-        helpful = sign * graph.scores  # (top_n with absolute=False ranks by −scores)
+        helpful = sign * as_dense(graph.scores)  # (top_n with absolute=False ranks by −scores)
         masks = [
             prune(graph, top_n(graph, int(E * p / 100 + 1e-9), absolute=False, scores=-helpful))
             for p in SUBMISSION_PERCENTS

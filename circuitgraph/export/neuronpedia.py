@@ -108,7 +108,7 @@ def neuronpedia_graph(
     rows = _rows(g)
     n_rows = len(rows)
     metric, lower_is_better, _ = metric_direction(c, g)
-    inf = influence(g, c.mask)
+    inf = influence(g, c.dense_mask())
     names = inf.nodes
     values = torch.tensor(
         [0.0 if node_kind(n) in EXEMPT_KINDS else v for n, v in zip(names, inf.node_influence.tolist())],

@@ -25,6 +25,7 @@ import torch
 
 from circuitgraph.errors import GraphError
 from circuitgraph.files.schema import LIMITS, Bool, Int, ListOf, MapOf, Obj, Optional, Str
+from circuitgraph.graph.blocks import DENSE_ENTRIES, EdgeBlocks
 from circuitgraph.graph.names import HEAD_TIME, MLP_TIME, QKV, dst_node, mlp_read_offset, node_kind, parse_node
 from circuitgraph.graph.sites import Site, check_sites, make_site
 from circuitgraph.models.backend import Architecture, check_model
@@ -87,6 +88,9 @@ class Graph:
 
     positions: int | None = None  # token positions of a position-resolved graph (PositionalGraph)
     causal: bool = True  # (position-resolved graphs: does attention look only backwards?)
+    # how scores and circuit masks are stored: "dense" [n_src, n_dst], "blocks" (EdgeBlocks: per
+    # destination group, only the rows it reads) or "auto" (blocks above DENSE_ENTRIES entries)
+    edge_layout: str = "auto"
 
     def __init__(
         self,
@@ -190,7 +194,7 @@ class Graph:
         self.device = torch.device(device)
         self.valid = valid.to(self.device)
         self._upstream: dict[str, slice | torch.Tensor] = {}
-        self._scores: torch.Tensor | None = None  # allocated when first used (see scores)
+        self._scores: torch.Tensor | EdgeBlocks | None = None  # allocated when first used (see scores)
         self._in_circuit: torch.Tensor | None = None
         self.score_info: dict = {}
         self.saes: dict[str, Any] = {}  # hook name → SAE, for graphs with SAE sites (see attach_saes)
@@ -276,17 +280,39 @@ class Graph:
         return layer in self.neurons and len(self.neurons[layer]) < self.arch.d_mlp
 
     @property
-    def scores(self) -> torch.Tensor:
-        """``[n_src, n_dst]`` edge scores (zeros until :func:`circuitgraph.attribute` fills them).
-        Allocated on first use: at neuron or feature scale it is the largest object there is, and
-        :func:`~circuitgraph.attribute` makes its own (in the dtype asked for)."""
+    def uses_blocks(self) -> bool:
+        """Whether this graph keeps scores and masks as :class:`EdgeBlocks` (``edge_layout``;
+        ``"auto"``: when the dense matrix has more than ``DENSE_ENTRIES`` entries). Position-resolved
+        graphs are always dense."""
+        if self.positions or self.edge_layout == "dense":
+            return False
+        if self.edge_layout not in ("auto", "blocks"):
+            raise GraphError(f"edge_layout must be 'auto', 'dense' or 'blocks', got {self.edge_layout!r}")
+        return self.edge_layout == "blocks" or self.n_src * self.n_dst > DENSE_ENTRIES
+
+    @property
+    def scores(self) -> Any:
+        """Edge scores (zeros until :func:`circuitgraph.attribute` fills them): a dense
+        ``[n_src, n_dst]`` tensor, or :class:`EdgeBlocks` for a graph that :attr:`uses_blocks`
+        (``.dense()`` gives the dense view). Allocated on first use: at neuron or feature scale
+        it is the largest object there is, and :func:`~circuitgraph.attribute` makes its own."""
         if self._scores is None:
-            self._scores = torch.zeros(self.valid.shape, device=self.valid.device)
+            self._scores = (
+                EdgeBlocks.zeros(self) if self.uses_blocks else torch.zeros(self.valid.shape, device=self.valid.device)
+            )
         return self._scores
 
     @scores.setter
-    def scores(self, value: torch.Tensor | None) -> None:
+    def scores(self, value: torch.Tensor | EdgeBlocks | None) -> None:
         self._scores = value
+
+    def full_mask(self) -> torch.Tensor | EdgeBlocks:
+        """Every edge kept, in the graph's layout (``valid`` itself when dense: no copy)."""
+        return EdgeBlocks.full(self, True, torch.bool) if self.uses_blocks else self.valid
+
+    def empty_mask(self) -> torch.Tensor | EdgeBlocks:
+        """No edge kept, in the graph's layout."""
+        return EdgeBlocks.zeros(self, torch.bool) if self.uses_blocks else torch.zeros_like(self.valid)
 
     @property
     def in_circuit(self) -> torch.Tensor:
@@ -420,9 +446,9 @@ class Graph:
         i, j = self.src_index.get(src), self.dst_index.get(dst)
         return i is not None and j is not None and bool(self.valid[i, j])
 
-    def edge_names(self, mask: torch.Tensor | None = None) -> list[str]:
+    def edge_names(self, mask: torch.Tensor | EdgeBlocks | None = None) -> list[str]:
         """Names of the edges where ``mask`` (default: all valid) is True, in row-major order."""
-        m = self.valid if mask is None else (mask & self.valid)
+        m = self.valid if mask is None else _masked(mask, self.valid)
         idx = m.nonzero().tolist()
         return [f"{self.src_names[i]}->{self.dst_names[j]}" for i, j in idx]
 
@@ -458,28 +484,29 @@ class Graph:
         return self
 
     # ------------------------------------------------------------------ views
-    def to_networkx(self, mask: torch.Tensor | None = None) -> nx.DiGraph:
+    def to_networkx(self, mask: torch.Tensor | EdgeBlocks | None = None) -> nx.DiGraph:
         """A DiGraph over model nodes (q/k/v inputs folded into their head, recorded on the edge
         as ``qkv``) with ``score`` edge attributes; restricted to ``mask`` when given."""
-        m = self.valid if mask is None else (mask & self.valid)
+        m = self.valid if mask is None else _masked(mask, self.valid)
         g = nx.DiGraph(model=self.model_name, model_hash=self.model_hash)
         for name, layer in zip(self.src_names, self.src_layer.tolist()):
             g.add_node(name, kind=node_kind(name), layer=layer)
         for name in dict.fromkeys(self.dst_node(d) for d in self.dst_names if node_kind(d) == "logits"):
             g.add_node(name, kind="logits", layer=self.arch.n_layers)
-        scores = self.scores.detach().cpu()
-        for i, j in m.nonzero().tolist():
+        idx = m.nonzero()
+        values = self.scores[idx[:, 0], idx[:, 1]].detach().float().cpu().tolist() if len(idx) else []
+        for (i, j), score in zip(idx.tolist(), values):
             reader = parse_node(self.dst_names[j])
             node = reader.owner
             qkv = reader.slot or ""
             if g.has_edge(self.src_names[i], node) and qkv:
                 g.edges[self.src_names[i], node]["qkv"] += qkv
-                g.edges[self.src_names[i], node]["score_" + qkv] = float(scores[i, j])
-                g.edges[self.src_names[i], node]["score"] += float(scores[i, j])
+                g.edges[self.src_names[i], node]["score_" + qkv] = score
+                g.edges[self.src_names[i], node]["score"] += score
                 continue
-            attrs = {"score": float(scores[i, j]), "qkv": qkv}
+            attrs = {"score": score, "qkv": qkv}
             if qkv:
-                attrs["score_" + qkv] = float(scores[i, j])
+                attrs["score_" + qkv] = score
             g.add_edge(self.src_names[i], node, **attrs)
         return g
 
@@ -489,6 +516,7 @@ class Graph:
         if self._scores is not None:
             self._scores = self._scores.to(device)
         self._upstream = {g: u if isinstance(u, slice) else u.to(device) for g, u in self._upstream.items()}
+        self.__dict__.pop("_block_layout", None)  # (rebuilt on the new device when next asked for)
         if self._in_circuit is not None:
             self._in_circuit = self._in_circuit.to(device)
         return self
@@ -560,6 +588,11 @@ class Graph:
             lo, n = (int(rows[0]), len(rows)) if len(rows) else (0, 0)
             contiguous = n == 0 or int(rows[-1]) == lo + n - 1
             self._upstream[g] = slice(lo, lo + n) if contiguous else rows.to(self.device)
+
+
+def _masked(mask: torch.Tensor | EdgeBlocks, valid: torch.Tensor) -> torch.Tensor | EdgeBlocks:
+    """``mask`` restricted to the graph's edges (edge blocks hold nothing else)."""
+    return mask if isinstance(mask, EdgeBlocks) else mask & valid
 
 
 def _runs(groups: list[str]) -> dict[str, slice]:
