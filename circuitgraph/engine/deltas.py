@@ -2,10 +2,17 @@
 allow.
 
 A removed edge u→v makes v read ``live_input_v − (a_u(live) − a_u(ablated))``, so each reader
-needs ``Σ_u r[k, u, c] · D_u`` over its removed upstream edges. Heads, MLPs, neurons and SAE
+needs ``Σ_u r[k, u, c] · D_u`` over its removed upstream edges. Heads, MLPs and SAE
 ``rest``/``err`` nodes keep ``D_u`` as a d-vector per (mask, example, position). SAE features
-write ``coef · W_dec[i]``, so they keep only the coefficient delta ``[n, K, B, P]``: a graph with
-thousands of feature nodes never holds ``[n_features, K, B, P, d]``.
+write ``coef · W_dec[i]`` and neurons ``post_i · W_out[i]``, so they keep only the coefficient
+delta ``[n, K, B, P]`` (:func:`~circuitgraph.engine.sources.coefficient_blocks`): a graph with tens
+of thousands of feature or neuron nodes never holds ``[n, K, B, P, d]``.
+
+A circuit is usually far smaller than the graph (or nearly all of it), so most reader columns
+remove all of their upstream edges or none: each column's sum is ``base · T + Σ_{exceptions}
+(r − base) D_u`` with ``T`` the sum over every upstream row (computed once per block) and the
+exceptions few. Its cost then scales with the circuit's edges, not with n_up × columns × d;
+columns without exceptions share one input (:meth:`LiveDeltas.split`: a layer's neurons).
 
 With ``differentiable=True`` (learned edge masks, fitted ablations) the live activations keep their
 autograd history, so ``D_v`` of a downstream node carries the effect of every gate upstream of it:
@@ -23,51 +30,50 @@ from __future__ import annotations
 import torch
 
 from circuitgraph.engine.post_norms import GroupMix, NormGroup
-from circuitgraph.engine.sites import feature_rows, site_sae
+from circuitgraph.engine.sources import coefficient_blocks, coefficient_rows
 from circuitgraph.engine.tensors import CompactSources, frozen
 from circuitgraph.graph import Graph
 
 _CHUNK = 2**25  # elements of a [K, B, P, columns, d] temporary (post-norm readers of SAE features)
+_SPARSE = 8  # a reader's sum goes through its exceptions when they are under 1/_SPARSE of its (row, column) pairs
 
 
 class LiveDeltas:
-    """Dense rows ``[n_dense, K, B, P, d]`` plus one low-rank block per SAE site's features."""
+    """Dense rows ``[n_dense, K, B, P, d]`` plus one coefficient block per SAE site's features and
+    per neuron layer."""
 
     def __init__(
         self,
         graph: Graph,
         ablated: torch.Tensor | CompactSources,
         K: int,
+        directions: dict[str, torch.Tensor] | None = None,
         groups: list[NormGroup] | None = None,
         differentiable: bool = False,
     ) -> None:
         """``ablated``: ``[n_src, B, P, d]``, or :class:`~circuitgraph.engine.tensors.CompactSources`;
-        ``groups``: the graph's post-norm groups (:func:`~circuitgraph.engine.post_norms.norm_groups`)."""
+        ``directions``: each coefficient block's write directions
+        (:func:`~circuitgraph.engine.sources.block_directions`); ``groups``: the graph's post-norm
+        groups (:func:`~circuitgraph.engine.post_norms.norm_groups`)."""
         _, B, P, d = ablated.shape
         self.K, self.B, self.P, self.d = K, B, P, d
         self.ablated = ablated
         self.differentiable = differentiable
         device = ablated.device
         self.device, self.dtype = device, ablated.dtype
-        dense = ~feature_rows(graph).to(device)
-        # site name → (first row, W_dec rows [n, d], ablated coefficients [n, B, P])
+        dense = ~coefficient_rows(graph).to(device)
+        # block name → (first row, write directions [n, d], ablated coefficients [n, B, P])
         self.blocks: dict[str, tuple[int, torch.Tensor, torch.Tensor]] = {}
-        self.coefs: dict[str, torch.Tensor] = {}  # site name → coefficient deltas [n, K, B, P], once recorded
-        for site in graph.sites:
-            n = len(site.features)
-            if not n:
-                continue
-            start = graph.src_slices()[site.name].start
-            ids = torch.tensor(site.features, dtype=torch.long, device=device)
-            W = frozen(site_sae(graph, site).W_dec)[ids]
+        self.coefs: dict[str, torch.Tensor] = {}  # block name → coefficient deltas [n, K, B, P], once recorded
+        self._totals: dict[str, torch.Tensor] = {}  # block name → Σ of its rows' deltas [K, B, P, d]
+        for name, rows in coefficient_blocks(graph).items():
+            assert directions is not None  # (a graph with coefficient blocks)
+            start, W = rows.start, directions[name].to(device=device, dtype=self.dtype)
             if isinstance(ablated, CompactSources):
-                coef = ablated.coefs[site.name]
-            else:  # dense ablated feature rows hold coef · W[i]: read the coefficients back off them
-                coef = (
-                    torch.einsum("ibpd,id->ibp", ablated[start : start + n], W)
-                    / (W * W).sum(1).clamp_min(1e-30)[:, None, None]
-                )
-            self.blocks[site.name] = (start, W, coef)
+                coef = ablated.coefs[name]
+            else:  # dense ablated rows hold coef · W[i]: read the coefficients back off them
+                coef = torch.einsum("ibpd,id->ibp", ablated[rows], W) / (W * W).sum(1).clamp_min(1e-30)[:, None, None]
+            self.blocks[name] = (start, W, coef)
         self.is_dense = dense
         self.pos = torch.cumsum(dense, 0) - 1  # row → index among the dense rows
         # the ablated dense rows, indexed like self.dense (CompactSources hold exactly those)
@@ -113,10 +119,11 @@ class LiveDeltas:
         group = next(i for i, g in enumerate(self.mix.groups) if g.rows == rows)
         self.mix.record(group, S.reshape(self.K, self.B, self.P, self.d))
 
-    def record_features(self, site_name: str, coef: torch.Tensor) -> None:
-        """Live coefficients ``[n, K, B, P]`` of a site's feature nodes."""
-        _, _, ablated = self.blocks[site_name]
-        self.coefs[site_name] = coef - ablated[:, None]
+    def record_coefs(self, block: str, coef: torch.Tensor) -> None:
+        """Live coefficients ``[n, K, B, P]`` of a coefficient block (a site's features, a layer's
+        neurons)."""
+        _, _, ablated = self.blocks[block]
+        self.coefs[block] = coef.reshape(len(ablated), self.K, self.B, self.P) - ablated[:, None]
 
     def rows(self, up: slice | torch.Tensor) -> torch.Tensor:
         """Dense ``D`` for upstream rows ``up`` (all dense; a view when ``up`` is a slice of a simple graph)."""
@@ -158,9 +165,14 @@ class LiveDeltas:
     # ---------------------------------------------------------------------------------- reading
     def removed_sum(self, r: torch.Tensor, up: slice | torch.Tensor) -> torch.Tensor:
         """What each reader column loses, ``[K, B, P, C, d]``, for removals ``r [K, n_up, C]`` (or
-        ``[K, n_up, C, P]``: per position) over the upstream rows ``up`` (in that order):
-        ``Σ_u r[k, u, c] · D_u`` for additive rows, the norm of the column's own mix for the rows
-        of a post-norm group."""
+        ``[K, n_up, C, P]``: per position; bool or float) over the upstream rows ``up`` (in that
+        order): ``Σ_u r[k, u, c] · D_u`` for additive rows, the norm of the column's own mix for the
+        rows of a post-norm group."""
+        if self.blocks and self.dense is not None and r.ndim == 3:
+            out = self._sum_by_exceptions(r, up)
+            if out is not None:
+                return out
+        r = r.to(self.dtype)
         eq = "kucp,ukbpd->kbpcd" if r.ndim == 4 else "kuc,ukbpd->kbpcd"
         if self.simple and self.dense is not None:
             return torch.einsum(eq, r, self.dense[up])
@@ -174,6 +186,7 @@ class LiveDeltas:
         keep = self.is_dense[up] & (self.group_of_row[up] < 0)
         out = self._weighted(r[:, keep], self.pos[up[keep]], eq)
         self._add_group_losses(r, up, out)
+        K, C, BP = self.K, r.shape[2], self.B * self.P
         for name, (start, W, _) in self.blocks.items():
             inside = (up >= start) & (up < start + len(W))
             if not bool(inside.any()):
@@ -183,10 +196,107 @@ class LiveDeltas:
                 continue
             n_b = r_b.shape[1]
             coef = self.coefs[name][up[inside] - start]  # [n_b, K, B, P]
-            A = coef.reshape(n_b, self.K, -1).permute(1, 2, 0)  # [K, BP, n_b]
+            A = coef.reshape(n_b, K, -1).permute(1, 2, 0)  # [K, BP, n_b]
+            W_b = W[up[inside] - start]
             # Σ_u r[k,u,c] coef_u W_u: weight the coefficients per reader column, then one matmul
-            weighted = A[:, :, None, :] * r_b.transpose(1, 2)[:, None]  # [K, BP, C, n_b]
-            out = out + (weighted @ W[up[inside] - start]).reshape(out.shape)
+            step = max(1, _CHUNK // (K * BP * n_b))  # columns per [K, BP, columns, n_b] temporary
+            parts = [
+                (A[:, :, None, :] * r_b[:, :, c : c + step].transpose(1, 2)[:, None]) @ W_b for c in range(0, C, step)
+            ]
+            out = out + torch.cat(parts, 2).reshape(out.shape)
+        return out
+
+    def split(
+        self, r: torch.Tensor, up: slice | torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Reader columns that need no input of their own: ``(base [K, C] bool, total, own [C] bool)``.
+        A column outside ``own`` loses ``total [K, B, P, d]`` (every upstream row's delta) in the
+        masks where ``base`` is set and nothing elsewhere; only the ``own`` columns need
+        :meth:`removed_sum`. ``r [K, n_up, C]`` as for :meth:`removed_sum`."""
+        K, C = r.shape[0], r.shape[2]
+        nothing = torch.zeros(K, C, dtype=torch.bool, device=r.device)
+        if not self.blocks or self.dense is None or r.ndim != 3:
+            return nothing, None, (r != 0).flatten(3).any(-1).any(0).any(0) if r.ndim == 4 else (r != 0).any(0).any(0)
+        up = _as_rows(up, self.device)
+        additive = self.group_of_row[up] < 0
+        r_add = r if bool(additive.all()) else r[:, additive]
+        base = self._base(r_add)
+        own = (r_add != base.to(r.dtype)[:, None]).any(0).any(0)
+        if not bool(additive.all()):
+            own |= (r[:, ~additive] != 0).any(0).any(0)
+        total = self._total(up[additive]) if bool((base & ~own).any()) else None
+        return base, total, own
+
+    @staticmethod
+    def _base(r: torch.Tensor) -> torch.Tensor:
+        """``[K, C]`` bool: columns of ``r [K, n, C]`` that remove more than half of their rows."""
+        removed = torch.count_nonzero(r if r.dtype == torch.bool else r >= 0.5, dim=1)
+        return 2 * removed > r.shape[1]
+
+    def _sum_by_exceptions(self, r: torch.Tensor, up: slice | torch.Tensor) -> torch.Tensor | None:
+        """:meth:`removed_sum` as ``base · T + Σ_{exceptions} (r − base) · D_u`` (see the module
+        docstring); None when the exceptions are too many for that to pay."""
+        up = _as_rows(up, self.device)
+        additive = self.group_of_row[up] < 0
+        whole = bool(additive.all())
+        r_add, up_add = (r, up) if whole else (r[:, additive], up[additive])
+        base = self._base(r_add)
+        exceptions = r_add != base.to(r.dtype)[:, None]  # [K, n_add, C]
+        n_exceptions = int(torch.count_nonzero(exceptions))
+        if n_exceptions * _SPARSE > exceptions.numel():
+            return None
+        K, C = r.shape[0], r.shape[2]
+        B, P, d = self.B, self.P, self.d
+        out = torch.zeros(K, C, B, P, d, dtype=self.dtype, device=self.device)
+        if bool(base.any()):
+            out += base.to(self.dtype)[:, :, None, None, None] * self._total(up_add)[:, None]
+        if n_exceptions:
+            k, i, c = exceptions.nonzero().unbind(1)
+            value = r_add[k, i, c].to(self.dtype) - base[k, c].to(self.dtype)
+            flat = out.view(K * C, B * P * d)
+            step = max(1, _CHUNK // (B * P * d))
+            for s in range(0, n_exceptions, step):
+                e = slice(s, s + step)
+                D = self._deltas_of(up_add[i[e]], k[e])  # [m, B, P, d]
+                flat.index_add_(0, k[e] * C + c[e], D.view(len(D), -1) * value[e, None])
+        out = out.permute(0, 2, 3, 1, 4)  # [K, B, P, C, d]
+        if not whole:
+            out = out.contiguous()
+            self._add_group_losses(r, up, out)
+        return out
+
+    def _deltas_of(self, rows: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """``D`` of (additive) graph row ``rows[i]`` in mask ``k[i]``, ``[m, B, P, d]``."""
+        out = torch.empty(len(rows), self.B, self.P, self.d, dtype=self.dtype, device=self.device)
+        dense = self.is_dense[rows]
+        if bool(dense.any()):
+            assert self.dense is not None  # (not differentiable)
+            out[dense] = self.dense[self.pos[rows[dense]], k[dense]]
+        for name, (start, W, _) in self.blocks.items():
+            inside = (rows >= start) & (rows < start + len(W))
+            if bool(inside.any()):
+                at = rows[inside] - start
+                out[inside] = self.coefs[name][at, k[inside]][..., None] * W[at][:, None, None, :]
+        return out
+
+    def _total(self, up: torch.Tensor) -> torch.Tensor:
+        """``Σ_u D_u`` over the (additive) rows ``up``, ``[K, B, P, d]``; a whole block's sum is
+        computed once per forward."""
+        dense = self.is_dense[up]
+        assert self.dense is not None  # (not differentiable)
+        out = self.dense[self.pos[up[dense]]].sum(0)
+        for name, (start, W, _) in self.blocks.items():
+            inside = (up >= start) & (up < start + len(W))
+            n_in = int(inside.sum())
+            if not n_in:
+                continue
+            if n_in == len(W):
+                if name not in self._totals:
+                    self._totals[name] = torch.einsum("ukbp,ud->kbpd", self.coefs[name], W)
+                out = out + self._totals[name]
+            else:
+                at = up[inside] - start
+                out = out + torch.einsum("ukbp,ud->kbpd", self.coefs[name][at], W[at])
         return out
 
     def _add_group_losses(self, r: torch.Tensor, up: torch.Tensor, out: torch.Tensor) -> None:

@@ -25,10 +25,13 @@ import torch
 from circuitgraph.engine.deltas import LiveDeltas
 from circuitgraph.engine.post_norms import norm_groups
 from circuitgraph.engine.sites import site_patch_hooks
+from circuitgraph.engine.sources import block_directions
 from circuitgraph.engine.tensors import CompactSources, frozen
 from circuitgraph.errors import GraphError
 from circuitgraph.graph import Graph, PositionalGraph
 from circuitgraph.models.backend import Backend, as_backend
+
+_OWN_INPUTS = 2**25  # elements of a chunk of neurons' own inputs [K, B, P, j, d]
 
 
 # One hook list in forward order: the per-layer closures share the removal tensor and the live
@@ -56,7 +59,7 @@ def patch_hooks(  # noqa: C901
     if isinstance(graph, PositionalGraph):  # [K, n_src·P, n_dst·P] → per-position removals [K, n_src, n_dst, P]
         removed = torch.stack([graph.diagonal(r) for r in removed])
         graph = graph.base
-    deltas = LiveDeltas(graph, ablated, K, norm_groups(bk, graph), differentiable)
+    deltas = LiveDeltas(graph, ablated, K, block_directions(model, graph), norm_groups(bk, graph), differentiable)
     src, dst = graph.src_slices(), graph.dst_slices()
     hooks = []
 
@@ -160,62 +163,82 @@ def _neuron_read_hooks(
     up: slice | torch.Tensor,
     store: dict,
 ) -> list:
-    """The neurons' pre-activation hooks: the readers with removed in-edges get their own inputs."""
+    """The neurons' pre-activation hooks: the readers with removed in-edges get their own inputs.
+
+    A neuron whose removals are all or nothing of its upstream rows in a mask (most of them, for a
+    circuit much smaller than the graph or nearly all of it) shares one input per mask with every
+    such neuron: ``x`` itself, or ``x − total`` (:meth:`LiveDeltas.split`). Only the others get
+    ``x − Σ their removed deltas`` as a d-vector each, a chunk of neurons at a time."""
     neuron_ids = graph.neuron_ids(L)
     assert neuron_ids is not None  # (called for neuron layers only)
     ids = neuron_ids.to(deltas.device)
     n = len(ids)
     cols = graph.dst_slices()[f"mlp{L}"]
     reads = bk.neuron_reads(L)
+    weights = [(frozen(read.W), None if read.b is None else frozen(read.b)) for read in reads]
     ln2 = bk.norm(L, 2)
     B, P, d = deltas.B, deltas.P, deltas.d
-    r = removed[:, up, cols.start : cols.stop].to(deltas.dtype)  # [K, n_up, n (+ rest)]
-    patched = ids[r[..., :n].any(0).any(0)]  # neurons with some removed in-edge
-    r_patched = r[..., :n][..., r[..., :n].any(0).any(0)]
+    r = removed[:, up, cols.start : cols.stop]  # [K, n_up, n (+ rest)]; a view of a bool mask
+    if not bool(r.any()):
+        return []
     others = None  # the neurons ``rest`` stands for, when it has a removed in-edge
     if graph.has_rest(L) and bool(r[..., n].any()):
-        unchosen = torch.ones(reads[0].W.shape[1], dtype=torch.bool, device=ids.device)
+        unchosen = torch.ones(weights[0][0].shape[1], dtype=torch.bool, device=ids.device)
         unchosen[ids] = False
         others = unchosen.nonzero()[:, 0]
-    if not len(patched) and others is None:
-        return []
 
-    def own_inputs() -> None:  # each reader's own normalised input, once per forward
+    def patches() -> list[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]]:
+        """Per read: ``(neurons [j], new pre-activations [K, B, P, j], in which masks [K, j] | None: all)``."""
         assert ln2 is not None  # a layer with neurons has an MLP, and so its ln2
-        x = store["x"]
-        if len(patched):  # [K·B, P, n_p, d]
-            own = x.reshape(K, B, P, 1, d) - deltas.removed_sum(r_patched, up)
-            store["neurons"] = deltas.live(ln2(own.reshape(K * B, P, len(patched), d)))
-        if others is not None:  # [K·B, P, d]
-            own = x.reshape(K, B, P, d) - deltas.removed_sum(r[..., n:], up)[..., 0, :]
-            store["rest"] = deltas.live(ln2(own.reshape(K * B, P, d)))
+        x = store["x"].reshape(K, B, P, d)
+        out: list[list] = [[] for _ in weights]
 
-    def read_hook(k: int, W: torch.Tensor, b: torch.Tensor | None):
-        def hook(pre, hook):
+        def add(normed: torch.Tensor, which: torch.Tensor, where: torch.Tensor | None) -> None:
+            # normed [K, B, P, d] (one input for all of ``which``) or [K, B, P, j, d] (one each)
+            for k, (W, b) in enumerate(weights):
+                new = normed @ W[:, which] if normed.ndim == 4 else torch.einsum("kbpjd,dj->kbpj", normed, W[:, which])
+                out[k].append((which, new if b is None else new + b[which], where))
+
+        def normed(y: torch.Tensor) -> torch.Tensor:  # ln2 of inputs [K, B, P, (j,) d], in the engine's precision
+            return deltas.live(ln2(y.reshape(K * B, *y.shape[2:]))).reshape(y.shape)
+
+        r_n = r[..., :n]
+        base, total, own = deltas.split(r_n, up)
+        shared = (base & ~own).any(0)  # neurons that read x − total in some mask
+        if total is not None and bool(shared.any()):
+            add(normed(x - total.to(x.dtype)), ids[shared], base[:, shared])
+        mine = own.nonzero()[:, 0]
+        step = max(1, _OWN_INPUTS // (K * B * P * d))
+        for s in range(0, len(mine), step):
+            j = mine[s : s + step]
+            add(normed(x[..., None, :] - deltas.removed_sum(r_n[..., j], up).to(x.dtype)), ids[j], None)
+        if others is not None:
+            add(normed(x - deltas.removed_sum(r[..., n:], up)[..., 0, :].to(x.dtype)), others, None)
+        return out
+
+    def read_hook(k: int):
+        def hook(pre, hook):  # pre [K·B, P, d_mlp]
             if k == 0:
-                own_inputs()
+                store["patches"] = patches()
             pre = pre.clone()
-            for key, which in (("neurons", patched), ("rest", others)):
-                if key in store:
-                    eq = "bpjd,dj->bpj" if key == "neurons" else "bpd,dj->bpj"
-                    new = torch.einsum(eq, store[key], W[:, which])
-                    pre[..., which] = (new if b is None else new + b[which]).to(pre.dtype)
-            if k == len(reads) - 1:
-                store.pop("neurons", None), store.pop("rest", None)
+            view = pre.view(K, B, P, -1)
+            for which, new, where in store["patches"][k]:
+                new = new.to(pre.dtype)
+                view[..., which] = new if where is None else torch.where(where[:, None, None], new, view[..., which])
+            if k == len(weights) - 1:
+                store.pop("patches")
             return pre
 
         return hook
 
-    return [
-        (read.hook, read_hook(k, frozen(read.W), None if read.b is None else frozen(read.b)))
-        for k, read in enumerate(reads)
-    ]
+    return [(read.hook, read_hook(k)) for k, read in enumerate(reads)]
 
 
 def _neuron_record_hook(bk: Backend, graph: Graph, L: int, deltas: LiveDeltas, store: dict):
-    """The hook at the MLP's output recording its neurons' (and ``rest``'s) live writes. Behind the
-    MLP's post-norm (Gemma-2/3) the rows are raw, before the norm, and the norm's input
-    ``b_out + Σ neurons + rest`` is recorded for the readers' own mixes (engine/post_norms.py)."""
+    """The hook at the MLP's output recording its neurons' (and ``rest``'s) live writes: the
+    neurons as coefficients (their ``hook_post``), except behind the MLP's post-norm (Gemma-2/3),
+    where the rows are raw d-vectors before the norm, and the norm's input ``b_out + Σ neurons +
+    rest`` is recorded for the readers' own mixes (engine/post_norms.py)."""
     neuron_ids = graph.neuron_ids(L)
     assert neuron_ids is not None  # (called for neuron layers only)
     ids = neuron_ids.to(deltas.device)
@@ -224,14 +247,18 @@ def _neuron_record_hook(bk: Backend, graph: Graph, L: int, deltas: LiveDeltas, s
     W_all, b_out = frozen(bk.W_out(L)), bk.b_out(L)
     W_out = W_all[ids]
     post_normed = any(g.rows == rows for g in deltas.mix.groups)
+    lowrank = f"mlp{L}" in deltas.blocks
 
     def record_out(out, hook):
         post_all = deltas.live(store.pop("post"))  # [K*B, P, d_mlp]
         post = post_all[..., ids]
-        picked = post @ W_out
-        deltas.record(slice(rows.start, rows.start + n), torch.einsum("bpi,id->ibpd", post, W_out))
+        if lowrank:
+            deltas.record_coefs(f"mlp{L}", post.permute(2, 0, 1))
+        else:
+            deltas.record(slice(rows.start, rows.start + n), torch.einsum("bpi,id->ibpd", post, W_out))
         raw = post_all @ W_all if post_normed else None  # the MLP's output before its post-norm, less b_out
         if graph.has_rest(L):
+            picked = post @ W_out
             rest = raw - picked if post_normed else deltas.live(out) - picked
             deltas.record(slice(rows.stop - 1, rows.stop), rest)
         if post_normed:

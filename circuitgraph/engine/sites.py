@@ -233,7 +233,7 @@ class _SitePatch:
         feats = self.deltas.live(acts[..., self.ids])  # [K, B, P, n]
         err = self.deltas.live(err)
         if self.n:
-            self.deltas.record_features(site_name, feats.permute(3, 0, 1, 2))
+            self.deltas.record_coefs(site_name, feats.permute(3, 0, 1, 2))
         out = self.b_dec + feats @ self.W_dec[self.ids] + err
         if rest_acts is not None:
             rest = self.deltas.live(rest_acts) @ self.W_dec[self.un]
