@@ -13,7 +13,10 @@ Each configuration runs in its own subprocess so each peak RSS is its own. Usage
 Prints one line per configuration: ``granularity=… nodes=… edges=… build_s=… eap_s=… peak_rss_gb=…``
 (``eap_batch``: examples per EAP chunk, the engine's choice unless ``--eap-batch`` is given;
 ``--scores-dtype bfloat16`` halves the score matrix; ``--patch`` adds ``patch_s``, the time to measure
-the top 1,000 edges' faithfulness by patched forwards);
+the top 1,000 edges' faithfulness by patched forwards; ``--probe N …`` adds ``probe_s``, the time of
+one patched forward of the top N edges for each N; ``--minimal`` adds ``minimal_s``, the time of
+``minimal_circuit`` at target 0.9 on the EAP scores; ``eap_rss_gb`` is the peak RSS up to the end
+of EAP, ``peak_rss_gb`` over the whole run);
 ``sae`` lines add ``features`` (the choice), ``n_features`` (feature nodes, all sites),
 ``site_features`` and ``l0`` (measured mean active features per token on the task's clean and
 corrupted prompts), per site. ``build_s`` includes choosing the features.
@@ -96,11 +99,14 @@ def run_one(
     eap_batch: int | None,
     scores_dtype: str = "float32",
     patch: bool = False,
+    probe: list[int] | None = None,
+    minimal: bool = False,
 ) -> dict:
     torch.set_num_threads(threads)
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
     import circuitgraph as cg
+    from circuitgraph.engine import CircuitEvaluator
     from circuitgraph.engine.batching import auto_batch_size
 
     cfg = HookedTransformerConfig(
@@ -143,11 +149,31 @@ def run_one(
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     eap_s = time.perf_counter() - t0
-    patched = {}
+    eap_rss = _peak_rss_gb()
+    patched: dict = {}
     if patch:  # verify a circuit causally: the top 1,000 edges, the full model and the empty circuit
         t0 = time.perf_counter()
         faith = cg.faithfulness(model, graph, task, cg.top_n(graph, 1000))
         patched = {"patch_s": round(time.perf_counter() - t0, 2), "top1000_faithfulness": round(faith, 4)}
+    if probe:  # one patched forward per circuit size (the evaluator built once, its ablations cached)
+        run = CircuitEvaluator(model, graph, task)
+        times = {}
+        for n in probe:
+            mask = cg.top_n(graph, n)
+            t0 = time.perf_counter()
+            run(mask[None])
+            times[n] = round(time.perf_counter() - t0, 2)
+            del mask
+        patched["probe_s"] = "/".join(f"{n}:{t}" for n, t in times.items())
+    if minimal:
+        t0 = time.perf_counter()
+        c = cg.minimal_circuit(model, graph, task, target=0.9)
+        patched.update(
+            minimal_s=round(time.perf_counter() - t0, 2),
+            minimal_edges=c.n_edges,
+            minimal_faithfulness=round(c.faithfulness, 4),
+            minimal_sizes_measured=len(c.figures["search"]),
+        )
     out = {
         "granularity": granularity,
         "nodes": graph.n_src + 1,
@@ -156,8 +182,9 @@ def run_one(
         "edges": graph.n_edges,
         "build_s": round(build_s, 2),
         "eap_s": round(eap_s, 2),
+        "eap_rss_gb": eap_rss,
         **patched,
-        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 2),
+        "peak_rss_gb": _peak_rss_gb(),
         "batch": f"{batch}x{seq}",
         "eap_batch": eap_batch or auto_batch_size(graph, task, lowrank=True),
         "scores_dtype": scores_dtype,
@@ -173,6 +200,11 @@ def run_one(
             l0="/".join(map(str, mean_l0(model, saes, task))),
         )
     return out
+
+
+def _peak_rss_gb() -> float:
+    """Peak resident memory of this process so far, GiB."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 2)
 
 
 def main() -> None:
@@ -209,6 +241,13 @@ def main() -> None:
         action="store_true",
         help="also measure the top 1,000 edges' faithfulness by patched forwards (patch_s)",
     )
+    ap.add_argument(
+        "--probe",
+        type=int,
+        nargs="+",
+        help="time one patched forward of the top N edges, for each N (probe_s)",
+    )
+    ap.add_argument("--minimal", action="store_true", help="also time minimal_circuit at target 0.9 (minimal_s)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
@@ -226,6 +265,8 @@ def main() -> None:
                     args.eap_batch,
                     args.scores_dtype,
                     args.patch,
+                    args.probe,
+                    args.minimal,
                 )
             )
         )
@@ -246,6 +287,7 @@ def main() -> None:
         "--scores-dtype",
         args.scores_dtype,
     ] + (["--patch"] if args.patch else [])
+    common += (["--probe", *map(str, args.probe)] if args.probe else []) + (["--minimal"] if args.minimal else [])
     common += ["--eap-batch", str(args.eap_batch)] if args.eap_batch else []
     for gran, features in [(g, f) for g in args.granularity for f in (args.features if g == "sae" else [None])]:
         extra = ["--features", features] if features else []
