@@ -252,32 +252,73 @@ class LiveDeltas:
             out += base.to(self.dtype)[:, :, None, None, None] * self._total(up_add)[:, None]
         if n_exceptions:
             k, i, c = exceptions.nonzero().unbind(1)
+            rows, target = up_add[i], k * C + c  # each exception's graph row, and its (mask, column)
             value = r_add[k, i, c].to(self.dtype) - base[k, c].to(self.dtype)
             flat = out.view(K * C, B * P * d)
-            step = max(1, _CHUNK // (B * P * d))
-            for s in range(0, n_exceptions, step):
-                e = slice(s, s + step)
-                D = self._deltas_of(up_add[i[e]], k[e])  # [m, B, P, d]
-                flat.index_add_(0, k[e] * C + c[e], D.view(len(D), -1) * value[e, None])
+            dense = self.is_dense[rows]
+            dense_up = self.is_dense[up_add]
+            if int(dense.sum()) * _SPARSE > K * int(dense_up.sum()) * C:  # many: one matmul over the dense rows
+                assert self.dense is not None  # (not differentiable)
+                E = r_add[:, dense_up].to(self.dtype) - base.to(self.dtype)[:, None]  # [K, n_dense, C]
+                out += torch.einsum("kuc,ukbpd->kcbpd", E, self.dense[self.pos[up_add[dense_up]]])
+            elif bool(dense.any()):
+                self._dense_exceptions(flat, rows[dense], k[dense], target[dense], value[dense])
+            for name, (start, W, _) in self.blocks.items():
+                inside = (rows >= start) & (rows < start + len(W))
+                if bool(inside.any()):
+                    self._block_exceptions(flat, name, rows[inside] - start, k[inside], target[inside], value[inside])
         out = out.permute(0, 2, 3, 1, 4)  # [K, B, P, C, d]
         if not whole:
             out = out.contiguous()
             self._add_group_losses(r, up, out)
         return out
 
-    def _deltas_of(self, rows: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        """``D`` of (additive) graph row ``rows[i]`` in mask ``k[i]``, ``[m, B, P, d]``."""
-        out = torch.empty(len(rows), self.B, self.P, self.d, dtype=self.dtype, device=self.device)
-        dense = self.is_dense[rows]
-        if bool(dense.any()):
-            assert self.dense is not None  # (not differentiable)
-            out[dense] = self.dense[self.pos[rows[dense]], k[dense]]
-        for name, (start, W, _) in self.blocks.items():
-            inside = (rows >= start) & (rows < start + len(W))
-            if bool(inside.any()):
-                at = rows[inside] - start
-                out[inside] = self.coefs[name][at, k[inside]][..., None] * W[at][:, None, None, :]
-        return out
+    def _dense_exceptions(
+        self, flat: torch.Tensor, rows: torch.Tensor, k: torch.Tensor, target: torch.Tensor, value: torch.Tensor
+    ) -> None:
+        """Add ``value · D_row[k]`` of dense rows into ``flat [K·C, B·P·d]`` at ``target``."""
+        assert self.dense is not None  # (not differentiable)
+        step = max(1, _CHUNK // flat.shape[1])
+        for s in range(0, len(rows), step):
+            e = slice(s, s + step)
+            D = self.dense[self.pos[rows[e]], k[e]].reshape(len(value[e]), -1)  # [m, B·P·d]
+            flat.index_add_(0, target[e], D * value[e, None])
+
+    def _block_exceptions(
+        self,
+        flat: torch.Tensor,
+        name: str,
+        at: torch.Tensor,
+        k: torch.Tensor,
+        target: torch.Tensor,
+        value: torch.Tensor,
+    ) -> None:
+        """Add ``Σ value · coef_at[k] ⊗ W[at]`` of one coefficient block into ``flat [K·C, B·P·d]``,
+        one matmul per (mask, column) target (``[B·P, m] @ [m, d]``, batched over targets with the
+        same number of exceptions, up to a power of two): no d-vector per exception."""
+        _, W, _ = self.blocks[name]
+        coef = self.coefs[name]  # [n_b, K, B, P]
+        T, d = self.B * self.P, self.d
+        order = torch.argsort(target, stable=True)
+        target, at, k, value = target[order], at[order], k[order], value[order]
+        groups, counts = torch.unique_consecutive(target, return_counts=True)
+        group = torch.repeat_interleave(torch.arange(len(groups), device=target.device), counts)
+        slot = torch.arange(len(target), device=target.device) - (torch.cumsum(counts, 0) - counts)[group]
+        width = 2 ** torch.ceil(torch.log2(counts.double())).long()  # padded exceptions per target
+        for w in torch.unique(width).tolist():
+            members = (width == w).nonzero()[:, 0]  # this width's targets
+            local = torch.full((len(groups),), -1, dtype=torch.long, device=target.device)
+            local[members] = torch.arange(len(members), device=target.device)
+            step = max(1, _CHUNK // (w * (T + d) + T * d))  # targets per batched matmul
+            for g0 in range(0, len(members), step):
+                n_g = min(step, len(members) - g0)
+                pick = (local[group] >= g0) & (local[group] < g0 + n_g)
+                where = (local[group[pick]] - g0, slot[pick])
+                Z = torch.zeros(n_g, w, T, dtype=self.dtype, device=self.device)
+                Z[where] = coef[at[pick], k[pick]].reshape(-1, T) * value[pick, None]
+                Wp = torch.zeros(n_g, w, d, dtype=self.dtype, device=self.device)
+                Wp[where] = W[at[pick]]
+                flat.index_add_(0, groups[members[g0 : g0 + n_g]], torch.bmm(Z.transpose(1, 2), Wp).reshape(n_g, -1))
 
     def _total(self, up: torch.Tensor) -> torch.Tensor:
         """``Σ_u D_u`` over the (additive) rows ``up``, ``[K, B, P, d]``; a whole block's sum is
