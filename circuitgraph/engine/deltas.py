@@ -12,7 +12,7 @@ A circuit is usually far smaller than the graph (or nearly all of it), so most r
 remove all of their upstream edges or none: each column's sum is ``base · T + Σ_{exceptions}
 (r − base) D_u`` with ``T`` the sum over every upstream row (computed once per block) and the
 exceptions few. Its cost then scales with the circuit's edges, not with n_up × columns × d;
-columns without exceptions share one input (:meth:`LiveDeltas.split`: a layer's neurons).
+columns without exceptions share one input (:meth:`LiveDeltas.split_columns`: a layer's neurons).
 
 With ``differentiable=True`` (learned edge masks, fitted ablations) the live activations keep their
 autograd history, so ``D_v`` of a downstream node carries the effect of every gate upstream of it:
@@ -206,7 +206,7 @@ class LiveDeltas:
             out = out + torch.cat(parts, 2).reshape(out.shape)
         return out
 
-    def split(
+    def split_columns(
         self, r: torch.Tensor, up: slice | torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """Reader columns that need no input of their own: ``(base [K, C] bool, total, own [C] bool)``.

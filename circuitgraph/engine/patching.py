@@ -167,7 +167,7 @@ def _neuron_read_hooks(
 
     A neuron whose removals are all or nothing of its upstream rows in a mask (most of them, for a
     circuit much smaller than the graph or nearly all of it) shares one input per mask with every
-    such neuron: ``x`` itself, or ``x − total`` (:meth:`LiveDeltas.split`). Only the others get
+    such neuron: ``x`` itself, or ``x − total`` (:meth:`LiveDeltas.split_columns`). Only the others get
     ``x − Σ their removed deltas`` as a d-vector each, a chunk of neurons at a time."""
     neuron_ids = graph.neuron_ids(L)
     assert neuron_ids is not None  # (called for neuron layers only)
@@ -203,7 +203,7 @@ def _neuron_read_hooks(
             return deltas.live(ln2(y.reshape(K * B, *y.shape[2:]))).reshape(y.shape)
 
         r_n = r[..., :n]
-        base, total, own = deltas.split(r_n, up)
+        base, total, own = deltas.split_columns(r_n, up)
         shared = (base & ~own).any(0)  # neurons that read x − total in some mask
         if total is not None and bool(shared.any()):
             add(normed(x - total.to(x.dtype)), ids[shared], base[:, shared])
