@@ -27,6 +27,8 @@ residual stream: a reader loses ``norm(S) − norm(S − Σ removed D_u)`` of su
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from circuitgraph.engine.post_norms import GroupMix, NormGroup
@@ -226,6 +228,42 @@ class LiveDeltas:
             own |= (r[:, ~additive] != 0).any(0).any(0)
         total = self._total(up[additive]) if bool((base & ~own).any()) else None
         return base, total, own
+
+    def own_reads(
+        self,
+        x: torch.Tensor,
+        r: torch.Tensor,
+        up: slice | torch.Tensor,
+        norm: Callable[[torch.Tensor], torch.Tensor],
+        weights: list[tuple[torch.Tensor, torch.Tensor | None]],
+    ) -> list[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]]:
+        """Readers that each normalise their own input and read it through their own column (a
+        layer's neurons: ln2 and ``W_in``; a transcoder's features: its norm and ``W_enc``): the
+        pre-activations that change, given the live input ``x [K, B, P, d]`` and the removals
+        ``r [K, n_up, C]``. Per read ``(W [d, C], b [C] | None)`` of ``weights``, a list of
+        ``(columns [j], values [K, B, P, j], in which masks [K, j] | None: all)``.
+
+        Columns without exceptions (:meth:`split_columns`) share one input per mask, ``x`` (left
+        as it is) or ``x − total``; only the others get ``x − Σ their removed deltas`` as a
+        d-vector each, a chunk of columns at a time."""
+        out: list[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]] = [[] for _ in weights]
+
+        def add(y: torch.Tensor, which: torch.Tensor, where: torch.Tensor | None) -> None:
+            normed = self.live(norm(y))  # [K, B, P, d] (one input for all of ``which``) or [K, B, P, j, d]
+            for k, (W, b) in enumerate(weights):
+                new = normed @ W[:, which] if normed.ndim == 4 else torch.einsum("kbpjd,dj->kbpj", normed, W[:, which])
+                out[k].append((which, new if b is None else new + b[which], where))
+
+        base, total, own = self.split_columns(r, up)
+        shared = (base & ~own).any(0)  # columns that read x − total in some mask
+        if total is not None and bool(shared.any()):
+            add(x - total.to(x.dtype), shared.nonzero()[:, 0], base[:, shared])
+        mine = own.nonzero()[:, 0]
+        step = max(1, _CHUNK // (self.K * self.B * self.P * self.d))
+        for s in range(0, len(mine), step):
+            j = mine[s : s + step]
+            add(x[..., None, :] - self.removed_sum(r[..., j], up).to(x.dtype), j, None)
+        return out
 
     @staticmethod
     def _base(r: torch.Tensor) -> torch.Tensor:

@@ -31,8 +31,6 @@ from circuitgraph.errors import GraphError
 from circuitgraph.graph import Graph, PositionalGraph
 from circuitgraph.models.backend import Backend, as_backend
 
-_OWN_INPUTS = 2**25  # elements of a chunk of neurons' own inputs [K, B, P, j, d]
-
 
 # One hook list in forward order: the per-layer closures share the removal tensor and the live
 # deltas, and reading it top to bottom is reading the patched forward pass.
@@ -165,10 +163,8 @@ def _neuron_read_hooks(
 ) -> list:
     """The neurons' pre-activation hooks: the readers with removed in-edges get their own inputs.
 
-    A neuron whose removals are all or nothing of its upstream rows in a mask (most of them, for a
-    circuit much smaller than the graph or nearly all of it) shares one input per mask with every
-    such neuron: ``x`` itself, or ``x − total`` (:meth:`LiveDeltas.split_columns`). Only the others get
-    ``x − Σ their removed deltas`` as a d-vector each, a chunk of neurons at a time."""
+    Most neurons share one input per mask (:meth:`LiveDeltas.own_reads`): a circuit much smaller
+    than the graph, or nearly all of it, removes all or none of most neurons' in-edges."""
     neuron_ids = graph.neuron_ids(L)
     assert neuron_ids is not None  # (called for neuron layers only)
     ids = neuron_ids.to(deltas.device)
@@ -191,29 +187,17 @@ def _neuron_read_hooks(
         """Per read: ``(neurons [j], new pre-activations [K, B, P, j], in which masks [K, j] | None: all)``."""
         assert ln2 is not None  # a layer with neurons has an MLP, and so its ln2
         x = store["x"].reshape(K, B, P, d)
-        out: list[list] = [[] for _ in weights]
 
-        def add(normed: torch.Tensor, which: torch.Tensor, where: torch.Tensor | None) -> None:
-            # normed [K, B, P, d] (one input for all of ``which``) or [K, B, P, j, d] (one each)
+        def norm(y: torch.Tensor) -> torch.Tensor:  # ln2 of inputs [K, B, P, (j,) d]
+            return ln2(y.reshape(K * B, *y.shape[2:])).reshape(y.shape)
+
+        mine = [(W[:, ids], None if b is None else b[ids]) for W, b in weights]
+        out = [[(ids[j], v, m) for j, v, m in read] for read in deltas.own_reads(x, r[..., :n], up, norm, mine)]
+        if others is not None:  # one input, read by every neuron ``rest`` stands for
+            y = deltas.live(norm(x - deltas.removed_sum(r[..., n:], up)[..., 0, :].to(x.dtype)))
             for k, (W, b) in enumerate(weights):
-                new = normed @ W[:, which] if normed.ndim == 4 else torch.einsum("kbpjd,dj->kbpj", normed, W[:, which])
-                out[k].append((which, new if b is None else new + b[which], where))
-
-        def normed(y: torch.Tensor) -> torch.Tensor:  # ln2 of inputs [K, B, P, (j,) d], in the engine's precision
-            return deltas.live(ln2(y.reshape(K * B, *y.shape[2:]))).reshape(y.shape)
-
-        r_n = r[..., :n]
-        base, total, own = deltas.split_columns(r_n, up)
-        shared = (base & ~own).any(0)  # neurons that read x − total in some mask
-        if total is not None and bool(shared.any()):
-            add(normed(x - total.to(x.dtype)), ids[shared], base[:, shared])
-        mine = own.nonzero()[:, 0]
-        step = max(1, _OWN_INPUTS // (K * B * P * d))
-        for s in range(0, len(mine), step):
-            j = mine[s : s + step]
-            add(normed(x[..., None, :] - deltas.removed_sum(r_n[..., j], up).to(x.dtype)), ids[j], None)
-        if others is not None:
-            add(normed(x - deltas.removed_sum(r[..., n:], up)[..., 0, :].to(x.dtype)), others, None)
+                new = y @ W[:, others]
+                out[k].append((others, new if b is None else new + b[others], None))
         return out
 
     def read_hook(k: int):
