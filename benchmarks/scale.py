@@ -18,7 +18,9 @@ the top 1,000 edges' faithfulness by patched forwards);
 ``top1000_prune_s`` is the time of ``prune(graph, top_n(graph, 1000))`` on the scores;
 ``--minimal`` adds ``minimal_s`` and the minimal circuit (``minimal_edges``, ``minimal_faithfulness``;
 target ``--target``, ``--grid`` sizes); ``--curve`` adds ``curve_s``, CPR and CMD of a 10-point
-faithfulness curve (MIB's 0.1 %…100 %). ``peak_*_gb`` is the peak RSS (VmHWM) after each phase.
+faithfulness curve (MIB's 0.1 %…100 %); ``--probe N …`` adds ``probe_s``, the time of one patched
+forward of the top N edges for each N. ``peak_*_gb`` is the peak RSS (VmHWM) after each phase
+(``peak_eap_gb``: up to the end of EAP).
 ``scores_mb`` is the score store as attribution kept it (``--layout``: ``auto`` keeps edge blocks
 above 2²⁶ entries), ``blocks_mb`` / ``dense_mb`` what float32 edge blocks and a dense
 ``[n_src, n_dst]`` matrix take (``dense_over_blocks`` their ratio);
@@ -119,11 +121,13 @@ def run_one(
     memory_gb: float | None = None,
     target: float = 0.9,
     grid: int = 24,
+    probe: list[int] | None = None,
 ) -> dict:
     torch.set_num_threads(threads)
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
     import circuitgraph as cg
+    from circuitgraph.engine import CircuitEvaluator
     from circuitgraph.engine.batching import auto_batch_size
     from circuitgraph.graph.blocks import EdgeBlocks, layout_of
 
@@ -205,6 +209,17 @@ def run_one(
             cmd=round(fc.cmd, 4),
         )
         peaks["peak_curve_gb"] = peak_gb()
+    if probe:  # one patched forward per circuit size (the evaluator built once, its ablations cached)
+        run = CircuitEvaluator(model, graph, task, memory_budget=budget)
+        times = {}
+        for n in probe:
+            mask = cg.top_n(graph, n)
+            t0 = time.perf_counter()
+            run(mask[None])
+            times[n] = round(time.perf_counter() - t0, 2)
+            del mask
+        patched["probe_s"] = "/".join(f"{n}:{t}" for n, t in times.items())
+        peaks["peak_probe_gb"] = peak_gb()
     blocks_bytes = layout_of(graph).n_entries() * 4
     dense_bytes = graph.n_src * graph.n_dst * 4
     stored = scores.nbytes() if isinstance(scores, EdgeBlocks) else scores.numel() * scores.element_size()
@@ -283,6 +298,12 @@ def main() -> None:
     ap.add_argument("--memory-gb", type=float, help="the evaluator's memory budget (GB; default 3)")
     ap.add_argument("--target", type=float, default=0.9, help="--minimal: target faithfulness")
     ap.add_argument("--grid", type=int, default=24, help="--minimal: geometric grid sizes before bisecting")
+    ap.add_argument(
+        "--probe",
+        type=int,
+        nargs="+",
+        help="time one patched forward of the top N edges, for each N (probe_s)",
+    )
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
@@ -306,6 +327,7 @@ def main() -> None:
                     args.memory_gb,
                     args.target,
                     args.grid,
+                    args.probe,
                 )
             )
         )
@@ -335,6 +357,7 @@ def main() -> None:
     common += ["--patch"] if args.patch else []
     common += ["--minimal"] if args.minimal else []
     common += ["--curve"] if args.curve else []
+    common += ["--probe", *map(str, args.probe)] if args.probe else []
     common += ["--memory-gb", str(args.memory_gb)] if args.memory_gb else []
     common += ["--eap-batch", str(args.eap_batch)] if args.eap_batch else []
     for gran, features in [(g, f) for g in args.granularity for f in (args.features if g == "sae" else [None])]:

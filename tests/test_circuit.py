@@ -126,6 +126,23 @@ def test_failed_save_keeps_previous_file(tmp_path, setup, monkeypatch):
     assert not list(tmp_path.glob(".*"))  # the temporary file is gone
 
 
+def test_minimal_circuit_stops_the_grid_at_the_first_batch_reaching_the_target(setup, monkeypatch):
+    """Measured a few masks per forward, the grid stops at the batch that first reaches the target
+    and finds the same circuit as the whole grid measured at once."""
+    from circuitgraph.engine import evaluator
+
+    model, graph, task = setup
+    attribute(model, graph, task, method="eap", progress=False)
+    whole = minimal_circuit(model, graph, task, target=0.8)
+    monkeypatch.setattr(evaluator, "mask_batch_size", lambda graph, chunk, budget_bytes=1e9: 2)
+    early = minimal_circuit(model, graph, task, target=0.8)
+    assert early.figures["top_n"] == whole.figures["top_n"] and torch.equal(early.mask, whole.mask)
+    assert early.faithfulness == pytest.approx(whole.faithfulness, abs=1e-6)
+    assert len(early.figures["search"]) < len(whole.figures["search"])  # the larger sizes were never run
+    hit = min(int(n) for n, f in whole.figures["search"].items() if f >= 0.8)
+    assert all(int(n) <= 2 * hit for n in early.figures["search"])
+
+
 def test_minimal_circuit_reuses_existing_scores(setup):
     model, graph, task = setup
     scores = attribute(model, graph, task, method="exact", progress=False)

@@ -279,6 +279,59 @@ def test_positions_with_sae_sites_are_exact(kind):
     torch.testing.assert_close(graph.position_free(), p, rtol=1e-9, atol=1e-12)
 
 
+# ------------------------------------------------------------------ low-rank neurons × the others
+
+
+@pytest.mark.parametrize("kind", ["positions × neurons", "neurons × sites", "all three"])
+def test_lowrank_neurons_patch_as_dense_neuron_rows_with_positions_and_sites(kind, monkeypatch):
+    """Neurons kept as coefficients in patched forwards patch exactly as neuron d-vector rows do,
+    with per-position removals (which take the direct sums, not the base-and-exceptions route) and
+    next to SAE features (the compact dense rows after them shift): random masks of every kind,
+    small, nearly full, half, whole reader columns, relaxed; one forward each, then together."""
+    from circuitgraph.engine import deltas as deltas_module
+    from circuitgraph.engine import sources as sources_module
+    from circuitgraph.engine.sources import coefficient_blocks, neuron_layer
+    from circuitgraph.engine.tensors import CompactSources
+    from circuitgraph.graph import PositionalGraph
+
+    model = model64()
+    task = task_for(model, n=3, seq=4)
+    neurons = {0: [1, 4, 7, 30], 1: [0, 2, 5]}
+    saes = [] if kind == "positions × neurons" else [random_sae(h, seed=i) for i, h in enumerate(NEURON_SITES[:3])]
+    features = {s.hook_name: range(0, 24, 3) for s in saes}
+    kw = dict(neurons=neurons, saes=saes or None, features=features or None)
+    if kind == "neurons × sites":
+        graph = Graph.from_model(model, **kw)
+    else:
+        graph = PositionalGraph.from_model(model, positions=task.seq_len, **kw)
+    valid = graph.valid
+    gen = torch.Generator().manual_seed(3)
+    u = torch.rand((4, *valid.shape), generator=gen, dtype=torch.float64)
+    cols = torch.rand(valid.shape[1], generator=gen) < 0.5  # columns losing every edge but a few
+    masks = [u[0] < 0.03, u[1] < 0.97, u[2] < 0.5, ~cols[None, :] ^ (u[3] < 0.03)]
+    relaxed = torch.rand(valid.shape, generator=gen, dtype=torch.float64) * valid
+    masks = torch.stack([(m & valid).double() for m in masks] + [relaxed])
+    batches = [masks[k : k + 1] for k in range(len(masks))] + [masks[[0, 1, 3]]]
+    abl = Ablation("corrupted").prepare(model, graph, task)
+    every = slice(0, task.n_examples)
+    ablated = abl.activations(model, graph, task, every, task, compact=True)
+    assert isinstance(ablated, CompactSources) and {"mlp0", "mlp1"} <= set(ablated.coefs)
+    lowrank = [patched_logits(model, graph, task, ablated, m) for m in batches]
+
+    def features_only(g):  # the SAE sites' blocks, neurons as d-vector rows
+        return {k: v for k, v in coefficient_blocks(g).items() if neuron_layer(k) is None}
+
+    for module in (deltas_module, sources_module):
+        monkeypatch.setattr(module, "coefficient_blocks", features_only)
+    dense = abl.activations(model, graph, task, every, task, compact=True)
+    assert not isinstance(dense, CompactSources) or not {"mlp0", "mlp1"} & set(dense.coefs)
+    reference = [patched_logits(model, graph, task, dense, m) for m in batches]
+    clean = model(task.clean)
+    for got, ref in zip(lowrank, reference):
+        assert (ref - clean.repeat(len(ref) // len(clean), 1, 1)).abs().max() > 1e-3  # the masks matter
+        assert (got - ref).abs().max() < 1e-10 * ref.abs().max()
+
+
 # ------------------------------------------------------------------ on the model families
 
 

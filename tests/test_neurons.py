@@ -8,6 +8,7 @@ import circuitgraph as cg
 from circuitgraph.attribution.nodes import neuron_attribution, top_neurons
 from circuitgraph.engine import Ablation
 from circuitgraph.engine.patching import patched_logits
+from circuitgraph.engine.tensors import CompactSources
 
 
 def fold(g_fine, g_node, scores):
@@ -48,6 +49,52 @@ def test_neuron_patching_full_and_empty(neurons):
     abl = Ablation().prepare(model, g, task).activations(model, g, task, slice(None), task)
     assert (patched_logits(model, g, task, abl, g.valid) - model(task.clean)).abs().max() < 1e-4
     assert (patched_logits(model, g, task, abl, torch.zeros_like(g.valid)) - model(task.corrupted)).abs().max() < 1e-4
+
+
+def _random_masks(g, seed: int = 0) -> torch.Tensor:
+    """Masks for every route of a patched forward's removal sums: a small circuit and a nearly
+    full one (few exceptions: shared inputs and sparse sums), half the edges (the direct sums),
+    whole reader columns removed or kept with a few exceptions, and a relaxed (float) mask."""
+    gen = torch.Generator().manual_seed(seed)
+    u = torch.rand((4, *g.valid.shape), generator=gen, dtype=torch.float64)
+    cols = torch.rand(g.n_dst, generator=gen) < 0.5  # columns losing every edge but a few
+    masks = [u[0] < 0.03, u[1] < 0.97, u[2] < 0.5, ~cols[None, :] ^ (u[3] < 0.03)]
+    masks = [m & g.valid for m in masks]
+    relaxed = torch.rand(g.valid.shape, generator=gen, dtype=torch.float64) * g.valid
+    return torch.stack([m.double() for m in masks] + [relaxed])
+
+
+@pytest.mark.parametrize("neurons", [True, {0: [1, 4, 7], 1: [0, 2, 30], 2: list(range(0, 32, 2))}])
+@pytest.mark.parametrize("compact", [True, False])
+def test_lowrank_neurons_patch_as_dense_rows_did(neurons, compact, monkeypatch):
+    """Neurons kept as coefficients (``post_i`` against ``W_out[i]``) patch exactly as they did as
+    d-vector rows (the path a layer behind a post-norm still takes), in float64, on random masks of
+    every kind; from the evaluator's compact ablations and from a dense ``[n_src, B, P, d]`` tensor."""
+    from circuitgraph.engine import deltas as deltas_module
+    from circuitgraph.engine import sources as sources_module
+
+    model = tiny_model(n_layers=3, dtype=torch.float64)
+    task = tiny_task(model)
+    g = cg.Graph.from_model(model, neurons=neurons)
+    masks = _random_masks(g)
+    abl = Ablation().prepare(model, g, task)
+    ablated = abl.activations(model, g, task, slice(None), task, compact=compact)
+    assert isinstance(ablated, CompactSources) == compact
+    if compact:  # neurons are coefficients: [n, B, P], not [n, B, P, d]
+        assert set(ablated.coefs) == {f"mlp{L}" for L in g.neurons}
+        assert len(ablated.dense) == g.n_src - sum(len(v) for v in g.neurons.values())
+    # one mask per forward (a forward takes its route for all its masks at once), then three together
+    batches = [masks[k : k + 1] for k in range(len(masks))] + [masks[[0, 1, 3]]]
+    lowrank = [patched_logits(model, g, task, ablated, m) for m in batches]
+    for module in (deltas_module, sources_module):
+        monkeypatch.setattr(module, "coefficient_blocks", lambda graph: {})
+    dense = abl.activations(model, g, task, slice(None), task, compact=True)
+    assert isinstance(dense, torch.Tensor)  # (no coefficient block left)
+    reference = [patched_logits(model, g, task, dense, m) for m in batches]
+    clean = model(task.clean)
+    for got, ref in zip(lowrank, reference):
+        assert (ref - clean.repeat(len(ref) // len(clean), 1, 1)).abs().max() > 1e-2  # the masks matter
+        assert (got - ref).abs().max() < 1e-10 * ref.abs().max()
 
 
 def test_neuron_eap_tracks_exact_for_small_perturbations():

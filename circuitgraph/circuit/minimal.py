@@ -1,14 +1,18 @@
 """The minimal circuit: the smallest top-n circuit whose measured faithfulness reaches a target.
 
-Faithfulness is not monotone in n, so the search measures a geometric grid of sizes in one batched
-patched forward, takes the first size that reaches the target, and bisects between it and the
-previous grid point (each probe is a real patched run, never an estimate from scores).
+Faithfulness is not monotone in n, so the search measures a geometric grid of sizes in batched
+patched forwards, takes the first size that reaches the target, and bisects between it and the
+previous grid point (each probe is a real patched run, never an estimate from scores). The grid is
+measured in ascending order and stops at the batch that first reaches the target: the answer never
+lies past it, and at neuron or feature scale a patched forward of a mask with a large fraction of
+the edges removed *and* kept costs far more than one of a small circuit.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -80,10 +84,20 @@ def minimal_circuit(
     sizes = sorted({max(1, int(round(E ** (i / (grid - 1))))) for i in range(grid)} | {E})
     # ablations computed once
     run = CircuitEvaluator(model, graph, task, abl, batch_size=batch_size, memory_budget=memory_budget)
-    builders = [lambda n=n: prune(graph, top_n(graph, n, absolute)) for n in sizes]
-    values = run.lazy(builders + [graph.full_mask, graph.empty_mask])
-    base = Baselines(full=float(values[-2]), empty=float(values[-1]))
-    faith = [float(base.faithfulness(v)) for v in values[:-2]]
+
+    def grid_point(n: int) -> Callable[[], torch.Tensor | EdgeBlocks]:
+        return lambda: prune(graph, top_n(graph, n, absolute))
+
+    builders = [graph.full_mask, graph.empty_mask] + [grid_point(n) for n in sizes]
+    values: list[float] = []
+    for i in range(0, len(builders), run.mask_batch):  # ascending, until a batch reaches the target
+        values += [float(v) for v in run.lazy(builders[i : i + run.mask_batch])]
+        base = Baselines(full=values[0], empty=values[1]) if len(values) > 1 else None
+        if base is not None and any(base.faithfulness(v) >= target for v in values[2:]):
+            break
+    assert base is not None  # (the first two builders are the full model and the empty circuit)
+    faith = [float(base.faithfulness(v)) for v in values[2:]]
+    sizes = sizes[: len(faith)]
     trace = {n: f for n, f in zip(sizes, faith)}
     hit = next((i for i, f in enumerate(faith) if f >= target), None)
     if hit is None:

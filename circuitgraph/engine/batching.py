@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from circuitgraph.engine.sites import site_sae
+from circuitgraph.engine.sources import coefficient_blocks
 from circuitgraph.errors import GraphError, TaskError
 from circuitgraph.graph import Graph
 from circuitgraph.graph.blocks import layout_of
@@ -25,10 +26,13 @@ def auto_batch_size(graph: Graph, task: Any, budget_bytes: float = 1.5e9, lowran
     """Examples per chunk so that the [n_src, batch, pos, d] source buffers stay within budget.
 
     ``lowrank``: attribution, where neurons and SAE features are a scalar per position (their
-    direction is shared), so only the other rows cost a d-vector."""
+    direction is shared), so only the other rows cost a d-vector; otherwise a patched forward's,
+    where the rows of :func:`~circuitgraph.engine.sources.coefficient_blocks` are scalars."""
     node, d = graph.node_graph, graph.arch.d_model
     n_lowrank = (
-        (sum(len(ids) for ids in node.neurons.values()) + sum(len(s.features) for s in node.sites)) if lowrank else 0
+        (sum(len(ids) for ids in node.neurons.values()) + sum(len(s.features) for s in node.sites))
+        if lowrank
+        else node.n_src - dense_sources(graph)
     )
     per_position = (node.n_src - n_lowrank) * d + n_lowrank
     per_position += sum(s.d_sae + d for s in node.sites)  # each site's activations and error, per run
@@ -37,8 +41,9 @@ def auto_batch_size(graph: Graph, task: Any, budget_bytes: float = 1.5e9, lowran
 
 
 def dense_sources(graph: Graph) -> int:
-    """Sources that a patched forward holds as d-vectors (SAE features are coefficients there)."""
-    return graph.node_graph.n_src - sum(len(s.features) for s in graph.node_graph.sites)
+    """Sources that a patched forward holds as d-vectors (SAE features and neurons are coefficients
+    there, see :func:`~circuitgraph.engine.sources.coefficient_blocks`)."""
+    return graph.node_graph.n_src - sum(r.stop - r.start for r in coefficient_blocks(graph).values())
 
 
 MEMORY_BUDGET = 3e9  # bytes for a CircuitEvaluator's mask batches and ablation cache, by default

@@ -25,6 +25,7 @@ import torch
 from circuitgraph.engine.deltas import LiveDeltas
 from circuitgraph.engine.post_norms import norm_groups
 from circuitgraph.engine.sites import site_patch_hooks
+from circuitgraph.engine.sources import block_directions
 from circuitgraph.engine.tensors import CompactSources, frozen
 from circuitgraph.errors import GraphError
 from circuitgraph.graph import Graph, PositionalGraph
@@ -62,7 +63,7 @@ def patch_hooks(  # noqa: C901
         assert isinstance(removed, torch.Tensor)  # (position-resolved graphs are dense)
         removed = torch.stack([graph.diagonal(r) for r in removed])
         graph = graph.base
-    deltas = LiveDeltas(graph, ablated, K, norm_groups(bk, graph), differentiable)
+    deltas = LiveDeltas(graph, ablated, K, block_directions(model, graph), norm_groups(bk, graph), differentiable)
     src, dst = graph.src_slices(), graph.dst_slices()
     hooks = []
 
@@ -166,62 +167,68 @@ def _neuron_read_hooks(
     up: slice | torch.Tensor,
     store: dict,
 ) -> list:
-    """The neurons' pre-activation hooks: the readers with removed in-edges get their own inputs."""
+    """The neurons' pre-activation hooks: the readers with removed in-edges get their own inputs.
+
+    Most neurons share one input per mask (:meth:`LiveDeltas.own_reads`): a circuit much smaller
+    than the graph, or nearly all of it, removes all or none of most neurons' in-edges."""
     neuron_ids = graph.neuron_ids(L)
     assert neuron_ids is not None  # (called for neuron layers only)
     ids = neuron_ids.to(deltas.device)
     n = len(ids)
     cols = graph.dst_slices()[f"mlp{L}"]
     reads = bk.neuron_reads(L)
+    weights = [(frozen(read.W), None if read.b is None else frozen(read.b)) for read in reads]
     ln2 = bk.norm(L, 2)
     B, P, d = deltas.B, deltas.P, deltas.d
-    r = removed[:, up, cols.start : cols.stop].to(deltas.dtype)  # [K, n_up, n (+ rest)(, P: per position)]
-    hit = (r[:, :, :n].any(-1) if r.ndim == 4 else r[:, :, :n]).any(0).any(0)  # [n] neurons with a removed in-edge
-    patched, r_patched = ids[hit], r[:, :, :n][:, :, hit]
+    r = removed[:, up, cols.start : cols.stop]  # [K, n_up, n (+ rest)(, P: per position)]; a view of a bool mask
+    if not bool(r.any()):
+        return []
     others = None  # the neurons ``rest`` stands for, when it has a removed in-edge
     if graph.has_rest(L) and bool(r[:, :, n].any()):
-        unchosen = torch.ones(reads[0].W.shape[1], dtype=torch.bool, device=ids.device)
+        unchosen = torch.ones(weights[0][0].shape[1], dtype=torch.bool, device=ids.device)
         unchosen[ids] = False
         others = unchosen.nonzero()[:, 0]
-    if not len(patched) and others is None:
-        return []
 
-    def own_inputs() -> None:  # each reader's own normalised input, once per forward
+    def patches() -> list[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]]:
+        """Per read: ``(neurons [j], new pre-activations [K, B, P, j], in which masks [K, j] | None: all)``."""
         assert ln2 is not None  # a layer with neurons has an MLP, and so its ln2
-        x = store["x"]
-        if len(patched):  # [K·B, P, n_p, d]
-            own = x.reshape(K, B, P, 1, d) - deltas.removed_sum(r_patched, up)
-            store["neurons"] = deltas.live(ln2(own.reshape(K * B, P, len(patched), d)))
-        if others is not None:  # [K·B, P, d]
-            own = x.reshape(K, B, P, d) - deltas.removed_sum(r[:, :, n:], up)[..., 0, :]
-            store["rest"] = deltas.live(ln2(own.reshape(K * B, P, d)))
+        x = store["x"].reshape(K, B, P, d)
 
-    def read_hook(k: int, W: torch.Tensor, b: torch.Tensor | None):
-        def hook(pre, hook):
+        def norm(y: torch.Tensor) -> torch.Tensor:  # ln2 of inputs [K, B, P, (j,) d]
+            return ln2(y.reshape(K * B, *y.shape[2:])).reshape(y.shape)
+
+        mine = [(W[:, ids], None if b is None else b[ids]) for W, b in weights]
+        out = [[(ids[j], v, m) for j, v, m in read] for read in deltas.own_reads(x, r[:, :, :n], up, norm, mine)]
+        if others is not None:  # one input, read by every neuron ``rest`` stands for
+            y = deltas.live(norm(x - deltas.removed_sum(r[:, :, n:], up)[..., 0, :].to(x.dtype)))
+            for k, (W, b) in enumerate(weights):
+                new = y @ W[:, others]
+                out[k].append((others, new if b is None else new + b[others], None))
+        return out
+
+    def read_hook(k: int):
+        def hook(pre, hook):  # pre [K·B, P, d_mlp]
             if k == 0:
-                own_inputs()
+                store["patches"] = patches()
             pre = pre.clone()
-            for key, which in (("neurons", patched), ("rest", others)):
-                if key in store:
-                    eq = "bpjd,dj->bpj" if key == "neurons" else "bpd,dj->bpj"
-                    new = torch.einsum(eq, store[key], W[:, which])
-                    pre[..., which] = (new if b is None else new + b[which]).to(pre.dtype)
-            if k == len(reads) - 1:
-                store.pop("neurons", None), store.pop("rest", None)
+            view = pre.view(K, B, P, -1)
+            for which, new, where in store["patches"][k]:
+                new = new.to(pre.dtype)
+                view[..., which] = new if where is None else torch.where(where[:, None, None], new, view[..., which])
+            if k == len(weights) - 1:
+                store.pop("patches")
             return pre
 
         return hook
 
-    return [
-        (read.hook, read_hook(k, frozen(read.W), None if read.b is None else frozen(read.b)))
-        for k, read in enumerate(reads)
-    ]
+    return [(read.hook, read_hook(k)) for k, read in enumerate(reads)]
 
 
 def _neuron_record_hook(bk: Backend, graph: Graph, L: int, deltas: LiveDeltas, store: dict):
-    """The hook at the MLP's output recording its neurons' (and ``rest``'s) live writes. Behind the
-    MLP's post-norm (Gemma-2/3) the rows are raw, before the norm, and the norm's input
-    ``b_out + Σ neurons + rest`` is recorded for the readers' own mixes (engine/post_norms.py)."""
+    """The hook at the MLP's output recording its neurons' (and ``rest``'s) live writes: the
+    neurons as coefficients (their ``hook_post``), except behind the MLP's post-norm (Gemma-2/3),
+    where the rows are raw d-vectors before the norm, and the norm's input ``b_out + Σ neurons +
+    rest`` is recorded for the readers' own mixes (engine/post_norms.py)."""
     neuron_ids = graph.neuron_ids(L)
     assert neuron_ids is not None  # (called for neuron layers only)
     ids = neuron_ids.to(deltas.device)
@@ -230,14 +237,18 @@ def _neuron_record_hook(bk: Backend, graph: Graph, L: int, deltas: LiveDeltas, s
     W_all, b_out = frozen(bk.W_out(L)), bk.b_out(L)
     W_out = W_all[ids]
     post_normed = any(g.rows == rows for g in deltas.mix.groups)
+    lowrank = f"mlp{L}" in deltas.blocks
 
     def record_out(out, hook):
         post_all = deltas.live(store.pop("post"))  # [K*B, P, d_mlp]
         post = post_all[..., ids]
-        picked = post @ W_out
-        deltas.record(slice(rows.start, rows.start + n), torch.einsum("bpi,id->ibpd", post, W_out))
+        if lowrank:
+            deltas.record_coefs(f"mlp{L}", post.permute(2, 0, 1))
+        else:
+            deltas.record(slice(rows.start, rows.start + n), torch.einsum("bpi,id->ibpd", post, W_out))
         raw = post_all @ W_all if post_normed else None  # the MLP's output before its post-norm, less b_out
         if graph.has_rest(L):
+            picked = post @ W_out
             rest = raw - picked if post_normed else deltas.live(out) - picked
             deltas.record(slice(rows.stop - 1, rows.stop), rest)
         if post_normed:

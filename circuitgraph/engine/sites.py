@@ -259,7 +259,7 @@ class _SitePatch:
         feats = self.deltas.live(acts[..., self.ids])  # [K, B, P, n]
         err = self.deltas.live(err)
         if self.n:
-            self.deltas.record_features(site_name, feats.permute(3, 0, 1, 2))
+            self.deltas.record_coefs(site_name, feats.permute(3, 0, 1, 2))
         out = self.b_dec + feats @ self.W_dec[self.ids] + err
         if rest_acts is not None:
             rest = self.deltas.live(rest_acts) @ self.W_dec[self.un]
@@ -276,10 +276,8 @@ def _transcoder_patch_hooks(model, graph: Graph, site: Site, removed, deltas) ->
     sp = _SitePatch(graph, site, removed, deltas)
     sae, norm, ids = sp.sae, _norm(model, site), sp.ids
     K, B, P, d = sp.shape
-    hit = sp.r_feat.any(-1) if sp.r_feat.ndim == 4 else sp.r_feat
-    patched = hit.any(0).any(0).nonzero()[:, 0]  # features with some removed in-edge
-    r_patched = sp.r_feat[:, :, patched]
-    b_enc = frozen(sae.b_enc)
+    patched = sp.n and bool(sp.r_feat.any())  # some feature has a removed in-edge
+    reads = [(sp.W_enc[:, ids], frozen(sae.b_enc)[ids])]
     state: dict = {}
 
     def read(x, hook):  # the live MLP input; the model's MLP then runs on the error's input
@@ -289,12 +287,10 @@ def _transcoder_patch_hooks(model, graph: Graph, site: Site, removed, deltas) ->
     def write(out, hook):
         x = state.pop("x")
         pre = sae.pre_acts(norm(x))  # [K, B, P, d_sae]
-        if len(patched):
-            own = x[..., None, :] - deltas.removed_sum(r_patched, sp.up).to(x.dtype)  # [K, B, P, n_p, d]
-            normed = deltas.live(norm(own.reshape(K * B, P, len(patched), d))).reshape(K, B, P, len(patched), d)
-            pre[..., ids[patched]] = (
-                torch.einsum("kbpjd,dj->kbpj", normed, sp.W_enc[:, ids[patched]]) + b_enc[ids[patched]]
-            )
+        if patched:  # each feature with a removed in-edge reads its own input (as neurons do)
+            for which, new, where in deltas.own_reads(x, sp.r_feat, sp.up, norm, reads)[0]:
+                cols, new = ids[which], new.to(pre.dtype)
+                pre[..., cols] = new if where is None else torch.where(where[:, None, None], new, pre[..., cols])
         acts = sae.activation(pre)
         rest = None
         if site.has_rest:

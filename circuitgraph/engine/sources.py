@@ -8,11 +8,12 @@ contraction against destination gradients scores every edge at once.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal, overload
 
 import torch
 
-from circuitgraph.engine.sites import feature_rows, site_coefficients, site_deltas, site_hooks, site_sources
+from circuitgraph.engine.sites import site_coefficients, site_deltas, site_hooks, site_sae, site_sources
 from circuitgraph.engine.tensors import CompactSources, LowRankSources, SourceDeltas, frozen, store_hook
 from circuitgraph.graph import Graph
 from circuitgraph.models.backend import as_backend
@@ -54,15 +55,16 @@ def stack_sources(
     x0 = buf["input"]
     B, P, d = x0.shape
     slices = graph.src_slices()
-    if compact and graph.sites:
-        is_feature = feature_rows(graph)
-        pos = torch.cumsum(~is_feature, 0) - 1
+    blocks = coefficient_blocks(graph) if compact else {}
+    if blocks:
+        is_coef = coefficient_rows(graph)
+        pos = torch.cumsum(~is_coef, 0) - 1
 
-        def at(rows: slice) -> slice:  # a group's dense rows (a site's features come first)
-            first = rows.start + int(is_feature[rows].sum())
+        def at(rows: slice) -> slice:  # a group's dense rows (a block's coefficient rows come first)
+            first = rows.start + int(is_coef[rows].sum())
             return slice(int(pos[first]), int(pos[first]) + rows.stop - first)
 
-        out = torch.empty(int((~is_feature).sum()), B, P, d, dtype=x0.dtype, device=x0.device)
+        out = torch.empty(int((~is_coef).sum()), B, P, d, dtype=x0.dtype, device=x0.device)
     else:
 
         def at(rows: slice) -> slice:
@@ -81,19 +83,79 @@ def stack_sources(
             out[at(rows)] = buf[f"mlp{L}"][None]
             continue
         post, W_out = _neuron_parts(model, graph, buf, L)
-        n, at_rows = post.shape[-1], at(rows)  # (compact: SAE features before this layer shift its rows)
-        out[at_rows.start : at_rows.start + n] = torch.einsum("bpi,id->ibpd", post, W_out)
+        n = post.shape[-1]
+        # (compact: coefficient rows before this layer, and its own neurons, shift its dense rows)
+        if f"mlp{L}" not in blocks:
+            out[at(rows).start : at(rows).start + n] = torch.einsum("bpi,id->ibpd", post, W_out)
         if graph.has_rest(L):
-            out[at_rows.start + n] = _rest(model, graph, buf, L, post @ W_out)
-    if not graph.sites:
-        return out
+            out[at(rows).stop - 1] = _rest(model, graph, buf, L, post @ W_out)
     for site in graph.sites:
-        site_sources(graph, buf, site, out[at(slices[site.name])], features=not compact)
-    if not compact:
+        site_sources(graph, buf, site, out[at(slices[site.name])], features=site.name not in blocks)
+    if not blocks:
         return out
-    return CompactSources(
-        out, {site.name: site_coefficients(graph, buf, site) for site in graph.sites if site.features}, graph.n_src
-    )
+    coefs = {}
+    for name in blocks:
+        layer = neuron_layer(name)
+        coefs[name] = (
+            site_coefficients(graph, buf, graph.site(name))
+            if layer is None
+            else _neuron_parts(model, graph, buf, layer)[0].permute(2, 0, 1)
+        )
+    return CompactSources(out, coefs, graph.n_src)
+
+
+def coefficient_blocks(graph: Graph) -> dict[str, slice]:
+    """The source rows a patched forward keeps as coefficients, by group: every SAE site's features
+    (``coef · W_dec[i]``) and every neuron layer's neurons (``post_i · W_out[i]``). A block's live
+    and ablated values are then ``[n, K, B, P]`` instead of ``[n, K, B, P, d]``, which is what lets
+    a patched forward carry tens of thousands of them. Not behind a norm after the MLP (Gemma-2/3),
+    whose readers see the norm of their own mix of the layer's rows (engine/post_norms.py): such
+    neurons stay d-vectors."""
+    graph = graph.node_graph
+    slices = graph.src_slices()
+    out = {}
+    if not graph.arch.post_norms:
+        for L in sorted(graph.neurons):
+            first = slices[f"mlp{L}"].start
+            out[f"mlp{L}"] = slice(first, first + len(graph.neurons[L]))
+    for site in graph.sites:
+        if site.features:
+            first = slices[site.name].start
+            out[site.name] = slice(first, first + len(site.features))
+    return out
+
+
+def coefficient_rows(graph: Graph) -> torch.Tensor:
+    """``[n_src]`` bool: the rows of :func:`coefficient_blocks` (each a group's first rows)."""
+    out = torch.zeros(graph.node_graph.n_src, dtype=torch.bool)
+    for rows in coefficient_blocks(graph).values():
+        out[rows] = True
+    return out
+
+
+def block_directions(model: Any, graph: Graph) -> dict[str, torch.Tensor]:
+    """Each coefficient block's write directions ``[n, d]``: the features' ``W_dec`` rows, the
+    neurons' ``W_out`` rows."""
+    graph = graph.node_graph
+    bk = as_backend(model)
+    out = {}
+    for name in coefficient_blocks(graph):
+        layer = neuron_layer(name)
+        if layer is None:
+            site = graph.site(name)
+            ids, W = torch.tensor(site.features, dtype=torch.long), frozen(site_sae(graph, site).W_dec)
+        else:
+            neuron_ids = graph.neuron_ids(layer)
+            assert neuron_ids is not None  # (a neuron block)
+            ids, W = neuron_ids, frozen(bk.W_out(layer))
+        out[name] = W[ids.to(W.device)]
+    return out
+
+
+def neuron_layer(block: str) -> int | None:
+    """The layer of a neuron block's name (``mlp3`` → 3); None for an SAE site's (``mlp_out3``)."""
+    m = re.fullmatch(r"mlp(\d+)", block)
+    return int(m.group(1)) if m else None
 
 
 def _neuron_parts(model: Any, graph: Graph, buf: dict, L: int) -> tuple[torch.Tensor, torch.Tensor]:
