@@ -279,7 +279,7 @@ class LiveDeltas:
     @staticmethod
     def _base(r: torch.Tensor) -> torch.Tensor:
         """``[K, C]`` bool: columns of ``r [K, n, C]`` that remove more than half of their rows."""
-        removed = torch.count_nonzero(r if r.dtype == torch.bool else r >= 0.5, dim=1)
+        removed = _count(r if r.dtype == torch.bool else r >= 0.5, dim=1)
         return 2 * removed > r.shape[1]
 
     def _sum_by_exceptions(self, r: torch.Tensor, up: slice | torch.Tensor) -> torch.Tensor | None:
@@ -291,7 +291,7 @@ class LiveDeltas:
         r_add, up_add = (r, up) if whole else (r[:, additive], up[additive])
         base = self._base(r_add)
         exceptions = r_add != base.to(r.dtype)[:, None]  # [K, n_add, C]
-        n_exceptions = int(torch.count_nonzero(exceptions))
+        n_exceptions = int(_count(exceptions))
         if n_exceptions * _SPARSE > exceptions.numel():
             return None
         K, C = r.shape[0], r.shape[2]
@@ -432,6 +432,13 @@ class LiveDeltas:
                 A = coef.reshape(len(rows), self.K, -1).permute(1, 2, 0)  # [K, BP, n_b]
                 out = out + torch.bmm(A, r_b * V).reshape(out.shape)
         return out
+
+
+def _count(mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """True entries of a bool tensor (over ``dim``): summed as bytes, twice as fast on CPU as
+    ``count_nonzero`` over the strided column blocks of a ``[K, n_src, n_dst]`` removal mask."""
+    as_bytes = mask.view(torch.uint8)
+    return as_bytes.sum(dtype=torch.int64) if dim is None else as_bytes.sum(dim, dtype=torch.int32)
 
 
 def _as_rows(up: slice | torch.Tensor, device) -> torch.Tensor:
