@@ -86,10 +86,12 @@ def _sweep(launcher_args: list[str], sweep_dir: Path, env: dict | None = None, t
 
 
 def _table(sweep_dir: Path, capsys) -> str:
-    """What ``circuitgraph-compare SWEEP --columns ...`` prints."""
+    """What ``circuitgraph-compare SWEEP --columns ...`` prints, below its first line (the folder)."""
     capsys.readouterr()
     assert compare_mod.main([str(sweep_dir), "--columns", COLUMNS]) == 0
-    return capsys.readouterr().out
+    folder, table = capsys.readouterr().out.split("\n", 1)
+    assert folder == str(sweep_dir) and table.count("| ok |") == 4
+    return table
 
 
 def _same_rows(got: list[dict], want: list[dict]) -> None:
@@ -155,8 +157,8 @@ def test_submitit_local_sweep_matches_the_basic_launcher(basic, tmp_path, capsys
 @needs_submitit
 def test_slurm_preset_runs_through_submitits_slurm_executor(basic, tmp_path, capsys):
     """The ``slurm`` preset through the plugin's SlurmLauncher and submitit's SLURM executor, with
-    sbatch, srun and sacct replaced by stand-ins that run the job array here (one task after
-    another) with SLURM's environment variables: what changes on a real cluster is only who runs
+    sbatch, srun and sacct replaced by stand-ins that run the job array here (two tasks at a
+    time) with SLURM's environment variables: what changes on a real cluster is only who runs
     the script."""
     bin_dir = _fake_slurm(tmp_path)
     sweep = tmp_path / "sweep"
@@ -183,7 +185,7 @@ def _fake_slurm(tmp_path: Path) -> Path:
     bin_dir.mkdir()
     scripts = {
         # answers with a job id at once (submitit names the tasks' pickles after it), then runs the
-        # array's tasks in the background, one after another, as SLURM would with their variables
+        # array's tasks in the background, two at a time, as SLURM would with their variables
         "sbatch": """
             import os, re, subprocess, sys
             path = sys.argv[-1]
@@ -194,12 +196,17 @@ def _fake_slurm(tmp_path: Path) -> Path:
             n = int(m.group(1)) + 1 if m else 1
             code = (
                 "import os, subprocess, sys\\n"
+                "running = []\\n"
                 f"for i in range({n}):\\n"
                 "    env = dict(os.environ, SLURM_JOB_ID=str(5000 + i), SLURM_ARRAY_JOB_ID='4242',\\n"
                 "               SLURM_ARRAY_TASK_ID=str(i), SLURM_NTASKS='1', SLURM_JOB_NUM_NODES='1',\\n"
                 "               SLURM_NODEID='0', SLURM_JOB_NODELIST='localhost', SLURM_PROCID='0',\\n"
                 "               SLURM_LOCALID='0')\\n"
-                f"    subprocess.run(['bash', {path!r}], env=env)\\n"
+                f"    running.append(subprocess.Popen(['bash', {path!r}], env=env))\\n"
+                "    if len(running) == 2:\\n"  # two tasks at a time (this machine's cores)
+                "        running.pop(0).wait()\\n"
+                "for p in running:\\n"
+                "    p.wait()\\n"
             )
             subprocess.Popen([sys.executable, "-c", code], start_new_session=True,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
