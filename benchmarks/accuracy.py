@@ -788,8 +788,8 @@ What the figures mean:
   resample reruns EAP-IG and the whole scrubbing search) are stable. Learned masks (0.904 over 25) vary in
   one or two edges at the fixed λ, and every resample's circuit still reaches f ≥ 0.9 on its own
   resample (minimum 0.934). On
-  tracr almost every method is at 1.000. Learned masks are lower on tracr_frac_prevs (0.943), and
-  the † rows are from the previous run (2 resamples for the searching methods, before this
+  tracr almost every method is at 1.000. Learned masks are lower on tracr_frac_prevs (0.943) and
+  tracr_shuffle_dyck / corrupted (0.950 over 25), and the † rows are from the previous run (2 resamples for the searching methods, before this
   session's changes); they were not rerun in time.
 * **Scrubbing-guided pruning under another convention.** Its circuits are chosen by resampling
   ablation (causal scrubbing), so under zero ablation their patching faithfulness is low (the
