@@ -735,14 +735,62 @@ What the figures mean:
   score-function gradient over binary masks, forward passes only) sees the steps; on the induction
   model, whose softmax is not saturated, the relaxed gates work and are 20× cheaper per step
   than 8 binary samples per λ, so the benchmark's `auto` takes hard-concrete there.
-* **Optimal ablation does not give a smaller induction circuit here.** Fitted constants make the
-  empty circuit itself score high on this metric (m(∅) ≈ 13 of the full model's 17.1 logit
-  difference with per-position constants): the answer−wrong difference is largely achievable by an
-  input-independent output, so f ≥ 0.9 asks for 90 % of a much smaller remaining gap, and the
-  circuits need the previous-token head's query and key inputs and input→logits as well (12
-  edges against 5 under mean ablation). With one constant per node (MIB's choice) the
-  embedding's constant also loses the positional signal the previous-token head reads, and small
-  circuits recover nothing. The target of the issue is therefore not met; we report it as measured.
+* **Optimal ablation does not give a smaller induction circuit than mean ablation, under any of
+  the three readings of "the same faithfulness" in the table above, once memorisation is
+  excluded.** The constants were fitted three ways: node by node (each minimising the KL with that
+  node alone ablated, as MIB's `oa.py`), jointly for the empty circuit (the issue's definition),
+  and jointly for each candidate circuit (Li & Janson's evaluation: their repository trains the
+  constants of every circuit it compares, `edge_post_training.py`, and plots KL to the full model
+  against size, `circuit_pareto_plot.py`). Reading (a) divides by m(full) − m(∅), which moves with
+  the ablation; (b) is one yardstick for all; (c) is Li & Janson's Δ at one threshold. Mean
+  ablation's 5-edge circuit (the ground truth plus input→a1.h3.q) meets all three (KL 0.013).
+  What decides it is position. This library's mean is per position, so the embedding's mean keeps
+  the positional embedding that the previous-token head a0.h1 needs. With one constant per node,
+  a0.h1's query and key inputs are the same at every position, so its attention is uniform and it
+  cannot find the previous token: every such circuit must also keep input→a0.h1.q and
+  input→a0.h1.k. The position-averaged mean (OA's starting point, unfitted) then needs 7 edges
+  under (c), and optimal constants refitted per circuit need 7 (node-by-node start) or 8 (joint
+  start): as small as the flat mean, not smaller. With the constants fixed, one-per-node OA needs
+  11–12 edges. Its constants make the ablated parts neutral, so its circuits land at f ≈ 1.0,
+  while mean-ablated small circuits overshoot the model (the 5-edge circuit's logit difference
+  is 23.1 against the model's 17.1, f = 1.363), which a one-sided f ≥ 0.9 rewards.
+  Per-position optimal constants memorise the examples. The read position differs between
+  examples, so a constant per position can encode each example's answer. Fitted jointly for ∅ on
+  all 64 examples they give m(∅) = 13.6 of 17.1 (fitted on one half: 18.0 on that half, 0.27 on
+  the other). Under (a) that leaves a small denominator and 12 edges. Refitted per circuit
+  (`python benchmarks/optimal_ablation_heldout.py`), they reach KL ≤ 0.902 in-sample with 4
+  edges (mean ablation's circuit without input→a1.h3.v: KL 0.179 on all examples, 0.016 on the
+  fitting half), the "smaller circuit" of the target. On the held-out half, though, that circuit's
+  KL is 15.2, worse than the empty circuit's, and every 4- and 5-edge circuit is at 12.1–15.2. It
+  is a lookup table in the constants, not a smaller mechanism. With 64 examples we therefore do not
+  count it. Caveat on "optimal": the fits are 100 Adam steps on 8-example minibatches from the
+  mean. Refitted for the 5-edge circuit, per-position constants ended at KL 0.532 although they
+  started at 0.013 (the mean), so the fitted figures are upper bounds on the optimum, not the
+  optimum. The position argument does not depend on the fit. The issue's target (a smaller circuit at
+  the same faithfulness) is not met on this model; we report it as measured.
+* **What makes 100 bootstraps affordable, and where fewer were done.** Score methods recompute
+  their scores per resample (exact: one patched run per example, reweighted). Learned masks train
+  all resamples of a block (25) as one batch of masks, each resample weighting the examples by its
+  multiplicities, at the λ (or top-n size) chosen on the whole task: on tracr_hist / corrupted
+  (λ = 0.1, 200 steps, sampled gates) 25 resamples took 43 s batched against 157 s as one run
+  each, with identical circuits (25 of 25; `python benchmarks/bootstrap_batching.py tracr_hist
+  corrupted 0.1 25`, both halves back to back on the loaded machine).
+  Where the whole task's learned circuit came from the ranking's top-n, every resample trains the
+  whole λ sweep (6× the masks). ACDC and scrubbing run once per resample. On this shared 2-core
+  machine (load average 5–7 from other engineers' benchmarks during the run) every searching method
+  ran under a time limit per row (`--boot-time`, after which no further resample or block starts),
+  so rows whose bracket shows fewer than 100 are the resamples done within it; their Jaccard is an
+  estimate from that many circuits, and the number is honest rather than the target.
+* **What the Jaccard figures say.** On induction, EAP-IG's pruned top-5 is the least stable
+  circuit (0.772 over 100 resamples): the AND of key and value (see issue 3's notes) makes its
+  ranking of the fourth and fifth edges depend on the examples. Exact scores (1.000 over 100),
+  ACDC (0.976 over the 17 resamples its time limit allowed) and scrubbing (1.000 over 4; each
+  resample reruns EAP-IG and the whole scrubbing search) are stable. Learned masks (0.904 over 25) vary in
+  one or two edges at the fixed λ, and every resample's circuit still reaches f ≥ 0.9 on its own
+  resample (minimum 0.934). On
+  tracr almost every method is at 1.000. Learned masks are lower on tracr_frac_prevs (0.943) and
+  tracr_shuffle_dyck / corrupted (0.950 over 25), and the † rows are from the previous run (2 resamples for the searching methods, before this
+  session's changes); they were not rerun in time.
 * **Scrubbing-guided pruning under another convention.** Its circuits are chosen by resampling
   ablation (causal scrubbing), so under zero ablation their patching faithfulness is low (the
   tracr rows) and their AUC is against a ground truth of another convention. On induction it
