@@ -18,7 +18,7 @@ view for small graphs.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -243,27 +243,28 @@ class EdgeBlocks:
 
     def gather(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         """Values at edges ``(rows[i], cols[i])`` (which must be edges of the graph)."""
-        lay = self.layout
         out = torch.zeros((*self.batch, len(rows)), dtype=self.dtype, device=self.device)
-        rows, cols = rows.to(self.device), cols.to(self.device)
-        which = lay.groups_of_columns(cols)
-        for i, g in enumerate(lay.names):
-            sel = (which == i).nonzero()[:, 0]
-            if len(sel):
-                r = lay.local_rows(g, rows[sel])
-                out[..., sel] = self.blocks[g][..., r, cols[sel] - lay.cols[g].start]
+        for g, sel, r, c in self._by_group(rows, cols):
+            out[..., sel] = self.blocks[g][..., r, c]
         return out
 
     def put(self, rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor) -> None:
         """Set the values at edges ``(rows[i], cols[i])``."""
+        for g, sel, r, c in self._by_group(rows, cols):
+            self.blocks[g][..., r, c] = values[..., sel].to(self.dtype)
+
+    def _by_group(
+        self, rows: torch.Tensor, cols: torch.Tensor
+    ) -> Iterator[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Per destination group holding some of the edges ``(rows[i], cols[i])``: its name, the
+        edges' positions ``i``, and their rows and columns within its block."""
         lay = self.layout
         rows, cols = rows.to(self.device), cols.to(self.device)
         which = lay.groups_of_columns(cols)
         for i, g in enumerate(lay.names):
             sel = (which == i).nonzero()[:, 0]
             if len(sel):
-                r = lay.local_rows(g, rows[sel])
-                self.blocks[g][..., r, cols[sel] - lay.cols[g].start] = values[..., sel].to(self.dtype)
+                yield g, sel, lay.local_rows(g, rows[sel]), cols[sel] - lay.cols[g].start
 
     def __getitem__(self, idx: Any) -> Any:
         """What the engine indexes a dense edge tensor with: a batch index or slice (``m[2:4]``),
