@@ -20,6 +20,7 @@ from circuitgraph.attribution import attribute
 from circuitgraph.engine import Ablation, source_activations
 from circuitgraph.engine.patching import patched_logits, tiled
 from circuitgraph.graph import parse_node
+from circuitgraph.models.sae import SAE
 
 
 def _activations(model, graph, task):
@@ -272,3 +273,14 @@ def exact_error(model, graph, task, per_kind: int = 2) -> float:
         worst, live = max(worst, abs(float(exact[graph.src(s), graph.dst(d)]) - ref)), live + (abs(ref) > 1e-8)
     assert live > len(edges) // 4  # a real check, not zeros against zeros
     return worst
+
+
+def random_sae(hook: str, d: int = 16, d_sae: int = 24, seed: int = 0, hook_out: str | None = None) -> SAE:
+    """A float64 SAE (a transcoder when ``hook_out`` is given) with random weights: small enough
+    that features fire on random prompts, seeded so that tests can rebuild it."""
+    g = torch.Generator().manual_seed(seed)
+    sae = SAE(d, d_sae, hook, dtype=torch.float64, hook_name_out=hook_out, apply_b_dec_to_input=hook_out is None)
+    with torch.no_grad():
+        for p, scale in ((sae.W_enc, 0.25), (sae.W_dec, 0.25), (sae.b_enc, 0.1), (sae.b_dec, 0.1)):
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) * scale)
+    return sae

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from checks import random_sae
 from conftest import tiny_model, tiny_task
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
@@ -16,7 +17,7 @@ from circuitgraph.engine.evaluator import CircuitEvaluator
 from circuitgraph.engine.patching import patched_logits
 from circuitgraph.errors import ConfigError, GraphError
 from circuitgraph.graph.blocks import EdgeBlocks, layout_of
-from circuitgraph.sae import SAE, feature_graph, zoo_saes
+from circuitgraph.sae import feature_graph, zoo_saes
 from circuitgraph.tasks import Task
 
 
@@ -194,17 +195,6 @@ def test_auto_layout_follows_the_size(entry):
         assert g.uses_blocks
 
 
-def _random_sae(hook: str, d: int, d_sae: int, seed: int) -> SAE:
-    g = torch.Generator().manual_seed(seed)
-    sae = SAE(d, d_sae, hook, dtype=torch.float64)
-    with torch.no_grad():
-        sae.W_enc.copy_(torch.randn(d, d_sae, generator=g, dtype=torch.float64) / 4)
-        sae.W_dec.copy_(torch.randn(d_sae, d, generator=g, dtype=torch.float64) / 4)
-        sae.b_enc.copy_(torch.randn(d_sae, generator=g, dtype=torch.float64) * 0.1)
-        sae.b_dec.copy_(torch.randn(d, generator=g, dtype=torch.float64) * 0.1)
-    return sae
-
-
 def test_block_masks_patch_exactly_on_every_site_kind():
     """float64, SAEs at five site kinds (one group's upstream rows not contiguous): with block
     masks the full circuit is the clean run, the empty one the corrupted run, and a random mask
@@ -230,7 +220,7 @@ def test_block_masks_patch_exactly_on_every_site_kind():
         "blocks.1.hook_attn_out",
         "blocks.1.hook_resid_mid",
     ]
-    saes = [_random_sae(h, 16, 24, seed=i) for i, h in enumerate(hooks)]
+    saes = [random_sae(h, 16, 24, seed=i) for i, h in enumerate(hooks)]
     g = torch.Generator().manual_seed(1)
     clean, corrupted = torch.randint(0, 20, (4, 6), generator=g), torch.randint(0, 20, (4, 6), generator=g)
     task = Task(clean=clean, corrupted=corrupted, answer=clean[:, 0], wrong=corrupted[:, 0])
@@ -346,17 +336,16 @@ def test_blocks_on_transcoders_and_post_norms(name):
     """A parallel and a post-norm model (float64) with residual, attention-output and transcoder
     sites, and a neuron graph of each: block scores equal dense scores, and block masks patch
     like dense ones (full = clean run, empty = corrupted run)."""
-    from test_families import _random_sae as family_sae
     from test_families import family_model
 
     model = family_model(name)
     task = tiny_task(model, n=4, seq=6)
     d = model.cfg.d_model
     saes = [
-        family_sae("blocks.0.hook_resid_pre", d, 24, 0),
-        family_sae("blocks.0.hook_attn_out", d, 24, 1),
-        family_sae("blocks.1.hook_resid_pre", d, 24, 2),
-        family_sae("blocks.1.ln2.hook_normalized", d, 24, 3, hook_out="blocks.1.hook_mlp_out"),
+        random_sae("blocks.0.hook_resid_pre", d, 24, 0),
+        random_sae("blocks.0.hook_attn_out", d, 24, 1),
+        random_sae("blocks.1.hook_resid_pre", d, 24, 2),
+        random_sae("blocks.1.ln2.hook_normalized", d, 24, 3, hook_out="blocks.1.hook_mlp_out"),
     ]
     features = {s.hook_name: range(0, 24, 2) for s in saes}
     for build in (

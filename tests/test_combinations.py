@@ -5,7 +5,7 @@ run, the empty circuit the corrupted run, and EAP equals the derivative of the p
 
 import pytest
 import torch
-from checks import edge_fd_error, full_and_empty
+from checks import edge_fd_error, full_and_empty, random_sae
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from circuitgraph.engine import Ablation
@@ -40,17 +40,6 @@ def task_for(model, n: int = 4, seq: int = 5, seed: int = 1) -> Task:
     V = model.cfg.d_vocab
     clean, corrupted = torch.randint(0, V, (n, seq), generator=g), torch.randint(0, V, (n, seq), generator=g)
     return Task(clean=clean, corrupted=corrupted, answer=clean[:, 0], wrong=corrupted[:, 0])
-
-
-def random_sae(hook: str, d: int = 16, d_sae: int = 24, seed: int = 0) -> SAE:
-    g = torch.Generator().manual_seed(seed)
-    sae = SAE(d, d_sae, hook, dtype=torch.float64)
-    with torch.no_grad():
-        sae.W_enc.copy_(torch.randn(d, d_sae, generator=g, dtype=torch.float64) / 4)
-        sae.W_dec.copy_(torch.randn(d_sae, d, generator=g, dtype=torch.float64) / 4)
-        sae.b_enc.copy_(torch.randn(d_sae, generator=g, dtype=torch.float64) * 0.1)
-        sae.b_dec.copy_(torch.randn(d, generator=g, dtype=torch.float64) * 0.1)
-    return sae
 
 
 # ------------------------------------------------------------------ the last layer's resid_post

@@ -12,7 +12,7 @@ head level and with neurons (a subset plus ``rest``):
 
 import pytest
 import torch
-from checks import edge_fd_error, exact_error, full_and_empty, single_edge_reference, source_fd_error
+from checks import edge_fd_error, exact_error, full_and_empty, random_sae, single_edge_reference, source_fd_error
 from conftest import tiny_model, tiny_task
 
 import circuitgraph as cg
@@ -23,7 +23,6 @@ from circuitgraph.errors import CircuitGraphError, HypothesisError
 from circuitgraph.graph import Graph, PositionalGraph
 from circuitgraph.hypothesis import Hypothesis, scrub
 from circuitgraph.models.backend import config_hash
-from circuitgraph.sae import SAE
 
 torch.set_num_threads(1)
 
@@ -198,15 +197,6 @@ def test_position_resolved_graphs_behind_post_norms():
     torch.testing.assert_close(pg.diagonal(per_position).sum(-1), base, rtol=1e-5, atol=1e-7)
 
 
-def _random_sae(hook: str, d: int, d_sae: int, seed: int, hook_out: str | None = None) -> SAE:
-    g = torch.Generator().manual_seed(seed)
-    sae = SAE(d, d_sae, hook, dtype=torch.float64, hook_name_out=hook_out, apply_b_dec_to_input=hook_out is None)
-    with torch.no_grad():
-        for p, scale in ((sae.W_enc, 0.25), (sae.W_dec, 0.25), (sae.b_enc, 0.1), (sae.b_dec, 0.1)):
-            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) * scale)
-    return sae
-
-
 @pytest.mark.parametrize("name", ["gpt-neox", "gemma-2"])
 def test_sae_sites_and_transcoders(name):
     """Residual and attention-output SAEs and a transcoder on a parallel and a post-norm model:
@@ -216,10 +206,10 @@ def test_sae_sites_and_transcoders(name):
     task = tiny_task(model, n=4, seq=6)
     d = model.cfg.d_model
     saes = [
-        _random_sae("blocks.0.hook_resid_pre", d, 24, 0),
-        _random_sae("blocks.0.hook_attn_out", d, 24, 1),
-        _random_sae("blocks.1.hook_resid_pre", d, 24, 2),
-        _random_sae("blocks.1.ln2.hook_normalized", d, 24, 3, hook_out="blocks.1.hook_mlp_out"),
+        random_sae("blocks.0.hook_resid_pre", d, 24, 0),
+        random_sae("blocks.0.hook_attn_out", d, 24, 1),
+        random_sae("blocks.1.hook_resid_pre", d, 24, 2),
+        random_sae("blocks.1.ln2.hook_normalized", d, 24, 3, hook_out="blocks.1.hook_mlp_out"),
     ]
     graph = Graph.from_model(model, saes=saes, features={s.hook_name: range(0, 24, 2) for s in saes})
     assert max(full_and_empty(model, graph, task)) < 1e-6

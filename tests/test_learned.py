@@ -136,7 +136,7 @@ def test_restrict_and_bad_options():
 def test_relaxed_forward_and_gradient_with_sae_sites():
     """Every site kind (features kept low-rank, rest and err nodes): the relaxed mask is clean at
     one and corrupted at zero, and a gate's gradient matches a central difference in float64."""
-    from test_sae_graph import _random_sae
+    from checks import random_sae
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
     from circuitgraph import Task
@@ -147,7 +147,7 @@ def test_relaxed_forward_and_gradient_with_sae_sites():
     )  # fmt: skip
     model = HookedTransformer(cfg)
     hooks = ["blocks.0.hook_resid_pre", "blocks.0.hook_mlp_out", "blocks.1.hook_attn_out", "blocks.1.hook_resid_mid"]
-    saes = [_random_sae(h, 16, 24, seed=i) for i, h in enumerate(hooks)]
+    saes = [random_sae(h, 16, 24, seed=i) for i, h in enumerate(hooks)]
     g = torch.Generator().manual_seed(1)
     clean, corrupted = torch.randint(0, 20, (3, 6), generator=g), torch.randint(0, 20, (3, 6), generator=g)
     task = Task(clean=clean, corrupted=corrupted, answer=clean[:, 0], wrong=corrupted[:, 0])

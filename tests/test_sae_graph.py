@@ -4,7 +4,7 @@ and the bad inputs a user will hit."""
 
 import pytest
 import torch
-from checks import edge_fd_error
+from checks import edge_fd_error, random_sae
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from circuitgraph import zoo
@@ -172,17 +172,6 @@ def test_eap_sums_match_the_plain_graph(entry, task, graph):
         )
 
 
-def _random_sae(hook: str, d: int, d_sae: int, seed: int) -> SAE:
-    g = torch.Generator().manual_seed(seed)
-    sae = SAE(d, d_sae, hook, dtype=torch.float64)
-    with torch.no_grad():
-        sae.W_enc.copy_(torch.randn(d, d_sae, generator=g, dtype=torch.float64) / 4)
-        sae.W_dec.copy_(torch.randn(d_sae, d, generator=g, dtype=torch.float64) / 4)
-        sae.b_enc.copy_(torch.randn(d_sae, generator=g, dtype=torch.float64) * 0.1)
-        sae.b_dec.copy_(torch.randn(d, generator=g, dtype=torch.float64) * 0.1)
-    return sae
-
-
 def test_eap_equals_patching_derivative_on_every_site_kind():
     """Random LN model with GELU MLPs, SAEs at all five site kinds (some features left to ``rest``),
     float64: EAP edge scores equal d/dε of the patched metric."""
@@ -207,7 +196,7 @@ def test_eap_equals_patching_derivative_on_every_site_kind():
         "blocks.1.hook_attn_out",
         "blocks.1.hook_resid_mid",
     ]
-    saes = [_random_sae(h, 16, 24, seed=i) for i, h in enumerate(hooks)]
+    saes = [random_sae(h, 16, 24, seed=i) for i, h in enumerate(hooks)]
     g = torch.Generator().manual_seed(1)
     clean, corrupted = torch.randint(0, 20, (4, 6), generator=g), torch.randint(0, 20, (4, 6), generator=g)
     task = Task(clean=clean, corrupted=corrupted, answer=clean[:, 0], wrong=corrupted[:, 0])
@@ -343,7 +332,7 @@ def test_sae_circuits_save_export_and_refuse_what_they_cannot_be(entry, saes, ta
 
 def _transcoder(layer: int, reads: str, seed: int) -> SAE:
     """A random transcoder from layer ``layer``'s MLP input (``reads``) to its output."""
-    sae = _random_sae(f"blocks.{layer}.{reads}", 16, 24, seed)
+    sae = random_sae(f"blocks.{layer}.{reads}", 16, 24, seed)
     tc = SAE(
         16,
         24,
@@ -382,7 +371,7 @@ def test_transcoders_replace_mlps_exactly(tmp_path):
         model.blocks[0].ln2.w.copy_(1 + 0.5 * torch.randn(16, generator=g, dtype=torch.float64))
         model.blocks[0].ln2.b.copy_(0.5 * torch.randn(16, generator=g, dtype=torch.float64))
     tcs = [_transcoder(0, "ln2.hook_normalized", 5), _transcoder(1, "hook_mlp_in", 6)]
-    saes = tcs + [_random_sae("blocks.1.hook_resid_pre", 16, 24, 7)]
+    saes = tcs + [random_sae("blocks.1.hook_resid_pre", 16, 24, 7)]
     g = torch.Generator().manual_seed(1)
     clean, corrupted = torch.randint(0, 20, (4, 6), generator=g), torch.randint(0, 20, (4, 6), generator=g)
     task = Task(clean=clean, corrupted=corrupted, answer=clean[:, 0], wrong=corrupted[:, 0])
