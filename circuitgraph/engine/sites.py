@@ -326,12 +326,3 @@ def _sae_patch_hook(graph: Graph, site: Site, removed: Any, deltas):
         return sp.finish(site.name, acts, rest, sp.error(x_err, x_err), x.shape, x.dtype)
 
     return site.hook_name, hook
-
-
-def feature_rows(graph: Graph) -> torch.Tensor:
-    """``[n_src]`` bool: the rows that are SAE features (a site's first rows)."""
-    out = torch.zeros(graph.n_src, dtype=torch.bool)
-    for site in graph.sites:
-        start = graph.src_slices()[site.name].start
-        out[start : start + len(site.features)] = True
-    return out

@@ -58,9 +58,10 @@ class SourceDeltas:
 
 @dataclass
 class CompactSources:
-    """Source activations of a graph with SAE sites, features kept as coefficients: ``dense``
-    ``[n_dense, B, P, d]`` for every other row (in graph order; see :func:`feature_rows`) and
-    ``coefs`` ``{site: [n_features, B, P]}`` (each feature writes coef · W_dec[i]). What a patched
+    """Source activations with SAE features and neurons kept as coefficients: ``dense``
+    ``[n_dense, B, P, d]`` for every other row (in graph order; see
+    :func:`~circuitgraph.engine.sources.coefficient_blocks`) and ``coefs`` ``{group: [n, B, P]}``
+    (each feature writes coef · W_dec[i], each neuron post · W_out[i]). What a patched
     forward needs of the ablated run, at a fraction of ``[n_src, B, P, d]``."""
 
     dense: torch.Tensor
