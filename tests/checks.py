@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from circuitgraph.attribution import attribute
@@ -284,3 +286,25 @@ def random_sae(hook: str, d: int = 16, d_sae: int = 24, seed: int = 0, hook_out:
         for p, scale in ((sae.W_enc, 0.25), (sae.W_dec, 0.25), (sae.b_enc, 0.1), (sae.b_dec, 0.1)):
             p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) * scale)
     return sae
+
+
+def model64(seed: int = 0, **overrides) -> Any:
+    """A random 2-layer LN model with GELU MLPs in float64 (``overrides``: other config fields)."""
+    # (imported here: transformer-lens 4.x, whose bridge tests import this module, has no HookedTransformer)
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    cfg = dict(
+        n_layers=2,
+        d_model=16,
+        n_heads=2,
+        d_head=8,
+        d_mlp=32,
+        d_vocab=20,
+        n_ctx=8,
+        act_fn="gelu",
+        normalization_type="LN",
+        dtype=torch.float64,
+        seed=seed,
+    )
+    cfg.update(overrides)
+    return HookedTransformer(HookedTransformerConfig(**cfg))

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from checks import random_sae
+from checks import model64, random_sae
 from conftest import tiny_model, tiny_task
-from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 import circuitgraph as cg
 from circuitgraph import zoo
@@ -199,20 +198,7 @@ def test_block_masks_patch_exactly_on_every_site_kind():
     """float64, SAEs at five site kinds (one group's upstream rows not contiguous): with block
     masks the full circuit is the clean run, the empty one the corrupted run, and a random mask
     gives the dense mask's logits."""
-    cfg = HookedTransformerConfig(
-        n_layers=2,
-        d_model=16,
-        n_heads=2,
-        d_head=8,
-        d_mlp=32,
-        d_vocab=20,
-        n_ctx=8,
-        act_fn="gelu",
-        normalization_type="LN",
-        dtype=torch.float64,
-        seed=0,
-    )
-    model = HookedTransformer(cfg)
+    model = model64()
     hooks = [
         "blocks.0.hook_resid_pre",
         "blocks.0.hook_mlp_out",

@@ -5,8 +5,7 @@ run, the empty circuit the corrupted run, and EAP equals the derivative of the p
 
 import pytest
 import torch
-from checks import edge_fd_error, full_and_empty, random_sae
-from transformer_lens import HookedTransformer, HookedTransformerConfig
+from checks import edge_fd_error, full_and_empty, model64, random_sae
 
 from circuitgraph.engine import Ablation
 from circuitgraph.engine.patching import patched_logits
@@ -15,24 +14,6 @@ from circuitgraph.models.sae import SAE
 from circuitgraph.tasks import Task
 
 torch.set_num_threads(1)
-
-
-def model64(seed: int = 0, **overrides) -> HookedTransformer:
-    cfg = dict(
-        n_layers=2,
-        d_model=16,
-        n_heads=2,
-        d_head=8,
-        d_mlp=32,
-        d_vocab=20,
-        n_ctx=8,
-        act_fn="gelu",
-        normalization_type="LN",
-        dtype=torch.float64,
-        seed=seed,
-    )
-    cfg.update(overrides)
-    return HookedTransformer(HookedTransformerConfig(**cfg))
 
 
 def task_for(model, n: int = 4, seq: int = 5, seed: int = 1) -> Task:

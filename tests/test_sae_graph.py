@@ -4,7 +4,7 @@ and the bad inputs a user will hit."""
 
 import pytest
 import torch
-from checks import edge_fd_error, random_sae
+from checks import edge_fd_error, model64, random_sae
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from circuitgraph import zoo
@@ -175,20 +175,7 @@ def test_eap_sums_match_the_plain_graph(entry, task, graph):
 def test_eap_equals_patching_derivative_on_every_site_kind():
     """Random LN model with GELU MLPs, SAEs at all five site kinds (some features left to ``rest``),
     float64: EAP edge scores equal d/dε of the patched metric."""
-    cfg = HookedTransformerConfig(
-        n_layers=2,
-        d_model=16,
-        n_heads=2,
-        d_head=8,
-        d_mlp=32,
-        d_vocab=20,
-        n_ctx=8,
-        act_fn="gelu",
-        normalization_type="LN",
-        dtype=torch.float64,
-        seed=0,
-    )
-    model = HookedTransformer(cfg)
+    model = model64()
     hooks = [
         "blocks.0.hook_resid_pre",
         "blocks.0.hook_mlp_out",
@@ -352,20 +339,7 @@ def test_transcoders_replace_mlps_exactly(tmp_path):
     from circuitgraph.models.backend import hook_flags
     from circuitgraph.sae import load_sae, save_sae
 
-    cfg = HookedTransformerConfig(
-        n_layers=2,
-        d_model=16,
-        n_heads=2,
-        d_head=8,
-        d_mlp=32,
-        d_vocab=20,
-        n_ctx=8,
-        act_fn="gelu",
-        normalization_type="LN",
-        dtype=torch.float64,
-        seed=0,
-    )
-    model = HookedTransformer(cfg)
+    model = model64()
     g = torch.Generator().manual_seed(2)
     with torch.no_grad():  # an unfolded ln2: hook_normalized (what the transcoder reads) is before w, b
         model.blocks[0].ln2.w.copy_(1 + 0.5 * torch.randn(16, generator=g, dtype=torch.float64))
