@@ -23,6 +23,7 @@ from circuitgraph.engine import Ablation, source_activations
 from circuitgraph.engine.patching import patched_logits, tiled
 from circuitgraph.graph import parse_node
 from circuitgraph.models.sae import SAE
+from circuitgraph.tasks import Task
 
 
 def _activations(model, graph, task):
@@ -308,3 +309,20 @@ def model64(seed: int = 0, **overrides) -> Any:
     )
     cfg.update(overrides)
     return HookedTransformer(HookedTransformerConfig(**cfg))
+
+
+def five_site_case() -> tuple[Any, list[str], list[SAE], Task]:
+    """:func:`model64` with a random SAE at each of the five site kinds (resid_pre, mlp_out,
+    resid_post, attn_out, resid_mid; one group's upstream rows then not contiguous) and a random
+    task: ``(model, hooks, saes, task)``."""
+    hooks = [
+        "blocks.0.hook_resid_pre",
+        "blocks.0.hook_mlp_out",
+        "blocks.0.hook_resid_post",
+        "blocks.1.hook_attn_out",
+        "blocks.1.hook_resid_mid",
+    ]
+    saes = [random_sae(h, 16, 24, seed=i) for i, h in enumerate(hooks)]
+    g = torch.Generator().manual_seed(1)
+    clean, corrupted = torch.randint(0, 20, (4, 6), generator=g), torch.randint(0, 20, (4, 6), generator=g)
+    return model64(), hooks, saes, Task(clean=clean, corrupted=corrupted, answer=clean[:, 0], wrong=corrupted[:, 0])

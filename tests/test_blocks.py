@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from checks import model64, random_sae
+from checks import five_site_case, random_sae
 from conftest import tiny_model, tiny_task
 
 import circuitgraph as cg
@@ -17,7 +17,6 @@ from circuitgraph.engine.patching import patched_logits
 from circuitgraph.errors import ConfigError, GraphError
 from circuitgraph.graph.blocks import EdgeBlocks, layout_of
 from circuitgraph.sae import feature_graph, zoo_saes
-from circuitgraph.tasks import Task
 
 
 @pytest.fixture(scope="module")
@@ -198,18 +197,9 @@ def test_block_masks_patch_exactly_on_every_site_kind():
     """float64, SAEs at five site kinds (one group's upstream rows not contiguous): with block
     masks the full circuit is the clean run, the empty one the corrupted run, and a random mask
     gives the dense mask's logits."""
-    model = model64()
-    hooks = [
-        "blocks.0.hook_resid_pre",
-        "blocks.0.hook_mlp_out",
-        "blocks.0.hook_resid_post",
-        "blocks.1.hook_attn_out",
-        "blocks.1.hook_resid_mid",
-    ]
-    saes = [random_sae(h, 16, 24, seed=i) for i, h in enumerate(hooks)]
-    g = torch.Generator().manual_seed(1)
-    clean, corrupted = torch.randint(0, 20, (4, 6), generator=g), torch.randint(0, 20, (4, 6), generator=g)
-    task = Task(clean=clean, corrupted=corrupted, answer=clean[:, 0], wrong=corrupted[:, 0])
+    model, hooks, saes, task = five_site_case()
+    clean, corrupted = task.clean, task.corrupted
+    g = torch.Generator().manual_seed(2)  # random masks
     graph = cg.Graph.from_model(model, saes=saes, features={h: range(0, 24, 2) for h in hooks})
     graph.edge_layout = "blocks"
     assert isinstance(graph.upstream("resid_mid1"), torch.Tensor)

@@ -4,8 +4,7 @@ and the bad inputs a user will hit."""
 
 import pytest
 import torch
-from checks import edge_fd_error, model64, random_sae
-from transformer_lens import HookedTransformer, HookedTransformerConfig
+from checks import edge_fd_error, five_site_case, model64, random_sae
 
 from circuitgraph import zoo
 from circuitgraph.attribution import attribute
@@ -175,18 +174,8 @@ def test_eap_sums_match_the_plain_graph(entry, task, graph):
 def test_eap_equals_patching_derivative_on_every_site_kind():
     """Random LN model with GELU MLPs, SAEs at all five site kinds (some features left to ``rest``),
     float64: EAP edge scores equal d/dε of the patched metric."""
-    model = model64()
-    hooks = [
-        "blocks.0.hook_resid_pre",
-        "blocks.0.hook_mlp_out",
-        "blocks.0.hook_resid_post",
-        "blocks.1.hook_attn_out",
-        "blocks.1.hook_resid_mid",
-    ]
-    saes = [random_sae(h, 16, 24, seed=i) for i, h in enumerate(hooks)]
-    g = torch.Generator().manual_seed(1)
-    clean, corrupted = torch.randint(0, 20, (4, 6), generator=g), torch.randint(0, 20, (4, 6), generator=g)
-    task = Task(clean=clean, corrupted=corrupted, answer=clean[:, 0], wrong=corrupted[:, 0])
+    model, hooks, saes, task = five_site_case()
+    clean, corrupted = task.clean, task.corrupted
     graph = Graph.from_model(model, saes=saes, features={h: range(0, 24, 2) for h in hooks})
     assert isinstance(graph.upstream("resid_mid1"), torch.Tensor)  # non-contiguous: skips the heads attn_out1 hides
     assert (run(model, graph, task, graph.valid) - model(clean)).abs().max() < 1e-10
@@ -376,19 +365,7 @@ def test_transcoders_replace_mlps_exactly(tmp_path):
 
 
 def test_bad_transcoders():
-    cfg = HookedTransformerConfig(
-        n_layers=2,
-        d_model=16,
-        n_heads=2,
-        d_head=8,
-        d_mlp=32,
-        d_vocab=20,
-        n_ctx=8,
-        act_fn="gelu",
-        normalization_type="LN",
-        seed=0,
-    )
-    model = HookedTransformer(cfg)
+    model = model64(dtype=torch.float32)
     with pytest.raises(ValueError, match="apply_b_dec_to_input must be false"):
         SAE(16, 8, "blocks.0.ln2.hook_normalized", hook_name_out="blocks.0.hook_mlp_out")
     wrong_layer = SAE(
