@@ -103,6 +103,15 @@ def peak_gb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 2)
 
 
+def phase(name: str, **figures) -> None:
+    """One line per finished phase on stderr, so a long run shows its figures before it ends."""
+    print(
+        f"[{time.strftime('%H:%M:%S')}] {name}: " + " ".join(f"{k}={v}" for k, v in figures.items()),
+        file=sys.stderr,
+        flush=True,
+    )
+
+
 def run_one(
     granularity: str,
     features: str,
@@ -160,6 +169,7 @@ def run_one(
     build_s = time.perf_counter() - t0
     graph.edge_layout = layout
     peaks = {"peak_build_gb": peak_gb()}
+    phase("build", build_s=round(build_s, 2), sources=graph.n_src, edges=graph.n_edges, peak_gb=peaks["peak_build_gb"])
     t0 = time.perf_counter()
     scores = cg.attribute(
         model,
@@ -174,6 +184,7 @@ def run_one(
         torch.cuda.synchronize()
     eap_s = time.perf_counter() - t0
     peaks["peak_eap_gb"] = peak_gb()
+    phase("eap", eap_s=round(eap_s, 2), peak_gb=peaks["peak_eap_gb"])
     t0 = time.perf_counter()
     selected = cg.prune(graph, cg.top_n(graph, 1000))  # (selection alone: no patched run)
     select = {"top1000_prune_s": round(time.perf_counter() - t0, 2)}
@@ -185,6 +196,7 @@ def run_one(
         faith = cg.faithfulness(model, graph, task, cg.top_n(graph, 1000), memory_budget=budget)
         patched = {"patch_s": round(time.perf_counter() - t0, 2), "top1000_faithfulness": round(faith, 4)}
         peaks["peak_patch_gb"] = peak_gb()
+        phase("patch", **patched, peak_gb=peaks["peak_patch_gb"])
     if minimal:
         t0 = time.perf_counter()
         c = cg.minimal_circuit(model, graph, task, target=target, grid=grid, memory_budget=budget)
@@ -197,6 +209,9 @@ def run_one(
         )
         del c
         peaks["peak_minimal_gb"] = peak_gb()
+        phase(
+            "minimal", **{k: v for k, v in patched.items() if k.startswith("minimal")}, peak_gb=peaks["peak_minimal_gb"]
+        )
     if curve:
         from circuitgraph.evaluation.faithfulness import MIB_SCRIPT_PERCENTS
 
@@ -209,6 +224,9 @@ def run_one(
             cmd=round(fc.cmd, 4),
         )
         peaks["peak_curve_gb"] = peak_gb()
+        phase(
+            "curve", curve_s=patched["curve_s"], cpr=patched["cpr"], cmd=patched["cmd"], peak_gb=peaks["peak_curve_gb"]
+        )
     if probe:  # one patched forward per circuit size (the evaluator built once, its ablations cached)
         run = CircuitEvaluator(model, graph, task, memory_budget=budget)
         times = {}
@@ -217,6 +235,7 @@ def run_one(
             t0 = time.perf_counter()
             run(mask[None])
             times[n] = round(time.perf_counter() - t0, 2)
+            phase(f"probe {n}", probe_s=times[n], peak_gb=peak_gb())
             del mask
         patched["probe_s"] = "/".join(f"{n}:{t}" for n, t in times.items())
         peaks["peak_probe_gb"] = peak_gb()
@@ -362,10 +381,13 @@ def main() -> None:
     common += ["--eap-batch", str(args.eap_batch)] if args.eap_batch else []
     for gran, features in [(g, f) for g in args.granularity for f in (args.features if g == "sae" else [None])]:
         extra = ["--features", features] if features else []
-        out = subprocess.run([sys.executable, __file__, "--one", gran, *extra, *common], capture_output=True, text=True)
+        # stderr passes through: the phase lines and any traceback show as the run goes
+        out = subprocess.run(
+            [sys.executable, __file__, "--one", gran, *extra, *common], stdout=subprocess.PIPE, text=True
+        )
         if out.returncode:
             label = f"granularity={gran}" + (f" features={features}" if features else "")
-            print(f"{label} FAILED (exit {out.returncode})\n{out.stderr[-4000:]}")
+            print(f"{label} FAILED (exit {out.returncode}; its traceback is above)")
             continue
         r = json.loads(out.stdout.strip().splitlines()[-1])
         print(" ".join(f"{k}={v}" for k, v in r.items()), flush=True)

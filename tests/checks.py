@@ -326,3 +326,16 @@ def five_site_case() -> tuple[Any, list[str], list[SAE], Task]:
     g = torch.Generator().manual_seed(1)
     clean, corrupted = torch.randint(0, 20, (4, 6), generator=g), torch.randint(0, 20, (4, 6), generator=g)
     return model64(), hooks, saes, Task(clean=clean, corrupted=corrupted, answer=clean[:, 0], wrong=corrupted[:, 0])
+
+
+def random_masks(g, seed: int = 0) -> torch.Tensor:
+    """Masks for every route of a patched forward's removal sums: a small circuit and a nearly
+    full one (few exceptions: shared inputs and sparse sums), half the edges (the direct sums),
+    whole reader columns removed or kept with a few exceptions, and a relaxed (float) mask."""
+    gen = torch.Generator().manual_seed(seed)
+    u = torch.rand((4, *g.valid.shape), generator=gen, dtype=torch.float64)
+    cols = torch.rand(g.n_dst, generator=gen) < 0.5  # columns losing every edge but a few
+    masks = [u[0] < 0.03, u[1] < 0.97, u[2] < 0.5, ~cols[None, :] ^ (u[3] < 0.03)]
+    masks = [m & g.valid for m in masks]
+    relaxed = torch.rand(g.valid.shape, generator=gen, dtype=torch.float64) * g.valid
+    return torch.stack([m.double() for m in masks] + [relaxed])

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from checks import random_masks
 from conftest import tiny_model, tiny_task
 
 import circuitgraph as cg
@@ -51,19 +52,6 @@ def test_neuron_patching_full_and_empty(neurons):
     assert (patched_logits(model, g, task, abl, torch.zeros_like(g.valid)) - model(task.corrupted)).abs().max() < 1e-4
 
 
-def _random_masks(g, seed: int = 0) -> torch.Tensor:
-    """Masks for every route of a patched forward's removal sums: a small circuit and a nearly
-    full one (few exceptions: shared inputs and sparse sums), half the edges (the direct sums),
-    whole reader columns removed or kept with a few exceptions, and a relaxed (float) mask."""
-    gen = torch.Generator().manual_seed(seed)
-    u = torch.rand((4, *g.valid.shape), generator=gen, dtype=torch.float64)
-    cols = torch.rand(g.n_dst, generator=gen) < 0.5  # columns losing every edge but a few
-    masks = [u[0] < 0.03, u[1] < 0.97, u[2] < 0.5, ~cols[None, :] ^ (u[3] < 0.03)]
-    masks = [m & g.valid for m in masks]
-    relaxed = torch.rand(g.valid.shape, generator=gen, dtype=torch.float64) * g.valid
-    return torch.stack([m.double() for m in masks] + [relaxed])
-
-
 @pytest.mark.parametrize("neurons", [True, {0: [1, 4, 7], 1: [0, 2, 30], 2: list(range(0, 32, 2))}])
 @pytest.mark.parametrize("compact", [True, False])
 def test_lowrank_neurons_patch_as_dense_rows_did(neurons, compact, monkeypatch):
@@ -76,7 +64,7 @@ def test_lowrank_neurons_patch_as_dense_rows_did(neurons, compact, monkeypatch):
     model = tiny_model(n_layers=3, dtype=torch.float64)
     task = tiny_task(model)
     g = cg.Graph.from_model(model, neurons=neurons)
-    masks = _random_masks(g)
+    masks = random_masks(g)
     abl = Ablation().prepare(model, g, task)
     ablated = abl.activations(model, g, task, slice(None), task, compact=compact)
     assert isinstance(ablated, CompactSources) == compact

@@ -4,7 +4,7 @@ and the bad inputs a user will hit."""
 
 import pytest
 import torch
-from checks import edge_fd_error, five_site_case, model64, random_sae
+from checks import edge_fd_error, five_site_case, model64, random_masks, random_sae
 
 from circuitgraph import zoo
 from circuitgraph.attribution import attribute
@@ -125,6 +125,39 @@ def test_compact_ablations_patch_like_dense_ones(entry, task, graph):
     masks = (torch.rand((3, *graph.valid.shape), generator=torch.Generator().manual_seed(0)) < 0.3) & graph.valid
     a, b = (patched_logits(model, graph, task, A, masks) for A in (dense, compact))
     assert (a - b).abs().max() < 1e-4 and (a - model(task.clean).repeat(3, 1, 1)).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("compact", [True, False])
+def test_feature_reads_by_exceptions_patch_as_virtual_weights_did(compact, monkeypatch):
+    """An SAE feature's removed input, summed over the circuit's exceptions (a column's base removal
+    through the upstream total, then one term per edge that differs from it), equals the sum through
+    the virtual weights ``W_dec · W_enc`` and every dense row projected on every encoder row, in
+    float64, on random masks of every route; from compact and from dense ablations."""
+    from circuitgraph.engine.deltas import LiveDeltas
+
+    model, _, saes, task = five_site_case()
+    g = feature_graph(model, saes, task, features="active")
+    masks = random_masks(g, seed=3)
+    abl = Ablation().prepare(model, g, task)
+    ablated = abl.activations(model, g, task, slice(None), task, compact=compact)
+    batches = [masks[k : k + 1] for k in range(len(masks))] + [masks[[0, 1, 3]]]
+    sparse = LiveDeltas._projected_by_exceptions
+    taken = []
+
+    def counted(self, *args):
+        out = sparse(self, *args)
+        taken.append(out is not None)
+        return out
+
+    monkeypatch.setattr(LiveDeltas, "_projected_by_exceptions", counted)
+    got = [patched_logits(model, g, task, ablated, m) for m in batches]
+    assert any(taken) and not all(taken)  # both routes ran (half the edges: too many exceptions)
+    monkeypatch.setattr(LiveDeltas, "_projected_by_exceptions", lambda self, *args: None)
+    reference = [patched_logits(model, g, task, ablated, m) for m in batches]
+    clean = model(task.clean)
+    for a, ref in zip(got, reference):
+        assert (ref - clean.repeat(len(ref) // len(clean), 1, 1)).abs().max() > 1e-2  # the masks matter
+        assert (a - ref).abs().max() < 1e-10 * ref.abs().max()
 
 
 def test_removing_the_error_node_is_running_on_the_reconstruction(entry, saes, task, graph):

@@ -403,6 +403,10 @@ class LiveDeltas:
         upstream features (projecting every d-vector onto every encoder row would cost
         n_up · n · d per token)."""
         up = _as_rows(up, self.device)
+        if self.dense is not None and r.ndim == 3 and not self.mix.groups:
+            sparse = self._projected_by_exceptions(r, up, W_enc)
+            if sparse is not None:
+                return sparse
         keep = self.is_dense[up] & (self.group_of_row[up] < 0)
         out = torch.zeros(self.K, self.B, self.P, W_enc.shape[1], dtype=self.dtype, device=self.device)
         r_d = r[:, keep]
@@ -432,6 +436,65 @@ class LiveDeltas:
                 A = coef.reshape(len(rows), self.K, -1).permute(1, 2, 0)  # [K, BP, n_b]
                 out = out + torch.bmm(A, r_b * V).reshape(out.shape)
         return out
+
+    def _projected_by_exceptions(self, r: torch.Tensor, up: torch.Tensor, W_enc: torch.Tensor) -> torch.Tensor | None:
+        """:meth:`projected` as ``base · (T · W_enc) + Σ_{exceptions} (r − base) · (D_u · W_enc[:, j])``
+        (additive rows only): no virtual-weight matrix ``[n_up, n]`` and no projection of every
+        dense row on every encoder row, so a circuit's cost scales with its edges. None when the
+        exceptions are too many for that to pay."""
+        base = self._base(r)  # [K, n]
+        exceptions = r != base.to(r.dtype)[:, None]  # [K, n_up, n]
+        n_exceptions = int(_count(exceptions))
+        if n_exceptions * _SPARSE > exceptions.numel():
+            return None
+        K, n, BP = self.K, r.shape[2], self.B * self.P
+        out = torch.zeros(K, n, BP, dtype=self.dtype, device=self.device)  # (mask, column, token)
+        if bool(base.any()):
+            total = self._total(up).reshape(K, BP, self.d)
+            out += base.to(self.dtype)[:, :, None] * (total @ W_enc).transpose(1, 2)
+        if n_exceptions:
+            k, i, c = exceptions.nonzero().unbind(1)
+            rows, target = up[i], k * n + c
+            value = r[k, i, c].to(self.dtype) - base[k, c].to(self.dtype)
+            flat = out.view(K * n, BP)
+            E = W_enc.T.contiguous()  # [n, d]: one encoder row per column, gathered per exception
+            dense = self.is_dense[rows]
+            if bool(dense.any()):
+                self._project_dense_exceptions(flat, E, rows[dense], k[dense], c[dense], value[dense])
+            for name, (start, W, _) in self.blocks.items():
+                inside = ((rows >= start) & (rows < start + len(W))).nonzero()[:, 0]
+                step = _CHUNK // (BP + self.d)
+                for s in range(0, len(inside), step):  # coef_u[k] · (W_u · W_enc[:, j]) per exception
+                    e = inside[s : s + step]
+                    at = rows[e] - start
+                    weight = (W[at] * E[c[e]]).sum(1) * value[e]  # [m]
+                    coef = self.coefs[name][at, k[e]].reshape(len(e), BP)
+                    flat.index_add_(0, target[e], coef * weight[:, None])
+        return out.transpose(1, 2).reshape(K, self.B, self.P, n)
+
+    def _project_dense_exceptions(
+        self,
+        flat: torch.Tensor,
+        E: torch.Tensor,
+        rows: torch.Tensor,
+        k: torch.Tensor,
+        c: torch.Tensor,
+        value: torch.Tensor,
+    ) -> None:
+        """The dense rows' exceptions of :meth:`_projected_by_exceptions` into ``flat [K·n, BP]``:
+        each row with exceptions is projected on the encoder rows of its exceptions' columns only
+        (one matmul per row, no gathered copy of ``D``)."""
+        assert self.dense is not None  # (not differentiable)
+        K, n, BP, d = self.K, E.shape[0], self.B * self.P, self.d
+        order = torch.argsort(rows, stable=True)
+        rows, k, c, value = rows[order], k[order], c[order], value[order]
+        which, counts = torch.unique_consecutive(rows, return_counts=True)
+        for row, sel in zip(which.tolist(), torch.arange(len(rows), device=rows.device).split(counts.tolist())):
+            # (a loop over source rows with exceptions: a site's heads, MLPs and error nodes)
+            cols, at = torch.unique(c[sel], return_inverse=True)
+            D = self.dense[int(self.pos[row])].reshape(K, BP, d)
+            projected = D @ E[cols].T  # [K, BP, columns]
+            flat.index_add_(0, k[sel] * n + c[sel], projected[k[sel], :, at] * value[sel, None])
 
 
 def _count(mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
