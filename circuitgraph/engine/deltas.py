@@ -493,8 +493,8 @@ class LiveDeltas:
             # (a loop over source rows with exceptions: a site's heads, MLPs and error nodes)
             cols, at = torch.unique(c[sel], return_inverse=True)
             D = self.dense[int(self.pos[row])].reshape(K, BP, d)
-            projected = D @ E[cols].T  # [K, BP, columns]
-            flat.index_add_(0, k[sel] * n + c[sel], projected[k[sel], :, at] * value[sel, None])
+            projected = E[cols] @ D.transpose(1, 2)  # [K, columns, BP]: each exception's row contiguous
+            flat.index_add_(0, k[sel] * n + c[sel], projected[k[sel], at] * value[sel, None])
 
 
 def _count(mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:

@@ -322,6 +322,8 @@ class HookedTransformerBackend(Backend):
                 # Every query head then gets its own copy of the shared key/value input, which the
                 # graph needs to score k and v edges per head. Numerically identical.
                 self.model.set_ungroup_grouped_query_attention(True)
+            for block in self.model.blocks:
+                _project_kv_once(block.attn)
 
     def _needed_hooks(self) -> list[str]:
         cfg = self.cfg
@@ -449,6 +451,43 @@ class HookedTransformerBackend(Backend):
             if not cfg.attn_only:
                 model.set_use_hook_mlp_in(old[1])
             model.set_use_attn_result(old[2])
+
+
+def _project_kv_once(attn: Any) -> None:
+    """Make an ungrouped grouped-query attention layer project its shared keys and values once.
+
+    Ungrouped, TransformerLens projects the key/value input with each key/value head's weights
+    copied for every query head: 4× the k/v projections on Llama-3.2-1B, 7× on Qwen2.5-0.5B, in
+    every attribution pass. Where the key/value input is shared by all heads (no split q/k/v
+    input: every gradient and capture pass), projecting once per key/value head and repeating the
+    result per query head gives the same ``hook_k``/``hook_v`` values and per-query-head
+    gradients. Split inputs (patched forwards, where each query head reads its own key input)
+    keep TransformerLens's own path."""
+    if getattr(attn, "_circuitgraph_kv_once", False) or not hasattr(attn, "repeat_kv_heads"):
+        return
+    own = attn.calculate_qkv_matrices  # (bound: TransformerLens's method)
+
+    def calculate_qkv_matrices(query_input: torch.Tensor, key_input: torch.Tensor, value_input: torch.Tensor):
+        cfg = attn.cfg
+        shared = key_input.ndim == 3 and value_input.ndim == 3 and query_input.ndim == 3
+        if not (shared and cfg.ungroup_grouped_query_attention):
+            return own(query_input, key_input, value_input)
+
+        def project(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # → [B, P, H, d_head]
+            W, b = W.to(x.device), b.to(x.device)
+            out = torch.nn.functional.linear(x, W.permute(0, 2, 1).reshape(-1, W.shape[1]), b.reshape(-1))
+            return out.reshape(*x.shape[:2], *b.shape)
+
+        q = attn.hook_q(project(query_input, attn.W_Q, attn.b_Q))
+        k = attn.hook_k(project(key_input, attn._W_K, attn._b_K).repeat_interleave(attn.repeat_kv_heads, dim=2))
+        v = attn.hook_v(project(value_input, attn._W_V, attn._b_V).repeat_interleave(attn.repeat_kv_heads, dim=2))
+        if cfg.use_qk_norm:
+            q = attn._apply_qk_norm(q, attn.q_norm)
+            k = attn._apply_qk_norm(k, attn.k_norm)
+        return q, k, v
+
+    attn.calculate_qkv_matrices = calculate_qkv_matrices
+    attn._circuitgraph_kv_once = True
 
 
 def _architecture_problems(cfg: Any, neurons: bool) -> list[str]:
