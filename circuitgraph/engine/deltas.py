@@ -463,13 +463,15 @@ class LiveDeltas:
                 self._project_dense_exceptions(flat, E, rows[dense], k[dense], c[dense], value[dense])
             for name, (start, W, _) in self.blocks.items():
                 inside = ((rows >= start) & (rows < start + len(W))).nonzero()[:, 0]
-                step = _CHUNK // (BP + self.d)
-                for s in range(0, len(inside), step):  # coef_u[k] · (W_u · W_enc[:, j]) per exception
-                    e = inside[s : s + step]
-                    at = rows[e] - start
-                    weight = (W[at] * E[c[e]]).sum(1) * value[e]  # [m]
-                    coef = self.coefs[name][at, k[e]].reshape(len(e), BP)
-                    flat.index_add_(0, target[e], coef * weight[:, None])
+                if not len(inside):
+                    continue
+                at = rows[inside] - start
+                weight = _virtual_weights(W, E, at, c[inside]) * value[inside]  # W_u · W_enc[:, j], [m]
+                step = _CHUNK // BP
+                for s in range(0, len(inside), step):  # coef_u[k] · weight per exception
+                    e = slice(s, s + step)
+                    coef = self.coefs[name][at[e], k[inside[e]]].reshape(-1, BP)
+                    flat.index_add_(0, target[inside[e]], coef * weight[e, None])
         return out.transpose(1, 2).reshape(K, self.B, self.P, n)
 
     def _project_dense_exceptions(
@@ -495,6 +497,29 @@ class LiveDeltas:
             D = self.dense[int(self.pos[row])].reshape(K, BP, d)
             projected = E[cols] @ D.transpose(1, 2)  # [K, columns, BP]: each exception's row contiguous
             flat.index_add_(0, k[sel] * n + c[sel], projected[k[sel], at] * value[sel, None])
+
+
+def _virtual_weights(W: torch.Tensor, E: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """``W[rows[m]] · E[cols[m]]`` for each of m (row, column) pairs, ``[m]``. Where the pairs fill
+    more than 1/128 of the rows × columns they touch, one matmul over those rows and columns, a
+    block of rows at a time: a GEMM does a d-long dot product about a hundred times faster than
+    two gathered d-vectors (measured on CPU at d = 768); otherwise a dot per pair."""
+    out = torch.empty(len(rows), dtype=W.dtype, device=W.device)
+    urows, ri = torch.unique(rows, return_inverse=True)
+    ucols, ci = torch.unique(cols, return_inverse=True)
+    if 128 * len(rows) > len(urows) * len(ucols):
+        Ec = E[ucols]  # [columns, d]
+        step = max(1, _CHUNK // len(ucols))
+        for r0 in range(0, len(urows), step):
+            block = W[urows[r0 : r0 + step]] @ Ec.T  # [rows, columns]
+            pick = ((ri >= r0) & (ri < r0 + step)).nonzero()[:, 0]
+            out[pick] = block[ri[pick] - r0, ci[pick]]
+        return out
+    step = max(1, _CHUNK // E.shape[1])
+    for s in range(0, len(rows), step):
+        e = slice(s, s + step)
+        out[e] = (W[rows[e]] * E[cols[e]]).sum(1)
+    return out
 
 
 def _count(mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
