@@ -13,6 +13,9 @@ remove all of their upstream edges or none: each column's sum is ``base · T + �
 (r − base) D_u`` with ``T`` the sum over every upstream row (computed once per block) and the
 exceptions few. Its cost then scales with the circuit's edges, not with n_up × columns × d;
 columns without exceptions share one input (:meth:`LiveDeltas.split_columns`: a layer's neurons).
+SAE features read the same way through their encoder rows (:meth:`LiveDeltas.projected`): the base
+through the upstream total, each exception through one virtual weight ``W_dec[u] · W_enc[:, j]``,
+so no ``[n_up, n]`` virtual-weight matrix is formed for a small circuit.
 
 With ``differentiable=True`` (learned edge masks, fitted ablations) the live activations keep their
 autograd history, so ``D_v`` of a downstream node carries the effect of every gate upstream of it:
