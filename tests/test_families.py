@@ -10,6 +10,8 @@ head level and with neurons (a subset plus ``rest``):
 * ``exact`` scores equal single-edge runs patched with TransformerLens's own hooks and modules.
 """
 
+import contextlib
+
 import pytest
 import torch
 from checks import edge_fd_error, exact_error, full_and_empty, random_sae, single_edge_reference, source_fd_error
@@ -252,17 +254,22 @@ def test_bfloat16_gemma_2_runs_like_float32():
 
 @pytest.mark.parametrize("name", ["llama", "gemma-3"])
 def test_grouped_keys_and_values_are_projected_once_per_kv_head(name):
-    """Ungrouped for the graph, a grouped-query model's gradient and capture passes project each
-    key/value head once and repeat it per query head: ``hook_k``/``hook_v`` and every per-query-head
-    gradient equal TransformerLens's own ungrouped projection (float64), and split q/k/v inputs
-    (patched forwards) still take TransformerLens's path."""
+    """Ungrouped for the graph, a grouped-query model's gradient and capture passes (the backend's
+    flags without split inputs) project each key/value head once and repeat it per query head:
+    ``hook_k``/``hook_v`` and every per-query-head gradient equal TransformerLens's own ungrouped
+    projection (float64); outside those passes the model is TransformerLens's own again."""
+    import copy
+
+    from circuitgraph.models.backend import as_backend
+
     model = family_model(name)
     task = tiny_task(model)
-    cg.Graph.from_model(model)  # checks the model: ungroups and installs the shared projection
-    attn = model.blocks[1].attn
-    assert model.cfg.ungroup_grouped_query_attention and "calculate_qkv_matrices" in vars(attn)
+    cg.Graph.from_model(model)  # checks the model: ungroups grouped keys/values
+    bk = as_backend(model)
+    for p in model.parameters():
+        p.requires_grad_(False)
 
-    def run() -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    def run(shared: bool) -> list[torch.Tensor]:
         kept: dict[str, torch.Tensor] = {}
 
         def keep(t, hook):
@@ -271,23 +278,21 @@ def test_grouped_keys_and_values_are_projected_once_per_kv_head(name):
             return t
 
         names = [f"blocks.{L}.attn.hook_{x}" for L in range(model.cfg.n_layers) for x in "kv"]
-        with model.hooks(fwd_hooks=[(n, keep) for n in names]):
-            task.score(model(task.clean)).sum().backward()
-        return [kept[n].detach() for n in names], [kept[n].grad for n in names]
+        leaf = [("blocks.0.hook_resid_pre", lambda t, hook: t.detach().requires_grad_(True))]
+        with bk.flags() if shared else contextlib.nullcontext():
+            assert ("calculate_qkv_matrices" in vars(model.blocks[1].attn)) == shared
+            with model.hooks(fwd_hooks=leaf + [(n, keep) for n in names]):
+                task.score(model(task.clean)).sum().backward()
+        return [kept[n].detach() for n in names] + [kept[n].grad for n in names]
 
-    for p in model.parameters():
-        p.requires_grad_(False)
-    model.blocks[0].hook_resid_pre.add_hook(lambda t, hook: t.requires_grad_(True))
-    values, grads = run()
-    assert all(v.shape[2] == model.cfg.n_heads for v in values)  # one per query head
-    shared = {L: vars(b.attn).pop("calculate_qkv_matrices") for L, b in enumerate(model.blocks)}
-    ref_values, ref_grads = run()  # TransformerLens's ungrouped projection
-    for L, fn in shared.items():
-        model.blocks[L].attn.calculate_qkv_matrices = fn
-    model.reset_hooks()
-    for a, b in zip(values + grads, ref_values + ref_grads):
+    got, reference = run(shared=True), run(shared=False)
+    assert "calculate_qkv_matrices" not in vars(model.blocks[1].attn)  # (removed with the flags)
+    assert all(t.shape[2] == model.cfg.n_heads for t in got)  # one per query head
+    for a, b in zip(got, reference):
         assert (a - b).abs().max() <= 1e-12 * b.abs().max()
+    grads = got[len(got) // 2 :]
     assert max(float((g[:, :, 0] - g[:, :, 1]).abs().max()) for g in grads) > 1e-6  # query heads of a group differ
-    with model.hooks(fwd_hooks=[]), cg.models.backend.hook_flags(model, split_qkv_input=True):
-        split = model(task.clean)
-    assert (split - model(task.clean)).abs().max() < 1e-10
+    twin = copy.deepcopy(model)  # a copy made after attribution runs on its own weights
+    with torch.no_grad():
+        twin.blocks[0].attn._W_K.mul_(2)
+        assert (twin(task.clean) - model(task.clean)).abs().max() > 1e-6

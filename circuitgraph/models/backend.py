@@ -322,8 +322,6 @@ class HookedTransformerBackend(Backend):
                 # Every query head then gets its own copy of the shared key/value input, which the
                 # graph needs to score k and v edges per head. Numerically identical.
                 self.model.set_ungroup_grouped_query_attention(True)
-            for block in self.model.blocks:
-                _project_kv_once(block.attn)
 
     def _needed_hooks(self) -> list[str]:
         cfg = self.cfg
@@ -445,8 +443,13 @@ class HookedTransformerBackend(Backend):
                 model.set_use_hook_mlp_in(True)
             if cfg.use_attn_result:
                 model.set_use_attn_result(False)
+            if not split_qkv_input:
+                for block in model.blocks:
+                    _project_kv_once(block.attn)
             yield
         finally:
+            for block in model.blocks:
+                vars(block.attn).pop("calculate_qkv_matrices", None)  # (TransformerLens's own again)
             model.set_use_split_qkv_input(old[0])
             if not cfg.attn_only:
                 model.set_use_hook_mlp_in(old[1])
@@ -454,23 +457,23 @@ class HookedTransformerBackend(Backend):
 
 
 def _project_kv_once(attn: Any) -> None:
-    """Make an ungrouped grouped-query attention layer project its shared keys and values once.
+    """Make an ungrouped grouped-query attention layer project its shared keys and values once,
+    for the duration of :meth:`HookedTransformerBackend.flags` without split inputs (the method
+    is an instance attribute that ``flags`` removes again, so the user's model, its copies and
+    pickles never carry it).
 
     Ungrouped, TransformerLens projects the key/value input with each key/value head's weights
     copied for every query head: 4× the k/v projections on Llama-3.2-1B, 7× on Qwen2.5-0.5B, in
-    every attribution pass. Where the key/value input is shared by all heads (no split q/k/v
-    input: every gradient and capture pass), projecting once per key/value head and repeating the
-    result per query head gives the same ``hook_k``/``hook_v`` values and per-query-head
-    gradients. Split inputs (patched forwards, where each query head reads its own key input)
-    keep TransformerLens's own path."""
-    if getattr(attn, "_circuitgraph_kv_once", False) or not hasattr(attn, "repeat_kv_heads"):
+    every attribution pass. Where the key/value input is shared by all heads (every gradient and
+    capture pass), projecting once per key/value head and repeating the result per query head
+    gives the same ``hook_k``/``hook_v`` values and per-query-head gradients."""
+    if not hasattr(attn, "repeat_kv_heads") or not attn.cfg.ungroup_grouped_query_attention:
         return
     own = attn.calculate_qkv_matrices  # (bound: TransformerLens's method)
 
     def calculate_qkv_matrices(query_input: torch.Tensor, key_input: torch.Tensor, value_input: torch.Tensor):
         cfg = attn.cfg
-        shared = key_input.ndim == 3 and value_input.ndim == 3 and query_input.ndim == 3
-        if not (shared and cfg.ungroup_grouped_query_attention):
+        if not (key_input.ndim == value_input.ndim == query_input.ndim == 3):  # (use_attn_in: per-head inputs)
             return own(query_input, key_input, value_input)
 
         def project(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # → [B, P, H, d_head]
@@ -487,7 +490,6 @@ def _project_kv_once(attn: Any) -> None:
         return q, k, v
 
     attn.calculate_qkv_matrices = calculate_qkv_matrices
-    attn._circuitgraph_kv_once = True
 
 
 def _architecture_problems(cfg: Any, neurons: bool) -> list[str]:
