@@ -175,19 +175,18 @@ def floors(model, saes: list | None, task, device: str, ig: bool) -> dict[str, f
 
 
 @contextmanager
-def evaluator_offload(choice: bool | str, decisions: list[tuple[bool, float]]) -> Iterator[None]:
-    """Every :class:`CircuitEvaluator` built inside gets ``offload=choice`` (``faithfulness``,
-    ``minimal_circuit`` and ``faithfulness_curve`` build their own and do not take it), and its
-    decision lands in ``decisions`` as ``(cache offloaded, cache bytes)``."""
+def evaluator_decisions(decisions: list[tuple[bool, float]]) -> Iterator[None]:
+    """Record, for every :class:`CircuitEvaluator` built inside, ``(cache offloaded, cache bytes)``
+    in ``decisions`` (measurement only: the phases pass ``offload=`` themselves)."""
     from circuitgraph.engine import CircuitEvaluator
 
     init = CircuitEvaluator.__init__
 
-    def forced(self, *args, **kw) -> None:
-        init(self, *args, **{**kw, "offload": choice})
+    def recorded(self, *args, **kw) -> None:
+        init(self, *args, **kw)
         decisions.append((bool(self.offload) and self.cache_bytes > 0, self.cache_bytes))
 
-    CircuitEvaluator.__init__ = forced  # type: ignore[method-assign]
+    CircuitEvaluator.__init__ = recorded  # type: ignore[method-assign]
     try:
         yield
     finally:
@@ -235,21 +234,23 @@ def patched_phases(
     budget: float | None,
     target: float,
     grid: int,
+    offload: bool | str = "auto",
 ) -> dict:
-    """The phases that measure circuits by patched forwards, on the scores the graph holds."""
+    """The phases that measure circuits by patched forwards, on the scores the graph holds; every
+    evaluator keeps its ablation cache as ``offload`` says."""
     import circuitgraph as cg
     from circuitgraph.engine import CircuitEvaluator
 
     patched: dict = {}
     if patch:  # verify a circuit causally: the top 1,000 edges, the full model and the empty circuit
         t0 = time.perf_counter()
-        faith = cg.faithfulness(model, graph, task, cg.top_n(graph, 1000), memory_budget=budget)
+        faith = cg.faithfulness(model, graph, task, cg.top_n(graph, 1000), memory_budget=budget, offload=offload)
         patched = {"patch_s": round(time.perf_counter() - t0, 2), "top1000_faithfulness": round(faith, 4)}
         peaks["peak_patch_gb"] = peak_gb()
         phase("patch", **patched, peak_gb=peaks["peak_patch_gb"], **device_peaks.end("patch"))
     if minimal:
         t0 = time.perf_counter()
-        c = cg.minimal_circuit(model, graph, task, target=target, grid=grid, memory_budget=budget)
+        c = cg.minimal_circuit(model, graph, task, target=target, grid=grid, memory_budget=budget, offload=offload)
         patched.update(
             minimal_s=round(time.perf_counter() - t0, 2),
             minimal_edges=c.n_edges,
@@ -269,7 +270,9 @@ def patched_phases(
         from circuitgraph.evaluation.faithfulness import MIB_SCRIPT_PERCENTS
 
         t0 = time.perf_counter()
-        fc = cg.faithfulness_curve(model, graph, task, percents=MIB_SCRIPT_PERCENTS, memory_budget=budget)
+        fc = cg.faithfulness_curve(
+            model, graph, task, percents=MIB_SCRIPT_PERCENTS, memory_budget=budget, offload=offload
+        )
         patched.update(
             curve_s=round(time.perf_counter() - t0, 2),
             curve_points=len(fc.percents),
@@ -286,7 +289,7 @@ def patched_phases(
             **device_peaks.end("curve"),
         )
     if probe:  # one patched forward per circuit size (the evaluator built once, its ablations cached)
-        run = CircuitEvaluator(model, graph, task, memory_budget=budget)
+        run = CircuitEvaluator(model, graph, task, memory_budget=budget, offload=offload)
         times = {}
         for n in probe:
             mask = cg.top_n(graph, n)
@@ -380,9 +383,9 @@ def run_one(
     decisions: list[tuple[bool, float]] = []  # (cache offloaded, cache bytes) per evaluator
     offload_given = offload is not None
     offload = "auto" if offload is None else offload
-    with evaluator_offload(offload, decisions):
+    with evaluator_decisions(decisions):
         patched = patched_phases(
-            model, graph, task, peaks, device_peaks, patch, minimal, curve, probe, budget, target, grid
+            model, graph, task, peaks, device_peaks, patch, minimal, curve, probe, budget, target, grid, offload
         )
     if decisions and (offload_given or device.startswith("cuda")):  # (on CUDA "auto" is a real choice)
         patched.update(

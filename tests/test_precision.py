@@ -103,6 +103,15 @@ def test_offloaded_evaluator_cache_gives_the_same_metrics():
     assert all(t.device.type == "cpu" for t in off._cache.values()) and len(off._cache) == len(off.chunks)
     with pytest.raises(ValueError, match="offload"):
         CircuitEvaluator(model, graph, task, offload="sometimes")
+    # the public calls pass it through (their evaluators are built inside)
+    mask = masks[0] & graph.valid
+    assert cg.faithfulness(model, graph, task, mask, offload=True) == cg.faithfulness(model, graph, task, mask)
+    with pytest.raises(ValueError, match="offload"):
+        cg.faithfulness(model, graph, task, mask, offload="sometimes")
+    with pytest.raises(ValueError, match="offload"):
+        cg.minimal_circuit(model, graph, task, offload="sometimes")
+    with pytest.raises(TypeError, match="memory_budget"):  # a misspelt keyword is named, not ignored
+        cg.faithfulness_curve(model, graph, task, memory_budjet=1e9)
 
 
 def test_attribution_batches_count_neurons_and_features_as_low_rank():

@@ -64,14 +64,16 @@ def minimal_circuit(
     grid: int = 24,
     batch_size: int | None = None,
     memory_budget: float | None = None,
+    offload: bool | str = "auto",
 ) -> Circuit:
     """Smallest top-n (pruned) circuit with faithfulness ≥ ``target``, measured by patching.
 
     ``method=None`` (default) uses the scores already in the graph (from :func:`attribute`), or
     computes EAP-IG scores when it has none; a named ``method`` always recomputes. The returned
     circuit carries its measured ``faithfulness`` and the search trace. ``memory_budget``: bytes
-    for the evaluator's mask batches and ablation cache (see :class:`CircuitEvaluator`); masks
-    are built a batch at a time in the scores' layout.
+    for the evaluator's mask batches and ablation cache, ``offload`` whether that cache waits in
+    host memory (see :class:`CircuitEvaluator`); masks are built a batch at a time in the scores'
+    layout.
     """
     check_target(target)
     t0 = time.perf_counter()
@@ -83,7 +85,7 @@ def minimal_circuit(
     E = graph.n_edges
     sizes = sorted({max(1, int(round(E ** (i / (grid - 1))))) for i in range(grid)} | {E})
     # ablations computed once
-    run = CircuitEvaluator(model, graph, task, abl, batch_size=batch_size, memory_budget=memory_budget)
+    run = CircuitEvaluator(model, graph, task, abl, batch_size=batch_size, memory_budget=memory_budget, offload=offload)
 
     def grid_point(n: int) -> Callable[[], torch.Tensor | EdgeBlocks]:
         return lambda: prune(graph, top_n(graph, n, absolute))

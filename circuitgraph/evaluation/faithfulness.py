@@ -69,12 +69,32 @@ def faithfulness(
     model, graph: Graph, task, mask: torch.Tensor | EdgeBlocks, ablation: str | Ablation = "corrupted", **kw
 ) -> float:
     """Faithfulness of one circuit: 3 patched runs (the circuit, the full model, the empty circuit)
-    sharing one ablation cache. Keywords: ``batch_size``, ``mask_batch``, ``memory_budget``."""
-    run = CircuitEvaluator(
-        model, graph, task, ablation, kw.get("batch_size"), kw.get("mask_batch"), memory_budget=kw.get("memory_budget")
-    )
-    value = float(run(mask.to(graph.valid.device)[None])[0])  # one mask at a time: at feature scale a
+    sharing one ablation cache. Keywords: ``batch_size``, ``mask_batch``, ``memory_budget``,
+    ``offload`` (see :class:`CircuitEvaluator`), ``progress``."""
+    run = _evaluator(model, graph, task, ablation, kw)
+    value = float(
+        run(mask.to(graph.valid.device)[None], progress=kw.get("progress"))[0]
+    )  # one mask at a time: at feature scale a
     return float(run.baselines().faithfulness(value))  # mask is large
+
+
+def _evaluator(model, graph: Graph, task, ablation: str | Ablation, kw: dict) -> CircuitEvaluator:
+    """The evaluator of :func:`faithfulness` and :func:`faithfulness_curve`, from their keywords."""
+    unknown = set(kw) - {"batch_size", "mask_batch", "memory_budget", "offload", "progress"}
+    if unknown:
+        raise TypeError(
+            f"unexpected keyword(s) {sorted(unknown)}: use batch_size, mask_batch, memory_budget, offload, progress"
+        )
+    return CircuitEvaluator(
+        model,
+        graph,
+        task,
+        ablation,
+        kw.get("batch_size"),
+        kw.get("mask_batch"),
+        memory_budget=kw.get("memory_budget"),
+        offload=kw.get("offload", "auto"),
+    )
 
 
 @dataclass
@@ -141,8 +161,8 @@ def faithfulness_curve(
 
     Scores may be dense or edge blocks; masks are built in the same layout, ``mask_batch`` at a
     time, and ranked straight from the scores (no ranked copy is kept: at feature scale each is
-    gigabytes). Keywords: ``batch_size``, ``mask_batch``, ``memory_budget`` (bytes, see
-    :class:`CircuitEvaluator`)."""
+    gigabytes). Keywords: ``batch_size``, ``mask_batch``, ``memory_budget`` (bytes), ``offload``
+    (see :class:`CircuitEvaluator`), ``progress``."""
     scores = graph.scores if scores is None else scores
     # helpfulness: −score under a higher-is-better metric, which top_n(absolute=False) ranks by
     helpful_scores = scores if task.metric_name not in LOWER_IS_BETTER else -scores
@@ -157,10 +177,8 @@ def faithfulness_curve(
 
     builders = [circuit(n, False) for n in sizes] + [circuit(n, True) for n in sizes]
     builders += [graph.full_mask, graph.empty_mask]
-    run = CircuitEvaluator(
-        model, graph, task, ablation, kw.get("batch_size"), kw.get("mask_batch"), memory_budget=kw.get("memory_budget")
-    )
-    v = run.lazy(builders)
+    run = _evaluator(model, graph, task, ablation, kw)
+    v = run.lazy(builders, progress=kw.get("progress"))
     n = len(sizes)
     base = Baselines(full=float(v[-2]), empty=float(v[-1]))
     f = base.faithfulness(v[:-2]).cpu()
