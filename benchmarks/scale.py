@@ -357,19 +357,25 @@ def run_one(
     if floor:  # (before EAP, whose time then includes no first-call set-up either)
         floor_s = floors(model, saes, task, device, ig)
         phase("floors", **{f"{m}_floor_s": seconds(t) for m, t in floor_s.items()}, **device_peaks.end("floors"))
-    t0 = time.perf_counter()
-    scores = cg.attribute(
-        model,
-        graph,
-        task,
-        method="eap",
-        batch_size=eap_batch,
-        progress=False,
-        scores_dtype=getattr(torch, scores_dtype),
-    )
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    eap_s = time.perf_counter() - t0
+
+    def attribute(method: str):
+        """``(scores, seconds)`` of one attribution (5 steps for EAP-IG), synchronised on CUDA."""
+        t0 = time.perf_counter()
+        scores = cg.attribute(
+            model,
+            graph,
+            task,
+            method=method,
+            steps=5,
+            batch_size=eap_batch,
+            progress=False,
+            scores_dtype=getattr(torch, scores_dtype),
+        )
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return scores, time.perf_counter() - t0
+
+    scores, eap_s = attribute("eap")
     peaks["peak_eap_gb"] = peak_gb()
     phase("eap", eap_s=seconds(eap_s), peak_gb=peaks["peak_eap_gb"], **device_peaks.end("eap"))
     timing = {"eap_s": seconds(eap_s)}
@@ -399,20 +405,7 @@ def run_one(
     layout_kept = "blocks" if isinstance(scores, EdgeBlocks) else "dense"
     if ig:  # last, so the phases above measure EAP's circuits (attribution replaces the graph's scores)
         del scores
-        t0 = time.perf_counter()
-        cg.attribute(
-            model,
-            graph,
-            task,
-            method="eap-ig",
-            steps=5,
-            batch_size=eap_batch,
-            progress=False,
-            scores_dtype=getattr(torch, scores_dtype),
-        )
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        ig_s = time.perf_counter() - t0
+        _, ig_s = attribute("eap-ig")
         timing["ig_s"] = seconds(ig_s)
         if floor:
             timing |= {"ig_floor_s": seconds(floor_s["ig"]), "ig_ratio": round(ig_s / floor_s["ig"], 2)}
