@@ -285,6 +285,17 @@ class LiveDeltas:
         removed = _count(r if r.dtype == torch.bool else r >= 0.5, dim=1)
         return 2 * removed > r.shape[1]
 
+    def _exceptions(self, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int] | None:
+        """``(base [K, C], exceptions [K, n, C] bool, their count)`` of removals ``r [K, n, C]``:
+        the entries that differ from their column's base; None when they are too many (over
+        1/_SPARSE of the entries) for a sum over them to pay."""
+        base = self._base(r)
+        exceptions = r != base.to(r.dtype)[:, None]
+        n_exceptions = int(_count(exceptions))
+        if n_exceptions * _SPARSE > exceptions.numel():
+            return None
+        return base, exceptions, n_exceptions
+
     def _sum_by_exceptions(self, r: torch.Tensor, up: slice | torch.Tensor) -> torch.Tensor | None:
         """:meth:`removed_sum` as ``base · T + Σ_{exceptions} (r − base) · D_u`` (see the module
         docstring); None when the exceptions are too many for that to pay."""
@@ -292,11 +303,10 @@ class LiveDeltas:
         additive = self.group_of_row[up] < 0
         whole = bool(additive.all())
         r_add, up_add = (r, up) if whole else (r[:, additive], up[additive])
-        base = self._base(r_add)
-        exceptions = r_add != base.to(r.dtype)[:, None]  # [K, n_add, C]
-        n_exceptions = int(_count(exceptions))
-        if n_exceptions * _SPARSE > exceptions.numel():
+        sparse = self._exceptions(r_add)
+        if sparse is None:
             return None
+        base, exceptions, n_exceptions = sparse
         K, C = r.shape[0], r.shape[2]
         B, P, d = self.B, self.P, self.d
         out = torch.zeros(K, C, B, P, d, dtype=self.dtype, device=self.device)
@@ -445,11 +455,10 @@ class LiveDeltas:
         (additive rows only): no virtual-weight matrix ``[n_up, n]`` and no projection of every
         dense row on every encoder row, so a circuit's cost scales with its edges. None when the
         exceptions are too many for that to pay."""
-        base = self._base(r)  # [K, n]
-        exceptions = r != base.to(r.dtype)[:, None]  # [K, n_up, n]
-        n_exceptions = int(_count(exceptions))
-        if n_exceptions * _SPARSE > exceptions.numel():
+        sparse = self._exceptions(r)
+        if sparse is None:
             return None
+        base, exceptions, n_exceptions = sparse
         K, n, BP = self.K, r.shape[2], self.B * self.P
         out = torch.zeros(K, n, BP, dtype=self.dtype, device=self.device)  # (mask, column, token)
         if bool(base.any()):
