@@ -123,3 +123,25 @@ def test_constants_fitted_for_a_circuit_lower_its_loss(fitted):
     assert float(kl_circuit_fit[1]) == pytest.approx(0.0, abs=1e-6)
     with pytest.raises(ConfigError, match="edge mask"):
         Ablation("optimal").fit_optimal(model, graph, task, circuit=keep[:2])
+
+
+def test_a_fit_keeps_its_best_constants_measured_on_every_example(fitted):
+    """Adam on minibatches can end worse than its start: with a step size far too large the fit
+    diverges, and the mean it started from is kept. The losses recorded are each circuit's KL on
+    every example, as the evaluator measures it independently."""
+    model, task, graph, _ = fitted
+    kl = task.with_metric("kl")
+    empty = graph.valid.clone().fill_(False)[None]
+    wild = Ablation("optimal", fit_kind="empty", steps=12, lr=50.0, checks=3).prepare(model, graph, task)
+    assert wild.fit["kept_step"] == 0
+    assert wild.fit["loss_fitted"] == wild.fit["loss_at_mean"]
+    mean = Ablation("mean")
+    flat = {k: v.mean(0, keepdim=True).expand_as(v).clone() for k, v in mean._mean_captures(model, graph, task).items()}
+    at_mean = float(CircuitEvaluator(model, graph, kl, Ablation("optimal", values=flat))(empty)[0])
+    assert wild.fit["loss_at_mean"] == pytest.approx(at_mean, rel=1e-4)
+    assert float(CircuitEvaluator(model, graph, kl, wild)(empty)[0]) == pytest.approx(at_mean, rel=1e-4)
+    tame = Ablation("optimal", fit_kind="empty", steps=12, lr=0.05, checks=3).prepare(model, graph, task)
+    assert tame.fit["kept_step"] in (4, 8, 12) and tame.fit["loss_fitted"] < tame.fit["loss_at_mean"]
+    assert float(CircuitEvaluator(model, graph, kl, tame)(empty)[0]) == pytest.approx(tame.fit["loss_fitted"], rel=1e-4)
+    back = Ablation.from_dict(tame.to_dict(), tame.tensors())
+    assert back.checks == 3 and back.fit == tame.fit

@@ -42,6 +42,7 @@ class Ablation:
     fit_kind: str = "node"  # optimal: "node" (each node alone, Li & Janson) or "empty" (all jointly)
     steps: int = 100  # optimal: Adam steps of the fit
     lr: float = 0.05
+    checks: int = 4  # optimal: times the fit is measured on every example (the best constants are kept)
     fit: dict = field(default_factory=dict)  # optimal: figures of the fit (losses before and after)
 
     def __post_init__(self) -> None:
@@ -53,6 +54,8 @@ class Ablation:
             )
         if self.fit_kind not in ("node", "empty"):
             raise ConfigError(f"fit_kind must be 'node' or 'empty', got {self.fit_kind!r}")
+        if int(self.checks) < 1:
+            raise ConfigError(f"checks must be ≥ 1 (the fit's last step is always measured), got {self.checks}")
         if self.values is not None and self.kind != "optimal":
             raise ConfigError(f"values= (fitted constants) belong to optimal ablation, not {self.kind!r}")
         self._mean: dict[str, torch.Tensor] | None = None  # raw capture name → mean [pos, ...]
@@ -114,8 +117,11 @@ class Ablation:
         objective, for one circuit; recorded as ``fit="circuit"``). The loss is
         ``objective="kl"`` (KL of the output to the clean run at the read positions) or
         ``"metric"`` (the task's metric, minimised when lower is better, maximised otherwise). Constants are per position only on a position-resolved graph (unless
-        ``per_position`` says otherwise). Gradients reach the constants only; ``self.fit`` records
-        the loss at the mean and after fitting."""
+        ``per_position`` says otherwise). Gradients reach the constants only. The loss is measured on
+        every example at the mean and ``checks`` times during the fit, and the best constants are
+        kept, so a fit never ends worse than its start (each check is a pass without gradients over
+        every example and mask, about n_examples / 24 Adam steps' worth); ``self.fit`` records
+        both losses and the step kept."""
         mean = self._mean if self._mean is not None else self._mean_captures(model, graph, task)
         per_position = bool(graph.positions) if self.per_position is None else bool(self.per_position)
         params = {
@@ -135,34 +141,60 @@ class Ablation:
                 raise ConfigError(
                     f"circuit= must be an [n_src, n_dst] = {list(graph.valid.shape)} edge mask, got {list(circuit.shape)}"
                 )
-        losses = []
+        masks = (
+            (lambda: _fit_masks(graph, self.fit_kind, group))
+            if circuit is None
+            else (lambda: [(circuit & graph.valid)[None]])
+        )
+
+        def loss_on(sub: Any, backward: bool) -> float:
+            """The objective on ``sub``'s examples summed over the fits (each fit's mean over examples)."""
+            B, P = sub.clean.shape
+            total = 0.0
+            for m in masks():
+                raw = {k: v.expand(P, *v.shape[1:])[None].expand(B, P, *v.shape[1:]) for k, v in params.items()}
+                logits = patched_logits(model, graph, sub, stack_sources(model, graph, raw), m, differentiable=True)
+                loss = sign * _tiled(sub, len(m)).score(logits).view(len(m), B).mean(1).sum()
+                total += float(loss.detach())
+                if backward:
+                    loss.backward(inputs=list(params.values()))
+            return total
+
+        def full_loss() -> float:
+            """The objective on every example (minibatch losses are too noisy to compare fits by)."""
+            n, total = task.n_examples, 0.0
+            with torch.no_grad():
+                for i in range(0, n, examples_per_step):
+                    idx = torch.arange(i, min(n, i + examples_per_step), device=task.device)
+                    total += loss_on(scored.select(idx), backward=False) * len(idx) / n
+            return total / n_fits
+
+        steps = int(self.steps)
+        # Adam on minibatches can end worse than it started (even worse than the mean it started
+        # from), so the constants are checked on every example a few times and the best are kept.
+        n_checks = min(int(self.checks), max(steps, 1))
+        checks = {round(steps * (j + 1) / n_checks) for j in range(n_checks)}  # evenly spaced, the last step included
         with frozen_params(model, *graph.node_graph.saes.values()):
-            for step in range(int(self.steps) + 1):
+            best = (full_loss(), {k: v.detach().clone() for k, v in params.items()}, 0)
+            at_mean = best[0]
+            for step in range(1, steps + 1):
                 pick = torch.randperm(task.n_examples, generator=gen)[:examples_per_step].sort().values
-                sub = scored.select(pick.to(task.device))
-                B, P = sub.clean.shape
                 opt.zero_grad(set_to_none=True)
-                total = 0.0
-                for m in (
-                    _fit_masks(graph, self.fit_kind, group) if circuit is None else [(circuit & graph.valid)[None]]
-                ):
-                    raw = {k: v.expand(P, *v.shape[1:])[None].expand(B, P, *v.shape[1:]) for k, v in params.items()}
-                    ablated = stack_sources(model, graph, raw)
-                    logits = patched_logits(model, graph, sub, ablated, m, differentiable=True)
-                    loss = sign * _tiled(sub, len(m)).score(logits).view(len(m), B).mean(1).sum()
-                    total += float(loss.detach())
-                    if step < int(self.steps):  # (the last pass only measures)
-                        loss.backward(inputs=list(params.values()))
-                losses.append(total / n_fits)
-                if step < int(self.steps):
-                    opt.step()
-        self.values = {k: v.detach().expand(task.seq_len, *v.shape[1:]).contiguous() for k, v in params.items()}
+                loss_on(scored.select(pick.to(task.device)), backward=True)
+                opt.step()
+                if step in checks:
+                    now = full_loss()
+                    if now < best[0]:
+                        best = (now, {k: v.detach().clone() for k, v in params.items()}, step)
+        loss, kept, kept_step = best
+        self.values = {k: v.expand(task.seq_len, *v.shape[1:]).contiguous() for k, v in kept.items()}
         self.fit = {
             "fit": self.fit_kind if circuit is None else "circuit",
             "objective": self.objective,
-            "loss_at_mean": sign * losses[0],
-            "loss_fitted": sign * losses[-1],
-            "steps": int(self.steps),
+            "loss_at_mean": sign * at_mean,
+            "loss_fitted": sign * loss,
+            "steps": steps,
+            "kept_step": kept_step,
             "per_position": per_position,
         }
         return self
@@ -225,6 +257,7 @@ class Ablation:
                 fit_kind=self.fit_kind,
                 steps=self.steps,
                 lr=self.lr,
+                checks=self.checks,
                 fit=dict(self.fit),
                 values=sorted(self.values) if self.values is not None else None,
             )
@@ -259,6 +292,7 @@ class Ablation:
                 fit_kind=str(doc.get("fit_kind", "node")),
                 steps=int(doc.get("steps", 100)),
                 lr=float(doc.get("lr", 0.05)),
+                checks=int(doc.get("checks", 4)),
                 fit=dict(doc.get("fit") or {}),
             )
         return cls(**kw)
