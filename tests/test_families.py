@@ -296,3 +296,17 @@ def test_grouped_keys_and_values_are_projected_once_per_kv_head(name):
     with torch.no_grad():
         twin.blocks[0].attn._W_K.mul_(2)
         assert (twin(task.clean) - model(task.clean)).abs().max() > 1e-6
+
+
+@pytest.mark.parametrize("neurons", [None, NEURONS], ids=["heads", "neurons"])
+def test_eap_ig_in_uneven_chunks_equals_one_chunk(family, neurons):
+    """EAP-IG reuses its buffers across steps, layers and example chunks (behind post-norms, the
+    deltas through each step's Jacobian too): chunks of 4 examples and a shorter last one give the
+    scores of one chunk of every example."""
+    _, model, task = family
+    assert task.n_examples % 4
+    graph = Graph.from_model(model, neurons=neurons)
+    kw = dict(method="eap-ig", steps=3, progress=False, scores_dtype=torch.float64)
+    whole = cg.attribute(model, graph, task, batch_size=task.n_examples, **kw).clone()
+    parts = cg.attribute(model, graph, task, batch_size=4, **kw)
+    torch.testing.assert_close(parts, whole, rtol=1e-9, atol=1e-12)

@@ -27,6 +27,7 @@ from circuitgraph.engine.batching import auto_batch_size, check_graph, example_c
 from circuitgraph.engine.evaluator import CircuitEvaluator
 from circuitgraph.engine.progress import progress_bar
 from circuitgraph.engine.sources import raw_difference, raw_sources, source_deltas
+from circuitgraph.engine.tensors import reusable
 from circuitgraph.errors import ConfigError
 from circuitgraph.graph import Graph
 from circuitgraph.graph.blocks import EdgeBlocks
@@ -94,19 +95,20 @@ def attribute(
         chunks = list(example_chunks(task, bs))
         n_steps = 1 if method == "eap" else steps
         bar = progress_bar(len(chunks) * n_steps, method, progress, unit="step")
+        workspace: dict = {}  # the contractions' scratch buffers, reused by every run
         for idx, chunk, weight in chunks:
             ablated = abl.raw(model, graph, task, idx, chunk)
             if method == "eap":
                 clean: dict = {}
-                grads, _ = forward_backward(model, graph, chunk, capture_sources=clean)
+                grads, _ = forward_backward(model, graph, chunk, capture_sources=clean, workspace=workspace)
                 # a(ablated) − a(clean), differenced before projecting through W_O / W_out
                 deltas = source_deltas(model, graph, raw_difference(ablated, clean))
-                contract(graph, grads.residual_deltas(deltas, inplace=True), grads, scores, weight)
+                contract(graph, grads.residual_deltas(deltas, out=deltas.dense), grads, scores, weight)
                 bar.update(1)
                 continue
             clean = raw_sources(model, graph, chunk, chunk.clean)
             deltas = source_deltas(model, graph, raw_difference(ablated, clean))
-            runs: list = []  # steps whose gradients are summed before one contraction
+            summed = SummedGradients()  # steps whose gradients are summed before one contraction
             # (the kept captures never cost more than the deltas the contraction holds anyway, so
             # summing trades contractions for at most that much memory)
             budget = min(SUMMED_BYTES, deltas.dense.numel() * deltas.dense.element_size())
@@ -118,16 +120,19 @@ def attribute(
                     if method == "eap-ig-activations"
                     else (None, None)
                 )
-                grads, _ = forward_backward(model, graph, chunk, input_override=x, extra_fwd=extra, site_values=fixed)
+                grads, _ = forward_backward(
+                    model, graph, chunk, input_override=x, extra_fwd=extra, site_values=fixed, workspace=workspace
+                )
                 if grads.groups:  # behind post-norms each step sees the deltas through its own Jacobian
-                    contract(graph, grads.residual_deltas(deltas), grads, scores, weight / steps)
+                    into = reusable(workspace, "post_normed_deltas", tuple(deltas.dense.shape), deltas.dense)
+                    contract(graph, grads.residual_deltas(deltas, out=into), grads, scores, weight / steps)
                 else:
-                    runs.append(grads)
-                    summed = SummedGradients(runs)
-                    if k == steps - 1 or summed.nbytes() * (len(runs) + 1) / len(runs) > budget:
+                    summed.add(grads)
+                    if k == steps - 1 or summed.next_nbytes() > budget:
                         contract(graph, deltas, summed, scores, weight / steps)
-                        runs = []
+                        summed = SummedGradients()
                 bar.update(1)
+            workspace.pop("post_normed_deltas", None)  # (not held while the next chunk's deltas are built)
         bar.close()
     # (contractions only ever write upstream-source × destination blocks, so invalid entries stay 0)
     graph.score_info = {

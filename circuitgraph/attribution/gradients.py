@@ -20,7 +20,7 @@ from circuitgraph.attribution.post_norms import capture_hooks, through_post_norm
 from circuitgraph.engine.post_norms import norm_groups
 from circuitgraph.engine.sites import feature_ids, other_features, site_hooks, site_sae
 from circuitgraph.engine.sources import source_hooks
-from circuitgraph.engine.tensors import SourceDeltas, frozen, frozen_params, store_hook
+from circuitgraph.engine.tensors import SourceDeltas, frozen, frozen_params, reusable, store_hook
 from circuitgraph.graph import Graph, PositionalGraph
 from circuitgraph.graph.blocks import EdgeBlocks
 from circuitgraph.graph.sites import Site
@@ -33,8 +33,9 @@ Readers = list[tuple[slice, DenseReaders | LowRankReaders]]
 class DestinationGradients:
     """Captures what one forward+backward needs to give every destination's input gradient."""
 
-    def __init__(self, model: Any, graph: Graph) -> None:
+    def __init__(self, model: Any, graph: Graph, workspace: dict | None = None) -> None:
         self.model, self.graph = model, graph
+        self.workspace = {} if workspace is None else workspace  # scratch shared by one attribution's runs
         self.bk = as_backend(model)
         self.groups = norm_groups(self.bk, graph)  # sources behind norms after sublayers (Gemma-2/3)
         self.fwd: dict[str, torch.Tensor] = {}
@@ -63,15 +64,16 @@ class DestinationGradients:
         bwd.append((bk.final_hook(), store_hook(self.grad, "logits")))
         return fwd + capture_hooks(bk, self.groups, self.fwd), bwd
 
-    def residual_deltas(self, deltas: SourceDeltas, inplace: bool = False) -> SourceDeltas:
+    def residual_deltas(self, deltas: SourceDeltas, out: torch.Tensor | None = None) -> SourceDeltas:
         """``deltas`` as this run's residual stream sees them: post-normed sources through their
-        norm's Jacobian at this run (see :mod:`circuitgraph.attribution.post_norms`); as they are
-        for every other model."""
-        return through_post_norms(self.bk, self.groups, self.fwd, deltas, inplace=inplace)
+        norm's Jacobian at this run (see :mod:`circuitgraph.attribution.post_norms`; ``out``: where
+        the dense rows go), as they are for every other model."""
+        return through_post_norms(self.bk, self.groups, self.fwd, deltas, out=out)
 
     def group(self, name: str) -> Readers:
         """Input gradients of a destination group of :meth:`Graph.dst_slices`, as
-        ``[(columns within the group, readers)]`` in factored form."""
+        ``[(columns within the group, readers)]`` in factored form. Heads' readers live in a
+        workspace buffer: use them before asking for the next group."""
         if name == "logits":
             return [(slice(0, 1), DenseReaders(self.grad["logits"][None]))]
         site = next((s for s in self.graph.sites if s.name == name), None)
@@ -84,7 +86,9 @@ class DestinationGradients:
             if L not in self.graph.neurons:
                 return [(slice(0, 1), DenseReaders(self.grad[name][None]))]
             return self._neuron_readers(L)
-        readers = head_readers(self.bk, self.graph, L, [self])
+        sums = HeadSums(radial=False)
+        sums.add(self.bk, L, self)
+        readers = head_readers(self.bk, self.graph, L, sums, self.workspace)
         return [(slice(0, readers.n), readers)]
 
     def _neuron_readers(self, L: int) -> list:
@@ -152,38 +156,69 @@ class DestinationGradients:
         return out
 
 
-def head_readers(bk: Any, graph: Graph, L: int, runs: list[DestinationGradients]) -> DenseReaders:
+def _gained(bk: Any, L: int, letter: str) -> torch.Tensor:
+    """``W_Q/K/V`` of layer L, ``[head, d_model, d_head]`` (one per query head), with ln1's gain folded in."""
+    W = frozen(bk.W_qkv(L, letter))
+    gain = bk.norm_gain(L, 1)
+    return W if gain is None else W * frozen(gain)[None, :, None]
+
+
+class HeadSums:
+    """Layer L's q/k/v input gradients in head space, summed over runs: ``Σ g/σ`` per letter
+    ``[batch, pos, head, d_head]``, and (with ``radial``) each run's own x̂ term of the norm's
+    Jacobian, ``(g/σ)·(x̂ W)/d`` per letter ``[head, batch, pos]``, with its x̂. Adding a run
+    reads what it needs, so the run's head-space captures can be dropped after."""
+
+    def __init__(self, radial: bool) -> None:
+        self.radial = radial
+        self.total: list[torch.Tensor] = []
+        self.radials: list[tuple[list[torch.Tensor], torch.Tensor]] = []
+        self.xhat: torch.Tensor | None = None  # the first run's x̂ (whether ln1 normalises at all)
+
+    def add(self, bk: Any, L: int, run: DestinationGradients) -> None:
+        scale, xhat = run.fwd.get(f"scale{L}"), run.fwd.get(f"norm{L}")  # [B, P, 1], [B, P, d]
+        self.xhat = xhat if self.xhat is None else self.xhat
+        parts = []
+        for i, letter in enumerate("qkv"):
+            g = run.grad[f"{letter}{L}"]  # [batch, pos, head, d_head]
+            if scale is not None:
+                g = g / scale[..., None]
+            if len(self.total) < 3:
+                self.total.append(g.clone() if g is run.grad[f"{letter}{L}"] else g)
+            else:
+                self.total[i] += g
+            if self.radial and xhat is not None:
+                W = _gained(bk, L, letter)
+                flat = W.permute(1, 0, 2).reshape(W.shape[1], -1)  # [d_model, head·d_head]: one GEMM
+                proj = (xhat.reshape(-1, xhat.shape[-1]) @ flat).view(g.shape)  # x̂ through the (gained) projection
+                parts.append((g * proj).sum(-1).permute(2, 0, 1) / xhat.shape[-1])
+        if parts and xhat is not None:
+            self.radials.append((parts, xhat))
+
+
+def head_readers(bk: Any, graph: Graph, L: int, sums: HeadSums, workspace: dict) -> DenseReaders:
     """Input gradients of layer L's q/k/v destinations, ``[3·H (or H), batch, pos, d_model]``,
-    with the norm's Jacobian already applied, summed over ``runs`` (one run for EAP).
+    with the norm's Jacobian already applied, from their head-space sums over runs.
 
     Per head, g' = (w ⊙ W g) / σ, less the Jacobian's per-position terms mean(g') and
     x̂·mean(g' ⊙ x̂), which are cheap in head space. The first term is linear in g/σ, so the runs'
-    head-space gradients are summed before one projection into G; the x̂ term is each run's own."""
-    gain = bk.norm_gain(L, 1)
-    w = frozen(gain) if gain is not None else None
+    head-space gradients are summed before one projection into G; the x̂ term is each run's own
+    (``sums.radials``). For one run (EAP; every EAP-IG step behind post-norms) the sums carry no
+    radial terms: x̂ · g' is read off G itself before the centre term is subtracted.
+
+    G is the workspace's buffer: valid until the next call for any layer."""
     centred = bk.norm_kind(L, 1) == "layernorm"
     d, H = graph.arch.d_model, graph.arch.n_heads
-    g0 = runs[0].grad[f"q{L}"]
-    B, P = g0.shape[:2]
+    B, P = sums.total[0].shape[:2]
     split = graph.split_qkv
-    G = (torch.empty if split else torch.zeros)((3 if split else 1) * H, B, P, d, dtype=g0.dtype, device=g0.device)
+    # (read by the contraction before the next group asks: one buffer serves every layer and run)
+    G = reusable(workspace, "head_readers", ((3 if split else 1) * H, B, P, d), sums.total[0])
+    if not split:
+        G.zero_()
     centres = []  # per letter, [head, batch, pos] (summed over runs)
-    radials: list[list[torch.Tensor]] = [[] for _ in runs]  # per run, per letter, [head, batch, pos]
     for i, letter in enumerate("qkv"):
-        W = frozen(bk.W_qkv(L, letter))  # [head, d_model, d_head], one per query head
-        if w is not None:
-            W = W * w[None, :, None]  # fold the norm's gain into the projection
-        total: torch.Tensor | None = None  # Σ_runs g / σ, [batch, pos, head, d_head]
-        for r, run in enumerate(runs):
-            g = run.grad[f"{letter}{L}"]  # [batch, pos, head, d_head]
-            scale, xhat = run.fwd.get(f"scale{L}"), run.fwd.get(f"norm{L}")
-            if scale is not None:
-                g = g / scale[..., None]
-            total = g if total is None else total + g
-            if xhat is not None:
-                proj = torch.einsum("bpd,hde->bphe", xhat, W)  # x̂ through the (gained) projection
-                radials[r].append((g * proj).sum(-1).permute(2, 0, 1) / d)
-        assert total is not None  # (runs: never empty)
+        W = _gained(bk, L, letter)
+        total = sums.total[i]  # Σ_runs g / σ, [batch, pos, head, d_head]
         # g' written straight into G (no concatenation)
         gh = total.permute(2, 0, 1, 3).reshape(H, B * P, -1)
         rows = G[i * H : (i + 1) * H] if split else G
@@ -191,38 +226,60 @@ def head_readers(bk: Any, graph: Graph, L: int, runs: list[DestinationGradients]
             torch.bmm(gh, W.transpose(1, 2), out=rows.view(H, B * P, d))
         else:
             rows.view(H, B * P, d).baddbmm_(gh, W.transpose(1, 2))
-        if centred and runs[0].fwd.get(f"norm{L}") is not None:
+        if centred and sums.xhat is not None:
             centres.append(torch.einsum("bphe,he->hbp", total, W.sum(1)) / d)
 
     def combine(parts: list[torch.Tensor]) -> torch.Tensor:  # split: one row per letter; joint: they add up
         return torch.cat(parts) if split else cast(torch.Tensor, sum(parts))  # (parts: never empty)
 
+    radials = sums.radials
+    if sums.xhat is not None and not sums.radial:
+        radials = [([torch.einsum("nbpd,bpd->nbp", G, sums.xhat) / d], sums.xhat)]  # x̂ · g' (all letters at once)
     if centres:
         G.sub_(combine(centres)[..., None])
-    for run, radial in zip(runs, radials):
-        if radial:
-            G.addcmul_(combine(radial)[..., None], run.fwd[f"norm{L}"], value=-1.0)
+    for parts, xhat in radials:
+        G.addcmul_(combine(parts)[..., None], xhat, value=-1.0)
     return DenseReaders(G)
 
 
 class SummedGradients:
     """The input gradients of several runs with the same source deltas (EAP-IG's steps), summed
-    where that is exact, so that one contraction serves them all: dense readers add up; low-rank
-    readers behind a norm carry each run's own x̂ in their Jacobian and are kept per run.
+    where that is exact, so that one contraction serves them all: dense readers add up; heads'
+    head-space gradients are summed as each run is added (:class:`HeadSums`, which keeps only
+    each run's x̂ and its per-head radial coefficients), and low-rank readers behind a norm carry
+    each run's own x̂ in their Jacobian and are kept per run.
 
-    The runs' captures are small (head-space q/k/v gradients, one norm input per layer), so keeping
-    a few of them costs far less than contracting every edge once per run."""
+    What is kept per run is small (one norm input per layer besides the MLPs' and sites'
+    captures), so keeping all of EAP-IG's steps costs far less than contracting every edge once
+    per step."""
 
-    def __init__(self, runs: list[DestinationGradients]) -> None:
-        self.runs = runs
+    def __init__(self) -> None:
+        self.runs: list[DestinationGradients] = []
+        self.heads: dict[int, HeadSums] = {}
+
+    def add(self, run: DestinationGradients) -> None:
+        graph = run.graph.node_graph
+        for L in range(graph.arch.n_layers):
+            if f"q{L}" not in run.grad:  # (no gradient reached this layer's heads)
+                continue
+            self.heads.setdefault(L, HeadSums(radial=True)).add(run.bk, L, run)
+            for letter in "qkv":  # (summed: no longer needed)
+                del run.grad[f"{letter}{L}"]
+        self.runs.append(run)
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for dg in self.runs for d in (dg.fwd, dg.grad) for t in d.values())
+        """Bytes kept that grow with the runs: their captures (the heads' sums are one run's
+        head-space gradients, however many runs they sum)."""
+        return sum(_captured_bytes(dg) for dg in self.runs)
+
+    def next_nbytes(self) -> int:
+        """About what :meth:`nbytes` would be with one more run like the last."""
+        return self.nbytes() + _captured_bytes(self.runs[-1])
 
     def group(self, name: str) -> list[tuple[slice, DenseReaders | LowRankReaders]]:
         dg = self.runs[0]
         if name.startswith("attn") and not any(s.name == name for s in dg.graph.sites):
-            readers = head_readers(dg.bk, dg.graph, _group(name)[1], self.runs)
+            readers = head_readers(dg.bk, dg.graph, _group(name)[1], self.heads[_group(name)[1]], dg.workspace)
             return [(slice(0, readers.n), readers)]
         summed: dict[tuple[int, int], torch.Tensor] = {}  # columns → Σ_runs dense input gradients
         owned = set()  # sums that are new tensors (the first run's may be its own capture: never written)
@@ -245,6 +302,10 @@ class SummedGradients:
             (slice(*k), DenseReaders(G)) for k, G in summed.items()
         ]
         return dense + kept
+
+
+def _captured_bytes(dg: DestinationGradients) -> int:
+    return sum(t.numel() * t.element_size() for d in (dg.fwd, dg.grad) for t in d.values())
 
 
 def _group(name: str) -> tuple[str, int]:
@@ -281,15 +342,17 @@ def forward_backward(
     capture_sources: dict | None = None,
     extra_fwd: list | None = None,
     site_values: dict[str, torch.Tensor] | None = None,
+    workspace: dict | None = None,
 ) -> tuple[DestinationGradients, torch.Tensor]:
     """One forward of the clean prompts and one backward of the mean metric.
 
     ``input_override`` replaces the embedding (``blocks.0.hook_resid_pre``), e.g. with an
     interpolation for EAP-IG; ``capture_sources`` (a dict) receives the raw source activations;
-    ``site_values`` fixes the SAE sites' nodes (straight-through, see :func:`site_hooks`).
+    ``site_values`` fixes the SAE sites' nodes (straight-through, see :func:`site_hooks`);
+    ``workspace`` (a dict) keeps scratch buffers for the contraction across runs.
     Returns the captured destination gradients and the per-example metric values.
     """
-    dg = DestinationGradients(model, graph)
+    dg = DestinationGradients(model, graph, workspace)
     bk = dg.bk
     fwd, bwd = dg.hooks()
 

@@ -34,13 +34,18 @@ def capture_hooks(backend: Backend, groups: list[NormGroup], buf: dict) -> list:
 
 
 def through_post_norms(
-    backend: Backend, groups: list[NormGroup], captures: dict, deltas: SourceDeltas, inplace: bool = False
+    backend: Backend, groups: list[NormGroup], captures: dict, deltas: SourceDeltas, out: torch.Tensor | None = None
 ) -> SourceDeltas:
-    """``deltas`` with every post-normed source's delta replaced by ``J δ`` at the captured run
-    (a copy unless ``inplace``; the other rows are shared)."""
+    """``deltas`` with every post-normed source's delta replaced by ``J δ`` at the captured run.
+    The dense rows go into ``out``: ``deltas.dense`` itself (in place), a buffer of its shape
+    (EAP-IG reuses one across its steps: on a CPU a fresh buffer of this size costs page faults on
+    every step), or a new tensor when None."""
     if not groups:
         return deltas
-    dense = deltas.dense if inplace else deltas.dense.clone()
+    src = deltas.dense  # [n, B, P, d]
+    dense = torch.empty_like(src) if out is None else out
+    inplace = dense is src
+    untouched = torch.ones(len(deltas.dense_rows), dtype=torch.bool, device=src.device)
     lowrank = list(deltas.lowrank)
     for g in groups:
         scale, xhat = captures[f"{g.key()}.scale"], captures[f"{g.key()}.normalized"]  # [B, P, 1], [B, P, d]
@@ -48,13 +53,18 @@ def through_post_norms(
         w = None if gain is None else frozen(gain).to(xhat.dtype)
         centred = backend.norm_kind(g.layer, g.which, post=True) == "layernorm"
         d = xhat.shape[-1]
-        inside = (deltas.dense_rows >= g.rows.start) & (deltas.dense_rows < g.rows.stop)
-        if bool(inside.any()):
-            D = dense[inside]  # [n, B, P, d]
+        at = ((deltas.dense_rows >= g.rows.start) & (deltas.dense_rows < g.rows.stop)).nonzero()[:, 0]
+        if len(at):
+            # (dense rows are sorted, so a group's rows are one run: views, written in place)
+            rows = slice(int(at[0]), int(at[-1]) + 1)
+            assert rows.stop - rows.start == len(at)
+            untouched[rows] = False
+            D, target = src[rows], dense[rows]
             if centred:
                 D = D - D.mean(-1, keepdim=True)
-            D = (D - xhat * (D * xhat).sum(-1, keepdim=True) / d) / scale
-            dense[inside] = D if w is None else D * w
+            along = torch.einsum("nbpd,bpd->nbp", D, xhat) / d  # x̂ · δ / d
+            torch.addcmul(D, along[..., None], xhat, value=-1.0, out=target)
+            target.mul_(1 / scale if w is None else w / scale)  # w ⊙ (δ − x̂ (x̂·δ)/d) / s
         for i, block in enumerate(lowrank):
             if not g.rows.start <= int(block.rows[0]) < g.rows.stop:
                 continue
@@ -65,4 +75,6 @@ def through_post_norms(
             lowrank[i] = replace(
                 block, coef=coef, dirs=dirs if w is None else dirs * w, field_coef=-coef * along, field=field
             )
+    if not inplace:
+        dense[untouched] = src[untouched]
     return SourceDeltas(dense, deltas.dense_rows, lowrank)

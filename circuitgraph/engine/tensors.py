@@ -29,6 +29,17 @@ def frozen(t: torch.Tensor) -> torch.Tensor:
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
+def reusable(workspace: dict, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    """A scratch tensor of ``shape`` (``like``'s dtype and device), kept in ``workspace`` under
+    ``name`` and handed out again while they match; its contents are the caller's until the next
+    request. On a CPU the allocator returns a buffer of tens of MB to the OS when it is freed, so a
+    fresh one costs page faults on every use: EAP-IG behind post-norms paid that per layer per step."""
+    t = workspace.get(name)
+    if t is None or t.shape != shape or t.dtype != like.dtype or t.device != like.device:
+        t = workspace[name] = torch.empty(shape, dtype=like.dtype, device=like.device)
+    return t
+
+
 @dataclass
 class LowRankSources:
     """Writes ``coef[i, b, p] · dirs[i]``: neurons (dirs = W_out rows) or SAE features; behind a
