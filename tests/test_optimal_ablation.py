@@ -21,6 +21,12 @@ def fitted():
     return model, task, graph, abl
 
 
+def flat_mean(model, graph, task) -> Ablation:
+    """The per-position mean averaged over positions, as fixed constants: where a fit starts."""
+    means = Ablation("mean")._mean_captures(model, graph, task)
+    return Ablation("optimal", values={k: v.mean(0, keepdim=True).expand_as(v).clone() for k, v in means.items()})
+
+
 def test_fit_lowers_the_loss_it_minimises(fitted):
     _, task, graph, abl = fitted
     assert abl.fit["loss_fitted"] < abl.fit["loss_at_mean"]
@@ -35,13 +41,7 @@ def test_node_fit_beats_the_mean_node_by_node(fitted):
     """Each node's constant is fitted with that node alone ablated: ablating one node with its
     fitted constant costs no more (KL to the clean run) than ablating it with its mean."""
     model, task, graph, abl = fitted
-    mean = Ablation("mean", per_position=None)
-    mean_flat = Ablation(
-        "optimal",
-        values={
-            k: v.mean(0, keepdim=True).expand_as(v).clone() for k, v in mean._mean_captures(model, graph, task).items()
-        },
-    )
+    mean_flat = flat_mean(model, graph, task)
     kl_task = task.with_metric("kl")
     better = 0
     for node in ["a0.h1", "a1.h2", "m0", "m1"]:
@@ -135,9 +135,7 @@ def test_a_fit_keeps_its_best_constants_measured_on_every_example(fitted):
     wild = Ablation("optimal", fit_kind="empty", steps=12, lr=50.0, checks=3).prepare(model, graph, task)
     assert wild.fit["kept_step"] == 0
     assert wild.fit["loss_fitted"] == wild.fit["loss_at_mean"]
-    mean = Ablation("mean")
-    flat = {k: v.mean(0, keepdim=True).expand_as(v).clone() for k, v in mean._mean_captures(model, graph, task).items()}
-    at_mean = float(CircuitEvaluator(model, graph, kl, Ablation("optimal", values=flat))(empty)[0])
+    at_mean = float(CircuitEvaluator(model, graph, kl, flat_mean(model, graph, task))(empty)[0])
     assert wild.fit["loss_at_mean"] == pytest.approx(at_mean, rel=1e-4)
     assert float(CircuitEvaluator(model, graph, kl, wild)(empty)[0]) == pytest.approx(at_mean, rel=1e-4)
     tame = Ablation("optimal", fit_kind="empty", steps=12, lr=0.05, checks=3).prepare(model, graph, task)

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from circuitgraph.engine.batching import example_chunks
 from circuitgraph.engine.patching import patched_logits
 from circuitgraph.engine.patching import tiled as _tiled
 from circuitgraph.engine.sources import raw_sources, stack_sources
@@ -162,11 +163,8 @@ class Ablation:
 
         def full_loss() -> float:
             """The objective on every example (minibatch losses are too noisy to compare fits by)."""
-            n, total = task.n_examples, 0.0
             with torch.no_grad():
-                for i in range(0, n, examples_per_step):
-                    idx = torch.arange(i, min(n, i + examples_per_step), device=task.device)
-                    total += loss_on(scored.select(idx), backward=False) * len(idx) / n
+                total = sum(loss_on(sub, backward=False) * w for _, sub, w in example_chunks(scored, examples_per_step))
             return total / n_fits
 
         steps = int(self.steps)
