@@ -310,3 +310,21 @@ def test_eap_ig_in_uneven_chunks_equals_one_chunk(family, neurons):
     whole = cg.attribute(model, graph, task, batch_size=task.n_examples, **kw).clone()
     parts = cg.attribute(model, graph, task, batch_size=4, **kw)
     torch.testing.assert_close(parts, whole, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["eap", "eap-ig"])
+def test_stacked_readers_equal_one_group_at_a_time(family, method, monkeypatch):
+    """The contraction stacks consecutive destination groups' readers and reads each run of
+    shared upstream rows once per stack. A stack of 5 reader rows (every heads group bigger
+    than it: scored on its own; logits and MLPs flushing stacks mid-layer) and a stack of one row
+    give the scores of a stack that holds every group."""
+    from circuitgraph.attribution import gradients
+
+    _, model, task = family
+    graph = Graph.from_model(model)
+    kw = dict(method=method, steps=3, progress=False, scores_dtype=torch.float64)
+    whole = cg.attribute(model, graph, task, **kw).clone()
+    row = task.n_examples * task.clean.shape[1] * model.cfg.d_model * 8  # one float64 reader row
+    for rows in (5, 1):
+        monkeypatch.setattr(gradients, "STACK_BYTES", rows * row)
+        torch.testing.assert_close(cg.attribute(model, graph, task, **kw), whole, rtol=1e-9, atol=1e-12)

@@ -11,6 +11,7 @@ from ``hook_mlp_in`` and the last ``hook_resid_post``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, cast
 
 import torch
@@ -28,6 +29,8 @@ from circuitgraph.models.backend import as_backend
 
 # a destination group's readers: ``[(columns within the group, readers)]``
 Readers = list[tuple[slice, DenseReaders | LowRankReaders]]
+# ``rows → [rows, B, P, d]`` buffer for a group's readers, or None where it has no room
+Allocator = Callable[[int], "torch.Tensor | None"]
 
 
 class DestinationGradients:
@@ -70,10 +73,11 @@ class DestinationGradients:
         the dense rows go), as they are for every other model."""
         return through_post_norms(self.bk, self.groups, self.fwd, deltas, out=out)
 
-    def group(self, name: str) -> Readers:
+    def group(self, name: str, into: Allocator | None = None) -> Readers:
         """Input gradients of a destination group of :meth:`Graph.dst_slices`, as
-        ``[(columns within the group, readers)]`` in factored form. Heads' readers live in a
-        workspace buffer: use them before asking for the next group."""
+        ``[(columns within the group, readers)]`` in factored form. Heads' readers go into
+        ``into(rows)`` when it gives a buffer, else into a workspace buffer: use them before asking
+        for the next group."""
         if name == "logits":
             return [(slice(0, 1), DenseReaders(self.grad["logits"][None]))]
         site = next((s for s in self.graph.sites if s.name == name), None)
@@ -88,7 +92,7 @@ class DestinationGradients:
             return self._neuron_readers(L)
         sums = HeadSums(radial=False)
         sums.add(self.bk, L, self)
-        readers = head_readers(self.bk, self.graph, L, sums, self.workspace)
+        readers = head_readers(self.bk, self.graph, L, sums, self.workspace, into)
         return [(slice(0, readers.n), readers)]
 
     def _neuron_readers(self, L: int) -> list:
@@ -196,7 +200,9 @@ class HeadSums:
             self.radials.append((parts, xhat))
 
 
-def head_readers(bk: Any, graph: Graph, L: int, sums: HeadSums, workspace: dict) -> DenseReaders:
+def head_readers(
+    bk: Any, graph: Graph, L: int, sums: HeadSums, workspace: dict, into: Allocator | None = None
+) -> DenseReaders:
     """Input gradients of layer L's q/k/v destinations, ``[3·H (or H), batch, pos, d_model]``,
     with the norm's Jacobian already applied, from their head-space sums over runs.
 
@@ -206,13 +212,17 @@ def head_readers(bk: Any, graph: Graph, L: int, sums: HeadSums, workspace: dict)
     (``sums.radials``). For one run (EAP; every EAP-IG step behind post-norms) the sums carry no
     radial terms: x̂ · g' is read off G itself before the centre term is subtracted.
 
-    G is the workspace's buffer: valid until the next call for any layer."""
+    G is ``into(rows)`` where that gives a buffer, else the workspace's: valid until the next
+    call for any layer."""
     centred = bk.norm_kind(L, 1) == "layernorm"
     d, H = graph.arch.d_model, graph.arch.n_heads
     B, P = sums.total[0].shape[:2]
     split = graph.split_qkv
+    shape = ((3 if split else 1) * H, B, P, d)
     # (read by the contraction before the next group asks: one buffer serves every layer and run)
-    G = reusable(workspace, "head_readers", ((3 if split else 1) * H, B, P, d), sums.total[0])
+    G = into(shape[0]) if into is not None else None
+    if G is None or G.dtype != sums.total[0].dtype:
+        G = reusable(workspace, "head_readers", shape, sums.total[0])
     if not split:
         G.zero_()
     centres = []  # per letter, [head, batch, pos] (summed over runs)
@@ -267,6 +277,10 @@ class SummedGradients:
                 del run.grad[f"{letter}{L}"]
         self.runs.append(run)
 
+    @property
+    def workspace(self) -> dict:
+        return self.runs[0].workspace
+
     def nbytes(self) -> int:
         """Bytes kept that grow with the runs: their captures (the heads' sums are one run's
         head-space gradients, however many runs they sum)."""
@@ -276,10 +290,10 @@ class SummedGradients:
         """About what :meth:`nbytes` would be with one more run like the last."""
         return self.nbytes() + _captured_bytes(self.runs[-1])
 
-    def group(self, name: str) -> list[tuple[slice, DenseReaders | LowRankReaders]]:
+    def group(self, name: str, into: Allocator | None = None) -> list[tuple[slice, DenseReaders | LowRankReaders]]:
         dg = self.runs[0]
         if name.startswith("attn") and not any(s.name == name for s in dg.graph.sites):
-            readers = head_readers(dg.bk, dg.graph, _group(name)[1], self.heads[_group(name)[1]], dg.workspace)
+            readers = head_readers(dg.bk, dg.graph, _group(name)[1], self.heads[_group(name)[1]], dg.workspace, into)
             return [(slice(0, readers.n), readers)]
         summed: dict[tuple[int, int], torch.Tensor] = {}  # columns → Σ_runs dense input gradients
         owned = set()  # sums that are new tensors (the first run's may be its own capture: never written)
@@ -387,8 +401,9 @@ def contract(
     weight: float = 1.0,
 ) -> None:
     """``out[u, v] += weight · Σ_{batch,pos,d} delta_u · ∂m/∂in_v`` for every valid edge: per
-    destination group, one matmul over the dense sources upstream of it plus one factored
-    product per upstream low-rank block (neurons, SAE features). ``out`` is a dense
+    destination group, one matmul over the dense sources upstream of it (consecutive groups'
+    plain dense readers stacked, see :class:`ReaderStack`) plus one factored product per
+    upstream low-rank block (neurons, SAE features). ``out`` is a dense
     ``[n_src, n_dst]`` tensor or :class:`EdgeBlocks` (each group's products go into its block). A
     position-resolved graph keeps each position's own sum, written into the position diagonal of
     its (dense) score matrix."""
@@ -401,14 +416,92 @@ def contract(
         return
     scores = graph.diagonal(out) if isinstance(graph, PositionalGraph) else out  # [n_src, n_dst(, P)] view
     node = graph.node_graph
+    stack = None if per_position else ReaderStack(deltas.dense, scores, weight, grads.workspace)
     for name, cols in node.dst_slices().items():
         Du, sums, target, blocks = _upstream_deltas(node, name, deltas, row_sums)
-        for sub, readers in grads.group(name):
+        # plain dense readers of a prefix of the rows wait in the stack (heads' are written there)
+        stop = target.stop if isinstance(target, slice) and not target.start and not blocks else None
+        room = stack.room if stack is not None and stop is not None else None
+        for sub, readers in grads.group(name, into=room):
             c = slice(cols.start + sub.start, cols.start + sub.stop)
+            if stack is not None and stop is not None and stack.add(stop, c, readers):
+                continue
             if len(Du):
                 scores[target, c] += weight * dense_scores(Du, readers, sums, per_position).to(out.dtype)
             for block in blocks:
                 scores[block.rows, c] += weight * lowrank_scores(block, readers, per_position).to(out.dtype)
+    if stack is not None:
+        stack.flush()
+
+
+STACK_BYTES = 2**28  # readers stacked per pass over the deltas (256 MiB: a few layers' heads)
+
+
+class ReaderStack:
+    """Consecutive destination groups' plain dense readers ``[n, B, P, d]``, stacked in one buffer
+    so that one matmul per run of shared upstream rows scores them all. The contraction is
+    bound by reading the deltas ``[n_up, B, P, d]``: group by group, every upstream row is read
+    once per group (twice per layer); stacked, once per stack. Groups read prefixes of the rows
+    (graph order is topological), so the groups after the i-th stop share rows up to it."""
+
+    def __init__(self, D: torch.Tensor, scores: torch.Tensor, weight: float, workspace: dict) -> None:
+        self.D, self.scores, self.weight = D, scores, weight  # D: [n_dense, B, P, d]
+        row = D[0].numel() * D.element_size() if len(D) else 1
+        rows = max(1, min(STACK_BYTES // row, scores.shape[1]))  # (never more readers than columns)
+        self.buf = reusable(workspace, "reader_stack", (rows, *D.shape[1:]), D)
+        self.used = 0
+        self.items: list[tuple[int, slice, slice]] = []  # (upstream stop, score columns, buffer rows)
+
+    def room(self, n: int) -> torch.Tensor | None:
+        """The next ``n`` rows of the buffer (after scoring what it holds, if they would not fit),
+        or None when ``n`` rows exceed the buffer."""
+        if n > len(self.buf):
+            return None
+        if self.used + n > len(self.buf):
+            self.flush()
+        return self.buf[self.used : self.used + n]
+
+    def add(self, stop: int, cols: slice, readers: DenseReaders | LowRankReaders) -> bool:
+        """Stack ``readers`` of the upstream rows before ``stop`` for columns ``cols``; False
+        (nothing done) for readers that are not plain dense, or that do not fit."""
+        if not isinstance(readers, DenseReaders) or readers.centre is not None or readers.radial is not None:
+            return False
+        G, n = readers.G, readers.n
+        if G.dtype != self.buf.dtype or G.shape[1:] != self.buf.shape[1:]:
+            return False
+        here = self.buf[self.used : self.used + n]
+        if not (G.data_ptr() == here.data_ptr() and len(here) == n):  # (heads' readers are written in place)
+            free = self.room(n)
+            if free is None:
+                return False
+            free.copy_(G)
+        self.items.append((int(stop), cols, slice(self.used, self.used + n)))
+        self.used += n
+        return True
+
+    def flush(self) -> None:
+        """Score every stacked group: the rows between consecutive stops against the groups that
+        read them (all groups from that stop on, one matmul)."""
+        items, self.items, self.used = self.items, [], 0
+        stops = [stop for stop, _, _ in items]
+        if stops != sorted(stops):  # (graph order never does this; exact regardless)
+            for item in items:
+                self._score(0, item[0], [item])
+            return
+        start = 0
+        for i, (stop, _, _) in enumerate(items):
+            if stop > start:
+                self._score(start, stop, items[i:])
+                start = stop
+
+    def _score(self, start: int, stop: int, items: list[tuple[int, slice, slice]]) -> None:
+        first, last = items[0][2].start, items[-1][2].stop  # (stacked items are adjacent rows)
+        Du = self.D[start:stop]
+        acc = Du.reshape(len(Du), -1) @ self.buf[first:last].reshape(last - first, -1).T  # [rows, readers]
+        for _, cols, r in items:
+            self.scores[start:stop, cols] += self.weight * acc[:, r.start - first : r.stop - first].to(
+                self.scores.dtype
+            )
 
 
 def _upstream_deltas(
