@@ -434,7 +434,7 @@ def contract(
         stack.flush()
 
 
-STACK_BYTES = 2**28  # readers stacked per pass over the deltas (256 MiB: a few layers' heads)
+STACK_BYTES = 2**28  # readers stacked per pass over the deltas (at most 256 MiB: a few layers' heads)
 
 
 class ReaderStack:
@@ -447,7 +447,8 @@ class ReaderStack:
     def __init__(self, D: torch.Tensor, scores: torch.Tensor, weight: float, workspace: dict) -> None:
         self.D, self.scores, self.weight = D, scores, weight  # D: [n_dense, B, P, d]
         row = D[0].numel() * D.element_size() if len(D) else 1
-        rows = max(1, min(STACK_BYTES // row, scores.shape[1]))  # (never more readers than columns)
+        # never more readers than columns, nor more bytes than the deltas themselves hold
+        rows = max(1, min(STACK_BYTES // row, scores.shape[1], len(D)))
         self.buf = reusable(workspace, "reader_stack", (rows, *D.shape[1:]), D)
         self.used = 0
         self.items: list[tuple[int, slice, slice]] = []  # (upstream stop, score columns, buffer rows)
