@@ -312,19 +312,36 @@ def test_eap_ig_in_uneven_chunks_equals_one_chunk(family, neurons):
     torch.testing.assert_close(parts, whole, rtol=1e-9, atol=1e-12)
 
 
-@pytest.mark.parametrize("method", ["eap", "eap-ig"])
-def test_stacked_readers_equal_one_group_at_a_time(family, method, monkeypatch):
+@pytest.mark.parametrize("split_qkv", [True, False], ids=["qkv", "joint"])
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_stacked_readers_equal_one_group_at_a_time(name, split_qkv, monkeypatch):
     """The contraction stacks consecutive destination groups' readers and reads each run of
-    shared upstream rows once per stack. A stack of 5 reader rows (every heads group bigger
-    than it: scored on its own; logits and MLPs flushing stacks mid-layer) and a stack of one row
-    give the scores of a stack that holds every group."""
+    shared upstream rows once per stack. On 4-layer models (so that a layer's heads fit the
+    stack), the default stack, stacks of 13 and 5 reader rows (flushes mid-layer; a heads group
+    bigger than the stack scored on its own) and of 1 row give the scores of contracting one
+    group at a time, for EAP and EAP-IG."""
     from circuitgraph.attribution import gradients
 
-    _, model, task = family
-    graph = Graph.from_model(model)
-    kw = dict(method=method, steps=3, progress=False, scores_dtype=torch.float64)
-    whole = cg.attribute(model, graph, task, **kw).clone()
+    class NoStack(gradients.ReaderStack):  # every group scored on its own, as before stacking
+        def room(self, n):
+            return None
+
+        def add(self, stop, cols, readers):
+            return False
+
+    deeper = {"attn_types": FAMILIES[name]["attn_types"] * 2} if "attn_types" in FAMILIES[name] else {}
+    model = family_model(name, n_layers=4, **deeper)
+    task = tiny_task(model)
+    graph = Graph.from_model(model, split_qkv=split_qkv)
     row = task.n_examples * task.clean.shape[1] * model.cfg.d_model * 8  # one float64 reader row
-    for rows in (5, 1):
-        monkeypatch.setattr(gradients, "STACK_BYTES", rows * row)
-        torch.testing.assert_close(cg.attribute(model, graph, task, **kw), whole, rtol=1e-9, atol=1e-12)
+    for method in ("eap", "eap-ig"):
+        kw = dict(method=method, steps=3, progress=False, scores_dtype=torch.float64)
+        with monkeypatch.context() as m:
+            m.setattr(gradients, "ReaderStack", NoStack)
+            reference = cg.attribute(model, graph, task, **kw).clone()
+        for rows in (None, 13, 5, 1):
+            with monkeypatch.context() as m:
+                if rows is not None:
+                    m.setattr(gradients, "STACK_BYTES", rows * row)
+                stacked = cg.attribute(model, graph, task, **kw)
+            torch.testing.assert_close(stacked, reference, rtol=1e-9, atol=1e-12)

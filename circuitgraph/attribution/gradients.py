@@ -416,7 +416,10 @@ def contract(
         return
     scores = graph.diagonal(out) if isinstance(graph, PositionalGraph) else out  # [n_src, n_dst(, P)] view
     node = graph.node_graph
-    stack = None if per_position else ReaderStack(deltas.dense, scores, weight, grads.workspace)
+    # (neurons' and features' low-rank rows break the prefixes: such graphs never stack)
+    stack = (
+        ReaderStack(deltas.dense, scores, weight, grads.workspace) if deltas.contiguous and not per_position else None
+    )
     for name, cols in node.dst_slices().items():
         Du, sums, target, blocks = _upstream_deltas(node, name, deltas, row_sums)
         # plain dense readers of a prefix of the rows wait in the stack (heads' are written there)
@@ -442,7 +445,9 @@ class ReaderStack:
     so that one matmul per run of shared upstream rows scores them all. The contraction is
     bound by reading the deltas ``[n_up, B, P, d]``: group by group, every upstream row is read
     once per group (twice per layer); stacked, once per stack. Groups read prefixes of the rows
-    (graph order is topological), so the groups after the i-th stop share rows up to it."""
+    (graph order is topological), so the groups after the i-th stop share rows up to it. The
+    buffer (at most ``STACK_BYTES`` and the deltas' own size) lies outside ``auto_batch_size``'s
+    budget, like the deltas seen through post-norms."""
 
     def __init__(self, D: torch.Tensor, scores: torch.Tensor, weight: float, workspace: dict) -> None:
         self.D, self.scores, self.weight = D, scores, weight  # D: [n_dense, B, P, d]
