@@ -345,3 +345,31 @@ def test_stacked_readers_equal_one_group_at_a_time(name, split_qkv, monkeypatch)
                     m.setattr(gradients, "STACK_BYTES", rows * row)
                 stacked = cg.attribute(model, graph, task, **kw)
             torch.testing.assert_close(stacked, reference, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("split_qkv", [True, False], ids=["qkv", "joint"])
+@pytest.mark.parametrize("name", ["gemma-2", "llama", "gpt-neox"])
+def test_bfloat16_products_stay_within_the_bfloat16_models_own_error(name, split_qkv, monkeypatch):
+    """A bf16 model's heads' readers are projected, and the stacked readers contracted, in bf16
+    (``gradients.PROJECT_IN_MODEL_DTYPE``). Against the same weights in float64, its scores are off
+    by the bf16 forward and backward anyway; the bf16 products add a fraction of that, on a
+    post-norm model (each EAP-IG step contracted), a summed RMS model and a LayerNorm model
+    (centred readers), heads stacked or not (neurons), for EAP and EAP-IG."""
+    from circuitgraph.attribution import gradients
+
+    deeper = {"attn_types": FAMILIES[name]["attn_types"] * 2} if "attn_types" in FAMILIES[name] else {}
+    truth_model = family_model(name, n_layers=4, **deeper)
+    model = family_model(name, n_layers=4, **deeper).to(torch.bfloat16)
+    task = tiny_task(truth_model)
+    for neurons in (None, NEURONS):
+        graph = Graph.from_model(truth_model, split_qkv=split_qkv, neurons=neurons)
+        for method in ("eap", "eap-ig"):
+            kw = dict(method=method, steps=3, progress=False, scores_dtype=torch.float64)
+            truth = cg.attribute(truth_model, graph, task, **kw).clone()
+            with monkeypatch.context() as m:
+                m.setattr(gradients, "PROJECT_IN_MODEL_DTYPE", ())
+                wide = cg.attribute(model, graph, task, **kw).clone()
+            low = cg.attribute(model, graph, task, **kw)
+            own, added, total = ((x - y).norm() / truth.norm() for x, y in ((wide, truth), (low, wide), (low, truth)))
+            assert 0 < added < 0.5 * own
+            assert total < 1.2 * own

@@ -160,11 +160,26 @@ class DestinationGradients:
         return out
 
 
-def _gained(bk: Any, L: int, letter: str) -> torch.Tensor:
-    """``W_Q/K/V`` of layer L, ``[head, d_model, d_head]`` (one per query head), with ln1's gain folded in."""
-    W = frozen(bk.W_qkv(L, letter))
-    gain = bk.norm_gain(L, 1)
-    return W if gain is None else W * frozen(gain)[None, :, None]
+# Model dtypes in which the heads' readers are projected and the stacked readers contracted
+# (see :func:`head_readers` and :class:`ReaderStack`); float16's range is too narrow for g/σ
+PROJECT_IN_MODEL_DTYPE = (torch.bfloat16,)
+
+
+def projection_dtype(bk: Any) -> torch.dtype | None:
+    """The model's dtype where the big products run in it (bfloat16), else None (float32 at least)."""
+    dtype = bk.W_qkv(0, "q").dtype
+    return dtype if dtype in PROJECT_IN_MODEL_DTYPE else None
+
+
+def _gained(bk: Any, L: int, letter: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``W_Q/K/V`` of layer L, ``[head, d_model, d_head]`` (one per query head), with ln1's gain
+    folded in: in float32 at least (:func:`frozen`), or in ``dtype`` (rounded once)."""
+    W, gain = bk.W_qkv(L, letter).detach(), bk.norm_gain(L, 1)
+    if dtype is None:
+        W, gain = frozen(W), None if gain is None else frozen(gain)
+    else:
+        W, gain = W.to(dtype), None if gain is None else gain.detach().to(dtype)
+    return W if gain is None else W * gain[None, :, None]
 
 
 class HeadSums:
@@ -212,43 +227,53 @@ def head_readers(
     (``sums.radials``). For one run (EAP; every EAP-IG step behind post-norms) the sums carry no
     radial terms: x̂ · g' is read off G itself before the centre term is subtracted.
 
+    In a bfloat16 model the projection W g runs in bfloat16 (float32 accumulation, its output
+    rounded to 2⁻⁹ relative); G stays bfloat16 where ``into`` gives a bfloat16 buffer (a
+    :class:`ReaderStack`'s), else is kept in float32. The inputs already carry that rounding from
+    every op of the model's bf16 backward (benchmarks/RESULTS.md, issue 11, measures what it moves).
+
     G is ``into(rows)`` where that gives a buffer, else the workspace's: valid until the next
     call for any layer."""
     centred = bk.norm_kind(L, 1) == "layernorm"
+    low = projection_dtype(bk)
     d, H = graph.arch.d_model, graph.arch.n_heads
     B, P = sums.total[0].shape[:2]
     split = graph.split_qkv
     shape = ((3 if split else 1) * H, B, P, d)
     # (read by the contraction before the next group asks: one buffer serves every layer and run)
     G = into(shape[0]) if into is not None else None
-    if G is None or G.dtype != sums.total[0].dtype:
+    if G is None or G.dtype not in (sums.total[0].dtype, low):
         G = reusable(workspace, "head_readers", shape, sums.total[0])
     if not split:
         G.zero_()
     centres = []  # per letter, [head, batch, pos] (summed over runs)
     for i, letter in enumerate("qkv"):
-        W = _gained(bk, L, letter)
+        W = _gained(bk, L, letter, low)
         total = sums.total[i]  # Σ_runs g / σ, [batch, pos, head, d_head]
         # g' written straight into G (no concatenation)
         gh = total.permute(2, 0, 1, 3).reshape(H, B * P, -1)
-        rows = G[i * H : (i + 1) * H] if split else G
-        if split:
-            torch.bmm(gh, W.transpose(1, 2), out=rows.view(H, B * P, d))
+        rows = G[i * H : (i + 1) * H].view(H, B * P, d) if split else G.view(H, B * P, d)
+        if low is not None and G.dtype != low:  # projected in the model's dtype, kept in float32
+            prod = reusable(workspace, "head_readers_low", (H, B * P, d), W)
+            torch.bmm(gh.to(low), W.transpose(1, 2), out=prod)
+            rows.copy_(prod) if split else rows.add_(prod)
+        elif split:
+            torch.bmm(gh.to(G.dtype), W.transpose(1, 2), out=rows)
         else:
-            rows.view(H, B * P, d).baddbmm_(gh, W.transpose(1, 2))
+            rows.baddbmm_(gh.to(G.dtype), W.transpose(1, 2))
         if centred and sums.xhat is not None:
-            centres.append(torch.einsum("bphe,he->hbp", total, W.sum(1)) / d)
+            centres.append(torch.einsum("bphe,he->hbp", total, W.sum(1, dtype=total.dtype)) / d)
 
     def combine(parts: list[torch.Tensor]) -> torch.Tensor:  # split: one row per letter; joint: they add up
         return torch.cat(parts) if split else cast(torch.Tensor, sum(parts))  # (parts: never empty)
 
     radials = sums.radials
-    if sums.xhat is not None and not sums.radial:
-        radials = [([torch.einsum("nbpd,bpd->nbp", G, sums.xhat) / d], sums.xhat)]  # x̂ · g' (all letters at once)
+    if sums.xhat is not None and not sums.radial:  # x̂ · g' (all letters at once)
+        radials = [([torch.einsum("nbpd,bpd->nbp", G, sums.xhat.to(G.dtype)) / d], sums.xhat)]
     if centres:
-        G.sub_(combine(centres)[..., None])
-    for parts, xhat in radials:
-        G.addcmul_(combine(parts)[..., None], xhat, value=-1.0)
+        G.sub_(combine(centres).to(G.dtype)[..., None])
+    for parts, xhat in radials:  # (in G's dtype: mixed-dtype elementwise ops are slow on CPU)
+        G.addcmul_(combine(parts).to(G.dtype)[..., None], xhat.to(G.dtype), value=-1.0)
     return DenseReaders(G)
 
 
@@ -280,6 +305,10 @@ class SummedGradients:
     @property
     def workspace(self) -> dict:
         return self.runs[0].workspace
+
+    @property
+    def bk(self) -> Any:
+        return self.runs[0].bk
 
     def nbytes(self) -> int:
         """Bytes kept that grow with the runs: their captures (the heads' sums are one run's
@@ -418,7 +447,9 @@ def contract(
     node = graph.node_graph
     # (neurons' and features' low-rank rows break the prefixes: such graphs never stack)
     stack = (
-        ReaderStack(deltas.dense, scores, weight, grads.workspace) if deltas.contiguous and not per_position else None
+        ReaderStack(deltas.dense, scores, weight, grads.workspace, projection_dtype(grads.bk))
+        if deltas.contiguous and not per_position
+        else None
     )
     for name, cols in node.dst_slices().items():
         Du, sums, target, blocks = _upstream_deltas(node, name, deltas, row_sums)
@@ -447,10 +478,18 @@ class ReaderStack:
     once per group (twice per layer); stacked, once per stack. Groups read prefixes of the rows
     (graph order is topological), so the groups after the i-th stop share rows up to it. The
     buffer (at most ``STACK_BYTES`` and the deltas' own size) lies outside ``auto_batch_size``'s
-    budget, like the deltas seen through post-norms."""
+    budget, like the deltas seen through post-norms.
 
-    def __init__(self, D: torch.Tensor, scores: torch.Tensor, weight: float, workspace: dict) -> None:
-        self.D, self.scores, self.weight = D, scores, weight  # D: [n_dense, B, P, d]
+    ``dtype`` (a bfloat16 model's): the stack and a copy of the deltas are held in it, and its
+    products run in it (float32 accumulation, each product rounded to 2⁻⁹ relative before it is
+    added to the float32 scores); about 4× the float32 rate on a CPU with bf16 matrix units."""
+
+    def __init__(
+        self, D: torch.Tensor, scores: torch.Tensor, weight: float, workspace: dict, dtype: torch.dtype | None = None
+    ) -> None:
+        if dtype is not None and dtype != D.dtype:  # D: [n_dense, B, P, d]
+            D = reusable(workspace, "stack_deltas", tuple(D.shape), D.new_empty(0, dtype=dtype)).copy_(D)
+        self.D, self.scores, self.weight = D, scores, weight
         row = D[0].numel() * D.element_size() if len(D) else 1
         # never more readers than columns, nor more bytes than the deltas themselves hold
         rows = max(1, min(STACK_BYTES // row, scores.shape[1], len(D)))
@@ -473,7 +512,7 @@ class ReaderStack:
         if not isinstance(readers, DenseReaders) or readers.centre is not None or readers.radial is not None:
             return False
         G, n = readers.G, readers.n
-        if G.dtype != self.buf.dtype or G.shape[1:] != self.buf.shape[1:]:
+        if G.shape[1:] != self.buf.shape[1:]:
             return False
         here = self.buf[self.used : self.used + n]
         if not (G.data_ptr() == here.data_ptr() and len(here) == n):  # (heads' readers are written in place)

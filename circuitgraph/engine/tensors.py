@@ -24,7 +24,8 @@ def store_hook(buf: dict, key: str):
 def frozen(t: torch.Tensor) -> torch.Tensor:
     """Detached, and in float32 at least: the engine's own arithmetic (contractions, Jacobians,
     ablation deltas) runs in float32 even for half-precision models, whose bf16 edge scores would
-    be mostly rounding error; float64 models stay float64."""
+    be mostly rounding error; float64 models stay float64. (The one exception, a bf16 model's two
+    big contraction products, is ``attribution.gradients.PROJECT_IN_MODEL_DTYPE``.)"""
     t = t.detach()
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
