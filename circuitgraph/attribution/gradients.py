@@ -167,8 +167,7 @@ PROJECT_IN_MODEL_DTYPE = (torch.bfloat16,)
 
 def projection_dtype(bk: Any) -> torch.dtype | None:
     """The model's dtype where the big products run in it (bfloat16), else None (float32 at least)."""
-    dtype = bk.W_qkv(0, "q").dtype
-    return dtype if dtype in PROJECT_IN_MODEL_DTYPE else None
+    return bk.dtype if bk.dtype in PROJECT_IN_MODEL_DTYPE else None
 
 
 def _gained(bk: Any, L: int, letter: str, dtype: torch.dtype | None = None) -> torch.Tensor:

@@ -145,6 +145,10 @@ class Backend:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
     def check(self, neurons: bool = False) -> None:
         """Raise :class:`ModelUnsupportedError` when the graph cannot describe this model."""
         raise NotImplementedError
