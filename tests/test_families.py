@@ -373,3 +373,35 @@ def test_bfloat16_products_stay_within_the_bfloat16_models_own_error(name, split
             own, added, total = ((x - y).norm() / truth.norm() for x, y in ((wide, truth), (low, wide), (low, truth)))
             assert 0 < added < 0.5 * own
             assert total < 1.2 * own
+
+
+def test_automatic_chunks_count_what_the_contraction_holds(monkeypatch):
+    """``auto_batch_size`` for attribution counts the deltas as a post-norm's Jacobian sees them
+    (EAP-IG behind post-norms), a bf16 model's half-size copy for the reader stack, and the stack's
+    own buffer; graphs that never stack (neurons) hold none of the latter two."""
+    import sys
+
+    from circuitgraph.attribution.gradients import STACK_BYTES, contraction_memory
+    from circuitgraph.engine.batching import auto_batch_size
+    from circuitgraph.models.backend import as_backend
+
+    gemma = family_model("gemma-2").to(torch.bfloat16)
+    llama = family_model("llama")
+    heads, neurons = Graph.from_model(gemma), Graph.from_model(gemma, neurons=NEURONS)
+    bk = as_backend(gemma)
+    assert contraction_memory(bk, heads, "eap-ig") == (1.5, STACK_BYTES)
+    assert contraction_memory(bk, heads, "eap") == (0.5, STACK_BYTES)
+    assert contraction_memory(bk, neurons, "eap-ig-activations") == (1.0, 0.0)
+    assert contraction_memory(as_backend(llama), Graph.from_model(llama), "eap-ig") == (0.0, STACK_BYTES)
+    small = tiny_task(gemma)
+    task = small.select(torch.arange(small.n_examples).repeat(40))
+    per_example = heads.n_src * heads.arch.d_model * task.seq_len * 4  # bytes of one dense copy
+    budget = STACK_BYTES + 50 * 4.5 * per_example
+    assert auto_batch_size(heads, task, budget, lowrank=True) == min(task.n_examples, int(budget // (3 * per_example)))
+    assert auto_batch_size(heads, task, budget, lowrank=True, copies=4.5, reserved_bytes=STACK_BYTES) == 50
+    attribute_module = sys.modules["circuitgraph.attribution.attribute"]  # (the package exports the function)
+    seen = []  # what attribute() asks for
+    real = attribute_module.auto_batch_size
+    monkeypatch.setattr(attribute_module, "auto_batch_size", lambda *a, **k: seen.append(k) or real(*a, **k))
+    cg.attribute(gemma, heads, small, method="eap-ig", steps=2, progress=False)
+    assert seen == [dict(lowrank=True, copies=4.5, reserved_bytes=STACK_BYTES)]

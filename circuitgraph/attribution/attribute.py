@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from circuitgraph.attribution.gradients import SummedGradients, contract, forward_backward
+from circuitgraph.attribution.gradients import SummedGradients, contract, contraction_memory, forward_backward
 from circuitgraph.engine.ablation import Ablation
 from circuitgraph.engine.batching import auto_batch_size, check_graph, example_chunks
 from circuitgraph.engine.evaluator import CircuitEvaluator
@@ -78,7 +78,13 @@ def attribute(
     task.check_model(model)
     task.prepare(model)
     abl = Ablation.coerce(ablation).prepare(model, graph, task)
-    bs = batch_size or auto_batch_size(graph, task, lowrank=method != "exact")
+    if batch_size:
+        bs = batch_size
+    elif method == "exact":
+        bs = auto_batch_size(graph, task)
+    else:
+        more, reserved = contraction_memory(backend, graph, method)
+        bs = auto_batch_size(graph, task, lowrank=True, copies=3 + more, reserved_bytes=reserved)
     t0 = time.perf_counter()
     # A fresh tensor, so scores a caller kept from an earlier call stay intact; the graph's old one
     # is released first (at neuron granularity the [n_src, n_dst] matrix is the largest object).

@@ -32,6 +32,11 @@ class DenseReaders:
     def n(self) -> int:
         return self.G.shape[0]
 
+    @property
+    def has_centre(self) -> bool:
+        """Whether scoring these readers needs each source row's sum over d (a LayerNorm's centring)."""
+        return self.centre is not None
+
     def dense(self) -> torch.Tensor:
         G = self.G
         if self.centre is not None:
@@ -61,6 +66,11 @@ class LowRankReaders:
     @property
     def n(self) -> int:
         return self.g.shape[0]
+
+    @property
+    def has_centre(self) -> bool:
+        """Whether scoring these readers needs each source row's sum over d (a LayerNorm's centring)."""
+        return self.centred and self.xhat is not None
 
     def terms(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """(centre, radial) per-position coefficients, each [n, B, P] or None."""

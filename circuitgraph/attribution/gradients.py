@@ -435,7 +435,7 @@ def contract(
     ``[n_src, n_dst]`` tensor or :class:`EdgeBlocks` (each group's products go into its block). A
     position-resolved graph keeps each position's own sum, written into the position diagonal of
     its (dense) score matrix."""
-    row_sums = deltas.dense.sum(-1)  # [n_dense, B, P], shared by every norm-centred reader
+    row_sums = RowSums(deltas.dense)
     per_position = isinstance(graph, PositionalGraph)
     if isinstance(out, EdgeBlocks):
         assert not per_position  # (EdgeBlocks refuse position-resolved graphs)
@@ -451,7 +451,7 @@ def contract(
         else None
     )
     for name, cols in node.dst_slices().items():
-        Du, sums, target, blocks = _upstream_deltas(node, name, deltas, row_sums)
+        Du, pick, target, blocks = _upstream_deltas(node, name, deltas)
         # plain dense readers of a prefix of the rows wait in the stack (heads' are written there)
         stop = target.stop if isinstance(target, slice) and not target.start and not blocks else None
         room = stack.room if stack is not None and stop is not None else None
@@ -460,6 +460,7 @@ def contract(
             if stack is not None and stop is not None and stack.add(stop, c, readers):
                 continue
             if len(Du):
+                sums = row_sums[pick] if readers.has_centre else None
                 scores[target, c] += weight * dense_scores(Du, readers, sums, per_position).to(out.dtype)
             for block in blocks:
                 scores[block.rows, c] += weight * lowrank_scores(block, readers, per_position).to(out.dtype)
@@ -470,14 +471,27 @@ def contract(
 STACK_BYTES = 2**28  # readers stacked per pass over the deltas (at most 256 MiB: a few layers' heads)
 
 
+def contraction_memory(bk: Any, graph: Graph, method: str) -> tuple[float, float]:
+    """What attribution holds beyond the ablated, clean and delta buffers that
+    :func:`~circuitgraph.engine.batching.auto_batch_size` counts: ``(copies of the deltas, fixed
+    bytes)``. Behind post-norms, EAP-IG's steps each see the deltas through their own Jacobian
+    (one more copy; EAP writes in place); a :class:`ReaderStack` holds its buffer, and in a
+    bfloat16 model a half-size copy of the deltas."""
+    copies = 1.0 if method != "eap" and norm_groups(bk, graph) else 0.0
+    node = graph.node_graph
+    if isinstance(graph, PositionalGraph) or node.neurons or node.sites:  # (never stacked)
+        return copies, 0.0
+    return copies + (0.5 if projection_dtype(bk) is not None else 0.0), float(STACK_BYTES)
+
+
 class ReaderStack:
     """Consecutive destination groups' plain dense readers ``[n, B, P, d]``, stacked in one buffer
     so that one matmul per run of shared upstream rows scores them all. The contraction is
     bound by reading the deltas ``[n_up, B, P, d]``: group by group, every upstream row is read
     once per group (twice per layer); stacked, once per stack. Groups read prefixes of the rows
     (graph order is topological), so the groups after the i-th stop share rows up to it. The
-    buffer (at most ``STACK_BYTES`` and the deltas' own size) lies outside ``auto_batch_size``'s
-    budget, like the deltas seen through post-norms.
+    buffer (at most ``STACK_BYTES`` and the deltas' own size) is counted in ``auto_batch_size``'s
+    budget (:func:`contraction_memory`).
 
     ``dtype`` (a bfloat16 model's): the stack and a copy of the deltas are held in it, and its
     products run in it (float32 accumulation, each product rounded to 2⁻⁹ relative before it is
@@ -548,19 +562,34 @@ class ReaderStack:
             )
 
 
+class RowSums:
+    """Σ over d of every dense delta row, ``[n_dense, B, P]``: summed on first use, once per
+    contraction, since only norm-centred readers (a LayerNorm model's neurons' ``rest`` node, its
+    transcoders) need them, and a pass over the deltas is most of a group's cost."""
+
+    def __init__(self, D: torch.Tensor) -> None:
+        self.D, self.sums = D, None  # D: [n_dense, B, P, d]
+
+    def __getitem__(self, rows: slice | torch.Tensor) -> torch.Tensor:
+        if self.sums is None:
+            self.sums = self.D.sum(-1)
+        return self.sums[rows]
+
+
 def _upstream_deltas(
-    graph: Graph, name: str, deltas: SourceDeltas, row_sums: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, slice | torch.Tensor, list]:
-    """The deltas destination group ``name`` reads: dense ``[n, B, P, d]`` rows, their sums over
-    d, their graph rows (a slice when they are a prefix), and the upstream low-rank blocks."""
+    graph: Graph, name: str, deltas: SourceDeltas
+) -> tuple[torch.Tensor, slice | torch.Tensor, slice | torch.Tensor, list]:
+    """The deltas destination group ``name`` reads: dense ``[n, B, P, d]`` rows, which of the
+    dense rows they are, their graph rows (slices when they are a prefix), and the upstream
+    low-rank blocks."""
     D, rows = deltas.dense, deltas.dense_rows
     up = graph.upstream(name)
     if deltas.contiguous and isinstance(up, slice):  # no neurons or sites: rows are graph rows
-        return D[up], row_sums[up], up, []
+        return D[up], up, up, []
     up_rows = graph.upstream_rows(name).to(rows.device)
     pick = torch.isin(rows, up_rows)
     blocks = [b for b in deltas.lowrank if bool(torch.isin(b.rows[:1], up_rows))]
-    return D[pick], row_sums[pick], rows[pick], blocks
+    return D[pick], pick, rows[pick], blocks
 
 
 def _contract_group(
@@ -570,16 +599,17 @@ def _contract_group(
     grads: DestinationGradients | SummedGradients,
     out: EdgeBlocks,
     weight: float,
-    row_sums: torch.Tensor,
+    row_sums: RowSums,
 ) -> None:
     """One destination group's scores, added into its block of ``out`` (rows: the group's own
     upstream rows, in order)."""
     block = out.blocks[name]  # [n_up, n_cols]
     lay = out.layout
-    Du, sums, target, blocks = _upstream_deltas(graph, name, deltas, row_sums)
+    Du, pick, target, blocks = _upstream_deltas(graph, name, deltas)
     local = slice(None) if isinstance(target, slice) else lay.local_rows(name, target)
     for sub, readers in grads.group(name):
         if len(Du):
+            sums = row_sums[pick] if readers.has_centre else None
             block[local, sub] += weight * dense_scores(Du, readers, sums).to(block.dtype)
         for lr in blocks:
             block[lay.local_rows(name, lr.rows), sub] += weight * lowrank_scores(lr, readers).to(block.dtype)

@@ -22,12 +22,22 @@ def example_chunks(task: Any, batch_size: int) -> Iterator[tuple[slice, Any, flo
         yield idx, (task if (i == 0 and j == n) else task.select(idx)), (j - i) / n
 
 
-def auto_batch_size(graph: Graph, task: Any, budget_bytes: float = 1.5e9, lowrank: bool = False) -> int:
+def auto_batch_size(
+    graph: Graph,
+    task: Any,
+    budget_bytes: float = 1.5e9,
+    lowrank: bool = False,
+    copies: float = 3.0,
+    reserved_bytes: float = 0.0,
+) -> int:
     """Examples per chunk so that the [n_src, batch, pos, d] source buffers stay within budget.
 
     ``lowrank``: attribution, where neurons and SAE features are a scalar per position (their
     direction is shared), so only the other rows cost a d-vector; otherwise a patched forward's,
-    where the rows of :func:`~circuitgraph.engine.sources.coefficient_blocks` are scalars."""
+    where the rows of :func:`~circuitgraph.engine.sources.coefficient_blocks` are scalars.
+    ``copies``: how many such buffers are held at once (ablated, clean, deltas; attribution adds
+    its own, e.g. the deltas as a post-norm's Jacobian sees them); ``reserved_bytes``: taken off
+    the budget first, for buffers whose size does not grow with the chunk."""
     node, d = graph.node_graph, graph.arch.d_model
     n_lowrank = (
         (sum(len(ids) for ids in node.neurons.values()) + sum(len(s.features) for s in node.sites))
@@ -36,8 +46,9 @@ def auto_batch_size(graph: Graph, task: Any, budget_bytes: float = 1.5e9, lowran
     )
     per_position = (node.n_src - n_lowrank) * d + n_lowrank
     per_position += sum(s.d_sae + d for s in node.sites)  # each site's activations and error, per run
-    per_example = per_position * task.seq_len * 4 * 3
-    return max(1, min(task.n_examples, int(budget_bytes // max(per_example, 1))))
+    per_example = per_position * task.seq_len * 4 * copies
+    budget = max(budget_bytes - reserved_bytes, 0.0)
+    return max(1, min(task.n_examples, int(budget // max(per_example, 1))))
 
 
 def dense_sources(graph: Graph) -> int:
