@@ -568,7 +568,8 @@ class RowSums:
     transcoders) need them, and a pass over the deltas is most of a group's cost."""
 
     def __init__(self, D: torch.Tensor) -> None:
-        self.D, self.sums = D, None  # D: [n_dense, B, P, d]
+        self.D = D  # [n_dense, B, P, d]
+        self.sums: torch.Tensor | None = None
 
     def __getitem__(self, rows: slice | torch.Tensor) -> torch.Tensor:
         if self.sums is None:
