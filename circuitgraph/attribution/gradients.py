@@ -479,7 +479,7 @@ def contraction_memory(bk: Any, graph: Graph, method: str) -> tuple[float, float
     bfloat16 model a half-size copy of the deltas."""
     copies = 1.0 if method != "eap" and norm_groups(bk, graph) else 0.0
     node = graph.node_graph
-    if isinstance(graph, PositionalGraph) or node.neurons or node.sites:  # (never stacked)
+    if isinstance(graph, PositionalGraph) or graph.uses_blocks or node.neurons or node.sites:  # (never stacked)
         return copies, 0.0
     return copies + (0.5 if projection_dtype(bk) is not None else 0.0), float(STACK_BYTES)
 
