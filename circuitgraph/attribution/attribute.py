@@ -23,11 +23,11 @@ import torch
 
 from circuitgraph.attribution.gradients import SummedGradients, contract, contraction_memory, forward_backward
 from circuitgraph.engine.ablation import Ablation
-from circuitgraph.engine.batching import auto_batch_size, check_graph, example_chunks
+from circuitgraph.engine.batching import auto_batch_size, check_graph, example_chunks, lowrank_rows
 from circuitgraph.engine.evaluator import CircuitEvaluator
 from circuitgraph.engine.progress import progress_bar
 from circuitgraph.engine.sources import raw_difference, raw_sources, source_deltas
-from circuitgraph.engine.tensors import reusable
+from circuitgraph.engine.tensors import SourceDeltas, reusable
 from circuitgraph.errors import ConfigError
 from circuitgraph.graph import Graph
 from circuitgraph.graph.blocks import EdgeBlocks
@@ -103,42 +103,30 @@ def attribute(
         bar = progress_bar(len(chunks) * n_steps, method, progress, unit="step")
         workspace: dict = {}  # the contractions' scratch buffers, reused by every run
         for idx, chunk, weight in chunks:
-            ablated = abl.raw(model, graph, task, idx, chunk)
-            if method == "eap":
-                clean: dict = {}
-                grads, _ = forward_backward(model, graph, chunk, capture_sources=clean, workspace=workspace)
-                # a(ablated) − a(clean), differenced before projecting through W_O / W_out
-                deltas = source_deltas(model, graph, raw_difference(ablated, clean))
-                contract(graph, grads.residual_deltas(deltas, out=deltas.dense), grads, scores, weight)
-                bar.update(1)
+            if method != "eap":  # (the ablated captures are handed over, not named here: the steps keep what they need)
+                _integrated_chunk(
+                    backend,
+                    model,
+                    graph,
+                    chunk,
+                    abl.raw(model, graph, task, idx, chunk),
+                    method,
+                    steps,
+                    scores,
+                    weight,
+                    workspace,
+                    bar,
+                )
+                workspace.pop("post_normed_deltas", None)  # (not held while the next chunk's deltas are built)
                 continue
-            clean = raw_sources(model, graph, chunk, chunk.clean)
+            ablated = abl.raw(model, graph, task, idx, chunk)
+            clean: dict = {}
+            grads, _ = forward_backward(model, graph, chunk, capture_sources=clean, workspace=workspace)
+            # a(ablated) − a(clean), differenced before projecting through W_O / W_out
             deltas = source_deltas(model, graph, raw_difference(ablated, clean))
-            summed = SummedGradients()  # steps whose gradients are summed before one contraction
-            # (the kept captures never cost more than the deltas the contraction holds anyway, so
-            # summing trades contractions for at most that much memory)
-            budget = min(SUMMED_BYTES, deltas.dense.numel() * deltas.dense.element_size())
-            for k in range(steps):
-                alpha = (k + 0.5) / steps  # midpoint rule: second-order accurate in 1/steps
-                x = ablated["input"] + alpha * (clean["input"] - ablated["input"])
-                extra, fixed = (
-                    _interpolate_sources(backend, graph, clean, ablated, alpha)
-                    if method == "eap-ig-activations"
-                    else (None, None)
-                )
-                grads, _ = forward_backward(
-                    model, graph, chunk, input_override=x, extra_fwd=extra, site_values=fixed, workspace=workspace
-                )
-                if grads.groups:  # behind post-norms each step sees the deltas through its own Jacobian
-                    into = reusable(workspace, "post_normed_deltas", tuple(deltas.dense.shape), deltas.dense)
-                    contract(graph, grads.residual_deltas(deltas, out=into), grads, scores, weight / steps)
-                else:
-                    summed.add(grads)
-                    if k == steps - 1 or summed.next_nbytes() > budget:
-                        contract(graph, deltas, summed, scores, weight / steps)
-                        summed = SummedGradients()
-                bar.update(1)
-            workspace.pop("post_normed_deltas", None)  # (not held while the next chunk's deltas are built)
+            del ablated, clean  # (the raw captures: not held through the contraction)
+            contract(graph, grads.residual_deltas(deltas, out=deltas.dense), grads, scores, weight)
+            bar.update(1)
         bar.close()
     # (contractions only ever write upstream-source × destination blocks, so invalid entries stay 0)
     graph.score_info = {
@@ -151,6 +139,64 @@ def attribute(
         "seconds": time.perf_counter() - t0,
     }
     return scores
+
+
+def _integrated_chunk(
+    backend: Backend,
+    model: Any,
+    graph: Graph,
+    chunk: Any,
+    ablated: dict,
+    method: str,
+    steps: int,
+    scores: torch.Tensor | EdgeBlocks,
+    weight: float,
+    workspace: dict,
+    bar: Any,
+) -> None:
+    """EAP-IG (``eap-ig``, ``eap-ig-activations``) on one chunk of examples: ``steps``
+    interpolated forward and backward passes, contracted per step behind post-norms, else summed
+    and contracted once (or whenever the kept captures reach the budget)."""
+    clean = raw_sources(model, graph, chunk, chunk.clean)
+    # a(ablated) − a(clean) with heads still in z space: small until projected, so the
+    # dense deltas [n_dense, B, P, d] are built when first contracted, not held through
+    # the summed path's forward and backward passes
+    diff: dict | None = raw_difference(ablated, clean)
+    deltas: SourceDeltas | None = None
+    if method == "eap-ig":  # its steps interpolate the embedding only: the rest is not held
+        ablated, clean = {"input": ablated["input"]}, {"input": clean["input"]}
+    summed = SummedGradients()  # steps whose gradients are summed before one contraction
+    # (the kept captures never cost more than the deltas the contraction holds, so summing
+    # trades contractions for at most that much memory)
+    row = clean["input"].numel() * clean["input"].element_size()  # one dense row's bytes (float32 at least)
+    budget = min(SUMMED_BYTES, (graph.node_graph.n_src - lowrank_rows(graph)) * row)
+    for k in range(steps):
+        alpha = (k + 0.5) / steps  # midpoint rule: second-order accurate in 1/steps
+        x = ablated["input"] + alpha * (clean["input"] - ablated["input"])
+        extra, fixed = (
+            _interpolate_sources(backend, graph, clean, ablated, alpha)
+            if method == "eap-ig-activations"
+            else (None, None)
+        )
+        grads, _ = forward_backward(
+            model, graph, chunk, input_override=x, extra_fwd=extra, site_values=fixed, workspace=workspace
+        )
+        contract_now = bool(grads.groups)  # behind post-norms each step sees the deltas through its own Jacobian
+        if not grads.groups:
+            summed.add(grads)
+            contract_now = k == steps - 1 or summed.next_nbytes() > budget
+        if contract_now and deltas is None:
+            assert diff is not None  # (dropped only once the deltas are built)
+            deltas, diff = source_deltas(model, graph, diff), None
+        if grads.groups:
+            assert deltas is not None
+            into = reusable(workspace, "post_normed_deltas", tuple(deltas.dense.shape), deltas.dense)
+            contract(graph, grads.residual_deltas(deltas, out=into), grads, scores, weight / steps)
+        elif contract_now:
+            assert deltas is not None
+            contract(graph, deltas, summed, scores, weight / steps)
+            summed = SummedGradients()
+        bar.update(1)
 
 
 def _interpolate_sources(

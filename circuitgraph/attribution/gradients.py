@@ -278,18 +278,23 @@ def head_readers(
 
 class SummedGradients:
     """The input gradients of several runs with the same source deltas (EAP-IG's steps), summed
-    where that is exact, so that one contraction serves them all: dense readers add up; heads'
-    head-space gradients are summed as each run is added (:class:`HeadSums`, which keeps only
-    each run's x̂ and its per-head radial coefficients), and low-rank readers behind a norm carry
-    each run's own x̂ in their Jacobian and are kept per run.
+    where that is exact, so that one contraction serves them all: plain dense readers (whole
+    MLPs, the logits) and heads' head-space gradients are summed as each run is added
+    (:class:`HeadSums` keeps only each run's x̂ and its per-head radial coefficients); other
+    dense readers add up at contraction; low-rank readers behind a norm carry each run's own x̂
+    in their Jacobian and are kept per run.
 
-    What is kept per run is small (one norm input per layer besides the MLPs' and sites'
+    What is kept per run is small (one norm input per layer besides the neurons' and sites'
     captures), so keeping all of EAP-IG's steps costs far less than contracting every edge once
     per step."""
 
     def __init__(self) -> None:
         self.runs: list[DestinationGradients] = []
         self.heads: dict[int, HeadSums] = {}
+        self.plain: dict[str, torch.Tensor] = {}  # group → Σ_runs input gradient [B, P, d]
+        self.owned: set[str] = (
+            set()
+        )  # sums that are new tensors (a first run's capture may alias another: never written)
 
     def add(self, run: DestinationGradients) -> None:
         graph = run.graph.node_graph
@@ -299,6 +304,18 @@ class SummedGradients:
             self.heads.setdefault(L, HeadSums(radial=True)).add(run.bk, L, run)
             for letter in "qkv":  # (summed: no longer needed)
                 del run.grad[f"{letter}{L}"]
+        plain = ["logits"] + [f"mlp{L}" for L in range(graph.arch.n_layers) if L not in graph.neurons]
+        for key in plain:  # (a site at the MLP is its own group: "mlp{L}" is then not captured)
+            g = run.grad.pop(key, None)
+            if g is None:
+                continue
+            if key not in self.plain:
+                self.plain[key] = g
+            elif key in self.owned:
+                self.plain[key] += g
+            else:
+                self.plain[key] = self.plain[key] + g
+                self.owned.add(key)
         self.runs.append(run)
 
     @property
@@ -320,6 +337,8 @@ class SummedGradients:
 
     def group(self, name: str, into: Allocator | None = None) -> list[tuple[slice, DenseReaders | LowRankReaders]]:
         dg = self.runs[0]
+        if name in self.plain:
+            return [(slice(0, 1), DenseReaders(self.plain[name][None]))]
         if name.startswith("attn") and not any(s.name == name for s in dg.graph.sites):
             readers = head_readers(dg.bk, dg.graph, _group(name)[1], self.heads[_group(name)[1]], dg.workspace, into)
             return [(slice(0, readers.n), readers)]

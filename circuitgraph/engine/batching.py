@@ -39,16 +39,19 @@ def auto_batch_size(
     its own, e.g. the deltas as a post-norm's Jacobian sees them); ``reserved_bytes``: taken off
     the budget first, for buffers whose size does not grow with the chunk."""
     node, d = graph.node_graph, graph.arch.d_model
-    n_lowrank = (
-        (sum(len(ids) for ids in node.neurons.values()) + sum(len(s.features) for s in node.sites))
-        if lowrank
-        else node.n_src - dense_sources(graph)
-    )
+    n_lowrank = lowrank_rows(graph) if lowrank else node.n_src - dense_sources(graph)
     per_position = (node.n_src - n_lowrank) * d + n_lowrank
     per_position += sum(s.d_sae + d for s in node.sites)  # each site's activations and error, per run
     per_example = per_position * task.seq_len * 4 * copies
     budget = max(budget_bytes - reserved_bytes, 0.0)
     return max(1, min(task.n_examples, int(budget // max(per_example, 1))))
+
+
+def lowrank_rows(graph: Graph) -> int:
+    """Sources that attribution keeps as a scalar per position times a fixed direction: neurons
+    and SAE features (:class:`~circuitgraph.engine.tensors.LowRankSources`)."""
+    node = graph.node_graph
+    return sum(len(ids) for ids in node.neurons.values()) + sum(len(s.features) for s in node.sites)
 
 
 def dense_sources(graph: Graph) -> int:
