@@ -250,3 +250,28 @@ def test_ig_steps_summed_before_contracting_equal_per_step_contractions(monkeypa
             x = ablated["input"] + (k + 0.5) / 4 * (clean["input"] - ablated["input"])
             contract(graph, deltas, forward_backward(model, graph, task, input_override=x)[0], reference, 0.25)
         torch.testing.assert_close(summed, reference, rtol=1e-10, atol=1e-12)
+
+
+def test_eap_ig_builds_the_dense_deltas_only_to_contract(monkeypatch):
+    """The dense deltas ``[n_src, B, P, d]`` are the largest thing attribution holds; the summed
+    path's forward and backward passes run without them (built after the last step, or at the
+    first contraction the capture budget forces), and only then."""
+    import importlib
+
+    attribute_module = importlib.import_module("circuitgraph.attribution.attribute")
+    model = tiny_model(dtype=torch.float64, normalization_type="RMS")
+    task, graph = tiny_task(model), Graph.from_model(model)
+    calls = []
+    for name, label in (("forward_backward", "pass"), ("source_deltas", "deltas"), ("contract", "contract")):
+
+        def record(*a, _real=getattr(attribute_module, name), _label=label, **k):
+            calls.append(_label)
+            return _real(*a, **k)
+
+        monkeypatch.setattr(attribute_module, name, record)
+    attribute(model, graph, task, method="eap-ig", steps=3, progress=False)
+    assert calls == ["pass", "pass", "pass", "deltas", "contract"]
+    calls.clear()
+    monkeypatch.setattr(attribute_module, "SUMMED_BYTES", 0)  # (a contraction every step)
+    attribute(model, graph, task, method="eap-ig", steps=3, progress=False)
+    assert calls == ["pass", "deltas", "contract", "pass", "contract", "pass", "contract"]
