@@ -262,13 +262,16 @@ def test_eap_ig_builds_the_dense_deltas_only_to_contract(monkeypatch):
     model = tiny_model(dtype=torch.float64, normalization_type="RMS")
     task, graph = tiny_task(model), Graph.from_model(model)
     calls = []
+
+    def recorder(real, label):
+        def record(*a, **k):
+            calls.append(label)
+            return real(*a, **k)
+
+        return record
+
     for name, label in (("forward_backward", "pass"), ("source_deltas", "deltas"), ("contract", "contract")):
-
-        def record(*a, _real=getattr(attribute_module, name), _label=label, **k):
-            calls.append(_label)
-            return _real(*a, **k)
-
-        monkeypatch.setattr(attribute_module, name, record)
+        monkeypatch.setattr(attribute_module, name, recorder(getattr(attribute_module, name), label))
     attribute(model, graph, task, method="eap-ig", steps=3, progress=False)
     assert calls == ["pass", "pass", "pass", "deltas", "contract"]
     calls.clear()

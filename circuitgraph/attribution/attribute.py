@@ -103,19 +103,9 @@ def attribute(
         bar = progress_bar(len(chunks) * n_steps, method, progress, unit="step")
         workspace: dict = {}  # the contractions' scratch buffers, reused by every run
         for idx, chunk, weight in chunks:
-            if method != "eap":  # (the ablated captures are handed over, not named here: the steps keep what they need)
+            if method != "eap":
                 _integrated_chunk(
-                    backend,
-                    model,
-                    graph,
-                    chunk,
-                    abl.raw(model, graph, task, idx, chunk),
-                    method,
-                    steps,
-                    scores,
-                    weight,
-                    workspace,
-                    bar,
+                    backend, model, graph, task, abl, idx, chunk, method, steps, scores, weight, workspace, bar
                 )
                 workspace.pop("post_normed_deltas", None)  # (not held while the next chunk's deltas are built)
                 continue
@@ -126,6 +116,7 @@ def attribute(
             deltas = source_deltas(model, graph, raw_difference(ablated, clean))
             del ablated, clean  # (the raw captures: not held through the contraction)
             contract(graph, grads.residual_deltas(deltas, out=deltas.dense), grads, scores, weight)
+            del grads, deltas  # (not held through the next chunk's passes)
             bar.update(1)
         bar.close()
     # (contractions only ever write upstream-source × destination blocks, so invalid entries stay 0)
@@ -145,8 +136,10 @@ def _integrated_chunk(
     backend: Backend,
     model: Any,
     graph: Graph,
+    task: Any,
+    abl: Ablation,
+    idx: slice | torch.Tensor,
     chunk: Any,
-    ablated: dict,
     method: str,
     steps: int,
     scores: torch.Tensor | EdgeBlocks,
@@ -157,6 +150,7 @@ def _integrated_chunk(
     """EAP-IG (``eap-ig``, ``eap-ig-activations``) on one chunk of examples: ``steps``
     interpolated forward and backward passes, contracted per step behind post-norms, else summed
     and contracted once (or whenever the kept captures reach the budget)."""
+    ablated = abl.raw(model, graph, task, idx, chunk)  # (made here, so that only this frame holds it)
     clean = raw_sources(model, graph, chunk, chunk.clean)
     # a(ablated) − a(clean) with heads still in z space: small until projected, so the
     # dense deltas [n_dense, B, P, d] are built when first contracted, not held through

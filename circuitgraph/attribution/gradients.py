@@ -18,6 +18,7 @@ import torch
 
 from circuitgraph.attribution.factors import DenseReaders, LowRankReaders, dense_scores, lowrank_scores
 from circuitgraph.attribution.post_norms import capture_hooks, through_post_norms
+from circuitgraph.engine.batching import lowrank_rows
 from circuitgraph.engine.post_norms import norm_groups
 from circuitgraph.engine.sites import feature_ids, other_features, site_hooks, site_sae
 from circuitgraph.engine.sources import source_hooks
@@ -498,7 +499,9 @@ def contraction_memory(bk: Any, graph: Graph, method: str) -> tuple[float, float
     bfloat16 model a half-size copy of the deltas."""
     copies = 1.0 if method != "eap" and norm_groups(bk, graph) else 0.0
     node = graph.node_graph
-    if isinstance(graph, PositionalGraph) or graph.uses_blocks or node.neurons or node.sites:  # (never stacked)
+    if (
+        isinstance(graph, PositionalGraph) or graph.uses_blocks or node.neurons or lowrank_rows(graph)
+    ):  # (never stacked)
         return copies, 0.0
     return copies + (0.5 if projection_dtype(bk) is not None else 0.0), float(STACK_BYTES)
 
@@ -583,8 +586,8 @@ class ReaderStack:
 
 class RowSums:
     """Σ over d of every dense delta row, ``[n_dense, B, P]``: summed on first use, once per
-    contraction, since only norm-centred readers (a LayerNorm model's neurons' ``rest`` node, its
-    transcoders) need them, and a pass over the deltas is most of a group's cost."""
+    contraction, since only norm-centred readers need them (a LayerNorm model's neurons, their
+    ``rest`` node and its transcoders), and a pass over the deltas is most of a group's cost."""
 
     def __init__(self, D: torch.Tensor) -> None:
         self.D = D  # [n_dense, B, P, d]
