@@ -610,9 +610,13 @@ def _upstream_deltas(
     if deltas.contiguous and isinstance(up, slice):  # no neurons or sites: rows are graph rows
         return D[up], up, up, []
     up_rows = graph.upstream_rows(name).to(rows.device)
-    pick = torch.isin(rows, up_rows)
+    mask = torch.isin(rows, up_rows)
     blocks = [b for b in deltas.lowrank if bool(torch.isin(b.rows[:1], up_rows))]
-    return D[pick], pick, rows[pick], blocks
+    target = rows[mask]
+    k = len(target)
+    # upstream rows come first in graph order: then a view, not a copy of the rows
+    pick: slice | torch.Tensor = slice(0, k) if bool(mask[:k].all()) else mask
+    return D[pick], pick, target, blocks
 
 
 def _contract_group(
