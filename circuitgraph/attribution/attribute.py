@@ -175,22 +175,20 @@ def _integrated_chunk(
         grads, _ = forward_backward(
             model, graph, chunk, input_override=x, extra_fwd=extra, site_values=fixed, workspace=workspace
         )
-        contract_now = bool(grads.groups)  # behind post-norms each step sees the deltas through its own Jacobian
-        if not grads.groups:
+        bar.update(1)
+        if not grads.groups:  # (behind post-norms each step sees the deltas through its own Jacobian)
             summed.add(grads)
-            contract_now = k == steps - 1 or summed.next_nbytes() > budget
-        if contract_now and deltas is None:
-            assert diff is not None  # (dropped only once the deltas are built)
+            if k < steps - 1 and summed.next_nbytes() <= budget:
+                continue  # summed with the next steps
+        if deltas is None:
+            assert diff is not None  # (dropped once the deltas are built)
             deltas, diff = source_deltas(model, graph, diff), None
         if grads.groups:
-            assert deltas is not None
             into = reusable(workspace, "post_normed_deltas", tuple(deltas.dense.shape), deltas.dense)
             contract(graph, grads.residual_deltas(deltas, out=into), grads, scores, weight / steps)
-        elif contract_now:
-            assert deltas is not None
+        else:
             contract(graph, deltas, summed, scores, weight / steps)
             summed = SummedGradients()
-        bar.update(1)
 
 
 def _interpolate_sources(

@@ -293,9 +293,7 @@ class SummedGradients:
         self.runs: list[DestinationGradients] = []
         self.heads: dict[int, HeadSums] = {}
         self.plain: dict[str, torch.Tensor] = {}  # group → Σ_runs input gradient [B, P, d]
-        self.owned: set[str] = (
-            set()
-        )  # sums that are new tensors (a first run's capture may alias another: never written)
+        self.owned: set[str] = set()  # which of them are new tensors (see :func:`_add_into`)
 
     def add(self, run: DestinationGradients) -> None:
         graph = run.graph.node_graph
@@ -308,15 +306,8 @@ class SummedGradients:
         plain = ["logits"] + [f"mlp{L}" for L in range(graph.arch.n_layers) if L not in graph.neurons]
         for key in plain:  # (a site at the MLP is its own group: "mlp{L}" is then not captured)
             g = run.grad.pop(key, None)
-            if g is None:
-                continue
-            if key not in self.plain:
-                self.plain[key] = g
-            elif key in self.owned:
-                self.plain[key] += g
-            else:
-                self.plain[key] = self.plain[key] + g
-                self.owned.add(key)
+            if g is not None:
+                _add_into(self.plain, self.owned, key, g)
         self.runs.append(run)
 
     @property
@@ -344,7 +335,7 @@ class SummedGradients:
             readers = head_readers(dg.bk, dg.graph, _group(name)[1], self.heads[_group(name)[1]], dg.workspace, into)
             return [(slice(0, readers.n), readers)]
         summed: dict[tuple[int, int], torch.Tensor] = {}  # columns → Σ_runs dense input gradients
-        owned = set()  # sums that are new tensors (the first run's may be its own capture: never written)
+        owned: set[tuple[int, int]] = set()  # (see :func:`_add_into`)
         kept: list[tuple[slice, DenseReaders | LowRankReaders]] = []
         for dg in self.runs:
             for sub, part in dg.group(name):
@@ -352,18 +343,23 @@ class SummedGradients:
                     kept.append((sub, part))
                     continue
                 key = (sub.start, sub.stop)
-                G = part.dense()  # (DenseReaders here)
-                if key not in summed:
-                    summed[key] = G
-                elif key in owned:
-                    summed[key] += G
-                else:
-                    summed[key] = summed[key] + G
-                    owned.add(key)
+                _add_into(summed, owned, key, part.dense())  # (DenseReaders here)
         dense: list[tuple[slice, DenseReaders | LowRankReaders]] = [
             (slice(*k), DenseReaders(G)) for k, G in summed.items()
         ]
         return dense + kept
+
+
+def _add_into(sums: dict, owned: set, key: Any, G: torch.Tensor) -> None:
+    """``sums[key] += G``, never writing into a run's own capture: the first G is kept as it is
+    (a capture may alias another), the second makes a new tensor (``owned``), later ones add in place."""
+    if key not in sums:
+        sums[key] = G
+    elif key in owned:
+        sums[key] += G
+    else:
+        sums[key] = sums[key] + G
+        owned.add(key)
 
 
 def _captured_bytes(dg: DestinationGradients) -> int:
@@ -464,10 +460,9 @@ def contract(
         return
     scores = graph.diagonal(out) if isinstance(graph, PositionalGraph) else out  # [n_src, n_dst(, P)] view
     node = graph.node_graph
-    # (neurons' and features' low-rank rows break the prefixes: such graphs never stack)
     stack = (
         ReaderStack(deltas.dense, scores, weight, grads.workspace, projection_dtype(grads.bk))
-        if deltas.contiguous and not per_position
+        if stacks(graph) and deltas.contiguous
         else None
     )
     for name, cols in node.dst_slices().items():
@@ -498,12 +493,17 @@ def contraction_memory(bk: Any, graph: Graph, method: str) -> tuple[float, float
     (one more copy; EAP writes in place); a :class:`ReaderStack` holds its buffer, and in a
     bfloat16 model a half-size copy of the deltas."""
     copies = 1.0 if method != "eap" and norm_groups(bk, graph) else 0.0
-    node = graph.node_graph
-    if (
-        isinstance(graph, PositionalGraph) or graph.uses_blocks or node.neurons or lowrank_rows(graph)
-    ):  # (never stacked)
+    if not stacks(graph):
         return copies, 0.0
     return copies + (0.5 if projection_dtype(bk) is not None else 0.0), float(STACK_BYTES)
+
+
+def stacks(graph: Graph) -> bool:
+    """Whether :func:`contract` stacks readers (:class:`ReaderStack`) on this graph: a dense score
+    matrix (not edge blocks, not per position) and no low-rank sources, whose rows (neurons',
+    features') break the prefixes of dense rows that groups read."""
+    node = graph.node_graph
+    return not (isinstance(graph, PositionalGraph) or graph.uses_blocks or node.neurons or lowrank_rows(graph))
 
 
 class ReaderStack:
