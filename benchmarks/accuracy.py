@@ -735,10 +735,12 @@ What the figures mean:
   score-function gradient over binary masks, forward passes only) sees the steps; on the induction
   model, whose softmax is not saturated, the relaxed gates work and are 20× cheaper per step
   than 8 binary samples per λ, so the benchmark's `auto` takes hard-concrete there.
-* **Optimal ablation does not give a smaller induction circuit than mean ablation, under any of
-  the three readings of "the same faithfulness" in the table above, once memorisation is
-  excluded.** The constants were fitted three ways: node by node (each minimising the KL with that
-  node alone ablated, as MIB's `oa.py`), jointly for the empty circuit (the issue's definition),
+* **On the zoo's 64 examples, optimal ablation does not give a smaller induction circuit than
+  mean ablation under any of the three readings of "the same faithfulness" in the table above,
+  once memorisation is excluded; fitted on 2,048 fresh examples and refitted per circuit, it does
+  under the two-sided reading (see "Optimal against mean ablation, held out").** The constants
+  were fitted three ways: node by node (each minimising the KL with that node alone ablated, as
+  MIB's `oa.py`), jointly for the empty circuit (the issue's definition),
   and jointly for each candidate circuit (Li & Janson's evaluation: their repository trains the
   constants of every circuit it compares, `edge_post_training.py`, and plots KL to the full model
   against size, `circuit_pareto_plot.py`). Reading (a) divides by m(full) − m(∅), which moves with
@@ -758,8 +760,8 @@ What the figures mean:
   examples, so a constant per position can encode each example's answer. Fitted jointly for ∅ on
   all 64 examples they give m(∅) = 13.7 of 17.1 (fitted on one half: 18.0 on that half, 0.27 on
   the other). Under (a) that leaves a small denominator and 12 edges. Refitted per circuit
-  (`python benchmarks/optimal_ablation_heldout.py`), they reach KL ≤ 0.902 in-sample with 4
-  edges (mean ablation's circuit without input→a1.h3.v: KL 0.184 on all examples, 0.016 on the
+  (`python benchmarks/optimal_ablation_heldout.py --zoo-halves`), they reach KL ≤ 0.902
+  in-sample with 4 edges (mean ablation's circuit without input→a1.h3.v: KL 0.184 on all examples, 0.016 on the
   fitting half), the "smaller circuit" of the target. On the held-out half, though, that circuit's
   KL is 15.2, worse than the empty circuit's, and every 4-edge circuit is at 12.1–15.2 there, while
   the 5-edge circuit, whose refit keeps constants as good as the mean's, is at 0.016. It is a
@@ -767,8 +769,16 @@ What the figures mean:
   count it. Caveat on "optimal": the fits are 100 Adam steps on 8-example minibatches from the
   mean, measured on every example at the mean and 4 times during the fit, the best constants
   kept (so a fit never ends worse than the mean it started from). The fitted figures are upper
-  bounds on the optimum, not the optimum. The position argument does not depend on the fit. The issue's target (a smaller circuit at
-  the same faithfulness) is not met on this model; we report it as measured.
+  bounds on the optimum, not the optimum. The position argument does not depend on the fit. On
+  these 64 examples and under these three readings the issue's target (a smaller circuit at the
+  same faithfulness) is not met. `python benchmarks/optimal_ablation_heldout.py` fits the
+  constants on 2,048 fresh examples of the task (no memorisation), with a smaller Adam step
+  (0.001, 1,500 steps of 64 examples), and measures every circuit on 256 held-out examples: the
+  refitted constants bring the mechanism's 5 edges to f = 1.057 (KL 0.015), where mean ablation's
+  5 edges overshoot (f = 1.370, KL 0.024) and need input→logits to come within 10 % of the model.
+  At 0.9 ≤ f ≤ 1.1 (or KL ≤ 0.02) optimal ablation's circuit has 5 edges and mean ablation's 6;
+  at f ≥ 0.9 and KL ≤ 0.1 both have 5 (no 4-edge subset of the mechanism recovers the task
+  under either ablation).
 * **What makes 100 bootstraps affordable.** Score methods recompute their scores per resample
   (exact: one patched run per example, reweighted). Learned masks train all resamples of a block
   (25) as one batch of masks, each resample weighting the examples by its multiplicities, at the λ

@@ -122,7 +122,9 @@ class Ablation:
         every example at the mean and ``checks`` times during the fit, and the best constants are
         kept, so a fit never ends worse than its start (each check is a pass without gradients over
         every example and mask, about n_examples / 24 Adam steps' worth); ``self.fit`` records
-        both losses and the step kept."""
+        both losses and the step kept. Per-position constants can memorise a small ``task`` (one
+        constant per read position can encode its examples' answers): fit on a larger sample than
+        the one you measure on, and pass the fitted ablation on (its ``values`` are not refitted)."""
         mean = self._mean if self._mean is not None else self._mean_captures(model, graph, task)
         per_position = bool(graph.positions) if self.per_position is None else bool(self.per_position)
         params = {
