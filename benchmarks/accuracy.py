@@ -761,8 +761,8 @@ What the figures mean:
   all 64 examples they give m(∅) = 13.7 of 17.1 (fitted on one half: 18.0 on that half, 0.27 on
   the other). Under (a) that leaves a small denominator and 12 edges. Refitted per circuit
   (`python benchmarks/optimal_ablation_heldout.py --zoo-halves`), they reach KL ≤ 0.902
-  in-sample with 4 edges (mean ablation's circuit without input→a1.h3.v: KL 0.184 on all examples, 0.016 on the
-  fitting half), the "smaller circuit" of the target. On the held-out half, though, that circuit's
+  in-sample with 4 edges (mean ablation's circuit without input→a1.h3.v: KL 0.184 on all
+  examples, 0.016 on the fitting half), the "smaller circuit" of the target. On the held-out half, though, that circuit's
   KL is 15.2, worse than the empty circuit's, and every 4-edge circuit is at 12.1–15.2 there, while
   the 5-edge circuit, whose refit keeps constants as good as the mean's, is at 0.016. It is a
   lookup table in the constants, not a smaller mechanism. With 64 examples we therefore do not

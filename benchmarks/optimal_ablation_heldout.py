@@ -230,7 +230,7 @@ def main() -> None:  # noqa: C901  (one study, printed as it goes)
     say(SECTION)
     say()
     say(
-        f"Command: `python benchmarks/optimal_ablation_heldout.py --write` (defaults: --fit {args.fit} --screen "
+        f"Command: `python benchmarks/optimal_ablation_heldout.py --write` (settings: --fit {args.fit} --screen "
         f"{args.screen} --held {args.held} --steps {args.steps} --lr {args.lr} --batch {args.batch} --threads "
         f"{args.threads}), started {started}, {time.perf_counter() - t_all:.0f} s on the 2-core CPU VM. "
         f"Induction model, examples drawn fresh from the task's generator: {args.fit} to fit the mean and the "
@@ -239,10 +239,12 @@ def main() -> None:  # noqa: C901  (one study, printed as it goes)
         f"{mean_fig['m_empty']:.2f} under mean ablation."
     )
     say()
+    larger = [r for r in oa_rows if len(r["circuit"]) > len(FIVE)]  # mean ablation's circuits, refitted
+    also = "".join(f" and mean ablation's {len(r['circuit'])}-edge circuit" for r in larger)
     say(
         'Smallest circuit under each reading of "the same faithfulness" (mean ablation: '
         f"{len(pool)} candidates screened, {len(kept)} re-measured; optimal ablation: the mechanism's 5 edges, "
-        "its 4-edge subsets and mean ablation's 6-edge circuit, constants refitted per circuit):"
+        f"its 4-edge subsets{also}, constants refitted per circuit):"
     )
     say()
     say("| reading | mean: edges (f, KL) | optimal, refitted per circuit: edges (f, KL) | smaller? |")
@@ -287,7 +289,7 @@ def main() -> None:  # noqa: C901  (one study, printed as it goes)
         f"{', '.join(same) or 'no reading'}. (0.9 ≤ f ≤ 1.1 is the circuit matching the model within 10 %, "
         f"the two-sided reading that MIB's CMD scores.)"
     )
-    for r in oa_rows[len(FIVE) + 1 :]:
+    for r in larger:
         say()
         say(
             f"The refitted constants overfit the fitting examples somewhat: the 5 edges' KL is "
